@@ -1,0 +1,63 @@
+"""CUDA check for a machine with a GPU: scores on CUDA (fp32, fp16) against the CPU, and ``inference.py --device auto``.
+
+    python benchmarks/cuda_check.py
+
+Uses checkpoints in the official layout built from ``tests/data``'s manifest (random, well-scaled weights).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from conftest import manifest_state_dict  # noqa: E402
+from dataset.image_folder import find_images  # noqa: E402
+from model.registry import create_model  # noqa: E402
+from utils.scoring import QualityScorer  # noqa: E402
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 1
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, cudnn.allow_tf32="
+          f"{torch.backends.cudnn.allow_tf32}, matmul tf32={torch.backends.cuda.matmul.allow_tf32}")
+    images = os.path.join(ROOT, "example_images")
+    paths = find_images(images)
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("ediffiqaT", "ediffiqaS", "ediffiqaM", "ediffiqaL"):
+            weights = os.path.join(tmp, f"{variant}.pth")
+            torch.save(manifest_state_dict(variant, seed=1), weights)
+            cpu = np.asarray(QualityScorer(create_model(variant, weights), "cpu").score_folder(
+                images, paths, workers=0).scores)
+            scale = np.abs(cpu).max()
+            for precision in ("fp32", "fp16", "bf16"):
+                scorer = QualityScorer(create_model(variant, weights), "cuda", precision=precision)
+                gpu = np.asarray(scorer.score_folder(images, paths).scores)
+                rel = np.abs(gpu - cpu).max() / scale
+                rank = np.corrcoef(np.argsort(np.argsort(gpu)), np.argsort(np.argsort(cpu)))[0, 1]
+                print(f"{variant} cuda {precision}: max |cuda - cpu| / max|cpu| = {rel:.2e}, Spearman {rank:.4f}")
+                if precision == "fp32" and rel > 1e-2:
+                    failures += 1
+        out = os.path.join(tmp, "out")
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "inference.py"), "--images", images,
+                               "--model", "ediffiqaT", "--weights", os.path.join(tmp, "ediffiqaT.pth"),
+                               "--output", out, "--device", "auto", "--batch-size", "4"],
+                              capture_output=True, text=True)
+        print("inference.py --device auto:", proc.returncode, proc.stderr.strip().splitlines()[-1:])
+        failures += proc.returncode != 0 or "on cuda" not in proc.stderr
+    print("CUDA CHECK", "FAILED" if failures else "OK")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

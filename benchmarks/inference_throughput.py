@@ -1,0 +1,186 @@
+"""Images/s of the project's inference path against the naive path of the official code, in one interleaved run.
+
+Naive (official): one process, PIL + torchvision transform per image, eager fp32 NCHW under ``no_grad``, batch 128.
+Ours: ``QualityScorer`` (DataLoader workers shipping uint8, channels_last, ``inference_mode``, device batch size).
+Both run on the same JPEG files and the same weights; the table gives the ratio and the largest score difference.
+
+    python benchmarks/inference_throughput.py [--variants T S M L] [--device cpu] [--repeats 3] [--reduced]
+
+Weights are random but well scaled (the official key layout filled as in the tests) unless ``--weights-dir`` holds
+``ediffiqa{L,M,S,T}.pth``; speed does not depend on them. On CUDA the naive path runs with PyTorch's defaults (TF32
+convolutions), as the official code does; ours is timed in true fp32 and in tf32.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+from conftest import manifest_state_dict  # noqa: E402
+from dataset.image_folder import find_images  # noqa: E402
+from dataset.transforms import official_transform  # noqa: E402
+from model.registry import build_model, load_weights  # noqa: E402
+from utils.runtime import resolve_device  # noqa: E402
+from utils.scoring import QualityScorer, default_batch_size, default_workers  # noqa: E402
+
+CPU_IMAGES = {"ediffiqaT": 256, "ediffiqaS": 96, "ediffiqaM": 32, "ediffiqaL": 24}
+GPU_IMAGES = {"ediffiqaT": 4096, "ediffiqaS": 4096, "ediffiqaM": 2048, "ediffiqaL": 2048}
+OFFICIAL_BATCH = 128
+
+
+def make_jpeg_folder(root: str, count: int, seed: int = 0) -> List[str]:
+    """Write ``count`` distinct 112x112 JPEG face-like crops (example images with jitter and noise)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = [np.asarray(Image.open(os.path.join(here, "example_images", p)).convert("RGB"), dtype=np.float32)
+               for p in find_images(os.path.join(here, "example_images"))]
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        base = sources[i % len(sources)]
+        shift = rng.integers(-4, 5, size=2)
+        img = np.roll(base, tuple(shift), axis=(0, 1)) * rng.uniform(0.7, 1.2) + rng.normal(0, 6, base.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(root, f"{i:05d}.jpg"), quality=90)
+    return find_images(root)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def naive_model_only(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), OFFICIAL_BATCH):
+            out.append(model(x[i:i + OFFICIAL_BATCH].to(device)).squeeze(1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def naive_end_to_end(model: torch.nn.Module, root: str, paths: List[str], device: torch.device) -> np.ndarray:
+    transform = official_transform()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(paths), OFFICIAL_BATCH):
+            batch = torch.stack([transform(Image.open(os.path.join(root, p)).convert("RGB"))
+                                 for p in paths[i:i + OFFICIAL_BATCH]])
+            out.append(model(batch.to(device)).squeeze(1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def timed(fn: Callable[[], np.ndarray], device: torch.device) -> Tuple[float, np.ndarray]:
+    sync(device)
+    start = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - start, result
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def bench_variant(name: str, device: torch.device, root: str, paths: List[str], repeats: int, reduced: bool,
+                  weights_dir: str | None) -> List[Dict[str, object]]:
+    naive = build_model(name)
+    if weights_dir:
+        load_weights(naive, os.path.join(weights_dir, f"{name}.pth"), name)
+    else:
+        naive.load_state_dict(manifest_state_dict(name, seed=1))
+    naive = naive.to(device).eval()
+    ours_model = build_model(name)
+    ours_model.load_state_dict(naive.state_dict())
+    scorer = QualityScorer(ours_model, device=device)
+    precisions = ["fp32"] if device.type == "cpu" else ["fp32", "tf32"]
+    if reduced:
+        precisions.append("bf16" if device.type == "cpu" else "fp16")
+    scorers = {"fp32": scorer}
+    for p in precisions[1:]:
+        reduced = build_model(name)
+        reduced.load_state_dict(naive.state_dict())
+        scorers[p] = QualityScorer(reduced, device=device, precision=p)
+
+    transform = official_transform()
+    x = torch.stack([transform(Image.open(os.path.join(root, p)).convert("RGB")) for p in paths])
+    batch = default_batch_size(device)
+
+    def ours_model_only(s: QualityScorer) -> np.ndarray:
+        return np.concatenate([s(x[i:i + batch]).cpu().numpy() for i in range(0, len(x), batch)])
+
+    def ours_end_to_end(s: QualityScorer) -> np.ndarray:
+        return np.asarray(s.score_folder(root, paths).scores, dtype=np.float32)
+
+    # Warm up every path once (allocator, cuDNN autotuning, worker start), then interleave the timed runs.
+    naive_model_only(naive, x[:OFFICIAL_BATCH], device)
+    for s in scorers.values():
+        ours_model_only(s)
+    rows = []
+    for mode in ("model-only", "end-to-end"):
+        times: Dict[str, List[float]] = {"naive": [], **{p: [] for p in precisions}}
+        scores: Dict[str, np.ndarray] = {}
+        for _ in range(repeats):
+            if mode == "model-only":
+                t, scores["naive"] = timed(lambda: naive_model_only(naive, x, device), device)
+            else:
+                t, scores["naive"] = timed(lambda: naive_end_to_end(naive, root, paths, device), device)
+            times["naive"].append(t)
+            for p, s in scorers.items():
+                fn = (lambda s=s: ours_model_only(s)) if mode == "model-only" else (lambda s=s: ours_end_to_end(s))
+                t, scores[p] = timed(fn, device)
+                times[p].append(t)
+        base = statistics.median(times["naive"])
+        scale = float(np.abs(scores["naive"]).max())
+        rows.append({"variant": name, "mode": mode, "path": "naive (official)", "img_s": len(paths) / base,
+                     "ratio": 1.0, "max_rel_diff": 0.0, "spearman": 1.0})
+        for p in precisions:
+            t = statistics.median(times[p])
+            diff = float(np.abs(scores[p] - scores["naive"]).max()) / scale
+            rows.append({"variant": name, "mode": mode, "path": f"ours {p}", "img_s": len(paths) / t,
+                         "ratio": base / t, "max_rel_diff": diff, "spearman": spearman(scores[p], scores["naive"])})
+    return rows
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["T", "S", "M", "L"], help="subset of T S M L")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=0, help="images per variant (default: per variant/device)")
+    parser.add_argument("--reduced", action="store_true", help="also time reduced precision (bf16 CPU, fp16 CUDA)")
+    parser.add_argument("--weights-dir", help="folder with ediffiqa{L,M,S,T}.pth (optional)")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    defaults = GPU_IMAGES if device.type == "cuda" else CPU_IMAGES
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"our batch {default_batch_size(device)}, workers {default_workers(device)}, official batch {OFFICIAL_BATCH}")
+    rows: List[Dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for letter in args.variants:
+            name = f"ediffiqa{letter.upper()}"
+            count = args.images or defaults[name]
+            folder = os.path.join(tmp, name)
+            os.makedirs(folder)
+            paths = make_jpeg_folder(folder, count)
+            rows.extend(bench_variant(name, device, folder, paths, args.repeats, args.reduced, args.weights_dir))
+            print(f"{name}: done ({count} images)", flush=True)
+    print()
+    print("| variant | mode | path | images/s | vs naive | max score diff (rel.) | Spearman |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['mode']} | {r['path']} | {r['img_s']:.1f} | {r['ratio']:.2f}x | "
+              f"{r['max_rel_diff']:.1e} | {r['spearman']:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Wall time and peak memory of prepare_data.py at VGGFace2-like scale, against a straightforward implementation.
+
+    python benchmarks/prepare_data_scale.py [--images 1000000] [--identities 3000] [--dim 512]
+
+Generates synthetic inputs in the official formats (pickled list of (path, quality) labels and pickled dict
+{path: float32 array} embeddings, plus the same embeddings as .npz), then runs, each in a fresh process:
+``baseline`` (plain pickle.load and per-identity Python lists with np.mean, the official script's approach),
+``ours`` on the pickle, and ``ours`` on the .npz. Peak memory is the process's maximum resident set size; the raw
+size is images x dim x 4 bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from typing import List
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def generate(folder: str, n_images: int, n_ids: int, dim: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.integers(0, n_ids, size=n_images))
+    qualities = rng.beta(5, 2, size=n_images).round(4)
+    paths = [f"n{i:06d}/{j:07d}_01.jpg" for j, i in enumerate(ids.tolist())]
+    labels = list(zip(paths, qualities.tolist()))
+    with open(os.path.join(folder, "labels.pkl"), "wb") as handle:
+        pickle.dump(labels, handle, protocol=4)
+    matrix = rng.standard_normal((n_images, dim), dtype=np.float32)
+    np.savez(os.path.join(folder, "embeddings.npz"), paths=np.asarray(paths), embeddings=matrix)
+    with open(os.path.join(folder, "embeddings.pkl"), "wb") as handle:
+        pickle.dump({p: matrix[i].copy() for i, p in enumerate(paths)}, handle, protocol=4)
+
+
+def baseline(folder: str, beta: float = 0.2, min_images: int = 10) -> None:
+    """The official approach: whole dicts in memory, a Python list per identity, np.mean per identity."""
+    import torch
+
+    with open(os.path.join(folder, "labels.pkl"), "rb") as handle:
+        labels = dict(pickle.load(handle))
+    with open(os.path.join(folder, "embeddings.pkl"), "rb") as handle:
+        embeddings = pickle.load(handle)
+    ranked = sorted(labels.items(), key=lambda x: x[1], reverse=True)
+    threshold = ranked[int(beta * len(ranked))][1]
+    per_id = defaultdict(list)
+    for path, q in labels.items():
+        per_id[path.rsplit("/", 1)[0]].append((path, q))
+    centres, items = [], []
+    for entries in per_id.values():
+        chosen = [embeddings[p] for p, q in entries if q >= threshold]
+        if len(chosen) < min_images:
+            continue
+        centres.append(np.mean(chosen, axis=0))
+        items.extend((p, q, len(centres) - 1) for p, q in entries)
+    out = os.path.join(folder, "baseline")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "average_embedding_batch-b.pkl"), "wb") as handle:
+        pickle.dump(torch.tensor(np.array(centres)), handle)
+    with open(os.path.join(out, "training_items-b.pkl"), "wb") as handle:
+        pickle.dump(items, handle)
+
+
+def worker(kind: str, folder: str) -> None:
+    start = time.perf_counter()
+    if kind == "baseline":
+        baseline(folder)
+    else:
+        sys.path.insert(0, ROOT)
+        import prepare_data
+
+        emb = "embeddings.npz" if kind == "ours-npz" else "embeddings.pkl"
+        code = prepare_data.main(["-ll", os.path.join(folder, "labels.pkl"), "-el", os.path.join(folder, emb),
+                                  "-sl", os.path.join(folder, kind), "-sn", "b", "-q"])
+        assert code == 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_bytes": peak}))
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=1_000_000)
+    parser.add_argument("--identities", type=int, default=3000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.folder)
+        return 0
+    raw = args.images * args.dim * 4
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as folder:
+        t = time.perf_counter()
+        generate(folder, args.images, args.identities, args.dim)
+        print(f"generated {args.images} images / {args.identities} identities / {args.dim}-d in "
+              f"{time.perf_counter() - t:.0f} s; raw embeddings {raw / 2**30:.2f} GiB", flush=True)
+        results = {}
+        for kind in ("baseline", "ours-pkl", "ours-npz"):
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--folder", folder],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stderr)
+                return 1
+            results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{kind}: {results[kind]['seconds']:.1f} s, peak {results[kind]['peak_bytes'] / 2**30:.2f} GiB",
+                  flush=True)
+        base = results["baseline"]
+        import torch
+        with open(os.path.join(folder, "baseline", "average_embedding_batch-b.pkl"), "rb") as handle:
+            ref = pickle.load(handle)
+        for kind in ("ours-pkl", "ours-npz"):
+            with open(os.path.join(folder, kind, "average_embedding_batch-b.pkl"), "rb") as handle:
+                got = pickle.load(handle)
+            assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6), kind
+    print()
+    print("| run | seconds | vs baseline | peak memory | peak / raw embeddings |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, r in results.items():
+        print(f"| {kind} | {r['seconds']:.1f} | {base['seconds'] / r['seconds']:.2f}x | "
+              f"{r['peak_bytes'] / 2**30:.2f} GiB | {r['peak_bytes'] / raw:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Finding face images in a folder and reading them with per-file error handling."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+from dataset.transforms import INPUT_SIZE, load_face
+from utils.errors import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "find_images", "FaceFolder", "collate_faces"]
+
+_logger = logging.getLogger(__name__)
+
+#: Matched case-insensitively.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_images(root: str) -> List[str]:
+    """Return the image files below ``root`` as paths relative to it, sorted, with ``/`` separators.
+
+    Raises:
+        DataError: ``root`` is missing, not a folder, or holds no image with a known extension.
+    """
+    if not os.path.exists(root):
+        raise DataError(f"image folder '{root}' does not exist; set dataset.loc in the config or pass --images DIR")
+    if not os.path.isdir(root):
+        raise DataError(f"image folder '{root}' is not a folder; pass a folder of aligned face crops with --images")
+    found: List[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for filename in filenames:
+            if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
+                rel = os.path.relpath(os.path.join(dirpath, filename), root)
+                found.append(rel.replace(os.sep, "/"))
+    if not found:
+        raise DataError(f"image folder '{root}' holds no images (looked for {' '.join(IMAGE_EXTENSIONS)}, "
+                        "any case, in all subfolders)")
+    return sorted(found)
+
+
+class FaceFolder(Dataset):
+    """Aligned face crops read by path; a file that cannot be read yields a blank image and its error text.
+
+    Items are ``(image (3, 112, 112) uint8, index, error)`` with ``error == ""`` for a good file, so that one bad
+    file never stops a DataLoader and the caller can name it.
+    """
+
+    def __init__(self, root: str, rel_paths: List[str]) -> None:
+        self.root = root
+        self.rel_paths = list(rel_paths)
+
+    def __len__(self) -> int:
+        return len(self.rel_paths)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str]:
+        path = os.path.join(self.root, self.rel_paths[index])
+        try:
+            return load_face(path), index, ""
+        except Exception as exc:  # PIL raises many types for truncated, foreign or unreadable files
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return torch.zeros((3, *INPUT_SIZE), dtype=torch.uint8), index, f"{type(exc).__name__}: {message}"
+
+
+def collate_faces(items: List[Tuple[torch.Tensor, int, str]]) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """Stack items of :class:`FaceFolder`: ``(B, 3, 112, 112)`` uint8, ``(B,)`` int64 indices, B error strings."""
+    images = torch.stack([item[0] for item in items])
+    indices = torch.tensor([item[1] for item in items], dtype=torch.int64)
+    return images, indices, [item[2] for item in items]

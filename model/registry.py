@@ -1,0 +1,239 @@
+"""Named eDifFIQA variants and backbones, and loading of their checkpoints.
+
+``build_model("ediffiqaL")`` replaces the import strings of the official configs. ``load_weights`` accepts the
+official checkpoint layout (plain ``state_dict`` of the wrapper), strips ``module.`` (DDP) and ``_orig_mod.``
+(``torch.compile``) prefixes, unwraps ``{"model": ...}``/``{"state_dict": ...}`` training checkpoints, and refuses a
+file of another variant with a message naming the variant it holds.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from model.ediffiqa import EDifFIQA
+from model.iresnet import iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
+from model.mlp import MLP
+from model.mobilefacenet import mobilefacenet
+from utils.errors import CheckpointError, ConfigError
+
+__all__ = ["BACKBONES", "VARIANTS", "Variant", "OFFICIAL_WEIGHTS_HELP", "build_backbone", "build_model",
+           "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names"]
+
+_logger = logging.getLogger(__name__)
+
+BACKBONES: Dict[str, Callable[[], nn.Module]] = {
+    "iresnet18": iresnet18,
+    "iresnet34": iresnet34,
+    "iresnet50": iresnet50,
+    "iresnet100": iresnet100,
+    "iresnet200": iresnet200,
+    "mobilefacenet": mobilefacenet,
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One published eDifFIQA model.
+
+    Attributes:
+        name: Registry name, as in the official ``inference_config.yaml`` (``ediffiqaL``).
+        title: Name used in the paper (``eDifFIQA(L)``).
+        backbone: Key of :data:`BACKBONES`.
+        backbone_weights: File name of the insightface backbone init the official configs use (None for T).
+    """
+
+    name: str
+    title: str
+    backbone: str
+    backbone_weights: Optional[str]
+
+
+VARIANTS: Dict[str, Variant] = {
+    "ediffiqaL": Variant("ediffiqaL", "eDifFIQA(L)", "iresnet100", "r100.pth"),
+    "ediffiqaM": Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "r50.pth"),
+    "ediffiqaS": Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "r18.pth"),
+    "ediffiqaT": Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", None),
+}
+
+OFFICIAL_WEIGHTS_HELP = (
+    "the official weights are published by the authors (OneDrive link in the eDifFIQA README, and "
+    "huggingface.co/LSIbabnikz); the yakhyo/face-image-quality-assessment GitHub release mirror "
+    "(ediffiqa_{t,s,m,l}.pth) uses the same layout"
+)
+
+
+def variant_names() -> List[str]:
+    """Registered variant names, sorted."""
+    return sorted(VARIANTS)
+
+
+def _get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(variant_names())}") from None
+
+
+def build_backbone(name: str) -> nn.Module:
+    """Build a randomly initialised backbone by name (see :data:`BACKBONES`)."""
+    try:
+        builder = BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}") from None
+    return builder()
+
+
+def build_model(name: str, return_feat: bool = False) -> EDifFIQA:
+    """Build a randomly initialised eDifFIQA variant (``ediffiqaL/M/S/T``)."""
+    variant = _get_variant(name)
+    return EDifFIQA(build_backbone(variant.backbone), MLP(512, 1024, 1), return_feat=return_feat)
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_shapes(name: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    # Built on the meta device: no memory and no init cost, only the key -> shape table.
+    with torch.device("meta"):
+        model = build_model(name)
+    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in ("module.", "_orig_mod."):
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Read a weights file safely (``weights_only=True``) and return its flat ``state_dict`` on the CPU.
+
+    Accepts a plain state dict or a training checkpoint holding one under ``model`` or ``state_dict``.
+    Raises :class:`CheckpointError` with a one-line reason for anything else.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file '{path}' not found; {OFFICIAL_WEIGHTS_HELP}; pass its path with "
+                              "--weights or the config key 'weights'")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read weights file '{path}' as a PyTorch checkpoint with weights_only=True "
+                              f"({reason})") from None
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"weights file '{path}' does not hold a state_dict (a dict of tensors)")
+    return _strip_prefixes(obj)
+
+
+def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Return the variant whose keys and shapes the state dict matches exactly, or None."""
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for name in variant_names():
+        if have == dict(_expected_shapes(name)):
+            return name
+    return None
+
+
+def _describe_mismatch(state_dict: Mapping[str, torch.Tensor], name: str) -> str:
+    expected = dict(_expected_shapes(name))
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = [k for k in expected if k not in have]
+    unexpected = [k for k in have if k not in expected]
+    wrong = [k for k in expected if k in have and have[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {list(have[k])}, model {list(expected[k])})")
+    return "; ".join(parts)
+
+
+def _bare_backbone(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for name in BACKBONES:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build_backbone(name).state_dict().items()}
+        if have == expected:
+            return name
+    return None
+
+
+def load_weights(model: EDifFIQA, path: str, name: str) -> None:
+    """Load a checkpoint into ``model`` (variant ``name``) with strict key and shape matching.
+
+    Raises:
+        CheckpointError: The file is missing or unreadable, or holds another variant, a bare backbone or
+            something else; the message says which.
+    """
+    state_dict = read_state_dict(path)
+    variant = _get_variant(name)
+    if dict(_expected_shapes(name)) != {k: tuple(v.shape) for k, v in state_dict.items()}:
+        held = identify_variant(state_dict)
+        if held is not None:
+            raise CheckpointError(f"weights file '{path}' holds {VARIANTS[held].title} ('{held}'), not "
+                                  f"{variant.title}; use --model {held} or the {variant.title} weights")
+        backbone = _bare_backbone(state_dict)
+        if backbone is not None:
+            raise CheckpointError(f"weights file '{path}' is a bare {backbone} backbone, not an eDifFIQA checkpoint "
+                                  f"(backbone + quality head); {OFFICIAL_WEIGHTS_HELP}")
+        raise CheckpointError(f"weights file '{path}' does not match {variant.title}: "
+                              f"{_describe_mismatch(state_dict, name)}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_backbone(name: str, path: str) -> nn.Module:
+    """Build backbone ``name`` and load an insightface-layout checkpoint strictly; returns it in eval mode.
+
+    The ``base_model.*`` part of an eDifFIQA checkpoint is accepted too.
+    """
+    state_dict = read_state_dict(path)
+    if any(k.startswith("base_model.") for k in state_dict):
+        state_dict = {k[len("base_model."):]: v for k, v in state_dict.items() if k.startswith("base_model.")}
+    backbone = build_backbone(name)
+    expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if have != expected:
+        held = _bare_backbone(state_dict)
+        hint = f"it holds a {held} backbone; use --backbone {held}" if held else (
+            f"{len(set(expected) - set(have))} missing and {len(set(have) - set(expected))} unexpected keys, "
+            f"{sum(1 for k in expected if k in have and have[k] != expected[k])} shape mismatches")
+        raise CheckpointError(f"weights file '{path}' does not match backbone {name}: {hint}")
+    backbone.load_state_dict(state_dict, strict=True)
+    return backbone.eval()
+
+
+def create_model(name: str, weights: Optional[str] = None, device: torch.device | str = "cpu",
+                 return_feat: bool = False) -> EDifFIQA:
+    """Build a variant, load its weights (if given) and return it in eval mode on ``device``.
+
+    Example:
+        >>> model = create_model("ediffiqaT", "weights/ediffiqaT.pth")  # doctest: +SKIP
+        >>> quality = model(batch)  # (B, 3, 112, 112) -> (B, 1)  # doctest: +SKIP
+    """
+    model = build_model(name, return_feat=return_feat)
+    if weights is not None:
+        load_weights(model, weights, name)
+    else:
+        _logger.warning("no weights given for %s: the model is randomly initialised", name)
+    return model.to(device).eval()

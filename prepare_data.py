@@ -1,0 +1,138 @@
+"""Prepare eDifFIQA's label-optimised training data from quality labels and teacher embeddings.
+
+    python prepare_data.py [-c CONFIG] [-b 0.2] [-ll LABELS] [-el EMBEDDINGS] [-sl SAVE_DIR] [-sn NAME] [--min-images 10]
+
+Writes ``average_embedding_batch-<name>.pkl`` (pickled torch float32 tensor of identity centres),
+``training_items-<name>.pkl`` (pickled list of ``(path, quality, centre row)``) and ``prepare_data-<name>.json``
+(a summary) into the save folder, exactly as the official script, with the same flags and defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional
+
+from utils.cli import run_cli, setup_logging
+from utils.config import from_dict, load_yaml
+from utils.errors import DataError
+
+_logger = logging.getLogger("prepare_data")
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of ``prepare_data.py`` (YAML keys = the long flag names)."""
+
+    beta: float = 0.2
+    label_location: str = "./training_data/vggface2-qs.pkl"
+    embedding_location: str = "./training_data/cosface-embeddings.pkl"
+    save_location: str = "./training_data"
+    save_name: str = "ediffiqa"
+    min_images: int = 10
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.beta < 1.0:
+            raise ValueError(f"'beta' must be between 0 and 1 (exclusive), got {self.beta}")
+        if self.min_images < 1:
+            raise ValueError(f"'min_images' must be at least 1, got {self.min_images}")
+        if not self.save_name or "/" in self.save_name or os.sep in self.save_name:
+            raise ValueError(f"'save_name' must be a plain name without slashes, got {self.save_name!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--config", help="YAML file with the settings below (long names as keys)")
+    parser.add_argument("-b", "--beta", type=float, help="share of labels above the quality threshold (0.2)")
+    parser.add_argument("-ll", "--label_location", help="quality labels (./training_data/vggface2-qs.pkl)")
+    parser.add_argument("-el", "--embedding_location",
+                        help="teacher embeddings, .pkl dict or .npz (./training_data/cosface-embeddings.pkl)")
+    parser.add_argument("-sl", "--save_location", help="output folder, created if missing (./training_data)")
+    parser.add_argument("-sn", "--save_name", help="suffix of the output files (ediffiqa)")
+    parser.add_argument("--min-images", dest="min_images", type=int,
+                        help="chosen images an identity needs to be kept (10)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> PrepareConfig:
+    raw: Dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for key in ("beta", "label_location", "embedding_location", "save_location", "save_name", "min_images"):
+        value = getattr(args, key)
+        if value is not None:
+            raw[key] = value
+    if args.quiet:
+        raw["verbose"] = False
+    return from_dict(PrepareConfig, raw, source=args.config or "command line")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run data preparation; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    setup_logging(cfg.verbose)
+
+    import numpy as np
+
+    from dataset.formats import read_embeddings, read_labels, write_prepared
+    from dataset.labels import accumulate_centres, group_identities, quality_threshold, select_identities
+    from dataset.labels import training_items
+    from utils.io import write_json
+
+    start = time.perf_counter()
+    paths, qualities = read_labels(cfg.label_location)
+    _logger.info("read %d labels from %s", len(paths), cfg.label_location)
+    embeddings = read_embeddings(cfg.embedding_location)
+    _logger.info("read %d embeddings (%d-d) from %s", len(embeddings), embeddings.dim, cfg.embedding_location)
+    missing = embeddings.missing(paths)
+    if missing:
+        raise DataError(f"{len(missing)} of {len(paths)} labelled images have no embedding in "
+                        f"'{cfg.embedding_location}' (e.g. {', '.join(repr(p) for p in missing[:3])}); "
+                        "both files must use the same relative paths")
+
+    names, ids = group_identities(paths)
+    threshold = quality_threshold(qualities, cfg.beta)
+    selection = select_identities(qualities, ids, len(names), threshold, cfg.min_images)
+    n_kept = int(selection.kept.sum())
+    if n_kept == 0:
+        raise DataError(f"no identity has {cfg.min_images} images with quality >= {threshold:.6g} "
+                        f"(beta={cfg.beta}; most per identity: {int(selection.chosen_per_identity.max())}); "
+                        "lower --min-images or raise --beta")
+
+    # Chosen images of kept identities, gathered block by block so that at most one block is copied at a time.
+    chosen = np.flatnonzero(selection.chosen & selection.kept[ids])
+    chosen_paths = [paths[i] for i in chosen.tolist()]
+    chosen_rows = selection.row[ids[chosen]]
+    centres = accumulate_centres(((chosen_rows[window], block) for window, block in embeddings.chunks(chosen_paths)),
+                                 n_kept, embeddings.dim)
+    items = training_items(paths, qualities, ids, selection)
+    centres_path, items_path = write_prepared(cfg.save_location, cfg.save_name, centres, items)
+
+    summary = {
+        "config": asdict(cfg),
+        "labels": len(paths),
+        "embedding_dim": embeddings.dim,
+        "threshold": threshold,
+        "threshold_index": int(cfg.beta * len(paths)),
+        "chosen_images": int(selection.chosen.sum()),
+        "identities": len(names),
+        "identities_kept": n_kept,
+        "identities_dropped": len(names) - n_kept,
+        "training_items": len(items),
+        "outputs": [centres_path, items_path],
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    summary_path = os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.json")
+    write_json(summary_path, summary)
+    print(f"threshold {threshold:.6g} (beta {cfg.beta}); kept {n_kept} of {len(names)} identities "
+          f"({len(names) - n_kept} with fewer than {cfg.min_images} chosen images dropped); {len(items)} training "
+          f"items; wrote {centres_path}, {items_path} and {summary_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, None, "prepare_data.py"))

@@ -1,0 +1,196 @@
+"""End-to-end inference.py on temporary folders, and every user-error path (exit 2, one line, no traceback)."""
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import ROOT, save_image
+from dataset import official_transform
+from model import create_model
+from utils.cli import run_cli
+
+import inference
+
+
+def run(argv, capsys):
+    code = run_cli(inference.main, argv, "inference.py")
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """7 images: nested folders, upper-case extensions, mixed formats, and one corrupt file."""
+    root = tmp_path / "faces"
+    files = ["a/001.jpg", "a/b/002.PNG", "a/b/003.JpEg", "004.bmp", "c/005.tiff", "c/006.webp", "c/007.png"]
+    for i, rel in enumerate(files):
+        save_image(str(root / rel), seed=i, size=112 if i % 2 else 140)
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    return str(root), sorted(files + ["a/broken.jpg"])
+
+
+def official_scores(weights: str, root: str, rel_paths):
+    """What the official code computes for each readable file (eager, fp32, torchvision transform)."""
+    model = create_model("ediffiqaT", weights)
+    transform = official_transform()
+    x = torch.stack([transform(Image.open(os.path.join(root, p)).convert("RGB")) for p in rel_paths])
+    with torch.no_grad():
+        return model(x).reshape(-1).numpy()
+
+
+@pytest.mark.parametrize("batch_size,workers", [(3, 0), (6, 1)])
+def test_end_to_end(folder, checkpoint_dir, tmp_path, capsys, batch_size, workers) -> None:
+    # 8 files with one corrupt: batch 3 leaves a batch of 1 at the end (the official crash), and batch 6 puts the
+    # corrupt file in the first batch.
+    root, all_files = folder
+    out = str(tmp_path / "out")
+    weights = os.path.join(checkpoint_dir, "ediffiqaT.pth")
+    code, err = run(["--images", root, "--model", "ediffiqaT", "--weights", weights, "--output", out,
+                     "--device", "cpu", "--batch-size", str(batch_size), "--workers", str(workers)], capsys)
+    assert code == 0, err
+    assert "skipped" in err and "broken.jpg" in err
+    assert "scored 7, skipped 1" in err
+
+    with open(os.path.join(out, "quality-scores.pkl"), "rb") as handle:
+        scores = pickle.load(handle)
+    good = [p for p in all_files if p != "a/broken.jpg"]
+    assert list(scores) == [os.path.join(root, p) for p in good]
+    assert all(type(v) is float for v in scores.values())
+
+    with open(os.path.join(out, "quality-scores.csv"), newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "quality"]
+    assert {r[0]: float(r[1]) for r in rows[1:]} == scores  # exact: repr() round-trips floats
+
+    expected = official_scores(weights, root, good)
+    got = np.array(list(scores.values()))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
+
+
+def test_single_image_folder(tmp_path, checkpoint_dir, capsys) -> None:
+    save_image(str(tmp_path / "one" / "x.JPG"), seed=3)
+    out = str(tmp_path / "out")
+    code, err = run(["--images", str(tmp_path / "one"), "--model", "ediffiqaT", "--device", "cpu",
+                     "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", out, "-q"], capsys)
+    assert code == 0, err
+    with open(os.path.join(out, "quality-scores.pkl"), "rb") as handle:
+        assert len(pickle.load(handle)) == 1
+
+
+def test_config_file_with_official_keys(tmp_path, checkpoint_dir, capsys) -> None:
+    images = tmp_path / "imgs"
+    for i in range(2):
+        save_image(str(images / f"{i}.png"), seed=i)
+    cfg = {
+        "base": {"verbose": 0, "save_path": str(tmp_path / "scores"), "seed": 42069, "device": "cpu"},
+        "dataset": {"loc": str(images)},
+        "dataloader": {"params": {"batch_size": 128, "shuffle": False, "pin_memory": True, "num_workers": 0}},
+        "model": "ediffiqaT",
+        "weights": os.path.join(checkpoint_dir, "ediffiqaT.pth"),
+    }
+    path = tmp_path / "inference_config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, err = run(["-c", str(path)], capsys)
+    assert code == 0, err
+    assert os.path.isfile(tmp_path / "scores" / "quality-scores.csv")
+
+
+def test_existing_results_survive_a_failed_run(tmp_path, checkpoint_dir, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "quality-scores.pkl").write_bytes(b"old results")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _ = run(["--images", str(empty), "--model", "ediffiqaT", "--output", str(out),
+                   "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth")], capsys)
+    assert code == 2
+    assert (out / "quality-scores.pkl").read_bytes() == b"old results"
+
+
+def _write_yaml(tmp_path, data) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing_folder", r"image folder '.*nowhere' does not exist"),
+    ("empty_folder", r"holds no images"),
+    ("all_corrupt", r"none of the 1 images .* could be read"),
+    ("missing_weights", r"weights file '.*absent.pth' not found; the official weights are published"),
+    ("wrong_variant", r"holds eDifFIQA\(T\) \('ediffiqaT'\), not eDifFIQA\(S\)"),
+    ("unknown_key", r"unknown key 'base.verbos'"),
+    ("unknown_loader_key", r"unknown key 'dataloader.params.batchsize'"),
+    ("bad_type", r"'dataloader.params.batch_size' must be int or null, got 'many'"),
+    ("bad_value", r"'dataloader.params.batch_size' must be at least 1"),
+    ("bad_model", r"'model' is 'ediffiqaXL'; choose one of"),
+    ("bad_device", r"device 'tpu' not understood"),
+    ("bad_yaml", r"is not valid YAML at line"),
+    ("missing_config", r"config file '.*nope.yaml' not found"),
+    ("drop_last", r"drop_last: true' would leave"),
+])
+def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys) -> None:
+    images = tmp_path / "imgs"
+    save_image(str(images / "0.png"), seed=0)
+    t_weights = os.path.join(checkpoint_dir, "ediffiqaT.pth")
+    base = ["--images", str(images), "--model", "ediffiqaT", "--weights", t_weights, "--device", "cpu",
+            "--output", str(tmp_path / "out")]
+    def with_config(data):
+        return ["-c", _write_yaml(tmp_path, data)] + base
+
+    def folder_with(name, files):
+        path = tmp_path / name
+        for rel, content in files.items():
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_bytes(content)
+        return base + ["--images", str(path)]
+
+    argv = {
+        "missing_folder": lambda: base + ["--images", str(tmp_path / "nowhere")],
+        "empty_folder": lambda: folder_with("empty", {"sub/readme.txt": b"x"}),
+        "all_corrupt": lambda: folder_with("bad", {"x.png": b"garbage"}),
+        "missing_weights": lambda: base + ["--weights", str(tmp_path / "absent.pth")],
+        "wrong_variant": lambda: base + ["--model", "ediffiqaS"],
+        "unknown_key": lambda: with_config({"base": {"verbos": 1}}),
+        "unknown_loader_key": lambda: with_config({"dataloader": {"params": {"batchsize": 2}}}),
+        "bad_type": lambda: with_config({"dataloader": {"params": {"batch_size": "many"}}}),
+        "bad_value": lambda: base + ["--batch-size", "0"],
+        "bad_model": lambda: base + ["--model", "ediffiqaXL"],
+        "bad_device": lambda: base + ["--device", "tpu"],
+        "bad_yaml": lambda: with_config("base:\n  verbose: [1, 2\n"),
+        "missing_config": lambda: ["-c", str(tmp_path / "nope.yaml")] + base,
+        "drop_last": lambda: with_config({"dataloader": {"params": {"drop_last": True}}}),
+    }[case]()
+    code, err = run(argv, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("inference.py: error:")]
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_cuda_request_without_cuda(tmp_path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    code, err = run(["--images", str(tmp_path), "--device", "cuda:0", "--model", "ediffiqaT"], capsys)
+    assert code == 2 and "CUDA is not available" in err
+
+
+def test_subprocess_exit_code_and_no_traceback(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "inference.py"), "--images", str(tmp_path / "none"),
+                           "--device", "cpu"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("inference.py: error: image folder")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,269 @@
+"""prepare_data.py: label-optimisation semantics, official file formats, and error paths; extract_embeddings.py."""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import manifest_state_dict, save_image
+from dataset.formats import read_embeddings, read_prepared
+from dataset.labels import (group_identities, identity_centres, quality_threshold, select_identities,
+                            training_items)
+from utils.cli import run_cli
+
+import extract_embeddings
+import prepare_data
+
+
+def official_reference(labels, embeddings, beta, min_images=10):
+    """A line-by-line rendering of the official semantics (per-identity Python loops), for comparison."""
+    labels = dict(labels)
+    ranked = sorted(labels.values(), reverse=True)
+    threshold = ranked[int(beta * len(ranked))]
+    per_id = defaultdict(list)
+    for path, q in labels.items():
+        per_id[path.rsplit("/", 1)[0]].append((path, q))
+    centres, items = [], []
+    for identity, entries in per_id.items():
+        chosen = [embeddings[p] for p, q in entries if q >= threshold]
+        if len(chosen) < min_images:
+            continue
+        centres.append(np.mean(chosen, axis=0))
+        items.extend((p, q, len(centres) - 1) for p, q in entries)
+    return threshold, np.array(centres, dtype=np.float32), items
+
+
+def synthetic(n_ids=12, per_id=(5, 40), dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    labels, embeddings = [], {}
+    for i in range(n_ids):
+        for j in range(int(rng.integers(*per_id))):
+            path = f"n{i:06d}/{j:04d}_01.jpg"
+            labels.append((path, float(np.round(rng.uniform(0, 1), 2))))  # rounding makes ties
+            embeddings[path] = rng.normal(size=dim).astype(np.float32)
+    return labels, embeddings
+
+
+def write_inputs(tmp_path, labels, embeddings):
+    lp, ep = tmp_path / "labels.pkl", tmp_path / "emb.pkl"
+    lp.write_bytes(pickle.dumps(labels))
+    ep.write_bytes(pickle.dumps(embeddings))
+    return str(lp), str(ep)
+
+
+def run(argv, capsys):
+    code = run_cli(prepare_data.main, argv, "prepare_data.py")
+    return code, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- pure functions
+
+def test_threshold_ties_are_chosen() -> None:
+    q = np.array([0.9, 0.8, 0.8, 0.8, 0.1])
+    assert quality_threshold(q, 0.2) == 0.8           # index int(0.2 * 5) = 1 of the descending list
+    assert quality_threshold(q, 0.99) == 0.1
+    names, ids = group_identities(["a/1", "a/2", "a/3", "a/4", "b/1"])
+    sel = select_identities(q, ids, len(names), 0.8, min_images=3)
+    assert sel.chosen.tolist() == [True, True, True, True, False]  # >=: every tie at the threshold counts
+    assert sel.kept.tolist() == [True, False]
+
+
+def test_min_images_boundary() -> None:
+    paths = [f"keep/{i}" for i in range(10)] + [f"drop/{i}" for i in range(9)] + [f"drop/low{i}" for i in range(5)]
+    q = np.array([1.0] * 19 + [0.0] * 5)
+    names, ids = group_identities(paths)
+    sel = select_identities(q, ids, len(names), threshold=0.5, min_images=10)
+    assert names == ["keep", "drop"]
+    assert sel.chosen_per_identity.tolist() == [10, 9]
+    assert sel.kept.tolist() == [True, False] and sel.row.tolist() == [0, -1]
+
+
+def test_centres_and_items_by_hand() -> None:
+    paths = ["x/a/1.jpg", "y/1.jpg", "x/a/2.jpg", "y/2.jpg", "x/a/3.jpg", "z/1.jpg"]
+    q = np.array([0.9, 0.8, 0.7, 0.1, 0.95, 0.99])
+    emb = np.array([[1, 0], [0, 2], [3, 0], [0, 9], [2, 2], [5, 5]], dtype=np.float32)
+    names, ids = group_identities(paths)
+    assert names == ["x/a", "y", "z"] and ids.tolist() == [0, 1, 0, 1, 0, 2]
+    sel = select_identities(q, ids, 3, threshold=0.75, min_images=1)
+    assert sel.kept.tolist() == [True, True, True]
+    mask = sel.chosen
+    centres = identity_centres(emb[mask], sel.row[ids[mask]], 3)
+    # x/a: images 1 (0.9) and 3 (0.95), not 2 (0.7): mean of [1,0] and [2,2]; y: only [0,2]; z: [5,5]
+    np.testing.assert_allclose(centres, [[1.5, 1.0], [0.0, 2.0], [5.0, 5.0]])
+    items = training_items(paths, q, ids, sel)
+    assert items == [("x/a/1.jpg", 0.9, 0), ("y/1.jpg", 0.8, 1), ("x/a/2.jpg", 0.7, 0), ("y/2.jpg", 0.1, 1),
+                     ("x/a/3.jpg", 0.95, 0), ("z/1.jpg", 0.99, 2)]
+
+
+def test_identity_centres_chunking_does_not_change_result() -> None:
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(1000, 8)).astype(np.float32)
+    rows = rng.integers(0, 37, size=1000)
+    a = identity_centres(emb, rows, 37, chunk_size=1000)
+    b = identity_centres(emb, rows, 37, chunk_size=7)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(a[5], emb[rows == 5].mean(0), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the script
+
+@pytest.mark.parametrize("fmt", ["pkl", "npz"])
+def test_script_equals_official_semantics(tmp_path, capsys, fmt) -> None:
+    labels, embeddings = synthetic()
+    lp, ep = write_inputs(tmp_path, labels, embeddings)
+    if fmt == "npz":
+        ep = str(tmp_path / "emb.npz")
+        np.savez(ep, paths=np.array(list(embeddings)), embeddings=np.stack(list(embeddings.values())))
+    out = tmp_path / "new" / "folder"  # missing save folder: created
+    code, err = run(["-b", "0.3", "-ll", lp, "-el", ep, "-sl", str(out), "-sn", "test"], capsys)
+    assert code == 0, err
+    threshold, centres, items = official_reference(labels, embeddings, 0.3)
+
+    # Load exactly as the official training code does: plain pickle.
+    with open(out / "average_embedding_batch-test.pkl", "rb") as handle:
+        got_centres = pickle.load(handle)
+    with open(out / "training_items-test.pkl", "rb") as handle:
+        got_items = pickle.load(handle)
+    assert isinstance(got_centres, torch.Tensor) and got_centres.dtype == torch.float32
+    assert got_centres.shape == centres.shape and 0 < len(centres) < 12
+    np.testing.assert_allclose(got_centres.numpy(), centres, rtol=1e-6, atol=1e-6)
+    assert got_items == items
+    assert all(type(p) is str and type(q) is float and type(r) is int for p, q, r in got_items)
+
+    import json
+    summary = json.loads((out / "prepare_data-test.json").read_text())
+    assert summary["threshold"] == threshold and summary["identities_kept"] == len(centres)
+    assert summary["identities_kept"] + summary["identities_dropped"] == 12
+    safe_centres, safe_items = read_prepared(str(out), "test")
+    assert torch.equal(safe_centres, got_centres) and safe_items == got_items
+
+
+def test_config_file_and_dict_labels(tmp_path, capsys) -> None:
+    labels, embeddings = synthetic(seed=3)
+    lp, ep = write_inputs(tmp_path, dict(labels), embeddings)
+    cfg = tmp_path / "prep.yaml"
+    cfg.write_text(f"beta: 0.5\nlabel_location: {lp}\nembedding_location: {ep}\nsave_location: {tmp_path}\n"
+                   "save_name: cfg\nmin_images: 3\n")
+    code, err = run(["-c", str(cfg), "--min-images", "4"], capsys)  # command line wins over the file
+    assert code == 0, err
+    summary = __import__("json").loads((tmp_path / "prepare_data-cfg.json").read_text())
+    assert summary["config"]["min_images"] == 4 and summary["config"]["beta"] == 0.5
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing_embedding", r"2 of \d+ labelled images have no embedding .*e.g. 'n000000/0000_01.jpg'"),
+    ("dims_differ", r"embedding sizes differ: first is \(16,\), also \(8,\)"),
+    ("nan_quality", r"1 qualities are NaN or infinite \(e.g. 'n000001/0000_01.jpg'\)"),
+    ("beta_zero", r"'beta' must be between 0 and 1"),
+    ("beta_one", r"'beta' must be between 0 and 1"),
+    ("no_identity", r"no identity has 1000 images with quality"),
+    ("missing_labels", r"file '.*nope.pkl' not found"),
+    ("garbage_labels", r"cannot read '.*garbage.pkl' as a pickle file"),
+    ("wrong_type_labels", r"must hold a list of \(path, quality\) pairs or a dict, not a str"),
+    ("bad_pair", r"entry 0 is \('a', 'b', 'c'\), expected a \(path, quality\) pair"),
+    ("evil_pickle", r"refusing to unpickle 'posix.system'"),
+    ("unknown_key", r"unknown key 'betta'"),
+])
+def test_errors_exit_2(case, pattern, tmp_path, capsys) -> None:
+    labels, embeddings = synthetic()
+    args = {"-b": "0.2", "-sl": str(tmp_path / "out")}
+    if case == "missing_embedding":
+        del embeddings[labels[0][0]], embeddings[labels[1][0]]
+    if case == "dims_differ":
+        embeddings[labels[5][0]] = np.zeros(8, dtype=np.float32)
+    if case == "nan_quality":
+        i = next(i for i, (p, _) in enumerate(labels) if p.startswith("n000001/"))
+        labels[i] = (labels[i][0], float("nan"))
+    lp, ep = write_inputs(tmp_path, labels, embeddings)
+    args.update({"-ll": lp, "-el": ep})
+    extra = []
+    if case == "beta_zero":
+        args["-b"] = "0"
+    if case == "beta_one":
+        args["-b"] = "1.0"
+    if case == "no_identity":
+        extra = ["--min-images", "1000"]
+    if case == "missing_labels":
+        args["-ll"] = str(tmp_path / "nope.pkl")
+    if case == "garbage_labels":
+        (tmp_path / "garbage.pkl").write_bytes(b"\x80\x04garbage")
+        args["-ll"] = str(tmp_path / "garbage.pkl")
+    if case == "wrong_type_labels":
+        (tmp_path / "str.pkl").write_bytes(pickle.dumps("hello"))
+        args["-ll"] = str(tmp_path / "str.pkl")
+    if case == "bad_pair":
+        (tmp_path / "bad.pkl").write_bytes(pickle.dumps([("a", "b", "c")]))
+        args["-ll"] = str(tmp_path / "bad.pkl")
+    if case == "evil_pickle":
+        (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"x": _Evil()}))
+        args["-el"] = str(tmp_path / "evil.pkl")
+    if case == "unknown_key":
+        (tmp_path / "c.yaml").write_text("betta: 0.3\n")
+        extra = ["-c", str(tmp_path / "c.yaml")]
+    argv = [x for kv in args.items() for x in kv] + extra
+    code, err = run(argv, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("prepare_data.py: error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out" / "training_items-ediffiqa.pkl")
+
+
+# ---------------------------------------------------------------- extract_embeddings.py
+
+@pytest.mark.parametrize("suffix,flip", [("pkl", False), ("npz", True)])
+def test_extract_embeddings(tmp_path, capsys, suffix, flip) -> None:
+    images = tmp_path / "faces"
+    for rel in ["id1/a.jpg", "id1/b.PNG", "id2/c.png"]:
+        save_image(str(images / rel), seed=len(rel) + ord(rel[-5]))
+    (images / "id2" / "broken.png").write_bytes(b"nope")
+    weights = tmp_path / "r18.pth"
+    backbone_sd = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
+                   if k.startswith("base_model.")}
+    torch.save(backbone_sd, str(weights))
+    out = str(tmp_path / f"emb.{suffix}")
+    argv = ["--images", str(images), "--backbone", "iresnet18", "--weights", str(weights), "--output", out,
+            "--device", "cpu", "--batch-size", "2", "--workers", "0"] + (["--flip"] if flip else [])
+    code = run_cli(extract_embeddings.main, argv, "extract_embeddings.py")
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "skipped 1" in err and "broken.png" in err
+    table = read_embeddings(out)
+    assert len(table) == 3 and table.dim == 512
+    assert table.missing(["id1/a.jpg", "id1/b.PNG", "id2/c.png"]) == []
+
+    from dataset import official_transform
+    from model import build_backbone
+    from PIL import Image
+    model = build_backbone("iresnet18")
+    model.load_state_dict(backbone_sd)
+    model.eval()
+    x = official_transform()(Image.open(images / "id1" / "a.jpg").convert("RGB"))[None]
+    with torch.no_grad():
+        expected = model(x)
+        if flip:
+            expected = (expected + model(torch.flip(x, dims=[3]))) / 2
+    np.testing.assert_allclose(table.gather(["id1/a.jpg"])[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_extract_embeddings_wrong_backbone(tmp_path, capsys) -> None:
+    images = tmp_path / "faces"
+    save_image(str(images / "a.png"), seed=1)
+    weights = tmp_path / "r18.pth"
+    torch.save({k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
+                if k.startswith("base_model.")}, str(weights))
+    code = run_cli(extract_embeddings.main, ["--images", str(images), "--backbone", "iresnet50", "--weights",
+                                             str(weights), "--output", str(tmp_path / "e.pkl")],
+                   "extract_embeddings.py")
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a iresnet18 backbone; use --backbone iresnet18" in err

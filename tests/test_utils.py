@@ -1,0 +1,145 @@
+"""Config loading, atomic writes, the restricted unpickler, devices and face alignment."""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pytest
+import torch
+
+from utils.alignment import ARCFACE_TEMPLATE, align_face, estimate_similarity
+from utils.config import from_dict, load_yaml
+from utils.errors import ConfigError, DataError
+from utils.io import atomic_open, read_scores_csv, safe_pickle_load, write_csv, write_pickle
+from utils.runtime import resolve_device, seed_everything
+
+
+@dataclass
+class _Inner:
+    flag: bool = False
+    size: Optional[int] = None
+    rate: float = 1.0
+
+
+@dataclass
+class _Outer:
+    name: str = "x"
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_from_dict_types_and_official_0_1_flags() -> None:
+    cfg = from_dict(_Outer, {"name": "y", "inner": {"flag": 1, "size": 3, "rate": 2}})
+    assert cfg.inner.flag is True and cfg.inner.size == 3 and cfg.inner.rate == 2.0 and cfg.name == "y"
+    assert from_dict(_Outer, {"inner": {"size": None}}).inner.size is None
+
+
+@pytest.mark.parametrize("data,pattern", [
+    ({"nme": "y"}, r"cfg.yaml: unknown key 'nme' \(known keys here: name, inner\)"),
+    ({"inner": {"flag": 2}}, r"'inner.flag' must be bool, got 2"),
+    ({"inner": {"size": True}}, r"'inner.size' must be int or null, got True"),
+    ({"inner": {"rate": "fast"}}, r"'inner.rate' must be float"),
+    ({"inner": 3}, r"'inner' must be a mapping"),
+    ({"name": 5}, r"'name' must be str"),
+])
+def test_from_dict_errors_name_the_key(data, pattern) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        from_dict(_Outer, data, source="cfg.yaml")
+
+
+def test_load_yaml_errors(tmp_path) -> None:
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_yaml(str(tmp_path / "list.yaml"))
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_yaml(str(tmp_path / "empty.yaml")) == {}
+    # YAML tags that would build Python objects are not accepted (safe_load).
+    (tmp_path / "evil.yaml").write_text("x: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_yaml(str(tmp_path / "evil.yaml"))
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path) -> None:
+    path = str(tmp_path / "out.pkl")
+    write_pickle(path, {"a": 1.0})
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "wb") as handle:
+            handle.write(b"partial")
+            raise RuntimeError("crash mid-write")
+    assert pickle.load(open(path, "rb")) == {"a": 1.0}
+    assert os.listdir(tmp_path) == ["out.pkl"]
+
+
+def test_csv_round_trip_with_awkward_paths(tmp_path) -> None:
+    path = str(tmp_path / "q.csv")
+    scores = {"a,b/c.jpg": 0.125, 'd "quoted".png': -1.5e-7}
+    write_csv(path, ("path", "quality"), ((k, repr(v)) for k, v in scores.items()))
+    assert read_scores_csv(path) == scores
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_safe_pickle_load(tmp_path) -> None:
+    good = {"id1/img.jpg": np.arange(4, dtype=np.float32), "id2/img.jpg": np.float32(0.5), "n": [("a", 1.0, 2)]}
+    write_pickle(str(tmp_path / "good.pkl"), good)
+    loaded = safe_pickle_load(str(tmp_path / "good.pkl"))
+    assert np.array_equal(loaded["id1/img.jpg"], good["id1/img.jpg"]) and loaded["n"] == good["n"]
+    write_pickle(str(tmp_path / "evil.pkl"), {"x": _Evil()})
+    with pytest.raises(DataError, match="refusing to unpickle 'posix.system'"):
+        safe_pickle_load(str(tmp_path / "evil.pkl"))
+    # A torch tensor pickled with plain pickle (the official average_embedding_batch format) loads only when allowed.
+    write_pickle(str(tmp_path / "tensor.pkl"), torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert torch.equal(safe_pickle_load(str(tmp_path / "tensor.pkl"), allow_torch=True),
+                       torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    with pytest.raises(DataError, match="refusing"):
+        safe_pickle_load(str(tmp_path / "tensor.pkl"))
+    (tmp_path / "trunc.pkl").write_bytes(pickle.dumps(good)[:20])
+    with pytest.raises(DataError, match="cannot read"):
+        safe_pickle_load(str(tmp_path / "trunc.pkl"))
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("AUTO").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="not understood"):
+        resolve_device("gpu0")
+
+
+def test_seed_everything_is_deterministic() -> None:
+    seed_everything(7)
+    a = (np.random.rand(), torch.rand(1).item())
+    gen = seed_everything(7)
+    assert (np.random.rand(), torch.rand(1).item()) == a
+    assert torch.randint(0, 10**6, (1,), generator=gen).item() == torch.randint(
+        0, 10**6, (1,), generator=torch.Generator().manual_seed(7)).item()
+
+
+def test_similarity_transform_is_recovered() -> None:
+    angle, scale, shift = 0.3, 1.7, np.array([5.0, -3.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    src = np.random.default_rng(0).uniform(0, 100, size=(5, 2))
+    dst = src @ rot.T + shift
+    matrix = estimate_similarity(src, dst)
+    np.testing.assert_allclose(matrix[:, :2], rot, atol=1e-9)
+    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_align_face_puts_landmarks_on_the_template() -> None:
+    from PIL import Image, ImageDraw
+
+    # Landmarks of a face twice the template size, shifted: each marked by a coloured dot.
+    landmarks = ARCFACE_TEMPLATE * 2.0 + np.array([30.0, 20.0])
+    img = Image.new("RGB", (300, 300), (0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    for x, y in landmarks:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 255, 255))
+    crop = np.asarray(align_face(img, landmarks))
+    assert crop.shape == (112, 112, 3)
+    for x, y in ARCFACE_TEMPLATE:
+        assert crop[int(round(y)), int(round(x))].mean() > 200
+    assert crop.mean() < 30

@@ -1,0 +1,1 @@
+"""Shared utilities: config loading, safe file I/O, errors, seeding and devices."""

@@ -1,0 +1,28 @@
+"""What every script does around its work: logging setup and turning user errors into exit code 2."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, List, Optional
+
+from utils.errors import EXIT_USER_ERROR, UserError
+
+__all__ = ["setup_logging", "run_cli"]
+
+
+def setup_logging(verbose: bool = True) -> None:
+    """Plain ``LEVEL message`` logging on stderr; INFO when verbose, WARNING otherwise."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(message)s", stream=sys.stderr, force=True)
+
+
+def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]], prog: str) -> int:
+    """Call ``main(argv)``; a :class:`UserError` becomes ``"<prog>: error: <message>"`` and exit code 2."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,141 @@
+"""Strict YAML -> dataclass config loading.
+
+Every section is a dataclass. Unknown keys and values of the wrong type are :class:`ConfigError`s that name the
+key (``base.device``) and the file, so a typo fails loudly instead of being ignored. No key can import code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Dict, Mapping, Type, TypeVar, Union
+
+import yaml
+
+from utils.errors import ConfigError
+
+__all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path"]
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML mapping from ``path``; any problem is a one-line :class:`ConfigError`."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not a {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        return "mapping"
+    if origin is list:
+        return "list"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: '{key}' must be a mapping of keys, got {value!r}")
+        return from_dict(tp, value, source=source, prefix=f"{key}.")
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        # The official configs write flags as 0/1.
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: Type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: Dataclass type; nested dataclass fields are filled recursively.
+        data: Parsed YAML mapping.
+        source: Name of the file or origin, used in error messages.
+        prefix: Dotted path of ``data`` inside the whole config, used in error messages.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: Dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(prefix + name for name in fields)
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known keys here: {known})")
+        kwargs[key] = _coerce(value, hints[key], prefix + str(key), source)
+    try:
+        obj = cls(**kwargs)
+    except ValueError as exc:  # __post_init__ range checks
+        raise ConfigError(f"{source}: {exc}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain nested dict (for saving the resolved config)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def set_by_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating sections as needed."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+

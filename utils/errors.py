@@ -1,0 +1,23 @@
+"""Errors that mean "the user's input is wrong", as opposed to a bug."""
+from __future__ import annotations
+
+__all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "EXIT_USER_ERROR"]
+
+#: Exit code of every script for a user mistake (argparse uses the same).
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake in the user's input. Scripts print the message on one line and exit with code 2."""
+
+
+class ConfigError(UserError):
+    """A config file or command-line value is unknown, of the wrong type or out of range."""
+
+
+class CheckpointError(UserError):
+    """A weights file is missing, unreadable or of another model."""
+
+
+class DataError(UserError):
+    """An input folder or data file is missing, empty or malformed."""

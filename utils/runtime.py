@@ -1,0 +1,66 @@
+"""Seeding, device selection and thread settings."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from utils.errors import ConfigError
+
+__all__ = ["seed_everything", "seed_worker", "resolve_device"]
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a seeded generator for DataLoaders.
+
+    Args:
+        seed: The seed.
+        deterministic: Also ask cuDNN for deterministic kernels (slower).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: derive NumPy/random seeds from the torch seed torch gave this worker."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn ``auto | cpu | cuda | cuda:N`` into a device, checking that it exists.
+
+    Raises:
+        ConfigError: Unknown spelling, or CUDA asked for but not available.
+    """
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{spec}' asked for but CUDA is not available here; use --device cpu or auto")
+        index = int(spec[5:]) if ":" in spec else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{spec}' asked for but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    raise ConfigError(f"device '{spec}' not understood; use auto, cpu, cuda or cuda:N")
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (respects affinity masks and containers better than ``os.cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,246 @@
+"""Batch quality scoring: the fast, faithful path shared by ``inference.py``, the benchmarks and the Python API.
+
+Speed without changing the numbers: DataLoader workers decode images and ship ``uint8`` tensors, the float
+normalisation runs once per batch on the device, the model runs in ``channels_last`` under ``inference_mode``.
+An optional reduced precision (``bf16`` / ``fp16`` autocast) trades a small, reported score error for speed.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dataset.image_folder import FaceFolder, collate_faces
+from dataset.transforms import normalize, resize_face, to_uint8_tensor
+from model.registry import create_model
+from utils.errors import ConfigError
+from utils.runtime import cpu_count, resolve_device
+
+__all__ = ["PRECISIONS", "precision_context", "default_batch_size", "default_workers", "iterate_folder", "map_folder",
+           "FolderResult", "QualityScorer"]
+
+_logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Batch size that runs fast on ``device`` (small batches stay in cache on CPUs)."""
+    return 256 if device.type == "cuda" else 8
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers: on a CPU run they share the cores with the model, so keep them few."""
+    cpus = cpu_count()
+    if device.type == "cuda":
+        return min(8, cpus)
+    return 1 if cpus >= 2 else 0
+
+
+@contextlib.contextmanager
+def precision_context(device: torch.device, precision: str) -> Iterator[None]:
+    """Numerics of one forward pass.
+
+    ``fp32`` is true fp32 everywhere (on CUDA, TF32 off: the same numbers as on the CPU to about 1e-5). ``tf32`` is
+    PyTorch's CUDA default, which the official code gets implicitly (TF32 convolutions; about 1e-3 off on GPUs).
+    ``bf16``/``fp16`` use autocast. On CUDA, cuDNN autotuning is on (inputs are always 112x112).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}' not understood; use one of: {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("precision 'fp16' is for CUDA; on the CPU use bf16 or fp32")
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            cudnn = torch.backends.cudnn
+            stack.enter_context(cudnn.flags(enabled=True, benchmark=True, deterministic=cudnn.deterministic,
+                                            allow_tf32=precision == "tf32"))
+            matmul = torch.backends.cuda.matmul
+            previous = matmul.allow_tf32
+            matmul.allow_tf32 = precision == "tf32"
+            stack.callback(setattr, matmul, "allow_tf32", previous)
+        if precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
+        yield
+
+
+def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
+                   pin_memory: bool = True, prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
+                   channels_last: bool = True) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+    """Yield ``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch.
+
+    Unreadable files are left out of ``images``/``indices`` and reported in the third element; a batch with only
+    bad files yields empty tensors.
+    """
+    dataset = FaceFolder(root, list(rel_paths))
+    kwargs = {}
+    if workers > 0:
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=pin_memory and device.type == "cuda", collate_fn=collate_faces,
+                        drop_last=False, **kwargs)
+    for images, indices, errors in loader:
+        bad = [(int(i), e) for i, e in zip(indices.tolist(), errors) if e]
+        if bad:
+            keep = torch.tensor([not e for e in errors], dtype=torch.bool)
+            images, indices = images[keep], indices[keep]
+        x = normalize(images.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield indices, x, bad
+
+
+@dataclass
+class FolderResult:
+    """Outputs for a folder: ``paths[i]`` (relative) has ``outputs[k][i]``; ``skipped`` holds ``(path, reason)``."""
+
+    paths: List[str] = field(default_factory=list)
+    outputs: List[np.ndarray] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def scores(self) -> List[float]:
+        """Qualities as Python floats (first output of :meth:`QualityScorer.score_folder`)."""
+        return self.outputs[0].tolist() if self.outputs else []
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """``(N, D)`` embeddings (last output, when asked for)."""
+        return self.outputs[-1]
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.paths) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
+               forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], batch_size: int, workers: int,
+               verbose: bool = False, channels_last: bool = True, **loader_kwargs) -> FolderResult:
+    """Run ``forward`` over the readable images of a folder, naming and counting the unreadable ones.
+
+    Args:
+        root: Folder.
+        rel_paths: Files relative to ``root`` (see :func:`dataset.find_images`).
+        device: Where batches go.
+        forward: Maps a normalised ``(b, 3, 112, 112)`` batch to per-image outputs, each ``(b, ...)``.
+        batch_size: Images per batch.
+        workers: DataLoader worker processes.
+        verbose: Show a progress bar.
+        channels_last: Hand ``forward`` NHWC-strided batches.
+    """
+    from tqdm import tqdm
+
+    result = FolderResult()
+    chunks: List[List[np.ndarray]] = []
+    start = time.perf_counter()
+    with tqdm(total=len(rel_paths), unit="img", disable=not verbose, dynamic_ncols=True) as bar:
+        for indices, x, bad in iterate_folder(root, rel_paths, device, batch_size, workers,
+                                              channels_last=channels_last, **loader_kwargs):
+            for index, reason in bad:
+                _logger.warning("skipped '%s': %s", os.path.join(root, rel_paths[index]), reason)
+                result.skipped.append((rel_paths[index], reason))
+            if len(indices):
+                outputs = [o.detach().float().cpu().numpy() for o in forward(x)]
+                if not chunks:
+                    chunks = [[] for _ in outputs]
+                for chunk, output in zip(chunks, outputs):
+                    chunk.append(output)
+                result.paths.extend(rel_paths[i] for i in indices.tolist())
+            bar.update(len(indices) + len(bad))
+    result.seconds = time.perf_counter() - start
+    result.outputs = [np.concatenate(chunk) for chunk in chunks]
+    return result
+
+
+class QualityScorer:
+    """An eDifFIQA model ready to score faces.
+
+    Args:
+        model: An :class:`model.EDifFIQA` (any ``return_feat``; the scorer asks for what it needs).
+        device: Where to run.
+        precision: ``fp32`` (official numbers), ``tf32`` (CUDA), ``bf16`` or ``fp16`` (autocast; faster, small
+            error); see :func:`precision_context`.
+        channels_last: Run convolutions in NHWC layout (same numbers, faster on CPUs and tensor cores).
+
+    Example:
+        >>> scorer = QualityScorer.from_pretrained("ediffiqaL", "weights/ediffiqaL.pth")  # doctest: +SKIP
+        >>> scorer.score_images([Image.open("face.jpg")])  # doctest: +SKIP
+        array([0.71], dtype=float32)
+    """
+
+    def __init__(self, model: nn.Module, device: Union[str, torch.device] = "cpu", precision: str = "fp32",
+                 channels_last: bool = True) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.precision = precision
+        with precision_context(self.device, precision):  # validates the combination early
+            pass
+        self.channels_last = channels_last
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_pretrained(cls, name: str, weights: Optional[str], device: Union[str, torch.device] = "auto",
+                        precision: str = "fp32", channels_last: bool = True) -> "QualityScorer":
+        """Build variant ``name`` (``ediffiqaL/M/S/T``) with its checkpoint; see :func:`model.create_model`."""
+        return cls(create_model(name, weights), device=device, precision=precision, channels_last=channels_last)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run the model on a normalised ``(B, 3, 112, 112)`` batch; return float32 ``(B, 512)`` and ``(B,)``."""
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), precision_context(self.device, self.precision):
+            feat = self.model.base_model(x)
+            quality = self.model.mlp(feat)
+        # reshape(-1), not squeeze(): a batch of one stays a 1-d array (the official code crashes there).
+        return feat.float(), quality.float().reshape(-1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Qualities ``(B,)`` of a normalised ``(B, 3, 112, 112)`` float batch."""
+        return self.forward(x)[1]
+
+    def score_images(self, images: Sequence[Image.Image], return_feat: bool = False
+                     ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """Score PIL images (aligned face crops, any mode and size; resized to 112x112 as the official code does).
+
+        Returns:
+            ``(N,)`` float32 qualities, or ``((N, 512) embeddings, (N,) qualities)`` with ``return_feat``.
+        """
+        if len(images) == 0:
+            empty = np.zeros((0,), dtype=np.float32)
+            return (np.zeros((0, 512), dtype=np.float32), empty) if return_feat else empty
+        batch = torch.stack([to_uint8_tensor(resize_face(img.convert("RGB"))) for img in images])
+        feat, quality = self.forward(normalize(batch.to(self.device)))
+        if return_feat:
+            return feat.cpu().numpy(), quality.cpu().numpy()
+        return quality.cpu().numpy()
+
+    def score_folder(self, root: str, rel_paths: Sequence[str], batch_size: Optional[int] = None,
+                     workers: Optional[int] = None, verbose: bool = False, return_feat: bool = False,
+                     **loader_kwargs) -> FolderResult:
+        """Score the files ``rel_paths`` (relative to ``root``), skipping and reporting unreadable ones.
+
+        Returns:
+            A :class:`FolderResult` whose ``scores`` (and ``embeddings`` with ``return_feat``) follow ``paths``.
+        """
+        def forward(x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            feat, quality = self.forward(x)
+            return (quality, feat) if return_feat else (quality,)
+
+        return map_folder(root, rel_paths, self.device, forward,
+                          batch_size=batch_size or default_batch_size(self.device),
+                          workers=default_workers(self.device) if workers is None else workers,
+                          verbose=verbose, channels_last=self.channels_last, **loader_kwargs)
