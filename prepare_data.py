@@ -109,13 +109,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     chosen_rows = selection.row[ids[chosen]]
     centres = accumulate_centres(((chosen_rows[window], block) for window, block in embeddings.chunks(chosen_paths)),
                                  n_kept, embeddings.dim)
+    embedding_dim = embeddings.dim
+    del embeddings  # the largest object by far; free it before the items are built and torch is imported
     items = training_items(paths, qualities, ids, selection)
     centres_path, items_path = write_prepared(cfg.save_location, cfg.save_name, centres, items)
 
     summary = {
         "config": asdict(cfg),
         "labels": len(paths),
-        "embedding_dim": embeddings.dim,
+        "embedding_dim": embedding_dim,
         "threshold": threshold,
         "threshold_index": int(cfg.beta * len(paths)),
         "chosen_images": int(selection.chosen.sum()),

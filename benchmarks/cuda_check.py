@@ -24,6 +24,29 @@ from model.registry import create_model  # noqa: E402
 from utils.scoring import QualityScorer  # noqa: E402
 
 
+def train_check(tmp: str) -> int:
+    """Three epochs of the tiny synthetic training set on CUDA with AMP (fp16 autocast + GradScaler)."""
+    import json
+    import pathlib
+
+    import train
+    from test_train import make_dataset, tiny_config
+
+    root = pathlib.Path(tmp) / "train"
+    root.mkdir()
+    images = make_dataset(root)
+    out = root / "out"
+    cfg = tiny_config(root, images, out, **{"base.device": "cuda", "base.amp": 1, "base.epochs": 3})
+    code = train.main(["-c", cfg])
+    history = json.loads((out / "history.json").read_text())
+    losses = [round(h["train"]["loss"], 5) for h in history]
+    print(f"train on cuda with amp: exit {code}, train losses {losses}, val {[round(h['val']['loss'], 5) for h in history]}")
+    model = create_model("ediffiqaT", str(out / "model.pth"))
+    scores = QualityScorer(model, "cuda").score_folder(str(images), find_images(str(images))).scores
+    print(f"trained model.pth scores {len(scores)} images on cuda, finite: {bool(np.isfinite(scores).all())}")
+    return int(code != 0 or not losses[-1] < losses[0] or not np.isfinite(scores).all())
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device")
@@ -55,6 +78,7 @@ def main() -> int:
                               capture_output=True, text=True)
         print("inference.py --device auto:", proc.returncode, proc.stderr.strip().splitlines()[-1:])
         failures += proc.returncode != 0 or "on cuda" not in proc.stderr
+        failures += train_check(tmp)
     print("CUDA CHECK", "FAILED" if failures else "OK")
     return 1 if failures else 0
 

@@ -5,7 +5,7 @@
 Generates synthetic inputs in the official formats (pickled list of (path, quality) labels and pickled dict
 {path: float32 array} embeddings, plus the same embeddings as .npz), then runs, each in a fresh process:
 ``baseline`` (plain pickle.load and per-identity Python lists with np.mean, the official script's approach),
-``ours`` on the pickle, and ``ours`` on the .npz. Peak memory is the process's maximum resident set size; the raw
+``ours`` on the pickle, and ``ours`` on the .npz. Peak memory is the process's high-water resident set size (VmHWM); the raw
 size is images x dim x 4 bytes.
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,7 +80,9 @@ def worker(kind: str, folder: str) -> None:
         code = prepare_data.main(["-ll", os.path.join(folder, "labels.pkl"), "-el", os.path.join(folder, emb),
                                   "-sl", os.path.join(folder, kind), "-sn", "b", "-q"])
         assert code == 0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM belongs to this process image (ru_maxrss would include the parent's peak inherited at fork).
+    with open("/proc/self/status", encoding="ascii") as handle:
+        peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_bytes": peak}))
 
 

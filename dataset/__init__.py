@@ -1,8 +1,25 @@
-"""Data loading: the shared preprocessing and image-folder reading."""
-from dataset.image_folder import IMAGE_EXTENSIONS, FaceFolder, collate_faces, find_images
-from dataset.transforms import (INPUT_SIZE, MEAN, STD, load_face, normalize, official_transform, open_rgb,
-                                preprocess, preprocess_batch, resize_face)
+"""Data loading: the shared preprocessing, image-folder reading, official file formats and label preparation.
 
-__all__ = ["IMAGE_EXTENSIONS", "INPUT_SIZE", "MEAN", "STD", "FaceFolder", "collate_faces", "find_images",
-           "load_face", "normalize", "official_transform", "open_rgb", "preprocess", "preprocess_batch",
-           "resize_face"]
+Submodules are imported on first use, so that ``prepare_data.py`` does not pay for torchvision.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IMAGE_EXTENSIONS": "dataset.image_folder", "FaceFolder": "dataset.image_folder",
+    "collate_faces": "dataset.image_folder", "find_images": "dataset.image_folder",
+    "INPUT_SIZE": "dataset.transforms", "MEAN": "dataset.transforms", "STD": "dataset.transforms",
+    "load_face": "dataset.transforms", "normalize": "dataset.transforms", "official_transform": "dataset.transforms",
+    "open_rgb": "dataset.transforms", "preprocess": "dataset.transforms", "preprocess_batch": "dataset.transforms",
+    "resize_face": "dataset.transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dataset' has no attribute '{name}'")

@@ -4,9 +4,9 @@ Pickles are read through :func:`utils.io.safe_pickle_load`, which admits only th
 """
 from __future__ import annotations
 
-import math
+import operator
 import os
-from typing import Dict, Iterator, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -19,6 +19,17 @@ __all__ = ["read_labels", "EmbeddingTable", "read_embeddings", "write_embeddings
 
 def _examples(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(repr(x) for x in list(items)[:n]) + (" ..." if len(items) > n else "")
+
+
+def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.ndarray], None]:
+    """``dict(data)`` split into paths and float64 qualities at C speed, or None when any entry is malformed."""
+    try:
+        labels = dict(data)
+        if not all(map(str.__instancecheck__, labels)):
+            return None
+        return list(labels), np.fromiter(labels.values(), dtype=np.float64, count=len(labels))
+    except (TypeError, ValueError):
+        return None
 
 
 def read_labels(path: str) -> Tuple[List[str], np.ndarray]:
@@ -38,24 +49,25 @@ def read_labels(path: str) -> Tuple[List[str], np.ndarray]:
     else:
         data = safe_pickle_load(path)
     if isinstance(data, Mapping):
-        pairs = list(data.items())
+        pairs: Sequence = list(data.items())
     elif isinstance(data, (list, tuple)):
-        pairs = list(data)
+        pairs = data
     else:
         raise DataError(f"labels file '{path}' must hold a list of (path, quality) pairs or a dict, "
                         f"not a {type(data).__name__}")
-    labels: Dict[str, float] = {}
-    for i, pair in enumerate(pairs):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
-            raise DataError(f"labels file '{path}': entry {i} is {pair!r}, expected a (path, quality) pair")
-        try:
-            labels[pair[0]] = float(pair[1])
-        except (TypeError, ValueError):
-            raise DataError(f"labels file '{path}': quality of '{pair[0]}' is {pair[1]!r}, not a number") from None
-    if not labels:
+    fast = _fast_labels(data)
+    if fast is None:  # something is malformed: find and name it
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise DataError(f"labels file '{path}': entry {i} is {pair!r}, expected a (path, quality) pair")
+            try:
+                float(pair[1])
+            except (TypeError, ValueError):
+                raise DataError(f"labels file '{path}': quality of '{pair[0]}' is {pair[1]!r}, not a number") from None
+        raise DataError(f"labels file '{path}' could not be read as (path, quality) pairs")
+    paths, qualities = fast
+    if not paths:
         raise DataError(f"labels file '{path}' holds no labels")
-    paths = list(labels)
-    qualities = np.fromiter(labels.values(), dtype=np.float64, count=len(labels))
     bad = np.flatnonzero(~np.isfinite(qualities))
     if len(bad):
         raise DataError(f"labels file '{path}': {len(bad)} qualities are NaN or infinite "
@@ -64,13 +76,20 @@ def read_labels(path: str) -> Tuple[List[str], np.ndarray]:
 
 
 class EmbeddingTable:
-    """Teacher embeddings by image path, from the official pickled dict or an ``.npz`` (``paths``, ``embeddings``)."""
+    """Teacher embeddings by image path, from the official pickled dict or an ``.npz`` (``paths``, ``embeddings``).
 
-    def __init__(self, source: str, index: Mapping[str, int], rows: Union[np.ndarray, Sequence[np.ndarray]],
-                 dim: int) -> None:
+    Args:
+        source: File name, for messages.
+        index: Path -> row of ``matrix`` (``.npz``), or path -> ``(D,)`` array (pickled dict, used as is so that
+            no second copy of a million-entry dict is made).
+        matrix: ``(N, D)`` array for ``.npz``; None for a pickled dict.
+        dim: Embedding size D.
+    """
+
+    def __init__(self, source: str, index: Mapping[str, Any], matrix: Optional[np.ndarray], dim: int) -> None:
         self.source = source
         self._index = index
-        self._rows = rows
+        self._matrix = matrix
         self.dim = dim
 
     def __len__(self) -> int:
@@ -79,25 +98,59 @@ class EmbeddingTable:
     def __contains__(self, path: str) -> bool:
         return path in self._index
 
+    def keys(self) -> List[str]:
+        """All paths, in file order."""
+        return list(self._index)
+
     def missing(self, paths: Sequence[str]) -> List[str]:
         """Paths that have no embedding."""
+        if all(map(self._index.__contains__, paths)):  # the common case, at C speed
+            return []
         return [p for p in paths if p not in self._index]
 
     def gather(self, paths: Sequence[str]) -> np.ndarray:
         """``(len(paths), D)`` float32 embeddings of ``paths``."""
-        if isinstance(self._rows, np.ndarray):
-            return np.asarray(self._rows[np.fromiter((self._index[p] for p in paths), dtype=np.int64,
-                                                     count=len(paths))], dtype=np.float32)
-        out = np.empty((len(paths), self.dim), dtype=np.float32)
-        for i, p in enumerate(paths):
-            out[i] = self._rows[self._index[p]]
-        return out
+        if self._matrix is not None:
+            rows = np.fromiter(map(self._index.__getitem__, paths), dtype=np.int64, count=len(paths))
+            return np.asarray(self._matrix[rows], dtype=np.float32)
+        if not paths:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack(list(map(self._index.__getitem__, paths))).reshape(len(paths), self.dim).astype(
+            np.float32, copy=False)
 
-    def chunks(self, paths: Sequence[str], size: int = 65536) -> Iterator[Tuple[slice, np.ndarray]]:
+    def chunks(self, paths: Sequence[str], size: int = 16384) -> Iterator[Tuple[slice, np.ndarray]]:
         """Yield ``(slice of paths, (k, D) embeddings)`` blocks, so callers never hold all of them at once."""
         for start in range(0, len(paths), size):
             window = slice(start, min(start + size, len(paths)))
             yield window, self.gather(paths[window])
+
+
+def _npz_member(path: str, name: str) -> np.ndarray:
+    """Array ``name`` of an ``.npz``: memory-mapped when stored uncompressed (``np.savez``), else read.
+
+    Mapping skips zipfile's copy and CRC pass (several seconds per GB) and reads only the rows that are used.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{name}.npy")
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(path, "rb") as handle:
+                handle.seek(info.header_offset)
+                local = handle.read(30)
+                if local[:4] == b"PK\x03\x04":
+                    data_start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+                        int.from_bytes(local[28:30], "little")
+                    handle.seek(data_start)
+                    fmt = np.lib.format
+                    reader = {(1, 0): fmt.read_array_header_1_0,
+                              (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(handle))
+                    shape, fortran, dtype = reader(handle) if reader else ((), False, np.dtype(object))
+                    if not dtype.hasobject:
+                        return np.memmap(path, dtype=dtype, mode="r", offset=handle.tell(), shape=shape,
+                                         order="F" if fortran else "C")
+        with archive.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
 
 
 def read_embeddings(path: str) -> EmbeddingTable:
@@ -114,8 +167,8 @@ def read_embeddings(path: str) -> EmbeddingTable:
                 if "paths" not in npz or "embeddings" not in npz:
                     raise DataError(f"embeddings file '{path}' must hold arrays 'paths' and 'embeddings', "
                                     f"found {sorted(npz.files)}")
-                paths = [str(p) for p in npz["paths"].tolist()]
-                matrix = npz["embeddings"]
+                paths = npz["paths"].tolist()
+            matrix = _npz_member(path, "embeddings")
         except DataError:
             raise
         except Exception as exc:  # zipfile/np.load raise several types on corrupt files
@@ -123,25 +176,29 @@ def read_embeddings(path: str) -> EmbeddingTable:
         if matrix.ndim != 2 or len(matrix) != len(paths):
             raise DataError(f"embeddings file '{path}': 'embeddings' has shape {matrix.shape}, expected "
                             f"({len(paths)}, D) to match 'paths'")
-        return EmbeddingTable(path, {p: i for i, p in enumerate(paths)}, matrix, int(matrix.shape[1]))
+        return EmbeddingTable(path, dict(zip(paths, range(len(paths)))), matrix, int(matrix.shape[1]))
 
     data = safe_pickle_load(path)
     if not isinstance(data, Mapping) or not data:
         raise DataError(f"embeddings file '{path}' must hold a non-empty dict {{image path: embedding}}")
-    keys = list(data.keys())
-    values = list(data.values())
-    first = np.asarray(values[0])
-    dim = int(first.shape[-1]) if first.ndim >= 1 else 0
-    shapes = {}
-    for key, value in zip(keys, values):
-        shape = getattr(value, "shape", None)
-        if shape != (dim,) and (shape is None or int(np.prod(shape)) != dim):
-            shapes.setdefault(str(shape), key)
-    if shapes or dim == 0:
-        found = "; ".join(f"{shape} (e.g. '{key}')" for shape, key in list(shapes.items())[:3])
-        raise DataError(f"embeddings file '{path}': embedding sizes differ: first is {first.shape}, also {found}")
-    rows = [np.asarray(v).reshape(-1) for v in values]
-    return EmbeddingTable(path, {k: i for i, k in enumerate(keys)}, rows, dim)
+    first = next(iter(data.values()))
+    dim = int(getattr(first, "size", 0))
+    try:
+        uniform = set(map(operator.attrgetter("shape"), data.values())) == {getattr(first, "shape", None)}
+    except AttributeError:
+        uniform = False
+    if not uniform or dim == 0 or not isinstance(first, np.ndarray):
+        shapes: Dict[str, str] = {}
+        for key, value in data.items():
+            shape = getattr(value, "shape", None)
+            if shape != getattr(first, "shape", None) or not isinstance(value, np.ndarray):
+                shapes.setdefault(str(shape), key)
+                if len(shapes) >= 3:
+                    break
+        found = "; ".join(f"{shape} (e.g. '{key}')" for shape, key in shapes.items())
+        raise DataError(f"embeddings file '{path}': embedding sizes differ: first is "
+                        f"{getattr(first, 'shape', None)}, also {found}")
+    return EmbeddingTable(path, data, None, dim)
 
 
 def write_embeddings(path: str, paths: Sequence[str], embeddings: np.ndarray) -> None:

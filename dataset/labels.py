@@ -38,9 +38,9 @@ def group_identities(paths: Sequence[str]) -> Tuple[List[str], np.ndarray]:
         ``(names, ids)``: identity names and an ``(N,)`` int64 array with the identity number of each path.
     """
     index: dict = {}
-    ids = np.fromiter((index.setdefault(identity_of(p), len(index)) for p in paths), dtype=np.int64,
-                      count=len(paths))
-    return list(index), ids
+    number = index.setdefault
+    ids = [number(p.rsplit("/", 1)[0], len(index)) for p in paths]
+    return list(index), np.asarray(ids, dtype=np.int64)
 
 
 def quality_threshold(qualities: np.ndarray, beta: float) -> float:
@@ -89,25 +89,23 @@ def accumulate_centres(chunks: Iterable[Tuple[np.ndarray, np.ndarray]], n_rows: 
     Returns:
         ``(n_rows, D)`` float32 centres (accumulated in float64).
     """
+    from scipy import sparse  # one sparse-dense product per chunk; far lighter to import than torch
+
     sums = np.zeros((n_rows, dim), dtype=np.float64)
     counts = np.zeros(n_rows, dtype=np.int64)
     for rows, embeddings in chunks:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             continue
-        # Sorted segments + reduceat: one vectorised pass instead of a Python loop over identities.
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
-        block = np.asarray(embeddings)[order].astype(np.float64, copy=False)
-        sums[sorted_rows[starts]] += np.add.reduceat(block, starts, axis=0)
+        indicator = sparse.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_rows, len(rows)))
+        sums += indicator @ np.asarray(embeddings, dtype=np.float64)
         counts += np.bincount(rows, minlength=n_rows)
     if np.any(counts == 0):
         raise ValueError("every centre row needs at least one embedding")
     return (sums / counts[:, None]).astype(np.float32)
 
 
-def identity_centres(embeddings: np.ndarray, rows: np.ndarray, n_rows: int, chunk_size: int = 65536) -> np.ndarray:
+def identity_centres(embeddings: np.ndarray, rows: np.ndarray, n_rows: int, chunk_size: int = 16384) -> np.ndarray:
     """Plain means of ``(M, D)`` embeddings grouped by their ``(M,)`` centre rows; ``(n_rows, D)`` float32."""
     embeddings = np.asarray(embeddings)
     rows = np.asarray(rows)
@@ -121,4 +119,5 @@ def training_items(paths: Sequence[str], qualities: np.ndarray, ids: np.ndarray,
     item_rows = selection.row[ids]
     keep = np.flatnonzero(item_rows >= 0)
     q = np.asarray(qualities, dtype=np.float64)
-    return [(paths[i], float(q[i]), int(item_rows[i])) for i in keep.tolist()]
+    kept_paths = paths if len(keep) == len(paths) else [paths[i] for i in keep.tolist()]
+    return list(zip(kept_paths, q[keep].tolist(), item_rows[keep].tolist()))

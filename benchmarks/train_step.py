@@ -1,0 +1,160 @@
+"""Training images/s and peak memory of train.py's loop against the naive loop of the official code, in one run.
+
+Naive (official): every backbone tensor keeps its gradient (only the optimizer groups are stepped), each image is
+opened twice, NCHW. Ours: ``utils.trainer.Trainer`` (tensors outside the optimizer frozen, one read, uint8 workers,
+channels_last). Same data, batch size, workers and fp32 on the CPU; each path runs one epoch in its own process.
+
+    python benchmarks/train_step.py [--variants T S] [--images 256] [--batch-size 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def make_data(folder: str, n_images: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels, embeddings = [], {}
+    for i in range(n_images):
+        rel = f"n{i // 16:06d}/{i % 16:04d}_01.jpg"
+        os.makedirs(os.path.join(folder, "images", os.path.dirname(rel)), exist_ok=True)
+        img = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
+        Image.fromarray(img).resize((112, 112), Image.Resampling.BICUBIC).save(
+            os.path.join(folder, "images", rel), quality=90)
+        labels.append((rel, float(rng.uniform())))
+        embeddings[rel] = rng.normal(size=512).astype(np.float32)
+    with open(os.path.join(folder, "labels.pkl"), "wb") as handle:
+        pickle.dump(labels, handle)
+    with open(os.path.join(folder, "emb.pkl"), "wb") as handle:
+        pickle.dump(embeddings, handle)
+    import prepare_data
+
+    assert prepare_data.main(["-b", "0.5", "-ll", os.path.join(folder, "labels.pkl"), "-el",
+                              os.path.join(folder, "emb.pkl"), "-sl", os.path.join(folder, "prep"), "-sn", "b",
+                              "--min-images", "1", "-q"]) == 0
+
+
+def config(folder: str, variant: str, batch: int, workers: int):
+    from utils.config import from_dict
+    from utils.train_config import TrainConfig
+
+    loader = {"batch_size": batch, "shuffle": True, "num_workers": workers}
+    return from_dict(TrainConfig, {
+        "base": {"verbose": 0, "save_path": os.path.join(folder, "out"), "device": "cpu", "amp": False, "epochs": 1},
+        "model": {"name": variant},
+        "dataset": {"image_loc": os.path.join(folder, "images"), "training_data": os.path.join(folder, "prep"),
+                    "save_name": "b", "embeddings": os.path.join(folder, "emb.pkl"), "val_split": 0.02},
+        "dataloader": {"train": {"params": loader}, "val": {"params": loader}},
+    })
+
+
+def naive_epoch(trainer) -> int:
+    """The official loop: all backbone tensors keep gradients, each image read twice, NCHW input."""
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    from dataset.transforms import official_transform
+
+    model = trainer.model.to(memory_format=torch.contiguous_format)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if hasattr(model.base_model, "features"):
+        model.base_model.features.weight.requires_grad_(False)  # insightface freezes it, the official code too
+    data, root, transform = trainer.train_set, trainer.cfg.dataset.image_loc, official_transform()
+
+    class Official(Dataset):
+        def __len__(self):
+            return len(data.paths)
+
+        def __getitem__(self, i):
+            location = os.path.join(root, data.paths[i])
+            img = Image.open(location).convert("RGB")  # noqa: F841 (read and thrown away, as officially)
+            img = transform(Image.open(location).convert("RGB"))
+            return img, float(data.quality[i]), int(data.rows[i]), torch.from_numpy(data.teacher[i])
+
+    params = trainer.cfg.dataloader.train.params
+    loader = DataLoader(Official(), batch_size=params.batch_size, shuffle=True, num_workers=params.num_workers)
+    model.train()
+    seen = 0
+    for x, q, rows, teacher in loader:
+        q = q.float()
+        feat, pred = model(x)
+        loss, _ = trainer.criterion(feat, pred, q, teacher, trainer.centres[rows])
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        trainer.optimizer.step()
+        seen += len(x)
+    return seen
+
+
+def worker(kind: str, folder: str, variant: str, batch: int, workers: int) -> None:
+    import torch
+
+    from utils.trainer import Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(config(folder, variant, batch, workers))
+    start = time.perf_counter()
+    seen = naive_epoch(trainer) if kind == "naive" else (trainer.train_epoch(0, None), len(trainer.train_set.paths))[1]
+    seconds = time.perf_counter() - start
+    with open("/proc/self/status", encoding="ascii") as handle:
+        peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+    print(json.dumps({"images": seen, "seconds": seconds, "peak_bytes": peak}))
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["T", "S"])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.folder, f"ediffiqa{args.variants[0].upper()}", args.batch_size, args.workers)
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        make_data(folder, args.images)
+        for letter in args.variants:
+            variant = f"ediffiqa{letter.upper()}"
+            result = {}
+            for kind in ("naive", "ours"):
+                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--folder", folder,
+                                       "--variants", letter, "--batch-size", str(args.batch_size),
+                                       "--workers", str(args.workers)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stderr[-3000:])
+                    return 1
+                result[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+            base = result["naive"]["images"] / result["naive"]["seconds"]
+            for kind, r in result.items():
+                speed = r["images"] / r["seconds"]
+                rows.append(f"| {variant} | {kind} | {speed:.1f} | {speed / base:.2f}x | {r['peak_bytes'] / 2**20:.0f} MiB |")
+            print(f"{variant} done", flush=True)
+    print(f"\nbatch {args.batch_size}, {args.workers} worker(s), fp32, one epoch of ~{args.images} images\n")
+    print("| variant | loop | train images/s | vs naive | peak memory |")
+    print("|---|---|---:|---:|---:|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""EDC and pAUC: hand-computed cases, the protocol's sanity properties, and evaluate.py end to end."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import manifest_state_dict, save_image
+from utils import edc
+from utils.cli import run_cli
+
+import evaluate
+import extract_embeddings
+import inference
+
+# Ten comparisons: four non-mated (similarities 0.1 0.2 0.3 0.6) and six mated.
+NON_MATED = np.array([0.1, 0.2, 0.3, 0.6])
+MATED_SIM = np.array([0.9, 0.25, 0.8, 0.3, 0.7, 0.95])
+MATED_Q = np.array([0.5, 0.1, 0.5, 0.5, 0.9, 0.9])  # the failing pair at 0.3 ties with two passing pairs at q=0.5
+
+
+def test_hand_computed_edc_with_ties() -> None:
+    tau = edc.threshold_at_fmr(NON_MATED, 0.25)  # one false match allowed of four: reject 0.3, accept 0.6
+    assert 0.3 < tau < 0.3 + 1e-12 and edc.fmr_at(NON_MATED, tau) == 0.25
+    curve = edc.fixed_threshold_edc(MATED_SIM, MATED_Q, tau)
+    # Failures (sim < tau): 0.25 (q 0.1) and 0.3 (q 0.5). Discard points: k = 0, 1, then 4 (the three q=0.5 leave
+    # together), then 1.0.
+    np.testing.assert_allclose(curve.discard, [0, 1 / 6, 4 / 6, 1.0])
+    np.testing.assert_allclose(curve.fnmr, [2 / 6, 1 / 5, 0 / 2, 0.0])
+    assert edc.partial_auc(curve, 0.2) == pytest.approx(2 / 6 * 1 / 6 + 1 / 5 * (0.2 - 1 / 6))
+    assert edc.partial_auc(curve, 0.3) == pytest.approx(2 / 6 * 1 / 6 + 1 / 5 * (0.3 - 1 / 6))
+    assert edc.partial_auc(curve, 0.5) == pytest.approx(2 / 6 * 1 / 6 + 1 / 5 * (0.5 - 1 / 6))
+    assert edc.partial_auc(curve, 1.0) == pytest.approx(2 / 6 * 1 / 6 + 1 / 5 * (4 / 6 - 1 / 6))
+    assert edc.partial_auc(curve, 0.2, normalise=True) == pytest.approx(
+        (2 / 6 * 1 / 6 + 1 / 5 * (0.2 - 1 / 6)) / (2 / 6 * 0.2))
+    assert edc.theoretical_best_pauc(2 / 6, 0.2) == pytest.approx((1 / 3) ** 2 / 2 - (1 / 3 - 0.2) ** 2 / 2)
+
+
+def test_threshold_reaches_target_fmr() -> None:
+    rng = np.random.default_rng(0)
+    nonmated = rng.normal(size=20000).round(3)  # many ties
+    for fmr in (1e-3, 1e-2, 0.1):
+        tau = edc.threshold_at_fmr(nonmated, fmr)
+        assert edc.fmr_at(nonmated, tau) <= fmr
+        below = np.max(nonmated[nonmated < tau])  # the next lower threshold exceeds the target
+        assert edc.fmr_at(nonmated, below) > fmr
+    with pytest.raises(ValueError, match="needs at least 1000 non-mated comparisons, got 999"):
+        edc.threshold_at_fmr(np.zeros(999), 1e-3)
+
+
+def _synthetic_scores(n=20000, seed=1):
+    rng = np.random.default_rng(seed)
+    mated = rng.normal(0.5, 0.15, size=n)
+    nonmated = rng.normal(0.0, 0.1, size=n)
+    tau = edc.threshold_at_fmr(nonmated, 1e-3)
+    return mated, tau, rng
+
+
+def test_oracle_random_and_reversed_quality() -> None:
+    mated, tau, rng = _synthetic_scores()
+    fails = mated < tau
+    e0 = fails.mean()
+    assert 0.05 < e0 < 0.5
+    oracle = edc.fixed_threshold_edc(mated, mated, tau)  # similarity as quality: failures are the lowest
+    k = np.searchsorted(oracle.discard, e0 - 1e-12)
+    assert oracle.fnmr[k] == 0.0 and oracle.fnmr[k - 1] > 0.0
+    random_curve = edc.fixed_threshold_edc(mated, rng.uniform(size=len(mated)), tau)
+    assert edc.partial_auc(random_curve, 0.3, normalise=True) == pytest.approx(1.0, abs=0.05)
+    reversed_curve = edc.fixed_threshold_edc(mated, -mated, tau)
+    at_02 = reversed_curve.fnmr[np.searchsorted(reversed_curve.discard, 0.2, side="right") - 1]
+    assert at_02 > e0 * 1.2 and edc.partial_auc(reversed_curve, 0.3, normalise=True) > 1.1
+    assert edc.partial_auc(oracle, 0.3) == pytest.approx(edc.theoretical_best_pauc(e0, 0.3), rel=0.05)
+
+
+def test_crfiqa_variant() -> None:
+    mated_sim, tau, rng = _synthetic_scores(n=5000)
+    nonmated = rng.normal(0.0, 0.1, size=20000)
+    sim = np.concatenate([mated_sim, nonmated])
+    mated = np.r_[np.ones(5000, bool), np.zeros(20000, bool)]
+    q = np.concatenate([mated_sim, rng.uniform(size=20000)])
+    curve = edc.crfiqa_edc(sim, mated, q, 1e-3)
+    assert len(curve.discard) == 20 and curve.discard[0] == 0 and curve.discard[-1] == pytest.approx(0.95)
+    assert curve.fnmr[0] == pytest.approx(np.mean(mated_sim < edc.threshold_at_fmr(nonmated, 1e-3)))
+    assert curve.fnmr[-1] < curve.fnmr[0]
+    assert edc.partial_auc_trapezoid(curve, 0.2) > 0
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def verification_set(tmp_path_factory, checkpoint_dir):
+    """Images of 4 identities, two methods' scores from inference.py, iResNet-18 embeddings, pairs."""
+    root = tmp_path_factory.mktemp("verif")
+    images = root / "images"
+    for i in range(4):
+        for j in range(4):
+            save_image(str(images / f"id{i}" / f"{j}.png"), seed=10 * i + j)
+    for variant in ("ediffiqaT", "ediffiqaS"):
+        assert run_cli(inference.main, ["--images", str(images), "--model", variant, "--device", "cpu", "-q",
+                                        "--weights", os.path.join(checkpoint_dir, f"{variant}.pth"),
+                                        "--output", str(root / variant)], "inference.py") == 0
+    backbone = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
+                if k.startswith("base_model.")}
+    torch.save(backbone, str(root / "r18.pth"))
+    assert run_cli(extract_embeddings.main, ["--images", str(images), "--backbone", "iresnet18", "--weights",
+                                             str(root / "r18.pth"), "--output", str(root / "emb.npz"),
+                                             "--device", "cpu", "-q"], "extract_embeddings.py") == 0
+    rows = []
+    files = [f"id{i}/{j}.png" for i in range(4) for j in range(4)]
+    for x in range(len(files)):
+        for y in range(x + 1, len(files)):
+            rows.append((files[x], files[y], int(files[x][:3] == files[y][:3])))
+    with open(root / "pairs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "mated"])
+        writer.writerows(rows)
+    return root
+
+
+def test_evaluate_end_to_end(verification_set, tmp_path, capsys) -> None:
+    root = verification_set
+    out = tmp_path / "figs"
+    argv = ["--pairs", str(root / "pairs.csv"), "--embeddings", f"R18={root / 'emb.npz'}",
+            "--scores", f"eDifFIQA(T)={root / 'ediffiqaT' / 'quality-scores.pkl'}",
+            "--scores", f"eDifFIQA(S)={root / 'ediffiqaS' / 'quality-scores.csv'}",
+            "--fmr", "0.05", "--output", str(out)]
+    code = run_cli(evaluate.main, argv, "evaluate.py")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = json.loads((out / "edc.json").read_text())
+    assert [r["method"] for r in rows] == ["eDifFIQA(T)", "eDifFIQA(S)"]
+    assert all(r["mated"] == 24 and r["non_mated"] == 96 for r in rows)
+    assert all(0.0 <= r["pauc@0.2"] <= 0.2 and "pauc@0.3_norm" in r for r in rows)
+    with open(out / "edc.csv", newline="") as handle:
+        assert len(list(csv.reader(handle))) == 3
+    with open(out / "edc_R18.png", "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(out / "edc_R18.png").size[0] > 300
+    assert (out / "edc_R18.pdf").read_bytes().startswith(b"%PDF")
+    assert "eDifFIQA(T)" in captured.out and "pauc@0.2" in captured.out
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing_embedding", r"1 pairs name 1 images with no embedding .*'id9/0.png'"),
+    ("no_mated", r"need mated and non-mated comparisons, have 0 mated"),
+    ("fmr_unreachable", r"FMR 0.001 cannot be measured with 96 non-mated comparisons: it needs at least 1000"),
+    ("bad_pairs", r"needs the header 'a,b,mated'"),
+])
+def test_evaluate_errors(case, pattern, verification_set, tmp_path, capsys) -> None:
+    root = verification_set
+    pairs = tmp_path / "pairs.csv"
+    text = (root / "pairs.csv").read_text()
+    if case == "missing_embedding":
+        text += "id9/0.png,id0/0.png,0\n"
+    if case == "no_mated":
+        text = "\n".join(line for line in text.splitlines() if not line.endswith(",1")) + "\n"
+    if case == "bad_pairs":
+        text = "x,y\n1,2\n"
+    pairs.write_text(text)
+    argv = ["--pairs", str(pairs), "--embeddings", f"R18={root / 'emb.npz'}",
+            "--scores", f"T={root / 'ediffiqaT' / 'quality-scores.pkl'}", "--output", str(tmp_path / "o"),
+            "--fmr", "0.001" if case == "fmr_unreachable" else "0.05"]
+    code = run_cli(evaluate.main, argv, "evaluate.py")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("evaluate.py: error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    if case == "missing_embedding":  # the same input passes when dropping is asked for
+        assert run_cli(evaluate.main, argv + ["--on-missing", "drop"], "evaluate.py") == 0

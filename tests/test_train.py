@@ -1,0 +1,277 @@
+"""train.py: the objective, optimizer groups, the split, a tiny end-to-end run, resume, DDP (gloo), wandb, errors."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, manifest_state_dict, save_image
+from dataset.training import TrainingSet, official_split
+from model import build_model
+from model.loss import DistillationLoss, ExtendedL1, RepresentationLoss
+from utils.cli import run_cli
+from utils.config import from_dict
+from utils.train_config import TrainConfig
+from utils.trainer import optimizer_groups
+
+import inference
+import prepare_data
+import train
+
+
+# ---------------------------------------------------------------- objective
+
+def test_extended_l1_by_hand() -> None:
+    pred = torch.tensor([[0.5], [0.2], [0.9]], requires_grad=True)
+    q = torch.tensor([0.6, 0.1, 0.95])
+    feat = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    centre = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
+    # ad = 1 - cos: [0, 1, 2]; target = clamp(q - 0.5 * ad, 0, 1) = [0.6, 0 (clamped from -0.4), 0 (from -0.05)]
+    loss = ExtendedL1(epsilon=0.5)(pred, q, feat, centre)
+    assert torch.isclose(loss, torch.tensor((0.1 + 0.2 + 0.9) / 3))
+    loss.backward()
+    assert feat.grad is None and pred.grad is not None  # ad carries no gradient
+    pred = pred.detach()
+    # Without the adjustment (validation): plain L1 against q; a negative epsilon * ad pushes above 1 and clamps.
+    assert torch.isclose(ExtendedL1(epsilon=0.5)(pred, q), torch.tensor((0.1 + 0.1 + 0.05) / 3))
+    high = ExtendedL1(epsilon=-1.0)(torch.tensor([1.0]), torch.tensor([0.9]), feat[2:].detach(), centre[2:])
+    assert torch.isclose(high, torch.tensor(0.0))  # target clamp(0.9 + 2, 0, 1) = 1
+
+
+def test_distillation_loss_terms_by_hand() -> None:
+    feat = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    teacher = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # cos = 1 and 0 -> L_rc = (0 + 1) / 2
+    pred, q = torch.tensor([[0.3], [0.7]]), torch.tensor([0.5, 0.5])
+    total, terms = DistillationLoss(ExtendedL1(epsilon=0.5), theta=0.25)(feat, pred, q, teacher)
+    assert torch.isclose(terms["loss_rc"], torch.tensor(0.5)) and torch.isclose(terms["loss_q"], torch.tensor(0.2))
+    assert torch.isclose(total, torch.tensor(0.25 * 0.5 + 0.75 * 0.2))
+    cel = torch.nn.CosineEmbeddingLoss()(feat, teacher, torch.ones(2))
+    assert torch.isclose(RepresentationLoss()(feat, teacher), cel)
+
+
+def test_optimizer_groups_hold_the_official_tensors() -> None:
+    model = build_model("ediffiqaS", return_feat=True)
+    groups = optimizer_groups(model, TrainConfig())
+    backbone = list(model.base_model.parameters())
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in model.mlp.parameters()]
+    assert [id(p) for p in groups[1]["params"]] == [id(p) for p in backbone[-100:]]
+    assert groups[0]["lr"] == 1e-3 and groups[1]["lr"] == 1e-4
+    assert not any(p.requires_grad for p in backbone[:-100])
+    assert all(p.requires_grad for p in model.mlp.parameters())
+
+
+@pytest.mark.parametrize("n,val_split", [(25, 0.1), (31, 0.3), (7, 0.5), (1000, 0.07)])
+def test_official_split(n, val_split) -> None:
+    train_idx, val_idx = official_split(n, val_split)
+    expected_val = [int(k) for k in np.arange(0, n, 1 / val_split)]
+    assert val_idx.tolist() == expected_val
+    assert sorted(train_idx.tolist() + val_idx.tolist()) == list(range(n))
+    assert train_idx.tolist() == sorted(set(range(n)) - set(expected_val))
+    # The same in another process (no hash-seed dependence).
+    code = ("import sys; sys.path.insert(0, %r); from dataset.training import official_split; "
+            "t, v = official_split(%d, %r); print(t.tolist(), v.tolist())" % (ROOT, n, val_split))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"}).stdout.strip()
+    assert out == f"{train_idx.tolist()} {val_idx.tolist()}"
+
+
+def test_training_set_sorts_by_quality_and_normalises() -> None:
+    items = [("a", 0.5, 0), ("b", 0.1, 1), ("c", 0.9, 0), ("d", 0.5, 1)]
+    teacher = np.arange(8, dtype=np.float32).reshape(4, 2)
+    data = TrainingSet.build(items, teacher)
+    assert data.paths == ["b", "a", "d", "c"]  # stable for the tie a/d
+    np.testing.assert_allclose(data.quality, [0.0, 0.5, 0.5, 1.0])
+    assert data.rows.tolist() == [1, 0, 1, 0]
+    np.testing.assert_array_equal(data.teacher[0], teacher[1])
+
+
+# ---------------------------------------------------------------- end to end
+
+def make_dataset(root, n_ids=4, per_id=12, dim=512, seed=0):
+    """Images, DifFIQA-like labels (brighter = better) and teacher embeddings in the official formats."""
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    labels, embeddings = [], {}
+    for i in range(n_ids):
+        for j in range(per_id):
+            rel = f"n{i:06d}/{j:04d}_01.png"
+            save_image(str(images / rel), seed=100 * i + j)
+            labels.append((rel, float(rng.uniform(0, 1))))
+            embeddings[rel] = rng.normal(size=dim).astype(np.float32)
+    (root / "labels.pkl").write_bytes(pickle.dumps(labels))
+    (root / "emb.pkl").write_bytes(pickle.dumps(embeddings))
+    assert prepare_data.main(["-b", "0.5", "-ll", str(root / "labels.pkl"), "-el", str(root / "emb.pkl"),
+                              "-sl", str(root / "prepared"), "-sn", "tiny", "--min-images", "2", "-q"]) == 0
+    return images
+
+
+def tiny_config(root, images, out, **overrides):
+    cfg = {
+        "base": {"seed": 7, "verbose": 0, "save_path": str(out), "device": "cpu", "amp": 0, "epochs": 2},
+        "model": {"name": "ediffiqaT", "backbone_weights": None},
+        "dataset": {"image_loc": str(images), "training_data": str(root / "prepared"), "save_name": "tiny",
+                    "embeddings": str(root / "emb.pkl"), "val_split": 0.25},
+        "dataloader": {"train": {"params": {"batch_size": 8, "shuffle": True, "num_workers": 0}},
+                       "val": {"params": {"batch_size": 16, "shuffle": False, "num_workers": 0}}},
+        "optimizer": {"module": "torch.optim.Adam", "group_1": {"params": "mlp", "lr": 1e-3},
+                      "group_2": {"params": "base_model", "lr": 1e-3, "limit": 100}},
+    }
+    for key, value in overrides.items():
+        section, name = key.split(".", 1)
+        node = cfg.setdefault(section, {})
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path = root / f"train_{abs(hash(str(out))) % 10**8}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return root, make_dataset(root)
+
+
+def run_train(argv, capsys=None):
+    code = run_cli(train.main, argv, "train.py")
+    err = capsys.readouterr().err if capsys is not None else ""
+    return code, err
+
+
+@pytest.mark.slow
+def test_two_epochs_lower_the_loss_and_model_pth_loads_in_inference(tiny, tmp_path, capsys) -> None:
+    root, images = tiny
+    out = tmp_path / "run"
+    code, err = run_train(["-c", tiny_config(root, images, out, **{"base.epochs": 3})], capsys)
+    assert code == 0, err
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+    log = (out / "train_log.csv").read_text().splitlines()
+    assert log[0] == "epoch,step,images,loss,loss_rc,loss_q" and len(log) > 3
+    assert json.loads((out / "config.json").read_text())["model"]["name"] == "ediffiqaT"
+    sd = torch.load(str(out / "model.pth"), weights_only=True)
+    assert set(sd) == set(manifest_state_dict("ediffiqaT"))  # the official layout
+    code = run_cli(inference.main, ["--images", str(images), "--model", "ediffiqaT", "--weights",
+                                    str(out / "model.pth"), "--output", str(tmp_path / "scores"), "-q",
+                                    "--device", "cpu"], "inference.py")
+    assert code == 0
+    assert len(pickle.load(open(tmp_path / "scores" / "quality-scores.pkl", "rb"))) == 48
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted(tiny, tmp_path, capsys) -> None:
+    root, images = tiny
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run_train(["-c", tiny_config(root, images, full)], capsys)[0] == 0
+    assert run_train(["-c", tiny_config(root, images, part, **{"base.epochs": 1})], capsys)[0] == 0
+    code, err = run_train(["-c", tiny_config(root, images, part), "--resume", str(part / "last.pt")], capsys)
+    assert code == 0, err
+    a = torch.load(str(full / "last.pt"), weights_only=True)
+    b = torch.load(str(part / "last.pt"), weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["history"] == b["history"] or all(
+        abs(x["val"]["loss"] - y["val"]["loss"]) < 1e-12 for x, y in zip(a["history"], b["history"]))
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes(tiny, tmp_path) -> None:
+    root, images = tiny
+    out = tmp_path / "ddp"
+    cfg = tiny_config(root, images, out, **{"base.epochs": 1})
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", os.path.join(ROOT, "train.py"), "-c", cfg],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and np.isfinite(history[0]["val"]["loss"])
+    assert (out / "model.pth").is_file()
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_a_run(tiny, tmp_path, capsys, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    root, images = tiny
+    out = tmp_path / "wb"
+    code, err = run_train(["-c", tiny_config(root, images, out, **{"base.epochs": 1, "wandb.use": 1})], capsys)
+    assert code == 0, err
+    runs = [d for d in os.listdir(out / "wandb") if d.startswith("offline-run-")]
+    assert runs
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing_images", r"image folder '.*nowhere' \(dataset.image_loc\) does not exist"),
+    ("missing_prepared", r"file '.*average_embedding_batch-other.pkl' not found"),
+    ("missing_embeddings", r"file '.*absent.pkl' not found"),
+    ("missing_item_fail", r"1 of \d+ training items have no image file .*on_missing: drop"),
+    ("empty_split", r"the split of 1 items with val_split=0.25 leaves 0 training and 1 validation items"),
+    ("bad_optimizer", r"'optimizer.module' is 'os.system'; allowed"),
+    ("bad_loss", r"'loss.base_loss' is 'torch.nn.Foo'"),
+    ("unknown_key", r"unknown key 'base.epoch'"),
+    ("bad_resume", r"base.resume: checkpoint '.*nope.pt' not found"),
+])
+def test_errors_exit_2(case, pattern, tiny, tmp_path, capsys) -> None:
+    root, images = tiny
+    out = tmp_path / "err"
+    overrides = {
+        "missing_images": {"dataset.image_loc": str(tmp_path / "nowhere")},
+        "missing_prepared": {"dataset.save_name": "other"},
+        "missing_embeddings": {"dataset.embeddings": str(tmp_path / "absent.pkl")},
+        "missing_item_fail": {"dataset.on_missing": "fail"},
+        "empty_split": {},
+        "bad_optimizer": {"optimizer.module": "os.system"},
+        "bad_loss": {"loss.base_loss": "torch.nn.Foo"},
+        "unknown_key": {"base.epoch": 3},
+        "bad_resume": {"base.resume": str(tmp_path / "nope.pt")},
+    }[case]
+    if case == "missing_item_fail":
+        # Copy the images but one.
+        import shutil
+        images2 = tmp_path / "imgs"
+        shutil.copytree(images, images2)
+        os.remove(images2 / "n000000" / "0000_01.png")
+        overrides["dataset.image_loc"] = str(images2)
+    if case == "empty_split":
+        # One image left: it goes to validation (index 0) and nothing is left to train on.
+        one = tmp_path / "one" / "n000000"
+        one.mkdir(parents=True)
+        (one / "0000_01.png").write_bytes((images / "n000000" / "0000_01.png").read_bytes())
+        overrides["dataset.image_loc"] = str(tmp_path / "one")
+    code, err = run_train(["-c", tiny_config(root, images, out, **overrides)], capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert "Traceback" not in err
+
+
+def test_missing_items_are_dropped_with_a_warning(tiny, tmp_path, caplog) -> None:
+    import shutil
+
+    from utils.trainer import load_training_data
+
+    root, images = tiny
+    images2 = tmp_path / "imgs"
+    shutil.copytree(images, images2)
+    os.remove(images2 / "n000001" / "0003_01.png")
+    raw = yaml.safe_load(open(tiny_config(root, images, tmp_path / "o")))
+    raw["dataset"]["image_loc"] = str(images2)
+    cfg = from_dict(TrainConfig, raw)
+    train_set, val_set, centres, counts = load_training_data(cfg)
+    assert counts["no_image"] == 1 and counts["train"] + counts["val"] == counts["items"] - 1
+    assert "n000001/0003_01.png" in caplog.text and "left out" in caplog.text
+    assert "n000001/0003_01.png" not in train_set.paths + val_set.paths

@@ -1,0 +1,164 @@
+"""File handling for EDC evaluation: comparison pairs, quality files, matching paths, figures."""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from utils.errors import DataError
+from utils.io import read_scores_csv, safe_pickle_load
+
+__all__ = ["Pairs", "read_pairs", "read_qualities", "PathMatcher", "plot_edc"]
+
+
+@dataclass
+class Pairs:
+    """Comparisons: sample paths ``a``/``b``, ``mated`` flags, and optional given ``similarity``."""
+
+    a: List[str]
+    b: List[str]
+    mated: np.ndarray
+    similarity: Optional[np.ndarray] = None
+
+
+def _truthy(value: str, path: str, line: int) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "mated", "genuine"):
+        return True
+    if v in ("0", "false", "no", "non-mated", "nonmated", "impostor"):
+        return False
+    raise DataError(f"pairs file '{path}', line {line}: 'mated' is {value!r}; use 1/0 or true/false")
+
+
+def read_pairs(path: str) -> Pairs:
+    """Read ``a,b,mated[,similarity]`` CSV (with header) or the LFW ``pairs.txt`` format.
+
+    LFW lines ``name i j`` are mated (``name/name_000i.jpg`` vs ``name/name_000j.jpg``), ``name1 i name2 j`` non-mated;
+    a first line with one or two integers (the set counts) is skipped.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"pairs file '{path}' not found")
+    with open(path, "r", encoding="utf-8", newline="") as handle:
+        text = handle.read()
+    lines = text.splitlines()
+    if path.lower().endswith(".csv") or (lines and "," in lines[0]):
+        reader = csv.DictReader(lines)
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        if not {"a", "b", "mated"} <= set(fields):
+            raise DataError(f"pairs file '{path}' needs the header 'a,b,mated' (optional ',similarity'), "
+                            f"found {fields}")
+        a, b, mated, sims = [], [], [], []
+        for i, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "") for k, v in row.items() if k is not None}
+            a.append(row["a"].strip())
+            b.append(row["b"].strip())
+            mated.append(_truthy(row["mated"], path, i))
+            if "similarity" in row and row["similarity"].strip():
+                try:
+                    sims.append(float(row["similarity"]))
+                except ValueError:
+                    raise DataError(f"pairs file '{path}', line {i}: similarity {row['similarity']!r} is not a "
+                                    "number") from None
+        if sims and len(sims) != len(a):
+            raise DataError(f"pairs file '{path}': the similarity column is filled on {len(sims)} of {len(a)} lines")
+        return Pairs(a, b, np.array(mated, dtype=bool), np.array(sims) if sims else None)
+
+    a, b, mated = [], [], []
+    for i, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if i == 1 and all(p.isdigit() for p in parts) and len(parts) <= 2:
+            continue
+        if len(parts) == 3:
+            name, x, y = parts
+            a.append(f"{name}/{name}_{int(x):04d}.jpg")
+            b.append(f"{name}/{name}_{int(y):04d}.jpg")
+            mated.append(True)
+        elif len(parts) == 4:
+            n1, x, n2, y = parts
+            a.append(f"{n1}/{n1}_{int(x):04d}.jpg")
+            b.append(f"{n2}/{n2}_{int(y):04d}.jpg")
+            mated.append(False)
+        else:
+            raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j', got {line!r}")
+    return Pairs(a, b, np.array(mated, dtype=bool))
+
+
+def read_qualities(path: str) -> Dict[str, float]:
+    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``."""
+    if path.lower().endswith(".csv"):
+        if not os.path.isfile(path):
+            raise DataError(f"quality file '{path}' not found")
+        return read_scores_csv(path)
+    data = safe_pickle_load(path)
+    if not isinstance(data, Mapping):
+        raise DataError(f"quality file '{path}' must hold a dict {{image path: quality}}")
+    try:
+        return {str(k): float(v) for k, v in data.items()}
+    except (TypeError, ValueError):
+        raise DataError(f"quality file '{path}' holds values that are not numbers") from None
+
+
+class PathMatcher:
+    """Finds a pair's sample among the keys of a score or embedding file.
+
+    Keys are tried as they are, then relative to the keys' common folder (``inference.py`` writes
+    ``os.path.join(images_dir, relative path)``, pair files usually name relative paths).
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.exact = {k: i for i, k in enumerate(keys)}
+        normed = [k.replace(os.sep, "/") for k in keys]
+        prefix = os.path.commonpath(normed) if len(normed) > 1 else os.path.dirname(normed[0]) if normed else ""
+        if prefix and not all(k.startswith(prefix + "/") for k in normed):
+            prefix = os.path.dirname(prefix)
+        cut = len(prefix) + 1 if prefix else 0
+        self.relative = {k[cut:]: i for i, k in enumerate(normed)}
+
+    def find(self, paths: Sequence[str]) -> np.ndarray:
+        """Index of each path, -1 where absent."""
+        out = np.empty(len(paths), dtype=np.int64)
+        for j, p in enumerate(paths):
+            i = self.exact.get(p)
+            if i is None:
+                key = p.replace(os.sep, "/")
+                i = self.relative.get(key[2:] if key.startswith("./") else key, -1)
+            out[j] = i
+        return out
+
+
+def plot_edc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fmr: float, path_stem: str,
+             limit: float = 0.3, stepwise: bool = True) -> List[str]:
+    """Write an EDC figure (PNG and PDF) in the style of the eDifFIQA paper; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from utils.io import atomic_open
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=150)
+    for label, (d, f) in curves.items():
+        if stepwise:
+            ax.step(d, f, where="post", label=label, linewidth=1.6)
+        else:
+            ax.plot(d, f, label=label, linewidth=1.6, marker="o", markersize=2.5)
+    ax.set_xlim(0, limit)
+    ax.set_xlabel("Discard fraction")
+    ax.set_ylabel(f"FNMR at FMR = {fmr:g}")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, linestyle=":", linewidth=0.6)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    written = []
+    for ext in ("png", "pdf"):
+        path = f"{path_stem}.{ext}"
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format=ext)
+        written.append(path)
+    plt.close(fig)
+    return written

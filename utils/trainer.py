@@ -1,0 +1,430 @@
+"""eDifFIQA distillation training: data loading, optimizer groups, the loop, checkpoints, resume and DDP."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from dataset.formats import read_embeddings, read_prepared
+from dataset.training import DistillationDataset, TrainingSet, collate_distillation, official_split
+from dataset.transforms import normalize
+from model.ediffiqa import EDifFIQA
+from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1
+from model.registry import build_model, load_backbone
+from utils.config import to_dict
+from utils.errors import ConfigError, DataError
+from utils.io import atomic_open, write_json
+from utils.runtime import cpu_count, resolve_device, seed_everything, seed_worker
+from utils.train_config import TrainConfig
+
+__all__ = ["optimizer_groups", "load_training_data", "Trainer", "train"]
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+BEST_MODEL = "model.pth"
+LAST_CHECKPOINT = "last.pt"
+
+
+# ------------------------------------------------------------------------------------------------- distributed
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str) -> Tuple[DistInfo, torch.device]:
+    """Start the process group when launched by ``torchrun`` (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), resolve_device(device_spec)
+    import torch.distributed as dist
+
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_spec != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return info, device
+
+
+def _all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+class _StridedSampler(Sampler):
+    """Every ``world``-th index from ``rank``: validation split across processes without padding."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# ------------------------------------------------------------------------------------------------- model parts
+def optimizer_groups(model: EDifFIQA, cfg: TrainConfig) -> List[Dict[str, Any]]:
+    """The official parameter groups; every tensor outside them is frozen (``requires_grad = False``).
+
+    Group ``limit`` N keeps the LAST N tensors of ``<child>.parameters()`` (official: the last 100 backbone tensors).
+    """
+    groups = []
+    chosen: set = set()
+    for group in (cfg.optimizer.group_1, cfg.optimizer.group_2):
+        if group is None:
+            continue
+        params = list(getattr(model, group.params).parameters())
+        if group.limit is not None:
+            params = params[-group.limit:]
+        groups.append({"params": params, "lr": group.lr})
+        chosen.update(id(p) for p in params)
+    for p in model.parameters():
+        if id(p) not in chosen:
+            p.requires_grad_(False)
+    return groups
+
+
+def build_optimizer(groups: List[Dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = {"torch.optim.Adam": torch.optim.Adam, "torch.optim.AdamW": torch.optim.AdamW,
+           "torch.optim.SGD": torch.optim.SGD}[cfg.optimizer.module]
+    kwargs = dict(cfg.optimizer.params)
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return cls(groups, **kwargs)
+
+
+def build_loss(cfg: TrainConfig) -> DistillationLoss:
+    return DistillationLoss(ExtendedL1(BASE_LOSSES[cfg.loss.base_loss](), cfg.loss.epsilon), cfg.loss.theta)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def _teacher_key_fallback(image_loc: str, path: str) -> str:
+    # The official dataset keys teacher embeddings by the last three components of the full image path.
+    return "/".join(os.path.join(image_loc, path).replace(os.sep, "/").split("/")[-3:])
+
+
+def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torch.Tensor, Dict[str, int]]:
+    """Read the prepared files and embeddings, drop (or refuse) items without image or embedding, split.
+
+    Returns:
+        ``(train, val, centres (K, D), counts)``.
+    """
+    ds = cfg.dataset
+    if not os.path.isdir(ds.image_loc):
+        raise DataError(f"image folder '{ds.image_loc}' (dataset.image_loc) does not exist")
+    centres, items = read_prepared(ds.training_data, ds.save_name)
+    table = read_embeddings(ds.embeddings)
+
+    no_image = [it[0] for it in items if not os.path.isfile(os.path.join(ds.image_loc, it[0]))]
+    keys: List[Optional[str]] = []
+    for it in items:
+        key = it[0] if it[0] in table else _teacher_key_fallback(ds.image_loc, it[0])
+        keys.append(key if key in table else None)
+    no_embedding = [it[0] for it, key in zip(items, keys) if key is None]
+    for what, missing in (("image file", no_image), ("teacher embedding", no_embedding)):
+        if missing:
+            message = (f"{len(missing)} of {len(items)} training items have no {what} "
+                       f"(e.g. {', '.join(repr(p) for p in missing[:3])})")
+            if ds.on_missing == "fail":
+                raise DataError(message + "; set dataset.on_missing: drop to leave them out")
+            _logger.warning("%s; left out (dataset.on_missing: drop)", message)
+    bad = set(no_image) | set(no_embedding)
+    kept = [(it, key) for it, key in zip(items, keys) if it[0] not in bad]
+    if not kept:
+        raise DataError(f"no training item has both an image in '{ds.image_loc}' and an embedding in "
+                        f"'{ds.embeddings}'")
+    if table.dim != centres.shape[1]:
+        raise DataError(f"teacher embeddings are {table.dim}-d but the centres in '{ds.training_data}' are "
+                        f"{centres.shape[1]}-d; prepare the data from the same embeddings")
+    teacher = table.gather([key for _, key in kept])
+    data = TrainingSet.build([it for it, _ in kept], teacher)
+    train_idx, val_idx = official_split(len(data.paths), ds.val_split)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise DataError(f"the split of {len(data.paths)} items with val_split={ds.val_split} leaves "
+                        f"{len(train_idx)} training and {len(val_idx)} validation items; add data or change val_split")
+    counts = {"items": len(items), "no_image": len(no_image), "no_embedding": len(no_embedding),
+              "train": int(len(train_idx)), "val": int(len(val_idx)), "identities": int(centres.shape[0])}
+    return data.subset(train_idx), data.subset(val_idx), centres.float(), counts
+
+
+# ------------------------------------------------------------------------------------------------- RNG state
+def _rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                       int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Runs the official recipe; see :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.info, self.device = init_distributed(cfg.base.device)
+        seed_everything(cfg.base.seed + self.info.rank, deterministic=cfg.base.deterministic)
+        self.amp_dtype = None
+        if cfg.base.amp:
+            self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+
+        self.train_set, self.val_set, centres, self.counts = load_training_data(cfg)
+        self.centres = centres.to(self.device)
+
+        model = build_model(cfg.model.name, return_feat=True)
+        if cfg.model.backbone_weights:
+            backbone_name = model.base_model.__class__.__name__
+            from model.registry import VARIANTS
+            model.base_model = load_backbone(VARIANTS[cfg.model.name].backbone, cfg.model.backbone_weights)
+            _logger.info("backbone %s initialised from %s", backbone_name, cfg.model.backbone_weights)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(optimizer_groups(self.model, cfg), cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.criterion = build_loss(cfg)
+        self.start_epoch = 0
+        self.best_val = float("inf")
+        self.history: List[Dict[str, Any]] = []
+        self.wandb: Any = None
+        if cfg.base.resume:
+            self._resume(cfg.base.resume)
+        self.ddp_model: nn.Module = self.model
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # ----------------------------------------------------------------------------------------- loaders
+    def _loader(self, data: TrainingSet, train: bool, epoch: int) -> DataLoader:
+        params = (self.cfg.dataloader.train if train else self.cfg.dataloader.val).params
+        if params.batch_size % self.info.world:
+            raise ConfigError(f"batch_size {params.batch_size} must be divisible by the {self.info.world} processes")
+        batch = params.batch_size // self.info.world
+        dataset = DistillationDataset(self.cfg.dataset.image_loc, data)
+        generator = torch.Generator().manual_seed(self.cfg.base.seed + epoch)
+        if self.info.enabled:
+            from torch.utils.data.distributed import DistributedSampler
+
+            if train:
+                sampler: Optional[Sampler] = DistributedSampler(dataset, self.info.world, self.info.rank,
+                                                                shuffle=params.shuffle, seed=self.cfg.base.seed,
+                                                                drop_last=params.drop_last)
+                sampler.set_epoch(epoch)
+            else:
+                sampler = _StridedSampler(len(dataset), self.info.rank, self.info.world)
+            shuffle = None
+        else:
+            sampler, shuffle = None, params.shuffle and train
+        workers = params.num_workers
+        if workers is None:
+            workers = min(8, cpu_count()) if self.device.type == "cuda" else min(2, cpu_count() - 1)
+        kwargs: Dict[str, Any] = {}
+        if workers > 0:
+            kwargs["persistent_workers"] = params.persistent_workers
+            if params.prefetch_factor is not None:
+                kwargs["prefetch_factor"] = params.prefetch_factor
+        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, sampler=sampler, num_workers=workers,
+                          pin_memory=params.pin_memory and self.device.type == "cuda",
+                          drop_last=params.drop_last and train, collate_fn=collate_distillation,
+                          generator=generator, worker_init_fn=seed_worker, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- steps
+    def _forward(self, batch, adjust: bool):
+        images, quality, rows, teacher, ok = batch
+        if not bool(ok.all()):
+            images, quality, rows, teacher = images[ok], quality[ok], rows[ok], teacher[ok]
+        if len(images) == 0:
+            return None
+        x = normalize(images.to(self.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        quality, teacher = quality.to(self.device), teacher.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            feat, pred = self.ddp_model(x)
+        centre = self.centres[rows.to(self.device)] if adjust else None
+        loss, terms = self.criterion(feat, pred, quality, teacher, centre)
+        return loss, terms, len(images)
+
+    def train_epoch(self, epoch: int, log_writer) -> Dict[str, float]:
+        from tqdm import tqdm
+
+        self.ddp_model.train()
+        loader = self._loader(self.train_set, True, epoch)
+        sums = torch.zeros(4, dtype=torch.float64)
+        trainable = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.base.epochs}", unit="batch",
+                   disable=not (self.cfg.base.verbose and self.info.main), dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            out = self._forward(batch, adjust=True)
+            if out is None:
+                continue
+            loss, terms, n = out
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.optimizer.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, self.cfg.optimizer.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            values = {k: float(v) for k, v in terms.items()}
+            sums += torch.tensor([values["loss"] * n, values["loss_rc"] * n, values["loss_q"] * n, n],
+                                 dtype=torch.float64)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", rc=f"{values['loss_rc']:.4f}", q=f"{values['loss_q']:.4f}")
+            if log_writer is not None:
+                log_writer.writerow([epoch + 1, step + 1, n, values["loss"], values["loss_rc"], values["loss_q"]])
+            if self.wandb is not None:
+                self.wandb.log({"train/loss": values["loss"], "train/loss_rc": values["loss_rc"],
+                                "train/loss_q": values["loss_q"], "epoch": epoch + 1})
+        sums = _all_reduce_sum(sums, self.info)
+        count = max(sums[3].item(), 1.0)
+        return {"loss": sums[0].item() / count, "loss_rc": sums[1].item() / count, "loss_q": sums[2].item() / count}
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        self.ddp_model.eval()
+        sums = torch.zeros(4, dtype=torch.float64)
+        for batch in self._loader(self.val_set, False, 0):
+            out = self._forward(batch, adjust=False)  # validation: raw labels, no epsilon adjustment
+            if out is None:
+                continue
+            _, terms, n = out
+            sums += torch.tensor([float(terms["loss"]) * n, float(terms["loss_rc"]) * n, float(terms["loss_q"]) * n,
+                                  n], dtype=torch.float64)
+        sums = _all_reduce_sum(sums, self.info)
+        count = max(sums[3].item(), 1.0)
+        return {"loss": sums[0].item() / count, "loss_rc": sums[1].item() / count, "loss_q": sums[2].item() / count}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def _checkpoint(self, epoch: int) -> Dict[str, Any]:
+        return {"version": CHECKPOINT_VERSION, "epoch": epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "best_val": self.best_val, "rng": _rng_state(), "config": to_dict(self.cfg),
+                "history": self.history}
+
+    def _save(self, path: str, obj: Any) -> None:
+        with atomic_open(path, "wb") as handle:
+            torch.save(obj, handle)
+
+    def _resume(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"base.resume: checkpoint '{path}' not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"base.resume: cannot read '{path}' ({str(exc).splitlines()[0]})") from None
+        if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "optimizer" not in state:
+            raise ConfigError(f"base.resume: '{path}' is not a resumable checkpoint of this project (use last.pt)")
+        if state["config"]["model"]["name"] != self.cfg.model.name:
+            raise ConfigError(f"base.resume: '{path}' trains {state['config']['model']['name']}, the config "
+                              f"{self.cfg.model.name}")
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.best_val = float(state["best_val"])
+        self.history = list(state["history"])
+        _set_rng_state(state["rng"])
+        _logger.info("resumed from %s after epoch %d (best validation loss %.6f)", path, self.start_epoch,
+                     self.best_val)
+
+    # ----------------------------------------------------------------------------------------- run
+    def fit(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        out = cfg.base.save_path
+        log_handle = None
+        writer = None
+        if self.info.main:
+            os.makedirs(out, exist_ok=True)
+            write_json(os.path.join(out, "config.json"), to_dict(cfg))
+            log_path = os.path.join(out, "train_log.csv")
+            new_log = not os.path.exists(log_path) or self.start_epoch == 0
+            log_handle = open(log_path, "w" if new_log else "a", newline="", encoding="utf-8")
+            writer = csv.writer(log_handle)
+            if new_log:
+                writer.writerow(["epoch", "step", "images", "loss", "loss_rc", "loss_q"])
+            if cfg.wandb.use:
+                import wandb  # only when asked for
+
+                self.wandb = wandb
+                wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.wandb.name,
+                           config=to_dict(cfg), dir=out, mode=cfg.wandb.mode)
+            _logger.info("training %s: %d training / %d validation items, %d identities, %d process(es) on %s",
+                         cfg.model.name, self.counts["train"], self.counts["val"], self.counts["identities"],
+                         self.info.world, self.device)
+        try:
+            for epoch in range(self.start_epoch, cfg.base.epochs):
+                start = time.perf_counter()
+                train_terms = self.train_epoch(epoch, writer)
+                val_terms = self.validate()
+                improved = val_terms["loss"] < self.best_val
+                if improved:
+                    self.best_val = val_terms["loss"]
+                record = {"epoch": epoch + 1, "train": train_terms, "val": val_terms, "best": improved,
+                          "seconds": round(time.perf_counter() - start, 2)}
+                self.history.append(record)
+                if self.info.main:
+                    if improved:
+                        self._save(os.path.join(out, BEST_MODEL), self.model.state_dict())
+                    self._save(os.path.join(out, LAST_CHECKPOINT), self._checkpoint(epoch + 1))
+                    write_json(os.path.join(out, "history.json"), self.history)
+                    log_handle.flush()
+                    if self.wandb is not None:
+                        self.wandb.log({"val/loss": val_terms["loss"], "val/loss_rc": val_terms["loss_rc"],
+                                        "val/loss_q": val_terms["loss_q"], "epoch": epoch + 1})
+                    _logger.info("epoch %d: train loss %.5f (rc %.5f, q %.5f), val loss %.5f (rc %.5f, q %.5f)%s",
+                                 epoch + 1, train_terms["loss"], train_terms["loss_rc"], train_terms["loss_q"],
+                                 val_terms["loss"], val_terms["loss_rc"], val_terms["loss_q"],
+                                 ", saved model.pth" if improved else "")
+        finally:
+            if log_handle is not None:
+                log_handle.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+            if self.info.enabled:
+                import torch.distributed as dist
+
+                dist.barrier()
+                dist.destroy_process_group()
+        return {"history": self.history, "best_val": self.best_val}
+
+
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    """Train with ``cfg``; returns the per-epoch history and the best validation loss."""
+    return Trainer(cfg).fit()
