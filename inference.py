@@ -82,10 +82,23 @@ class InferenceConfig:
     model: str = "ediffiqaL"
     weights: Optional[str] = None
     precision: str = "fp32"
+    backend: str = "torch"
+    fold_bn: bool = True
+    align: bool = False
+    largest_face: bool = False
+    min_face_probability: float = 0.9
+    save_crops: Optional[str] = None
+    annotate: Optional[str] = None
 
     def __post_init__(self) -> None:
         from model.registry import VARIANTS, variant_names
+        from utils.backends import BACKENDS
         from utils.scoring import PRECISIONS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"'backend' is '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        if not 0.0 <= self.min_face_probability <= 1.0:
+            raise ValueError(f"'min_face_probability' must be in [0, 1], got {self.min_face_probability}")
 
         if self.model not in VARIANTS:
             raise ValueError(f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")
@@ -109,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="images per batch (dataloader.params.batch_size)")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes (dataloader.params.num_workers)")
     parser.add_argument("--precision", help="fp32 (default, official numbers), tf32 (CUDA), bf16 or fp16 (precision)")
+    parser.add_argument("--backend", help="torch (default), onnxruntime or opencv (backend)")
+    parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (fold_bn: false)")
+    parser.add_argument("--align", action="store_true", help="images are photos: detect, align and score every face")
+    parser.add_argument("--largest-face", action="store_true", help="with --align: only the largest face per photo")
+    parser.add_argument("--save-crops", metavar="DIR", help="with --align: save the aligned 112x112 crops here")
+    parser.add_argument("--annotate", metavar="DIR", help="with --align: save copies of the photos with boxes and scores")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info logs (base.verbose: 0)")
     return parser
 
@@ -120,7 +139,10 @@ def resolve_config(args: argparse.Namespace) -> InferenceConfig:
         "dataset.loc": args.images, "model": args.model, "weights": args.weights, "base.save_path": args.output,
         "base.device": args.device, "dataloader.params.batch_size": args.batch_size,
         "dataloader.params.num_workers": args.workers, "precision": args.precision,
-        "base.verbose": False if args.quiet else None,
+        "base.verbose": False if args.quiet else None, "backend": args.backend,
+        "fold_bn": False if args.no_fold_bn else None, "align": True if args.align else None,
+        "largest_face": True if args.largest_face else None, "save_crops": args.save_crops,
+        "annotate": args.annotate,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -135,39 +157,110 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(cfg.base.verbose)
 
     from dataset.image_folder import find_images
-    from utils.io import write_csv, write_pickle
     from utils.runtime import resolve_device, seed_everything
     from utils.scoring import QualityScorer
 
     seed_everything(cfg.base.seed)
     device = resolve_device(cfg.base.device)
     rel_paths = find_images(cfg.dataset.loc)
-    scorer = QualityScorer.from_pretrained(cfg.model, cfg.weights_path, device=device, precision=cfg.precision)
+    scorer = QualityScorer.from_pretrained(cfg.model, cfg.weights_path, device=device, precision=cfg.precision,
+                                           backend=cfg.backend, fold_bn=cfg.fold_bn)
+    _logger.info("scoring %d %s in '%s' with %s on %s (%s, %s backend)", len(rel_paths),
+                 "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device, cfg.precision,
+                 scorer.backend)
+    if cfg.align:
+        return _score_photos(cfg, rel_paths, scorer)
     params = cfg.dataloader.params
     if params.shuffle:
         _logger.info("dataloader.params.shuffle is ignored: images are scored in sorted path order")
-    _logger.info("scoring %d images in '%s' with %s on %s (%s)", len(rel_paths), cfg.dataset.loc, cfg.model,
-                 device, cfg.precision)
     result = scorer.score_folder(cfg.dataset.loc, rel_paths, batch_size=params.batch_size,
                                  workers=params.num_workers, verbose=cfg.base.verbose, pin_memory=params.pin_memory,
                                  prefetch_factor=params.prefetch_factor, persistent_workers=params.persistent_workers)
     if not result.paths:
         raise DataError(f"none of the {len(rel_paths)} images in '{cfg.dataset.loc}' could be read "
                         f"(first: {result.skipped[0][0]}: {result.skipped[0][1]})")
+    _write_scores(cfg, result.paths, result.scores)
+    _summary(cfg, len(result.paths), [p for p, _ in result.skipped], result.seconds)
+    return 0
+
+
+def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float]) -> None:
+    from utils.io import write_csv, write_pickle
 
     # Keys as the official code writes them: os.path.join(dataset.loc, relative path).
-    keys = [os.path.join(cfg.dataset.loc, p) for p in result.paths]
-    scores: Dict[str, float] = dict(zip(keys, result.scores))
-    write_pickle(os.path.join(cfg.base.save_path, SCORES_PICKLE), scores)
+    table: Dict[str, float] = {os.path.join(cfg.dataset.loc, p): q for p, q in zip(rel_paths, scores)}
+    write_pickle(os.path.join(cfg.base.save_path, SCORES_PICKLE), table)
     write_csv(os.path.join(cfg.base.save_path, SCORES_CSV), ("path", "quality"),
-              ((k, repr(v)) for k, v in scores.items()))
-    summary = (f"scored {len(result.paths)}, skipped {len(result.skipped)}, {result.seconds:.1f} s, "
-               f"{result.images_per_second:.1f} images/s; wrote {os.path.join(cfg.base.save_path, SCORES_PICKLE)} "
-               f"and {SCORES_CSV}")
-    print(summary, file=sys.stderr)
-    if result.skipped:
-        print(f"skipped (unreadable): {', '.join(p for p, _ in result.skipped[:5])}"
-              f"{' ...' if len(result.skipped) > 5 else ''}", file=sys.stderr)
+              ((k, repr(v)) for k, v in table.items()))
+
+
+def _summary(cfg: InferenceConfig, scored: int, skipped: List[str], seconds: float, extra: str = "") -> None:
+    rate = scored / seconds if seconds > 0 else float("nan")
+    print(f"scored {scored}, skipped {len(skipped)}{extra}, {seconds:.1f} s, {rate:.1f} images/s; wrote "
+          f"{os.path.join(cfg.base.save_path, SCORES_PICKLE)} and {SCORES_CSV}", file=sys.stderr)
+    if skipped:
+        print(f"skipped (unreadable): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+
+
+def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> int:
+    """--align: detect every face, align it, score it; one row per face in faces.csv."""
+    import time
+
+    from tqdm import tqdm
+
+    from utils.faces import FaceDetector, annotate, load_photo
+    from utils.io import atomic_open, write_csv
+
+    detector = FaceDetector("cuda" if scorer.device.type == "cuda" else "cpu", cfg.min_face_probability)
+    rows, best, skipped, no_face = [], {}, [], []
+    start = time.perf_counter()
+    for rel in tqdm(rel_paths, unit="photo", disable=not cfg.base.verbose, dynamic_ncols=True):
+        path = os.path.join(cfg.dataset.loc, rel)
+        try:
+            photo = load_photo(path)
+        except Exception as exc:  # PIL raises many types for broken files
+            _logger.warning("skipped '%s': %s: %s", path, type(exc).__name__, exc)
+            skipped.append(rel)
+            continue
+        faces = detector.detect(photo)
+        if cfg.largest_face:
+            faces = faces[:1]
+        if not faces:
+            no_face.append(rel)
+            continue
+        crops = detector.crops(photo, faces)
+        for face, quality in zip(faces, scorer.score_images(crops).tolist()):
+            face.quality = quality
+            rows.append([os.path.join(cfg.dataset.loc, rel), face.face, *[round(v, 2) for v in face.box],
+                         *[round(float(v), 2) for v in face.landmarks.reshape(-1)], round(face.probability, 5),
+                         repr(quality)])
+        best[rel] = faces[0].quality
+        stem = os.path.splitext(rel)[0]
+        if cfg.save_crops:
+            for face, crop in zip(faces, crops):
+                target = os.path.join(cfg.save_crops, f"{stem}_face{face.face}.png")
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                crop.save(target)
+        if cfg.annotate:
+            target = os.path.join(cfg.annotate, f"{stem}.jpg")
+            with atomic_open(target, "wb") as handle:
+                annotate(photo, faces).save(handle, format="JPEG", quality=90)
+    seconds = time.perf_counter() - start
+    if not rows:
+        raise DataError(f"no face found in any of the {len(rel_paths)} photos in '{cfg.dataset.loc}' "
+                        f"({len(no_face)} without a face, {len(skipped)} unreadable)")
+    header = ["path", "face", "x1", "y1", "x2", "y2", *[f"{p}_{c}" for p in ("left_eye", "right_eye", "nose",
+              "mouth_left", "mouth_right") for c in ("x", "y")], "probability", "quality"]
+    write_csv(os.path.join(cfg.base.save_path, "faces.csv"), header, rows)
+    with atomic_open(os.path.join(cfg.base.save_path, "no-face.txt"), "w", encoding="utf-8") as handle:
+        handle.writelines(os.path.join(cfg.dataset.loc, rel) + "\n" for rel in no_face)
+    # One score per photo (its largest face) in the official format, so evaluate.py and old scripts read it.
+    kept = sorted(best)
+    _write_scores(cfg, kept, [best[r] for r in kept])
+    _summary(cfg, len(rows), skipped, seconds, extra=f", photos without a face {len(no_face)}")
+    if no_face:
+        print(f"no face found in: {', '.join(no_face[:5])}{' ...' if len(no_face) > 5 else ''} "
+              f"(listed in {os.path.join(cfg.base.save_path, 'no-face.txt')})", file=sys.stderr)
     return 0
 
 

@@ -1,10 +1,12 @@
 """Images/s of the project's inference path against the naive path of the official code, in one interleaved run.
 
 Naive (official): one process, PIL + torchvision transform per image, eager fp32 NCHW under ``no_grad``, batch 128.
-Ours: ``QualityScorer`` (DataLoader workers shipping uint8, channels_last, ``inference_mode``, device batch size).
-Both run on the same JPEG files and the same weights; the table gives the ratio and the largest score difference.
+Ours: ``QualityScorer`` (DataLoader workers shipping uint8, ``inference_mode``, device batch size) with the backends
+``torch`` (channels_last), ``torch+fold`` (BatchNorm folded, the default), and on the CPU ``onnxruntime`` and
+``opencv`` (the model exported to ONNX). All run on the same JPEG files and weights, interleaved; the table gives the
+ratio to the naive path and the largest score difference.
 
-    python benchmarks/inference_throughput.py [--variants T S M L] [--device cpu] [--repeats 3] [--reduced]
+    python benchmarks/inference_throughput.py [--variants T S M L] [--device cpu] [--repeats 3] [--reduced] [--compile]
 
 Weights are random but well scaled (the official key layout filled as in the tests) unless ``--weights-dir`` holds
 ``ediffiqa{L,M,S,T}.pth``; speed does not depend on them. On CUDA the naive path runs with PyTorch's defaults (TF32
@@ -91,24 +93,33 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bench_variant(name: str, device: torch.device, root: str, paths: List[str], repeats: int, reduced: bool,
-                  weights_dir: str | None) -> List[Dict[str, object]]:
+                  weights_dir: str | None, backends: List[str], compile_model: bool = False) -> List[Dict[str, object]]:
     naive = build_model(name)
     if weights_dir:
         load_weights(naive, os.path.join(weights_dir, f"{name}.pth"), name)
     else:
         naive.load_state_dict(manifest_state_dict(name, seed=1))
     naive = naive.to(device).eval()
-    ours_model = build_model(name)
-    ours_model.load_state_dict(naive.state_dict())
-    scorer = QualityScorer(ours_model, device=device)
-    precisions = ["fp32"] if device.type == "cpu" else ["fp32", "tf32"]
+    weights = os.path.join(root, f"{name}.pth")
+    torch.save(naive.state_dict(), weights)
+    plain = build_model(name)
+    plain.load_state_dict(naive.state_dict())
+    scorers: Dict[str, QualityScorer] = {"torch fp32": QualityScorer(plain, device=device)}
+    scorers["torch+fold fp32"] = QualityScorer.from_pretrained(name, weights, device=device)
+    if device.type == "cpu":
+        for backend in backends:
+            scorers[f"{backend} fp32"] = QualityScorer.from_pretrained(name, weights, backend=backend)
+    else:
+        scorers["torch+fold tf32"] = QualityScorer.from_pretrained(name, weights, device=device, precision="tf32")
     if reduced:
-        precisions.append("bf16" if device.type == "cpu" else "fp16")
-    scorers = {"fp32": scorer}
-    for p in precisions[1:]:
-        reduced = build_model(name)
-        reduced.load_state_dict(naive.state_dict())
-        scorers[p] = QualityScorer(reduced, device=device, precision=p)
+        p = "bf16" if device.type == "cpu" else "fp16"
+        scorers[f"torch+fold {p}"] = QualityScorer.from_pretrained(name, weights, device=device, precision=p)
+    if compile_model and device.type == "cuda":
+        compiled = QualityScorer.from_pretrained(name, weights, device=device, precision="fp16")
+        compiled.model.base_model = torch.compile(compiled.model.base_model, mode="reduce-overhead")  # CUDA graphs
+        scorers["torch+fold fp16 compile+CUDA graphs"] = compiled
+    precisions = list(scorers)
+    os.remove(weights)
 
     transform = official_transform()
     x = torch.stack([transform(Image.open(os.path.join(root, p)).convert("RGB")) for p in paths])
@@ -122,8 +133,13 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
 
     # Warm up every path once (allocator, cuDNN autotuning, worker start), then interleave the timed runs.
     naive_model_only(naive, x[:OFFICIAL_BATCH], device)
-    for s in scorers.values():
-        ours_model_only(s)
+    for key in list(scorers):
+        try:
+            ours_model_only(scorers[key])
+        except Exception as exc:  # an optional path (torch.compile) that fails here is reported, not fatal
+            print(f"{name} {key}: left out ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            del scorers[key]
+            precisions.remove(key)
     rows = []
     for mode in ("model-only", "end-to-end"):
         times: Dict[str, List[float]] = {"naive": [], **{p: [] for p in precisions}}
@@ -145,7 +161,7 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
         for p in precisions:
             t = statistics.median(times[p])
             diff = float(np.abs(scores[p] - scores["naive"]).max()) / scale
-            rows.append({"variant": name, "mode": mode, "path": f"ours {p}", "img_s": len(paths) / t,
+            rows.append({"variant": name, "mode": mode, "path": p, "img_s": len(paths) / t,
                          "ratio": base / t, "max_rel_diff": diff, "spearman": spearman(scores[p], scores["naive"])})
     return rows
 
@@ -158,6 +174,9 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=0, help="images per variant (default: per variant/device)")
     parser.add_argument("--reduced", action="store_true", help="also time reduced precision (bf16 CPU, fp16 CUDA)")
     parser.add_argument("--weights-dir", help="folder with ediffiqa{L,M,S,T}.pth (optional)")
+    parser.add_argument("--backends", nargs="*", default=["onnxruntime", "opencv"],
+                        help="ONNX backends timed on the CPU (default: onnxruntime opencv)")
+    parser.add_argument("--compile", action="store_true", help="CUDA: also time torch.compile (fp16)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     defaults = GPU_IMAGES if device.type == "cuda" else CPU_IMAGES
@@ -171,7 +190,8 @@ def main(argv: List[str] | None = None) -> int:
             folder = os.path.join(tmp, name)
             os.makedirs(folder)
             paths = make_jpeg_folder(folder, count)
-            rows.extend(bench_variant(name, device, folder, paths, args.repeats, args.reduced, args.weights_dir))
+            rows.extend(bench_variant(name, device, folder, paths, args.repeats, args.reduced, args.weights_dir,
+                                      args.backends, args.compile))
             print(f"{name}: done ({count} images)", flush=True)
     print()
     print("| variant | mode | path | images/s | vs naive | max score diff (rel.) | Spearman |")

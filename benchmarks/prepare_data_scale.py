@@ -69,20 +69,20 @@ def baseline(folder: str, beta: float = 0.2, min_images: int = 10) -> None:
 
 
 def worker(kind: str, folder: str) -> None:
+    sys.path.insert(0, ROOT)
     start = time.perf_counter()
     if kind == "baseline":
         baseline(folder)
     else:
-        sys.path.insert(0, ROOT)
         import prepare_data
 
         emb = "embeddings.npz" if kind == "ours-npz" else "embeddings.pkl"
         code = prepare_data.main(["-ll", os.path.join(folder, "labels.pkl"), "-el", os.path.join(folder, emb),
                                   "-sl", os.path.join(folder, kind), "-sn", "b", "-q"])
         assert code == 0
-    # VmHWM belongs to this process image (ru_maxrss would include the parent's peak inherited at fork).
-    with open("/proc/self/status", encoding="ascii") as handle:
-        peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+    from utils.runtime import peak_rss_bytes
+
+    peak = peak_rss_bytes()
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_bytes": peak}))
 
 

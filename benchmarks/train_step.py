@@ -113,8 +113,9 @@ def worker(kind: str, folder: str, variant: str, batch: int, workers: int) -> No
     start = time.perf_counter()
     seen = naive_epoch(trainer) if kind == "naive" else (trainer.train_epoch(0, None), len(trainer.train_set.paths))[1]
     seconds = time.perf_counter() - start
-    with open("/proc/self/status", encoding="ascii") as handle:
-        peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+    from utils.runtime import peak_rss_bytes
+
+    peak = peak_rss_bytes()
     print(json.dumps({"images": seen, "seconds": seconds, "peak_bytes": peak}))
 
 

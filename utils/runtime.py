@@ -9,7 +9,7 @@ import torch
 
 from utils.errors import ConfigError
 
-__all__ = ["seed_everything", "seed_worker", "resolve_device"]
+__all__ = ["seed_everything", "seed_worker", "resolve_device", "cpu_count", "peak_rss_bytes"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -64,3 +64,13 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+def peak_rss_bytes() -> int:
+    """High-water resident memory of this process image (Linux ``VmHWM``; unlike ``ru_maxrss`` it does not include
+    a parent's peak inherited across fork). 0 where ``/proc`` is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return 0

@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader
 
 from dataset.image_folder import FaceFolder, collate_faces
 from dataset.transforms import normalize, resize_face, to_uint8_tensor
+from model.fuse import fold_batchnorm
 from model.registry import create_model
+from utils.backends import BACKENDS, OnnxModel, export_onnx
 from utils.errors import ConfigError
 from utils.runtime import cpu_count, resolve_device
 
@@ -180,25 +182,64 @@ class QualityScorer:
         array([0.71], dtype=float32)
     """
 
-    def __init__(self, model: nn.Module, device: Union[str, torch.device] = "cpu", precision: str = "fp32",
-                 channels_last: bool = True) -> None:
+    def __init__(self, model: Optional[nn.Module], device: Union[str, torch.device] = "cpu", precision: str = "fp32",
+                 channels_last: bool = True, fold_bn: bool = False, onnx: Optional[OnnxModel] = None) -> None:
+        self.onnx = onnx
         self.device = resolve_device(device) if isinstance(device, str) else device
+        if onnx is not None:
+            self.device, precision, channels_last = torch.device("cpu"), "fp32", False
         self.precision = precision
         with precision_context(self.device, precision):  # validates the combination early
             pass
         self.channels_last = channels_last
-        self.model = model.to(self.device).eval()
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = None
+        if model is not None:
+            model = model.eval()
+            if fold_bn:
+                model = fold_batchnorm(model)
+            self.model = model.to(self.device)
+            if channels_last:
+                self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def backend(self) -> str:
+        """``torch``, ``onnxruntime`` or ``opencv``."""
+        return self.onnx.backend if self.onnx is not None else "torch"
 
     @classmethod
     def from_pretrained(cls, name: str, weights: Optional[str], device: Union[str, torch.device] = "auto",
-                        precision: str = "fp32", channels_last: bool = True) -> "QualityScorer":
-        """Build variant ``name`` (``ediffiqaL/M/S/T``) with its checkpoint; see :func:`model.create_model`."""
-        return cls(create_model(name, weights), device=device, precision=precision, channels_last=channels_last)
+                        precision: str = "fp32", channels_last: bool = True, backend: str = "torch",
+                        fold_bn: bool = True) -> "QualityScorer":
+        """Build variant ``name`` (``ediffiqaL/M/S/T``) with its checkpoint (see :func:`model.create_model`).
+
+        ``weights`` may also be an ONNX file (``export_onnx.py``, or the OpenCV Zoo's eDifFIQA(T)); it then runs on
+        ONNX Runtime unless ``backend="opencv"``. With a ``.pth`` and ``backend`` ``onnxruntime``/``opencv`` the model
+        is exported to a temporary ONNX file first. ``fold_bn`` folds BatchNorm into convolutions (torch backend;
+        scores change by about 1e-6 relative).
+        """
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend '{backend}' not understood; use one of: {', '.join(BACKENDS)}")
+        if weights is not None and weights.lower().endswith(".onnx"):
+            return cls(None, onnx=OnnxModel(weights, "onnxruntime" if backend == "torch" else backend))
+        model = create_model(name, weights)
+        if backend == "torch":
+            return cls(model, device=device, precision=precision, channels_last=channels_last, fold_bn=fold_bn)
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="ediffiqa-onnx-")
+        path = os.path.join(folder, f"{name}.onnx")
+        export_onnx(model, path, with_embedding=True)
+        return cls(None, onnx=OnnxModel(path, backend))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Run the model on a normalised ``(B, 3, 112, 112)`` batch; return float32 ``(B, 512)`` and ``(B,)``."""
+        """Run the model on a normalised ``(B, 3, 112, 112)`` batch; return float32 ``(B, 512)`` and ``(B,)``.
+
+        ONNX models exported without the embedding return an empty ``(B, 0)`` embedding.
+        """
+        if self.onnx is not None:
+            feat, quality = self.onnx(x.detach().cpu().contiguous().numpy())
+            feat_t = torch.from_numpy(feat) if feat is not None else torch.zeros((len(x), 0))
+            return feat_t.float(), torch.from_numpy(np.asarray(quality)).float().reshape(-1)
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
