@@ -16,21 +16,6 @@ __all__ = ["MobileFaceNet", "mobilefacenet"]
 _Pair = Tuple[int, int]
 
 
-class ConvBlock(nn.Module):
-    """Conv -> BN -> PReLU (keys ``conv``, ``bn``, ``prelu``)."""
-
-    def __init__(self, in_c: int, out_c: int, kernel: _Pair = (1, 1), stride: _Pair = (1, 1),
-                 padding: _Pair = (0, 0), groups: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_c, out_c, kernel_size=kernel, groups=groups, stride=stride, padding=padding,
-                              bias=False)
-        self.bn = nn.BatchNorm2d(out_c)
-        self.prelu = nn.PReLU(out_c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prelu(self.bn(self.conv(x)))
-
-
 class LinearBlock(nn.Module):
     """Conv -> BN without activation (keys ``conv``, ``bn``)."""
 
@@ -43,6 +28,18 @@ class LinearBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
+
+
+class ConvBlock(LinearBlock):
+    """Conv -> BN -> PReLU (keys ``conv``, ``bn``, ``prelu``)."""
+
+    def __init__(self, in_c: int, out_c: int, kernel: _Pair = (1, 1), stride: _Pair = (1, 1),
+                 padding: _Pair = (0, 0), groups: int = 1) -> None:
+        super().__init__(in_c, out_c, kernel, stride, padding, groups)
+        self.prelu = nn.PReLU(out_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prelu(super().forward(x))
 
 
 class DepthWise(nn.Module):
