@@ -269,6 +269,13 @@ class QualityScorer:
             return feat.cpu().numpy(), quality.cpu().numpy()
         return quality.cpu().numpy()
 
+    def _default_workers(self) -> int:
+        # ONNX Runtime already keeps every core busy; on a CPU a decoding process only competes with it
+        # (measured on 2 cores: 124 images/s without a worker, 97 with one, for eDifFIQA(T)).
+        if self.onnx is not None and self.device.type == "cpu":
+            return 0
+        return default_workers(self.device)
+
     def score_folder(self, root: str, rel_paths: Sequence[str], batch_size: Optional[int] = None,
                      workers: Optional[int] = None, verbose: bool = False, return_feat: bool = False,
                      **loader_kwargs) -> FolderResult:
@@ -283,5 +290,5 @@ class QualityScorer:
 
         return map_folder(root, rel_paths, self.device, forward,
                           batch_size=batch_size or default_batch_size(self.device),
-                          workers=default_workers(self.device) if workers is None else workers,
+                          workers=self._default_workers() if workers is None else workers,
                           verbose=verbose, channels_last=self.channels_last, **loader_kwargs)
