@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import manifest_state_dict, save_image
+from conftest import save_image
 from utils.alignment import ARCFACE_TEMPLATE, estimate_similarity
 from utils.cli import run_cli
 from utils.errors import CheckpointError

@@ -275,3 +275,17 @@ def test_missing_items_are_dropped_with_a_warning(tiny, tmp_path, caplog) -> Non
     assert counts["no_image"] == 1 and counts["train"] + counts["val"] == counts["items"] - 1
     assert "n000001/0003_01.png" in caplog.text and "left out" in caplog.text
     assert "n000001/0003_01.png" not in train_set.paths + val_set.paths
+
+
+def test_backbone_weights_initialise_the_student(tiny, tmp_path) -> None:
+    from utils.trainer import Trainer
+
+    root, images = tiny
+    backbone = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaT", seed=5).items()
+                if k.startswith("base_model.")}
+    torch.save(backbone, str(tmp_path / "mbf.pth"))
+    raw = yaml.safe_load(open(tiny_config(root, images, tmp_path / "o", **{"model.backbone_weights":
+                                                                           str(tmp_path / "mbf.pth")})))
+    trainer = Trainer(from_dict(TrainConfig, raw))
+    for key, value in trainer.model.base_model.state_dict().items():
+        assert torch.equal(value, backbone[key]), key

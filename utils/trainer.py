@@ -7,7 +7,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from dataset.training import DistillationDataset, TrainingSet, collate_distillat
 from dataset.transforms import normalize
 from model.ediffiqa import EDifFIQA
 from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1
-from model.registry import build_model, load_backbone
+from model.registry import VARIANTS, build_model, load_backbone
 from utils.config import to_dict
 from utils.errors import ConfigError, DataError
 from utils.io import atomic_open, write_json
@@ -211,10 +211,9 @@ class Trainer:
 
         model = build_model(cfg.model.name, return_feat=True)
         if cfg.model.backbone_weights:
-            backbone_name = model.base_model.__class__.__name__
-            from model.registry import VARIANTS
-            model.base_model = load_backbone(VARIANTS[cfg.model.name].backbone, cfg.model.backbone_weights)
-            _logger.info("backbone %s initialised from %s", backbone_name, cfg.model.backbone_weights)
+            backbone = VARIANTS[cfg.model.name].backbone
+            model.base_model = load_backbone(backbone, cfg.model.backbone_weights)
+            _logger.info("backbone %s initialised from %s", backbone, cfg.model.backbone_weights)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(optimizer_groups(self.model, cfg), cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
