@@ -48,15 +48,12 @@ def read_labels(path: str) -> Tuple[List[str], np.ndarray]:
         data: Union[Mapping, Sequence] = read_scores_csv(path)
     else:
         data = safe_pickle_load(path)
-    if isinstance(data, Mapping):
-        pairs: Sequence = list(data.items())
-    elif isinstance(data, (list, tuple)):
-        pairs = data
-    else:
+    if not isinstance(data, (Mapping, list, tuple)):
         raise DataError(f"labels file '{path}' must hold a list of (path, quality) pairs or a dict, "
                         f"not a {type(data).__name__}")
     fast = _fast_labels(data)
     if fast is None:  # something is malformed: find and name it
+        pairs = list(data.items()) if isinstance(data, Mapping) else data
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
                 raise DataError(f"labels file '{path}': entry {i} is {pair!r}, expected a (path, quality) pair")

@@ -53,13 +53,17 @@ def export_onnx(model: nn.Module, path: str, with_embedding: bool = False, opset
                           output_names=outputs, dynamic_axes=dynamic, opset_version=opset, dynamo=False)
 
 
-def check_onnx_file(path: str) -> Tuple[str, Optional[int], List[str]]:
-    """Open an ONNX file with ONNX Runtime and check that it takes ``(N, 3, 112, 112)`` and gives ``(N, 1)``.
+def check_onnx_file(path: str, session=None) -> Tuple[str, Optional[int], List[str]]:
+    """Check that an ONNX file takes ``(N, 3, 112, 112)`` and gives ``(N, 1)``.
+
+    Args:
+        path: The file (named in messages; opened with ONNX Runtime unless ``session`` is given).
+        session: An ONNX Runtime session of ``path`` that is already open.
 
     Returns:
         ``(input name, fixed batch size or None, output names)``.
     """
-    session = _ort_session(path)
+    session = session if session is not None else _ort_session(path)
     inputs = session.get_inputs()
     shape = inputs[0].shape if len(inputs) == 1 else None
     if shape is None or len(shape) != 4 or list(shape[1:]) != [3, 112, 112]:
@@ -102,10 +106,12 @@ class OnnxModel:
             raise ConfigError(f"backend '{backend}' cannot run ONNX files; use onnxruntime or opencv")
         self.path = path
         self.backend = backend
-        self.input_name, self.fixed_batch, self.output_names = check_onnx_file(path)
+        # One ONNX Runtime session both checks the file and, for that backend, runs it.
+        session = _ort_session(path)
+        self.input_name, self.fixed_batch, self.output_names = check_onnx_file(path, session)
         self.has_embedding = len(self.output_names) == 2
         if backend == "onnxruntime":
-            self.session = _ort_session(path)
+            self.session = session
         else:
             try:
                 import cv2
@@ -113,7 +119,6 @@ class OnnxModel:
                 raise ConfigError("the opencv backend needs OpenCV: pip install opencv-python-headless") from None
             cv2.setNumThreads(cpu_count())
             self.net = cv2.dnn.readNetFromONNX(path)
-            self.layer_names = self.output_names
 
     def _run(self, x: np.ndarray) -> List[np.ndarray]:
         if self.backend == "onnxruntime":

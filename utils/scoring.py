@@ -184,6 +184,8 @@ class QualityScorer:
 
     def __init__(self, model: Optional[nn.Module], device: Union[str, torch.device] = "cpu", precision: str = "fp32",
                  channels_last: bool = True, fold_bn: bool = False, onnx: Optional[OnnxModel] = None) -> None:
+        if (model is None) == (onnx is None):
+            raise ValueError("QualityScorer needs exactly one of a torch model and an ONNX model")
         self.onnx = onnx
         self.device = resolve_device(device) if isinstance(device, str) else device
         if onnx is not None:
@@ -226,10 +228,11 @@ class QualityScorer:
             return cls(model, device=device, precision=precision, channels_last=channels_last, fold_bn=fold_bn)
         import tempfile
 
-        folder = tempfile.mkdtemp(prefix="ediffiqa-onnx-")
-        path = os.path.join(folder, f"{name}.onnx")
-        export_onnx(model, path, with_embedding=True)
-        return cls(None, onnx=OnnxModel(path, backend))
+        # Both runtimes read the whole file when they load it, so the export need not outlive this call.
+        with tempfile.TemporaryDirectory(prefix="ediffiqa-onnx-") as folder:
+            path = os.path.join(folder, f"{name}.onnx")
+            export_onnx(model, path, with_embedding=True)
+            return cls(None, onnx=OnnxModel(path, backend))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Run the model on a normalised ``(B, 3, 112, 112)`` batch; return float32 ``(B, 512)`` and ``(B,)``.
