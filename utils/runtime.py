@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
 from utils.errors import ConfigError
 
-__all__ = ["seed_everything", "seed_worker", "resolve_device", "cpu_count", "peak_rss_bytes"]
+__all__ = ["seed_everything", "seed_worker", "resolve_device", "cpu_count", "peak_rss_bytes", "rng_state",
+           "set_rng_state"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -74,3 +76,24 @@ def peak_rss_bytes() -> int:
             return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
     except (OSError, StopIteration):
         return 0
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) generator states in a form ``torch.load(weights_only=True)`` reads back."""
+    np_state = np.random.get_state()
+    state: Dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                                       int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -4,12 +4,10 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
@@ -23,7 +21,7 @@ from model.registry import VARIANTS, build_model, load_backbone
 from utils.config import to_dict
 from utils.errors import ConfigError, DataError
 from utils.io import atomic_open, write_json
-from utils.runtime import cpu_count, resolve_device, seed_everything, seed_worker
+from utils.runtime import cpu_count, resolve_device, rng_state, seed_everything, seed_worker, set_rng_state
 from utils.train_config import TrainConfig
 
 __all__ = ["optimizer_groups", "load_training_data", "Trainer", "train"]
@@ -174,26 +172,6 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
     return data.subset(train_idx), data.subset(val_idx), centres.float(), counts
 
 
-# ------------------------------------------------------------------------------------------------- RNG state
-def _rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                       int(np_state[3]), float(np_state[4])]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Runs the official recipe; see :func:`train`."""
@@ -334,7 +312,7 @@ class Trainer:
     def _checkpoint(self, epoch: int) -> Dict[str, Any]:
         return {"version": CHECKPOINT_VERSION, "epoch": epoch, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "best_val": self.best_val, "rng": _rng_state(), "config": to_dict(self.cfg),
+                "best_val": self.best_val, "rng": rng_state(), "config": to_dict(self.cfg),
                 "history": self.history}
 
     def _save(self, path: str, obj: Any) -> None:
@@ -359,7 +337,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         self.best_val = float(state["best_val"])
         self.history = list(state["history"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         _logger.info("resumed from %s after epoch %d (best validation loss %.6f)", path, self.start_epoch,
                      self.best_val)
 

@@ -1,0 +1,148 @@
+"""The denoiser training config: the official DifFIQA ``train_config.yaml`` sections (``unet_params``,
+``diff_params``, ``trainer_params``, named after lucidrains' ``Unet``, ``GaussianDiffusion`` and ``Trainer``
+arguments) as typed dataclasses, plus run settings this project adds (seed, device, resume, wandb...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+__all__ = ["UnetParams", "DiffParams", "TrainerParams", "DiffusionWandb", "DiffusionTrainConfig"]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class UnetParams:
+    """``unet_params``: the denoiser (official: dim 128, dim_mults [1, 2, 4, 8], 3 channels)."""
+
+    dim: int = 128
+    init_dim: Optional[int] = None
+    out_dim: Optional[int] = None
+    dim_mults: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    channels: int = 3
+    resnet_block_groups: int = 8
+    self_condition: bool = False
+    learned_variance: bool = False
+    learned_sinusoidal_cond: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.dim >= 1 and self.dim % self.resnet_block_groups == 0,
+               f"'unet_params.dim' must be a positive multiple of resnet_block_groups ({self.resnet_block_groups})")
+        _check(len(self.dim_mults) >= 1, "'unet_params.dim_mults' must list at least one multiplier")
+        for flag in ("self_condition", "learned_variance", "learned_sinusoidal_cond"):
+            _check(not getattr(self, flag), f"'unet_params.{flag}' is not used by DifFIQA and not supported")
+
+    def build_kwargs(self) -> dict:
+        return {"dim": self.dim, "init_dim": self.init_dim, "out_dim": self.out_dim,
+                "dim_mults": tuple(self.dim_mults), "channels": self.channels,
+                "resnet_block_groups": self.resnet_block_groups}
+
+
+@dataclass
+class DiffParams:
+    """``diff_params``: the diffusion (official: 112 px, 1000 cosine steps, x0 objective, L2 loss)."""
+
+    image_size: int = 112
+    timesteps: int = 1000
+    sampling_timesteps: Optional[int] = None
+    loss_type: str = "l2"
+    objective: str = "pred_x0"
+    beta_schedule: str = "cosine"
+    p2_loss_weight_gamma: float = 0.0
+    p2_loss_weight_k: float = 1.0
+    ddim_sampling_eta: float = 1.0
+    max_train_t: int = 100
+
+    def __post_init__(self) -> None:
+        _check(self.loss_type in ("l1", "l2"), f"'diff_params.loss_type' must be l1 or l2, got '{self.loss_type}'")
+        _check(self.objective in ("pred_x0", "pred_noise"),
+               f"'diff_params.objective' must be pred_x0 or pred_noise, got '{self.objective}'")
+        _check(self.beta_schedule in ("cosine", "linear"),
+               f"'diff_params.beta_schedule' must be cosine or linear, got '{self.beta_schedule}'")
+        _check(0 < self.max_train_t <= self.timesteps,
+               f"'diff_params.max_train_t' must be in 1..timesteps, got {self.max_train_t}")
+        _check(self.image_size >= 8, f"'diff_params.image_size' must be at least 8, got {self.image_size}")
+
+    def build_kwargs(self) -> dict:
+        return {"image_size": self.image_size, "timesteps": self.timesteps,
+                "sampling_timesteps": self.sampling_timesteps, "loss_type": self.loss_type,
+                "objective": self.objective, "beta_schedule": self.beta_schedule,
+                "p2_loss_weight_gamma": self.p2_loss_weight_gamma, "p2_loss_weight_k": self.p2_loss_weight_k,
+                "ddim_sampling_eta": self.ddim_sampling_eta, "max_train_t": self.max_train_t}
+
+
+@dataclass
+class TrainerParams:
+    """``trainer_params``: the official recipe (lucidrains ``Trainer`` names) and this project's run settings."""
+
+    folder: str = "./data/celeba"
+    train_batch_size: int = 16                 # global batch per micro-step (split across torchrun processes)
+    gradient_accumulate_every: int = 4
+    augment_horizontal_flip: bool = True
+    train_lr: float = 8e-5
+    train_num_steps: int = 100000
+    ema_update_every: int = 10
+    ema_decay: float = 0.995
+    ema_update_after_step: int = 100
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    save_and_sample_every: int = 500
+    num_samples: int = 25
+    results_folder: str = "./results"
+    amp: bool = False                          # CUDA: fp16 autocast + GradScaler
+    fp16: bool = False                         # accepted for the official key; same as amp
+    split_batches: bool = True                 # accepted for the official key; the batch is always split
+    convert_image_to: Optional[str] = None     # accepted for the official key; images are always read as RGB
+    # additions
+    degradation_probs: List[float] = field(default_factory=lambda: [1.0, 0.2, 0.01])
+    min_image_size: int = 112
+    max_grad_norm: Optional[float] = None      # official: no clipping
+    num_workers: Optional[int] = None
+    seed: int = 42
+    device: str = "auto"
+    resume: Optional[str] = None
+    verbose: bool = True
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.train_batch_size >= 1, "'trainer_params.train_batch_size' must be at least 1")
+        _check(self.gradient_accumulate_every >= 1, "'trainer_params.gradient_accumulate_every' must be at least 1")
+        _check(self.train_num_steps >= 1, "'trainer_params.train_num_steps' must be at least 1")
+        _check(self.train_lr > 0, "'trainer_params.train_lr' must be positive")
+        _check(len(self.adam_betas) == 2, "'trainer_params.adam_betas' must hold two numbers")
+        _check(0.0 <= self.ema_decay < 1.0, "'trainer_params.ema_decay' must be in [0, 1)")
+        _check(self.ema_update_every >= 1, "'trainer_params.ema_update_every' must be at least 1")
+        _check(self.save_and_sample_every >= 1, "'trainer_params.save_and_sample_every' must be at least 1")
+        root = int(round(self.num_samples ** 0.5))
+        _check(self.num_samples >= 1 and root * root == self.num_samples,
+               f"'trainer_params.num_samples' must be a square number (official 25), got {self.num_samples}")
+        _check(len(self.degradation_probs) >= 1 and all(0.0 <= p <= 1.0 for p in self.degradation_probs),
+               "'trainer_params.degradation_probs' must list probabilities in [0, 1]")
+        _check(self.min_image_size >= 0, "'trainer_params.min_image_size' must be 0 or more")
+        _check(self.num_workers is None or self.num_workers >= 0, "'trainer_params.num_workers' must be 0 or more")
+        _check(self.log_every >= 1, "'trainer_params.log_every' must be at least 1")
+        _check(self.convert_image_to in (None, "RGB"), "'trainer_params.convert_image_to' must be null or RGB")
+
+
+@dataclass
+class DiffusionWandb:
+    """``wandb``: optional Weights & Biases logging (imported only when ``use`` is set)."""
+
+    use: bool = False
+    project: str = "diffiqa"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    mode: Optional[str] = None
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """The whole denoiser training config."""
+
+    unet_params: UnetParams = field(default_factory=UnetParams)
+    diff_params: DiffParams = field(default_factory=DiffParams)
+    trainer_params: TrainerParams = field(default_factory=TrainerParams)
+    wandb: DiffusionWandb = field(default_factory=DiffusionWandb)

@@ -1,0 +1,264 @@
+"""Training the DifFIQA denoiser: the official recipe with resume, DDP, AMP, EMA, sample grids and a loss log.
+
+Checkpoints use the official layout (``step``, ``model``, ``opt``, ``ema``, ``scaler``) so the official code and
+:func:`model.diffusion.load_diffusion` read them; extra keys (``version``, ``rng``, ``config``, ``samples_seen``) let a
+run resume to the same result as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dataset.diffusion_data import DegradationPairs, SampleStream, scan_training_images
+from model.diffusion import GaussianDiffusion, build_diffusion
+from model.ema import EMA
+from utils.config import to_dict
+from utils.diffusion_config import DiffusionTrainConfig
+from utils.errors import ConfigError
+from utils.io import atomic_open, write_json
+from utils.runtime import cpu_count, rng_state, seed_everything, set_rng_state
+from utils.trainer import DistInfo, init_distributed
+
+__all__ = ["DiffusionTrainer", "train_diffusion", "CHECKPOINT_NAME"]
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "model.pt"
+CHECKPOINT_VERSION = 1
+_SAMPLE_POSITION = 2 ** 60
+
+
+def _collate(items: List[Any]) -> Any:
+    hq = torch.stack([i[0] for i in items])
+    lq = torch.stack([i[1] for i in items])
+    return hq, lq
+
+
+class DiffusionTrainer:
+    """Runs :func:`train_diffusion`; one instance per process."""
+
+    def __init__(self, cfg: DiffusionTrainConfig) -> None:
+        self.cfg = cfg
+        tp = cfg.trainer_params
+        self.info: DistInfo
+        self.info, self.device = init_distributed(tp.device)
+        seed_everything(tp.seed + self.info.rank)
+        if tp.train_batch_size % self.info.world:
+            raise ConfigError(f"trainer_params.train_batch_size {tp.train_batch_size} must be divisible by the "
+                              f"{self.info.world} processes")
+        self.paths = scan_training_images(tp.folder, tp.min_image_size)
+        self.data = DegradationPairs(tp.folder, self.paths, cfg.diff_params.image_size, tp.seed,
+                                     flip=tp.augment_horizontal_flip, probs=tp.degradation_probs)
+        self.diffusion: GaussianDiffusion = build_diffusion(cfg.unet_params.build_kwargs(),
+                                                            cfg.diff_params.build_kwargs()).to(self.device)
+        self.opt = torch.optim.Adam(self.diffusion.parameters(), lr=tp.train_lr, betas=tuple(tp.adam_betas))
+        use_amp = (tp.amp or tp.fp16) and self.device.type == "cuda"
+        if (tp.amp or tp.fp16) and not use_amp:
+            _logger.warning("trainer_params.amp is set but the device is %s: training in fp32", self.device)
+        self.amp = use_amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        self.ema = EMA(self.diffusion, beta=tp.ema_decay, update_every=tp.ema_update_every,
+                       update_after_step=tp.ema_update_after_step)
+        self.step = 0
+        self.samples_seen = 0
+        if tp.resume:
+            self._resume(tp.resume)
+        self.model: nn.Module = self.diffusion
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(
+                self.diffusion, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.wandb: Any = None
+
+    # ----------------------------------------------------------------------------------------- data
+    def _loader(self) -> DataLoader:
+        tp = self.cfg.trainer_params
+        stream = SampleStream(len(self.data), tp.seed, True, tp.train_batch_size, self.info.rank, self.info.world,
+                              start=self.samples_seen)
+        workers = tp.num_workers
+        if workers is None:
+            workers = min(8, cpu_count()) if self.device.type == "cuda" else min(2, max(cpu_count() - 1, 0))
+        return DataLoader(self.data, batch_size=tp.train_batch_size // self.info.world, sampler=stream,
+                          num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, generator=torch.Generator().manual_seed(tp.seed),
+                          **({"prefetch_factor": 4} if workers > 0 else {}))
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def _checkpoint(self) -> Dict[str, Any]:
+        return {"step": self.step, "model": self.diffusion.state_dict(), "opt": self.opt.state_dict(),
+                "ema": self.ema.state_dict(), "scaler": self.scaler.state_dict() if self.amp else None,
+                "version": CHECKPOINT_VERSION, "samples_seen": self.samples_seen, "rng": rng_state(),
+                "config": to_dict(self.cfg)}
+
+    def _resume(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"trainer_params.resume: checkpoint '{path}' not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"trainer_params.resume: cannot read '{path}' ({str(exc).splitlines()[0]})") from None
+        needed = ("step", "model", "opt", "ema")
+        if not isinstance(state, dict) or any(k not in state for k in needed):
+            raise ConfigError(f"trainer_params.resume: '{path}' is not a denoiser trainer checkpoint (needs keys "
+                              f"{', '.join(needed)})")
+        try:
+            self.diffusion.load_state_dict(state["model"], strict=True)
+            self.ema.load_state_dict(state["ema"], strict=True)
+        except RuntimeError as exc:
+            raise ConfigError(f"trainer_params.resume: '{path}' does not fit unet_params/diff_params "
+                              f"({str(exc).splitlines()[0]})") from None
+        self.opt.load_state_dict(state["opt"])
+        if self.amp and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        tp = self.cfg.trainer_params
+        # An official checkpoint has no sample count: continue the stream as if every step used full batches.
+        self.samples_seen = int(state.get("samples_seen",
+                                          self.step * tp.train_batch_size * tp.gradient_accumulate_every))
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        _logger.info("resumed from %s at step %d", path, self.step)
+
+    def _save(self, folder: str) -> None:
+        with atomic_open(os.path.join(folder, CHECKPOINT_NAME), "wb") as handle:
+            torch.save(self._checkpoint(), handle)
+
+    @torch.no_grad()
+    def _sample_grid(self, folder: str, milestone: int) -> None:
+        """Restore ``num_samples`` fixed degraded faces with the EMA model and save a square grid."""
+        from torchvision.utils import save_image
+
+        tp = self.cfg.trainer_params
+        n = min(tp.num_samples, len(self.data))
+        pairs = [self.data[(i, _SAMPLE_POSITION + i)] for i in range(n)]  # positions no training sample reaches
+        hq = torch.stack([p[0] for p in pairs]).to(self.device).float() / 255
+        lq = torch.stack([p[1] for p in pairs]).to(self.device).float() / 255
+        diffusion = self.ema.ema_model
+        diffusion.eval()
+        t = diffusion.max_train_t - 1
+        generator = torch.Generator(device=self.device).manual_seed(tp.seed)
+        x = lq * 2 - 1
+        noise = torch.randn(x.shape, generator=generator, device=self.device)
+        x_t = diffusion.q_sample(x, torch.full((n,), t, device=self.device, dtype=torch.long), noise)
+        restored = (diffusion.reconstruct(x_t, t, steps=min(t + 1, 10), generator=generator) + 1) / 2
+        nrow = int(math.sqrt(tp.num_samples))
+        with atomic_open(os.path.join(folder, f"sample-{milestone}.png"), "wb") as handle:
+            save_image(restored.clamp(0, 1).cpu(), handle, nrow=nrow, format="png")
+        if milestone == 1 or not os.path.exists(os.path.join(folder, "sample-inputs.png")):
+            with atomic_open(os.path.join(folder, "sample-inputs.png"), "wb") as handle:
+                save_image(torch.cat([lq, hq]).cpu(), handle, nrow=nrow, format="png")
+
+    # ----------------------------------------------------------------------------------------- loop
+    def fit(self) -> Dict[str, Any]:
+        from tqdm import tqdm
+
+        cfg, tp = self.cfg, self.cfg.trainer_params
+        folder = tp.results_folder
+        log_handle = None
+        writer = None
+        if self.info.main:
+            os.makedirs(folder, exist_ok=True)
+            write_json(os.path.join(folder, "config.json"), to_dict(cfg))
+            log_path = os.path.join(folder, "loss_log.csv")
+            new_log = self.step == 0 or not os.path.exists(log_path)
+            log_handle = open(log_path, "w" if new_log else "a", newline="", encoding="utf-8")
+            writer = csv.writer(log_handle)
+            if new_log:
+                writer.writerow(["step", "loss", "images", "seconds"])
+            if cfg.wandb.use:
+                import wandb  # only when asked for
+
+                self.wandb = wandb
+                wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.wandb.name,
+                           config=to_dict(cfg), dir=folder, mode=cfg.wandb.mode)
+            _logger.info("training the denoiser on %d images from %s: %d steps of %d x %d images, %d process(es) "
+                         "on %s", len(self.paths), tp.folder, tp.train_num_steps, tp.train_batch_size,
+                         tp.gradient_accumulate_every, self.info.world, self.device)
+        losses: List[float] = []
+        start = time.perf_counter()
+        try:
+            if self.step >= tp.train_num_steps:
+                return {"step": self.step, "losses": losses}
+            batches = iter(self._loader())
+            bar = tqdm(total=tp.train_num_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                       disable=not (tp.verbose and self.info.main))
+            self.model.train()
+            while self.step < tp.train_num_steps:
+                total = 0.0
+                for k in range(tp.gradient_accumulate_every):
+                    hq, lq = next(batches)
+                    hq = hq.to(self.device, non_blocking=True).float().div_(255)
+                    lq = lq.to(self.device, non_blocking=True).float().div_(255)
+                    sync = k == tp.gradient_accumulate_every - 1 or not self.info.enabled
+                    context = self.model.no_sync() if not sync else _null()
+                    with context:
+                        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                            loss = self._loss(hq, lq) / tp.gradient_accumulate_every
+                        self.scaler.scale(loss).backward()
+                    total += loss.item()
+                self.samples_seen += tp.train_batch_size * tp.gradient_accumulate_every
+                if tp.max_grad_norm:
+                    self.scaler.unscale_(self.opt)
+                    torch.nn.utils.clip_grad_norm_(self.diffusion.parameters(), tp.max_grad_norm)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+                total_t = torch.tensor([total], dtype=torch.float64)
+                if self.info.enabled:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(total_t)
+                    total_t /= self.info.world
+                total = float(total_t.item())
+                self.step += 1
+                losses.append(total)
+                self.ema.update()
+                bar.set_postfix(loss=f"{total:.4f}")
+                bar.update(1)
+                if self.info.main:
+                    if self.step % tp.log_every == 0 or self.step == tp.train_num_steps:
+                        writer.writerow([self.step, f"{total:.6f}", self.samples_seen,
+                                         round(time.perf_counter() - start, 2)])
+                        log_handle.flush()
+                    if self.wandb is not None:
+                        self.wandb.log({"loss": total}, step=self.step)
+                    if self.step % tp.save_and_sample_every == 0 or self.step == tp.train_num_steps:
+                        self._sample_grid(folder, math.ceil(self.step / tp.save_and_sample_every))
+                        self._save(folder)
+            bar.close()
+        finally:
+            if log_handle is not None:
+                log_handle.close()
+            if self.wandb is not None:
+                self.wandb.finish()
+            if self.info.enabled:
+                import torch.distributed as dist
+
+                dist.barrier()
+                dist.destroy_process_group()
+        return {"step": self.step, "losses": losses}
+
+    def _loss(self, hq: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+        return self.model(hq, lq)  # GaussianDiffusion.forward is the training loss (and DDP needs forward)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
+def train_diffusion(cfg: DiffusionTrainConfig) -> Dict[str, Any]:
+    """Train the denoiser with ``cfg``; returns the final step and this run's per-step losses."""
+    return DiffusionTrainer(cfg).fit()
