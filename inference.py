@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inference.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", help="YAML config (official keys); defaults apply without one")
     parser.add_argument("--images", help="folder of aligned face crops (dataset.loc)")
-    parser.add_argument("--model", help="ediffiqaL, ediffiqaM, ediffiqaS or ediffiqaT (model)")
+    parser.add_argument("--model", help="ediffiqaL, ediffiqaM, ediffiqaS, ediffiqaT or diffiqaR (model)")
     parser.add_argument("--weights", help="checkpoint file (weights; default weights/<model>.pth)")
     parser.add_argument("--output", help="output folder (base.save_path)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (base.device)")

@@ -103,7 +103,10 @@ def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> 
 
 
 def imresize_np(img: np.ndarray, scale: float, antialiasing: bool = True) -> np.ndarray:
-    """MATLAB ``imresize(img, scale, 'bicubic')`` (BSRGAN's ``imresize_np``): ``(H, W, C)`` -> ``(ceil(H s), ceil(W s), C)``."""
+    """MATLAB ``imresize(img, scale, 'bicubic')`` (BSRGAN's ``imresize_np``).
+
+    ``(H, W, C)`` -> ``(ceil(H * scale), ceil(W * scale), C)``, antialiased when shrinking, symmetric borders.
+    """
     h, w = img.shape[:2]
     rows = _resize_matrix(h, int(math.ceil(h * scale)), scale, antialiasing)
     cols = _resize_matrix(w, int(math.ceil(w * scale)), scale, antialiasing)

@@ -131,4 +131,5 @@ class DegradationPairs(Dataset):
         with Image.open(os.path.join(self.root, self.paths[index])) as img:
             image = img.convert("RGB")
         hq, lq = self.pair(image, np.random.default_rng([self.seed, position]))
-        return torch.from_numpy(np.array(hq)).permute(2, 0, 1).contiguous(), torch.from_numpy(np.array(lq)).permute(2, 0, 1).contiguous()
+        return (torch.from_numpy(np.array(hq)).permute(2, 0, 1).contiguous(),
+                torch.from_numpy(np.array(lq)).permute(2, 0, 1).contiguous())

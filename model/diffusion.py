@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import nn
 from model.diffusion_unet import DiffusionUnet, diffiqa_unet
 from utils.errors import CheckpointError
 
-__all__ = ["cosine_beta_schedule", "linear_beta_schedule", "GaussianDiffusion", "reconstruction_pairs",
+__all__ = ["cosine_beta_schedule", "linear_beta_schedule", "GaussianDiffusion", "reconstruction_pairs", "noised_steps",
            "build_diffusion", "read_diffusion_state", "load_diffusion", "SCHEDULE_BUFFERS"]
 
 _logger = logging.getLogger(__name__)
@@ -45,6 +45,11 @@ def linear_beta_schedule(timesteps: int) -> torch.Tensor:
 def _extract(a: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     """``a[t]`` shaped ``(B, 1, 1, 1)`` for broadcasting over images."""
     return a.gather(-1, t).reshape(t.shape[0], *((1,) * (ndim - 1)))
+
+
+def noised_steps(t: int, steps: Optional[int] = None, skip_degenerate: bool = False) -> int:
+    """How many noise draws :meth:`GaussianDiffusion.reconstruct` makes (steps whose next time is >= 0)."""
+    return sum(1 for a, b in reconstruction_pairs(t, steps) if b >= 0 and not (skip_degenerate and a == b))
 
 
 def reconstruction_pairs(t: int, steps: Optional[int] = None) -> List[Tuple[int, int]]:
@@ -187,7 +192,8 @@ class GaussianDiffusion(nn.Module):
     # ----------------------------------------------------------------------------------------- reconstruction
     @torch.no_grad()
     def reconstruct(self, x_t: torch.Tensor, t: int, skip_degenerate: bool = False,
-                    generator: Optional[torch.Generator] = None, steps: Optional[int] = None) -> torch.Tensor:
+                    generator: Optional[torch.Generator] = None, steps: Optional[int] = None,
+                    noises: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """The official ``ddim_sample_at_t``: restore ``x_t`` (noised at index ``t``, in [-1, 1]) in ``t + 1`` steps.
 
         Args:
@@ -197,12 +203,14 @@ class GaussianDiffusion(nn.Module):
                 one noise draw (the official code keeps it; keep it for draw-for-draw equality).
             generator: Source of the step noise (default: the global one, as officially).
             steps: Number of DDIM steps (default ``t + 1``, the official chain).
+            noises: The step noises, used in order instead of drawing (one per step that adds noise).
 
         Returns:
             The clamped ``x0_hat`` of the last step, ``(B, C, H, W)`` in [-1, 1].
         """
         img = x_t
         b = img.shape[0]
+        drawn = 0
         for time, time_next in reconstruction_pairs(t, steps):
             if skip_degenerate and time == time_next:
                 continue
@@ -215,7 +223,10 @@ class GaussianDiffusion(nn.Module):
             alpha_next = self.alphas_cumprod[time_next]
             sigma = self.ddim_sampling_eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt()
             c = (1 - alpha_next - sigma ** 2).sqrt()
-            if generator is None:
+            if noises is not None:
+                noise = noises[drawn]
+                drawn += 1
+            elif generator is None:
                 noise = torch.randn_like(img)
             else:
                 noise = torch.randn(img.shape, generator=generator, device=img.device, dtype=img.dtype)

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from model.diffiqa_r import DifFIQAR
 from model.ediffiqa import EDifFIQA
 from model.iresnet import iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
 from model.mlp import MLP
@@ -59,6 +60,8 @@ VARIANTS: Dict[str, Variant] = {
     "ediffiqaM": Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "r50.pth"),
     "ediffiqaS": Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "r18.pth"),
     "ediffiqaT": Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", None),
+    # The regression baseline the paper compares against (authors' diffiqa(r).pth; keys base.*, linear.*).
+    "diffiqaR": Variant("diffiqaR", "DifFIQA(R)", "iresnet100", "r100.pth"),
 }
 
 OFFICIAL_WEIGHTS_HELP = (
@@ -90,8 +93,10 @@ def build_backbone(name: str) -> nn.Module:
 
 
 def build_model(name: str, return_feat: bool = False) -> EDifFIQA:
-    """Build a randomly initialised eDifFIQA variant (``ediffiqaL/M/S/T``)."""
+    """Build a randomly initialised variant (``ediffiqaL/M/S/T``, or ``diffiqaR``, a :class:`DifFIQAR`)."""
     variant = _get_variant(name)
+    if name == "diffiqaR":
+        return DifFIQAR(build_backbone(variant.backbone), return_feat=return_feat)  # type: ignore[return-value]
     return EDifFIQA(build_backbone(variant.backbone), MLP(512, 1024, 1), return_feat=return_feat)
 
 
@@ -205,11 +210,13 @@ def load_weights(model: EDifFIQA, path: str, name: str) -> None:
 def load_backbone(name: str, path: str) -> nn.Module:
     """Build backbone ``name`` and load an insightface-layout checkpoint strictly; returns it in eval mode.
 
-    The ``base_model.*`` part of an eDifFIQA checkpoint is accepted too.
+    The ``base_model.*`` part of an eDifFIQA checkpoint and the ``base.*`` part of a DifFIQA(R) one are accepted too.
     """
     state_dict = read_state_dict(path)
-    if any(k.startswith("base_model.") for k in state_dict):
-        state_dict = {k[len("base_model."):]: v for k, v in state_dict.items() if k.startswith("base_model.")}
+    for prefix in ("base_model.", "base."):  # the backbone of an eDifFIQA or a DifFIQA(R) checkpoint
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            break
     backbone = build_backbone(name)
     expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in state_dict.items()}

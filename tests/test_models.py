@@ -135,6 +135,6 @@ def test_missing_and_garbage_files(tmp_path) -> None:
 
 
 def test_unknown_model_name() -> None:
-    with pytest.raises(ConfigError, match="ediffiqaL, ediffiqaM, ediffiqaS, ediffiqaT"):
+    with pytest.raises(ConfigError, match="diffiqaR, ediffiqaL, ediffiqaM, ediffiqaS, ediffiqaT"):
         build_model("ediffiqaXL")
-    assert set(VARIANTS) == set(VARIANT_NAMES)
+    assert set(VARIANTS) == set(VARIANT_NAMES) | {"diffiqaR"}  # the four eDifFIQA models and DifFIQA(R)

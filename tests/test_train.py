@@ -289,3 +289,32 @@ def test_backbone_weights_initialise_the_student(tiny, tmp_path) -> None:
     trainer = Trainer(from_dict(TrainConfig, raw))
     for key, value in trainer.model.base_model.state_dict().items():
         assert torch.equal(value, backbone[key]), key
+
+
+def test_compile_failure_falls_back_to_eager(tiny, tmp_path, capsys, monkeypatch) -> None:
+    """base.compile: a compiler that fails on the first step (no C++ compiler, say) leaves training eager."""
+    calls = []
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape)
+            raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda model: Broken())
+    root, images = tiny
+    out = tmp_path / "compiled"
+    code, err = run_train(["-c", tiny_config(root, images, out, **{"base.epochs": 1, "base.compile": 1})], capsys)
+    assert code == 0, err
+    assert len(calls) == 1 and "torch.compile failed (no C++ compiler found)" in err
+    history = json.loads((out / "history.json").read_text())
+    assert np.isfinite(history[0]["train"]["loss"])
+
+
+def test_last_batch_of_one_is_left_out(tiny, tmp_path, capsys) -> None:
+    root, images = tiny
+    out = tmp_path / "one"
+    # 48 items, val_split 0.25 -> 36 training items; batch 7 leaves a last batch of 1.
+    code, err = run_train(["-c", tiny_config(root, images, out, **{
+        "base.epochs": 1, "dataloader.train.params.batch_size": 7, "model.name": "ediffiqaS"})], capsys)
+    assert code == 0, err
+    assert "the last training batch would hold 1 image" in err

@@ -25,6 +25,8 @@ class UnetParams:
     dim_mults: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
     channels: int = 3
     resnet_block_groups: int = 8
+    attn_heads: int = 4                        # addition: the reference fixes 4 x 32
+    attn_dim_head: int = 32
     self_condition: bool = False
     learned_variance: bool = False
     learned_sinusoidal_cond: bool = False
@@ -39,7 +41,8 @@ class UnetParams:
     def build_kwargs(self) -> dict:
         return {"dim": self.dim, "init_dim": self.init_dim, "out_dim": self.out_dim,
                 "dim_mults": tuple(self.dim_mults), "channels": self.channels,
-                "resnet_block_groups": self.resnet_block_groups}
+                "resnet_block_groups": self.resnet_block_groups, "attn_heads": self.attn_heads,
+                "attn_dim_head": self.attn_dim_head}
 
 
 @dataclass

@@ -33,6 +33,8 @@ class TrainBase:
     epochs: int = 3
     resume: Optional[str] = None
     deterministic: bool = False
+    compile: bool = False              # torch.compile the training step (1.4x on a CPU for eDifFIQA(S); compiles
+                                       # for a minute or two first, so worth it for long runs)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"'base.epochs' must be at least 1, got {self.epochs}")
@@ -61,6 +63,7 @@ class TrainDataset:
     embeddings: str = "./training_data/cosface-embeddings.pkl"
     val_split: float = 0.1
     on_missing: str = "drop"
+    labels: Optional[str] = None       # DifFIQA(R) only: {path: quality} labels (diffiqa_score.py output)
 
     def __post_init__(self) -> None:
         _check(0.0 < self.val_split < 1.0, f"'dataset.val_split' must be between 0 and 1, got {self.val_split}")
@@ -107,8 +110,9 @@ class OptimizerGroup:
     limit: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _check(self.params in ("mlp", "base_model"), f"optimizer group 'params' must be 'mlp' or 'base_model', "
-                                                     f"got '{self.params}'")
+        _check(self.params in ("mlp", "base_model", "linear", "base"),
+               f"optimizer group 'params' must be 'mlp' or 'base_model' ('linear' or 'base' for DifFIQA(R)), "
+               f"got '{self.params}'")
         _check(self.lr > 0, f"optimizer group 'lr' must be positive, got {self.lr}")
         _check(self.limit is None or self.limit >= 1, f"optimizer group 'limit' must be at least 1, got {self.limit}")
 
@@ -173,3 +177,14 @@ class TrainConfig:
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     loss: LossSection = field(default_factory=LossSection)
     wandb: WandbSection = field(default_factory=WandbSection)
+
+    def __post_init__(self) -> None:
+        regression = self.model.name == "diffiqaR"
+        _check(not regression or self.dataset.labels is not None,
+               "'dataset.labels' must name the quality labels to train DifFIQA(R) on (diffiqa_score.py output)")
+        _check(regression or self.dataset.labels is None,
+               "'dataset.labels' is for DifFIQA(R) (model.name: diffiqaR); eDifFIQA trains on prepare_data.py outputs")
+        for group in (self.optimizer.group_1, self.optimizer.group_2):
+            _check(group is None or regression or group.params in ("mlp", "base_model"),
+                   f"optimizer group 'params' '{group.params if group else ''}' names a DifFIQA(R) part; eDifFIQA "
+                   "has 'mlp' and 'base_model'")

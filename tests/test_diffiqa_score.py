@@ -1,0 +1,381 @@
+"""DifFIQA labels (diffiqa_score.py) and the DifFIQA(R) regressor."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.conftest import ROOT, load_manifest
+
+from model.diffusion import GaussianDiffusion, build_diffusion
+from utils.diffiqa_scoring import (diffiqa_quality, image_seed, score_batch_fast, score_batch_official,
+                                   split_for_rank)
+
+TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
+
+
+class Identity(torch.nn.Module):
+    """A 'denoiser' predicting x0 = its input."""
+
+    channels = 3
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class TinyDenoiser(torch.nn.Module):
+    channels = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x) + x)
+
+
+def halves(x: torch.Tensor) -> torch.Tensor:
+    """A test 'FR model': the means of the left and right image halves, ``(B, 2)``."""
+    w = x.shape[3] // 2
+    return torch.stack([x[..., :w].mean(dim=(1, 2, 3)), x[..., w:].mean(dim=(1, 2, 3))], dim=1)
+
+
+def two_tone(a: float, b: float) -> torch.Tensor:
+    x = torch.empty(3, 112, 112)
+    x[..., :56], x[..., 56:] = a, b
+    return x
+
+
+# ------------------------------------------------------------------------------------------------- formula
+def test_formula_on_hand_made_embeddings() -> None:
+    e = torch.tensor([[1.0, 0.0]])
+    rep = lambda *vs: torch.tensor([[list(v) for v in vs]])  # noqa: E731  (1, R, 2)
+    e_noisy = rep((1, 0), (0, 1))                 # cos 1 and 0: mean 0.5
+    e_recon = rep((1, 1), (1, 1))                 # cos 1/sqrt(2)
+    e_noisy_flip = rep((-1, 0), (-1, 0))          # cos -1
+    e_recon_flip = rep((2, 0), (0, -3))           # cos 1 and 0: mean 0.5
+    e_flip = torch.tensor([[0.0, 5.0]])           # cos 0
+    q = diffiqa_quality(e, e_flip, e_noisy, e_recon, e_noisy_flip, e_recon_flip)
+    assert q.shape == (1,)
+    assert q.item() == pytest.approx((0.5 + 1 / math.sqrt(2) - 1 + 0.5 + 0) / 5, abs=1e-6)
+    # Repeated clean embeddings (the official bookkeeping) give the same result.
+    q2 = diffiqa_quality(e[:, None].expand(1, 2, 2), e_flip[:, None].expand(1, 2, 2), e_noisy, e_recon,
+                         e_noisy_flip, e_recon_flip)
+    assert q2.item() == pytest.approx(q.item(), abs=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["official", "fast"])
+def test_flip_and_repeat_bookkeeping(mode) -> None:
+    tones = [(0.9, 0.1), (0.2, 0.8), (-0.5, 0.7)]
+    x = torch.stack([two_tone(a, b) for a, b in tones])
+    d = GaussianDiffusion(Identity())
+    torch.manual_seed(0)
+    if mode == "official":
+        q = score_batch_official(x, d, halves, t=5, repeats=4)
+    else:
+        q = score_batch_fast(x, d, halves, seeds=[1, 2, 3], t=5, repeats=4, chunk=[5])
+    # Every noisy/reconstructed image keeps its own tones; the three flip terms see them swapped (cos c), the two
+    # others see the original (cos 1): q = (2 + 3c) / 5. A mix-up of images or of flips changes the values.
+    expected = [(2 + 3 * (2 * a * b / (a * a + b * b))) / 5 for a, b in tones]
+    np.testing.assert_allclose(q.numpy(), expected, atol=2e-3)
+    assert len(set(np.round(q.numpy(), 3))) == 3
+
+
+def test_official_mode_draws_like_the_official_code() -> None:
+    """Same torch seed -> same numbers as a literal transcription of the official batch computation."""
+    d = GaussianDiffusion(TinyDenoiser())
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    fr = lambda z: halves(z) + 0.1 * z[:, :, ::16, ::16].flatten(1)[:, :2]  # noqa: E731
+    torch.manual_seed(7)
+    ours = score_batch_official(x, d, fr, t=5, repeats=3)
+    torch.manual_seed(7)
+    both = torch.cat([x, torch.flip(x, dims=[3])]).repeat_interleave(3, dim=0)
+    noisy = d.q_sample(both, torch.full((12,), 5))
+    img = noisy
+    for time_, nxt in [(4, 3), (3, 2), (2, 1), (1, 0), (0, 0), (0, -1)]:
+        eps, x0 = d.model_predictions(img, torch.full((12,), time_), clip_x_start=True)
+        if nxt < 0:
+            img = x0
+            continue
+        a, an = d.alphas_cumprod[time_], d.alphas_cumprod[nxt]
+        sigma = ((1 - a / an) * (1 - an) / (1 - a)).sqrt()
+        img = x0 * an.sqrt() + (1 - an - sigma ** 2).sqrt() * eps + sigma * torch.randn_like(img)
+    emb = fr(torch.cat([both, noisy, img]))
+    c, n, r = (t.reshape(2, 2, 3, -1) for t in emb.chunk(3))
+    cos = lambda u, v: torch.nn.functional.cosine_similarity(u, v, dim=-1).mean(1)  # noqa: E731
+    expected = (cos(c[0], n[0]) + cos(c[0], r[0]) + cos(c[0], n[1]) + cos(c[0], r[1]) + cos(c[0], c[1])) / 5
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+def test_official_and_default_modes_agree_in_expectation() -> None:
+    torch.manual_seed(0)
+    d = GaussianDiffusion(TinyDenoiser())
+    fr_net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(2),
+                                 torch.nn.Flatten())
+    x = torch.stack([torch.rand(3, 112, 112) * 2 - 1 for _ in range(3)])
+    with torch.no_grad():
+        official, fast = [], []
+        for s in range(24):
+            torch.manual_seed(100 + s)
+            official.append(score_batch_official(x, d, fr_net, t=5, repeats=2))
+            fast.append(score_batch_fast(x, d, fr_net, seeds=[s * 10 + i for i in range(3)], t=5, repeats=2))
+    official, fast = torch.stack(official), torch.stack(fast)
+    assert float(official.std(0).max()) > 0  # the draws matter, so the comparison means something
+    se = torch.sqrt(official.var(0) / 24 + fast.var(0) / 24)
+    assert bool((torch.abs(official.mean(0) - fast.mean(0)) <= 4 * se + 1e-6).all())
+
+
+def test_default_mode_does_not_depend_on_batching() -> None:
+    torch.manual_seed(0)
+    d = GaussianDiffusion(TinyDenoiser())
+    x = torch.rand(4, 3, 112, 112) * 2 - 1
+    seeds = [image_seed(0, f"img{i}.png") for i in range(4)]
+    whole = score_batch_fast(x, d, halves, seeds, repeats=3)
+    parts = torch.cat([score_batch_fast(x[:1], d, halves, seeds[:1], repeats=3, chunk=[2]),
+                       score_batch_fast(x[1:], d, halves, seeds[1:], repeats=3, chunk=[7])])
+    torch.testing.assert_close(whole, parts, rtol=0, atol=1e-6)
+
+
+def test_split_covers_every_image_once() -> None:
+    paths = [f"p{i}" for i in range(11)]
+    for world in (1, 2, 3, 5):
+        shares = [split_for_rank(paths, r, world) for r in range(world)]
+        merged = [p for share in shares for p in share]
+        assert sorted(merged) == sorted(paths) and len(merged) == len(paths)
+
+
+# ------------------------------------------------------------------------------------------------- the script
+@pytest.fixture()
+def scoring_setup(tmp_path):
+    from model.registry import build_backbone
+
+    torch.manual_seed(0)
+    den = build_diffusion(TINY_UNET, {})
+    torch.save({"step": 1, "model": den.state_dict(), "opt": {}, "ema": {}, "scaler": None}, tmp_path / "den.pt")
+    torch.save(build_backbone("mobilefacenet").state_dict(), tmp_path / "fr.pth")
+    images = tmp_path / "img"
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        (images / f"id{i % 2}").mkdir(parents=True, exist_ok=True)
+        small = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
+        Image.fromarray(small).resize((112, 112), Image.Resampling.BICUBIC).save(images / f"id{i % 2}" / f"{i}.png")
+    (images / "id0" / "broken.jpg").write_bytes(b"not an image")
+    return tmp_path, images
+
+
+def score_config(tmp_path, images, out, **base) -> str:
+    cfg = {"base": {"device": "cpu", "save_path": str(out), "verbose": 0, "flush_every": 1, **base},
+           "dataset": {"loc": str(images), "num_workers": 0},
+           "denoiser": {"weights": str(tmp_path / "den.pt"), "unet_params": TINY_UNET},
+           "fr_model": {"backbone": "mobilefacenet", "weights": str(tmp_path / "fr.pth")},
+           "diffiqa": {"repeats": 2, "batch_size": 8}}
+    path = tmp_path / f"cfg-{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def run_score(argv, capsys):
+    import diffiqa_score
+    from utils.cli import run_cli
+
+    code = run_cli(diffiqa_score.main, argv, "diffiqa_score.py")
+    return code, capsys.readouterr().err
+
+
+def read_scores(out) -> dict:
+    with open(out / "quality-scores.pkl", "rb") as handle:
+        return pickle.load(handle)
+
+
+def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys) -> None:
+    tmp_path, images = scoring_setup
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    code, err = run_score(["-c", score_config(tmp_path, images, whole)], capsys)
+    assert code == 0, err
+    assert "1 unreadable image(s) were skipped" in err and "broken.jpg" in err
+    reference = read_scores(whole)
+    assert sorted(reference) == sorted(f"id{i % 2}/{i}.png" for i in range(5))
+    meta = json.loads((whole / "quality-scores.json").read_text())
+    assert meta["seed"] == 0 and meta["mode"] == "default" and list(meta["skipped"]) == ["id0/broken.jpg"]
+
+    # Stop after 2 new images, then after 2 more, then finish: nothing scored twice, nothing lost.
+    for step in range(3):
+        code, err = run_score(["-c", score_config(tmp_path, images, parts), "--limit", "2"], capsys)
+        assert code == 0, err
+        if step < 2:
+            assert not (parts / "quality-scores.pkl").exists() and "left" in err
+    assert not list(parts.glob("quality-scores.part*"))  # merged and removed once complete
+    resumed = read_scores(parts)
+    assert sorted(resumed) == sorted(reference)
+    for key, value in reference.items():  # per-image seeds: the same scores as the uninterrupted run
+        assert resumed[key] == pytest.approx(value, abs=1e-5)
+    assert {r.split(",")[0] for r in (parts / "quality-scores.csv").read_text().splitlines()[1:]} == set(reference)
+
+
+def test_official_mode_and_prepare_data_reads_the_labels(scoring_setup, capsys) -> None:
+    tmp_path, images = scoring_setup
+    out = tmp_path / "off"
+    code, err = run_score(["-c", score_config(tmp_path, images, out), "--official", "--seed", "3"], capsys)
+    assert code == 0, err
+    scores = read_scores(out)
+    assert len(scores) == 5 and all(np.isfinite(v) for v in scores.values())
+    assert json.loads((out / "quality-scores.json").read_text())["mode"] == "official"
+    # The labels feed prepare_data.py together with embeddings keyed by the same relative paths.
+    import prepare_data
+
+    emb = {k: np.random.default_rng(i).normal(size=8).astype(np.float32) for i, k in enumerate(sorted(scores))}
+    with open(tmp_path / "emb.pkl", "wb") as handle:
+        pickle.dump(emb, handle)
+    assert prepare_data.main(["-b", "0.5", "-ll", str(out / "quality-scores.pkl"), "-el", str(tmp_path / "emb.pkl"),
+                              "-sl", str(tmp_path / "prep"), "-sn", "x", "--min-images", "1", "-q"]) == 0
+
+
+@pytest.mark.slow
+def test_torchrun_splits_the_folder(scoring_setup, capsys) -> None:
+    tmp_path, images = scoring_setup
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert run_score(["-c", score_config(tmp_path, images, single)], capsys)[0] == 0
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29537", os.path.join(ROOT, "diffiqa_score.py"), "-c",
+                           score_config(tmp_path, images, ddp)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_scores(single), read_scores(ddp)
+    assert sorted(a) == sorted(b) and len(b) == 5
+    for key in a:
+        assert b[key] == pytest.approx(a[key], abs=1e-5)
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("empty", r"image folder '.*empty' holds no images"),
+    ("no_denoiser", r"denoiser checkpoint '.*nope.pt' not found"),
+    ("no_fr", r"face recognition weights '.*nofr.pth' \(fr_model.weights\) not found"),
+    ("wrong_denoiser", r"is not a DifFIQA denoiser checkpoint"),
+    ("bad_precision", r"'base.precision' must be one of"),
+])
+def test_errors_exit_2(case, pattern, scoring_setup, capsys) -> None:
+    tmp_path, images = scoring_setup
+    out = tmp_path / "err"
+    path = score_config(tmp_path, images, out)
+    cfg = yaml.safe_load(open(path))
+    if case == "empty":
+        (tmp_path / "empty").mkdir()
+        cfg["dataset"]["loc"] = str(tmp_path / "empty")
+    elif case == "no_denoiser":
+        cfg["denoiser"]["weights"] = str(tmp_path / "nope.pt")
+    elif case == "no_fr":
+        cfg["fr_model"]["weights"] = str(tmp_path / "nofr.pth")
+    elif case == "wrong_denoiser":
+        cfg["denoiser"]["weights"] = str(tmp_path / "fr.pth")
+    else:
+        cfg["base"]["precision"] = "fp8"
+    open(path, "w").write(yaml.safe_dump(cfg))
+    code, err = run_score(["-c", path], capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("diffiqa_score.py: error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------- DifFIQA(R)
+def diffiqa_r_state_dict(seed: int = 0) -> dict:
+    """The authors' diffiqa(r).pth layout: eDifFIQA(L)'s backbone under ``base.``, plus ``linear.``."""
+    from tests.conftest import manifest_state_dict
+
+    full = manifest_state_dict("ediffiqaL", seed)
+    state = {"base." + k[len("base_model."):]: v for k, v in full.items() if k.startswith("base_model.")}
+    gen = torch.Generator().manual_seed(seed)
+    state["linear.weight"] = 0.05 * torch.randn(1, 512, generator=gen)
+    state["linear.bias"] = torch.zeros(1)
+    return state
+
+
+def test_diffiqa_r_loads_strictly_and_scores(tmp_path, capsys) -> None:
+    from model.registry import create_model
+
+    expected = [k for k, _, _ in load_manifest()["ediffiqaL"] if k.startswith("base_model.")]
+    state = diffiqa_r_state_dict()
+    assert [k for k in state if k.startswith("base.")] == ["base." + k[len("base_model."):] for k in expected]
+    path = tmp_path / "diffiqa(r).pth"
+    torch.save(state, path)
+    model = create_model("diffiqaR", str(path))
+    assert list(model.state_dict()) == list(state)
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        want = model.linear(model.base(x)).reshape(-1)
+    import inference
+    from utils.cli import run_cli
+
+    img = tmp_path / "faces"
+    img.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((112, 112, 3)) * 255).astype(np.uint8)).save(img / "a.png")
+    code = run_cli(inference.main, ["--model", "diffiqaR", "--weights", str(path), "--images", str(img), "--output",
+                                    str(tmp_path / "out"), "--device", "cpu", "-q"], "inference.py")
+    assert code == 0, capsys.readouterr().err
+    with open(tmp_path / "out" / "quality-scores.pkl", "rb") as handle:
+        scores = pickle.load(handle)
+    assert len(scores) == 1 and np.isfinite(list(scores.values())[0])
+    assert torch.isfinite(want).all()
+    # An eDifFIQA checkpoint is refused as DifFIQA(R) with a message naming what it is.
+    from tests.conftest import manifest_state_dict
+
+    torch.save(manifest_state_dict("ediffiqaS"), tmp_path / "s.pth")
+    code = run_cli(inference.main, ["--model", "diffiqaR", "--weights", str(tmp_path / "s.pth"), "--images",
+                                    str(img), "--output", str(tmp_path / "o2"), "--device", "cpu"], "inference.py")
+    assert code == 2 and "holds eDifFIQA(S)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_diffiqa_r_trains_one_epoch(tmp_path, capsys) -> None:
+    import train
+    from utils.cli import run_cli
+
+    img = tmp_path / "faces"
+    rng = np.random.default_rng(0)
+    labels = {}
+    for i in range(10):
+        (img / f"n{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((112, 112, 3)) * 255).astype(np.uint8)).save(img / f"n{i % 2}" / f"{i}.png")
+        labels[os.path.join(str(img), f"n{i % 2}", f"{i}.png")] = float(rng.uniform(0.3, 0.9))  # joined keys
+    with open(tmp_path / "labels.pkl", "wb") as handle:
+        pickle.dump(labels, handle)
+    torch.save(diffiqa_r_state_dict(), tmp_path / "init.pth")
+    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "diffiqaR_train_config.yaml")))
+    cfg["base"].update({"save_path": str(tmp_path / "out"), "device": "cpu", "amp": 0, "verbose": 0})
+    cfg["model"]["backbone_weights"] = str(tmp_path / "init.pth")
+    cfg["dataset"].update({"image_loc": str(img), "labels": str(tmp_path / "labels.pkl")})
+    for part in ("train", "val"):
+        cfg["dataloader"][part]["params"].update({"batch_size": 4, "num_workers": 0})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    code = run_cli(train.main, ["-c", str(tmp_path / "cfg.yaml")], "train.py")
+    assert code == 0, capsys.readouterr().err
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert len(history) == 1 and np.isfinite(history[0]["val"]["loss"]) and history[0]["train"]["loss_rc"] == 0
+    saved = torch.load(tmp_path / "out" / "model.pth", weights_only=True)
+    assert list(saved)[-2:] == ["linear.weight", "linear.bias"]
+    assert all(k.startswith(("base.", "linear.")) for k in saved)
+    from model.registry import create_model
+
+    create_model("diffiqaR", str(tmp_path / "out" / "model.pth"))  # loads strictly where inference.py loads it
+
+
+def test_diffiqa_r_config_needs_labels(tmp_path, capsys) -> None:
+    import train
+    from utils.cli import run_cli
+
+    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "diffiqaR_train_config.yaml")))
+    del cfg["dataset"]["labels"]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    code = run_cli(train.main, ["-c", str(tmp_path / "cfg.yaml")], "train.py")
+    err = capsys.readouterr().err
+    assert code == 2 and "'dataset.labels' must name the quality labels" in err

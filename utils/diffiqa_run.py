@@ -1,0 +1,111 @@
+"""``diffiqa_score.py``'s work: load the models, score this process's share, and (rank 0) merge and write outputs."""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from typing import Any, Dict
+
+import torch
+
+from dataset.image_folder import find_images
+from model.diffusion import load_diffusion
+from model.registry import load_backbone
+from utils.config import to_dict
+from utils.diffiqa_scoring import PART_GLOB, RNG_GLOB, ScoreRun, check_complete, read_parts, score_folder
+from utils.errors import CheckpointError, ConfigError
+from utils.io import write_csv, write_json, write_pickle
+from utils.runtime import cpu_count
+from utils.trainer import init_distributed
+
+__all__ = ["run_scoring", "SCORES_PICKLE", "SCORES_CSV", "SCORES_META"]
+
+_logger = logging.getLogger(__name__)
+
+SCORES_PICKLE = "quality-scores.pkl"
+SCORES_CSV = "quality-scores.csv"
+SCORES_META = "quality-scores.json"
+
+
+def run_scoring(cfg: Any) -> Dict[str, Any]:
+    """Score ``cfg.dataset.loc`` (a ``diffiqa_score.ScoreConfig``); returns a summary of what was done."""
+    info, device = init_distributed(cfg.base.device)
+    try:
+        return _run(cfg, info, device)
+    finally:
+        if info.enabled:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
+    rel_paths = find_images(cfg.dataset.loc)
+    if not os.path.isfile(cfg.fr_model.weights):
+        raise CheckpointError(f"face recognition weights '{cfg.fr_model.weights}' (fr_model.weights) not found; the "
+                              "official labels use insightface's glint360k_cosface_r100_fp16_0.1 backbone.pth")
+    denoiser = load_diffusion(cfg.denoiser.weights, cfg.denoiser.ema, cfg.denoiser.unet_params or None,
+                              cfg.denoiser.diff_params or None)
+    levels = denoiser.model.levels
+    if 112 % (2 ** (levels - 1)):
+        raise ConfigError(f"the denoiser's {levels} levels need sides divisible by {2 ** (levels - 1)}; faces are 112")
+    fr = load_backbone(cfg.fr_model.backbone, cfg.fr_model.weights)
+    denoiser, fr = denoiser.to(device).eval(), fr.to(device).eval()
+    if not cfg.base.official and device.type == "cpu":
+        denoiser.model.to(memory_format=torch.channels_last)  # 1.14x on the CPU; scores within 1e-5
+    out = cfg.base.save_path
+    os.makedirs(out, exist_ok=True)
+    batch = cfg.diffiqa.batch_size or (64 if cfg.base.official or device.type == "cpu" else 256)
+    workers = cfg.dataset.num_workers
+    if workers is None:
+        workers = min(4, cpu_count()) if device.type == "cuda" else 0
+    run = ScoreRun(root=cfg.dataset.loc, out_dir=out, t=cfg.diffiqa.timestep, repeats=cfg.diffiqa.repeats,
+                   seed=cfg.base.seed, official=cfg.base.official, batch_size=batch,
+                   flush_every=cfg.base.flush_every, limit=cfg.base.limit, workers=workers,
+                   verbose=cfg.base.verbose and info.main, precision=cfg.base.precision, rank=info.rank,
+                   world=info.world)
+    if info.main:
+        _logger.info("DifFIQA %s mode: %d images in %s, t=%d, %d repeats, batch %d, %s, %d process(es) on %s",
+                     "official" if run.official else "default", len(rel_paths), run.root, run.t, run.repeats, batch,
+                     run.precision, info.world, device)
+    done_scores, done_skipped = read_parts(out)
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank has read the part files before any rank appends to them
+    start = time.perf_counter()
+    counts = score_folder(run, rel_paths, denoiser, fr, device, done=set(done_scores) | set(done_skipped))
+    seconds = time.perf_counter() - start
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+    summary: Dict[str, Any] = {"rank": info.rank, "scored": counts["scored"], "skipped": counts["skipped"]}
+    if not info.main:
+        return summary
+    scores, skipped = read_parts(out)
+    left = [p for p in rel_paths if p not in scores and p not in skipped]
+    summary.update({"left": len(left), "complete": not left})
+    if left:
+        return summary
+    check_complete(rel_paths, scores, skipped)
+    key = (lambda p: p) if cfg.base.keys == "relative" else (lambda p: os.path.join(cfg.dataset.loc, p))
+    ordered = [p for p in rel_paths if p in scores]
+    write_pickle(os.path.join(out, SCORES_PICKLE), {key(p): scores[p] for p in ordered})
+    write_csv(os.path.join(out, SCORES_CSV), ("path", "quality"), [(key(p), f"{scores[p]:.8f}") for p in ordered])
+    if skipped:
+        names = sorted(skipped)
+        _logger.warning("%d unreadable image(s) were skipped, e.g. %s", len(names),
+                        "; ".join(f"{p} ({skipped[p]})" for p in names[:3]))
+    write_json(os.path.join(out, SCORES_META), {
+        "seed": cfg.base.seed, "mode": "official" if cfg.base.official else "default",
+        "timestep": run.t, "repeats": run.repeats, "batch_size": batch, "precision": run.precision,
+        "denoiser": cfg.denoiser.weights, "ema": cfg.denoiser.ema, "fr_backbone": cfg.fr_model.backbone,
+        "fr_weights": cfg.fr_model.weights, "images": len(rel_paths), "scored": len(ordered),
+        "skipped": {p: skipped[p] for p in sorted(skipped)}, "processes": info.world, "device": str(device),
+        "last_run_seconds": round(seconds, 2), "config": to_dict(cfg)})
+    for leftover in glob.glob(os.path.join(out, PART_GLOB)) + glob.glob(os.path.join(out, RNG_GLOB)):
+        os.remove(leftover)
+    summary.update({"scored": len(ordered), "skipped": len(skipped)})
+    return summary
