@@ -379,3 +379,19 @@ def test_diffiqa_r_config_needs_labels(tmp_path, capsys) -> None:
     code = run_cli(train.main, ["-c", str(tmp_path / "cfg.yaml")], "train.py")
     err = capsys.readouterr().err
     assert code == 2 and "'dataset.labels' must name the quality labels" in err
+
+
+def test_official_mode_resumes_draw_for_draw(scoring_setup, capsys) -> None:
+    """--official after an interruption: the saved RNG state continues the draws, so the scores equal a run that
+    was never stopped (flushes fall on batch boundaries: 64 // (2 x 2) = 16 images per batch, so use batch 4)."""
+    tmp_path, images = scoring_setup
+    whole, parts = tmp_path / "owhole", tmp_path / "oparts"
+    assert run_score(["-c", score_config(tmp_path, images, whole), "--official", "--batch-size", "4"], capsys)[0] == 0
+    for _ in range(3):
+        code, err = run_score(["-c", score_config(tmp_path, images, parts), "--official", "--batch-size", "4",
+                               "--limit", "2"], capsys)
+        assert code == 0, err
+    a, b = read_scores(whole), read_scores(parts)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert b[key] == pytest.approx(a[key], abs=1e-6)

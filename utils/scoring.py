@@ -89,9 +89,10 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
         kwargs["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
+    # Its own generator: creating the loader must not take a draw from the global RNG that models may use.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=pin_memory and device.type == "cuda", collate_fn=collate_faces,
-                        drop_last=False, **kwargs)
+                        drop_last=False, generator=torch.Generator().manual_seed(0), **kwargs)
     for images, indices, errors in loader:
         bad = [(int(i), e) for i, e in zip(indices.tolist(), errors) if e]
         if bad:
