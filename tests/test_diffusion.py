@@ -416,3 +416,18 @@ def test_errors_exit_2(case, pattern, faces, tmp_path, capsys) -> None:
     lines = [line for line in err.splitlines() if line.startswith("train_diffusion.py: error:")]
     assert len(lines) == 1 and re.search(pattern, lines[0]), err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_a_run(faces, tmp_path, capsys, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "wb"
+    path = write_config(tmp_path, faces, out, train_num_steps=2)
+    cfg = yaml.safe_load(open(path))
+    cfg["wandb"] = {"use": True, "project": "test"}
+    open(path, "w").write(yaml.safe_dump(cfg))
+    code, err = run_train(["-c", path], capsys)
+    assert code == 0, err
+    assert [d for d in os.listdir(out / "wandb") if d.startswith("offline-run-")]
