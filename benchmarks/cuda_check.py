@@ -1,6 +1,8 @@
-"""CUDA check for a machine with a GPU: scores on CUDA (fp32, fp16) against the CPU, and ``inference.py --device auto``.
+"""CUDA check for a machine with a GPU: scores on CUDA (fp32, fp16) against the CPU, and ``inference.py --device auto``;
+training with AMP; the DifFIQA denoiser trained with AMP and DifFIQA labels on CUDA against the CPU.
 
     python benchmarks/cuda_check.py
+    python benchmarks/diffiqa_throughput.py --device cuda --images 16 --repeats 10    # GPU labelling speed
 
 Uses checkpoints in the official layout built from ``tests/data``'s manifest (random, well-scaled weights).
 """
@@ -47,6 +49,63 @@ def train_check(tmp: str) -> int:
     return int(code != 0 or not losses[-1] < losses[0] or not np.isfinite(scores).all())
 
 
+def diffusion_check(tmp: str) -> int:
+    """train_diffusion.py with AMP on CUDA (tiny UNet), then DifFIQA labels on CUDA vs the CPU at each precision."""
+    import pathlib
+    import pickle
+
+    import yaml
+    from PIL import Image
+
+    import diffiqa_score
+    import train_diffusion
+    from model.diffusion import build_diffusion
+    from model.registry import build_backbone
+
+    root = pathlib.Path(tmp) / "diff"
+    faces = root / "faces"
+    faces.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        small = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
+        Image.fromarray(small).resize((112, 112), Image.Resampling.BICUBIC).save(faces / f"{i}.png")
+    unet = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
+    cfg = {"unet_params": unet, "diff_params": {"image_size": 112},
+           "trainer_params": {"folder": str(faces), "train_batch_size": 4, "gradient_accumulate_every": 2,
+                              "train_num_steps": 6, "save_and_sample_every": 3, "num_samples": 4,
+                              "results_folder": str(root / "run"), "device": "cuda", "amp": True, "verbose": False,
+                              "log_every": 1}}
+    (root / "train.yaml").write_text(yaml.safe_dump(cfg))
+    code = train_diffusion.main(["-c", str(root / "train.yaml")])
+    losses = [float(r.split(",")[1]) for r in (root / "run" / "loss_log.csv").read_text().splitlines()[1:]]
+    print(f"train_diffusion on cuda with amp: exit {code}, losses {[round(v, 4) for v in losses]}")
+    failures = int(code != 0 or not np.isfinite(losses).all())
+    torch.manual_seed(0)
+    torch.save({"step": 0, "model": build_diffusion(unet, {}).state_dict(), "opt": {}, "ema": {}, "scaler": None},
+               root / "den.pt")
+    torch.save(build_backbone("mobilefacenet").state_dict(), root / "fr.pth")
+    scores = {}
+    for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "tf32"), ("cuda", "bf16"),
+                              ("cuda", "fp16")):
+        out = root / f"{device}-{precision}"
+        score_cfg = {"base": {"device": device, "save_path": str(out), "verbose": 0, "precision": precision},
+                     "dataset": {"loc": str(faces)},
+                     "denoiser": {"weights": str(root / "den.pt"), "unet_params": unet},
+                     "fr_model": {"backbone": "mobilefacenet", "weights": str(root / "fr.pth")},
+                     "diffiqa": {"repeats": 4}}
+        (root / "score.yaml").write_text(yaml.safe_dump(score_cfg))
+        failures += diffiqa_score.main(["-c", str(root / "score.yaml")]) != 0
+        with open(out / "quality-scores.pkl", "rb") as handle:
+            table = pickle.load(handle)
+        scores[(device, precision)] = np.array([table[k] for k in sorted(table)])
+    for key, value in scores.items():
+        diff = np.abs(value - scores[("cpu", "fp32")]).max()
+        print(f"DifFIQA labels {key[0]} {key[1]}: max |diff| vs cpu fp32 = {diff:.2e}")
+        if key == ("cuda", "fp32") and diff > 1e-3:
+            failures += 1
+    return failures
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device")
@@ -79,6 +138,7 @@ def main() -> int:
         print("inference.py --device auto:", proc.returncode, proc.stderr.strip().splitlines()[-1:])
         failures += proc.returncode != 0 or "on cuda" not in proc.stderr
         failures += train_check(tmp)
+        failures += diffusion_check(tmp)
     print("CUDA CHECK", "FAILED" if failures else "OK")
     return 1 if failures else 0
 
