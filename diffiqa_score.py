@@ -35,14 +35,14 @@ class ScoreBase:
     verbose: bool = True
     save_path: str = "./outputs/diffiqa"
     official: bool = False          # reproduce the official computation draw for draw
-    precision: str = "fp32"
+    precision: Optional[str] = None  # null: fp32; with official on CUDA, tf32 (PyTorch's default, what it ran with)
     flush_every: int = 64
     keys: str = "relative"          # pickle keys: paths relative to dataset.loc (as vggface2-qs.pkl), or "joined"
     limit: Optional[int] = None     # score at most this many new images, then stop (run again to continue)
 
     def __post_init__(self) -> None:
-        _check(self.precision in PRECISIONS, f"'base.precision' must be one of {', '.join(PRECISIONS)}, "
-                                             f"got '{self.precision}'")
+        _check(self.precision is None or self.precision in PRECISIONS,
+               f"'base.precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         _check(self.keys in ("relative", "joined"), f"'base.keys' must be relative or joined, got '{self.keys}'")
         _check(self.flush_every >= 1, "'base.flush_every' must be at least 1")
         _check(self.limit is None or self.limit >= 1, "'base.limit' must be at least 1")

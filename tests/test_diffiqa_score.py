@@ -395,3 +395,20 @@ def test_official_mode_resumes_draw_for_draw(scoring_setup, capsys) -> None:
     assert sorted(a) == sorted(b)
     for key in a:
         assert b[key] == pytest.approx(a[key], abs=1e-6)
+
+
+def test_out_of_memory_halves_the_batch_and_retries() -> None:
+    from utils.diffiqa_scoring import _chunked
+
+    seen = []
+
+    def fn(a: int, b: int) -> torch.Tensor:
+        if b - a > 3:  # pretend that more than 3 rows do not fit
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        seen.append((a, b))
+        return torch.arange(a, b)
+
+    chunk = [16]
+    out = _chunked(fn, 10, chunk)
+    assert out.tolist() == list(range(10)) and chunk == [2]  # 16 -> 8 -> 4 -> 2, kept for later batches
+    assert seen[0] == (0, 2) and seen[-1] == (8, 10)

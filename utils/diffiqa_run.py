@@ -60,10 +60,14 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
     workers = cfg.dataset.num_workers
     if workers is None:
         workers = min(4, cpu_count()) if device.type == "cuda" else 0
+    precision = cfg.base.precision
+    if precision is None:
+        # The official code runs with PyTorch's defaults: TF32 convolutions on CUDA.
+        precision = "tf32" if cfg.base.official and device.type == "cuda" else "fp32"
     run = ScoreRun(root=cfg.dataset.loc, out_dir=out, t=cfg.diffiqa.timestep, repeats=cfg.diffiqa.repeats,
                    seed=cfg.base.seed, official=cfg.base.official, batch_size=batch,
                    flush_every=cfg.base.flush_every, limit=cfg.base.limit, workers=workers,
-                   verbose=cfg.base.verbose and info.main, precision=cfg.base.precision, rank=info.rank,
+                   verbose=cfg.base.verbose and info.main, precision=precision, rank=info.rank,
                    world=info.world)
     if info.main:
         _logger.info("DifFIQA %s mode: %d images in %s, t=%d, %d repeats, batch %d, %s, %d process(es) on %s",
