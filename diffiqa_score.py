@@ -128,7 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     summary = run_scoring(cfg)
     if summary.get("complete"):
-        print(f"scored {summary['scored']} image(s), skipped {summary['skipped']}; wrote "
+        print(f"scored {summary['new']} new image(s) in this run; {summary['scored']} scored in all, skipped "
+              f"{summary['skipped']}; wrote "
               f"{os.path.join(cfg.base.save_path, 'quality-scores.pkl')} and .csv", file=sys.stderr)
     elif summary.get("rank", 0) == 0:
         print(f"stopped with {summary['left']} image(s) left (base.limit); run the same command to continue",

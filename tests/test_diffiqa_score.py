@@ -412,3 +412,21 @@ def test_out_of_memory_halves_the_batch_and_retries() -> None:
     out = _chunked(fn, 10, chunk)
     assert out.tolist() == list(range(10)) and chunk == [2]  # 16 -> 8 -> 4 -> 2, kept for later batches
     assert seen[0] == (0, 2) and seen[-1] == (8, 10)
+
+
+def test_rerun_scores_only_new_images_and_refuses_other_settings(scoring_setup, capsys) -> None:
+    tmp_path, images = scoring_setup
+    out = tmp_path / "again"
+    cfg = score_config(tmp_path, images, out)
+    assert run_score(["-c", cfg], capsys)[0] == 0
+    first = read_scores(out)
+    Image.fromarray((np.random.default_rng(9).random((112, 112, 3)) * 255).astype(np.uint8)).save(
+        images / "id1" / "new.png")
+    code, err = run_score(["-c", cfg], capsys)
+    assert code == 0, err
+    assert "scored 1 new image(s) in this run; 6 scored in all" in err
+    second = read_scores(out)
+    assert set(second) == set(first) | {"id1/new.png"}
+    assert all(second[k] == first[k] for k in first)  # earlier scores kept, not recomputed
+    code, err = run_score(["-c", cfg, "--seed", "5"], capsys)
+    assert code == 2 and "holds DifFIQA scores made with other settings (seed: 0 -> 5)" in err

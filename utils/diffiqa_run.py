@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -15,7 +16,7 @@ from model.registry import load_backbone
 from utils.config import to_dict
 from utils.diffiqa_scoring import PART_GLOB, RNG_GLOB, ScoreRun, check_complete, read_parts, score_folder
 from utils.errors import CheckpointError, ConfigError
-from utils.io import write_csv, write_json, write_pickle
+from utils.io import safe_pickle_load, write_csv, write_json, write_pickle
 from utils.runtime import cpu_count
 from utils.trainer import init_distributed
 
@@ -26,6 +27,7 @@ _logger = logging.getLogger(__name__)
 SCORES_PICKLE = "quality-scores.pkl"
 SCORES_CSV = "quality-scores.csv"
 SCORES_META = "quality-scores.json"
+SCORES_SETTINGS = "quality-scores.settings.json"
 
 
 def run_scoring(cfg: Any) -> Dict[str, Any]:
@@ -38,6 +40,50 @@ def run_scoring(cfg: Any) -> Dict[str, Any]:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _settings(cfg: Any, run: ScoreRun) -> Dict[str, Any]:
+    """What the scores depend on; scores made with other settings must not be mixed in one output folder."""
+    settings = {"mode": "official" if run.official else "default", "seed": run.seed, "timestep": run.t,
+                "repeats": run.repeats, "denoiser": os.path.abspath(cfg.denoiser.weights), "ema": cfg.denoiser.ema,
+                "fr_backbone": cfg.fr_model.backbone, "fr_weights": os.path.abspath(cfg.fr_model.weights),
+                "precision": run.precision}
+    if run.official:
+        settings["batch_size"] = run.batch_size  # the official draws depend on the batch composition
+    return settings
+
+
+def _previous_results(cfg: Any, run: ScoreRun, main: bool) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """Scores of a completed earlier run in the output folder (so a rerun only scores new images), after checking
+    that it used the same settings; a first run records its settings."""
+    out = cfg.base.save_path
+    settings = _settings(cfg, run)
+    path = os.path.join(out, SCORES_SETTINGS)
+    if not os.path.isfile(path):
+        if main:
+            write_json(path, settings)
+        return {}, {}
+    with open(path, "r", encoding="utf-8") as handle:
+        old = json.load(handle)
+    changed = [k for k in settings if old.get(k) != settings[k]]
+    if changed:
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed[:3])
+        raise ConfigError(f"'{out}' holds DifFIQA scores made with other settings ({what}); use another "
+                          "base.save_path (--output) or delete its quality-scores.* files")
+    pickle_path = os.path.join(out, SCORES_PICKLE)
+    if not os.path.isfile(pickle_path):
+        return {}, {}
+    table = safe_pickle_load(pickle_path)
+    prefix = os.path.join(cfg.dataset.loc, "")
+    scores = {(k[len(prefix):] if k.startswith(prefix) else k): float(v) for k, v in table.items()}
+    skipped: Dict[str, str] = {}
+    meta_path = os.path.join(out, SCORES_META)
+    if os.path.isfile(meta_path):
+        with open(meta_path, "r", encoding="utf-8") as handle:
+            skipped = dict(json.load(handle).get("skipped", {}))
+    if main:
+        _logger.info("%d image(s) already scored in %s: only new images are scored", len(scores), out)
+    return scores, skipped
 
 
 def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
@@ -69,11 +115,13 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
                    flush_every=cfg.base.flush_every, limit=cfg.base.limit, workers=workers,
                    verbose=cfg.base.verbose and info.main, precision=precision, rank=info.rank,
                    world=info.world)
+    previous, previous_skipped = _previous_results(cfg, run, info.main)
     if info.main:
         _logger.info("DifFIQA %s mode: %d images in %s, t=%d, %d repeats, batch %d, %s, %d process(es) on %s",
                      "official" if run.official else "default", len(rel_paths), run.root, run.t, run.repeats, batch,
                      run.precision, info.world, device)
     done_scores, done_skipped = read_parts(out)
+    done_scores, done_skipped = {**previous, **done_scores}, {**previous_skipped, **done_skipped}
     if info.enabled:
         import torch.distributed as dist
 
@@ -85,10 +133,14 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
         import torch.distributed as dist
 
         dist.barrier()
-    summary: Dict[str, Any] = {"rank": info.rank, "scored": counts["scored"], "skipped": counts["skipped"]}
+    summary: Dict[str, Any] = {"rank": info.rank, "scored": counts["scored"], "skipped": counts["skipped"],
+                               "new": counts["scored"]}
     if not info.main:
         return summary
     scores, skipped = read_parts(out)
+    current = set(rel_paths)  # images deleted from the folder since an earlier run are left out
+    scores = {p: v for p, v in {**previous, **scores}.items() if p in current}
+    skipped = {p: e for p, e in {**previous_skipped, **skipped}.items() if p in current}
     left = [p for p in rel_paths if p not in scores and p not in skipped]
     summary.update({"left": len(left), "complete": not left})
     if left:
@@ -111,5 +163,6 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
         "last_run_seconds": round(seconds, 2), "config": to_dict(cfg)})
     for leftover in glob.glob(os.path.join(out, PART_GLOB)) + glob.glob(os.path.join(out, RNG_GLOB)):
         os.remove(leftover)
-    summary.update({"scored": len(ordered), "skipped": len(skipped)})
+    summary.update({"scored": len(ordered), "skipped": len(skipped),
+                    "new": sum(1 for p in ordered if p not in previous)})
     return summary
