@@ -16,14 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from utils.cli import run_cli, setup_logging
-from utils.config import from_dict, load_yaml, set_by_path
+from utils.config import check, load_config
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass
@@ -41,11 +36,11 @@ class ScoreBase:
     limit: Optional[int] = None     # score at most this many new images, then stop (run again to continue)
 
     def __post_init__(self) -> None:
-        _check(self.precision is None or self.precision in PRECISIONS,
+        check(self.precision is None or self.precision in PRECISIONS,
                f"'base.precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
-        _check(self.keys in ("relative", "joined"), f"'base.keys' must be relative or joined, got '{self.keys}'")
-        _check(self.flush_every >= 1, "'base.flush_every' must be at least 1")
-        _check(self.limit is None or self.limit >= 1, "'base.limit' must be at least 1")
+        check(self.keys in ("relative", "joined"), f"'base.keys' must be relative or joined, got '{self.keys}'")
+        check(self.flush_every >= 1, "'base.flush_every' must be at least 1")
+        check(self.limit is None or self.limit >= 1, "'base.limit' must be at least 1")
 
 
 @dataclass
@@ -79,9 +74,9 @@ class DifFIQASection:
     batch_size: Optional[int] = None  # UNet inputs per call (official 64 -> 3 images); null: 64, or 256 on CUDA
 
     def __post_init__(self) -> None:
-        _check(self.timestep >= 1, "'diffiqa.timestep' must be at least 1")
-        _check(self.repeats >= 1, "'diffiqa.repeats' must be at least 1")
-        _check(self.batch_size is None or self.batch_size >= 1, "'diffiqa.batch_size' must be at least 1")
+        check(self.timestep >= 1, "'diffiqa.timestep' must be at least 1")
+        check(self.repeats >= 1, "'diffiqa.repeats' must be at least 1")
+        check(self.batch_size is None or self.batch_size >= 1, "'diffiqa.batch_size' must be at least 1")
 
 
 @dataclass
@@ -113,15 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Score a folder; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    raw: Dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for key, value in {"dataset.loc": args.images, "base.save_path": args.output, "denoiser.weights": args.denoiser,
-                       "fr_model.weights": args.fr_weights, "base.official": True if args.official else None,
-                       "base.seed": args.seed, "base.device": args.device, "base.precision": args.precision,
-                       "diffiqa.batch_size": args.batch_size, "base.limit": args.limit,
-                       "base.verbose": False if args.quiet else None}.items():
-        if value is not None:
-            set_by_path(raw, key, value)
-    cfg = from_dict(ScoreConfig, raw, source=args.config or "command line")
+    cfg = load_config(ScoreConfig, args.config, {
+        "dataset.loc": args.images, "base.save_path": args.output, "denoiser.weights": args.denoiser,
+        "fr_model.weights": args.fr_weights, "base.official": True if args.official else None, "base.seed": args.seed,
+        "base.device": args.device, "base.precision": args.precision, "diffiqa.batch_size": args.batch_size,
+        "base.limit": args.limit, "base.verbose": False if args.quiet else None})
     setup_logging(cfg.base.verbose)
 
     from utils.diffiqa_run import run_scoring

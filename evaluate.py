@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from utils.cli import run_cli, setup_logging
-from utils.config import from_dict, load_yaml
+from utils.config import load_config
 from utils.errors import ConfigError, DataError
 
 _logger = logging.getLogger("evaluate")
@@ -91,17 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> EvaluateConfig:
-    raw: Dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for key, value in (("pairs", args.pairs), ("fmr", args.fmr), ("discard_limits", args.limits),
-                       ("variant", args.variant), ("on_missing", args.on_missing), ("output", args.output),
-                       ("name", args.name)):
-        if value is not None:
-            raw[key] = value
-    if args.embeddings:
-        raw["fr_models"] = [_label_file(t, "--embeddings") for t in args.embeddings]
-    if args.scores:
-        raw["methods"] = [_label_file(t, "--scores") for t in args.scores]
-    return from_dict(EvaluateConfig, raw, source=args.config or "command line")
+    return load_config(EvaluateConfig, args.config, {
+        "pairs": args.pairs, "fmr": args.fmr, "discard_limits": args.limits, "variant": args.variant,
+        "on_missing": args.on_missing, "output": args.output, "name": args.name,
+        "fr_models": [_label_file(t, "--embeddings") for t in args.embeddings] if args.embeddings else None,
+        "methods": [_label_file(t, "--scores") for t in args.scores] if args.scores else None})
 
 
 def main(argv: Optional[List[str]] = None) -> int:

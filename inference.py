@@ -13,10 +13,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from utils.cli import run_cli, setup_logging
-from utils.config import from_dict, load_yaml, set_by_path
+from utils.config import load_config
 from utils.errors import DataError
 
 _logger = logging.getLogger("inference")
@@ -134,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> InferenceConfig:
     """Merge the YAML config and command-line overrides into a validated :class:`InferenceConfig`."""
-    raw: Dict[str, Any] = load_yaml(args.config) if args.config else {}
-    overrides = {
+    return load_config(InferenceConfig, args.config, {
         "dataset.loc": args.images, "model": args.model, "weights": args.weights, "base.save_path": args.output,
         "base.device": args.device, "dataloader.params.batch_size": args.batch_size,
         "dataloader.params.num_workers": args.workers, "precision": args.precision,
@@ -143,11 +142,7 @@ def resolve_config(args: argparse.Namespace) -> InferenceConfig:
         "fold_bn": False if args.no_fold_bn else None, "align": True if args.align else None,
         "largest_face": True if args.largest_face else None, "save_crops": args.save_crops,
         "annotate": args.annotate,
-    }
-    for key, value in overrides.items():
-        if value is not None:
-            set_by_path(raw, key, value)
-    return from_dict(InferenceConfig, raw, source=args.config or "command line")
+    })
 
 
 def main(argv: Optional[List[str]] = None) -> int:

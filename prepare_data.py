@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from utils.cli import run_cli, setup_logging
-from utils.config import from_dict, load_yaml
+from utils.config import load_config
 from utils.errors import DataError
 
 _logger = logging.getLogger("prepare_data")
@@ -60,14 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> PrepareConfig:
-    raw: Dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for key in ("beta", "label_location", "embedding_location", "save_location", "save_name", "min_images"):
-        value = getattr(args, key)
-        if value is not None:
-            raw[key] = value
-    if args.quiet:
-        raw["verbose"] = False
-    return from_dict(PrepareConfig, raw, source=args.config or "command line")
+    overrides: Dict[str, Any] = {key: getattr(args, key) for key in (
+        "beta", "label_location", "embedding_location", "save_location", "save_name", "min_images")}
+    overrides["verbose"] = False if args.quiet else None
+    return load_config(PrepareConfig, args.config, overrides)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

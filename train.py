@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from utils.cli import run_cli, setup_logging
-from utils.config import from_dict, load_yaml, set_by_path
+from utils.config import load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,17 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Train; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    raw: Dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for key, value in {"base.epochs": args.epochs, "dataloader.train.params.batch_size": args.batch_size,
-                       "base.device": args.device, "base.save_path": args.output, "base.resume": args.resume,
-                       "model.name": args.model}.items():
-        if value is not None:
-            set_by_path(raw, key, value)
 
     from utils.train_config import TrainConfig
     from utils.trainer import train
 
-    cfg = from_dict(TrainConfig, raw, source=args.config or "command line")
+    cfg = load_config(TrainConfig, args.config, {
+        "base.epochs": args.epochs, "dataloader.train.params.batch_size": args.batch_size, "base.device": args.device,
+        "base.save_path": args.output, "base.resume": args.resume, "model.name": args.model})
     setup_logging(cfg.base.verbose)
     result = train(cfg)
     print(f"best validation loss {result['best_val']:.6f}; outputs in {cfg.base.save_path}", file=sys.stderr)

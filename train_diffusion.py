@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from utils.cli import run_cli, setup_logging
-from utils.config import from_dict, load_yaml, set_by_path
+from utils.config import load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,18 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Train; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    raw: Dict[str, Any] = load_yaml(args.config) if args.config else {}
-    for key, value in {"trainer_params.folder": args.folder, "trainer_params.results_folder": args.output,
-                       "trainer_params.train_num_steps": args.steps, "trainer_params.train_batch_size": args.batch_size,
-                       "trainer_params.device": args.device, "trainer_params.resume": args.resume,
-                       "trainer_params.seed": args.seed}.items():
-        if value is not None:
-            set_by_path(raw, key, value)
 
     from utils.diffusion_config import DiffusionTrainConfig
     from utils.diffusion_trainer import train_diffusion
 
-    cfg = from_dict(DiffusionTrainConfig, raw, source=args.config or "command line")
+    cfg = load_config(DiffusionTrainConfig, args.config, {
+        "trainer_params.folder": args.folder, "trainer_params.results_folder": args.output,
+        "trainer_params.train_num_steps": args.steps, "trainer_params.train_batch_size": args.batch_size,
+        "trainer_params.device": args.device, "trainer_params.resume": args.resume, "trainer_params.seed": args.seed})
     setup_logging(cfg.trainer_params.verbose)
     result = train_diffusion(cfg)
     print(f"trained to step {result['step']}; outputs in {cfg.trainer_params.results_folder}", file=sys.stderr)

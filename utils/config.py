@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from typing import Any, Dict, Mapping, Type, TypeVar, Union
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
 
 import yaml
 
 from utils.errors import ConfigError
 
-__all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path"]
+__all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check"]
 
 T = TypeVar("T")
 
@@ -139,3 +139,25 @@ def set_by_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
         node = child
     node[parts[-1]] = value
 
+
+
+def check(condition: bool, message: str) -> None:
+    """Range check for a config dataclass's ``__post_init__``: :func:`from_dict` turns the error into a
+    :class:`ConfigError` naming the file."""
+    if not condition:
+        raise ValueError(message)
+
+
+def load_config(cls: Type[T], path: Optional[str], overrides: Mapping[str, Any]) -> T:
+    """The YAML file at ``path`` (none: defaults only) with command-line ``overrides`` applied, as ``cls``.
+
+    Args:
+        cls: The config dataclass.
+        path: YAML file, or None.
+        overrides: Dotted key (``base.device``) -> value; ``None`` values are not given on the command line.
+    """
+    raw: Dict[str, Any] = load_yaml(path) if path else {}
+    for key, value in overrides.items():
+        if value is not None:
+            set_by_path(raw, key, value)
+    return from_dict(cls, raw, source=path or "command line")

@@ -7,12 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from utils.config import check
+from utils.train_config import WandbSection
+
 __all__ = ["UnetParams", "DiffParams", "TrainerParams", "DiffusionWandb", "DiffusionTrainConfig"]
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass
@@ -32,11 +30,11 @@ class UnetParams:
     learned_sinusoidal_cond: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.dim >= 1 and self.dim % self.resnet_block_groups == 0,
+        check(self.dim >= 1 and self.dim % self.resnet_block_groups == 0,
                f"'unet_params.dim' must be a positive multiple of resnet_block_groups ({self.resnet_block_groups})")
-        _check(len(self.dim_mults) >= 1, "'unet_params.dim_mults' must list at least one multiplier")
+        check(len(self.dim_mults) >= 1, "'unet_params.dim_mults' must list at least one multiplier")
         for flag in ("self_condition", "learned_variance", "learned_sinusoidal_cond"):
-            _check(not getattr(self, flag), f"'unet_params.{flag}' is not used by DifFIQA and not supported")
+            check(not getattr(self, flag), f"'unet_params.{flag}' is not used by DifFIQA and not supported")
 
     def build_kwargs(self) -> dict:
         return {"dim": self.dim, "init_dim": self.init_dim, "out_dim": self.out_dim,
@@ -61,14 +59,14 @@ class DiffParams:
     max_train_t: int = 100
 
     def __post_init__(self) -> None:
-        _check(self.loss_type in ("l1", "l2"), f"'diff_params.loss_type' must be l1 or l2, got '{self.loss_type}'")
-        _check(self.objective in ("pred_x0", "pred_noise"),
+        check(self.loss_type in ("l1", "l2"), f"'diff_params.loss_type' must be l1 or l2, got '{self.loss_type}'")
+        check(self.objective in ("pred_x0", "pred_noise"),
                f"'diff_params.objective' must be pred_x0 or pred_noise, got '{self.objective}'")
-        _check(self.beta_schedule in ("cosine", "linear"),
+        check(self.beta_schedule in ("cosine", "linear"),
                f"'diff_params.beta_schedule' must be cosine or linear, got '{self.beta_schedule}'")
-        _check(0 < self.max_train_t <= self.timesteps,
+        check(0 < self.max_train_t <= self.timesteps,
                f"'diff_params.max_train_t' must be in 1..timesteps, got {self.max_train_t}")
-        _check(self.image_size >= 8, f"'diff_params.image_size' must be at least 8, got {self.image_size}")
+        check(self.image_size >= 8, f"'diff_params.image_size' must be at least 8, got {self.image_size}")
 
     def build_kwargs(self) -> dict:
         return {"image_size": self.image_size, "timesteps": self.timesteps,
@@ -111,34 +109,30 @@ class TrainerParams:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        _check(self.train_batch_size >= 1, "'trainer_params.train_batch_size' must be at least 1")
-        _check(self.gradient_accumulate_every >= 1, "'trainer_params.gradient_accumulate_every' must be at least 1")
-        _check(self.train_num_steps >= 1, "'trainer_params.train_num_steps' must be at least 1")
-        _check(self.train_lr > 0, "'trainer_params.train_lr' must be positive")
-        _check(len(self.adam_betas) == 2, "'trainer_params.adam_betas' must hold two numbers")
-        _check(0.0 <= self.ema_decay < 1.0, "'trainer_params.ema_decay' must be in [0, 1)")
-        _check(self.ema_update_every >= 1, "'trainer_params.ema_update_every' must be at least 1")
-        _check(self.save_and_sample_every >= 1, "'trainer_params.save_and_sample_every' must be at least 1")
+        check(self.train_batch_size >= 1, "'trainer_params.train_batch_size' must be at least 1")
+        check(self.gradient_accumulate_every >= 1, "'trainer_params.gradient_accumulate_every' must be at least 1")
+        check(self.train_num_steps >= 1, "'trainer_params.train_num_steps' must be at least 1")
+        check(self.train_lr > 0, "'trainer_params.train_lr' must be positive")
+        check(len(self.adam_betas) == 2, "'trainer_params.adam_betas' must hold two numbers")
+        check(0.0 <= self.ema_decay < 1.0, "'trainer_params.ema_decay' must be in [0, 1)")
+        check(self.ema_update_every >= 1, "'trainer_params.ema_update_every' must be at least 1")
+        check(self.save_and_sample_every >= 1, "'trainer_params.save_and_sample_every' must be at least 1")
         root = int(round(self.num_samples ** 0.5))
-        _check(self.num_samples >= 1 and root * root == self.num_samples,
+        check(self.num_samples >= 1 and root * root == self.num_samples,
                f"'trainer_params.num_samples' must be a square number (official 25), got {self.num_samples}")
-        _check(len(self.degradation_probs) >= 1 and all(0.0 <= p <= 1.0 for p in self.degradation_probs),
+        check(len(self.degradation_probs) >= 1 and all(0.0 <= p <= 1.0 for p in self.degradation_probs),
                "'trainer_params.degradation_probs' must list probabilities in [0, 1]")
-        _check(self.min_image_size >= 0, "'trainer_params.min_image_size' must be 0 or more")
-        _check(self.num_workers is None or self.num_workers >= 0, "'trainer_params.num_workers' must be 0 or more")
-        _check(self.log_every >= 1, "'trainer_params.log_every' must be at least 1")
-        _check(self.convert_image_to in (None, "RGB"), "'trainer_params.convert_image_to' must be null or RGB")
+        check(self.min_image_size >= 0, "'trainer_params.min_image_size' must be 0 or more")
+        check(self.num_workers is None or self.num_workers >= 0, "'trainer_params.num_workers' must be 0 or more")
+        check(self.log_every >= 1, "'trainer_params.log_every' must be at least 1")
+        check(self.convert_image_to in (None, "RGB"), "'trainer_params.convert_image_to' must be null or RGB")
 
 
 @dataclass
-class DiffusionWandb:
-    """``wandb``: optional Weights & Biases logging (imported only when ``use`` is set)."""
+class DiffusionWandb(WandbSection):
+    """``wandb``: as in the eDifFIQA training config, with its own default project."""
 
-    use: bool = False
     project: str = "diffiqa"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    mode: Optional[str] = None
 
 
 @dataclass

@@ -9,16 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from model.loss import BASE_LOSSES, QUALITY_LOSSES, REPRESENTATION_LOSSES
+from utils.config import check
 
 __all__ = ["OPTIMIZERS", "TrainConfig"]
 
 #: Optimizer module strings admitted in configs.
 OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass
@@ -37,7 +33,7 @@ class TrainBase:
                                        # for a minute or two first, so worth it for long runs)
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, f"'base.epochs' must be at least 1, got {self.epochs}")
+        check(self.epochs >= 1, f"'base.epochs' must be at least 1, got {self.epochs}")
 
 
 @dataclass
@@ -50,7 +46,7 @@ class ModelSection:
     def __post_init__(self) -> None:
         from model.registry import VARIANTS, variant_names
 
-        _check(self.name in VARIANTS, f"'model.name' is '{self.name}'; choose one of: {', '.join(variant_names())}")
+        check(self.name in VARIANTS, f"'model.name' is '{self.name}'; choose one of: {', '.join(variant_names())}")
 
 
 @dataclass
@@ -66,8 +62,8 @@ class TrainDataset:
     labels: Optional[str] = None       # DifFIQA(R) only: {path: quality} labels (diffiqa_score.py output)
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.val_split < 1.0, f"'dataset.val_split' must be between 0 and 1, got {self.val_split}")
-        _check(self.on_missing in ("drop", "fail"),
+        check(0.0 < self.val_split < 1.0, f"'dataset.val_split' must be between 0 and 1, got {self.val_split}")
+        check(self.on_missing in ("drop", "fail"),
                f"'dataset.on_missing' must be 'drop' or 'fail', got '{self.on_missing}'")
 
 
@@ -84,8 +80,8 @@ class TrainLoaderParams:
     persistent_workers: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.batch_size >= 1, f"'batch_size' must be at least 1, got {self.batch_size}")
-        _check(self.num_workers is None or self.num_workers >= 0, "'num_workers' must be 0 or more")
+        check(self.batch_size >= 1, f"'batch_size' must be at least 1, got {self.batch_size}")
+        check(self.num_workers is None or self.num_workers >= 0, "'num_workers' must be 0 or more")
 
 
 @dataclass
@@ -110,11 +106,11 @@ class OptimizerGroup:
     limit: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _check(self.params in ("mlp", "base_model", "linear", "base"),
+        check(self.params in ("mlp", "base_model", "linear", "base"),
                f"optimizer group 'params' must be 'mlp' or 'base_model' ('linear' or 'base' for DifFIQA(R)), "
                f"got '{self.params}'")
-        _check(self.lr > 0, f"optimizer group 'lr' must be positive, got {self.lr}")
-        _check(self.limit is None or self.limit >= 1, f"optimizer group 'limit' must be at least 1, got {self.limit}")
+        check(self.lr > 0, f"optimizer group 'lr' must be positive, got {self.lr}")
+        check(self.limit is None or self.limit >= 1, f"optimizer group 'limit' must be at least 1, got {self.limit}")
 
 
 @dataclass
@@ -128,11 +124,11 @@ class OptimizerSection:
     grad_clip: Optional[float] = 5.0
 
     def __post_init__(self) -> None:
-        _check(self.module in OPTIMIZERS, f"'optimizer.module' is '{self.module}'; allowed: {', '.join(OPTIMIZERS)}")
+        check(self.module in OPTIMIZERS, f"'optimizer.module' is '{self.module}'; allowed: {', '.join(OPTIMIZERS)}")
         for key, value in self.params.items():
-            _check(key in ("weight_decay", "betas", "eps", "momentum", "nesterov", "amsgrad"),
+            check(key in ("weight_decay", "betas", "eps", "momentum", "nesterov", "amsgrad"),
                    f"'optimizer.params.{key}' is not an optimizer setting this project passes on")
-            _check(isinstance(value, (int, float, bool, list)), f"'optimizer.params.{key}' must be a number")
+            check(isinstance(value, (int, float, bool, list)), f"'optimizer.params.{key}' must be a number")
 
 
 @dataclass
@@ -146,13 +142,13 @@ class LossSection:
     theta: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(self.module in QUALITY_LOSSES, f"'loss.module' is '{self.module}'; allowed: {', '.join(QUALITY_LOSSES)}")
-        _check(self.base_loss in BASE_LOSSES,
+        check(self.module in QUALITY_LOSSES, f"'loss.module' is '{self.module}'; allowed: {', '.join(QUALITY_LOSSES)}")
+        check(self.base_loss in BASE_LOSSES,
                f"'loss.base_loss' is '{self.base_loss}'; allowed: {', '.join(BASE_LOSSES)}")
-        _check(self.representation_loss in REPRESENTATION_LOSSES,
+        check(self.representation_loss in REPRESENTATION_LOSSES,
                f"'loss.representation_loss' is '{self.representation_loss}'; allowed: "
                f"{', '.join(REPRESENTATION_LOSSES)}")
-        _check(0.0 <= self.theta <= 1.0, f"'loss.theta' must be in [0, 1], got {self.theta}")
+        check(0.0 <= self.theta <= 1.0, f"'loss.theta' must be in [0, 1], got {self.theta}")
 
 
 @dataclass
@@ -180,11 +176,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         regression = self.model.name == "diffiqaR"
-        _check(not regression or self.dataset.labels is not None,
+        check(not regression or self.dataset.labels is not None,
                "'dataset.labels' must name the quality labels to train DifFIQA(R) on (diffiqa_score.py output)")
-        _check(regression or self.dataset.labels is None,
+        check(regression or self.dataset.labels is None,
                "'dataset.labels' is for DifFIQA(R) (model.name: diffiqaR); eDifFIQA trains on prepare_data.py outputs")
         for group in (self.optimizer.group_1, self.optimizer.group_2):
-            _check(group is None or regression or group.params in ("mlp", "base_model"),
+            check(group is None or regression or group.params in ("mlp", "base_model"),
                    f"optimizer group 'params' '{group.params if group else ''}' names a DifFIQA(R) part; eDifFIQA "
                    "has 'mlp' and 'base_model'")
