@@ -128,7 +128,7 @@ def worker(kind: str, folder: str, variant: str, batch: int, workers: int, warmu
             return out
 
         trainer.optimizer.step = timed_step  # type: ignore[method-assign]
-        trainer.train_epoch(0, None)
+        trainer.train_epoch(0)
         seen = len(stamps) * batch
     seconds = time.perf_counter() - start
     from utils.runtime import peak_rss_bytes

@@ -6,7 +6,7 @@ run resume to the same result as an uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import logging
 import math
 import os
@@ -23,9 +23,10 @@ from model.ema import EMA
 from utils.config import to_dict
 from utils.diffusion_config import DiffusionTrainConfig
 from utils.errors import ConfigError
-from utils.io import atomic_open, write_json
+from utils.io import atomic_open
 from utils.runtime import cpu_count, rng_state, seed_everything, set_rng_state
-from utils.trainer import DistInfo, init_distributed
+from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
+from utils.trainer import DistInfo, all_reduce_sum, finish_distributed, init_distributed
 
 __all__ = ["DiffusionTrainer", "train_diffusion", "CHECKPOINT_NAME"]
 
@@ -34,12 +35,6 @@ _logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "model.pt"
 CHECKPOINT_VERSION = 1
 _SAMPLE_POSITION = 2 ** 60
-
-
-def _collate(items: List[Any]) -> Any:
-    hq = torch.stack([i[0] for i in items])
-    lq = torch.stack([i[1] for i in items])
-    return hq, lq
 
 
 class DiffusionTrainer:
@@ -77,7 +72,6 @@ class DiffusionTrainer:
 
             self.model = DistributedDataParallel(
                 self.diffusion, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.wandb: Any = None
 
     # ----------------------------------------------------------------------------------------- data
     def _loader(self) -> DataLoader:
@@ -88,7 +82,7 @@ class DiffusionTrainer:
         if workers is None:
             workers = min(8, cpu_count()) if self.device.type == "cuda" else min(2, max(cpu_count() - 1, 0))
         return DataLoader(self.data, batch_size=tp.train_batch_size // self.info.world, sampler=stream,
-                          num_workers=workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, generator=torch.Generator().manual_seed(tp.seed),
                           **({"prefetch_factor": 4} if workers > 0 else {}))
 
@@ -100,12 +94,7 @@ class DiffusionTrainer:
                 "config": to_dict(self.cfg)}
 
     def _resume(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"trainer_params.resume: checkpoint '{path}' not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ConfigError(f"trainer_params.resume: cannot read '{path}' ({str(exc).splitlines()[0]})") from None
+        state = read_resume_checkpoint(path, "trainer_params.resume")
         needed = ("step", "model", "opt", "ema")
         if not isinstance(state, dict) or any(k not in state for k in needed):
             raise ConfigError(f"trainer_params.resume: '{path}' is not a denoiser trainer checkpoint (needs keys "
@@ -127,10 +116,6 @@ class DiffusionTrainer:
         if "rng" in state:
             set_rng_state(state["rng"])
         _logger.info("resumed from %s at step %d", path, self.step)
-
-    def _save(self, folder: str) -> None:
-        with atomic_open(os.path.join(folder, CHECKPOINT_NAME), "wb") as handle:
-            torch.save(self._checkpoint(), handle)
 
     @torch.no_grad()
     def _sample_grid(self, folder: str, milestone: int) -> None:
@@ -163,23 +148,9 @@ class DiffusionTrainer:
 
         cfg, tp = self.cfg, self.cfg.trainer_params
         folder = tp.results_folder
-        log_handle = None
-        writer = None
+        run_log = RunLog(folder, cfg, "loss_log.csv", ["step", "loss", "images", "seconds"], resumed=self.step > 0,
+                         wandb_cfg=cfg.wandb, main=self.info.main)
         if self.info.main:
-            os.makedirs(folder, exist_ok=True)
-            write_json(os.path.join(folder, "config.json"), to_dict(cfg))
-            log_path = os.path.join(folder, "loss_log.csv")
-            new_log = self.step == 0 or not os.path.exists(log_path)
-            log_handle = open(log_path, "w" if new_log else "a", newline="", encoding="utf-8")
-            writer = csv.writer(log_handle)
-            if new_log:
-                writer.writerow(["step", "loss", "images", "seconds"])
-            if cfg.wandb.use:
-                import wandb  # only when asked for
-
-                self.wandb = wandb
-                wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.wandb.name,
-                           config=to_dict(cfg), dir=folder, mode=cfg.wandb.mode)
             _logger.info("training the denoiser on %d images from %s: %d steps of %d x %d images, %d process(es) "
                          "on %s", len(self.paths), tp.folder, tp.train_num_steps, tp.train_batch_size,
                          tp.gradient_accumulate_every, self.info.world, self.device)
@@ -199,10 +170,10 @@ class DiffusionTrainer:
                     hq = hq.to(self.device, non_blocking=True).float().div_(255)
                     lq = lq.to(self.device, non_blocking=True).float().div_(255)
                     sync = k == tp.gradient_accumulate_every - 1 or not self.info.enabled
-                    context = self.model.no_sync() if not sync else _null()
-                    with context:
+                    with self.model.no_sync() if not sync else contextlib.nullcontext():
                         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                            loss = self._loss(hq, lq) / tp.gradient_accumulate_every
+                            # GaussianDiffusion.forward is the training loss (DDP needs it to be forward)
+                            loss = self.model(hq, lq) / tp.gradient_accumulate_every
                         self.scaler.scale(loss).backward()
                     total += loss.item()
                 self.samples_seen += tp.train_batch_size * tp.gradient_accumulate_every
@@ -212,13 +183,7 @@ class DiffusionTrainer:
                 self.scaler.step(self.opt)
                 self.scaler.update()
                 self.opt.zero_grad(set_to_none=True)
-                total_t = torch.tensor([total], dtype=torch.float64)
-                if self.info.enabled:
-                    import torch.distributed as dist
-
-                    dist.all_reduce(total_t)
-                    total_t /= self.info.world
-                total = float(total_t.item())
+                total = all_reduce_sum(torch.tensor([total], dtype=torch.float64), self.info).item() / self.info.world
                 self.step += 1
                 losses.append(total)
                 self.ema.update()
@@ -226,37 +191,18 @@ class DiffusionTrainer:
                 bar.update(1)
                 if self.info.main:
                     if self.step % tp.log_every == 0 or self.step == tp.train_num_steps:
-                        writer.writerow([self.step, f"{total:.6f}", self.samples_seen,
-                                         round(time.perf_counter() - start, 2)])
-                        log_handle.flush()
-                    if self.wandb is not None:
-                        self.wandb.log({"loss": total}, step=self.step)
+                        run_log.row([self.step, f"{total:.6f}", self.samples_seen,
+                                     round(time.perf_counter() - start, 2)])
+                        run_log.flush()
+                    run_log.log({"loss": total}, step=self.step)
                     if self.step % tp.save_and_sample_every == 0 or self.step == tp.train_num_steps:
                         self._sample_grid(folder, math.ceil(self.step / tp.save_and_sample_every))
-                        self._save(folder)
+                        save_checkpoint(os.path.join(folder, CHECKPOINT_NAME), self._checkpoint())
             bar.close()
         finally:
-            if log_handle is not None:
-                log_handle.close()
-            if self.wandb is not None:
-                self.wandb.finish()
-            if self.info.enabled:
-                import torch.distributed as dist
-
-                dist.barrier()
-                dist.destroy_process_group()
+            run_log.close()
+            finish_distributed(self.info)
         return {"step": self.step, "losses": losses}
-
-    def _loss(self, hq: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-        return self.model(hq, lq)  # GaussianDiffusion.forward is the training loss (and DDP needs forward)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: Any) -> None:
-        return None
 
 
 def train_diffusion(cfg: DiffusionTrainConfig) -> Dict[str, Any]:

@@ -1,7 +1,6 @@
 """eDifFIQA distillation training: data loading, optimizer groups, the loop, checkpoints, resume and DDP."""
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -21,11 +20,13 @@ from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1
 from model.registry import VARIANTS, build_model, load_backbone
 from utils.config import to_dict
 from utils.errors import ConfigError, DataError
-from utils.io import atomic_open, write_json
+from utils.io import write_json
+from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
 from utils.runtime import cpu_count, resolve_device, rng_state, seed_everything, seed_worker, set_rng_state
 from utils.train_config import TrainConfig
 
-__all__ = ["optimizer_groups", "load_training_data", "Trainer", "train"]
+__all__ = ["optimizer_groups", "load_training_data", "load_regression_data", "Trainer", "train", "init_distributed",
+           "finish_distributed", "all_reduce_sum"]
 
 _logger = logging.getLogger(__name__)
 
@@ -67,7 +68,16 @@ def init_distributed(device_spec: str) -> Tuple[DistInfo, torch.device]:
     return info, device
 
 
-def _all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def finish_distributed(info: DistInfo) -> None:
+    """Wait for every process, then leave the process group (no-op for a single process)."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         import torch.distributed as dist
 
@@ -129,6 +139,30 @@ def _teacher_key_fallback(image_loc: str, path: str) -> str:
     return "/".join(os.path.join(image_loc, path).replace(os.sep, "/").split("/")[-3:])
 
 
+def _check_image_loc(image_loc: str) -> None:
+    if not os.path.isdir(image_loc):
+        raise DataError(f"image folder '{image_loc}' (dataset.image_loc) does not exist")
+
+
+def _drop_or_fail(missing: List[str], description: str, on_missing: str) -> None:
+    """Refuse (``on_missing: fail``) or warn about the items in ``missing``; the caller leaves them out."""
+    if not missing:
+        return
+    message = f"{description} (e.g. {', '.join(repr(p) for p in missing[:3])})"
+    if on_missing == "fail":
+        raise DataError(message + "; set dataset.on_missing: drop to leave them out")
+    _logger.warning("%s; left out (dataset.on_missing: drop)", message)
+
+
+def _split(data: TrainingSet, val_split: float) -> Tuple[TrainingSet, TrainingSet]:
+    """The official split of quality-sorted ``data``; refuses a split that leaves either side empty."""
+    train_idx, val_idx = official_split(len(data.paths), val_split)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise DataError(f"the split of {len(data.paths)} items with val_split={val_split} leaves "
+                        f"{len(train_idx)} training and {len(val_idx)} validation items; add data or change val_split")
+    return data.subset(train_idx), data.subset(val_idx)
+
+
 def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torch.Tensor, Dict[str, int]]:
     """Read the prepared files and embeddings, drop (or refuse) items without image or embedding, split.
 
@@ -136,8 +170,7 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
         ``(train, val, centres (K, D), counts)``.
     """
     ds = cfg.dataset
-    if not os.path.isdir(ds.image_loc):
-        raise DataError(f"image folder '{ds.image_loc}' (dataset.image_loc) does not exist")
+    _check_image_loc(ds.image_loc)
     centres, items = read_prepared(ds.training_data, ds.save_name)
     table = read_embeddings(ds.embeddings)
 
@@ -148,12 +181,7 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
         keys.append(key if key in table else None)
     no_embedding = [it[0] for it, key in zip(items, keys) if key is None]
     for what, missing in (("image file", no_image), ("teacher embedding", no_embedding)):
-        if missing:
-            message = (f"{len(missing)} of {len(items)} training items have no {what} "
-                       f"(e.g. {', '.join(repr(p) for p in missing[:3])})")
-            if ds.on_missing == "fail":
-                raise DataError(message + "; set dataset.on_missing: drop to leave them out")
-            _logger.warning("%s; left out (dataset.on_missing: drop)", message)
+        _drop_or_fail(missing, f"{len(missing)} of {len(items)} training items have no {what}", ds.on_missing)
     bad = set(no_image) | set(no_embedding)
     kept = [(it, key) for it, key in zip(items, keys) if it[0] not in bad]
     if not kept:
@@ -163,14 +191,10 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
         raise DataError(f"teacher embeddings are {table.dim}-d but the centres in '{ds.training_data}' are "
                         f"{centres.shape[1]}-d; prepare the data from the same embeddings")
     teacher = table.gather([key for _, key in kept])
-    data = TrainingSet.build([it for it, _ in kept], teacher)
-    train_idx, val_idx = official_split(len(data.paths), ds.val_split)
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise DataError(f"the split of {len(data.paths)} items with val_split={ds.val_split} leaves "
-                        f"{len(train_idx)} training and {len(val_idx)} validation items; add data or change val_split")
+    train, val = _split(TrainingSet.build([it for it, _ in kept], teacher), ds.val_split)
     counts = {"items": len(items), "no_image": len(no_image), "no_embedding": len(no_embedding),
-              "train": int(len(train_idx)), "val": int(len(val_idx)), "identities": int(centres.shape[0])}
-    return data.subset(train_idx), data.subset(val_idx), centres.float(), counts
+              "train": len(train.paths), "val": len(val.paths), "identities": int(centres.shape[0])}
+    return train, val, centres.float(), counts
 
 
 def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torch.Tensor, Dict[str, int]]:
@@ -181,30 +205,21 @@ def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, to
         ``(train, val, centres (1, 1) zeros, counts)`` in the shape :func:`load_training_data` returns.
     """
     ds = cfg.dataset
-    if not os.path.isdir(ds.image_loc):
-        raise DataError(f"image folder '{ds.image_loc}' (dataset.image_loc) does not exist")
+    _check_image_loc(ds.image_loc)
     paths, qualities = read_labels(ds.labels)
     prefix = os.path.join(ds.image_loc, "")
     rel = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]  # keys may be joined to the folder
     no_image = [p for p in rel if not os.path.isfile(os.path.join(ds.image_loc, p))]
-    if no_image:
-        message = (f"{len(no_image)} of {len(rel)} labelled images are not in '{ds.image_loc}' "
-                   f"(e.g. {', '.join(repr(p) for p in no_image[:3])})")
-        if ds.on_missing == "fail":
-            raise DataError(message + "; set dataset.on_missing: drop to leave them out")
-        _logger.warning("%s; left out (dataset.on_missing: drop)", message)
+    _drop_or_fail(no_image, f"{len(no_image)} of {len(rel)} labelled images are not in '{ds.image_loc}'",
+                  ds.on_missing)
     missing = set(no_image)
     items = [(p, float(q), 0) for p, q in zip(rel, qualities.tolist()) if p not in missing]
     if not items:
         raise DataError(f"none of the labelled images of '{ds.labels}' is in '{ds.image_loc}'")
-    data = TrainingSet.build(items, np.zeros((len(items), 1), dtype=np.float32))
-    train_idx, val_idx = official_split(len(data.paths), ds.val_split)
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise DataError(f"the split of {len(data.paths)} items with val_split={ds.val_split} leaves "
-                        f"{len(train_idx)} training and {len(val_idx)} validation items; add data or change val_split")
-    counts = {"items": len(paths), "no_image": len(no_image), "no_embedding": 0, "train": int(len(train_idx)),
-              "val": int(len(val_idx)), "identities": 0}
-    return data.subset(train_idx), data.subset(val_idx), torch.zeros(1, 1), counts
+    train, val = _split(TrainingSet.build(items, np.zeros((len(items), 1), dtype=np.float32)), ds.val_split)
+    counts = {"items": len(paths), "no_image": len(no_image), "no_embedding": 0, "train": len(train.paths),
+              "val": len(val.paths), "identities": 0}
+    return train, val, torch.zeros(1, 1), counts
 
 
 # ------------------------------------------------------------------------------------------------- trainer
@@ -241,7 +256,7 @@ class Trainer:
         self.start_epoch = 0
         self.best_val = float("inf")
         self.history: List[Dict[str, Any]] = []
-        self.wandb: Any = None
+        self.run_log = RunLog.null()
         if cfg.base.resume:
             self._resume(cfg.base.resume)
         self.ddp_model: nn.Module = self.model
@@ -321,7 +336,7 @@ class Trainer:
         loss, terms = self.criterion(feat, pred, quality, teacher, centre)
         return loss, terms, len(images)
 
-    def train_epoch(self, epoch: int, log_writer) -> Dict[str, float]:
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
         from tqdm import tqdm
 
         self.ddp_model.train()
@@ -357,12 +372,10 @@ class Trainer:
             sums += torch.tensor([values["loss"] * n, values["loss_rc"] * n, values["loss_q"] * n, n],
                                  dtype=torch.float64)
             bar.set_postfix(loss=f"{values['loss']:.4f}", rc=f"{values['loss_rc']:.4f}", q=f"{values['loss_q']:.4f}")
-            if log_writer is not None:
-                log_writer.writerow([epoch + 1, step + 1, n, values["loss"], values["loss_rc"], values["loss_q"]])
-            if self.wandb is not None:
-                self.wandb.log({"train/loss": values["loss"], "train/loss_rc": values["loss_rc"],
-                                "train/loss_q": values["loss_q"], "epoch": epoch + 1})
-        sums = _all_reduce_sum(sums, self.info)
+            self.run_log.row([epoch + 1, step + 1, n, values["loss"], values["loss_rc"], values["loss_q"]])
+            self.run_log.log({"train/loss": values["loss"], "train/loss_rc": values["loss_rc"],
+                              "train/loss_q": values["loss_q"], "epoch": epoch + 1})
+        sums = all_reduce_sum(sums, self.info)
         count = max(sums[3].item(), 1.0)
         return {"loss": sums[0].item() / count, "loss_rc": sums[1].item() / count, "loss_q": sums[2].item() / count}
 
@@ -377,7 +390,7 @@ class Trainer:
             _, terms, n = out
             sums += torch.tensor([float(terms["loss"]) * n, float(terms["loss_rc"]) * n, float(terms["loss_q"]) * n,
                                   n], dtype=torch.float64)
-        sums = _all_reduce_sum(sums, self.info)
+        sums = all_reduce_sum(sums, self.info)
         count = max(sums[3].item(), 1.0)
         return {"loss": sums[0].item() / count, "loss_rc": sums[1].item() / count, "loss_q": sums[2].item() / count}
 
@@ -388,17 +401,8 @@ class Trainer:
                 "best_val": self.best_val, "rng": rng_state(), "config": to_dict(self.cfg),
                 "history": self.history}
 
-    def _save(self, path: str, obj: Any) -> None:
-        with atomic_open(path, "wb") as handle:
-            torch.save(obj, handle)
-
     def _resume(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"base.resume: checkpoint '{path}' not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ConfigError(f"base.resume: cannot read '{path}' ({str(exc).splitlines()[0]})") from None
+        state = read_resume_checkpoint(path, "base.resume")
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "optimizer" not in state:
             raise ConfigError(f"base.resume: '{path}' is not a resumable checkpoint of this project (use last.pt)")
         if state["config"]["model"]["name"] != self.cfg.model.name:
@@ -418,30 +422,16 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         out = cfg.base.save_path
-        log_handle = None
-        writer = None
+        self.run_log = RunLog(out, cfg, "train_log.csv", ["epoch", "step", "images", "loss", "loss_rc", "loss_q"],
+                              resumed=self.start_epoch > 0, wandb_cfg=cfg.wandb, main=self.info.main)
         if self.info.main:
-            os.makedirs(out, exist_ok=True)
-            write_json(os.path.join(out, "config.json"), to_dict(cfg))
-            log_path = os.path.join(out, "train_log.csv")
-            new_log = not os.path.exists(log_path) or self.start_epoch == 0
-            log_handle = open(log_path, "w" if new_log else "a", newline="", encoding="utf-8")
-            writer = csv.writer(log_handle)
-            if new_log:
-                writer.writerow(["epoch", "step", "images", "loss", "loss_rc", "loss_q"])
-            if cfg.wandb.use:
-                import wandb  # only when asked for
-
-                self.wandb = wandb
-                wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, name=cfg.wandb.name,
-                           config=to_dict(cfg), dir=out, mode=cfg.wandb.mode)
             _logger.info("training %s: %d training / %d validation items, %d identities, %d process(es) on %s",
                          cfg.model.name, self.counts["train"], self.counts["val"], self.counts["identities"],
                          self.info.world, self.device)
         try:
             for epoch in range(self.start_epoch, cfg.base.epochs):
                 start = time.perf_counter()
-                train_terms = self.train_epoch(epoch, writer)
+                train_terms = self.train_epoch(epoch)
                 val_terms = self.validate()
                 improved = val_terms["loss"] < self.best_val
                 if improved:
@@ -451,27 +441,19 @@ class Trainer:
                 self.history.append(record)
                 if self.info.main:
                     if improved:
-                        self._save(os.path.join(out, BEST_MODEL), self.model.state_dict())
-                    self._save(os.path.join(out, LAST_CHECKPOINT), self._checkpoint(epoch + 1))
+                        save_checkpoint(os.path.join(out, BEST_MODEL), self.model.state_dict())
+                    save_checkpoint(os.path.join(out, LAST_CHECKPOINT), self._checkpoint(epoch + 1))
                     write_json(os.path.join(out, "history.json"), self.history)
-                    log_handle.flush()
-                    if self.wandb is not None:
-                        self.wandb.log({"val/loss": val_terms["loss"], "val/loss_rc": val_terms["loss_rc"],
-                                        "val/loss_q": val_terms["loss_q"], "epoch": epoch + 1})
+                    self.run_log.flush()
+                    self.run_log.log({"val/loss": val_terms["loss"], "val/loss_rc": val_terms["loss_rc"],
+                                      "val/loss_q": val_terms["loss_q"], "epoch": epoch + 1})
                     _logger.info("epoch %d: train loss %.5f (rc %.5f, q %.5f), val loss %.5f (rc %.5f, q %.5f)%s",
                                  epoch + 1, train_terms["loss"], train_terms["loss_rc"], train_terms["loss_q"],
                                  val_terms["loss"], val_terms["loss_rc"], val_terms["loss_q"],
                                  ", saved model.pth" if improved else "")
         finally:
-            if log_handle is not None:
-                log_handle.close()
-            if self.wandb is not None:
-                self.wandb.finish()
-            if self.info.enabled:
-                import torch.distributed as dist
-
-                dist.barrier()
-                dist.destroy_process_group()
+            self.run_log.close()
+            finish_distributed(self.info)
         return {"history": self.history, "best_val": self.best_val}
 
 

@@ -1,0 +1,101 @@
+"""What both trainers (``train.py``, ``train_diffusion.py``) share around their loops: the run folder's
+``config.json``, a CSV log that a resumed run appends to, optional wandb, checkpoint files, and reading a checkpoint
+to resume from."""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Optional, Sequence
+
+import torch
+
+from utils.config import to_dict
+from utils.errors import ConfigError
+from utils.io import atomic_open, write_json
+
+__all__ = ["RunLog", "save_checkpoint", "read_resume_checkpoint"]
+
+
+class RunLog:
+    """The main process's log of a training run; on other processes every method does nothing.
+
+    Args:
+        folder: The run folder (created).
+        cfg: The resolved config dataclass, saved as ``config.json`` and given to wandb.
+        log_name: File name of the CSV log in ``folder``.
+        header: Its column names.
+        resumed: A resumed run appends to an existing log instead of starting a new one.
+        wandb_cfg: The ``wandb`` config section (``use``, ``project``, ``entity``, ``name``, ``mode``); wandb is
+            imported only when ``use`` is set.
+        main: Whether this is the process that writes.
+    """
+
+    def __init__(self, folder: str, cfg: Any, log_name: str, header: Sequence[str], resumed: bool, wandb_cfg: Any,
+                 main: bool = True) -> None:
+        self.handle = None
+        self.writer: Any = None
+        self.wandb: Any = None
+        if not main:
+            return
+        os.makedirs(folder, exist_ok=True)
+        write_json(os.path.join(folder, "config.json"), to_dict(cfg))
+        path = os.path.join(folder, log_name)
+        new = not resumed or not os.path.exists(path)
+        self.handle = open(path, "w" if new else "a", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.handle)
+        if new:
+            self.writer.writerow(list(header))
+        if wandb_cfg.use:
+            import wandb  # only when asked for
+
+            self.wandb = wandb
+            wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.name, config=to_dict(cfg),
+                       dir=folder, mode=wandb_cfg.mode)
+
+    @classmethod
+    def null(cls) -> "RunLog":
+        """A log that writes nothing (before ``fit`` starts, or for benchmarks that drive the loop themselves)."""
+        log = cls.__new__(cls)
+        log.handle, log.writer, log.wandb = None, None, None
+        return log
+
+    def row(self, values: Sequence[Any]) -> None:
+        if self.writer is not None:
+            self.writer.writerow(list(values))
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+    def log(self, values: dict, step: Optional[int] = None) -> None:
+        """Send ``values`` to wandb when it is in use."""
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = self.writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def save_checkpoint(path: str, obj: Any) -> None:
+    """``torch.save`` through a temporary file, so a kill never leaves a half-written checkpoint."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def read_resume_checkpoint(path: str, key: str) -> Any:
+    """Load the checkpoint a run resumes from (``weights_only=True``); ``key`` names the config key in messages.
+
+    Raises:
+        ConfigError: Missing or unreadable file.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}: checkpoint '{path}' not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise ConfigError(f"{key}: cannot read '{path}' ({str(exc).splitlines()[0]})") from None
