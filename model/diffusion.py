@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.diffusion_unet import DiffusionUnet, diffiqa_unet
+from model.registry import describe_mismatch, strip_prefixes
 from utils.errors import CheckpointError
 
 __all__ = ["cosine_beta_schedule", "linear_beta_schedule", "GaussianDiffusion", "reconstruction_pairs", "noised_steps",
@@ -267,7 +268,7 @@ def read_diffusion_state(path: str, ema: bool = False) -> Dict[str, torch.Tensor
         state = dict(data["model"])
     else:
         state = dict(data)
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = strip_prefixes(state)
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"'{path}' is not a DifFIQA denoiser checkpoint (non-tensor entries)")
     if "betas" not in state or not any(k.startswith("model.init_conv.") for k in state):
@@ -282,21 +283,9 @@ def load_diffusion(path: str, ema: bool = False, unet_params: Optional[Mapping[s
     """Build the denoiser and load ``path`` strictly (see :func:`read_diffusion_state`); eval mode, on the CPU."""
     state = read_diffusion_state(path, ema)
     model = build_diffusion(unet_params, diff_params)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} tensor(s) of another shape (first: {k} {tuple(state[k].shape)} vs "
-                         f"{tuple(expected[k].shape)})")
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-        raise CheckpointError(f"denoiser checkpoint '{path}' does not fit this UNet/schedule: {'; '.join(parts)}; "
+    mismatch = describe_mismatch(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    if mismatch:
+        raise CheckpointError(f"denoiser checkpoint '{path}' does not fit this UNet/schedule: {mismatch}; "
                               "check unet_params (official: dim 128, dim_mults [1, 2, 4, 8])")
     model.load_state_dict(state, strict=True)
     _logger.info("denoiser loaded from %s (%s weights)", path, "EMA" if ema else "model")

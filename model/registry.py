@@ -24,7 +24,8 @@ from model.mobilefacenet import mobilefacenet
 from utils.errors import CheckpointError, ConfigError
 
 __all__ = ["BACKBONES", "VARIANTS", "Variant", "OFFICIAL_WEIGHTS_HELP", "build_backbone", "build_model",
-           "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names"]
+           "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names",
+           "strip_prefixes", "describe_mismatch"]
 
 _logger = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def _expected_shapes(name: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
-def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Keys without the ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes."""
     out: Dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         changed = True
@@ -145,7 +147,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"weights file '{path}' does not hold a state_dict (a dict of tensors)")
-    return _strip_prefixes(obj)
+    return strip_prefixes(obj)
 
 
 def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -157,8 +159,8 @@ def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     return None
 
 
-def _describe_mismatch(state_dict: Mapping[str, torch.Tensor], name: str) -> str:
-    expected = dict(_expected_shapes(name))
+def describe_mismatch(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, Tuple[int, ...]]) -> str:
+    """What keeps ``state_dict`` from loading strictly where key -> shape ``expected`` is needed ("" if nothing)."""
     have = {k: tuple(v.shape) for k, v in state_dict.items()}
     missing = [k for k in expected if k not in have]
     unexpected = [k for k in have if k not in expected]
@@ -203,7 +205,7 @@ def load_weights(model: EDifFIQA, path: str, name: str) -> None:
             raise CheckpointError(f"weights file '{path}' is a bare {backbone} backbone, not an eDifFIQA checkpoint "
                                   f"(backbone + quality head); {OFFICIAL_WEIGHTS_HELP}")
         raise CheckpointError(f"weights file '{path}' does not match {variant.title}: "
-                              f"{_describe_mismatch(state_dict, name)}")
+                              f"{describe_mismatch(state_dict, dict(_expected_shapes(name)))}")
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -210,7 +210,7 @@ def test_checkpoint_model_and_ema_entries(tmp_path) -> None:
 
 @pytest.mark.parametrize("content,pattern", [
     ("iresnet", r"is not a DifFIQA denoiser checkpoint"),
-    ("other_size", r"does not fit this UNet/schedule: .* of another shape"),
+    ("other_size", r"does not fit this UNet/schedule: .*shape mismatches"),
     ("garbage", r"cannot read denoiser checkpoint"),
     ("no_ema", r"has no 'ema' entry"),
 ])

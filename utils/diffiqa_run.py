@@ -14,7 +14,7 @@ from dataset.image_folder import find_images
 from model.diffusion import load_diffusion
 from model.registry import load_backbone
 from utils.config import to_dict
-from utils.diffiqa_scoring import PART_GLOB, RNG_GLOB, ScoreRun, check_complete, read_parts, score_folder
+from utils.diffiqa_scoring import PART_GLOB, RNG_GLOB, ScoreRun, read_parts, score_folder
 from utils.errors import CheckpointError, ConfigError
 from utils.io import safe_pickle_load, write_csv, write_json, write_pickle
 from utils.runtime import cpu_count
@@ -145,7 +145,6 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
     summary.update({"left": len(left), "complete": not left})
     if left:
         return summary
-    check_complete(rel_paths, scores, skipped)
     key = (lambda p: p) if cfg.base.keys == "relative" else (lambda p: os.path.join(cfg.dataset.loc, p))
     ordered = [p for p in rel_paths if p in scores]
     write_pickle(os.path.join(out, SCORES_PICKLE), {key(p): scores[p] for p in ordered})

@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from model.diffusion import GaussianDiffusion, noised_steps
-from utils.errors import DataError
 
 __all__ = ["diffiqa_quality", "score_batch_official", "score_batch_fast", "image_seed", "split_for_rank",
-           "ScoreRun", "score_folder", "read_parts", "check_complete", "PART_GLOB", "RNG_GLOB"]
+           "ScoreRun", "score_folder", "read_parts", "PART_GLOB", "RNG_GLOB"]
 
 _logger = logging.getLogger(__name__)
 
@@ -298,11 +297,3 @@ def score_folder(run: ScoreRun, rel_paths: Sequence[str], diffusion: GaussianDif
                  counts["scored"] / seconds if seconds > 0 else float("nan"))
     counts["todo"] = 0
     return counts
-
-
-def check_complete(rel_paths: Sequence[str], scores: Dict[str, float], skipped: Dict[str, str]) -> None:
-    """Raise if an image has neither a score nor a skip record (a rank stopped early)."""
-    missing = [p for p in rel_paths if p not in scores and p not in skipped]
-    if missing:
-        raise DataError(f"{len(missing)} image(s) are not scored yet (e.g. {', '.join(missing[:3])}); run the same "
-                        "command again to finish")
