@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Dict, List, Tuple
 
@@ -72,3 +73,11 @@ def save_image(path: str, seed: int, size: int = 112, mode: str = "RGB") -> None
         img = img.convert(mode)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(os.path.splitext(path)[1].lower())
     img.save(path, format=fmt) if fmt else img.save(path)
+
+
+def assert_user_error(code: int, err: str, prog: str, pattern: str) -> None:
+    """A user mistake: exit code 2, exactly one ``<prog>: error: ...`` line matching ``pattern``, no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert "Traceback" not in err

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import pickle
-import re
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT, load_manifest
+from conftest import ROOT, assert_user_error, load_manifest, manifest_state_dict
 
 from model.diffusion import GaussianDiffusion, build_diffusion
 from utils.diffiqa_scoring import (diffiqa_quality, image_seed, score_batch_fast, score_batch_official,
@@ -281,17 +280,12 @@ def test_errors_exit_2(case, pattern, scoring_setup, capsys) -> None:
         cfg["base"]["precision"] = "fp8"
     open(path, "w").write(yaml.safe_dump(cfg))
     code, err = run_score(["-c", path], capsys)
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("diffiqa_score.py: error:")]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
-    assert "Traceback" not in err
+    assert_user_error(code, err, "diffiqa_score.py", pattern)
 
 
 # ------------------------------------------------------------------------------------------------- DifFIQA(R)
 def diffiqa_r_state_dict(seed: int = 0) -> dict:
     """The authors' diffiqa(r).pth layout: eDifFIQA(L)'s backbone under ``base.``, plus ``linear.``."""
-    from tests.conftest import manifest_state_dict
-
     full = manifest_state_dict("ediffiqaL", seed)
     state = {"base." + k[len("base_model."):]: v for k, v in full.items() if k.startswith("base_model.")}
     gen = torch.Generator().manual_seed(seed)
@@ -327,8 +321,6 @@ def test_diffiqa_r_loads_strictly_and_scores(tmp_path, capsys) -> None:
     assert len(scores) == 1 and np.isfinite(list(scores.values())[0])
     assert torch.isfinite(want).all()
     # An eDifFIQA checkpoint is refused as DifFIQA(R) with a message naming what it is.
-    from tests.conftest import manifest_state_dict
-
     torch.save(manifest_state_dict("ediffiqaS"), tmp_path / "s.pth")
     code = run_cli(inference.main, ["--model", "diffiqaR", "--weights", str(tmp_path / "s.pth"), "--images",
                                     str(img), "--output", str(tmp_path / "o2"), "--device", "cpu"], "inference.py")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT
+from conftest import ROOT, assert_user_error
 
 from dataset.degradations import (anisotropic_gaussian, convolve_mirror, degradation_bsrgan, degrade_face,
                                   fspecial_gaussian, imresize_np, shift_pixel)
@@ -412,10 +411,7 @@ def test_errors_exit_2(case, pattern, faces, tmp_path, capsys) -> None:
         cfg["unet_params"]["self_condition"] = True
         open(path, "w").write(yaml.safe_dump(cfg))
     code, err = run_train(["-c", path], capsys)
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("train_diffusion.py: error:")]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
-    assert "Traceback" not in err
+    assert_user_error(code, err, "train_diffusion.py", pattern)
 
 
 @pytest.mark.slow

@@ -4,14 +4,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import manifest_state_dict, save_image
+from conftest import assert_user_error, manifest_state_dict, save_image
 from utils import edc
 from utils.cli import run_cli
 
@@ -168,8 +167,6 @@ def test_evaluate_errors(case, pattern, verification_set, tmp_path, capsys) -> N
             "--fmr", "0.001" if case == "fmr_unreachable" else "0.05"]
     code = run_cli(evaluate.main, argv, "evaluate.py")
     err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("evaluate.py: error:")]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
+    assert_user_error(code, err, "evaluate.py", pattern)
     if case == "missing_embedding":  # the same input passes when dropping is asked for
         assert run_cli(evaluate.main, argv + ["--on-missing", "drop"], "evaluate.py") == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import os
 import pickle
-import re
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, save_image
+from conftest import ROOT, assert_user_error, save_image
 from dataset import official_transform
 from model import create_model
 from utils.cli import run_cli
@@ -174,11 +173,7 @@ def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys) -> 
         "drop_last": lambda: with_config({"dataloader": {"params": {"drop_last": True}}}),
     }[case]()
     code, err = run(argv, capsys)
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("inference.py: error:")]
-    assert len(lines) == 1, err
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "Traceback" not in err
+    assert_user_error(code, err, "inference.py", pattern)
 
 
 def test_cuda_request_without_cuda(tmp_path, capsys) -> None:

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from collections import defaultdict
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import manifest_state_dict, save_image
+from conftest import assert_user_error, manifest_state_dict, save_image
 from dataset.formats import read_embeddings, read_prepared
 from dataset.labels import (group_identities, identity_centres, quality_threshold, select_identities,
                             training_items)
@@ -212,10 +211,7 @@ def test_errors_exit_2(case, pattern, tmp_path, capsys) -> None:
         extra = ["-c", str(tmp_path / "c.yaml")]
     argv = [x for kv in args.items() for x in kv] + extra
     code, err = run(argv, capsys)
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("prepare_data.py: error:")]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
-    assert "Traceback" not in err
+    assert_user_error(code, err, "prepare_data.py", pattern)
     assert not os.path.exists(tmp_path / "out" / "training_items-ediffiqa.pkl")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, manifest_state_dict, save_image
+from conftest import ROOT, assert_user_error, manifest_state_dict, save_image
 from dataset.training import TrainingSet, official_split
 from model import build_model
 from model.loss import DistillationLoss, ExtendedL1, RepresentationLoss
@@ -253,10 +252,7 @@ def test_errors_exit_2(case, pattern, tiny, tmp_path, capsys) -> None:
         (one / "0000_01.png").write_bytes((images / "n000000" / "0000_01.png").read_bytes())
         overrides["dataset.image_loc"] = str(tmp_path / "one")
     code, err = run_train(["-c", tiny_config(root, images, out, **overrides)], capsys)
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
-    assert "Traceback" not in err
+    assert_user_error(code, err, "train.py", pattern)
 
 
 def test_missing_items_are_dropped_with_a_warning(tiny, tmp_path, caplog) -> None:
