@@ -2,7 +2,8 @@
 
 Naive (official): every backbone tensor keeps its gradient (only the optimizer groups are stepped), each image is
 opened twice, NCHW. Ours: ``utils.trainer.Trainer`` (tensors outside the optimizer frozen, one read, uint8 workers,
-channels_last), eager and with ``base.compile``. Same data, batch size, workers and fp32 on the CPU; each loop runs
+channels_last, 3x3 weight gradients from ``model/conv_grad.py``), eager and with ``base.compile``, and eager with
+PyTorch's own conv gradients (``base.fast_conv_grad: false``) to show what that part adds. Same data, batch size, workers and fp32 on the CPU; each loop runs
 one epoch (full batches only) in its own process. "steady" images/s leave out the first ``--warmup`` steps (where
 torch.compile compiles); "epoch" images/s count everything, compilation included.
 
@@ -50,14 +51,14 @@ def make_data(folder: str, n_images: int) -> None:
                               "--min-images", "1", "-q"]) == 0
 
 
-def config(folder: str, variant: str, batch: int, workers: int, compile_: bool = False):
+def config(folder: str, variant: str, batch: int, workers: int, compile_: bool = False, fast_grad: bool = True):
     from utils.config import from_dict
     from utils.train_config import TrainConfig
 
     loader = {"batch_size": batch, "shuffle": True, "num_workers": workers, "drop_last": True}
     return from_dict(TrainConfig, {
         "base": {"verbose": 0, "save_path": os.path.join(folder, "out"), "device": "cpu", "amp": False, "epochs": 1,
-                 "compile": compile_},
+                 "compile": compile_, "fast_conv_grad": fast_grad},
         "model": {"name": variant},
         "dataset": {"image_loc": os.path.join(folder, "images"), "training_data": os.path.join(folder, "prep"),
                     "save_name": "b", "embeddings": os.path.join(folder, "emb.pkl"), "val_split": 0.02},
@@ -114,7 +115,8 @@ def worker(kind: str, folder: str, variant: str, batch: int, workers: int, warmu
     from utils.trainer import Trainer
 
     torch.manual_seed(0)
-    trainer = Trainer(config(folder, variant, batch, workers, compile_=kind == "ours+compile"))
+    trainer = Trainer(config(folder, variant, batch, workers, compile_=kind == "ours+compile",
+                             fast_grad=kind not in ("naive", "ours, PyTorch conv grad")))
     stamps: List[float] = []
     start = time.perf_counter()
     if kind == "naive":
@@ -138,6 +140,9 @@ def worker(kind: str, folder: str, variant: str, batch: int, workers: int, warmu
                       "peak_bytes": peak_rss_bytes()}))
 
 
+KINDS = ("naive", "ours, PyTorch conv grad", "ours", "ours+compile")
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["T", "S"])
@@ -158,7 +163,7 @@ def main(argv: List[str] | None = None) -> int:
         for letter in args.variants:
             variant = f"ediffiqa{letter.upper()}"
             result = {}
-            for kind in ("naive", "ours", "ours+compile"):
+            for kind in KINDS:
                 proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--folder", folder,
                                        "--variants", letter, "--batch-size", str(args.batch_size),
                                        "--workers", str(args.workers), "--warmup", str(args.warmup)],
