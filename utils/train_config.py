@@ -29,7 +29,7 @@ class TrainBase:
     epochs: int = 3
     resume: Optional[str] = None
     deterministic: bool = False
-    compile: bool = False              # torch.compile the training step (1.23x on a CPU for eDifFIQA(S); compiles
+    compile: bool = False              # torch.compile the training step (1.47x on a CPU for eDifFIQA(S); compiles
                                        # for a minute or two first, so worth it for long runs)
     fast_conv_grad: bool = True        # on a CPU, 3x3 conv weight gradients by model/conv_grad.py (faster than
                                        # oneDNN's); false = PyTorch's own
