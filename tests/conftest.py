@@ -5,7 +5,7 @@ import json
 import os
 import re
 import sys
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -73,6 +73,15 @@ def save_image(path: str, seed: int, size: int = 112, mode: str = "RGB") -> None
         img = img.convert(mode)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(os.path.splitext(path)[1].lower())
     img.save(path, format=fmt) if fmt else img.save(path)
+
+
+def run_script(main: Callable[[Optional[List[str]]], int], prog: str, argv: List[str],
+               capsys: Optional[pytest.CaptureFixture] = None) -> Tuple[int, str]:
+    """Run a script's ``main`` as its command line does; returns the exit code and what it wrote to stderr."""
+    from utils.cli import run_cli
+
+    code = run_cli(main, argv, prog)
+    return code, capsys.readouterr().err if capsys is not None else ""
 
 
 def assert_user_error(code: int, err: str, prog: str, pattern: str) -> None:

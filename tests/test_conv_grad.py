@@ -76,7 +76,7 @@ def test_swapped_model_trains_like_the_original() -> None:
     assert checked > 90
 
 
-def test_plain_path_outside_cpu_fp32_training() -> None:
+def test_plain_path_outside_cpu_fp32_training(monkeypatch) -> None:
     """No grad, frozen weights and bf16 autocast take nn.Conv2d's path (the custom function never runs)."""
     conv = nn.Conv2d(16, 8, 3, 1, 1, bias=False)
     model = nn.Sequential(conv)
@@ -91,20 +91,17 @@ def test_plain_path_outside_cpu_fp32_training() -> None:
         calls.append(1)
         return original(*args)
 
-    conv_grad._Conv3x3.apply = spy  # type: ignore[method-assign]
-    try:
-        with torch.no_grad():
-            torch.testing.assert_close(fast(x), F.conv2d(x, conv.weight, None, 1, 1))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast(x)
-        fast.weight.requires_grad_(False)
+    monkeypatch.setattr(conv_grad._Conv3x3, "apply", spy)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), F.conv2d(x, conv.weight, None, 1, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         fast(x)
-        assert calls == []
-        fast.weight.requires_grad_(True)
-        fast(x).sum().backward()
-        assert calls == [1] and fast.weight.grad is not None
-    finally:
-        conv_grad._Conv3x3.apply = original  # type: ignore[method-assign]
+    fast.weight.requires_grad_(False)
+    fast(x)
+    assert calls == []
+    fast.weight.requires_grad_(True)
+    fast(x).sum().backward()
+    assert calls == [1] and fast.weight.grad is not None
 
 
 def test_ineligible_layers_stay() -> None:

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, load_manifest, manifest_state_dict
+from conftest import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
 
 from model.diffusion import GaussianDiffusion, build_diffusion
 from utils.diffiqa_scoring import (diffiqa_quality, image_seed, score_batch_fast, score_batch_official,
@@ -185,10 +185,8 @@ def score_config(tmp_path, images, out, **base) -> str:
 
 def run_score(argv, capsys):
     import diffiqa_score
-    from utils.cli import run_cli
 
-    code = run_cli(diffiqa_score.main, argv, "diffiqa_score.py")
-    return code, capsys.readouterr().err
+    return run_script(diffiqa_score.main, "diffiqa_score.py", argv, capsys)
 
 
 def read_scores(out) -> dict:

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, assert_user_error
+from conftest import ROOT, assert_user_error, run_script
 
 from dataset.degradations import (anisotropic_gaussian, convolve_mirror, degradation_bsrgan, degrade_face,
                                   fspecial_gaussian, imresize_np, shift_pixel)
@@ -335,10 +335,8 @@ def write_config(tmp_path, faces, out, **trainer) -> str:
 
 def run_train(argv, capsys):
     import train_diffusion
-    from utils.cli import run_cli
 
-    code = run_cli(train_diffusion.main, argv, "train_diffusion.py")
-    return code, capsys.readouterr().err
+    return run_script(train_diffusion.main, "train_diffusion.py", argv, capsys)
 
 
 def test_tiny_unet_trains_and_loss_falls(faces, tmp_path, capsys) -> None:

@@ -13,18 +13,15 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, save_image
+from conftest import ROOT, assert_user_error, run_script, save_image
 from dataset import official_transform
 from model import create_model
-from utils.cli import run_cli
 
 import inference
 
 
 def run(argv, capsys):
-    code = run_cli(inference.main, argv, "inference.py")
-    captured = capsys.readouterr()
-    return code, captured.err
+    return run_script(inference.main, "inference.py", argv, capsys)
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_user_error, manifest_state_dict, save_image
+from conftest import assert_user_error, manifest_state_dict, run_script, save_image
 from dataset.formats import read_embeddings, read_prepared
 from dataset.labels import (group_identities, identity_centres, quality_threshold, select_identities,
                             training_items)
@@ -56,8 +56,7 @@ def write_inputs(tmp_path, labels, embeddings):
 
 
 def run(argv, capsys):
-    code = run_cli(prepare_data.main, argv, "prepare_data.py")
-    return code, capsys.readouterr().err
+    return run_script(prepare_data.main, "prepare_data.py", argv, capsys)
 
 
 # ---------------------------------------------------------------- pure functions

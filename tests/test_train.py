@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, assert_user_error, manifest_state_dict, save_image
+from conftest import ROOT, assert_user_error, manifest_state_dict, run_script, save_image
 from dataset.training import TrainingSet, official_split
 from model import build_model
 from model.loss import DistillationLoss, ExtendedL1, RepresentationLoss
@@ -142,9 +142,7 @@ def tiny(tmp_path_factory):
 
 
 def run_train(argv, capsys=None):
-    code = run_cli(train.main, argv, "train.py")
-    err = capsys.readouterr().err if capsys is not None else ""
-    return code, err
+    return run_script(train.main, "train.py", argv, capsys)
 
 
 @pytest.mark.slow
