@@ -4,7 +4,8 @@
 
 Writes ``average_embedding_batch-<name>.pkl`` (pickled torch float32 tensor of identity centres),
 ``training_items-<name>.pkl`` (pickled list of ``(path, quality, centre row)``) and ``prepare_data-<name>.json``
-(a summary) into the save folder, exactly as the official script, with the same flags and defaults.
+(a summary) into the save folder: the first two are the official script's files byte for byte, with the same
+flags and defaults.
 """
 from __future__ import annotations
 
@@ -72,15 +73,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = resolve_config(args)
     setup_logging(cfg.verbose)
 
-    import numpy as np
-
-    from dataset.formats import read_embeddings, read_labels, write_prepared
-    from dataset.labels import accumulate_centres, group_identities, quality_threshold, select_identities
-    from dataset.labels import training_items
+    from dataset.formats import read_embeddings, read_label_values, write_prepared
+    from dataset.labels import centre_order, group_identities, identity_centres, quality_threshold
+    from dataset.labels import select_identities, training_items
     from utils.io import write_json
 
     start = time.perf_counter()
-    paths, qualities = read_labels(cfg.label_location)
+    paths, qualities, values = read_label_values(cfg.label_location)
     _logger.info("read %d labels from %s", len(paths), cfg.label_location)
     embeddings = read_embeddings(cfg.embedding_location)
     _logger.info("read %d embeddings (%d-d) from %s", len(embeddings), embeddings.dim, cfg.embedding_location)
@@ -99,15 +98,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         f"(beta={cfg.beta}; most per identity: {int(selection.chosen_per_identity.max())}); "
                         "lower --min-images or raise --beta")
 
-    # Chosen images of kept identities, gathered block by block so that at most one block is copied at a time.
-    chosen = np.flatnonzero(selection.chosen & selection.kept[ids])
-    chosen_paths = [paths[i] for i in chosen.tolist()]
-    chosen_rows = selection.row[ids[chosen]]
-    centres = accumulate_centres(((chosen_rows[window], block) for window, block in embeddings.chunks(chosen_paths)),
-                                 n_kept, embeddings.dim)
+    # Chosen images of kept identities in the official stacking order, gathered window by window.
+    order, starts = centre_order(qualities, ids, selection)
+    chosen_paths = [paths[i] for i in order.tolist()]
+    centres = identity_centres(lambda a, b: embeddings.gather(chosen_paths[a:b]), starts, embeddings.dim)
     embedding_dim = embeddings.dim
-    del embeddings  # the largest object by far; free it before the items are built and torch is imported
-    items = training_items(paths, qualities, ids, selection)
+    del embeddings, chosen_paths  # the largest objects by far; free them before the items are built
+    items = training_items(paths, values, ids, selection)
     centres_path, items_path = write_prepared(cfg.save_location, cfg.save_name, centres, items)
 
     summary = {

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="base.device: auto, cpu, cuda or cuda:N")
     parser.add_argument("--output", help="base.save_path")
     parser.add_argument("--resume", help="base.resume: a last.pt to continue from")
-    parser.add_argument("--model", help="model.name: ediffiqaL/M/S/T")
+    parser.add_argument("--model", help="base.model: a model config (configs/ediffiqaS_config.yaml) or a variant name")
+    parser.add_argument("--official", action="store_const", const=True,
+                        help="base.official: 1, the official update step for step")
     return parser
 
 
@@ -37,7 +39,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     cfg = load_config(TrainConfig, args.config, {
         "base.epochs": args.epochs, "dataloader.train.params.batch_size": args.batch_size, "base.device": args.device,
-        "base.save_path": args.output, "base.resume": args.resume, "model.name": args.model})
+        "base.save_path": args.output, "base.resume": args.resume, "base.model": args.model,
+        "base.official": args.official})
     setup_logging(cfg.base.verbose)
     result = train(cfg)
     print(f"best validation loss {result['best_val']:.6f}; outputs in {cfg.base.save_path}", file=sys.stderr)

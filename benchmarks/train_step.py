@@ -61,10 +61,9 @@ def config(folder: str, variant: str, batch: int, workers: int, compile_: bool =
     loader = {"batch_size": batch, "shuffle": True, "num_workers": workers, "drop_last": True}
     return from_dict(TrainConfig, {
         "base": {"verbose": 0, "save_path": os.path.join(folder, "out"), "device": "cpu", "amp": False, "epochs": 1,
-                 "compile": compile_, "fast_conv_grad": fast_grad},
-        "model": {"name": variant},
+                 "compile": compile_, "fast_conv_grad": fast_grad, "model": variant, "backbone_weights": ""},
         "dataset": {"image_loc": os.path.join(folder, "images"), "training_data": os.path.join(folder, "prep"),
-                    "save_name": "b", "embeddings": os.path.join(folder, "emb.pkl"), "val_split": 0.02},
+                    "model_name": "b", "embeddings": os.path.join(folder, "emb.pkl"), "val_split": 0.02},
         "dataloader": {"train": {"params": loader}, "val": {"params": loader}},
     })
 

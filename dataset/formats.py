@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from utils.errors import DataError
 from utils.io import read_scores_csv, safe_pickle_load, write_pickle
 
-__all__ = ["read_labels", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file", "items_file",
+__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file", "items_file",
            "write_prepared", "read_prepared"]
 
 
@@ -21,13 +24,15 @@ def _examples(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(repr(x) for x in list(items)[:n]) + (" ..." if len(items) > n else "")
 
 
-def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.ndarray], None]:
-    """``dict(data)`` split into paths and float64 qualities at C speed, or None when any entry is malformed."""
+def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.ndarray, List[Any]], None]:
+    """``dict(data)`` split into paths, float64 qualities and the original values at C speed, or None when any
+    entry is malformed."""
     try:
         labels = dict(data)
         if not all(map(str.__instancecheck__, labels)):
             return None
-        return list(labels), np.fromiter(labels.values(), dtype=np.float64, count=len(labels))
+        values = list(labels.values())
+        return list(labels), np.fromiter(values, dtype=np.float64, count=len(labels)), values
     except (TypeError, ValueError):
         return None
 
@@ -37,7 +42,18 @@ def read_labels(path: str) -> Tuple[List[str], np.ndarray]:
 
     Returns:
         ``(paths, qualities)`` with ``qualities`` an ``(N,)`` float64 array; a list with repeated paths keeps the
-        last value, as the official ``dict(list)`` does.
+        last value, as the official ``dict(list)`` does. See :func:`read_label_values`.
+    """
+    paths, qualities, _ = read_label_values(path)
+    return paths, qualities
+
+
+def read_label_values(path: str) -> Tuple[List[str], np.ndarray, List[Any]]:
+    """:func:`read_labels` plus the file's own quality objects (Python or NumPy scalars), which the official
+    ``prepare_data.py`` copies into the training items unchanged.
+
+    Returns:
+        ``(paths, qualities (N,) float64, values)``.
 
     Raises:
         DataError: Unreadable file, wrong structure, or NaN/infinite qualities (count and examples).
@@ -62,14 +78,14 @@ def read_labels(path: str) -> Tuple[List[str], np.ndarray]:
             except (TypeError, ValueError):
                 raise DataError(f"labels file '{path}': quality of '{pair[0]}' is {pair[1]!r}, not a number") from None
         raise DataError(f"labels file '{path}' could not be read as (path, quality) pairs")
-    paths, qualities = fast
+    paths, qualities, values = fast
     if not paths:
         raise DataError(f"labels file '{path}' holds no labels")
     bad = np.flatnonzero(~np.isfinite(qualities))
     if len(bad):
         raise DataError(f"labels file '{path}': {len(bad)} qualities are NaN or infinite "
                         f"(e.g. {_examples([paths[i] for i in bad])}); fix or remove them")
-    return paths, qualities
+    return paths, qualities, values
 
 
 class EmbeddingTable:
@@ -114,12 +130,6 @@ class EmbeddingTable:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack(list(map(self._index.__getitem__, paths))).reshape(len(paths), self.dim).astype(
             np.float32, copy=False)
-
-    def chunks(self, paths: Sequence[str], size: int = 16384) -> Iterator[Tuple[slice, np.ndarray]]:
-        """Yield ``(slice of paths, (k, D) embeddings)`` blocks, so callers never hold all of them at once."""
-        for start in range(0, len(paths), size):
-            window = slice(start, min(start + size, len(paths)))
-            yield window, self.gather(paths[window])
 
 
 def _npz_member(path: str, name: str) -> np.ndarray:
@@ -220,14 +230,18 @@ def items_file(save_location: str, name: str) -> str:
     return os.path.join(save_location, f"training_items-{name}.pkl")
 
 
-def write_prepared(save_location: str, name: str, centres: np.ndarray,
-                   items: Sequence[Tuple[str, float, int]]) -> Tuple[str, str]:
-    """Write the two official files: a pickled float32 torch tensor of centres and the pickled item list."""
-    import torch
+#: Pickle protocol of the prepared files: Python's default when the official script ran (3.8-3.13), so that the
+#: files are the official bytes.
+PREPARED_PROTOCOL = 4
 
+
+def write_prepared(save_location: str, name: str, centres: "torch.Tensor",
+                   items: Sequence[Tuple[str, Any, int]]) -> Tuple[str, str]:
+    """Write the two official files: the pickled ``(K, D)`` float32 torch tensor of centres and the pickled item
+    list, with the official pickle protocol."""
     centres_path, items_path = centres_file(save_location, name), items_file(save_location, name)
-    write_pickle(centres_path, torch.from_numpy(np.ascontiguousarray(centres, dtype=np.float32)))
-    write_pickle(items_path, list(items))
+    write_pickle(centres_path, centres, protocol=PREPARED_PROTOCOL)
+    write_pickle(items_path, list(items), protocol=PREPARED_PROTOCOL)
     return centres_path, items_path
 
 

@@ -1,34 +1,31 @@
 """eDifFIQA label optimisation data, as pure functions (arrays in, arrays out; no file access).
 
-Semantics of the official ``prepare_data.py``:
+Semantics of the official ``prepare_data.py``, reproduced to the byte:
 
 1. identity of a path = ``path.rsplit("/", 1)[0]``;
 2. threshold = the quality at index ``int(beta * N)`` of all N labels sorted in descending order;
 3. per identity, the chosen images are those with quality ``>=`` threshold; identities with fewer than
    ``min_images`` (10) chosen images are dropped;
-4. the centre of a kept identity is the plain (not normalised) mean of its chosen images' embeddings;
-5. training items are ``(path, quality, centre row)`` for every image of every kept identity.
-
-Identities are numbered in order of first appearance in the labels, and items keep the labels' order, which is the
-order the official dict-based code produces.
+4. the centre of a kept identity is the float32 ``torch.mean`` of its chosen images' embeddings, stacked in the
+   official order (quality descending, ties in label order), so that the float32 sums round as the official ones do;
+5. training items are ``(path, quality, centre row)`` for every image of every kept identity, grouped by identity
+   in order of first appearance and in label order within an identity (the official dict iteration order).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["MIN_IMAGES", "identity_of", "group_identities", "quality_threshold", "select_identities",
-           "accumulate_centres", "identity_centres", "training_items", "Selection"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["MIN_IMAGES", "group_identities", "quality_threshold", "select_identities", "centre_order",
+           "identity_windows", "identity_centres", "training_items", "Selection"]
 
 #: The official floor on chosen images per identity.
 MIN_IMAGES = 10
-
-
-def identity_of(path: str) -> str:
-    """Identity of an image path: everything before the last ``/``."""
-    return path.rsplit("/", 1)[0]
 
 
 def group_identities(paths: Sequence[str]) -> Tuple[List[str], np.ndarray]:
@@ -81,43 +78,64 @@ def select_identities(qualities: np.ndarray, ids: np.ndarray, n_identities: int,
     return Selection(chosen=chosen, chosen_per_identity=counts, kept=kept, row=row)
 
 
-def accumulate_centres(chunks: Iterable[Tuple[np.ndarray, np.ndarray]], n_rows: int, dim: int) -> np.ndarray:
-    """Plain means of embeddings grouped by centre row, from ``(rows (k,), embeddings (k, D))`` chunks.
-
-    Chunks keep the peak memory at one chunk beyond the inputs, whatever the number of images.
+def centre_order(qualities: np.ndarray, ids: np.ndarray, selection: Selection) -> Tuple[np.ndarray, np.ndarray]:
+    """The chosen images of kept identities in the order the official code stacks them for the mean.
 
     Returns:
-        ``(n_rows, D)`` float32 centres (accumulated in float64).
+        ``(order, starts)``: ``(M,)`` label indices grouped by centre row, quality descending within a row (ties
+        in label order, as Python's stable ``sorted(..., reverse=True)``), and ``(n_kept + 1,)`` offsets: the
+        images of centre row ``r`` are ``order[starts[r]:starts[r + 1]]``.
     """
-    from scipy import sparse  # one sparse-dense product per chunk; far lighter to import than torch
-
-    sums = np.zeros((n_rows, dim), dtype=np.float64)
-    counts = np.zeros(n_rows, dtype=np.int64)
-    for rows, embeddings in chunks:
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == 0:
-            continue
-        indicator = sparse.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_rows, len(rows)))
-        sums += indicator @ np.asarray(embeddings, dtype=np.float64)
-        counts += np.bincount(rows, minlength=n_rows)
-    if np.any(counts == 0):
-        raise ValueError("every centre row needs at least one embedding")
-    return (sums / counts[:, None]).astype(np.float32)
+    index = np.flatnonzero(selection.chosen & selection.kept[ids])
+    rows = selection.row[ids[index]]
+    quality = np.asarray(qualities, dtype=np.float64)[index]
+    order = index[np.lexsort((index, -quality, rows))]
+    counts = np.bincount(rows, minlength=int(selection.kept.sum()))
+    return order, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
-def identity_centres(embeddings: np.ndarray, rows: np.ndarray, n_rows: int, chunk_size: int = 16384) -> np.ndarray:
-    """Plain means of ``(M, D)`` embeddings grouped by their ``(M,)`` centre rows; ``(n_rows, D)`` float32."""
-    embeddings = np.asarray(embeddings)
-    rows = np.asarray(rows)
-    chunks = ((rows[i:i + chunk_size], embeddings[i:i + chunk_size]) for i in range(0, len(rows), chunk_size))
-    return accumulate_centres(chunks, n_rows, embeddings.shape[1])
+def identity_windows(starts: np.ndarray, size: int = 16384) -> Iterator[Tuple[int, int]]:
+    """Ranges ``[lo, hi)`` of centre rows whose images total about ``size`` (at least one row each), so that
+    callers gather one window of embeddings at a time."""
+    lo, n = 0, len(starts) - 1
+    while lo < n:
+        hi = int(np.searchsorted(starts, starts[lo] + size, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        yield lo, hi
+        lo = hi
 
 
-def training_items(paths: Sequence[str], qualities: np.ndarray, ids: np.ndarray,
-                   selection: Selection) -> List[Tuple[str, float, int]]:
-    """``(path, quality, centre row)`` for every image of every kept identity, in label order."""
+def identity_centres(embeddings: Callable[[int, int], np.ndarray], starts: np.ndarray, dim: int,
+                     size: int = 16384) -> "torch.Tensor":
+    """Official centres: the float32 ``torch.mean`` over dim 0 of each identity's stacked embeddings.
+
+    Args:
+        embeddings: ``embeddings(a, b)`` gives the ``(b - a, D)`` float32 embeddings of positions ``a..b`` of the
+            :func:`centre_order` order (read window by window, so memory stays at one window).
+        starts: Offsets from :func:`centre_order`.
+        dim: Embedding size D.
+        size: Images per window.
+
+    Returns:
+        ``(n_kept, D)`` float32 tensor, bit-identical to the official ``torch.mean`` of ``torch.cat``-ed rows.
+    """
+    import torch  # the official centres are torch's float32 means; numpy sums in another order
+
+    centres = torch.empty((len(starts) - 1, dim), dtype=torch.float32)
+    for lo, hi in identity_windows(starts, size):
+        block = torch.from_numpy(np.ascontiguousarray(embeddings(int(starts[lo]), int(starts[hi])), dtype=np.float32))
+        base = int(starts[lo])
+        for row in range(lo, hi):
+            centres[row] = torch.mean(block[int(starts[row]) - base:int(starts[row + 1]) - base], dim=0)
+    return centres
+
+
+def training_items(paths: Sequence[str], values: Sequence[Any], ids: np.ndarray,
+                   selection: Selection) -> List[Tuple[str, Any, int]]:
+    """``(path, quality, centre row)`` for every image of every kept identity, in the official order: identities
+    in order of first appearance, images in label order within each. ``values`` are the labels' own quality
+    objects (kept as they are, so the pickled items are the official bytes)."""
     item_rows = selection.row[ids]
     keep = np.flatnonzero(item_rows >= 0)
-    q = np.asarray(qualities, dtype=np.float64)
-    kept_paths = paths if len(keep) == len(paths) else [paths[i] for i in keep.tolist()]
-    return list(zip(kept_paths, q[keep].tolist(), item_rows[keep].tolist()))
+    keep = keep[np.argsort(ids[keep], kind="stable")]
+    return [(paths[i], values[i], r) for i, r in zip(keep.tolist(), item_rows[keep].tolist())]

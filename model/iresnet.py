@@ -2,11 +2,12 @@
 
 Adapted from insightface ``recognition/arcface_torch/backbones/iresnet.py`` (commit 7fadd42, MIT licence). Module and
 attribute names are kept exactly, so insightface ``r18/r34/r50/r100/r200`` checkpoints and the ``base_model.*`` part of
-the official eDifFIQA checkpoints load with strict key matching. Removed: the ``fp16`` autocast switch (use
-``torch.autocast`` from the caller) and the gradient-checkpoint path, which is misspelled in the official eDifFIQA copy.
+the official eDifFIQA checkpoints load with strict key matching. The official ``fp16`` switch is the attribute
+``trunk_autocast``; the gradient-checkpoint path, misspelled in the official eDifFIQA copy, is removed.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, List, Optional, Sequence
 
 import torch
@@ -95,6 +96,9 @@ class IResNet(nn.Module):
         nn.init.constant_(self.features.weight, 1.0)
         # insightface freezes the scale of the embedding BN; keep it so parameter lists match theirs.
         self.features.weight.requires_grad = False
+        # False: the trunk (up to the flatten) runs in fp32 even under the caller's autocast, as the official
+        # iResNet does with its fp16=False; fc and features follow the caller.
+        self.trunk_autocast = True
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -135,16 +139,17 @@ class IResNet(nn.Module):
         Returns:
             ``(B, 512)`` embeddings (not L2-normalised).
         """
-        x = self.conv1(x)
-        x = self.bn1(x)
-        x = self.prelu(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        x = self.bn2(x)
-        x = torch.flatten(x, 1)
-        x = self.dropout(x)
+        with torch.autocast(x.device.type, enabled=False) if not self.trunk_autocast else contextlib.nullcontext():
+            x = self.conv1(x)
+            x = self.bn1(x)
+            x = self.prelu(x)
+            x = self.layer1(x)
+            x = self.layer2(x)
+            x = self.layer3(x)
+            x = self.layer4(x)
+            x = self.bn2(x)
+            x = torch.flatten(x, 1)
+            x = self.dropout(x)
         x = self.fc(x)
         return self.features(x)
 

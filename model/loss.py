@@ -1,11 +1,14 @@
-"""eDifFIQA's distillation objective.
+"""eDifFIQA's distillation objective, with the official loss modules.
 
 ``loss = theta * L_rc + (1 - theta) * L_q`` with
 
-* ``L_rc = mean(1 - cos(student embedding, teacher embedding))`` (representation consistency,
-  ``CosineEmbeddingLoss`` with target 1), and
-* ``L_q = L1(predicted quality, clamp(q - epsilon * ad, 0, 1))`` where ``ad = 1 - cos(student embedding, identity
-  centre)`` is computed without gradient (``ExtendedL1``; validation uses the raw label ``q``).
+* ``L_rc = mean(CosineEmbeddingLoss(student embedding, teacher embedding, target 1))`` (representation
+  consistency: ``1 - cos`` per sample), and
+* ``L_q = L1(predicted quality, clamp(q - epsilon * ad, 0, 1))`` where ``ad`` is the same ``CosineEmbeddingLoss``
+  between the student embedding and its identity centre, computed without gradient (``ExtendedL1``; validation
+  uses the raw label ``q``).
+
+The terms are computed with the official ops in the official order, so gradients agree to the last bit.
 """
 from __future__ import annotations
 
@@ -13,17 +16,15 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from utils.errors import ConfigError
 
-__all__ = ["ExtendedL1", "RepresentationLoss", "DistillationLoss", "BASE_LOSSES", "QUALITY_LOSSES",
-           "REPRESENTATION_LOSSES"]
+__all__ = ["ExtendedL1", "DistillationLoss", "BASE_LOSSES", "QUALITY_LOSSES", "CONSISTENCY_LOSSES"]
 
 #: Official module strings admitted in configs, mapped to classes (nothing else can be named).
 BASE_LOSSES = {"torch.nn.L1Loss": nn.L1Loss, "torch.nn.MSELoss": nn.MSELoss, "torch.nn.SmoothL1Loss": nn.SmoothL1Loss}
 QUALITY_LOSSES = ("loss.ExtendedL1",)
-REPRESENTATION_LOSSES = ("torch.nn.CosineEmbeddingLoss",)
+CONSISTENCY_LOSSES = ("torch.nn.CosineEmbeddingLoss",)
 
 
 class ExtendedL1(nn.Module):
@@ -39,43 +40,43 @@ class ExtendedL1(nn.Module):
         self.base_loss = base_loss if base_loss is not None else nn.L1Loss()
         self.epsilon = float(epsilon)
 
-    def forward(self, pred: torch.Tensor, quality: torch.Tensor, feat: Optional[torch.Tensor] = None,
-                centre: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Loss of predictions ``(B, 1)`` or ``(B,)`` against labels ``(B,)``.
-
-        With ``feat`` ``(B, D)`` and ``centre`` ``(B, D)``, the target is ``clamp(q - epsilon * ad, 0, 1)``;
-        without them (validation) it is ``q``.
-        """
-        target = quality
-        if feat is not None and centre is not None:
-            with torch.no_grad():
-                ad = 1.0 - F.cosine_similarity(feat.float(), centre.float(), dim=1)
-                target = torch.clamp(quality - self.epsilon * ad, 0.0, 1.0)
-        return self.base_loss(pred.float().reshape(-1), target.float())
-
-
-class RepresentationLoss(nn.Module):
-    """``mean(1 - cos(student, teacher))``, i.e. ``CosineEmbeddingLoss`` with all targets 1."""
-
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=1)).mean()
+    def forward(self, pred: torch.Tensor, quality: torch.Tensor, ad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Loss of predictions ``(B,)`` against labels ``(B,)``: the target is ``clamp(q - epsilon * ad, 0, 1)``
+        with the angular distances ``ad`` ``(B,)`` (training), else ``q`` (validation)."""
+        if ad is not None:
+            return self.base_loss(pred, torch.clamp(quality - self.epsilon * ad, 0.0, 1.0))
+        return self.base_loss(pred, quality)
 
 
 class DistillationLoss(nn.Module):
-    """``theta * L_rc + (1 - theta) * L_q``; returns the total and both terms (named correctly)."""
+    """``theta * L_rc + (1 - theta) * L_q``; returns the total and both terms (named correctly).
 
-    def __init__(self, quality_loss: ExtendedL1, theta: float = 0.5) -> None:
+    Args:
+        quality_loss: :class:`ExtendedL1`.
+        consistency: ``CosineEmbeddingLoss`` (official: ``reduction="none"``), used for ``L_rc`` and ``ad``.
+        theta: Weight of the representation term.
+    """
+
+    def __init__(self, quality_loss: ExtendedL1, consistency: Optional[nn.CosineEmbeddingLoss] = None,
+                 theta: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= theta <= 1.0:
             raise ConfigError(f"'loss.theta' must be in [0, 1], got {theta}")
         self.quality_loss = quality_loss
-        self.representation_loss = RepresentationLoss()
+        self.consistency = consistency if consistency is not None else nn.CosineEmbeddingLoss(reduction="none")
         self.theta = float(theta)
 
     def forward(self, feat: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor, teacher: torch.Tensor,
                 centre: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Args: student ``feat`` (B, D), ``pred`` (B, 1), labels (B,), ``teacher`` (B, D), ``centre`` (B, D) or None."""
-        l_rc = self.representation_loss(feat, teacher)
-        l_q = self.quality_loss(pred, quality, feat, centre)
+        """Args: student ``feat`` (B, D), ``pred`` (B, 1), labels (B,), ``teacher`` (B, D), ``centre`` (B, D) or
+        None (no label optimisation, as in validation)."""
+        target = torch.tensor([1], device=feat.device)  # the official target, broadcast over the batch
+        feat = feat.float()
+        ad = None
+        if centre is not None:
+            with torch.no_grad():
+                ad = self.consistency(feat, centre, target)
+        l_q = self.quality_loss(pred.float().reshape(-1), quality, ad)
+        l_rc = torch.mean(self.consistency(feat, teacher, target))
         total = self.theta * l_rc + (1.0 - self.theta) * l_q
         return total, {"loss": total.detach(), "loss_rc": l_rc.detach(), "loss_q": l_q.detach()}

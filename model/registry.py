@@ -209,8 +209,9 @@ def load_weights(model: EDifFIQA, path: str, name: str) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_backbone(name: str, path: str) -> nn.Module:
-    """Build backbone ``name`` and load an insightface-layout checkpoint strictly; returns it in eval mode.
+def load_backbone(name: str, path: str, into: Optional[nn.Module] = None) -> nn.Module:
+    """Load an insightface-layout checkpoint strictly into backbone ``name``: a new one in eval mode, or ``into``
+    (left in its mode; nothing new is built, so no random numbers are drawn).
 
     The ``base_model.*`` part of an eDifFIQA checkpoint and the ``base.*`` part of a DifFIQA(R) one are accepted too.
     """
@@ -219,7 +220,7 @@ def load_backbone(name: str, path: str) -> nn.Module:
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             break
-    backbone = build_backbone(name)
+    backbone = into if into is not None else build_backbone(name)
     expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in state_dict.items()}
     if have != expected:
@@ -229,7 +230,7 @@ def load_backbone(name: str, path: str) -> nn.Module:
             f"{sum(1 for k in expected if k in have and have[k] != expected[k])} shape mismatches")
         raise CheckpointError(f"weights file '{path}' does not match backbone {name}: {hint}")
     backbone.load_state_dict(state_dict, strict=True)
-    return backbone.eval()
+    return backbone if into is not None else backbone.eval()
 
 
 def create_model(name: str, weights: Optional[str] = None, device: torch.device | str = "cpu",

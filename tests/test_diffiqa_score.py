@@ -342,7 +342,7 @@ def test_diffiqa_r_trains_one_epoch(tmp_path, capsys) -> None:
     torch.save(diffiqa_r_state_dict(), tmp_path / "init.pth")
     cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "diffiqaR_train_config.yaml")))
     cfg["base"].update({"save_path": str(tmp_path / "out"), "device": "cpu", "amp": 0, "verbose": 0})
-    cfg["model"]["backbone_weights"] = str(tmp_path / "init.pth")
+    cfg["base"]["backbone_weights"] = str(tmp_path / "init.pth")
     cfg["dataset"].update({"image_loc": str(img), "labels": str(tmp_path / "labels.pkl")})
     for part in ("train", "val"):
         cfg["dataloader"][part]["params"].update({"batch_size": 4, "num_workers": 0})

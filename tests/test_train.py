@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT, assert_user_error, manifest_state_dict, run_script, save_image
 from dataset.training import TrainingSet, official_split
 from model import build_model
-from model.loss import DistillationLoss, ExtendedL1, RepresentationLoss
+from model.loss import DistillationLoss, ExtendedL1
 from utils.cli import run_cli
 from utils.config import from_dict
 from utils.train_config import TrainConfig
@@ -29,31 +29,32 @@ import train
 # ---------------------------------------------------------------- objective
 
 def test_extended_l1_by_hand() -> None:
-    pred = torch.tensor([[0.5], [0.2], [0.9]], requires_grad=True)
+    pred = torch.tensor([0.5, 0.2, 0.9], requires_grad=True)
     q = torch.tensor([0.6, 0.1, 0.95])
-    feat = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
-    centre = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
-    # ad = 1 - cos: [0, 1, 2]; target = clamp(q - 0.5 * ad, 0, 1) = [0.6, 0 (clamped from -0.4), 0 (from -0.05)]
-    loss = ExtendedL1(epsilon=0.5)(pred, q, feat, centre)
+    ad = torch.tensor([0.0, 1.0, 2.0])
+    # target = clamp(q - 0.5 * ad, 0, 1) = [0.6, 0 (clamped from -0.4), 0 (from -0.05)]
+    loss = ExtendedL1(epsilon=0.5)(pred, q, ad)
     assert torch.isclose(loss, torch.tensor((0.1 + 0.2 + 0.9) / 3))
-    loss.backward()
-    assert feat.grad is None and pred.grad is not None  # ad carries no gradient
-    pred = pred.detach()
     # Without the adjustment (validation): plain L1 against q; a negative epsilon * ad pushes above 1 and clamps.
     assert torch.isclose(ExtendedL1(epsilon=0.5)(pred, q), torch.tensor((0.1 + 0.1 + 0.05) / 3))
-    high = ExtendedL1(epsilon=-1.0)(torch.tensor([1.0]), torch.tensor([0.9]), feat[2:].detach(), centre[2:])
+    high = ExtendedL1(epsilon=-1.0)(torch.tensor([1.0]), torch.tensor([0.9]), torch.tensor([2.0]))
     assert torch.isclose(high, torch.tensor(0.0))  # target clamp(0.9 + 2, 0, 1) = 1
 
 
 def test_distillation_loss_terms_by_hand() -> None:
-    feat = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    teacher = torch.tensor([[1.0, 0.0], [2.0, 0.0]])  # cos = 1 and 0 -> L_rc = (0 + 1) / 2
-    pred, q = torch.tensor([[0.3], [0.7]]), torch.tensor([0.5, 0.5])
+    feat = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 1.0]])  # cos = 1, 0, 1 -> L_rc = (0 + 1 + 0) / 3
+    pred, q = torch.tensor([[0.3], [0.7], [0.5]]), torch.tensor([0.5, 0.5, 0.9])
     total, terms = DistillationLoss(ExtendedL1(epsilon=0.5), theta=0.25)(feat, pred, q, teacher)
-    assert torch.isclose(terms["loss_rc"], torch.tensor(0.5)) and torch.isclose(terms["loss_q"], torch.tensor(0.2))
-    assert torch.isclose(total, torch.tensor(0.25 * 0.5 + 0.75 * 0.2))
-    cel = torch.nn.CosineEmbeddingLoss()(feat, teacher, torch.ones(2))
-    assert torch.isclose(RepresentationLoss()(feat, teacher), cel)
+    # L_q = mean |pred - q| = (0.2 + 0.2 + 0.4) / 3
+    assert torch.isclose(terms["loss_rc"], torch.tensor(1 / 3)) and torch.isclose(terms["loss_q"], torch.tensor(0.8 / 3))
+    assert torch.isclose(total, torch.tensor(0.25 / 3 + 0.75 * 0.8 / 3))
+    # With centres: ad = 1 - cos(feat, centre) = [0, 1, 2] without gradient; targets [0.5, 0, 0].
+    centre = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
+    total, terms = DistillationLoss(ExtendedL1(epsilon=0.5), theta=0.0)(feat, pred, q, teacher, centre)
+    assert torch.isclose(terms["loss_q"], torch.tensor((0.2 + 0.7 + 0.5) / 3))
+    total.backward()
+    assert not feat.grad.any()  # theta 0: only L_q counts, and ad carries no gradient
 
 
 def test_optimizer_groups_hold_the_official_tensors() -> None:
@@ -114,9 +115,9 @@ def make_dataset(root, n_ids=4, per_id=12, dim=512, seed=0):
 
 def tiny_config(root, images, out, **overrides):
     cfg = {
-        "base": {"seed": 7, "verbose": 0, "save_path": str(out), "device": "cpu", "amp": 0, "epochs": 2},
-        "model": {"name": "ediffiqaT", "backbone_weights": None},
-        "dataset": {"image_loc": str(images), "training_data": str(root / "prepared"), "save_name": "tiny",
+        "base": {"seed": 7, "verbose": 0, "save_path": str(out), "device": "cpu", "amp": 0, "epochs": 2,
+                 "model": "ediffiqaT"},
+        "dataset": {"image_loc": str(images), "training_data": str(root / "prepared"), "model_name": "tiny",
                     "embeddings": str(root / "emb.pkl"), "val_split": 0.25},
         "dataloader": {"train": {"params": {"batch_size": 8, "shuffle": True, "num_workers": 0}},
                        "val": {"params": {"batch_size": 16, "shuffle": False, "num_workers": 0}}},
@@ -156,7 +157,7 @@ def test_two_epochs_lower_the_loss_and_model_pth_loads_in_inference(tiny, tmp_pa
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
     log = (out / "train_log.csv").read_text().splitlines()
     assert log[0] == "epoch,step,images,loss,loss_rc,loss_q" and len(log) > 3
-    assert json.loads((out / "config.json").read_text())["model"]["name"] == "ediffiqaT"
+    assert json.loads((out / "config.json").read_text())["base"]["model"] == "ediffiqaT"
     sd = torch.load(str(out / "model.pth"), weights_only=True)
     assert set(sd) == set(manifest_state_dict("ediffiqaT"))  # the official layout
     code = run_cli(inference.main, ["--images", str(images), "--model", "ediffiqaT", "--weights",
@@ -218,7 +219,7 @@ def test_wandb_offline_writes_a_run(tiny, tmp_path, capsys, monkeypatch) -> None
     ("missing_item_fail", r"1 of \d+ training items have no image file .*on_missing: drop"),
     ("empty_split", r"the split of 1 items with val_split=0.25 leaves 0 training and 1 validation items"),
     ("bad_optimizer", r"'optimizer.module' is 'os.system'; allowed"),
-    ("bad_loss", r"'loss.base_loss' is 'torch.nn.Foo'"),
+    ("bad_loss", r"'loss.quality.params.base_loss.module' is 'torch.nn.Foo'"),
     ("unknown_key", r"unknown key 'base.epoch'"),
     ("bad_resume", r"base.resume: checkpoint '.*nope.pt' not found"),
 ])
@@ -227,12 +228,12 @@ def test_errors_exit_2(case, pattern, tiny, tmp_path, capsys) -> None:
     out = tmp_path / "err"
     overrides = {
         "missing_images": {"dataset.image_loc": str(tmp_path / "nowhere")},
-        "missing_prepared": {"dataset.save_name": "other"},
+        "missing_prepared": {"dataset.model_name": "other"},
         "missing_embeddings": {"dataset.embeddings": str(tmp_path / "absent.pkl")},
         "missing_item_fail": {"dataset.on_missing": "fail"},
         "empty_split": {},
         "bad_optimizer": {"optimizer.module": "os.system"},
-        "bad_loss": {"loss.base_loss": "torch.nn.Foo"},
+        "bad_loss": {"loss.quality.params.base_loss.module": "torch.nn.Foo"},
         "unknown_key": {"base.epoch": 3},
         "bad_resume": {"base.resume": str(tmp_path / "nope.pt")},
     }[case]
@@ -278,7 +279,7 @@ def test_backbone_weights_initialise_the_student(tiny, tmp_path) -> None:
     backbone = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaT", seed=5).items()
                 if k.startswith("base_model.")}
     torch.save(backbone, str(tmp_path / "mbf.pth"))
-    raw = yaml.safe_load(open(tiny_config(root, images, tmp_path / "o", **{"model.backbone_weights":
+    raw = yaml.safe_load(open(tiny_config(root, images, tmp_path / "o", **{"base.backbone_weights":
                                                                            str(tmp_path / "mbf.pth")})))
     trainer = Trainer(from_dict(TrainConfig, raw))
     for key, value in trainer.model.base_model.state_dict().items():
@@ -309,6 +310,113 @@ def test_last_batch_of_one_is_left_out(tiny, tmp_path, capsys) -> None:
     out = tmp_path / "one"
     # 48 items, val_split 0.25 -> 36 training items; batch 7 leaves a last batch of 1.
     code, err = run_train(["-c", tiny_config(root, images, out, **{
-        "base.epochs": 1, "dataloader.train.params.batch_size": 7, "model.name": "ediffiqaS"})], capsys)
+        "base.epochs": 1, "dataloader.train.params.batch_size": 7, "base.model": "ediffiqaS",
+        "base.backbone_weights": ""})], capsys)
     assert code == 0, err
     assert "the last training batch would hold 1 image" in err
+
+
+# ---------------------------------------------------------------- official mode
+
+def official_layout(root, n_ids=4, per_id=10, seed=3):
+    """A tiny VGGFace2-like set in the official layout: prepared files in ``training_data/``, teacher embeddings
+    keyed by the last three path components (as the official dataset looks them up), labels in shuffled order."""
+    import random
+
+    rng = np.random.default_rng(seed)
+    images = root / "vgg" / "train"
+    labels, by_item, by_tail = [], {}, {}
+    for i in range(n_ids):
+        for j in range(per_id):
+            rel = f"n{i:06d}/{j:04d}_01.png"
+            save_image(str(images / rel), seed=50 * i + j)
+            labels.append((rel, float(rng.uniform(0, 1))))
+            by_item[rel] = rng.normal(size=512).astype(np.float32)
+            by_tail[f"train/{rel}"] = by_item[rel]
+    random.Random(seed).shuffle(labels)
+    data = root / "training_data"
+    data.mkdir()
+    (root / "labels.pkl").write_bytes(pickle.dumps(labels))
+    (root / "prep_emb.pkl").write_bytes(pickle.dumps(by_item))
+    (data / "cosface-embeddings.pkl").write_bytes(pickle.dumps(by_tail))
+    assert prepare_data.main(["-b", "0.5", "-ll", str(root / "labels.pkl"), "-el", str(root / "prep_emb.pkl"),
+                              "-sl", str(data), "--min-images", "2", "-q"]) == 0
+    return images, data
+
+
+def official_schema_config(root, images, data, out, variant, **base):
+    """The official train_config.yaml with only paths, device, batch sizes and workers changed."""
+    official = yaml.safe_load(open(os.path.join(ROOT, "configs", "train_config.yaml")))
+    model_cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", f"{variant}_config.yaml")))
+    model_cfg["base_model"]["weights"] = ""  # random backbone (tests have no insightface weights)
+    (root / f"{variant}_config.yaml").write_text(yaml.safe_dump(model_cfg))
+    official["base"].update({"save_path": str(out), "device": "cpu", "model": str(root / f"{variant}_config.yaml"),
+                             "epochs": 2, "verbose": 0, **base})
+    official["dataset"].update({"image_loc": str(images), "training_data": str(data)})
+    official["dataloader"]["train"]["params"].update({"batch_size": 8, "num_workers": 0})
+    official["dataloader"]["val"]["params"].update({"batch_size": 3, "num_workers": 0})
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "train.yaml"
+    path.write_text(yaml.safe_dump(official))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def official_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("official")
+    return (root, *official_layout(root))
+
+
+@pytest.mark.parametrize("variant", ["ediffiqaT", pytest.param("ediffiqaS", marks=pytest.mark.slow)])
+def test_official_mode_equals_the_official_loop(official_set, tmp_path, capsys, variant) -> None:
+    """base.official: 1 gives the official model.pth tensor for tensor (two epochs, 10 steps, a partial last
+    validation batch, AMP on in the config as officially: fp32 on a CPU)."""
+    from official import official_train
+
+    root, images, data = official_set
+    out = tmp_path / "ours"
+    code, err = run_train(["-c", official_schema_config(root, images, data, out, variant, official=1)], capsys)
+    assert code == 0, err
+    reference, val_losses = official_train(lambda: build_model(variant), str(data), "ediffiqa", str(images),
+                                           str(data / "cosface-embeddings.pkl"), seed=42069, epochs=2,
+                                           batch_size=8, val_batch_size=3)
+    ours = torch.load(str(out / "model.pth"), weights_only=True)
+    assert list(ours) == list(reference)
+    for key in reference:
+        assert torch.equal(ours[key], reference[key]), key
+    history = json.loads((out / "history.json").read_text())
+    assert [h["val"]["loss"] for h in history] == val_losses
+
+
+def test_official_train_config_runs_unchanged(official_set, tmp_path, capsys) -> None:
+    """The shipped configs/train_config.yaml is the official file: with paths, device and batch sizes changed it
+    trains (default mode) and writes a model.pth that inference.py loads."""
+    root, images, data = official_set
+    out = tmp_path / "run"
+    code, err = run_train(["-c", official_schema_config(root, images, data, out, "ediffiqaT", epochs=1)], capsys)
+    assert code == 0, err
+    code = run_cli(inference.main, ["--images", str(images), "--model", "ediffiqaT", "--weights",
+                                    str(out / "model.pth"), "--output", str(tmp_path / "scores"), "-q",
+                                    "--device", "cpu"], "inference.py")
+    assert code == 0
+
+
+@pytest.mark.parametrize("value,pattern", [
+    ("nowhere.yaml", r"'base.model' is 'nowhere.yaml': neither a model config file nor a variant name"),
+    ("bad_backbone", r"'base_model.module' is 'os.system'; allowed"),
+    ("bad_transform", r"'base_model.transformations' must be the official preprocessing"),
+])
+def test_model_config_errors(official_set, tmp_path, capsys, value, pattern) -> None:
+    root, images, data = official_set
+    cfg = yaml.safe_load(open(official_schema_config(root, images, data, tmp_path / "o", "ediffiqaT")))
+    if value != "nowhere.yaml":
+        model_cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "ediffiqaT_config.yaml")))
+        if value == "bad_backbone":
+            model_cfg["base_model"]["module"] = "os.system"
+        else:
+            model_cfg["base_model"]["transformations"]["trans_1"]["params"]["size"] = [128, 128]
+        (tmp_path / "m.yaml").write_text(yaml.safe_dump(model_cfg))
+        value = str(tmp_path / "m.yaml")
+    cfg["base"]["model"] = value
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert_user_error(*run_train(["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)

@@ -36,10 +36,10 @@ def atomic_open(path: str, mode: str = "wb", encoding: str | None = None, newlin
         raise
 
 
-def write_pickle(path: str, obj: Any) -> None:
+def write_pickle(path: str, obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
     """Pickle ``obj`` to ``path`` atomically."""
     with atomic_open(path, "wb") as handle:
-        pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(obj, handle, protocol=protocol)
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -1,17 +1,23 @@
-"""The training config: the official ``train_config.yaml`` keys as typed dataclasses, plus a few additions.
+"""The training config: the official ``train_config.yaml`` schema as typed dataclasses, plus a few additions.
 
-Module strings of the official configs (``torch.optim.Adam``, ``loss.ExtendedL1``, ``torch.nn.L1Loss``,
-``torch.nn.CosineEmbeddingLoss``) are checked against allow-lists; a config cannot import anything else.
+Every official key keeps its official meaning: ``base.model`` names an official model config
+(``configs/ediffiqaX_config.yaml``) or, as a shortcut, a variant name; ``dataset.model_name`` is the suffix of the
+prepared files; ``dataset.backbone_model`` names the teacher embeddings; ``loss.quality`` and ``loss.consistency`` are
+the official nested sections. Module strings (``torch.optim.Adam``, ``loss.ExtendedL1``, ``torch.nn.L1Loss``,
+``torch.nn.CosineEmbeddingLoss``, ``model.iresnet.iresnet100``, ...) are checked against allow-lists; a config cannot
+import anything else.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from model.loss import BASE_LOSSES, QUALITY_LOSSES, REPRESENTATION_LOSSES
-from utils.config import check
+from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES
+from utils.config import check, from_dict, load_yaml
+from utils.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "TrainConfig"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "ModelSpec", "resolve_model", "OFFICIAL_BACKBONES"]
 
 #: Optimizer module strings admitted in configs.
 OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
@@ -25,8 +31,11 @@ class TrainBase:
     verbose: bool = True
     save_path: str = "./outputs/ediffiqa"
     device: str = "auto"
+    model: str = "./configs/ediffiqaL_config.yaml"  # an official model config, or a variant name (ediffiqaS)
+    backbone_weights: Optional[str] = None  # overrides the backbone init that base.model gives ("" = random)
     amp: bool = True
     epochs: int = 3
+    official: bool = False             # the official update step for step (slower); see docs
     resume: Optional[str] = None
     deterministic: bool = False
     compile: bool = False              # torch.compile the training step (1.47x on a CPU for eDifFIQA(S); compiles
@@ -39,29 +48,22 @@ class TrainBase:
 
 
 @dataclass
-class ModelSection:
-    """``model``: the variant to train and its backbone initialisation (insightface ``r100.pth`` etc.)."""
-
-    name: str = "ediffiqaL"
-    backbone_weights: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        from model.registry import VARIANTS, variant_names
-
-        check(self.name in VARIANTS, f"'model.name' is '{self.name}'; choose one of: {', '.join(variant_names())}")
-
-
-@dataclass
 class TrainDataset:
     """``dataset``: images, prepared files and teacher embeddings."""
 
-    image_loc: str = "./data/vggface2"
-    training_data: str = "./training_data"
-    save_name: str = "ediffiqa"
-    embeddings: str = "./training_data/cosface-embeddings.pkl"
     val_split: float = 0.1
+    image_loc: str = "./data/vggface2"
+    model_name: str = "ediffiqa"       # suffix of the prepared files (prepare_data.py -sn)
+    backbone_model: str = "cosface"    # teacher: <training_data>/<backbone_model>-embeddings.pkl
+    training_data: str = "./training_data"
+    embeddings: Optional[str] = None   # teacher embeddings file; None: the official name above
     on_missing: str = "drop"
     labels: Optional[str] = None       # DifFIQA(R) only: {path: quality} labels (diffiqa_score.py output)
+
+    @property
+    def embeddings_path(self) -> str:
+        """The teacher embeddings: ``embeddings``, else ``<training_data>/<backbone_model>-embeddings.pkl``."""
+        return self.embeddings or os.path.join(self.training_data, f"{self.backbone_model}-embeddings.pkl")
 
     def __post_init__(self) -> None:
         check(0.0 < self.val_split < 1.0, f"'dataset.val_split' must be between 0 and 1, got {self.val_split}")
@@ -134,22 +136,73 @@ class OptimizerSection:
 
 
 @dataclass
-class LossSection:
-    """``loss``: the official module strings and weights."""
+class ModuleSpec:
+    """``{module, params}``: an allow-listed module string and its keyword arguments."""
+
+    module: str = "torch.nn.L1Loss"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QualityParams:
+    base_loss: ModuleSpec = field(default_factory=ModuleSpec)
+    epsilon: float = 0.5               # label optimisation strength (the official code reads it here)
+
+
+@dataclass
+class QualityLoss:
+    """``loss.quality``: ``ExtendedL1`` around a base regression loss."""
 
     module: str = "loss.ExtendedL1"
-    base_loss: str = "torch.nn.L1Loss"
-    representation_loss: str = "torch.nn.CosineEmbeddingLoss"
-    epsilon: float = 0.5
-    theta: float = 0.5
+    params: QualityParams = field(default_factory=QualityParams)
 
     def __post_init__(self) -> None:
-        check(self.module in QUALITY_LOSSES, f"'loss.module' is '{self.module}'; allowed: {', '.join(QUALITY_LOSSES)}")
-        check(self.base_loss in BASE_LOSSES,
-               f"'loss.base_loss' is '{self.base_loss}'; allowed: {', '.join(BASE_LOSSES)}")
-        check(self.representation_loss in REPRESENTATION_LOSSES,
-               f"'loss.representation_loss' is '{self.representation_loss}'; allowed: "
-               f"{', '.join(REPRESENTATION_LOSSES)}")
+        check(self.module in QUALITY_LOSSES,
+               f"'loss.quality.module' is '{self.module}'; allowed: {', '.join(QUALITY_LOSSES)}")
+        base = self.params.base_loss
+        check(base.module in BASE_LOSSES,
+               f"'loss.quality.params.base_loss.module' is '{base.module}'; allowed: {', '.join(BASE_LOSSES)}")
+        try:
+            built = BASE_LOSSES[base.module](**base.params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"'loss.quality.params.base_loss.params' {base.params} do not fit {base.module}: "
+                             f"{exc}") from None
+        check(getattr(built, "reduction", "mean") in ("mean", "sum"),
+               "'loss.quality.params.base_loss.params.reduction' must be 'mean' or 'sum' (the loss must be a number)")
+
+
+@dataclass
+class ConsistencyParams:
+    reduction: str = "none"            # official; the consistency term is the mean of what this gives
+    margin: float = 0.0                # no effect: every target is 1
+
+    def __post_init__(self) -> None:
+        check(self.reduction in ("none", "mean", "sum"),
+               f"'loss.consistency.params.reduction' must be none, mean or sum, got '{self.reduction}'")
+
+
+@dataclass
+class ConsistencyLoss:
+    """``loss.consistency``: ``CosineEmbeddingLoss`` with target 1, for the representation term and ``ad``."""
+
+    module: str = "torch.nn.CosineEmbeddingLoss"
+    params: ConsistencyParams = field(default_factory=ConsistencyParams)
+
+    def __post_init__(self) -> None:
+        check(self.module in CONSISTENCY_LOSSES,
+               f"'loss.consistency.module' is '{self.module}'; allowed: {', '.join(CONSISTENCY_LOSSES)}")
+
+
+@dataclass
+class LossSection:
+    """``loss``: the official nested sections and the weight ``theta``."""
+
+    quality: QualityLoss = field(default_factory=QualityLoss)
+    consistency: ConsistencyLoss = field(default_factory=ConsistencyLoss)
+    theta: float = 0.5                 # loss = theta * L_rc + (1 - theta) * L_q
+    epsilon: float = 0.5               # accepted and unused, as in the official code (it reads quality.params)
+
+    def __post_init__(self) -> None:
         check(0.0 <= self.theta <= 1.0, f"'loss.theta' must be in [0, 1], got {self.theta}")
 
 
@@ -169,7 +222,6 @@ class TrainConfig:
     """The whole training config."""
 
     base: TrainBase = field(default_factory=TrainBase)
-    model: ModelSection = field(default_factory=ModelSection)
     dataset: TrainDataset = field(default_factory=TrainDataset)
     dataloader: Dataloaders = field(default_factory=Dataloaders)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
@@ -177,12 +229,123 @@ class TrainConfig:
     wandb: WandbSection = field(default_factory=WandbSection)
 
     def __post_init__(self) -> None:
-        regression = self.model.name == "diffiqaR"
+        regression = self.base.model == "diffiqaR"
         check(not regression or self.dataset.labels is not None,
                "'dataset.labels' must name the quality labels to train DifFIQA(R) on (diffiqa_score.py output)")
         check(regression or self.dataset.labels is None,
-               "'dataset.labels' is for DifFIQA(R) (model.name: diffiqaR); eDifFIQA trains on prepare_data.py outputs")
+               "'dataset.labels' is for DifFIQA(R) (base.model: diffiqaR); eDifFIQA trains on prepare_data.py outputs")
         for group in (self.optimizer.group_1, self.optimizer.group_2):
             check(group is None or regression or group.params in ("mlp", "base_model"),
                    f"optimizer group 'params' '{group.params if group else ''}' names a DifFIQA(R) part; eDifFIQA "
                    "has 'mlp' and 'base_model'")
+        check(not (self.base.official and self.base.compile),
+               "'base.compile' changes the arithmetic; 'base.official: 1' runs the official loop eagerly")
+
+
+# ----------------------------------------------------------------------------------------- model configs
+#: Official backbone module strings -> the variant they make (the shipped configs/ediffiqaX_config.yaml).
+OFFICIAL_BACKBONES = {
+    "model.iresnet.iresnet100": "ediffiqaL",
+    "model.iresnet.iresnet50": "ediffiqaM",
+    "model.iresnet.iresnet18": "ediffiqaS",
+    "model.mobilenet.MobileFaceNet": "ediffiqaT",
+}
+#: The one preprocessing the models are trained and scored with (official ``base_model.transformations``).
+OFFICIAL_TRANSFORMS = {
+    "trans_1": {"module": "torchvision.transforms.Resize", "params": {"size": [112, 112]}},
+    "trans_2": {"module": "torchvision.transforms.ToTensor"},
+    "trans_3": {"module": "torchvision.transforms.Normalize", "params": {"mean": [0.5] * 3, "std": [0.5] * 3}},
+}
+#: Official backbone initialisation of each variant when ``base.model`` is a variant name.
+VARIANT_BACKBONE_WEIGHTS = {"ediffiqaL": "./weights/r100.pth", "ediffiqaM": "./weights/r50.pth",
+                            "ediffiqaS": "./weights/r18.pth", "ediffiqaT": "", "diffiqaR": "./weights/r100.pth"}
+
+
+@dataclass
+class BackboneSection:
+    module: str = "model.iresnet.iresnet100"
+    weights: str = ""                  # backbone initialisation (insightface r100.pth ...); "" = random, as for T
+    transformations: Dict[str, Any] = field(default_factory=lambda: dict(OFFICIAL_TRANSFORMS))
+
+    def __post_init__(self) -> None:
+        check(self.module in OFFICIAL_BACKBONES, f"'base_model.module' is '{self.module}'; allowed: "
+               f"{', '.join(OFFICIAL_BACKBONES)}")
+        normalised = {k: {"module": v.get("module"), **({"params": v["params"]} if v.get("params") else {})}
+                      if isinstance(v, dict) else v for k, v in self.transformations.items()}
+        check(normalised == OFFICIAL_TRANSFORMS,
+               "'base_model.transformations' must be the official preprocessing (Resize [112, 112], ToTensor, "
+               "Normalize mean/std 0.5), the one the models are trained and scored with")
+
+
+@dataclass
+class MlpParams:
+    in_dim: int = 512
+    hidden_dim: int = 1024
+    out_dim: int = 1
+
+
+@dataclass
+class MlpSection:
+    module: str = "model.mlp.MLP"
+    params: MlpParams = field(default_factory=MlpParams)
+
+    def __post_init__(self) -> None:
+        check(self.module == "model.mlp.MLP", f"'mlp.module' is '{self.module}'; allowed: model.mlp.MLP")
+        check((self.params.in_dim, self.params.hidden_dim, self.params.out_dim) == (512, 1024, 1),
+               f"'mlp.params' must be the official in_dim 512, hidden_dim 1024, out_dim 1, got {self.params}")
+
+
+@dataclass
+class WrapperParams:
+    return_feat: bool = False          # no effect: training always returns features, as the official train.py
+
+
+@dataclass
+class WrapperSection:
+    module: str = "model.ediffiqa.eDifFIQA"
+    params: WrapperParams = field(default_factory=WrapperParams)
+
+    def __post_init__(self) -> None:
+        check(self.module == "model.ediffiqa.eDifFIQA",
+               f"'ediffiqa.module' is '{self.module}'; allowed: model.ediffiqa.eDifFIQA")
+
+
+@dataclass
+class ModelFile:
+    """An official model config (``configs/ediffiqa{L,M,S,T}_config.yaml``)."""
+
+    base_model: BackboneSection = field(default_factory=BackboneSection)
+    mlp: MlpSection = field(default_factory=MlpSection)
+    ediffiqa: WrapperSection = field(default_factory=WrapperSection)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What ``base.model`` resolves to: a registry variant and its backbone initialisation (None: random)."""
+
+    name: str
+    backbone_weights: Optional[str]
+    source: str
+
+
+def resolve_model(value: str, backbone_weights: Optional[str] = None) -> ModelSpec:
+    """``base.model``: a variant name (``ediffiqaS``, ``diffiqaR``) or the path of an official model config file;
+    ``backbone_weights`` (``base.backbone_weights``), when set, replaces the backbone initialisation ("": random).
+
+    Raises:
+        ConfigError: Neither a variant nor a readable model config; the message names the key and the file.
+    """
+    from model.registry import VARIANTS, variant_names
+
+    if value in VARIANTS:
+        spec = ModelSpec(value, VARIANT_BACKBONE_WEIGHTS[value] or None, f"variant {value}")
+    else:
+        if not os.path.isfile(value):
+            raise ConfigError(f"'base.model' is '{value}': neither a model config file nor a variant name "
+                              f"({', '.join(variant_names())}); the official model configs are configs/ediffiqa"
+                              "{L,M,S,T}_config.yaml")
+        parsed = from_dict(ModelFile, load_yaml(value), source=value)
+        spec = ModelSpec(OFFICIAL_BACKBONES[parsed.base_model.module], parsed.base_model.weights or None, value)
+    if backbone_weights is not None:
+        spec = ModelSpec(spec.name, backbone_weights or None, spec.source)
+    return spec

@@ -24,7 +24,7 @@ from utils.errors import ConfigError, DataError
 from utils.io import write_json
 from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
 from utils.runtime import cpu_count, resolve_device, rng_state, seed_everything, seed_worker, set_rng_state
-from utils.train_config import TrainConfig
+from utils.train_config import ModelSpec, TrainConfig, resolve_model
 
 __all__ = ["optimizer_groups", "load_training_data", "load_regression_data", "Trainer", "train", "init_distributed",
            "finish_distributed", "all_reduce_sum"]
@@ -100,8 +100,11 @@ class _StridedSampler(Sampler):
 
 
 # ------------------------------------------------------------------------------------------------- model parts
-def optimizer_groups(model: EDifFIQA, cfg: TrainConfig) -> List[Dict[str, Any]]:
-    """The official parameter groups; every tensor outside them is frozen (``requires_grad = False``).
+def optimizer_groups(model: EDifFIQA, cfg: TrainConfig, freeze: bool = True) -> List[Dict[str, Any]]:
+    """The official parameter groups. With ``freeze``, every tensor outside them is frozen (``requires_grad =
+    False``: no gradient is computed for it); the official code leaves them trainable, so their gradients are
+    computed, accumulate across steps (its ``zero_grad`` clears only the optimizer's tensors) and count in the
+    gradient clipping.
 
     Group ``limit`` N keeps the LAST N tensors of ``<child>.parameters()`` (official: the last 100 backbone tensors).
     """
@@ -115,9 +118,10 @@ def optimizer_groups(model: EDifFIQA, cfg: TrainConfig) -> List[Dict[str, Any]]:
             params = params[-group.limit:]
         groups.append({"params": params, "lr": group.lr})
         chosen.update(id(p) for p in params)
-    for p in model.parameters():
-        if id(p) not in chosen:
-            p.requires_grad_(False)
+    if freeze:
+        for p in model.parameters():
+            if id(p) not in chosen:
+                p.requires_grad_(False)
     return groups
 
 
@@ -131,7 +135,11 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: TrainConfig) -> torch.opt
 
 
 def build_loss(cfg: TrainConfig) -> DistillationLoss:
-    return DistillationLoss(ExtendedL1(BASE_LOSSES[cfg.loss.base_loss](), cfg.loss.epsilon), cfg.loss.theta)
+    """The official loss modules from ``loss.quality`` and ``loss.consistency`` (validated by the config)."""
+    quality = cfg.loss.quality.params
+    base = BASE_LOSSES[quality.base_loss.module](**quality.base_loss.params)
+    consistency = torch.nn.CosineEmbeddingLoss(**vars(cfg.loss.consistency.params))
+    return DistillationLoss(ExtendedL1(base, quality.epsilon), consistency, cfg.loss.theta)
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -172,8 +180,8 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
     """
     ds = cfg.dataset
     _check_image_loc(ds.image_loc)
-    centres, items = read_prepared(ds.training_data, ds.save_name)
-    table = read_embeddings(ds.embeddings)
+    centres, items = read_prepared(ds.training_data, ds.model_name)
+    table = read_embeddings(ds.embeddings_path)
 
     no_image = [it[0] for it in items if not os.path.isfile(os.path.join(ds.image_loc, it[0]))]
     keys: List[Optional[str]] = []
@@ -187,7 +195,7 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
     kept = [(it, key) for it, key in zip(items, keys) if it[0] not in bad]
     if not kept:
         raise DataError(f"no training item has both an image in '{ds.image_loc}' and an embedding in "
-                        f"'{ds.embeddings}'")
+                        f"'{ds.embeddings_path}'")
     if table.dim != centres.shape[1]:
         raise DataError(f"teacher embeddings are {table.dim}-d but the centres in '{ds.training_data}' are "
                         f"{centres.shape[1]}-d; prepare the data from the same embeddings")
@@ -229,34 +237,40 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self.official = cfg.base.official
+        self.spec: ModelSpec = resolve_model(cfg.base.model, cfg.base.backbone_weights)
         self.info, self.device = init_distributed(cfg.base.device)
+        if self.official and self.info.enabled:
+            raise ConfigError("'base.official: 1' reproduces the official single-process loop; run it without "
+                              "torchrun")
         seed_everything(cfg.base.seed + self.info.rank, deterministic=cfg.base.deterministic)
-        self.amp_dtype = None
-        if cfg.base.amp:
-            self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.amp_dtype = self._amp_dtype()
 
         # DifFIQA(R): plain L1 regression on min-max labels (no label optimisation, no consistency term).
-        self.regression = cfg.model.name == "diffiqaR"
+        self.regression = self.spec.name == "diffiqaR"
         loader = load_regression_data if self.regression else load_training_data
         self.train_set, self.val_set, centres, self.counts = loader(cfg)
         self.centres = centres.to(self.device)
 
-        model = build_model(cfg.model.name, return_feat=True)
-        if cfg.model.backbone_weights:
-            backbone = VARIANTS[cfg.model.name].backbone
-            model.base_model = load_backbone(backbone, cfg.model.backbone_weights)
-            _logger.info("backbone %s initialised from %s", backbone, cfg.model.backbone_weights)
+        # Built as the official code does (backbone, its weights, then the head), so the same seed gives the same
+        # initial weights and leaves the global RNG in the same state for the official shuffling.
+        model = build_model(self.spec.name, return_feat=True)
+        if self.spec.backbone_weights:
+            backbone = VARIANTS[self.spec.name].backbone
+            load_backbone(backbone, self.spec.backbone_weights, into=model.base_model)
+            _logger.info("backbone %s initialised from %s", backbone, self.spec.backbone_weights)
+        if self.official and self.amp_dtype is not None and hasattr(model.base_model, "trunk_autocast"):
+            model.base_model.trunk_autocast = False  # the official iResNet runs its trunk in fp32 under AMP
         swapped = 0
-        if cfg.base.fast_conv_grad and self.device.type == "cpu":
+        if cfg.base.fast_conv_grad and self.device.type == "cpu" and not self.official and self.amp_dtype is None:
             swapped = use_fast_weight_grad(model)
             _logger.info("%d 3x3 convolutions use the CPU weight gradient of model/conv_grad.py", swapped)
         # channels_last speeds up eager kernels. Compiled CPU code with PyTorch's conv gradients is faster on the
-        # plain layout (5.9 vs 6.9 s per batch-32 eDifFIQA(S) step on a 2-core CPU), with ours on channels_last
-        # (6.3 vs 6.8 s).
-        plain = cfg.base.compile and self.device.type == "cpu" and not swapped
+        # plain layout, with ours on channels_last (benchmarks/train_step.py). The official loop is plain NCHW.
+        plain = self.official or (cfg.base.compile and self.device.type == "cpu" and not swapped)
         self.memory_format = torch.contiguous_format if plain else torch.channels_last
         self.model = model.to(self.device).to(memory_format=self.memory_format)
-        self.optimizer = build_optimizer(optimizer_groups(self.model, cfg), cfg)
+        self.optimizer = build_optimizer(optimizer_groups(self.model, cfg, freeze=not self.official), cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.criterion = build_loss(cfg)
         self.start_epoch = 0
@@ -274,6 +288,21 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
+    def _amp_dtype(self) -> Optional[torch.dtype]:
+        """``base.amp``: fp16 autocast with a GradScaler on CUDA. On a CPU the official code runs fp32 (its
+        autocast and GradScaler are CUDA-only); the default mode uses bf16 where the CPU computes it natively."""
+        if not self.cfg.base.amp:
+            return None
+        if self.device.type == "cuda":
+            return torch.float16
+        if self.official:
+            return None
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return torch.bfloat16
+        if self.info.main:
+            _logger.info("base.amp: this CPU has no native bf16, so training runs in fp32 (bf16 would be slower)")
+        return None
+
     # ----------------------------------------------------------------------------------------- loaders
     def _loader(self, data: TrainingSet, train: bool, epoch: int) -> DataLoader:
         params = (self.cfg.dataloader.train if train else self.cfg.dataloader.val).params
@@ -281,7 +310,8 @@ class Trainer:
             raise ConfigError(f"batch_size {params.batch_size} must be divisible by the {self.info.world} processes")
         batch = params.batch_size // self.info.world
         dataset = DistillationDataset(self.cfg.dataset.image_loc, data)
-        generator = torch.Generator().manual_seed(self.cfg.base.seed + epoch)
+        # The official loaders draw from the global RNG (RandomSampler and worker seeds); ours from a seeded one.
+        generator = None if self.official else torch.Generator().manual_seed(self.cfg.base.seed + epoch)
         if self.info.enabled:
             from torch.utils.data.distributed import DistributedSampler
 
@@ -330,16 +360,17 @@ class Trainer:
             return None
         x = normalize(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         quality, teacher = quality.to(self.device), teacher.to(self.device)
+        centre = self.centres[rows.to(self.device)] if adjust and not self.regression else None
+        # The losses too run under autocast, as officially (autocast keeps them in fp32).
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             model = self._compiled() if compiled else None
             feat, pred = (model if model is not None else self.ddp_model)(x)
-        if self.regression:
-            loss = self.criterion.quality_loss(pred, quality)
-            zero = torch.zeros((), device=loss.device)
-            return loss, {"loss": loss.detach(), "loss_rc": zero, "loss_q": loss.detach()}, len(images)
-        centre = self.centres[rows.to(self.device)] if adjust else None
-        loss, terms = self.criterion(feat, pred, quality, teacher, centre)
+            if self.regression:
+                loss = self.criterion.quality_loss(pred.float().reshape(-1), quality)
+                zero = torch.zeros((), device=loss.device)
+                return loss, {"loss": loss.detach(), "loss_rc": zero, "loss_q": loss.detach()}, len(images)
+            loss, terms = self.criterion(feat, pred, quality, teacher, centre)
         return loss, terms, len(images)
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -348,7 +379,6 @@ class Trainer:
         self.ddp_model.train()
         loader = self._loader(self.train_set, True, epoch)
         sums = torch.zeros(4, dtype=torch.float64)
-        trainable = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.base.epochs}", unit="batch",
                    disable=not (self.cfg.base.verbose and self.info.main), dynamic_ncols=True)
         for step, batch in enumerate(bar):
@@ -371,7 +401,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             if self.cfg.optimizer.grad_clip:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, self.cfg.optimizer.grad_clip)
+                # Over the whole model, as officially: frozen tensors have no gradient and do not count.
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optimizer.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             values = {k: float(v) for k, v in terms.items()}
@@ -387,22 +418,24 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
+        """Validation losses (raw labels, no epsilon adjustment), as the official code averages them: the mean of
+        the per-batch means."""
         self.ddp_model.eval()
         sums = torch.zeros(4, dtype=torch.float64)
         for batch in self._loader(self.val_set, False, 0):
-            out = self._forward(batch, adjust=False)  # validation: raw labels, no epsilon adjustment
+            out = self._forward(batch, adjust=False)
             if out is None:
                 continue
-            _, terms, n = out
-            sums += torch.tensor([float(terms["loss"]) * n, float(terms["loss_rc"]) * n, float(terms["loss_q"]) * n,
-                                  n], dtype=torch.float64)
+            _, terms, _ = out
+            sums += torch.tensor([terms["loss"].item(), terms["loss_rc"].item(), terms["loss_q"].item(), 1],
+                                 dtype=torch.float64)
         sums = all_reduce_sum(sums, self.info)
         count = max(sums[3].item(), 1.0)
         return {"loss": sums[0].item() / count, "loss_rc": sums[1].item() / count, "loss_q": sums[2].item() / count}
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch: int) -> Dict[str, Any]:
-        return {"version": CHECKPOINT_VERSION, "epoch": epoch, "model": self.model.state_dict(),
+        return {"version": CHECKPOINT_VERSION, "epoch": epoch, "variant": self.spec.name, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "best_val": self.best_val, "rng": rng_state(), "config": to_dict(self.cfg),
                 "history": self.history}
@@ -411,9 +444,12 @@ class Trainer:
         state = read_resume_checkpoint(path, "base.resume")
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "optimizer" not in state:
             raise ConfigError(f"base.resume: '{path}' is not a resumable checkpoint of this project (use last.pt)")
-        if state["config"]["model"]["name"] != self.cfg.model.name:
-            raise ConfigError(f"base.resume: '{path}' trains {state['config']['model']['name']}, the config "
-                              f"{self.cfg.model.name}")
+        held = state.get("variant", state["config"].get("model", {}).get("name"))
+        if held != self.spec.name:
+            raise ConfigError(f"base.resume: '{path}' trains {held}, the config {self.spec.name}")
+        if bool(state["config"]["base"].get("official", False)) != self.official:
+            raise ConfigError(f"base.resume: '{path}' was trained with base.official: "
+                              f"{int(not self.official)}; resume it with the same setting")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -432,7 +468,7 @@ class Trainer:
                               resumed=self.start_epoch > 0, wandb_cfg=cfg.wandb, main=self.info.main)
         if self.info.main:
             _logger.info("training %s: %d training / %d validation items, %d identities, %d process(es) on %s",
-                         cfg.model.name, self.counts["train"], self.counts["val"], self.counts["identities"],
+                         self.spec.name, self.counts["train"], self.counts["val"], self.counts["identities"],
                          self.info.world, self.device)
         try:
             for epoch in range(self.start_epoch, cfg.base.epochs):
