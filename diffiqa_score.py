@@ -47,6 +47,10 @@ class ScoreBase:
 class ScoreDataset:
     loc: str = "./data/faces"
     num_workers: Optional[int] = None
+    order: str = "sorted"           # or "walk": the official os.walk order (with --official, the official draws)
+
+    def __post_init__(self) -> None:
+        check(self.order in ("sorted", "walk"), f"'dataset.order' must be sorted or walk, got '{self.order}'")
 
 
 @dataclass

@@ -19,8 +19,13 @@ _logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def find_images(root: str) -> List[str]:
-    """Return the image files below ``root`` as paths relative to it, sorted, with ``/`` separators.
+def find_images(root: str, order: str = "sorted") -> List[str]:
+    """Return the image files below ``root`` as paths relative to it, with ``/`` separators.
+
+    Args:
+        root: The folder.
+        order: ``sorted`` (the same on every machine), or ``walk``: the order ``os.walk`` meets them, as the
+            official DifFIQA scorer lists a folder (it decides which random draws each image gets).
 
     Raises:
         DataError: ``root`` is missing, not a folder, or holds no image with a known extension.
@@ -31,7 +36,8 @@ def find_images(root: str) -> List[str]:
         raise DataError(f"image folder '{root}' is not a folder; pass a folder of aligned face crops with --images")
     found: List[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        if order != "walk":
+            dirnames.sort()
         for filename in filenames:
             if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
                 rel = os.path.relpath(os.path.join(dirpath, filename), root)
@@ -39,7 +45,7 @@ def find_images(root: str) -> List[str]:
     if not found:
         raise DataError(f"image folder '{root}' holds no images (looked for {' '.join(IMAGE_EXTENSIONS)}, "
                         "any case, in all subfolders)")
-    return sorted(found)
+    return found if order == "walk" else sorted(found)
 
 
 class FaceFolder(Dataset):

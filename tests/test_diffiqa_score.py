@@ -91,18 +91,18 @@ def test_flip_and_repeat_bookkeeping(mode) -> None:
 
 
 def test_official_mode_draws_like_the_official_code() -> None:
-    """Same torch seed -> same numbers as a literal transcription of the official batch computation."""
+    """Same torch seed -> the same bits as a literal transcription of the official batch computation."""
     d = GaussianDiffusion(TinyDenoiser())
-    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    x = torch.rand(16, 3, 112, 112) * 2 - 1  # enough images that dividing by 5 would differ in the last bit
     fr = lambda z: halves(z) + 0.1 * z[:, :, ::16, ::16].flatten(1)[:, :2]  # noqa: E731
     torch.manual_seed(7)
     ours = score_batch_official(x, d, fr, t=5, repeats=3)
     torch.manual_seed(7)
     both = torch.cat([x, torch.flip(x, dims=[3])]).repeat_interleave(3, dim=0)
-    noisy = d.q_sample(both, torch.full((12,), 5))
+    noisy = d.q_sample(both, torch.full((len(both),), 5))
     img = noisy
     for time_, nxt in [(4, 3), (3, 2), (2, 1), (1, 0), (0, 0), (0, -1)]:
-        eps, x0 = d.model_predictions(img, torch.full((12,), time_), clip_x_start=True)
+        eps, x0 = d.model_predictions(img, torch.full((len(both),), time_), clip_x_start=True)
         if nxt < 0:
             img = x0
             continue
@@ -110,10 +110,18 @@ def test_official_mode_draws_like_the_official_code() -> None:
         sigma = ((1 - a / an) * (1 - an) / (1 - a)).sqrt()
         img = x0 * an.sqrt() + (1 - an - sigma ** 2).sqrt() * eps + sigma * torch.randn_like(img)
     emb = fr(torch.cat([both, noisy, img]))
-    c, n, r = (t.reshape(2, 2, 3, -1) for t in emb.chunk(3))
-    cos = lambda u, v: torch.nn.functional.cosine_similarity(u, v, dim=-1).mean(1)  # noqa: E731
-    expected = (cos(c[0], n[0]) + cos(c[0], r[0]) + cos(c[0], n[1]) + cos(c[0], r[1]) + cos(c[0], c[1])) / 5
-    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+    # The official calc_score: CosineSimilarity on (b n, D) rows, mean over the repeats, NumPy float32, then 1/5 *.
+    base, flip, noisy_base, noisy_flip, recon_base, recon_flip = emb.chunk(6)
+    cossim = torch.nn.CosineSimilarity()
+
+    @torch.no_grad()
+    def calc_score(a, b):
+        return torch.mean(cossim(a, b).reshape(-1, 3), dim=1).cpu().numpy()
+
+    expected = 1. / 5. * (calc_score(base, noisy_base) + calc_score(base, recon_base) + calc_score(base, noisy_flip)
+                          + calc_score(base, recon_flip) + calc_score(base, flip))
+    assert expected.dtype == np.float32
+    np.testing.assert_array_equal(ours.numpy(), expected)  # to the last bit
 
 
 def test_official_and_default_modes_agree_in_expectation() -> None:
@@ -420,3 +428,15 @@ def test_rerun_scores_only_new_images_and_refuses_other_settings(scoring_setup, 
     assert all(second[k] == first[k] for k in first)  # earlier scores kept, not recomputed
     code, err = run_score(["-c", cfg, "--seed", "5"], capsys)
     assert code == 2 and "holds DifFIQA scores made with other settings (seed: 0 -> 5)" in err
+
+
+def test_walk_order_is_the_official_listing(tmp_path) -> None:
+    """dataset.order: walk lists a folder as the official scorer does (os.walk order, unsorted)."""
+    from dataset.image_folder import find_images
+
+    for name in ("b/z.png", "b/a.png", "a/y.jpg", "c.png", "a/x.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    official = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files]
+    assert find_images(str(tmp_path), "walk") == official
+    assert find_images(str(tmp_path)) == sorted(official)

@@ -50,6 +50,7 @@ def _settings(cfg: Any, run: ScoreRun) -> Dict[str, Any]:
                 "precision": run.precision}
     if run.official:
         settings["batch_size"] = run.batch_size  # the official draws depend on the batch composition
+        settings["order"] = cfg.dataset.order
     return settings
 
 
@@ -87,7 +88,7 @@ def _previous_results(cfg: Any, run: ScoreRun, main: bool) -> Tuple[Dict[str, fl
 
 
 def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
-    rel_paths = find_images(cfg.dataset.loc)
+    rel_paths = find_images(cfg.dataset.loc, cfg.dataset.order)
     if not os.path.isfile(cfg.fr_model.weights):
         raise CheckpointError(f"face recognition weights '{cfg.fr_model.weights}' (fr_model.weights) not found; the "
                               "official labels use insightface's glint360k_cosface_r100_fp16_0.1 backbone.pth")

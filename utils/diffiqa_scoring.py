@@ -4,7 +4,7 @@ distributable folder driver.
 For an image ``x`` and its horizontal flip ``x'``, with ``e = FR(x)``, ``R`` repeats of ``x_t = q_sample(x, t)`` and
 ``x_hat = reconstruct(x_t, t)``:
 
-    q = 1/5 [ m cos(e, FR(x_t)) + m cos(e, FR(x_hat)) + m cos(e, FR(x'_t)) + m cos(e, FR(x'_hat)) + m cos(e, FR(x')) ]
+    q = 1/5 * [ m cos(e, FR(x_t)) + m cos(e, FR(x_hat)) + m cos(e, FR(x'_t)) + m cos(e, FR(x'_hat)) + m cos(e, FR(x')) ]
 
 ``m`` = mean over the repeats. Higher = better.
 """
@@ -55,7 +55,8 @@ def diffiqa_quality(e: torch.Tensor, e_flip: torch.Tensor, e_noisy: torch.Tensor
     def m(other: torch.Tensor) -> torch.Tensor:
         return F.cosine_similarity(e.float(), other.float(), dim=-1).mean(dim=1)
 
-    return (m(e_noisy) + m(e_recon) + m(e_noisy_flip) + m(e_recon_flip) + m(e_flip)) / 5
+    # The official arithmetic: a float32 multiplication by 1/5 (not a division), so labels agree to the last bit.
+    return 1.0 / 5.0 * (m(e_noisy) + m(e_recon) + m(e_noisy_flip) + m(e_recon_flip) + m(e_flip))
 
 
 # ------------------------------------------------------------------------------------------------- one batch
