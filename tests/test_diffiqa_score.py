@@ -334,7 +334,10 @@ def test_diffiqa_r_loads_strictly_and_scores(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_diffiqa_r_trains_one_epoch(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("labels_key", ["quality_loc", "labels"])
+def test_diffiqa_r_trains_one_epoch(tmp_path, capsys, labels_key) -> None:
+    """The shipped config (the official DifFIQA(R) train_config.yaml plus additions) with paths and device changed;
+    the labels as the official folder (quality_loc/vggface2-qs.pkl) or as our file key."""
     import train
     from utils.cli import run_cli
 
@@ -345,13 +348,16 @@ def test_diffiqa_r_trains_one_epoch(tmp_path, capsys) -> None:
         (img / f"n{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray((rng.random((112, 112, 3)) * 255).astype(np.uint8)).save(img / f"n{i % 2}" / f"{i}.png")
         labels[os.path.join(str(img), f"n{i % 2}", f"{i}.png")] = float(rng.uniform(0.3, 0.9))  # joined keys
-    with open(tmp_path / "labels.pkl", "wb") as handle:
+    (tmp_path / "qs").mkdir()
+    with open(tmp_path / "qs" / "vggface2-qs.pkl", "wb") as handle:
         pickle.dump(labels, handle)
     torch.save(diffiqa_r_state_dict(), tmp_path / "init.pth")
     cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "diffiqaR_train_config.yaml")))
     cfg["base"].update({"save_path": str(tmp_path / "out"), "device": "cpu", "amp": 0, "verbose": 0})
     cfg["base"]["backbone_weights"] = str(tmp_path / "init.pth")
-    cfg["dataset"].update({"image_loc": str(img), "labels": str(tmp_path / "labels.pkl")})
+    cfg["model"]["config"] = os.path.join(ROOT, "configs", "diffiqaR_model_config.yaml")
+    cfg["dataset"].update({"image_loc": str(img), "quality_loc": str(tmp_path / "qs")} if labels_key == "quality_loc"
+                          else {"image_loc": str(img), "labels": str(tmp_path / "qs" / "vggface2-qs.pkl")})
     for part in ("train", "val"):
         cfg["dataloader"][part]["params"].update({"batch_size": 4, "num_workers": 0})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -372,11 +378,11 @@ def test_diffiqa_r_config_needs_labels(tmp_path, capsys) -> None:
     from utils.cli import run_cli
 
     cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "diffiqaR_train_config.yaml")))
-    del cfg["dataset"]["labels"]
+    del cfg["dataset"]["labels"], cfg["dataset"]["quality_loc"]
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     code = run_cli(train.main, ["-c", str(tmp_path / "cfg.yaml")], "train.py")
     err = capsys.readouterr().err
-    assert code == 2 and "'dataset.labels' must name the quality labels" in err
+    assert code == 2 and "'dataset.labels' (or the official 'dataset.quality_loc') must name the quality" in err
 
 
 def test_official_mode_resumes_draw_for_draw(scoring_setup, capsys) -> None:

@@ -31,7 +31,8 @@ class TrainBase:
     verbose: bool = True
     save_path: str = "./outputs/ediffiqa"
     device: str = "auto"
-    model: str = "./configs/ediffiqaL_config.yaml"  # an official model config, or a variant name (ediffiqaS)
+    model: Optional[str] = None        # an official model config, or a variant name (ediffiqaS); None: model.config
+                                       # (DifFIQA(R)) or ./configs/ediffiqaL_config.yaml
     backbone_weights: Optional[str] = None  # overrides the backbone init that base.model gives ("" = random)
     amp: bool = True
     epochs: int = 3
@@ -59,6 +60,14 @@ class TrainDataset:
     embeddings: Optional[str] = None   # teacher embeddings file; None: the official name above
     on_missing: str = "drop"
     labels: Optional[str] = None       # DifFIQA(R) only: {path: quality} labels (diffiqa_score.py output)
+    quality_loc: Optional[str] = None  # DifFIQA(R), official: the folder of vggface2-qs.pkl (when labels is unset)
+
+    @property
+    def labels_path(self) -> Optional[str]:
+        """DifFIQA(R) labels: ``labels``, else ``<quality_loc>/vggface2-qs.pkl`` (the official file name)."""
+        if self.labels is not None or self.quality_loc is None:
+            return self.labels
+        return os.path.join(self.quality_loc, "vggface2-qs.pkl")
 
     @property
     def embeddings_path(self) -> str:
@@ -201,9 +210,23 @@ class LossSection:
     consistency: ConsistencyLoss = field(default_factory=ConsistencyLoss)
     theta: float = 0.5                 # loss = theta * L_rc + (1 - theta) * L_q
     epsilon: float = 0.5               # accepted and unused, as in the official code (it reads quality.params)
+    module: Optional[str] = None       # DifFIQA(R), official: its regression loss (e.g. torch.nn.L1Loss)
+    params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(0.0 <= self.theta <= 1.0, f"'loss.theta' must be in [0, 1], got {self.theta}")
+        if self.module is not None:
+            check(self.module in BASE_LOSSES, f"'loss.module' is '{self.module}'; allowed: {', '.join(BASE_LOSSES)}")
+            try:
+                BASE_LOSSES[self.module](**self.params)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"'loss.params' {self.params} do not fit {self.module}: {exc}") from None
+
+    def regression_loss(self) -> ModuleSpec:
+        """DifFIQA(R)'s loss: ``loss.module`` (its official key), else ``loss.quality.params.base_loss``."""
+        if self.module is not None:
+            return ModuleSpec(self.module, dict(self.params))
+        return self.quality.params.base_loss
 
 
 @dataclass
@@ -218,22 +241,47 @@ class WandbSection:
 
 
 @dataclass
+class ModelRef:
+    """``model``: DifFIQA(R)'s official section, naming its model config (``configs/diffiqaR_model_config.yaml``)."""
+
+    config: str = "./configs/diffiqaR_model_config.yaml"
+
+
+@dataclass
 class TrainConfig:
     """The whole training config."""
 
     base: TrainBase = field(default_factory=TrainBase)
+    model: Optional[ModelRef] = None   # DifFIQA(R), official: model.config names its model config file
     dataset: TrainDataset = field(default_factory=TrainDataset)
     dataloader: Dataloaders = field(default_factory=Dataloaders)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     loss: LossSection = field(default_factory=LossSection)
     wandb: WandbSection = field(default_factory=WandbSection)
 
+    @property
+    def model_source(self) -> str:
+        """What names the model: ``model.config`` (DifFIQA(R)'s official key), else ``base.model``."""
+        if self.model is not None:
+            return self.model.config
+        return self.base.model or "./configs/ediffiqaL_config.yaml"
+
+    @property
+    def regression(self) -> bool:
+        """DifFIQA(R) (label regression) rather than eDifFIQA distillation."""
+        return self.model is not None or self.base.model == "diffiqaR"
+
     def __post_init__(self) -> None:
-        regression = self.base.model == "diffiqaR"
-        check(not regression or self.dataset.labels is not None,
-               "'dataset.labels' must name the quality labels to train DifFIQA(R) on (diffiqa_score.py output)")
-        check(regression or self.dataset.labels is None,
+        regression = self.regression
+        check(not (self.model is not None and self.base.model is not None),
+               "'base.model' and 'model.config' both name the model; keep one")
+        check(not regression or self.dataset.labels_path is not None,
+               "'dataset.labels' (or the official 'dataset.quality_loc') must name the quality labels to train "
+               "DifFIQA(R) on (diffiqa_score.py output)")
+        check(regression or (self.dataset.labels is None and self.dataset.quality_loc is None),
                "'dataset.labels' is for DifFIQA(R) (base.model: diffiqaR); eDifFIQA trains on prepare_data.py outputs")
+        check(regression or self.loss.module is None,
+               "'loss.module' is DifFIQA(R)'s loss; eDifFIQA's are loss.quality and loss.consistency")
         for group in (self.optimizer.group_1, self.optimizer.group_2):
             check(group is None or regression or group.params in ("mlp", "base_model"),
                    f"optimizer group 'params' '{group.params if group else ''}' names a DifFIQA(R) part; eDifFIQA "
@@ -250,6 +298,8 @@ OFFICIAL_BACKBONES = {
     "model.iresnet.iresnet18": "ediffiqaS",
     "model.mobilenet.MobileFaceNet": "ediffiqaT",
 }
+#: DifFIQA(R)'s official backbone module string (CosFace iResNet-100).
+REGRESSION_BACKBONE = "model_weights.iresnet.load_cosface"
 #: The one preprocessing the models are trained and scored with (official ``base_model.transformations``).
 OFFICIAL_TRANSFORMS = {
     "trans_1": {"module": "torchvision.transforms.Resize", "params": {"size": [112, 112]}},
@@ -268,8 +318,6 @@ class BackboneSection:
     transformations: Dict[str, Any] = field(default_factory=lambda: dict(OFFICIAL_TRANSFORMS))
 
     def __post_init__(self) -> None:
-        check(self.module in OFFICIAL_BACKBONES, f"'base_model.module' is '{self.module}'; allowed: "
-               f"{', '.join(OFFICIAL_BACKBONES)}")
         normalised = {k: {"module": v.get("module"), **({"params": v["params"]} if v.get("params") else {})}
                       if isinstance(v, dict) else v for k, v in self.transformations.items()}
         check(normalised == OFFICIAL_TRANSFORMS,
@@ -318,6 +366,33 @@ class ModelFile:
     mlp: MlpSection = field(default_factory=MlpSection)
     ediffiqa: WrapperSection = field(default_factory=WrapperSection)
 
+    def __post_init__(self) -> None:
+        check(self.base_model.module in OFFICIAL_BACKBONES, f"'base_model.module' is '{self.base_model.module}'; "
+               f"allowed: {', '.join(OFFICIAL_BACKBONES)}")
+
+
+@dataclass
+class HeadSection:
+    module: str = "torch.nn.Linear"
+    params: Dict[str, Any] = field(default_factory=lambda: {"in_features": 512, "out_features": 1})
+
+    def __post_init__(self) -> None:
+        check(self.module == "torch.nn.Linear", f"'model_head.module' is '{self.module}'; allowed: torch.nn.Linear")
+        check(self.params == {"in_features": 512, "out_features": 1},
+               f"'model_head.params' must be the official in_features 512, out_features 1, got {self.params}")
+
+
+@dataclass
+class RegressionModelFile:
+    """DifFIQA(R)'s official model config (``configs/diffiqaR_model_config.yaml``): backbone and linear head."""
+
+    base_model: BackboneSection = field(default_factory=BackboneSection)
+    model_head: HeadSection = field(default_factory=HeadSection)
+
+    def __post_init__(self) -> None:
+        check(self.base_model.module == REGRESSION_BACKBONE, f"'base_model.module' is '{self.base_model.module}'; "
+               f"allowed: {REGRESSION_BACKBONE}")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -329,7 +404,8 @@ class ModelSpec:
 
 
 def resolve_model(value: str, backbone_weights: Optional[str] = None) -> ModelSpec:
-    """``base.model``: a variant name (``ediffiqaS``, ``diffiqaR``) or the path of an official model config file;
+    """``base.model``: a variant name (``ediffiqaS``, ``diffiqaR``) or the path of an official model config file
+    (eDifFIQA's, or DifFIQA(R)'s ``model.config``);
     ``backbone_weights`` (``base.backbone_weights``), when set, replaces the backbone initialisation ("": random).
 
     Raises:
@@ -341,11 +417,16 @@ def resolve_model(value: str, backbone_weights: Optional[str] = None) -> ModelSp
         spec = ModelSpec(value, VARIANT_BACKBONE_WEIGHTS[value] or None, f"variant {value}")
     else:
         if not os.path.isfile(value):
-            raise ConfigError(f"'base.model' is '{value}': neither a model config file nor a variant name "
+            raise ConfigError(f"the model '{value}' (base.model or model.config) is neither a model config file nor a variant name "
                               f"({', '.join(variant_names())}); the official model configs are configs/ediffiqa"
                               "{L,M,S,T}_config.yaml")
-        parsed = from_dict(ModelFile, load_yaml(value), source=value)
-        spec = ModelSpec(OFFICIAL_BACKBONES[parsed.base_model.module], parsed.base_model.weights or None, value)
+        raw = load_yaml(value)
+        if "model_head" in raw:  # DifFIQA(R)'s model config
+            head = from_dict(RegressionModelFile, raw, source=value)
+            spec = ModelSpec("diffiqaR", head.base_model.weights or None, value)
+        else:
+            parsed = from_dict(ModelFile, raw, source=value)
+            spec = ModelSpec(OFFICIAL_BACKBONES[parsed.base_model.module], parsed.base_model.weights or None, value)
     if backbone_weights is not None:
         spec = ModelSpec(spec.name, backbone_weights or None, spec.source)
     return spec

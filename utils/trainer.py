@@ -135,9 +135,11 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: TrainConfig) -> torch.opt
 
 
 def build_loss(cfg: TrainConfig) -> DistillationLoss:
-    """The official loss modules from ``loss.quality`` and ``loss.consistency`` (validated by the config)."""
+    """The official loss modules from ``loss.quality`` and ``loss.consistency`` (validated by the config); for
+    DifFIQA(R) the quality loss's base loss is its regression loss."""
     quality = cfg.loss.quality.params
-    base = BASE_LOSSES[quality.base_loss.module](**quality.base_loss.params)
+    spec = cfg.loss.regression_loss() if cfg.regression else quality.base_loss
+    base = BASE_LOSSES[spec.module](**spec.params)
     consistency = torch.nn.CosineEmbeddingLoss(**vars(cfg.loss.consistency.params))
     return DistillationLoss(ExtendedL1(base, quality.epsilon), consistency, cfg.loss.theta)
 
@@ -215,7 +217,7 @@ def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, to
     """
     ds = cfg.dataset
     _check_image_loc(ds.image_loc)
-    paths, qualities = read_labels(ds.labels)
+    paths, qualities = read_labels(ds.labels_path)
     prefix = os.path.join(ds.image_loc, "")
     rel = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]  # keys may be joined to the folder
     no_image = [p for p in rel if not os.path.isfile(os.path.join(ds.image_loc, p))]
@@ -224,7 +226,7 @@ def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, to
     missing = set(no_image)
     items = [(p, float(q), 0) for p, q in zip(rel, qualities.tolist()) if p not in missing]
     if not items:
-        raise DataError(f"none of the labelled images of '{ds.labels}' is in '{ds.image_loc}'")
+        raise DataError(f"none of the labelled images of '{ds.labels_path}' is in '{ds.image_loc}'")
     train, val = _split(TrainingSet.build(items, np.zeros((len(items), 1), dtype=np.float32)), ds.val_split)
     counts = {"items": len(paths), "no_image": len(no_image), "no_embedding": 0, "train": len(train.paths),
               "val": len(val.paths), "identities": 0}
@@ -238,7 +240,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.official = cfg.base.official
-        self.spec: ModelSpec = resolve_model(cfg.base.model, cfg.base.backbone_weights)
+        self.spec: ModelSpec = resolve_model(cfg.model_source, cfg.base.backbone_weights)
         self.info, self.device = init_distributed(cfg.base.device)
         if self.official and self.info.enabled:
             raise ConfigError("'base.official: 1' reproduces the official single-process loop; run it without "
@@ -247,7 +249,11 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
 
         # DifFIQA(R): plain L1 regression on min-max labels (no label optimisation, no consistency term).
-        self.regression = self.spec.name == "diffiqaR"
+        self.regression = cfg.regression
+        if self.regression != (self.spec.name == "diffiqaR"):
+            raise ConfigError(f"'{self.spec.source}' is {'not ' if self.regression else ''}a DifFIQA(R) model; name "
+                              "DifFIQA(R)'s model config with model.config (or base.model: diffiqaR), eDifFIQA's "
+                              "with base.model")
         loader = load_regression_data if self.regression else load_training_data
         self.train_set, self.val_set, centres, self.counts = loader(cfg)
         self.centres = centres.to(self.device)
@@ -352,7 +358,7 @@ class Trainer:
             self.train_model = torch.compile(self.ddp_model)
         return self.train_model
 
-    def _forward(self, batch, adjust: bool, compiled: bool = False):
+    def _forward(self, batch, adjust: bool, compiled: bool = False, amp: bool = True):
         images, quality, rows, teacher, ok = batch
         if not bool(ok.all()):
             images, quality, rows, teacher = images[ok], quality[ok], rows[ok], teacher[ok]
@@ -363,7 +369,7 @@ class Trainer:
         centre = self.centres[rows.to(self.device)] if adjust and not self.regression else None
         # The losses too run under autocast, as officially (autocast keeps them in fp32).
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+                            enabled=self.amp_dtype is not None and amp):
             model = self._compiled() if compiled else None
             feat, pred = (model if model is not None else self.ddp_model)(x)
             if self.regression:
@@ -422,8 +428,10 @@ class Trainer:
         the per-batch means."""
         self.ddp_model.eval()
         sums = torch.zeros(4, dtype=torch.float64)
+        # The official DifFIQA(R) validates without autocast.
+        amp = not (self.official and self.regression)
         for batch in self._loader(self.val_set, False, 0):
-            out = self._forward(batch, adjust=False)
+            out = self._forward(batch, adjust=False, amp=amp)
             if out is None:
                 continue
             _, terms, _ = out
