@@ -72,19 +72,22 @@ class GaussianDiffusion(nn.Module):
         model: The denoiser ``(B, C, H, W), (B,) -> (B, C, H, W)``.
         image_size: Training/sampling resolution (official 112).
         timesteps: Schedule length (1000).
-        sampling_timesteps: Kept for config compatibility (the official trainer's sampling length).
+        sampling_timesteps: The official key; DifFIQA never samples from noise, so it changes nothing.
         loss_type: ``l2`` (official) or ``l1``.
         objective: ``pred_x0`` (official) or ``pred_noise``.
         beta_schedule: ``cosine`` (official) or ``linear``.
         p2_loss_weight_gamma, p2_loss_weight_k: P2 weighting (gamma 0 = none, official).
         ddim_sampling_eta: eta of the DDIM steps (1, official).
-        max_train_t: Training draws t from ``[0, max_train_t)`` and mixes ``a = sin(t / max_train_t * pi / 2)``.
+        time_bound: Training draws t from ``[time_bound[0], time_bound[1])`` (official ``[0, 100]``).
+        T: Training mixes clean and degraded images with ``a = sin(t / T * pi / 2)`` (official 100); None: the
+            degraded image as it is.
     """
 
     def __init__(self, model: DiffusionUnet, *, image_size: int = 112, timesteps: int = 1000,
                  sampling_timesteps: Optional[int] = None, loss_type: str = "l2", objective: str = "pred_x0",
                  beta_schedule: str = "cosine", p2_loss_weight_gamma: float = 0.0, p2_loss_weight_k: float = 1,
-                 ddim_sampling_eta: float = 1.0, max_train_t: int = 100) -> None:
+                 ddim_sampling_eta: float = 1.0, time_bound: Sequence[int] = (0, 100),
+                 T: Optional[int] = 100) -> None:  # noqa: N803 - the official argument name
         super().__init__()
         if objective not in ("pred_noise", "pred_x0"):
             raise ValueError(f"objective must be pred_noise or pred_x0, got '{objective}'")
@@ -98,15 +101,18 @@ class GaussianDiffusion(nn.Module):
         self.objective = objective
         self.loss_type = loss_type
         self.ddim_sampling_eta = ddim_sampling_eta
-        self.max_train_t = max_train_t
+        self.time_bound = (int(time_bound[0]), int(time_bound[1]))
+        self.T = T
         betas = cosine_beta_schedule(timesteps) if beta_schedule == "cosine" else linear_beta_schedule(timesteps)
         alphas = 1.0 - betas
         abar = torch.cumprod(alphas, dim=0)
         abar_prev = F.pad(abar[:-1], (1, 0), value=1.0)
         self.num_timesteps = int(betas.shape[0])
         self.sampling_timesteps = sampling_timesteps if sampling_timesteps is not None else self.num_timesteps
-        if not 0 < max_train_t <= self.num_timesteps:
-            raise ValueError(f"max_train_t must be in 1..{self.num_timesteps}, got {max_train_t}")
+        if not 0 <= self.time_bound[0] < self.time_bound[1] <= self.num_timesteps:
+            raise ValueError(f"time_bound must be [lo, hi] with 0 <= lo < hi <= {self.num_timesteps}, got {time_bound}")
+        if T is not None and T <= 0:
+            raise ValueError(f"T must be positive or None, got {T}")
 
         def register(name: str, value: torch.Tensor) -> None:
             self.register_buffer(name, value.to(torch.float32))
@@ -156,8 +162,10 @@ class GaussianDiffusion(nn.Module):
 
     # ----------------------------------------------------------------------------------------- training
     def mix(self, hq: torch.Tensor, lq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``(1 - a) hq + a lq`` with ``a = sin(t / max_train_t * pi / 2)`` per sample."""
-        a = torch.sin(t.to(hq.dtype) / self.max_train_t * (math.pi / 2)).reshape(-1, *((1,) * (hq.ndim - 1)))
+        """``(1 - a) hq + a lq`` with ``a = sin(t / T * pi / 2)`` per sample (``lq`` itself when ``T`` is None)."""
+        if self.T is None:
+            return lq
+        a = torch.sin(t.to(hq.dtype) / self.T * (math.pi / 2)).reshape(-1, *((1,) * (hq.ndim - 1)))
         return (1 - a) * hq + a * lq
 
     def training_loss(self, hq: torch.Tensor, lq: torch.Tensor, t: Optional[torch.Tensor] = None,
@@ -167,7 +175,7 @@ class GaussianDiffusion(nn.Module):
         Args:
             hq: Clean images ``(B, C, H, W)`` in [0, 1].
             lq: Their degraded versions, same shape, in [0, 1].
-            t: Timesteps ``(B,)`` (default: uniform in ``[0, max_train_t)``).
+            t: Timesteps ``(B,)`` (default: uniform in ``[time_bound[0], time_bound[1])``).
             noise: The q_sample noise (default: standard normal).
 
         Returns:
@@ -175,7 +183,7 @@ class GaussianDiffusion(nn.Module):
         """
         b = hq.shape[0]
         if t is None:
-            t = torch.randint(0, self.max_train_t, (b,), device=hq.device).long()
+            t = torch.randint(self.time_bound[0], self.time_bound[1], (b,), device=hq.device).long()
         if noise is None:
             noise = torch.randn_like(hq)
         hq, lq = hq * 2 - 1, lq * 2 - 1

@@ -105,7 +105,7 @@ def test_degenerate_step_is_identity_and_chain_matches_hand_computation() -> Non
 
 
 def test_training_loss_by_hand() -> None:
-    d = GaussianDiffusion(Recorder(scale=0.5), max_train_t=100)
+    d = GaussianDiffusion(Recorder(scale=0.5), time_bound=(0, 100), T=100)
     gen = torch.Generator().manual_seed(0)
     hq, lq = torch.rand(3, 3, 4, 4, generator=gen), torch.rand(3, 3, 4, 4, generator=gen)
     noise = torch.randn(3, 3, 4, 4, generator=gen)
@@ -420,8 +420,21 @@ def test_wandb_offline_writes_a_run(faces, tmp_path, capsys, monkeypatch) -> Non
     out = tmp_path / "wb"
     path = write_config(tmp_path, faces, out, train_num_steps=2)
     cfg = yaml.safe_load(open(path))
-    cfg["wandb"] = {"use": True, "project": "test"}
+    cfg["trainer_params"].update({"use_wandb": True, "project_name": "test"})
     open(path, "w").write(yaml.safe_dump(cfg))
     code, err = run_train(["-c", path], capsys)
     assert code == 0, err
     assert [d for d in os.listdir(out / "wandb") if d.startswith("offline-run-")]
+
+
+def test_time_bound_and_T_as_officially() -> None:
+    """diff_params.time_bound bounds the training t, and T None trains on the degraded image as it is."""
+    d = GaussianDiffusion(Recorder(scale=0.5), time_bound=(20, 30), T=None)
+    hq, lq = torch.zeros(64, 3, 4, 4), torch.ones(64, 3, 4, 4)
+    assert d.mix(hq, lq, torch.full((64,), 25)).equal(lq)
+    seen = []
+    d.model.forward = lambda x, t: seen.append(t) or x  # record the drawn timesteps
+    d.training_loss(hq, lq)
+    assert 20 <= int(seen[0].min()) and int(seen[0].max()) < 30
+    with pytest.raises(ValueError, match="time_bound"):
+        GaussianDiffusion(Recorder(), time_bound=(50, 50))

@@ -1,6 +1,6 @@
 """The denoiser training config: the official DifFIQA ``train_config.yaml`` sections (``unet_params``,
 ``diff_params``, ``trainer_params``, named after lucidrains' ``Unet``, ``GaussianDiffusion`` and ``Trainer``
-arguments) as typed dataclasses, plus run settings this project adds (seed, device, resume, wandb...).
+arguments) as typed dataclasses, key for key, plus run settings this project adds (seed, device, resume...).
 """
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from utils.config import check
-from utils.train_config import WandbSection
 
-__all__ = ["UnetParams", "DiffParams", "TrainerParams", "DiffusionWandb", "DiffusionTrainConfig"]
+__all__ = ["UnetParams", "DiffParams", "TrainerParams", "DiffusionTrainConfig"]
 
 
 @dataclass
@@ -49,14 +48,15 @@ class DiffParams:
 
     image_size: int = 112
     timesteps: int = 1000
-    sampling_timesteps: Optional[int] = None
+    sampling_timesteps: Optional[int] = None   # official key; changes nothing (DifFIQA never samples from noise)
     loss_type: str = "l2"
     objective: str = "pred_x0"
     beta_schedule: str = "cosine"
     p2_loss_weight_gamma: float = 0.0
     p2_loss_weight_k: float = 1.0
     ddim_sampling_eta: float = 1.0
-    max_train_t: int = 100
+    time_bound: List[int] = field(default_factory=lambda: [0, 100])  # training t ~ U[time_bound[0], time_bound[1])
+    T: Optional[int] = 100             # mixing a = sin(t / T * pi / 2) of clean and degraded; null: degraded as is
 
     def __post_init__(self) -> None:
         check(self.loss_type in ("l1", "l2"), f"'diff_params.loss_type' must be l1 or l2, got '{self.loss_type}'")
@@ -64,8 +64,9 @@ class DiffParams:
                f"'diff_params.objective' must be pred_x0 or pred_noise, got '{self.objective}'")
         check(self.beta_schedule in ("cosine", "linear"),
                f"'diff_params.beta_schedule' must be cosine or linear, got '{self.beta_schedule}'")
-        check(0 < self.max_train_t <= self.timesteps,
-               f"'diff_params.max_train_t' must be in 1..timesteps, got {self.max_train_t}")
+        check(len(self.time_bound) == 2 and 0 <= self.time_bound[0] < self.time_bound[1] <= self.timesteps,
+               f"'diff_params.time_bound' must be [lo, hi] with 0 <= lo < hi <= timesteps, got {self.time_bound}")
+        check(self.T is None or self.T > 0, f"'diff_params.T' must be positive or null, got {self.T}")
         check(self.image_size >= 8, f"'diff_params.image_size' must be at least 8, got {self.image_size}")
 
     def build_kwargs(self) -> dict:
@@ -73,7 +74,7 @@ class DiffParams:
                 "sampling_timesteps": self.sampling_timesteps, "loss_type": self.loss_type,
                 "objective": self.objective, "beta_schedule": self.beta_schedule,
                 "p2_loss_weight_gamma": self.p2_loss_weight_gamma, "p2_loss_weight_k": self.p2_loss_weight_k,
-                "ddim_sampling_eta": self.ddim_sampling_eta, "max_train_t": self.max_train_t}
+                "ddim_sampling_eta": self.ddim_sampling_eta, "time_bound": tuple(self.time_bound), "T": self.T}
 
 
 @dataclass
@@ -94,6 +95,8 @@ class TrainerParams:
     num_samples: int = 25
     results_folder: str = "./results"
     amp: bool = False                          # CUDA: fp16 autocast + GradScaler
+    use_wandb: bool = False                    # Weights & Biases (imported only then)
+    project_name: str = "diffiqa"
     fp16: bool = False                         # accepted for the official key; same as amp
     split_batches: bool = True                 # accepted for the official key; the batch is always split
     convert_image_to: Optional[str] = None     # accepted for the official key; images are always read as RGB
@@ -129,17 +132,10 @@ class TrainerParams:
 
 
 @dataclass
-class DiffusionWandb(WandbSection):
-    """``wandb``: as in the eDifFIQA training config, with its own default project."""
-
-    project: str = "diffiqa"
-
-
-@dataclass
 class DiffusionTrainConfig:
     """The whole denoiser training config."""
 
     unet_params: UnetParams = field(default_factory=UnetParams)
     diff_params: DiffParams = field(default_factory=DiffParams)
     trainer_params: TrainerParams = field(default_factory=TrainerParams)
-    wandb: DiffusionWandb = field(default_factory=DiffusionWandb)
+

@@ -22,6 +22,7 @@ from model.diffusion import GaussianDiffusion, build_diffusion
 from model.ema import EMA
 from utils.config import to_dict
 from utils.diffusion_config import DiffusionTrainConfig
+from utils.train_config import WandbSection
 from utils.errors import ConfigError
 from utils.io import atomic_open
 from utils.runtime import cpu_count, rng_state, seed_everything, set_rng_state
@@ -129,7 +130,7 @@ class DiffusionTrainer:
         lq = torch.stack([p[1] for p in pairs]).to(self.device).float() / 255
         diffusion = self.ema.ema_model
         diffusion.eval()
-        t = diffusion.max_train_t - 1
+        t = diffusion.time_bound[1] - 1
         generator = torch.Generator(device=self.device).manual_seed(tp.seed)
         x = lq * 2 - 1
         noise = torch.randn(x.shape, generator=generator, device=self.device)
@@ -149,7 +150,7 @@ class DiffusionTrainer:
         cfg, tp = self.cfg, self.cfg.trainer_params
         folder = tp.results_folder
         run_log = RunLog(folder, cfg, "loss_log.csv", ["step", "loss", "images", "seconds"], resumed=self.step > 0,
-                         wandb_cfg=cfg.wandb, main=self.info.main)
+                         wandb_cfg=WandbSection(use=tp.use_wandb, project=tp.project_name), main=self.info.main)
         if self.info.main:
             _logger.info("training the denoiser on %d images from %s: %d steps of %d x %d images, %d process(es) "
                          "on %s", len(self.paths), tp.folder, tp.train_num_steps, tp.train_batch_size,
