@@ -88,11 +88,13 @@ def diffusion_check(tmp: str) -> int:
     for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "tf32"), ("cuda", "bf16"),
                               ("cuda", "fp16")):
         out = root / f"{device}-{precision}"
-        score_cfg = {"base": {"device": device, "save_path": str(out), "verbose": 0, "precision": precision},
-                     "dataset": {"loc": str(faces)},
-                     "denoiser": {"weights": str(root / "den.pt"), "unet_params": unet},
-                     "fr_model": {"backbone": "mobilefacenet", "weights": str(root / "fr.pth")},
-                     "diffiqa": {"repeats": 4}}
+        (root / "den_train.yaml").write_text(yaml.safe_dump({"unet_params": unet}))
+        (root / "fr.yaml").write_text(yaml.safe_dump(
+            {"fr_model": {"module": "model.mobilenet.MobileFaceNet", "weights": str(root / "fr.pth")}}))
+        score_cfg = {"inference": {"images_loc": str(faces), "train_config": str(root / "den_train.yaml"),
+                                   "model_loc": str(root / "den.pt"), "fr_config": str(root / "fr.yaml"),
+                                   "save_loc": str(out), "repeats": 4, "verbose": 0},
+                     "base": {"device": device, "precision": precision}}
         (root / "score.yaml").write_text(yaml.safe_dump(score_cfg))
         failures += diffiqa_score.main(["-c", str(root / "score.yaml")]) != 0
         with open(out / "quality-scores.pkl", "rb") as handle:

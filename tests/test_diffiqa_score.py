@@ -181,11 +181,16 @@ def scoring_setup(tmp_path):
 
 
 def score_config(tmp_path, images, out, **base) -> str:
-    cfg = {"base": {"device": "cpu", "save_path": str(out), "verbose": 0, "flush_every": 1, **base},
-           "dataset": {"loc": str(images), "num_workers": 0},
-           "denoiser": {"weights": str(tmp_path / "den.pt"), "unet_params": TINY_UNET},
-           "fr_model": {"backbone": "mobilefacenet", "weights": str(tmp_path / "fr.pth")},
-           "diffiqa": {"repeats": 2, "batch_size": 8}}
+    """The official inference section (with a tiny denoiser and MobileFaceNet as the FR model) plus additions."""
+    (tmp_path / "den_train.yaml").write_text(yaml.safe_dump({"unet_params": TINY_UNET}))
+    (tmp_path / "fr_config.yaml").write_text(yaml.safe_dump(
+        {"fr_model": {"module": "model.mobilenet.MobileFaceNet", "weights": str(tmp_path / "fr.pth")}}))
+    cfg = {"inference": {"used_timesteps": 5, "repeats": 2, "images_loc": str(images),
+                         "train_config": str(tmp_path / "den_train.yaml"), "model_loc": str(tmp_path / "den.pt"),
+                         "fr_config": str(tmp_path / "fr_config.yaml"), "save_loc": str(out), "batch_size": 8,
+                         "verbose": 0},
+           "base": {"device": "cpu", "flush_every": 1, **base},
+           "dataset": {"num_workers": 0}}
     path = tmp_path / f"cfg-{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -264,7 +269,8 @@ def test_torchrun_splits_the_folder(scoring_setup, capsys) -> None:
 @pytest.mark.parametrize("case,pattern", [
     ("empty", r"image folder '.*empty' holds no images"),
     ("no_denoiser", r"denoiser checkpoint '.*nope.pt' not found"),
-    ("no_fr", r"face recognition weights '.*nofr.pth' \(fr_model.weights\) not found"),
+    ("no_fr", r"face recognition weights '.*nofr.pth' \(fr_model.weights of inference.fr_config, or base.fr_weights"),
+    ("edifiqa_train_config", r"'inference.train_config' is '.*train_config.yaml', which is not a denoiser training"),
     ("wrong_denoiser", r"is not a DifFIQA denoiser checkpoint"),
     ("bad_precision", r"'base.precision' must be one of"),
 ])
@@ -275,13 +281,15 @@ def test_errors_exit_2(case, pattern, scoring_setup, capsys) -> None:
     cfg = yaml.safe_load(open(path))
     if case == "empty":
         (tmp_path / "empty").mkdir()
-        cfg["dataset"]["loc"] = str(tmp_path / "empty")
+        cfg["inference"]["images_loc"] = str(tmp_path / "empty")
     elif case == "no_denoiser":
-        cfg["denoiser"]["weights"] = str(tmp_path / "nope.pt")
+        cfg["inference"]["model_loc"] = str(tmp_path / "nope.pt")
     elif case == "no_fr":
-        cfg["fr_model"]["weights"] = str(tmp_path / "nofr.pth")
+        cfg["base"]["fr_weights"] = str(tmp_path / "nofr.pth")
+    elif case == "edifiqa_train_config":  # what the official config's ./configs/train_config.yaml names here
+        cfg["inference"]["train_config"] = os.path.join(ROOT, "configs", "train_config.yaml")
     elif case == "wrong_denoiser":
-        cfg["denoiser"]["weights"] = str(tmp_path / "fr.pth")
+        cfg["inference"]["model_loc"] = str(tmp_path / "fr.pth")
     else:
         cfg["base"]["precision"] = "fp8"
     open(path, "w").write(yaml.safe_dump(cfg))

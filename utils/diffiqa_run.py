@@ -15,6 +15,7 @@ from model.diffusion import load_diffusion
 from model.registry import load_backbone
 from utils.config import to_dict
 from utils.diffiqa_scoring import PART_GLOB, RNG_GLOB, ScoreRun, read_parts, score_folder
+from utils.diffiqa_config import resolve_denoiser, resolve_fr
 from utils.errors import CheckpointError, ConfigError
 from utils.io import safe_pickle_load, write_csv, write_json, write_pickle
 from utils.runtime import cpu_count
@@ -31,7 +32,7 @@ SCORES_SETTINGS = "quality-scores.settings.json"
 
 
 def run_scoring(cfg: Any) -> Dict[str, Any]:
-    """Score ``cfg.dataset.loc`` (a ``diffiqa_score.ScoreConfig``); returns a summary of what was done."""
+    """Score ``cfg.inference.images_loc`` (a :class:`utils.diffiqa_config.ScoreConfig`); returns a summary of what was done."""
     info, device = init_distributed(cfg.base.device)
     try:
         return _run(cfg, info, device)
@@ -42,11 +43,11 @@ def run_scoring(cfg: Any) -> Dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _settings(cfg: Any, run: ScoreRun) -> Dict[str, Any]:
+def _settings(cfg: Any, run: ScoreRun, fr: Tuple[str, str]) -> Dict[str, Any]:
     """What the scores depend on; scores made with other settings must not be mixed in one output folder."""
     settings = {"mode": "official" if run.official else "default", "seed": run.seed, "timestep": run.t,
-                "repeats": run.repeats, "denoiser": os.path.abspath(cfg.denoiser.weights), "ema": cfg.denoiser.ema,
-                "fr_backbone": cfg.fr_model.backbone, "fr_weights": os.path.abspath(cfg.fr_model.weights),
+                "repeats": run.repeats, "denoiser": os.path.abspath(cfg.inference.model_loc), "ema": cfg.base.ema,
+                "fr_backbone": fr[0], "fr_weights": os.path.abspath(fr[1]),
                 "precision": run.precision}
     if run.official:
         settings["batch_size"] = run.batch_size  # the official draws depend on the batch composition
@@ -54,11 +55,12 @@ def _settings(cfg: Any, run: ScoreRun) -> Dict[str, Any]:
     return settings
 
 
-def _previous_results(cfg: Any, run: ScoreRun, main: bool) -> Tuple[Dict[str, float], Dict[str, str]]:
+def _previous_results(cfg: Any, run: ScoreRun, main: bool,
+                      fr: Tuple[str, str]) -> Tuple[Dict[str, float], Dict[str, str]]:
     """Scores of a completed earlier run in the output folder (so a rerun only scores new images), after checking
     that it used the same settings; a first run records its settings."""
-    out = cfg.base.save_path
-    settings = _settings(cfg, run)
+    out = cfg.inference.save_loc
+    settings = _settings(cfg, run, fr)
     path = os.path.join(out, SCORES_SETTINGS)
     if not os.path.isfile(path):
         if main:
@@ -75,7 +77,7 @@ def _previous_results(cfg: Any, run: ScoreRun, main: bool) -> Tuple[Dict[str, fl
     if not os.path.isfile(pickle_path):
         return {}, {}
     table = safe_pickle_load(pickle_path)
-    prefix = os.path.join(cfg.dataset.loc, "")
+    prefix = os.path.join(cfg.inference.images_loc, "")
     scores = {(k[len(prefix):] if k.startswith(prefix) else k): float(v) for k, v in table.items()}
     skipped: Dict[str, str] = {}
     meta_path = os.path.join(out, SCORES_META)
@@ -88,22 +90,23 @@ def _previous_results(cfg: Any, run: ScoreRun, main: bool) -> Tuple[Dict[str, fl
 
 
 def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
-    rel_paths = find_images(cfg.dataset.loc, cfg.dataset.order)
-    if not os.path.isfile(cfg.fr_model.weights):
-        raise CheckpointError(f"face recognition weights '{cfg.fr_model.weights}' (fr_model.weights) not found; the "
+    rel_paths = find_images(cfg.inference.images_loc, cfg.dataset.order)
+    fr = resolve_fr(cfg)
+    if not os.path.isfile(fr[1]):
+        raise CheckpointError(f"face recognition weights '{fr[1]}' (fr_model.weights of inference.fr_config, or "
+                              "base.fr_weights / --fr-weights) not found; the "
                               "official labels use insightface's glint360k_cosface_r100_fp16_0.1 backbone.pth")
-    denoiser = load_diffusion(cfg.denoiser.weights, cfg.denoiser.ema, cfg.denoiser.unet_params or None,
-                              cfg.denoiser.diff_params or None)
+    denoiser = load_diffusion(cfg.inference.model_loc, cfg.base.ema, *resolve_denoiser(cfg))
     levels = denoiser.model.levels
     if 112 % (2 ** (levels - 1)):
         raise ConfigError(f"the denoiser's {levels} levels need sides divisible by {2 ** (levels - 1)}; faces are 112")
-    fr = load_backbone(cfg.fr_model.backbone, cfg.fr_model.weights)
-    denoiser, fr = denoiser.to(device).eval(), fr.to(device).eval()
+    fr_model = load_backbone(*fr)
+    denoiser, fr_model = denoiser.to(device).eval(), fr_model.to(device).eval()
     if not cfg.base.official and device.type == "cpu":
         denoiser.model.to(memory_format=torch.channels_last)  # 1.14x on the CPU; scores within 1e-5
-    out = cfg.base.save_path
+    out = cfg.inference.save_loc
     os.makedirs(out, exist_ok=True)
-    batch = cfg.diffiqa.batch_size or (64 if cfg.base.official or device.type == "cpu" else 256)
+    batch = cfg.inference.batch_size or (64 if cfg.base.official or device.type == "cpu" else 256)
     workers = cfg.dataset.num_workers
     if workers is None:
         workers = min(4, cpu_count()) if device.type == "cuda" else 0
@@ -111,12 +114,12 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
     if precision is None:
         # The official code runs with PyTorch's defaults: TF32 convolutions on CUDA.
         precision = "tf32" if cfg.base.official and device.type == "cuda" else "fp32"
-    run = ScoreRun(root=cfg.dataset.loc, out_dir=out, t=cfg.diffiqa.timestep, repeats=cfg.diffiqa.repeats,
+    run = ScoreRun(root=cfg.inference.images_loc, out_dir=out, t=cfg.inference.used_timesteps, repeats=cfg.inference.repeats,
                    seed=cfg.base.seed, official=cfg.base.official, batch_size=batch,
                    flush_every=cfg.base.flush_every, limit=cfg.base.limit, workers=workers,
-                   verbose=cfg.base.verbose and info.main, precision=precision, rank=info.rank,
+                   verbose=cfg.inference.verbose and info.main, precision=precision, rank=info.rank,
                    world=info.world)
-    previous, previous_skipped = _previous_results(cfg, run, info.main)
+    previous, previous_skipped = _previous_results(cfg, run, info.main, fr)
     if info.main:
         _logger.info("DifFIQA %s mode: %d images in %s, t=%d, %d repeats, batch %d, %s, %d process(es) on %s",
                      "official" if run.official else "default", len(rel_paths), run.root, run.t, run.repeats, batch,
@@ -128,7 +131,7 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
 
         dist.barrier()  # every rank has read the part files before any rank appends to them
     start = time.perf_counter()
-    counts = score_folder(run, rel_paths, denoiser, fr, device, done=set(done_scores) | set(done_skipped))
+    counts = score_folder(run, rel_paths, denoiser, fr_model, device, done=set(done_scores) | set(done_skipped))
     seconds = time.perf_counter() - start
     if info.enabled:
         import torch.distributed as dist
@@ -146,7 +149,7 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
     summary.update({"left": len(left), "complete": not left})
     if left:
         return summary
-    key = (lambda p: p) if cfg.base.keys == "relative" else (lambda p: os.path.join(cfg.dataset.loc, p))
+    key = (lambda p: p) if cfg.base.keys == "relative" else (lambda p: os.path.join(cfg.inference.images_loc, p))
     ordered = [p for p in rel_paths if p in scores]
     write_pickle(os.path.join(out, SCORES_PICKLE), {key(p): scores[p] for p in ordered})
     write_csv(os.path.join(out, SCORES_CSV), ("path", "quality"), [(key(p), f"{scores[p]:.8f}") for p in ordered])
@@ -157,8 +160,8 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
     write_json(os.path.join(out, SCORES_META), {
         "seed": cfg.base.seed, "mode": "official" if cfg.base.official else "default",
         "timestep": run.t, "repeats": run.repeats, "batch_size": batch, "precision": run.precision,
-        "denoiser": cfg.denoiser.weights, "ema": cfg.denoiser.ema, "fr_backbone": cfg.fr_model.backbone,
-        "fr_weights": cfg.fr_model.weights, "images": len(rel_paths), "scored": len(ordered),
+        "denoiser": cfg.inference.model_loc, "ema": cfg.base.ema, "fr_backbone": fr[0],
+        "fr_weights": fr[1], "images": len(rel_paths), "scored": len(ordered),
         "skipped": {p: skipped[p] for p in sorted(skipped)}, "processes": info.world, "device": str(device),
         "last_run_seconds": round(seconds, 2), "config": to_dict(cfg)})
     for leftover in glob.glob(os.path.join(out, PART_GLOB)) + glob.glob(os.path.join(out, RNG_GLOB)):

@@ -1,0 +1,132 @@
+"""The DifFIQA labelling config: the official DifFIQA ``inference_config.yaml`` section ``inference``, key for key,
+plus this project's additions in ``base`` and ``dataset``.
+
+``inference.train_config`` names the denoiser's training config (its ``unet_params`` and ``diff_params`` give the
+architecture) and ``inference.fr_config`` the face recognition model config (``fr_model.module``, allow-listed, and
+``fr_model.weights``), as in the official code; null takes the official denoiser and CosFace iResNet-100.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from utils.config import check, from_dict, load_yaml
+from utils.errors import ConfigError
+from utils.train_config import BackboneSection
+
+__all__ = ["PRECISIONS", "FR_MODULES", "ScoreConfig", "resolve_fr", "resolve_denoiser"]
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: Face recognition module strings of FR configs -> backbone names (the official one is load_cosface).
+FR_MODULES = {
+    "model_weights.iresnet.load_cosface": "iresnet100",
+    "model.iresnet.iresnet18": "iresnet18",
+    "model.iresnet.iresnet34": "iresnet34",
+    "model.iresnet.iresnet50": "iresnet50",
+    "model.iresnet.iresnet100": "iresnet100",
+    "model.mobilenet.MobileFaceNet": "mobilefacenet",
+}
+#: With ``inference.fr_config`` null: the official FR model and where this project looks for its weights.
+DEFAULT_FR = ("iresnet100", "./weights/cosface_r100.pth")
+
+
+@dataclass
+class InferenceSection:
+    """``inference``: the official section."""
+
+    used_timesteps: int = 5
+    repeats: int = 10
+    images_loc: str = "./data/faces"
+    train_config: Optional[str] = None   # the denoiser's training config (unet_params, diff_params); null: official
+    model_loc: str = "./weights/diff_pretrain.pt"
+    fr_config: Optional[str] = None      # the FR model config (fr_model.module, .weights); null: CosFace iResNet-100
+    save_loc: str = "./outputs/diffiqa"
+    batch_size: Optional[int] = None     # UNet inputs per call (official 64 -> 3 images); null: 64, or 256 on CUDA
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.used_timesteps >= 1, "'inference.used_timesteps' must be at least 1")
+        check(self.repeats >= 1, "'inference.repeats' must be at least 1")
+        check(self.batch_size is None or self.batch_size >= 1, "'inference.batch_size' must be at least 1")
+
+
+@dataclass
+class ScoreBase:
+    """``base``: this project's run settings."""
+
+    seed: int = 0
+    device: str = "auto"
+    official: bool = False          # reproduce the official computation draw for draw
+    precision: Optional[str] = None  # null: fp32; with official on CUDA, tf32 (PyTorch's default, what it ran with)
+    flush_every: int = 64
+    keys: str = "relative"          # pickle keys: paths relative to images_loc (as vggface2-qs.pkl), or "joined"
+    limit: Optional[int] = None     # score at most this many new images, then stop (run again to continue)
+    ema: bool = False               # the denoiser's EMA weights (official scoring uses the others)
+    fr_weights: Optional[str] = None  # overrides the FR weights of inference.fr_config
+
+    def __post_init__(self) -> None:
+        check(self.precision is None or self.precision in PRECISIONS,
+               f"'base.precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        check(self.keys in ("relative", "joined"), f"'base.keys' must be relative or joined, got '{self.keys}'")
+        check(self.flush_every >= 1, "'base.flush_every' must be at least 1")
+        check(self.limit is None or self.limit >= 1, "'base.limit' must be at least 1")
+
+
+@dataclass
+class ScoreDataset:
+    """``dataset``: how the folder is read."""
+
+    num_workers: Optional[int] = None
+    order: str = "sorted"           # or "walk": the official os.walk order (with --official, the official draws)
+
+    def __post_init__(self) -> None:
+        check(self.order in ("sorted", "walk"), f"'dataset.order' must be sorted or walk, got '{self.order}'")
+
+
+@dataclass
+class ScoreConfig:
+    """The whole labelling config."""
+
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    base: ScoreBase = field(default_factory=ScoreBase)
+    dataset: ScoreDataset = field(default_factory=ScoreDataset)
+
+
+@dataclass
+class FRFile:
+    """An FR model config (official ``configs/fr_config.yaml``)."""
+
+    fr_model: BackboneSection = field(default_factory=BackboneSection)
+
+    def __post_init__(self) -> None:
+        check(self.fr_model.module in FR_MODULES,
+               f"'fr_model.module' is '{self.fr_model.module}'; allowed: {', '.join(FR_MODULES)}")
+
+
+def resolve_fr(cfg: ScoreConfig) -> Tuple[str, str]:
+    """``(backbone name, weights path)`` from ``inference.fr_config`` (or the default) and ``base.fr_weights``."""
+    backbone, weights = DEFAULT_FR
+    if cfg.inference.fr_config is not None:
+        parsed = from_dict(FRFile, load_yaml(cfg.inference.fr_config), source=cfg.inference.fr_config)
+        backbone, weights = FR_MODULES[parsed.fr_model.module], parsed.fr_model.weights
+    return backbone, cfg.base.fr_weights or weights
+
+
+def resolve_denoiser(cfg: ScoreConfig) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """The denoiser's ``(unet kwargs, diffusion kwargs)`` from ``inference.train_config``; ``(None, None)``: official.
+
+    Raises:
+        ConfigError: The file is not a denoiser training config.
+    """
+    path = cfg.inference.train_config
+    if path is None:
+        return None, None
+    from utils.diffusion_config import DiffusionTrainConfig
+
+    raw = load_yaml(path)
+    if "unet_params" not in raw:
+        raise ConfigError(f"'inference.train_config' is '{path}', which is not a denoiser training config (it has no "
+                          "unet_params); name configs/diffusion_train_config.yaml or the one the denoiser was "
+                          "trained with")
+    parsed = from_dict(DiffusionTrainConfig, raw, source=path)
+    return parsed.unet_params.build_kwargs(), parsed.diff_params.build_kwargs()
