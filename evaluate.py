@@ -109,8 +109,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from dataset.formats import read_embeddings
     from utils import edc
     from utils.evaluation import PathMatcher, plot_edc, read_pairs, read_qualities
-    from utils.io import write_csv, write_json
+    from utils.io import check_output_dir, csv_writer, json_writer, write_together
 
+    check_output_dir(cfg.output, "output / --output")
     pairs = read_pairs(cfg.pairs)
     if not len(pairs.a):
         raise DataError(f"pairs file '{cfg.pairs}' holds no comparisons")
@@ -132,6 +133,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if pairs.similarity is None:
                 raise ConfigError("no FR model embeddings given and the pairs file has no 'similarity' column; "
                                   "add fr_models (or --embeddings LABEL=FILE)")
+            bad = np.flatnonzero(~np.isfinite(pairs.similarity))
+            if len(bad):
+                raise DataError(f"pairs file '{cfg.pairs}': {len(bad)} similarities are NaN or infinite (e.g. rows "
+                                f"{', '.join(str(i + 2) for i in bad[:3])})")
             similarities[fr.label] = pairs.similarity
             continue
         table = read_embeddings(fr.embeddings)
@@ -171,7 +176,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise DataError(f"FMR {cfg.fmr:g} cannot be measured with {n_non} non-mated comparisons: it needs at least "
                         f"{edc.min_pairs_for_fmr(cfg.fmr)}; add pairs or raise --fmr")
 
-    os.makedirs(cfg.output, exist_ok=True)
     rows: List[Dict[str, Any]] = []
     figures: List[str] = []
     for fr_label, sims_all in similarities.items():
@@ -196,8 +200,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                             stepwise=cfg.variant == "fixed")
 
     header = list(rows[0])
-    write_json(os.path.join(cfg.output, f"{cfg.name}.json"), rows)
-    write_csv(os.path.join(cfg.output, f"{cfg.name}.csv"), header, ([r[h] for h in header] for r in rows))
+    write_together([(os.path.join(cfg.output, f"{cfg.name}.json"), json_writer(rows)),
+                    (os.path.join(cfg.output, f"{cfg.name}.csv"),
+                     csv_writer(header, ([r[h] for h in header] for r in rows)))])
     limits = [f"pauc@{d:g}" for d in cfg.discard_limits]
     print(f"{'method':<20} {'FR model':<16} {'FNMR@0':>8} " + " ".join(f"{c:>10} {'norm':>6}" for c in limits))
     for r in rows:

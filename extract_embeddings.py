@@ -9,6 +9,7 @@ handling as ``inference.py``.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from typing import List, Optional, Tuple
@@ -41,20 +42,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(not args.quiet)
     if not args.output.lower().endswith((".pkl", ".npz")):
         raise ConfigError(f"--output '{args.output}' must end with .pkl or .npz")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from utils.config import MAX_BATCH, MAX_WORKERS
+
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH:
+        raise ConfigError(f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}")
+    if args.workers is not None and not 0 <= args.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}, got {args.workers}")
 
     import torch
 
     from dataset.formats import write_embeddings
     from dataset.image_folder import find_images
     from model.registry import build_backbone, load_backbone
+    from utils.io import check_output_dir
     from utils.runtime import resolve_device
     from utils.scoring import default_batch_size, default_workers, map_folder
 
     build_backbone(args.backbone)  # unknown names fail before any file is read
+    check_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
     device = resolve_device(args.device)
-    rel_paths = find_images(args.images)
+    rel_paths = find_images(args.images, key="--images")
     backbone = load_backbone(args.backbone, args.weights).to(device).to(memory_format=torch.channels_last)
 
     def forward(x: torch.Tensor) -> Tuple[torch.Tensor]:

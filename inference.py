@@ -13,10 +13,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from utils.cli import run_cli, setup_logging
-from utils.config import load_config
+from utils.config import check_batch, check_seed, check_workers, load_config
 from utils.errors import DataError
 
 _logger = logging.getLogger("inference")
@@ -33,6 +33,9 @@ class BaseSection:
     save_path: str = "./quality_scores"
     seed: int = 42069
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed, "base.seed")
 
 
 @dataclass
@@ -55,10 +58,8 @@ class LoaderParams:
     persistent_workers: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"'dataloader.params.batch_size' must be at least 1, got {self.batch_size}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"'dataloader.params.num_workers' must be 0 or more, got {self.num_workers}")
+        check_batch(self.batch_size, "dataloader.params.batch_size")
+        check_workers(self.num_workers, "dataloader.params.num_workers")
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
             raise ValueError(f"'dataloader.params.prefetch_factor' must be at least 1, got {self.prefetch_factor}")
         if self.drop_last:
@@ -155,6 +156,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from utils.runtime import resolve_device, seed_everything
     from utils.scoring import QualityScorer
 
+    from utils.io import check_output_dir
+
+    check_output_dir(cfg.base.save_path, "base.save_path / --output")
+    for folder, flag in ((cfg.save_crops, "--save-crops"), (cfg.annotate, "--annotate")):
+        if folder:
+            check_output_dir(folder, flag)
     seed_everything(cfg.base.seed)
     device = resolve_device(cfg.base.device)
     rel_paths = find_images(cfg.dataset.loc)
@@ -179,14 +186,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float]) -> None:
-    from utils.io import write_csv, write_pickle
+def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float], extra: Sequence = ()) -> None:
+    """The pickle and the CSV (and ``extra`` ``(path, writer)`` files), written as one set; non-finite scores are an
+    error (nothing is replaced)."""
+    import math
 
+    from utils.io import csv_writer, pickle_writer, write_together
+
+    bad = [p for p, q in zip(rel_paths, scores) if not math.isfinite(q)]
+    if bad:
+        raise DataError(f"{len(bad)} of {len(scores)} scores are NaN or infinite (e.g. {', '.join(bad[:3])}); the "
+                        "weights or the precision overflow; nothing was written")
     # Keys as the official code writes them: os.path.join(dataset.loc, relative path).
     table: Dict[str, float] = {os.path.join(cfg.dataset.loc, p): q for p, q in zip(rel_paths, scores)}
-    write_pickle(os.path.join(cfg.base.save_path, SCORES_PICKLE), table)
-    write_csv(os.path.join(cfg.base.save_path, SCORES_CSV), ("path", "quality"),
-              ((k, repr(v)) for k, v in table.items()))
+    write_together([(os.path.join(cfg.base.save_path, SCORES_PICKLE), pickle_writer(table)),
+                    (os.path.join(cfg.base.save_path, SCORES_CSV),
+                     csv_writer(("path", "quality"), ((k, repr(v)) for k, v in table.items()))), *extra])
 
 
 def _summary(cfg: InferenceConfig, scored: int, skipped: List[str], seconds: float, extra: str = "") -> None:
@@ -204,7 +219,7 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> int:
     from tqdm import tqdm
 
     from utils.faces import FaceDetector, annotate, load_photo
-    from utils.io import atomic_open, write_csv
+    from utils.io import atomic_open, csv_writer
 
     detector = FaceDetector("cuda" if scorer.device.type == "cuda" else "cpu", cfg.min_face_probability)
     rows, best, skipped, no_face = [], {}, [], []
@@ -234,8 +249,8 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> int:
         if cfg.save_crops:
             for face, crop in zip(faces, crops):
                 target = os.path.join(cfg.save_crops, f"{stem}_face{face.face}.png")
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                crop.save(target)
+                with atomic_open(target, "wb") as handle:
+                    crop.save(handle, format="PNG")
         if cfg.annotate:
             target = os.path.join(cfg.annotate, f"{stem}.jpg")
             with atomic_open(target, "wb") as handle:
@@ -246,12 +261,13 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> int:
                         f"({len(no_face)} without a face, {len(skipped)} unreadable)")
     header = ["path", "face", "x1", "y1", "x2", "y2", *[f"{p}_{c}" for p in ("left_eye", "right_eye", "nose",
               "mouth_left", "mouth_right") for c in ("x", "y")], "probability", "quality"]
-    write_csv(os.path.join(cfg.base.save_path, "faces.csv"), header, rows)
-    with atomic_open(os.path.join(cfg.base.save_path, "no-face.txt"), "w", encoding="utf-8") as handle:
-        handle.writelines(os.path.join(cfg.dataset.loc, rel) + "\n" for rel in no_face)
-    # One score per photo (its largest face) in the official format, so evaluate.py and old scripts read it.
+    listing = ("w", lambda handle: handle.writelines(os.path.join(cfg.dataset.loc, rel) + "\n" for rel in no_face))
+    # One score per photo (its largest face) in the official format, so evaluate.py and old scripts read it; the
+    # four files are written as one set.
     kept = sorted(best)
-    _write_scores(cfg, kept, [best[r] for r in kept])
+    _write_scores(cfg, kept, [best[r] for r in kept], extra=[
+        (os.path.join(cfg.base.save_path, "faces.csv"), csv_writer(header, rows)),
+        (os.path.join(cfg.base.save_path, "no-face.txt"), listing)])
     _summary(cfg, len(rows), skipped, seconds, extra=f", photos without a face {len(no_face)}")
     if no_face:
         print(f"no face found in: {', '.join(no_face[:5])}{' ...' if len(no_face) > 5 else ''} "

@@ -73,10 +73,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = resolve_config(args)
     setup_logging(cfg.verbose)
 
-    from dataset.formats import read_embeddings, read_label_values, write_prepared
+    from dataset.formats import prepared_writers, read_embeddings, read_label_values
     from dataset.labels import centre_order, group_identities, identity_centres, quality_threshold
     from dataset.labels import select_identities, training_items
-    from utils.io import write_json
+    from utils.io import check_output_dir, json_writer, write_together
+
+    check_output_dir(cfg.save_location, "save_location / -sl")
 
     start = time.perf_counter()
     paths, qualities, values = read_label_values(cfg.label_location)
@@ -105,7 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     embedding_dim = embeddings.dim
     del embeddings, chosen_paths  # the largest objects by far; free them before the items are built
     items = training_items(paths, values, ids, selection)
-    centres_path, items_path = write_prepared(cfg.save_location, cfg.save_name, centres, items)
+    files = prepared_writers(cfg.save_location, cfg.save_name, centres, items)
+    centres_path, items_path = files[0][0], files[1][0]
 
     summary = {
         "config": asdict(cfg),
@@ -122,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "seconds": round(time.perf_counter() - start, 3),
     }
     summary_path = os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.json")
-    write_json(summary_path, summary)
+    write_together(files + [(summary_path, json_writer(summary))])  # one set: all three or none
     print(f"threshold {threshold:.6g} (beta {cfg.beta}); kept {n_kept} of {len(names)} identities "
           f"({len(names) - n_kept} with fewer than {cfg.min_images} chosen images dropped); {len(items)} training "
           f"items; wrote {centres_path}, {items_path} and {summary_path}", file=sys.stderr)

@@ -33,7 +33,7 @@ def scan_training_images(root: str, min_size: int) -> List[str]:
     Raises:
         DataError: No folder, no images, or images that are too small.
     """
-    paths = find_images(root)
+    paths = find_images(root, key="trainer_params.folder or --folder")
     unreadable: List[str] = []
     small: List[Tuple[str, Tuple[int, int]]] = []
     kept: List[str] = []

@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     import torch
 
 from utils.errors import DataError
-from utils.io import read_scores_csv, safe_pickle_load, write_pickle
+from utils.io import pickle_writer, read_scores_csv, safe_pickle_load, write_pickle
 
 __all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file", "items_file",
-           "write_prepared", "read_prepared"]
+           "prepared_writers", "read_prepared"]
 
 
 def _examples(items: Sequence[str], n: int = 3) -> str:
@@ -122,14 +122,24 @@ class EmbeddingTable:
         return [p for p in paths if p not in self._index]
 
     def gather(self, paths: Sequence[str]) -> np.ndarray:
-        """``(len(paths), D)`` float32 embeddings of ``paths``."""
+        """``(len(paths), D)`` float32 embeddings of ``paths``.
+
+        Raises:
+            DataError: Some of them hold NaN or infinite values (count and examples).
+        """
         if self._matrix is not None:
             rows = np.fromiter(map(self._index.__getitem__, paths), dtype=np.int64, count=len(paths))
-            return np.asarray(self._matrix[rows], dtype=np.float32)
-        if not paths:
+            out = np.asarray(self._matrix[rows], dtype=np.float32)
+        elif not paths:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack(list(map(self._index.__getitem__, paths))).reshape(len(paths), self.dim).astype(
-            np.float32, copy=False)
+        else:
+            out = np.stack(list(map(self._index.__getitem__, paths))).reshape(len(paths), self.dim).astype(
+                np.float32, copy=False)
+        if not np.isfinite(out).all():
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+            raise DataError(f"embeddings file '{self.source}': {len(bad)} embeddings hold NaN or infinite values "
+                            f"(e.g. {_examples([paths[i] for i in bad])}); compute them again or remove them")
+        return out
 
 
 def _npz_member(path: str, name: str) -> np.ndarray:
@@ -235,14 +245,12 @@ def items_file(save_location: str, name: str) -> str:
 PREPARED_PROTOCOL = 4
 
 
-def write_prepared(save_location: str, name: str, centres: "torch.Tensor",
-                   items: Sequence[Tuple[str, Any, int]]) -> Tuple[str, str]:
-    """Write the two official files: the pickled ``(K, D)`` float32 torch tensor of centres and the pickled item
-    list, with the official pickle protocol."""
-    centres_path, items_path = centres_file(save_location, name), items_file(save_location, name)
-    write_pickle(centres_path, centres, protocol=PREPARED_PROTOCOL)
-    write_pickle(items_path, list(items), protocol=PREPARED_PROTOCOL)
-    return centres_path, items_path
+def prepared_writers(save_location: str, name: str, centres: "torch.Tensor",
+                     items: Sequence[Tuple[str, Any, int]]) -> List[Tuple[str, Tuple[str, Any]]]:
+    """The two official files as ``(path, writer)`` for :func:`utils.io.write_together`: the pickled ``(K, D)``
+    float32 torch tensor of centres and the pickled item list, with the official pickle protocol."""
+    return [(centres_file(save_location, name), pickle_writer(centres, PREPARED_PROTOCOL)),
+            (items_file(save_location, name), pickle_writer(list(items), PREPARED_PROTOCOL))]
 
 
 def read_prepared(save_location: str, name: str):

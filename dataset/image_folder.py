@@ -19,29 +19,50 @@ _logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def find_images(root: str, order: str = "sorted") -> List[str]:
+def find_images(root: str, order: str = "sorted", key: str = "dataset.loc or --images") -> List[str]:
     """Return the image files below ``root`` as paths relative to it, with ``/`` separators.
+
+    Symbolic links to files are followed, and so are linked folders, each real folder once (a link loop ends
+    there). Entries with an image extension that are not regular files (FIFOs, devices, broken links) are left out
+    and counted in a warning, as are folders that cannot be read.
 
     Args:
         root: The folder.
         order: ``sorted`` (the same on every machine), or ``walk``: the order ``os.walk`` meets them, as the
             official DifFIQA scorer lists a folder (it decides which random draws each image gets).
+        key: The config key or flag that names ``root``, for messages.
 
     Raises:
         DataError: ``root`` is missing, not a folder, or holds no image with a known extension.
     """
     if not os.path.exists(root):
-        raise DataError(f"image folder '{root}' does not exist; set dataset.loc in the config or pass --images DIR")
+        raise DataError(f"image folder '{root}' ({key}) does not exist")
     if not os.path.isdir(root):
-        raise DataError(f"image folder '{root}' is not a folder; pass a folder of aligned face crops with --images")
+        raise DataError(f"image folder '{root}' ({key}) is not a folder; name a folder of aligned face crops")
     found: List[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    not_regular: List[str] = []
+    unreadable: List[str] = []
+    visited: set = set()  # real paths of the folders walked: each once, so link loops end
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True,
+                                                 onerror=lambda err: unreadable.append(str(err.filename))):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         if order != "walk":
             dirnames.sort()
         for filename in filenames:
             if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
-                rel = os.path.relpath(os.path.join(dirpath, filename), root)
-                found.append(rel.replace(os.sep, "/"))
+                full = os.path.join(dirpath, filename)
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                (found if os.path.isfile(full) else not_regular).append(rel)
+    if not_regular:
+        _logger.warning("left out %d entries of '%s' that are not regular files (FIFOs, devices, broken links), "
+                        "e.g. %s", len(not_regular), root, ", ".join(sorted(not_regular)[:3]))
+    if unreadable:
+        _logger.warning("could not read %d folder(s) below '%s' (their images are left out), e.g. %s",
+                        len(unreadable), root, ", ".join(unreadable[:3]))
     if not found:
         raise DataError(f"image folder '{root}' holds no images (looked for {' '.join(IMAGE_EXTENSIONS)}, "
                         "any case, in all subfolders)")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.diffusion_unet import DiffusionUnet, diffiqa_unet
-from model.registry import describe_mismatch, strip_prefixes
+from model.registry import check_finite, describe_mismatch, strip_prefixes
 from utils.errors import CheckpointError
 
 __all__ = ["cosine_beta_schedule", "linear_beta_schedule", "GaussianDiffusion", "reconstruction_pairs", "noised_steps",
@@ -283,6 +283,7 @@ def read_diffusion_state(path: str, ema: bool = False) -> Dict[str, torch.Tensor
         some = ", ".join(list(state)[:3])
         raise CheckpointError(f"'{path}' is not a DifFIQA denoiser checkpoint (expected 'betas' and 'model.*' "
                               f"UNet tensors, found {some}...)")
+    check_finite(state, path)
     return state
 
 

@@ -25,7 +25,7 @@ from utils.errors import CheckpointError, ConfigError
 
 __all__ = ["BACKBONES", "VARIANTS", "Variant", "OFFICIAL_WEIGHTS_HELP", "build_backbone", "build_model",
            "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names",
-           "strip_prefixes", "describe_mismatch"]
+           "strip_prefixes", "describe_mismatch", "check_finite"]
 
 _logger = logging.getLogger(__name__)
 
@@ -147,7 +147,20 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"weights file '{path}' does not hold a state_dict (a dict of tensors)")
+    check_finite(obj, path)
     return strip_prefixes(obj)
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
+    """Refuse a checkpoint whose parameters or buffers hold NaN or infinite values (a diverged or corrupt run).
+
+    Raises:
+        CheckpointError: Names the first such tensor and how many there are.
+    """
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"weights file '{path}' holds NaN or infinite values in {len(bad)} tensor(s) (first: "
+                              f"{bad[0]}); it comes from a diverged or damaged run")
 
 
 def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:

@@ -122,7 +122,7 @@ def _write_yaml(tmp_path, data) -> str:
 
 
 @pytest.mark.parametrize("case,pattern", [
-    ("missing_folder", r"image folder '.*nowhere' does not exist"),
+    ("missing_folder", r"image folder '.*nowhere' \(dataset.loc or --images\) does not exist"),
     ("empty_folder", r"holds no images"),
     ("all_corrupt", r"none of the 1 images .* could be read"),
     ("missing_weights", r"weights file '.*absent.pth' not found; the official weights are published"),
@@ -130,7 +130,7 @@ def _write_yaml(tmp_path, data) -> str:
     ("unknown_key", r"unknown key 'base.verbos'"),
     ("unknown_loader_key", r"unknown key 'dataloader.params.batchsize'"),
     ("bad_type", r"'dataloader.params.batch_size' must be int or null, got 'many'"),
-    ("bad_value", r"'dataloader.params.batch_size' must be at least 1"),
+    ("bad_value", r"'dataloader.params.batch_size' must be between 1 and 1048576"),
     ("bad_model", r"'model' is 'ediffiqaXL'; choose one of"),
     ("bad_device", r"device 'tpu' not understood"),
     ("bad_yaml", r"is not valid YAML at line"),

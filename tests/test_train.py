@@ -402,7 +402,7 @@ def test_official_train_config_runs_unchanged(official_set, tmp_path, capsys) ->
 
 
 @pytest.mark.parametrize("value,pattern", [
-    ("nowhere.yaml", r"'base.model' is 'nowhere.yaml': neither a model config file nor a variant name"),
+    ("nowhere.yaml", r"the model 'nowhere.yaml' \(base.model or model.config\) is neither a model config file nor a variant"),
     ("bad_backbone", r"'base_model.module' is 'os.system'; allowed"),
     ("bad_transform", r"'base_model.transformations' must be the official preprocessing"),
 ])

@@ -5,7 +5,7 @@ import logging
 import sys
 from typing import Callable, List, Optional
 
-from utils.errors import EXIT_USER_ERROR, UserError
+from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError
 
 __all__ = ["setup_logging", "run_cli"]
 
@@ -17,12 +17,16 @@ def setup_logging(verbose: bool = True) -> None:
 
 
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]], prog: str) -> int:
-    """Call ``main(argv)``; a :class:`UserError` becomes ``"<prog>: error: <message>"`` and exit code 2."""
+    """Call ``main(argv)``; a :class:`UserError` becomes ``"<prog>: error: <message>"`` and exit code 2, a
+    :class:`RunError` the same line and exit code 1."""
     try:
         return main(argv)
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RunError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_RUN_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -14,7 +14,8 @@ import yaml
 
 from utils.errors import ConfigError
 
-__all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check"]
+__all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check", "check_seed", "check_batch",
+           "check_workers", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS"]
 
 T = TypeVar("T")
 
@@ -131,14 +132,36 @@ def set_by_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating sections as needed."""
     node = data
     parts = dotted.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
+        if child is None:
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):
+            section = ".".join(parts[:depth + 1])
+            raise ConfigError(f"'{section}' must be a mapping of keys, got {child!r}")
         node = child
     node[parts[-1]] = value
 
+
+
+#: Ranges that values must keep so that they cannot crash a run later (torch seeds are 64-bit; larger batches or
+#: worker counts than these are typos, not settings).
+MAX_SEED = 2 ** 63 - 1
+MAX_BATCH = 1 << 20
+MAX_WORKERS = 256
+
+
+def check_seed(value: int, key: str) -> None:
+    check(0 <= value <= MAX_SEED, f"'{key}' must be between 0 and 2**63 - 1, got {value}")
+
+
+def check_batch(value: Optional[int], key: str) -> None:
+    check(value is None or 1 <= value <= MAX_BATCH, f"'{key}' must be between 1 and {MAX_BATCH}, got {value}")
+
+
+def check_workers(value: Optional[int], key: str) -> None:
+    check(value is None or 0 <= value <= MAX_WORKERS, f"'{key}' must be between 0 and {MAX_WORKERS}, got {value}")
 
 
 def check(condition: bool, message: str) -> None:

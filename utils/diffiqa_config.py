@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from utils.config import check, from_dict, load_yaml
+from utils.config import check, check_batch, check_seed, check_workers, from_dict, load_yaml
 from utils.errors import ConfigError
 from utils.train_config import BackboneSection
 
@@ -47,7 +47,7 @@ class InferenceSection:
     def __post_init__(self) -> None:
         check(self.used_timesteps >= 1, "'inference.used_timesteps' must be at least 1")
         check(self.repeats >= 1, "'inference.repeats' must be at least 1")
-        check(self.batch_size is None or self.batch_size >= 1, "'inference.batch_size' must be at least 1")
+        check_batch(self.batch_size, "inference.batch_size")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class ScoreBase:
         check(self.keys in ("relative", "joined"), f"'base.keys' must be relative or joined, got '{self.keys}'")
         check(self.flush_every >= 1, "'base.flush_every' must be at least 1")
         check(self.limit is None or self.limit >= 1, "'base.limit' must be at least 1")
+        check_seed(self.seed, "base.seed")
 
 
 @dataclass
@@ -81,6 +82,7 @@ class ScoreDataset:
 
     def __post_init__(self) -> None:
         check(self.order in ("sorted", "walk"), f"'dataset.order' must be sorted or walk, got '{self.order}'")
+        check_workers(self.num_workers, "dataset.num_workers")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from utils.config import to_dict
 from utils.diffiqa_scoring import PART_GLOB, RNG_GLOB, ScoreRun, read_parts, score_folder
 from utils.diffiqa_config import resolve_denoiser, resolve_fr
 from utils.errors import CheckpointError, ConfigError
-from utils.io import safe_pickle_load, write_csv, write_json, write_pickle
+from utils.io import (check_output_dir, csv_writer, json_writer, pickle_writer, safe_pickle_load, write_json,
+                      write_together)
 from utils.runtime import cpu_count
 from utils.trainer import init_distributed
 
@@ -90,7 +91,8 @@ def _previous_results(cfg: Any, run: ScoreRun, main: bool,
 
 
 def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
-    rel_paths = find_images(cfg.inference.images_loc, cfg.dataset.order)
+    check_output_dir(cfg.inference.save_loc, "inference.save_loc / --output")
+    rel_paths = find_images(cfg.inference.images_loc, cfg.dataset.order, key="inference.images_loc or --images")
     fr = resolve_fr(cfg)
     if not os.path.isfile(fr[1]):
         raise CheckpointError(f"face recognition weights '{fr[1]}' (fr_model.weights of inference.fr_config, or "
@@ -151,19 +153,21 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
         return summary
     key = (lambda p: p) if cfg.base.keys == "relative" else (lambda p: os.path.join(cfg.inference.images_loc, p))
     ordered = [p for p in rel_paths if p in scores]
-    write_pickle(os.path.join(out, SCORES_PICKLE), {key(p): scores[p] for p in ordered})
-    write_csv(os.path.join(out, SCORES_CSV), ("path", "quality"), [(key(p), f"{scores[p]:.8f}") for p in ordered])
+    table = {key(p): scores[p] for p in ordered}
+    outputs = [(os.path.join(out, SCORES_PICKLE), pickle_writer(table)),
+               (os.path.join(out, SCORES_CSV), csv_writer(("path", "quality"),
+                                                          [(k, f"{v:.8f}") for k, v in table.items()]))]
     if skipped:
         names = sorted(skipped)
         _logger.warning("%d unreadable image(s) were skipped, e.g. %s", len(names),
                         "; ".join(f"{p} ({skipped[p]})" for p in names[:3]))
-    write_json(os.path.join(out, SCORES_META), {
+    write_together(outputs + [(os.path.join(out, SCORES_META), json_writer({
         "seed": cfg.base.seed, "mode": "official" if cfg.base.official else "default",
         "timestep": run.t, "repeats": run.repeats, "batch_size": batch, "precision": run.precision,
         "denoiser": cfg.inference.model_loc, "ema": cfg.base.ema, "fr_backbone": fr[0],
         "fr_weights": fr[1], "images": len(rel_paths), "scored": len(ordered),
         "skipped": {p: skipped[p] for p in sorted(skipped)}, "processes": info.world, "device": str(device),
-        "last_run_seconds": round(seconds, 2), "config": to_dict(cfg)})
+        "last_run_seconds": round(seconds, 2), "config": to_dict(cfg)}))])
     for leftover in glob.glob(os.path.join(out, PART_GLOB)) + glob.glob(os.path.join(out, RNG_GLOB)):
         os.remove(leftover)
     summary.update({"scored": len(ordered), "skipped": len(skipped),

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from model.diffusion import GaussianDiffusion, noised_steps
+from utils.io import TEXT_ERRORS
 
 __all__ = ["diffiqa_quality", "score_batch_official", "score_batch_fast", "image_seed", "split_for_rank",
            "ScoreRun", "score_folder", "read_parts", "PART_GLOB", "RNG_GLOB"]
@@ -92,7 +93,8 @@ def score_batch_official(x: torch.Tensor, diffusion: GaussianDiffusion, fr: FR, 
 
 def image_seed(seed: int, rel_path: str) -> int:
     """A 63-bit seed for one image from the run seed and its relative path (independent of batching and ranks)."""
-    digest = hashlib.sha256(f"{seed}:{rel_path}".encode("utf-8")).digest()
+    # The name's bytes as the OS holds them (the same as UTF-8 for valid names), so any file name works.
+    digest = hashlib.sha256(f"{seed}:".encode("ascii") + os.fsencode(rel_path)).digest()
     return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
 
 
@@ -175,7 +177,7 @@ def read_parts(folder: str) -> Tuple[Dict[str, float], Dict[str, str]]:
     scores: Dict[str, float] = {}
     skipped: Dict[str, str] = {}
     for part in sorted(glob.glob(os.path.join(folder, PART_GLOB))):
-        with open(part, "r", encoding="utf-8", newline="") as handle:
+        with open(part, "r", encoding="utf-8", errors=TEXT_ERRORS, newline="") as handle:
             for row in csv.reader(handle):
                 if len(row) != 3:
                     continue  # a line cut by a kill: that image is scored again
@@ -248,7 +250,7 @@ def score_folder(run: ScoreRun, rel_paths: Sequence[str], diffusion: GaussianDif
     counts = {"done": len(done), "scored": 0, "skipped": 0, "todo": len(mine)}
     if not mine:
         return counts
-    handle = open(part, "a", encoding="utf-8", newline="")
+    handle = open(part, "a", encoding="utf-8", errors=TEXT_ERRORS, newline="")
     writer = csv.writer(handle)
     since_flush = 0
     bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=not run.verbose,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from utils.config import check
+from utils.config import check, check_batch, check_seed, check_workers
 
 __all__ = ["UnetParams", "DiffParams", "TrainerParams", "DiffusionTrainConfig"]
 
@@ -112,7 +112,8 @@ class TrainerParams:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        check(self.train_batch_size >= 1, "'trainer_params.train_batch_size' must be at least 1")
+        check_batch(self.train_batch_size, "trainer_params.train_batch_size")
+        check_seed(self.seed, "trainer_params.seed")
         check(self.gradient_accumulate_every >= 1, "'trainer_params.gradient_accumulate_every' must be at least 1")
         check(self.train_num_steps >= 1, "'trainer_params.train_num_steps' must be at least 1")
         check(self.train_lr > 0, "'trainer_params.train_lr' must be positive")
@@ -126,7 +127,7 @@ class TrainerParams:
         check(len(self.degradation_probs) >= 1 and all(0.0 <= p <= 1.0 for p in self.degradation_probs),
                "'trainer_params.degradation_probs' must list probabilities in [0, 1]")
         check(self.min_image_size >= 0, "'trainer_params.min_image_size' must be 0 or more")
-        check(self.num_workers is None or self.num_workers >= 0, "'trainer_params.num_workers' must be 0 or more")
+        check_workers(self.num_workers, "trainer_params.num_workers")
         check(self.log_every >= 1, "'trainer_params.log_every' must be at least 1")
         check(self.convert_image_to in (None, "RGB"), "'trainer_params.convert_image_to' must be null or RGB")
 

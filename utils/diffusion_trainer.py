@@ -24,7 +24,7 @@ from utils.config import to_dict
 from utils.diffusion_config import DiffusionTrainConfig
 from utils.train_config import WandbSection
 from utils.errors import ConfigError
-from utils.io import atomic_open
+from utils.io import atomic_open, check_output_dir
 from utils.runtime import cpu_count, rng_state, seed_everything, set_rng_state
 from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
 from utils.trainer import DistInfo, all_reduce_sum, finish_distributed, init_distributed
@@ -50,6 +50,7 @@ class DiffusionTrainer:
         if tp.train_batch_size % self.info.world:
             raise ConfigError(f"trainer_params.train_batch_size {tp.train_batch_size} must be divisible by the "
                               f"{self.info.world} processes")
+        check_output_dir(tp.results_folder, "trainer_params.results_folder")
         self.paths = scan_training_images(tp.folder, tp.min_image_size)
         self.data = DegradationPairs(tp.folder, self.paths, cfg.diff_params.image_size, tp.seed,
                                      flip=tp.augment_horizontal_flip, probs=tp.degradation_probs)

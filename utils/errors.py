@@ -1,10 +1,12 @@
 """Errors that mean "the user's input is wrong", as opposed to a bug."""
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "EXIT_USER_ERROR"]
+__all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "RunError", "EXIT_USER_ERROR", "EXIT_RUN_ERROR"]
 
 #: Exit code of every script for a user mistake (argparse uses the same).
 EXIT_USER_ERROR = 2
+#: Exit code of a run that had to stop for a reason other than the user's input (a diverged training).
+EXIT_RUN_ERROR = 1
 
 
 class UserError(Exception):
@@ -21,3 +23,8 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """An input folder or data file is missing, empty or malformed."""
+
+
+class RunError(Exception):
+    """The run cannot go on although the input was valid (the loss became NaN, say). Scripts print the message on
+    one line and exit with code 1."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -88,8 +89,7 @@ def read_pairs(path: str) -> Pairs:
     return Pairs(a, b, np.array(mated, dtype=bool))
 
 
-def read_qualities(path: str) -> Dict[str, float]:
-    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``."""
+def _read_quality_table(path: str) -> Dict[str, float]:
     if path.lower().endswith(".csv"):
         if not os.path.isfile(path):
             raise DataError(f"quality file '{path}' not found")
@@ -98,9 +98,24 @@ def read_qualities(path: str) -> Dict[str, float]:
     if not isinstance(data, Mapping):
         raise DataError(f"quality file '{path}' must hold a dict {{image path: quality}}")
     try:
-        return {str(k): float(v) for k, v in data.items()}
+        table = {str(k): float(v) for k, v in data.items()}
     except (TypeError, ValueError):
         raise DataError(f"quality file '{path}' holds values that are not numbers") from None
+    return table
+
+
+def read_qualities(path: str) -> Dict[str, float]:
+    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``.
+
+    Raises:
+        DataError: Unreadable file, or NaN/infinite scores (count and examples).
+    """
+    table = _read_quality_table(path)
+    bad = [k for k, v in table.items() if not math.isfinite(v)]
+    if bad:
+        raise DataError(f"quality file '{path}': {len(bad)} of {len(table)} scores are NaN or infinite (e.g. "
+                        f"{', '.join(repr(k) for k in bad[:3])}); score those images again or remove them")
+    return table
 
 
 class PathMatcher:

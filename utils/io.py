@@ -10,9 +10,93 @@ import pickle
 import tempfile
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, Sequence, Tuple
 
-from utils.errors import DataError
+from utils.errors import DataError, UserError
 
-__all__ = ["atomic_open", "write_pickle", "write_json", "write_csv", "safe_pickle_load", "read_scores_csv"]
+__all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
+           "csv_writer", "check_output_dir", "safe_pickle_load", "read_scores_csv", "OutputError", "TEXT_ERRORS"]
+
+#: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
+#: (``surrogateescape``), so every path written can be read back exactly.
+TEXT_ERRORS = "surrogateescape"
+
+
+class OutputError(UserError):
+    """An output cannot be written (read-only folder, a file where a folder should be, a full disk)."""
+
+
+def _file_mode() -> int:
+    """``0o666`` less the process umask: what ``open`` would give a new file (``mkstemp`` gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def check_output_dir(folder: str, key: str) -> None:
+    """Before any work: ``folder`` exists or can be made, is a folder, and a file can be created in it.
+
+    Raises:
+        OutputError: One line naming the folder, the config key or flag (``key``) and the reason.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"output folder '{folder}' ({key}) is a file; choose a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output folder '{folder}' ({key}) cannot be written: {exc.strerror or exc}; choose "
+                          "another folder") from None
+
+
+@contextlib.contextmanager
+def file_set() -> Iterator[Callable[..., IO]]:
+    """Write files that belong together as one set: each is written to a temporary beside it, and only when all
+    are written are they renamed into place, so a failure (a full disk, say) leaves the previous set as it was.
+
+    Example:
+        >>> with file_set() as open_new:  # doctest: +SKIP
+        ...     pickle.dump(table, open_new("scores.pkl", "wb"))
+        ...     open_new("scores.csv", "w", encoding="utf-8").write(text)
+
+    Raises:
+        OutputError: A write failed; the message names the file and says that the earlier files are unchanged.
+    """
+    pending: list = []
+
+    def open_new(path: str, mode: str = "wb", encoding: str | None = None, newline: str | None = None) -> IO:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        errors = TEXT_ERRORS if "b" not in mode else None
+        handle = os.fdopen(fd, mode, encoding=encoding, newline=newline, errors=errors)
+        pending.append((handle, tmp, path))
+        return handle
+
+    current = ""
+    try:
+        yield open_new
+        mode = _file_mode()
+        for handle, tmp, path in pending:
+            current = path
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+            os.chmod(tmp, mode)
+        for _, tmp, path in pending:
+            current = path
+            os.replace(tmp, path)
+    except BaseException as exc:
+        for handle, tmp, _ in pending:
+            with contextlib.suppress(OSError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            failed = current or (pending[-1][2] if pending else "?")
+            names = ", ".join(os.path.basename(p) for _, _, p in pending)
+            raise OutputError(f"cannot write '{failed}': {exc.strerror or exc}; the previous {names} "
+                              "are unchanged") from None
+        raise
 
 
 @contextlib.contextmanager
@@ -21,50 +105,81 @@ def atomic_open(path: str, mode: str = "wb", encoding: str | None = None, newlin
 
     A reader never sees a half-written file and an interrupted run never destroys an earlier result.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with file_set() as open_new:
+        yield open_new(path, mode, encoding=encoding, newline=newline)
 
 
-def write_pickle(path: str, obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
-    """Pickle ``obj`` to ``path`` atomically."""
-    with atomic_open(path, "wb") as handle:
-        pickle.dump(obj, handle, protocol=protocol)
+def pickle_writer(obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> Tuple[str, Callable[[IO], None]]:
+    """``(mode, write)`` for :func:`write_together`: ``obj`` pickled."""
+    return "wb", lambda handle: pickle.dump(obj, handle, protocol=protocol)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as handle:
+def json_writer(obj: Any) -> Tuple[str, Callable[[IO], None]]:
+    """``(mode, write)`` for :func:`write_together`: ``obj`` as indented JSON."""
+    def write(handle: IO) -> None:
         json.dump(obj, handle, indent=2, sort_keys=False)
         handle.write("\n")
 
+    return "w", write
 
-def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Write a CSV file (RFC 4180 quoting, so paths with commas survive) atomically."""
-    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+
+def csv_writer(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Tuple[str, Callable[[IO], None]]:
+    """``(mode, write)`` for :func:`write_together`: a CSV (RFC 4180 quoting, so paths with commas survive)."""
+    def write(handle: IO) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
 
+    return "w", write
+
+
+def write_together(files: Sequence[Tuple[str, Tuple[str, Callable[[IO], None]]]]) -> None:
+    """Write ``[(path, writer), ...]`` as one set (see :func:`file_set`); writers come from :func:`pickle_writer`,
+    :func:`json_writer` and :func:`csv_writer`."""
+    with file_set() as open_new:
+        for path, (mode, write) in files:
+            write(open_new(path, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else ""))
+
+
+def write_pickle(path: str, obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+    """Pickle ``obj`` to ``path`` atomically."""
+    write_together([(path, pickle_writer(obj, protocol))])
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    write_together([(path, json_writer(obj))])
+
+
+def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV file atomically; file names keep their bytes (:data:`TEXT_ERRORS`)."""
+    write_together([(path, csv_writer(header, rows))])
+
 
 def read_scores_csv(path: str) -> Dict[str, float]:
-    """Read a ``path,quality`` CSV as written by ``inference.py``."""
-    with open(path, "r", encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["path", "quality"]:
-            raise DataError(f"'{path}' is not a quality CSV: its first line must be 'path,quality'")
-        return {row[0]: float(row[1]) for row in reader if row}
+    """Read a ``path,quality`` CSV as written by ``inference.py`` (file names as their bytes).
+
+    Raises:
+        DataError: Not a quality CSV, or a row without a number in its second column (names the line).
+    """
+    try:
+        with open(path, "r", encoding="utf-8", errors=TEXT_ERRORS, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:2]] != ["path", "quality"]:
+                raise DataError(f"'{path}' is not a quality CSV: its first line must be 'path,quality'")
+            table: Dict[str, float] = {}
+            for row in reader:
+                if not row:
+                    continue
+                try:
+                    table[row[0]] = float(row[1])
+                except (IndexError, ValueError):
+                    raise DataError(f"'{path}' line {reader.line_num}: expected 'path,quality', got "
+                                    f"{','.join(row)[:80]!r}") from None
+            return table
+    except csv.Error as exc:
+        raise DataError(f"'{path}' is not a readable CSV ({exc})") from None
 
 
 #: (module, name) pairs the official pickle files need: builtin containers and NumPy arrays / scalars.
@@ -108,7 +223,10 @@ def _safe_globals() -> Dict[Tuple[str, str], Any]:
 def _load_torch_storage_bytes(data: bytes) -> Any:
     import torch
 
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's refusal runs over several lines; keep the first
+        raise pickle.UnpicklingError(f"refusing the tensor data inside it: {_first_line(exc)}") from None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -139,11 +257,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle '{module}.{name}' (not a type this format uses)")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def safe_pickle_load(path: str, allow_torch: bool = False) -> Any:
     """Unpickle a data file admitting only the types the official formats use.
 
     Raises:
-        DataError: The file is missing, unreadable, or holds other types (which could run code when loaded).
+        DataError: The file is missing, unreadable, holds other types (which could run code when loaded), or
+            claims more memory than there is; always one line.
     """
     if not os.path.isfile(path):
         raise DataError(f"file '{path}' not found")
@@ -153,6 +277,8 @@ def safe_pickle_load(path: str, allow_torch: bool = False) -> Any:
     except pickle.UnpicklingError as exc:
         if str(exc).startswith("refusing"):
             raise DataError(f"cannot read '{path}': {exc}") from None
-        raise DataError(f"cannot read '{path}' as a pickle file ({exc})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError, OSError) as exc:
-        raise DataError(f"cannot read '{path}' as a pickle file ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"cannot read '{path}' as a pickle file ({_first_line(exc)})") from None
+    except MemoryError:
+        raise DataError(f"cannot read '{path}': it holds an object larger than the memory of this machine") from None
+    except Exception as exc:  # corrupt files raise many types (EOFError, ValueError, RuntimeError from torch, ...)
+        raise DataError(f"cannot read '{path}' as a pickle file ({type(exc).__name__}: {_first_line(exc)})") from None

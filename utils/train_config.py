@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES
-from utils.config import check, from_dict, load_yaml
+from utils.config import check, check_batch, check_seed, check_workers, from_dict, load_yaml
 from utils.errors import ConfigError
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "ModelSpec", "resolve_model", "OFFICIAL_BACKBONES"]
 
-#: Optimizer module strings admitted in configs.
+#: Optimizer module strings admitted in configs, and their classes (looked up when needed: torch imports late).
 OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
+OPTIMIZER_CLASSES = {name: (lambda attr=name.rsplit(".", 1)[1]: getattr(__import__("torch").optim, attr))
+                     for name in OPTIMIZERS}
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TrainBase:
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"'base.epochs' must be at least 1, got {self.epochs}")
+        check_seed(self.seed, "base.seed")
 
 
 @dataclass
@@ -93,8 +96,10 @@ class TrainLoaderParams:
     persistent_workers: bool = False
 
     def __post_init__(self) -> None:
-        check(self.batch_size >= 1, f"'batch_size' must be at least 1, got {self.batch_size}")
-        check(self.num_workers is None or self.num_workers >= 0, "'num_workers' must be 0 or more")
+        check_batch(self.batch_size, "dataloader params.batch_size")
+        check_workers(self.num_workers, "dataloader params.num_workers")
+        check(self.prefetch_factor is None or 1 <= self.prefetch_factor <= 64,
+               f"'dataloader params.prefetch_factor' must be between 1 and 64, got {self.prefetch_factor}")
 
 
 @dataclass
@@ -142,6 +147,27 @@ class OptimizerSection:
             check(key in ("weight_decay", "betas", "eps", "momentum", "nesterov", "amsgrad"),
                    f"'optimizer.params.{key}' is not an optimizer setting this project passes on")
             check(isinstance(value, (int, float, bool, list)), f"'optimizer.params.{key}' must be a number")
+        betas = self.params.get("betas")
+        check(betas is None or (isinstance(betas, list) and len(betas) == 2
+                                and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)),
+               f"'optimizer.params.betas' must be two numbers in [0, 1), got {betas}")
+        groups = [g for g in (self.group_1, self.group_2) if g is not None]
+        check(len({g.params for g in groups}) == len(groups),
+               f"'optimizer.group_1' and 'optimizer.group_2' both name '{self.group_1.params}'; name two different "
+               "parts (mlp and base_model)")
+        check(self.grad_clip is None or self.grad_clip > 0, f"'optimizer.grad_clip' must be positive, got "
+               f"{self.grad_clip}")
+        # Let the optimizer itself judge its arguments (names, betas, eps ranges), before any work is done.
+        import torch
+
+        kwargs = dict(self.params)
+        if isinstance(kwargs.get("betas"), list):
+            kwargs["betas"] = tuple(kwargs["betas"])
+        try:
+            OPTIMIZER_CLASSES[self.module]()(
+                [{"params": [torch.zeros(1, requires_grad=True)], "lr": g.lr} for g in groups], **kwargs)
+        except Exception as exc:  # noqa: BLE001 - TypeError, ValueError, IndexError for bad arguments
+            raise ValueError(f"'optimizer.params' {self.params} do not fit {self.module}: {exc}") from None
 
 
 @dataclass
@@ -238,6 +264,10 @@ class WandbSection:
     entity: Optional[str] = None
     name: Optional[str] = None
     mode: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check(self.mode in (None, "online", "offline", "disabled"),
+               f"'wandb.mode' must be online, offline or disabled, got '{self.mode}'")
 
 
 @dataclass

@@ -20,11 +20,11 @@ from model.conv_grad import use_fast_weight_grad
 from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1
 from model.registry import VARIANTS, build_model, load_backbone
 from utils.config import to_dict
-from utils.errors import ConfigError, DataError
-from utils.io import write_json
+from utils.errors import ConfigError, DataError, RunError
+from utils.io import check_output_dir, write_json
 from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
 from utils.runtime import cpu_count, resolve_device, rng_state, seed_everything, seed_worker, set_rng_state
-from utils.train_config import ModelSpec, TrainConfig, resolve_model
+from utils.train_config import OPTIMIZER_CLASSES, ModelSpec, TrainConfig, resolve_model
 
 __all__ = ["optimizer_groups", "load_training_data", "load_regression_data", "Trainer", "train", "init_distributed",
            "finish_distributed", "all_reduce_sum"]
@@ -126,12 +126,10 @@ def optimizer_groups(model: EDifFIQA, cfg: TrainConfig, freeze: bool = True) -> 
 
 
 def build_optimizer(groups: List[Dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    cls = {"torch.optim.Adam": torch.optim.Adam, "torch.optim.AdamW": torch.optim.AdamW,
-           "torch.optim.SGD": torch.optim.SGD}[cfg.optimizer.module]
     kwargs = dict(cfg.optimizer.params)
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
-    return cls(groups, **kwargs)
+    return OPTIMIZER_CLASSES[cfg.optimizer.module]()(groups, **kwargs)
 
 
 def build_loss(cfg: TrainConfig) -> DistillationLoss:
@@ -241,6 +239,7 @@ class Trainer:
         self.cfg = cfg
         self.official = cfg.base.official
         self.spec: ModelSpec = resolve_model(cfg.model_source, cfg.base.backbone_weights)
+        check_output_dir(cfg.base.save_path, "base.save_path / --output")
         self.info, self.device = init_distributed(cfg.base.device)
         if self.official and self.info.enabled:
             raise ConfigError("'base.official: 1' reproduces the official single-process loop; run it without "
@@ -403,6 +402,8 @@ class Trainer:
             if out is None:
                 continue
             loss, terms, n = out
+            if not bool(torch.isfinite(loss)):
+                self._diverged(f"the training loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg.optimizer.grad_clip:
@@ -439,7 +440,16 @@ class Trainer:
                                  dtype=torch.float64)
         sums = all_reduce_sum(sums, self.info)
         count = max(sums[3].item(), 1.0)
+        if not bool(torch.isfinite(sums).all()):
+            self._diverged("the validation loss is not finite")
         return {"loss": sums[0].item() / count, "loss_rc": sums[1].item() / count, "loss_q": sums[2].item() / count}
+
+    def _diverged(self, what: str) -> None:
+        """Stop at the first non-finite loss: the checkpoints already written stay as they are."""
+        kept = (f"the checkpoints of epoch {self.history[-1]['epoch']} and before in '{self.cfg.base.save_path}' are "
+                "kept" if self.history else "no checkpoint was written yet")
+        raise RunError(f"{what}: training diverged ({kept}); lower the learning rates, turn base.amp off, or check "
+                       "the labels and embeddings")
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch: int) -> Dict[str, Any]:
@@ -452,12 +462,16 @@ class Trainer:
         state = read_resume_checkpoint(path, "base.resume")
         if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "optimizer" not in state:
             raise ConfigError(f"base.resume: '{path}' is not a resumable checkpoint of this project (use last.pt)")
-        held = state.get("variant", state["config"].get("model", {}).get("name"))
+        held = state.get("variant") or (state["config"].get("model") or {}).get("name")
         if held != self.spec.name:
             raise ConfigError(f"base.resume: '{path}' trains {held}, the config {self.spec.name}")
         if bool(state["config"]["base"].get("official", False)) != self.official:
             raise ConfigError(f"base.resume: '{path}' was trained with base.official: "
                               f"{int(not self.official)}; resume it with the same setting")
+        for section in ("optimizer", "dataloader"):
+            if state["config"].get(section) != to_dict(self.cfg)[section]:
+                raise ConfigError(f"base.resume: '{path}' was trained with another '{section}' section "
+                                  f"({state['config'].get(section)}); resume with the config it was trained with")
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
