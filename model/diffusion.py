@@ -17,6 +17,7 @@ from torch import nn
 
 from model.diffusion_unet import DiffusionUnet, diffiqa_unet
 from model.registry import check_finite, describe_mismatch, strip_prefixes
+from utils.io import torch_load, torch_load_reason
 from utils.errors import CheckpointError
 
 __all__ = ["cosine_beta_schedule", "linear_beta_schedule", "GaussianDiffusion", "reconstruction_pairs", "noised_steps",
@@ -261,9 +262,9 @@ def read_diffusion_state(path: str, ema: bool = False) -> Dict[str, torch.Tensor
         raise CheckpointError(f"denoiser checkpoint '{path}' not found; pass the official diff_pretrain.pt or a "
                               "model.pt written by train_diffusion.py")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read denoiser checkpoint '{path}' ({str(exc).splitlines()[0]})") from None
+        data = torch_load(path)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types
+        raise CheckpointError(f"cannot read denoiser checkpoint '{path}' ({torch_load_reason(exc)})") from None
     if not isinstance(data, Mapping):
         raise CheckpointError(f"'{path}' does not hold a state dict or a trainer checkpoint")
     if ema:

@@ -22,6 +22,7 @@ from model.iresnet import iresnet18, iresnet34, iresnet50, iresnet100, iresnet20
 from model.mlp import MLP
 from model.mobilefacenet import mobilefacenet
 from utils.errors import CheckpointError, ConfigError
+from utils.io import torch_load, torch_load_reason
 
 __all__ = ["BACKBONES", "VARIANTS", "Variant", "OFFICIAL_WEIGHTS_HELP", "build_backbone", "build_model",
            "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names",
@@ -124,21 +125,20 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Te
     return out
 
 
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str, key: str = "--weights or the config key 'weights'") -> Dict[str, torch.Tensor]:
     """Read a weights file safely (``weights_only=True``) and return its flat ``state_dict`` on the CPU.
 
     Accepts a plain state dict or a training checkpoint holding one under ``model`` or ``state_dict``.
-    Raises :class:`CheckpointError` with a one-line reason for anything else.
+    Raises :class:`CheckpointError` with a one-line reason for anything else; ``key`` names the flag or config key
+    that gives the path.
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f"weights file '{path}' not found; {OFFICIAL_WEIGHTS_HELP}; pass its path with "
-                              "--weights or the config key 'weights'")
+        raise CheckpointError(f"weights file '{path}' not found; {OFFICIAL_WEIGHTS_HELP}; pass its path with {key}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read weights file '{path}' as a PyTorch checkpoint with weights_only=True "
-                              f"({reason})") from None
+        raise CheckpointError(f"cannot read weights file '{path}' as a PyTorch checkpoint "
+                              f"({torch_load_reason(exc)})") from None
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -222,13 +222,15 @@ def load_weights(model: EDifFIQA, path: str, name: str) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_backbone(name: str, path: str, into: Optional[nn.Module] = None) -> nn.Module:
+def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
+                  key: str = "--weights") -> nn.Module:
     """Load an insightface-layout checkpoint strictly into backbone ``name``: a new one in eval mode, or ``into``
     (left in its mode; nothing new is built, so no random numbers are drawn).
 
     The ``base_model.*`` part of an eDifFIQA checkpoint and the ``base.*`` part of a DifFIQA(R) one are accepted too.
+    ``key`` names the flag or config key that gives ``path``, for messages.
     """
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, key)
     for prefix in ("base_model.", "base."):  # the backbone of an eDifFIQA or a DifFIQA(R) checkpoint
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}

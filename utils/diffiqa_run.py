@@ -102,7 +102,7 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
     levels = denoiser.model.levels
     if 112 % (2 ** (levels - 1)):
         raise ConfigError(f"the denoiser's {levels} levels need sides divisible by {2 ** (levels - 1)}; faces are 112")
-    fr_model = load_backbone(*fr)
+    fr_model = load_backbone(*fr, key="fr_model.weights of inference.fr_config or --fr-weights")
     denoiser, fr_model = denoiser.to(device).eval(), fr_model.to(device).eval()
     if not cfg.base.official and device.type == "cpu":
         denoiser.model.to(memory_format=torch.channels_last)  # 1.14x on the CPU; scores within 1e-5

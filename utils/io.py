@@ -13,7 +13,7 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, Sequence, Tuple
 from utils.errors import DataError, UserError
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
-           "csv_writer", "check_output_dir", "safe_pickle_load", "read_scores_csv", "OutputError", "TEXT_ERRORS"]
+           "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "read_scores_csv", "OutputError", "TEXT_ERRORS"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -220,13 +220,31 @@ def _safe_globals() -> Dict[Tuple[str, str], Any]:
     return _SAFE_GLOBALS
 
 
-def _load_torch_storage_bytes(data: bytes) -> Any:
+def torch_load_reason(exc: BaseException) -> str:
+    """A one-line reason for a failed ``torch.load(weights_only=True)``, without torch's advice to retry with
+    ``weights_only=False`` (which would run whatever code the file holds)."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain containers, which could run code when loaded"
+    return _first_line(exc)
+
+
+def torch_load(source: Any) -> Any:
+    """``torch.load(source, map_location="cpu", weights_only=True)`` without torch's pickle-protocol warnings."""
+    import warnings
+
     import torch
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def _load_torch_storage_bytes(data: bytes) -> Any:
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's refusal runs over several lines; keep the first
-        raise pickle.UnpicklingError(f"refusing the tensor data inside it: {_first_line(exc)}") from None
+        return torch_load(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - torch raises many types; one line is enough
+        raise pickle.UnpicklingError(f"refusing the tensor data inside it: {torch_load_reason(exc)}") from None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

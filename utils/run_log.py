@@ -11,7 +11,7 @@ import torch
 
 from utils.config import to_dict
 from utils.errors import ConfigError
-from utils.io import atomic_open, write_json
+from utils.io import atomic_open, torch_load, torch_load_reason, write_json
 
 __all__ = ["RunLog", "save_checkpoint", "read_resume_checkpoint"]
 
@@ -96,6 +96,6 @@ def read_resume_checkpoint(path: str, key: str) -> Any:
     if not os.path.isfile(path):
         raise ConfigError(f"{key}: checkpoint '{path}' not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ConfigError(f"{key}: cannot read '{path}' ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{key}: cannot read '{path}' ({torch_load_reason(exc)})") from None

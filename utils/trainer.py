@@ -262,7 +262,8 @@ class Trainer:
         model = build_model(self.spec.name, return_feat=True)
         if self.spec.backbone_weights:
             backbone = VARIANTS[self.spec.name].backbone
-            load_backbone(backbone, self.spec.backbone_weights, into=model.base_model)
+            load_backbone(backbone, self.spec.backbone_weights, into=model.base_model,
+                          key=f"base_model.weights in '{self.spec.source}' or base.backbone_weights")
             _logger.info("backbone %s initialised from %s", backbone, self.spec.backbone_weights)
         if self.official and self.amp_dtype is not None and hasattr(model.base_model, "trunk_autocast"):
             model.base_model.trunk_autocast = False  # the official iResNet runs its trunk in fp32 under AMP
@@ -403,7 +404,7 @@ class Trainer:
                 continue
             loss, terms, n = out
             if not bool(torch.isfinite(loss)):
-                self._diverged(f"the training loss is {float(loss)} at epoch {epoch + 1}, step {step + 1}")
+                self._diverged(f"the training loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg.optimizer.grad_clip:

@@ -1,0 +1,340 @@
+"""Nothing lost, nothing silent: outputs checked before work and written as sets, any file name, folder walks that
+end, non-finite numbers refused, and config values that would crash later refused up front."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import stat
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, assert_user_error, manifest_state_dict, run_script, save_image
+from dataset.image_folder import find_images
+from utils.config import load_config
+from utils.errors import ConfigError
+from utils.io import read_scores_csv, safe_pickle_load, write_csv
+
+import evaluate
+import export_onnx
+import extract_embeddings
+import inference
+import prepare_data
+import train
+import train_diffusion
+import diffiqa_score
+
+#: A file name that is not valid UTF-8 (byte 0xff), as Linux allows.
+ODD_NAME = os.fsdecode(b"caf\xff.png")
+
+
+def run(module, prog, argv, capsys):
+    return run_script(module.main, prog, argv, capsys)
+
+
+@pytest.fixture()
+def faces(tmp_path):
+    root = tmp_path / "faces"
+    for i, name in enumerate(["a/1.png", "a/2.png", ODD_NAME]):
+        save_image(str(root / name), seed=i)
+    return root
+
+
+# ---------------------------------------------------------------- outputs
+
+def unwritable_outputs(tmp_path):
+    """An output path that is a file, and one on a read-only file system (root can write anywhere else)."""
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    return [str(a_file), "/proc/ediffiqa-test/out"]
+
+
+def script_args(name, out, tmp_path, checkpoint_dir):
+    """Arguments that reach each script's output check, with ``out`` as the output folder (or file's folder)."""
+    cfg = tmp_path / "cfg.yaml"
+    if name == "train.py":
+        cfg.write_text(yaml.safe_dump({"base": {"model": "ediffiqaT", "save_path": out, "device": "cpu"}}))
+        return train, ["-c", str(cfg)]
+    if name == "train_diffusion.py":
+        cfg.write_text(yaml.safe_dump({"trainer_params": {"results_folder": out, "device": "cpu"}}))
+        return train_diffusion, ["-c", str(cfg)]
+    if name == "diffiqa_score.py":
+        return diffiqa_score, ["--images", str(tmp_path), "--output", out, "--device", "cpu"]
+    return {
+        "inference.py": (inference, ["--images", str(tmp_path), "--model", "ediffiqaT", "--weights",
+                                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", out]),
+        "prepare_data.py": (prepare_data, ["-sl", out, "-q"]),
+        "evaluate.py": (evaluate, ["--pairs", "p.csv", "--scores", "ours=s.pkl", "--output", out]),
+        "extract_embeddings.py": (extract_embeddings, ["--images", str(tmp_path), "--backbone", "mobilefacenet",
+                                                       "--weights", "w.pth", "--output", os.path.join(out, "e.pkl")]),
+        "export_onnx.py": (export_onnx, ["--model", "ediffiqaT", "--weights", "w.pth", "--output",
+                                         os.path.join(out, "m.onnx")]),
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["inference.py", "prepare_data.py", "train.py", "evaluate.py", "diffiqa_score.py",
+                                  "train_diffusion.py", "extract_embeddings.py", "export_onnx.py"])
+def test_unwritable_output_fails_before_any_work(name, tmp_path, checkpoint_dir, capsys) -> None:
+    for out in unwritable_outputs(tmp_path):
+        module, argv = script_args(name, out, tmp_path, checkpoint_dir)
+        code, err = run(module, name, argv, capsys)
+        assert_user_error(code, err, name, r"output folder '.*' \(.*\) (is a file|cannot be written)")
+
+
+def test_a_failed_write_leaves_the_previous_set(faces, checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+    """A full disk after the first file of the pickle/CSV pair: the earlier pair stays, as it was."""
+    out = tmp_path / "scores"
+    argv = ["--images", str(faces), "--model", "ediffiqaT", "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
+            "--output", str(out), "-q", "--device", "cpu"]
+    assert run(inference, "inference.py", argv, capsys)[0] == 0
+    before = {f: (out / f).read_bytes() for f in ("quality-scores.pkl", "quality-scores.csv")}
+    save_image(str(faces / "a" / "3.png"), seed=9)
+
+    import utils.io
+
+    real = utils.io.csv_writer
+
+    def full_disk(header, rows):
+        mode, write = real(header, rows)
+
+        def fail(handle):
+            write(handle)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mode, fail
+
+    monkeypatch.setattr(utils.io, "csv_writer", full_disk)
+    code, err = run(inference, "inference.py", argv, capsys)
+    assert_user_error(code, err, "inference.py", r"cannot write '.*quality-scores.csv': No space left on device; the "
+                                                 r"previous quality-scores.pkl, quality-scores.csv are unchanged")
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert sorted(os.listdir(out)) == sorted(before)  # no temporary left behind
+
+
+def test_written_files_follow_the_umask(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_csv(str(tmp_path / "a.csv"), ("path", "quality"), [("x", "1")])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.csv").st_mode) == 0o644
+
+
+# ---------------------------------------------------------------- file names and folders
+
+def test_a_name_that_is_not_utf8_is_scored_and_written_losslessly(faces, checkpoint_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "scores"
+    code, err = run(inference, "inference.py", ["--images", str(faces), "--model", "ediffiqaT", "--weights",
+                                                os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", str(out),
+                                                "-q", "--device", "cpu"], capsys)
+    assert code == 0, err
+    table = pickle.load(open(out / "quality-scores.pkl", "rb"))
+    odd = os.path.join(str(faces), ODD_NAME)
+    assert odd in table and os.path.isfile(odd)  # the exact path: it opens the file
+    assert read_scores_csv(str(out / "quality-scores.csv")) == table  # the CSV reads back to the same keys
+    assert b"caf\xff.png" in (out / "quality-scores.csv").read_bytes()  # the name's own bytes
+
+
+def test_diffiqa_seeds_of_any_name() -> None:
+    from utils.diffiqa_scoring import image_seed
+
+    assert image_seed(0, ODD_NAME) != image_seed(0, "caf.png")
+    assert image_seed(3, "a/b.png") == image_seed(3, "a/b.png")
+
+
+def test_link_loops_fifos_and_unreadable_folders(tmp_path, caplog, monkeypatch) -> None:
+    root = tmp_path / "faces"
+    for name in ("a/1.png", "b/2.png"):
+        save_image(str(root / name), seed=1)
+    os.symlink(str(root), str(root / "a" / "loop"))          # a loop back to the top
+    os.symlink(str(root / "b"), str(root / "b_again"))       # a second way into b
+    os.symlink(str(root / "a" / "1.png"), str(root / "link.png"))  # a link to a file counts as an image
+    os.mkfifo(str(root / "x.jpg"))
+    os.mkdir(str(root / "locked"))
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING):
+        found = find_images(str(root))
+    assert found == ["a/1.png", "b/2.png", "link.png"]
+    assert "left out 1 entries of" in caplog.text and "x.jpg" in caplog.text
+    assert "could not read 1 folder(s)" in caplog.text and "locked" in caplog.text
+
+
+# ---------------------------------------------------------------- non-finite numbers
+
+def test_nan_weights_are_refused(faces, tmp_path, capsys) -> None:
+    state = manifest_state_dict("ediffiqaT")
+    state["mlp.l2.weight"][0, 0] = float("nan")
+    torch.save(state, str(tmp_path / "nan.pth"))
+    code, err = run(inference, "inference.py", ["--images", str(faces), "--model", "ediffiqaT", "--weights",
+                                                str(tmp_path / "nan.pth"), "--output", str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "inference.py", r"holds NaN or infinite values in 1 tensor\(s\) \(first: "
+                                                 r"mlp.l2.weight\)")
+
+
+@pytest.mark.parametrize("bad", ["quality", "similarity"])
+def test_nan_qualities_and_similarities_in_evaluate(bad, tmp_path, capsys) -> None:
+    pairs = tmp_path / "pairs.csv"
+    sim = "nan" if bad == "similarity" else "0.2"
+    pairs.write_text(f"a,b,mated,similarity\nx/1.png,x/2.png,1,0.8\nx/1.png,y/1.png,0,{sim}\n")
+    q = float("nan") if bad == "quality" else 0.4
+    (tmp_path / "q.pkl").write_bytes(pickle.dumps({"x/1.png": 0.5, "x/2.png": q, "y/1.png": 0.2}))
+    code, err = run(evaluate, "evaluate.py", ["--pairs", str(pairs), "--scores", f"ours={tmp_path / 'q.pkl'}",
+                                              "--output", str(tmp_path / "o")], capsys)
+    pattern = (r"1 of 3 scores are NaN or infinite \(e.g. 'x/2.png'\)" if bad == "quality"
+               else r"1 similarities are NaN or infinite \(e.g. rows 3\)")
+    assert_user_error(code, err, "evaluate.py", pattern)
+
+
+@pytest.mark.parametrize("row", ["x/1.png,high", "x/1.png"])
+def test_malformed_quality_csv_rows_name_the_line(row, tmp_path, capsys) -> None:
+    (tmp_path / "pairs.csv").write_text("a,b,mated,similarity\nx/1.png,x/2.png,1,0.5\n")
+    (tmp_path / "q.csv").write_text(f"path,quality\nx/2.png,0.3\n{row}\n")
+    code, err = run(evaluate, "evaluate.py", ["--pairs", str(tmp_path / "pairs.csv"), "--scores",
+                                              f"ours={tmp_path / 'q.csv'}", "--output", str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "evaluate.py", r"q.csv' line 3: expected 'path,quality'")
+
+
+def test_nan_embedding_in_prepare_data(tmp_path, capsys) -> None:
+    labels = [(f"id/{i}.png", 0.9) for i in range(12)]
+    embeddings = {p: np.ones(4, dtype=np.float32) for p, _ in labels}
+    embeddings["id/3.png"][1] = np.nan
+    (tmp_path / "l.pkl").write_bytes(pickle.dumps(labels))
+    (tmp_path / "e.pkl").write_bytes(pickle.dumps(embeddings))
+    code, err = run(prepare_data, "prepare_data.py", ["-ll", str(tmp_path / "l.pkl"), "-el", str(tmp_path / "e.pkl"),
+                                                      "-sl", str(tmp_path / "o"), "-q"], capsys)
+    assert_user_error(code, err, "prepare_data.py", r"1 embeddings hold NaN or infinite values \(e.g. 'id/3.png'\)")
+    assert not os.listdir(tmp_path / "o")  # nothing half-written
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, capsys, monkeypatch) -> None:
+    from test_train import official_layout, official_schema_config
+
+    from model.loss import DistillationLoss
+
+    images, data = official_layout(tmp_path)
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = DistillationLoss.forward
+
+    def diverging(self, *args, **kwargs):
+        total, terms = real(self, *args, **kwargs)
+        calls["n"] += 1
+        return (total * float("nan") if calls["n"] > 7 else total), terms  # epoch 2 (5 steps + 2 validation)
+
+    monkeypatch.setattr(DistillationLoss, "forward", diverging)
+    code, err = run(train, "train.py", ["-c", official_schema_config(tmp_path, images, data, out, "ediffiqaT")],
+                    capsys)
+    assert code == 1 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and "the training loss is nan at epoch 2, step 1" in lines[0]
+    assert "checkpoints of epoch 1 and before" in lines[0]
+    assert torch.load(str(out / "last.pt"), weights_only=True)["epoch"] == 1
+    assert (out / "model.pth").is_file()
+
+
+def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import utils.backends
+
+    class Wrong:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, x):
+            return None, np.full(len(x), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(utils.backends, "OnnxModel", Wrong)
+    out = tmp_path / "m.onnx"
+    code, err = run(export_onnx, "export_onnx.py", ["--model", "ediffiqaT", "--weights",
+                                                    os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output",
+                                                    str(out)], capsys)
+    assert code == 1 and "ONNX Runtime and PyTorch disagree" in err and "Traceback" not in err
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- config values
+
+@pytest.mark.parametrize("section,value,pattern", [
+    ("optimizer", {"params": {"momentum": 0.9}}, r"do not fit torch.optim.Adam: .*unexpected keyword.*momentum"),
+    ("optimizer", {"params": {"betas": [0.9]}}, r"'optimizer.params.betas' must be two numbers in \[0, 1\)"),
+    ("optimizer", {"params": {"eps": -1}}, r"do not fit torch.optim.Adam: Invalid epsilon value: -1"),
+    ("optimizer", {"group_2": {"params": "mlp", "lr": 1e-3}}, r"both name 'mlp'"),
+    ("base", {"seed": 10 ** 23}, r"'base.seed' must be between 0 and 2\*\*63 - 1"),
+    ("dataloader", {"train": {"params": {"batch_size": 10 ** 20}}}, r"batch_size' must be between 1 and"),
+    ("wandb", {"mode": "sometimes"}, r"'wandb.mode' must be online, offline or disabled"),
+])
+def test_train_values_that_would_crash_later(section, value, pattern, tmp_path, capsys) -> None:
+    cfg = {"base": {"model": "ediffiqaT", "device": "cpu", "save_path": str(tmp_path / "o")}}
+    cfg.setdefault(section, {}).update(value)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert_user_error(*run(train, "train.py", ["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)
+
+
+def test_inference_workers_range(faces, checkpoint_dir, tmp_path, capsys) -> None:
+    code, err = run(inference, "inference.py", ["--images", str(faces), "--model", "ediffiqaT", "--weights",
+                                                os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--workers", "100000",
+                                                "--output", str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "inference.py", r"'dataloader.params.num_workers' must be between 0 and 256")
+
+
+def test_a_wrong_typed_section_is_an_error_even_when_a_flag_touches_it(tmp_path) -> None:
+    from utils.train_config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("base: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"'base' must be a mapping of keys, got \[1, 2\]"):
+        load_config(TrainConfig, str(tmp_path / "c.yaml"), {"base.epochs": 2})
+
+
+def test_resume_with_another_optimizer_is_refused(tmp_path, capsys) -> None:
+    from test_train import official_layout, official_schema_config
+
+    images, data = official_layout(tmp_path)
+    out = tmp_path / "run"
+    path = official_schema_config(tmp_path, images, data, out, "ediffiqaT", epochs=1)
+    assert run(train, "train.py", ["-c", path], capsys)[0] == 0
+    cfg = yaml.safe_load(open(path))
+    cfg["optimizer"]["module"] = "torch.optim.SGD"
+    cfg["base"]["epochs"] = 2
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = run(train, "train.py", ["-c", str(tmp_path / "other.yaml"), "--resume", str(out / "last.pt")], capsys)
+    assert_user_error(code, err, "train.py", r"was trained with another 'optimizer' section")
+
+
+# ---------------------------------------------------------------- readers of user files
+
+def test_huge_and_hidden_objects_in_pickles_are_one_line_errors(tmp_path) -> None:
+    import struct
+
+    from utils.errors import DataError
+
+    huge = tmp_path / "huge.pkl"
+    huge.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2 ** 60) + b"abc")  # bytes claiming an exabyte
+    with pytest.raises(DataError, match="larger than the memory of this machine"):
+        safe_pickle_load(str(huge))
+
+    import torch.storage
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    class Carrier:  # a "tensor" whose torch bytes hide a pickle that runs a command
+        def __reduce__(self):
+            return (torch.storage._load_from_bytes, (pickle.dumps(Evil()),))
+
+    hidden = tmp_path / "centres.pkl"
+    hidden.write_bytes(pickle.dumps(Carrier()))
+    with pytest.raises(DataError) as info:
+        safe_pickle_load(str(hidden), allow_torch=True)
+    message = str(info.value)
+    assert "\n" not in message and "could run code" in message and "weights_only=False" not in message
