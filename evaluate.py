@@ -176,6 +176,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise DataError(f"FMR {cfg.fmr:g} cannot be measured with {n_non} non-mated comparisons: it needs at least "
                         f"{edc.min_pairs_for_fmr(cfg.fmr)}; add pairs or raise --fmr")
 
+    # The CR-FIQA variant recomputes the threshold on what each discard level leaves: check every level it visits
+    # (up to the largest discard limit) before computing anything.
+    crfiqa_grid = [g for g in edc.CRFIQA_GRID if g <= max(cfg.discard_limits) + 1e-9]
+    if cfg.variant != "fixed":
+        for method_label, q_all in qualities.items():
+            short = edc.crfiqa_shortfall(mated, q_all[keep], cfg.fmr, crfiqa_grid)
+            if short is not None:
+                raise DataError(f"variant crfiqa: discarding {short[0]:g} of the pairs by '{method_label}' leaves "
+                                f"{short[1]} non-mated comparisons, and FMR {cfg.fmr:g} needs at least "
+                                f"{edc.min_pairs_for_fmr(cfg.fmr)}; add pairs, raise --fmr or lower --limits")
     rows: List[Dict[str, Any]] = []
     figures: List[str] = []
     for fr_label, sims_all in similarities.items():
@@ -188,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 curve = edc.fixed_threshold_edc(sims[mated], q[mated], tau)
                 stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc)
             else:
-                curve = edc.crfiqa_edc(sims, mated, q, cfg.fmr)
+                curve = edc.crfiqa_edc(sims, mated, q, cfg.fmr, grid=crfiqa_grid)
                 stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc_trapezoid)
             curves[method_label] = (curve.discard, curve.fnmr)
             rows.append({"method": method_label, "fr_model": fr_label, "variant": cfg.variant, "fmr": cfg.fmr,

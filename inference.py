@@ -105,6 +105,11 @@ class InferenceConfig:
             raise ValueError(f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"'precision' is '{self.precision}'; choose one of: {', '.join(PRECISIONS)}")
+        if not self.align:
+            for key, flag in (("largest_face", "--largest-face"), ("save_crops", "--save-crops"),
+                              ("annotate", "--annotate")):
+                if getattr(self, key):
+                    raise ValueError(f"'{key}' ({flag}) only applies to photos: add align: true (--align)")
 
     @property
     def weights_path(self) -> str:
@@ -122,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (base.device)")
     parser.add_argument("--batch-size", type=int, help="images per batch (dataloader.params.batch_size)")
     parser.add_argument("--workers", type=int, help="DataLoader worker processes (dataloader.params.num_workers)")
-    parser.add_argument("--precision", help="fp32 (default, official numbers), tf32 (CUDA), bf16 or fp16 (precision)")
+    parser.add_argument("--precision", help="fp32 (default, official numbers), tf32 (CUDA), bf16, fp16 (CUDA) or auto "
+                        "(bf16 where the CPU or GPU computes it natively, else fp32) (precision)")
     parser.add_argument("--backend", help="torch (default), onnxruntime or opencv (backend)")
     parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (fold_bn: false)")
     parser.add_argument("--align", action="store_true", help="images are photos: detect, align and score every face")
@@ -168,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     scorer = QualityScorer.from_pretrained(cfg.model, cfg.weights_path, device=device, precision=cfg.precision,
                                            backend=cfg.backend, fold_bn=cfg.fold_bn)
     _logger.info("scoring %d %s in '%s' with %s on %s (%s, %s backend)", len(rel_paths),
-                 "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device, cfg.precision,
+                 "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device, scorer.precision,
                  scorer.backend)
     if cfg.align:
         return _score_photos(cfg, rel_paths, scorer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -170,3 +171,26 @@ def test_evaluate_errors(case, pattern, verification_set, tmp_path, capsys) -> N
     assert_user_error(code, err, "evaluate.py", pattern)
     if case == "missing_embedding":  # the same input passes when dropping is asked for
         assert run_cli(evaluate.main, argv + ["--on-missing", "drop"], "evaluate.py") == 0
+
+
+def test_crfiqa_variant_checks_every_discard_level_first(tmp_path, capsys) -> None:
+    """1,100 non-mated pairs, the low-quality half of the pairs mostly non-mated: the fixed variant measures FMR
+    1e-3 on all 1,100, while the CR-FIQA variant at 30% discard keeps fewer than 1,000; a one-line error."""
+    from conftest import run_script
+
+    rng = np.random.default_rng(0)
+    rows, scores = ["a,b,mated,similarity"], {}
+    for i in range(1300):
+        mated = i < 200
+        a, b = f"p{i}/a.png", f"p{i}/b.png"
+        rows.append(f"{a},{b},{int(mated)},{rng.uniform(0.5, 1) if mated else rng.uniform(-0.2, 0.4)}")
+        q = rng.uniform(0.6, 1) if mated else rng.uniform(0, 1)
+        scores[a], scores[b] = q, q
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "q.pkl").write_bytes(pickle.dumps(scores))
+    argv = ["--pairs", str(tmp_path / "pairs.csv"), "--scores", f"q={tmp_path / 'q.pkl'}", "--output",
+            str(tmp_path / "out")]
+    assert run_script(evaluate.main, "evaluate.py", argv, capsys)[0] == 0
+    code, err = run_script(evaluate.main, "evaluate.py", argv + ["--variant", "crfiqa"], capsys)
+    assert_user_error(code, err, "evaluate.py", r"variant crfiqa: discarding 0.\d+ of the pairs by 'q' leaves \d+ "
+                                                r"non-mated comparisons, and FMR 0.001 needs at least 1000")

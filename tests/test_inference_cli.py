@@ -136,6 +136,10 @@ def _write_yaml(tmp_path, data) -> str:
     ("bad_yaml", r"is not valid YAML at line"),
     ("missing_config", r"config file '.*nope.yaml' not found"),
     ("drop_last", r"drop_last: true' would leave"),
+    ("onnx_bf16", r"precision 'bf16' applies to the torch backend; the ONNX backends compute in fp32"),
+    ("annotate_without_align", r"'annotate' \(--annotate\) only applies to photos: add align: true \(--align\)"),
+    ("largest_without_align", r"'largest_face' \(--largest-face\) only applies to photos"),
+    ("tf32_on_cpu", r"precision 'tf32' is for CUDA; on the CPU use fp32, bf16 or auto"),
 ])
 def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys) -> None:
     images = tmp_path / "imgs"
@@ -168,6 +172,10 @@ def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys) -> 
         "bad_yaml": lambda: with_config("base:\n  verbose: [1, 2\n"),
         "missing_config": lambda: ["-c", str(tmp_path / "nope.yaml")] + base,
         "drop_last": lambda: with_config({"dataloader": {"params": {"drop_last": True}}}),
+        "onnx_bf16": lambda: base + ["--backend", "onnxruntime", "--precision", "bf16"],
+        "annotate_without_align": lambda: base + ["--annotate", str(tmp_path / "ann")],
+        "largest_without_align": lambda: base + ["--largest-face"],
+        "tf32_on_cpu": lambda: base + ["--precision", "tf32"],
     }[case]()
     code, err = run(argv, capsys)
     assert_user_error(code, err, "inference.py", pattern)
@@ -186,3 +194,17 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("inference.py: error: image folder")
     assert "Traceback" not in proc.stderr
+
+
+def test_precision_auto_follows_the_cpu(tmp_path, checkpoint_dir, capsys) -> None:
+    """--precision auto: bf16 only where the CPU computes bf16 natively; the log says which was used."""
+    from utils.scoring import cpu_has_native_bf16
+
+    images = tmp_path / "imgs"
+    save_image(str(images / "0.png"), seed=0)
+    code, err = run(["--images", str(images), "--model", "ediffiqaT", "--weights",
+                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--device", "cpu", "--precision", "auto",
+                     "--output", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert f"on cpu ({expected}, torch backend)" in err, err

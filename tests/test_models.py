@@ -118,8 +118,14 @@ class _Payload:
 def test_code_carrying_checkpoint_is_refused(tmp_path) -> None:
     path = str(tmp_path / "evil.pth")
     torch.save({"x": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="could run code when loaded") as info:
         read_state_dict(path)
+    assert "weights_only=False" not in str(info.value)  # torch's advice, which users must not follow
+    zeros = tmp_path / "zeros.pth"
+    zeros.write_bytes(bytes(4096))  # a zero-filled file: a one-line reason, no advice either
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(str(zeros))
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_missing_and_garbage_files(tmp_path) -> None:

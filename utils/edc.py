@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -95,8 +95,28 @@ def theoretical_best_pauc(fnmr0: float, limit: float) -> float:
     return fnmr0 ** 2 / 2 - max(0.0, fnmr0 - limit) ** 2 / 2
 
 
+#: The discard levels the CR-FIQA variant samples.
+CRFIQA_GRID = tuple(np.round(np.arange(0.0, 1.0, 0.05), 10))
+
+
+def crfiqa_shortfall(mated: np.ndarray, quality: np.ndarray, fmr: float,
+                     grid: Sequence[float] = CRFIQA_GRID) -> Optional[Tuple[float, int]]:
+    """The first discard level of ``grid`` at which the CR-FIQA variant keeps too few non-mated comparisons to
+    measure ``fmr``, as ``(level, non-mated left)``; None when every level has enough."""
+    mated = np.asarray(mated, dtype=bool)
+    order = np.argsort(np.asarray(quality, dtype=np.float64), kind="stable")
+    nonmated_after = np.cumsum((~mated[order])[::-1])[::-1]  # non-mated among order[i:]
+    n, need = len(order), min_pairs_for_fmr(fmr)
+    for r in grid:
+        start = int(r * n)
+        left = int(nonmated_after[start]) if start < n else 0
+        if left < need:
+            return float(r), left
+    return None
+
+
 def crfiqa_edc(sim: np.ndarray, mated: np.ndarray, quality: np.ndarray, fmr: float,
-               grid: Sequence[float] = tuple(np.round(np.arange(0.0, 1.0, 0.05), 10))) -> EDCCurve:
+               grid: Sequence[float] = CRFIQA_GRID) -> EDCCurve:
     """The CR-FIQA/MagFace variant: discard the lowest-quality share of ALL pairs at each grid point, recompute the
     threshold at ``fmr`` on what is left, report FNMR. Use :func:`partial_auc_trapezoid` for its area."""
     sim = np.asarray(sim, dtype=np.float64)

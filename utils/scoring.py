@@ -27,12 +27,34 @@ from utils.backends import BACKENDS, OnnxModel, export_onnx
 from utils.errors import ConfigError
 from utils.runtime import cpu_count, resolve_device
 
-__all__ = ["PRECISIONS", "precision_context", "default_batch_size", "default_workers", "iterate_folder", "map_folder",
+__all__ = ["PRECISIONS", "precision_context", "resolve_precision", "cpu_has_native_bf16", "default_batch_size", "default_workers", "iterate_folder", "map_folder",
            "FolderResult", "QualityScorer"]
 
 _logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 inference is faster than fp32;
+    elsewhere oneDNN emulates it and bf16 is several times slower."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _check_onnx_precision(precision: str) -> None:
+    if precision not in ("fp32", "auto"):
+        raise ConfigError(f"precision '{precision}' applies to the torch backend; the ONNX backends compute in fp32 "
+                          "(use --precision fp32 or --backend torch)")
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto``: bf16 on CPUs with native bf16, fp32 on other CPUs, bf16 on GPUs that support it (else fp16);
+    any other value is returned as it is."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -58,8 +80,8 @@ def precision_context(device: torch.device, precision: str) -> Iterator[None]:
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision '{precision}' not understood; use one of: {', '.join(PRECISIONS)}")
-    if device.type == "cpu" and precision == "fp16":
-        raise ConfigError("precision 'fp16' is for CUDA; on the CPU use bf16 or fp32")
+    if device.type == "cpu" and precision in ("fp16", "tf32"):
+        raise ConfigError(f"precision '{precision}' is for CUDA; on the CPU use fp32, bf16 or auto")
     with contextlib.ExitStack() as stack:
         if device.type == "cuda":
             cudnn = torch.backends.cudnn
@@ -190,8 +212,10 @@ class QualityScorer:
         self.onnx = onnx
         self.device = resolve_device(device) if isinstance(device, str) else device
         if onnx is not None:
+            _check_onnx_precision(precision)
             self.device, precision, channels_last = torch.device("cpu"), "fp32", False
-        self.precision = precision
+        self.precision = resolve_precision(self.device, precision)
+        precision = self.precision
         with precision_context(self.device, precision):  # validates the combination early
             pass
         self.channels_last = channels_last
@@ -223,7 +247,10 @@ class QualityScorer:
         if backend not in BACKENDS:
             raise ConfigError(f"backend '{backend}' not understood; use one of: {', '.join(BACKENDS)}")
         if weights is not None and weights.lower().endswith(".onnx"):
-            return cls(None, onnx=OnnxModel(weights, "onnxruntime" if backend == "torch" else backend))
+            runtime = "onnxruntime" if backend == "torch" else backend
+            return cls(None, precision=precision, onnx=OnnxModel(weights, runtime))
+        if backend != "torch":
+            _check_onnx_precision(precision)  # before the export, not after
         model = create_model(name, weights)
         if backend == "torch":
             return cls(model, device=device, precision=precision, channels_last=channels_last, fold_bn=fold_bn)
@@ -233,7 +260,7 @@ class QualityScorer:
         with tempfile.TemporaryDirectory(prefix="ediffiqa-onnx-") as folder:
             path = os.path.join(folder, f"{name}.onnx")
             export_onnx(model, path, with_embedding=True)
-            return cls(None, onnx=OnnxModel(path, backend))
+            return cls(None, precision=precision, onnx=OnnxModel(path, backend))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Run the model on a normalised ``(B, 3, 112, 112)`` batch; return float32 ``(B, 512)`` and ``(B,)``.
