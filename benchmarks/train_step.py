@@ -15,6 +15,7 @@ both variants on a 2-core CPU).
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import pickle
@@ -159,6 +160,11 @@ def main(argv: List[str] | None = None) -> int:
         worker(args.worker, args.folder, f"ediffiqa{args.variants[0].upper()}", args.batch_size, args.workers,
                args.warmup)
         return 0
+    # Every 50th image validates (val_split 0.02); full training batches only.
+    steps = (args.images - math.ceil(args.images / 50)) // max(args.batch_size, 1)
+    if args.batch_size < 1 or args.warmup < 1 or steps <= args.warmup:
+        parser.error(f"--images {args.images} with --batch-size {args.batch_size} gives {steps} training step(s); "
+                     f"at least --warmup {args.warmup} + 1 are needed (raise --images)")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         make_data(folder, args.images)

@@ -224,6 +224,8 @@ def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys)
         assert code == 0, err
         if step < 2:
             assert not (parts / "quality-scores.pkl").exists() and "left" in err
+        else:  # the last run counts only what it scored itself
+            assert "scored 2 new image(s) in this run; 5 scored in all" in err, err
     assert not list(parts.glob("quality-scores.part*"))  # merged and removed once complete
     resumed = read_scores(parts)
     assert sorted(resumed) == sorted(reference)

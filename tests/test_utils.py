@@ -143,3 +143,16 @@ def test_align_face_puts_landmarks_on_the_template() -> None:
     for x, y in ARCFACE_TEMPLATE:
         assert crop[int(round(y)), int(round(x))].mean() > 200
     assert crop.mean() < 30
+
+
+def test_only_the_first_torchrun_process_logs_info(monkeypatch) -> None:
+    import logging
+
+    from utils.cli import setup_logging
+
+    monkeypatch.setenv("RANK", "1")
+    setup_logging(True)
+    assert logging.getLogger().level == logging.WARNING
+    monkeypatch.setenv("RANK", "0")
+    setup_logging(True)
+    assert logging.getLogger().level == logging.INFO

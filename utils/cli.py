@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable, List, Optional
 
@@ -11,9 +12,12 @@ __all__ = ["setup_logging", "run_cli"]
 
 
 def setup_logging(verbose: bool = True) -> None:
-    """Plain ``LEVEL message`` logging on stderr; INFO when verbose, WARNING otherwise."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(message)s", stream=sys.stderr, force=True)
+    """Plain ``LEVEL message`` logging on stderr; INFO when verbose, WARNING otherwise. Under ``torchrun`` only the
+    first process logs INFO; the others log warnings and errors (with their rank)."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    level = logging.INFO if verbose and rank == 0 else logging.WARNING
+    prefix = f"[rank {rank}] " if rank else ""
+    logging.basicConfig(level=level, format=f"%(levelname)s {prefix}%(message)s", stream=sys.stderr, force=True)
 
 
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]], prog: str) -> int:

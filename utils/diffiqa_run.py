@@ -170,6 +170,7 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
         "last_run_seconds": round(seconds, 2), "config": to_dict(cfg)}))])
     for leftover in glob.glob(os.path.join(out, PART_GLOB)) + glob.glob(os.path.join(out, RNG_GLOB)):
         os.remove(leftover)
+    # New = scored by this invocation (every process), not by an earlier --limit run whose parts were merged.
     summary.update({"scored": len(ordered), "skipped": len(skipped),
-                    "new": sum(1 for p in ordered if p not in previous)})
+                    "new": sum(1 for p in ordered if p not in done_scores)})
     return summary

@@ -355,6 +355,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- steps
     def _compiled(self) -> Optional[nn.Module]:
         if self.cfg.base.compile and self.train_model is None:
+            if self.info.main:
+                _logger.info("base.compile: torch.compile compiles the training step on the first batch (a minute or "
+                             "two; cached for later runs)")
             self.train_model = torch.compile(self.ddp_model)
         return self.train_model
 
@@ -490,9 +493,10 @@ class Trainer:
         self.run_log = RunLog(out, cfg, "train_log.csv", ["epoch", "step", "images", "loss", "loss_rc", "loss_q"],
                               resumed=self.start_epoch > 0, wandb_cfg=cfg.wandb, main=self.info.main)
         if self.info.main:
-            _logger.info("training %s: %d training / %d validation items, %d identities, %d process(es) on %s",
-                         self.spec.name, self.counts["train"], self.counts["val"], self.counts["identities"],
-                         self.info.world, self.device)
+            what = "" if self.regression else f", {self.counts['identities']} identities"
+            _logger.info("training %s%s: %d training / %d validation items%s, %d process(es) on %s",
+                         self.spec.name, " (official update)" if self.official else "", self.counts["train"],
+                         self.counts["val"], what, self.info.world, self.device)
         try:
             for epoch in range(self.start_epoch, cfg.base.epochs):
                 start = time.perf_counter()
