@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Score a folder; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from utils.diffiqa_config import ScoreConfig
+    from engine.labels.config import ScoreConfig
 
     cfg = load_config(ScoreConfig, args.config, {
         "inference.images_loc": args.images, "inference.save_loc": args.output, "inference.model_loc": args.denoiser,
@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "base.limit": args.limit, "inference.verbose": False if args.quiet else None})
     setup_logging(cfg.inference.verbose)
 
-    from utils.diffiqa_run import run_scoring
+    from engine.labels.run import run_scoring
 
     summary = run_scoring(cfg)
     if summary.get("complete"):

@@ -9,15 +9,11 @@ handling as ``inference.py``.
 from __future__ import annotations
 
 import argparse
-import os
-import logging
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from utils.cli import run_cli, setup_logging
-from utils.errors import ConfigError, DataError
-
-_logger = logging.getLogger("extract_embeddings")
+from utils.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,38 +45,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.workers is not None and not 0 <= args.workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}, got {args.workers}")
 
-    import torch
+    from engine.scoring.embeddings import extract_embeddings
 
-    from dataset.formats import write_embeddings
-    from dataset.image_folder import find_images
-    from model.registry import build_backbone, load_backbone
-    from utils.io import check_output_dir
-    from utils.runtime import resolve_device
-    from utils.scoring import default_batch_size, default_workers, map_folder
-
-    build_backbone(args.backbone)  # unknown names fail before any file is read
-    check_output_dir(os.path.dirname(os.path.abspath(args.output)), "--output")
-    device = resolve_device(args.device)
-    rel_paths = find_images(args.images, key="--images")
-    backbone = load_backbone(args.backbone, args.weights).to(device).to(memory_format=torch.channels_last)
-
-    def forward(x: torch.Tensor) -> Tuple[torch.Tensor]:
-        with torch.inference_mode():
-            feat = backbone(x)
-            if args.flip:
-                feat = (feat + backbone(torch.flip(x, dims=[3]))) / 2
-        return (feat,)
-
-    _logger.info("embedding %d images in '%s' with %s on %s", len(rel_paths), args.images, args.backbone, device)
-    result = map_folder(args.images, rel_paths, device, forward,
-                        batch_size=args.batch_size or default_batch_size(device),
-                        workers=default_workers(device) if args.workers is None else args.workers,
-                        verbose=not args.quiet)
-    if not result.paths:
-        raise DataError(f"none of the {len(rel_paths)} images in '{args.images}' could be read")
-    write_embeddings(args.output, result.paths, result.embeddings)
-    print(f"embedded {len(result.paths)}, skipped {len(result.skipped)}, {result.seconds:.1f} s, "
-          f"{result.images_per_second:.1f} images/s; wrote {args.output}", file=sys.stderr)
+    extract_embeddings(args.images, args.backbone, args.weights, args.output, args.device, args.batch_size,
+                       args.workers, args.flip, args.quiet)
     return 0
 
 

@@ -10,39 +10,14 @@ flags and defaults.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import time
-from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from utils.cli import run_cli, setup_logging
 from utils.config import load_config
-from utils.errors import DataError
 
-_logger = logging.getLogger("prepare_data")
-
-
-@dataclass
-class PrepareConfig:
-    """Settings of ``prepare_data.py`` (YAML keys = the long flag names)."""
-
-    beta: float = 0.2
-    label_location: str = "./training_data/vggface2-qs.pkl"
-    embedding_location: str = "./training_data/cosface-embeddings.pkl"
-    save_location: str = "./training_data"
-    save_name: str = "ediffiqa"
-    min_images: int = 10
-    verbose: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.beta < 1.0:
-            raise ValueError(f"'beta' must be between 0 and 1 (exclusive), got {self.beta}")
-        if self.min_images < 1:
-            raise ValueError(f"'min_images' must be at least 1, got {self.min_images}")
-        if not self.save_name or "/" in self.save_name or os.sep in self.save_name:
-            raise ValueError(f"'save_name' must be a plain name without slashes, got {self.save_name!r}")
+if TYPE_CHECKING:
+    from engine.training.prepare import PrepareConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> PrepareConfig:
+def resolve_config(args: argparse.Namespace) -> "PrepareConfig":
+    from engine.training.prepare import PrepareConfig
+
     overrides: Dict[str, Any] = {key: getattr(args, key) for key in (
         "beta", "label_location", "embedding_location", "save_location", "save_name", "min_images")}
     overrides["verbose"] = False if args.quiet else None
@@ -73,62 +50,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = resolve_config(args)
     setup_logging(cfg.verbose)
 
-    from dataset.formats import prepared_writers, read_embeddings, read_label_values
-    from dataset.labels import centre_order, group_identities, identity_centres, quality_threshold
-    from dataset.labels import select_identities, training_items
-    from utils.io import check_output_dir, json_writer, write_together
+    from engine.training.prepare import prepare
 
-    check_output_dir(cfg.save_location, "save_location / -sl")
-
-    start = time.perf_counter()
-    paths, qualities, values = read_label_values(cfg.label_location)
-    _logger.info("read %d labels from %s", len(paths), cfg.label_location)
-    embeddings = read_embeddings(cfg.embedding_location)
-    _logger.info("read %d embeddings (%d-d) from %s", len(embeddings), embeddings.dim, cfg.embedding_location)
-    missing = embeddings.missing(paths)
-    if missing:
-        raise DataError(f"{len(missing)} of {len(paths)} labelled images have no embedding in "
-                        f"'{cfg.embedding_location}' (e.g. {', '.join(repr(p) for p in missing[:3])}); "
-                        "both files must use the same relative paths")
-
-    names, ids = group_identities(paths)
-    threshold = quality_threshold(qualities, cfg.beta)
-    selection = select_identities(qualities, ids, len(names), threshold, cfg.min_images)
-    n_kept = int(selection.kept.sum())
-    if n_kept == 0:
-        raise DataError(f"no identity has {cfg.min_images} images with quality >= {threshold:.6g} "
-                        f"(beta={cfg.beta}; most per identity: {int(selection.chosen_per_identity.max())}); "
-                        "lower --min-images or raise --beta")
-
-    # Chosen images of kept identities in the official stacking order, gathered window by window.
-    order, starts = centre_order(qualities, ids, selection)
-    chosen_paths = [paths[i] for i in order.tolist()]
-    centres = identity_centres(lambda a, b: embeddings.gather(chosen_paths[a:b]), starts, embeddings.dim)
-    embedding_dim = embeddings.dim
-    del embeddings, chosen_paths  # the largest objects by far; free them before the items are built
-    items = training_items(paths, values, ids, selection)
-    files = prepared_writers(cfg.save_location, cfg.save_name, centres, items)
-    centres_path, items_path = files[0][0], files[1][0]
-
-    summary = {
-        "config": asdict(cfg),
-        "labels": len(paths),
-        "embedding_dim": embedding_dim,
-        "threshold": threshold,
-        "threshold_index": int(cfg.beta * len(paths)),
-        "chosen_images": int(selection.chosen.sum()),
-        "identities": len(names),
-        "identities_kept": n_kept,
-        "identities_dropped": len(names) - n_kept,
-        "training_items": len(items),
-        "outputs": [centres_path, items_path],
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    summary_path = os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.json")
-    write_together(files + [(summary_path, json_writer(summary))])  # one set: all three or none
-    print(f"threshold {threshold:.6g} (beta {cfg.beta}); kept {n_kept} of {len(names)} identities "
-          f"({len(names) - n_kept} with fewer than {cfg.min_images} chosen images dropped); {len(items)} training "
-          f"items; wrote {centres_path}, {items_path} and {summary_path}", file=sys.stderr)
+    prepare(cfg)
     return 0
 
 

@@ -34,8 +34,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Train; returns the process exit code."""
     args = build_parser().parse_args(argv)
 
-    from utils.train_config import TrainConfig
-    from utils.trainer import train
+    from engine.training.config import TrainConfig
+    from engine.training.trainer import train
 
     cfg = load_config(TrainConfig, args.config, {
         "base.epochs": args.epochs, "dataloader.train.params.batch_size": args.batch_size, "base.device": args.device,

@@ -19,7 +19,7 @@ from utils.config import load_config
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_diffusion.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", help="YAML config (unet_params, diff_params, trainer_params)")
-    parser.add_argument("--folder", help="trainer_params.folder: the face images")
+    parser.add_argument("--images", "--folder", dest="folder", help="trainer_params.folder: the face images")
     parser.add_argument("--output", help="trainer_params.results_folder")
     parser.add_argument("--steps", type=int, help="trainer_params.train_num_steps")
     parser.add_argument("--batch-size", type=int, help="trainer_params.train_batch_size (global)")
@@ -33,8 +33,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Train; returns the process exit code."""
     args = build_parser().parse_args(argv)
 
-    from utils.diffusion_config import DiffusionTrainConfig
-    from utils.diffusion_trainer import train_diffusion
+    from engine.denoiser.config import DiffusionTrainConfig
+    from engine.denoiser.trainer import train_diffusion
 
     cfg = load_config(DiffusionTrainConfig, args.config, {
         "trainer_params.folder": args.folder, "trainer_params.results_folder": args.output,

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from conftest import manifest_state_dict  # noqa: E402
 from dataset.image_folder import find_images  # noqa: E402
 from model.registry import create_model  # noqa: E402
-from utils.scoring import QualityScorer  # noqa: E402
+from engine.scoring.scorer import QualityScorer  # noqa: E402
 
 
 def train_check(tmp: str) -> int:

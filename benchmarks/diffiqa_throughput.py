@@ -58,9 +58,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from scipy.stats import spearmanr
 
     from model.diffusion import build_diffusion
-    from utils.diffiqa_scoring import image_seed, score_batch_fast, score_batch_official
+    from engine.labels.scoring import image_seed, score_batch_fast, score_batch_official
     from utils.runtime import resolve_device
-    from utils.scoring import precision_context
+    from utils.runtime import precision_context
 
     device = resolve_device(args.device)
     torch.manual_seed(0)

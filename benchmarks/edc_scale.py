@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils import edc  # noqa: E402
+from engine.evaluation import edc  # noqa: E402
 
 
 def loop_edc(sim: List[float], mated: List[bool], quality: List[float], fmr: float, limits: List[float]):

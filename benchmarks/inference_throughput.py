@@ -34,7 +34,8 @@ from dataset.image_folder import find_images  # noqa: E402
 from dataset.transforms import official_transform  # noqa: E402
 from model.registry import build_model, load_weights  # noqa: E402
 from utils.runtime import resolve_device  # noqa: E402
-from utils.scoring import QualityScorer, default_batch_size, default_workers  # noqa: E402
+from engine.scoring.scorer import QualityScorer, default_batch_size  # noqa: E402
+from utils.runtime import default_workers  # noqa: E402
 
 CPU_IMAGES = {"ediffiqaT": 256, "ediffiqaS": 96, "ediffiqaM": 32, "ediffiqaL": 24}
 GPU_IMAGES = {"ediffiqaT": 4096, "ediffiqaS": 4096, "ediffiqaM": 2048, "ediffiqaL": 2048}
@@ -116,7 +117,7 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
         scorers[f"torch+fold {p}"] = QualityScorer.from_pretrained(name, weights, device=device, precision=p)
     if compile_model and device.type == "cuda":
         compiled = QualityScorer.from_pretrained(name, weights, device=device, precision="fp16")
-        compiled.model.base_model = torch.compile(compiled.model.base_model, mode="reduce-overhead")  # CUDA graphs
+        compiled.model.base_model = torch.compile(compiled.model.backbone, mode="reduce-overhead")  # CUDA graphs
         scorers["torch+fold fp16 compile+CUDA graphs"] = compiled
     precisions = list(scorers)
     os.remove(weights)

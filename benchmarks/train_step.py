@@ -1,7 +1,7 @@
 """Training images/s and peak memory of train.py's loop against the naive loop of the official code, in one run.
 
 Naive (official): every backbone tensor keeps its gradient (only the optimizer groups are stepped), each image is
-opened twice, NCHW. Ours: ``utils.trainer.Trainer`` (tensors outside the optimizer frozen, one read, uint8 workers,
+opened twice, NCHW. Ours: ``engine.training.trainer.Trainer`` (tensors outside the optimizer frozen, one read, uint8 workers,
 channels_last, 3x3 weight gradients from ``model/conv_grad.py``), eager and with ``base.compile``, and eager with
 PyTorch's own conv gradients (``base.fast_conv_grad: false``) to show what that part adds. Same data, batch size, workers and fp32 on the CPU; each loop runs
 one epoch (full batches only) in its own process. "steady" images/s leave out the first ``--warmup`` steps (where
@@ -57,7 +57,7 @@ def make_data(folder: str, n_images: int) -> None:
 
 def config(folder: str, variant: str, batch: int, workers: int, compile_: bool = False, fast_grad: bool = True):
     from utils.config import from_dict
-    from utils.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     loader = {"batch_size": batch, "shuffle": True, "num_workers": workers, "drop_last": True}
     return from_dict(TrainConfig, {
@@ -80,8 +80,8 @@ def naive_epoch(trainer, stamps: List[float]) -> int:
     model = trainer.model.to(memory_format=torch.contiguous_format)
     for p in model.parameters():
         p.requires_grad_(True)
-    if hasattr(model.base_model, "features"):
-        model.base_model.features.weight.requires_grad_(False)  # insightface freezes it, the official code too
+    if hasattr(model.backbone, "features"):
+        model.backbone.features.weight.requires_grad_(False)  # insightface freezes it, the official code too
     data, root, transform = trainer.train_set, trainer.cfg.dataset.image_loc, official_transform()
 
     class Official(Dataset):
@@ -115,7 +115,7 @@ def naive_epoch(trainer, stamps: List[float]) -> int:
 def worker(kind: str, folder: str, variant: str, batch: int, workers: int, warmup: int) -> None:
     import torch
 
-    from utils.trainer import Trainer
+    from engine.training.trainer import Trainer
 
     torch.manual_seed(0)
     trainer = Trainer(config(folder, variant, batch, workers, compile_=kind == "ours+compile",

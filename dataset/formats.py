@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 from utils.errors import DataError
 from utils.io import pickle_writer, read_scores_csv, safe_pickle_load, write_pickle
 
-__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file", "items_file",
+__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV", "EmbeddingTable", "read_embeddings",
+           "write_embeddings", "centres_file", "items_file",
            "prepared_writers", "read_prepared"]
 
 
@@ -239,6 +240,11 @@ def items_file(save_location: str, name: str) -> str:
     """Path of the official items file ``training_items-<name>.pkl``."""
     return os.path.join(save_location, f"training_items-{name}.pkl")
 
+
+#: File names of quality scores, as ``inference.py`` and ``diffiqa_score.py`` write them (the official
+#: ``quality-scores.pkl`` and its CSV twin).
+SCORES_PICKLE = "quality-scores.pkl"
+SCORES_CSV = "quality-scores.csv"
 
 #: Pickle protocol of the prepared files: Python's default when the official script ran (3.8-3.13), so that the
 #: files are the official bytes.

@@ -12,8 +12,8 @@ __all__ = ["DifFIQAR"]
 class DifFIQAR(nn.Module):
     """``Sequential(base=iResNet-100, linear=Linear(512, 1))`` as the authors' ``diffiqa(r).pth`` stores it.
 
-    ``state_dict`` keys are ``base.*`` and ``linear.*``. ``base_model`` and ``mlp`` name the same two parts (without
-    adding keys) so the scorer, the ONNX export, BatchNorm folding and the trainer treat it like an eDifFIQA model.
+    ``state_dict`` keys are ``base.*`` and ``linear.*``. Like :class:`model.ediffiqa.EDifFIQA` it has ``backbone``
+    and ``embed_and_score``, which is all the scorer, the ONNX export, BatchNorm folding and the trainer use.
 
     Args:
         base: Backbone mapping ``(B, 3, 112, 112)`` to ``(B, 512)`` raw embeddings.
@@ -26,24 +26,17 @@ class DifFIQAR(nn.Module):
         self.linear = nn.Linear(dim, 1)
         self.return_feat = bool(return_feat)
 
-    _ALIASES = {"base_model": "base", "mlp": "linear"}
-
     @property
-    def base_model(self) -> nn.Module:
+    def backbone(self) -> nn.Module:
+        """The FR backbone (``base``); the same name on :class:`model.ediffiqa.EDifFIQA`."""
         return self.base
 
-    @property
-    def mlp(self) -> nn.Module:
-        return self.linear
-
-    def __setattr__(self, name: str, value) -> None:
-        # nn.Module.__setattr__ would register ``base_model = ...`` as a new child (and new keys); keep the layout.
-        super().__setattr__(self._ALIASES.get(name, name), value)
+    def embed_and_score(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 3, 112, 112)`` in [-1, 1] -> ``(B, 512)`` raw embeddings and ``(B, 1)`` qualities (no activation)."""
+        feat = self.base(x)
+        return feat, self.linear(feat)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """``(B, 3, 112, 112)`` in [-1, 1] -> ``(B, 1)`` qualities (or ``((B, 512), (B, 1))``); no activation."""
-        feat = self.base(x)
-        quality = self.linear(feat)
-        if self.return_feat:
-            return feat, quality
-        return quality
+        """``(B, 1)`` qualities, or ``((B, 512), (B, 1))`` when ``return_feat`` is set."""
+        feat, quality = self.embed_and_score(x)
+        return (feat, quality) if self.return_feat else quality

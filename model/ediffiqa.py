@@ -24,18 +24,25 @@ class EDifFIQA(nn.Module):
         self.mlp = mlp
         self.return_feat = bool(return_feat)
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """Score faces.
+    @property
+    def backbone(self) -> nn.Module:
+        """The FR backbone (``base_model``); the same name on :class:`model.diffiqa_r.DifFIQAR`."""
+        return self.base_model
+
+    def embed_and_score(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The one forward path, used by ``forward``, scoring, the ONNX export and training.
 
         Args:
             x: ``(B, 3, 112, 112)`` images normalised to [-1, 1] (see :func:`dataset.preprocess`).
 
         Returns:
-            ``(B, 1)`` qualities (higher is better), or ``((B, 512) embeddings, (B, 1) qualities)`` when
-            ``return_feat`` is set.
+            ``(B, 512)`` embeddings and ``(B, 1)`` qualities (higher is better).
         """
         feat = self.base_model(x)
-        quality = self.mlp(feat)
-        if self.return_feat:
-            return feat, quality
-        return quality
+        return feat, self.mlp(feat)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """``(B, 1)`` qualities, or ``((B, 512) embeddings, (B, 1) qualities)`` when ``return_feat`` is set (as the
+        official wrapper)."""
+        feat, quality = self.embed_and_score(x)
+        return (feat, quality) if self.return_feat else quality

@@ -37,7 +37,7 @@ def _fold_bn_into_next_linear(bn: nn.BatchNorm2d, fc: nn.Linear, spatial: int) -
 def fold_batchnorm(model: EDifFIQA) -> EDifFIQA:
     """Return an eval-mode copy of ``model`` with BatchNorm folded away where that is exact."""
     model = copy.deepcopy(model).eval()
-    backbone = model.base_model
+    backbone = model.backbone
     if isinstance(backbone, IResNet):
         backbone.conv1 = fuse_conv_bn_eval(backbone.conv1, backbone.bn1)
         backbone.bn1 = nn.Identity()

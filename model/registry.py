@@ -40,30 +40,37 @@ BACKBONES: Dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def _ediffiqa(backbone: str) -> Callable[[], nn.Module]:
+    return lambda: EDifFIQA(build_backbone(backbone), MLP(512, 1024, 1))
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One published eDifFIQA model.
+    """One published model.
 
     Attributes:
         name: Registry name, as in the official ``inference_config.yaml`` (``ediffiqaL``).
         title: Name used in the paper (``eDifFIQA(L)``).
         backbone: Key of :data:`BACKBONES`.
         backbone_weights: File name of the insightface backbone init the official configs use (None for T).
+        build: Builds the randomly initialised model (backbone first, then the head, as the official code).
     """
 
     name: str
     title: str
     backbone: str
     backbone_weights: Optional[str]
+    build: Callable[[], nn.Module]
 
 
 VARIANTS: Dict[str, Variant] = {
-    "ediffiqaL": Variant("ediffiqaL", "eDifFIQA(L)", "iresnet100", "r100.pth"),
-    "ediffiqaM": Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "r50.pth"),
-    "ediffiqaS": Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "r18.pth"),
-    "ediffiqaT": Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", None),
+    "ediffiqaL": Variant("ediffiqaL", "eDifFIQA(L)", "iresnet100", "r100.pth", _ediffiqa("iresnet100")),
+    "ediffiqaM": Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "r50.pth", _ediffiqa("iresnet50")),
+    "ediffiqaS": Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "r18.pth", _ediffiqa("iresnet18")),
+    "ediffiqaT": Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", None, _ediffiqa("mobilefacenet")),
     # The regression baseline the paper compares against (authors' diffiqa(r).pth; keys base.*, linear.*).
-    "diffiqaR": Variant("diffiqaR", "DifFIQA(R)", "iresnet100", "r100.pth"),
+    "diffiqaR": Variant("diffiqaR", "DifFIQA(R)", "iresnet100", "r100.pth",
+                        lambda: DifFIQAR(build_backbone("iresnet100"))),
 }
 
 OFFICIAL_WEIGHTS_HELP = (
@@ -94,12 +101,12 @@ def build_backbone(name: str) -> nn.Module:
     return builder()
 
 
-def build_model(name: str, return_feat: bool = False) -> EDifFIQA:
-    """Build a randomly initialised variant (``ediffiqaL/M/S/T``, or ``diffiqaR``, a :class:`DifFIQAR`)."""
-    variant = _get_variant(name)
-    if name == "diffiqaR":
-        return DifFIQAR(build_backbone(variant.backbone), return_feat=return_feat)  # type: ignore[return-value]
-    return EDifFIQA(build_backbone(variant.backbone), MLP(512, 1024, 1), return_feat=return_feat)
+def build_model(name: str, return_feat: bool = False) -> nn.Module:
+    """Build a randomly initialised variant (``ediffiqaL/M/S/T`` an :class:`EDifFIQA`, ``diffiqaR`` a
+    :class:`DifFIQAR`); both have ``backbone`` and ``embed_and_score``."""
+    model = _get_variant(name).build()
+    model.return_feat = bool(return_feat)
+    return model
 
 
 @functools.lru_cache(maxsize=None)

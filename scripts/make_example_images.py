@@ -20,7 +20,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.alignment import align_face  # noqa: E402
+from dataset.alignment import align_face  # noqa: E402
 
 
 def source_photos() -> Dict[str, Image.Image]:

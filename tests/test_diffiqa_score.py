@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
 
 from model.diffusion import GaussianDiffusion, build_diffusion
-from utils.diffiqa_scoring import (diffiqa_quality, image_seed, score_batch_fast, score_batch_official,
+from engine.labels.scoring import (diffiqa_quality, image_seed, score_batch_fast, score_batch_official,
                                    split_for_rank)
 
 TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
@@ -412,7 +412,7 @@ def test_official_mode_resumes_draw_for_draw(scoring_setup, capsys) -> None:
 
 
 def test_out_of_memory_halves_the_batch_and_retries() -> None:
-    from utils.diffiqa_scoring import _chunked
+    from engine.labels.scoring import _chunked
 
     seen = []
 

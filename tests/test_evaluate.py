@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_user_error, manifest_state_dict, save_image
-from utils import edc
+from engine.evaluation import edc
 from utils.cli import run_cli
 
 import evaluate

@@ -92,7 +92,7 @@ def test_config_file_with_official_keys(tmp_path, checkpoint_dir, capsys) -> Non
     cfg = {
         "base": {"verbose": 0, "save_path": str(tmp_path / "scores"), "seed": 42069, "device": "cpu"},
         "dataset": {"loc": str(images)},
-        "dataloader": {"params": {"batch_size": 128, "shuffle": False, "pin_memory": True, "num_workers": 0}},
+        "dataloader": {"params": {"batch_size": 128, "pin_memory": True, "num_workers": 0}},
         "model": "ediffiqaT",
         "weights": os.path.join(checkpoint_dir, "ediffiqaT.pth"),
     }
@@ -198,7 +198,7 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path) -> None:
 
 def test_precision_auto_follows_the_cpu(tmp_path, checkpoint_dir, capsys) -> None:
     """--precision auto: bf16 only where the CPU computes bf16 natively; the log says which was used."""
-    from utils.scoring import cpu_has_native_bf16
+    from utils.runtime import cpu_has_native_bf16
 
     images = tmp_path / "imgs"
     save_image(str(images / "0.png"), seed=0)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import save_image
-from utils.alignment import ARCFACE_TEMPLATE, estimate_similarity
+from dataset.alignment import ARCFACE_TEMPLATE, estimate_similarity
 from utils.cli import run_cli
 from utils.errors import CheckpointError
 
@@ -35,7 +35,7 @@ def test_template_maps_onto_itself() -> None:
 @pytest.mark.slow
 def test_mtcnn_finds_the_faces_and_eyes_land_on_the_template() -> None:
     pytest.importorskip("facenet_pytorch")
-    from utils.faces import FaceDetector
+    from engine.scoring.photos import FaceDetector
 
     detector = FaceDetector()
     for name, photo in public_domain_photos().items():
@@ -56,7 +56,7 @@ def test_mtcnn_finds_the_faces_and_eyes_land_on_the_template() -> None:
 
 
 def test_load_photo_modes(tmp_path) -> None:
-    from utils.faces import load_photo
+    from engine.scoring.photos import load_photo
 
     deep = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
     Image.fromarray(deep).save(tmp_path / "deep.png")
@@ -143,7 +143,7 @@ def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, caps
 
 def test_onnx_of_the_wrong_shape_is_refused(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
-    from utils.backends import OnnxModel
+    from engine.scoring.backends import OnnxModel
 
     path = str(tmp_path / "wrong.onnx")
     torch.onnx.export(torch.nn.Conv2d(3, 1, 3), (torch.zeros(1, 3, 64, 64),), path, input_names=["input"],

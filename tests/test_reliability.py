@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, assert_user_error, manifest_state_dict, run_script, save_image
+from conftest import assert_user_error, manifest_state_dict, run_script, save_image
 from dataset.image_folder import find_images
 from utils.config import load_config
 from utils.errors import ConfigError
@@ -139,7 +139,7 @@ def test_a_name_that_is_not_utf8_is_scored_and_written_losslessly(faces, checkpo
 
 
 def test_diffiqa_seeds_of_any_name() -> None:
-    from utils.diffiqa_scoring import image_seed
+    from engine.labels.scoring import image_seed
 
     assert image_seed(0, ODD_NAME) != image_seed(0, "caf.png")
     assert image_seed(3, "a/b.png") == image_seed(3, "a/b.png")
@@ -244,7 +244,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, capsys, m
 
 def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
-    import utils.backends
+    import engine.scoring.backends
 
     class Wrong:
         def __init__(self, *args, **kwargs):
@@ -253,7 +253,7 @@ def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, 
         def __call__(self, x):
             return None, np.full(len(x), np.nan, dtype=np.float32)
 
-    monkeypatch.setattr(utils.backends, "OnnxModel", Wrong)
+    monkeypatch.setattr(engine.scoring.backends, "OnnxModel", Wrong)
     out = tmp_path / "m.onnx"
     code, err = run(export_onnx, "export_onnx.py", ["--model", "ediffiqaT", "--weights",
                                                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output",
@@ -288,7 +288,7 @@ def test_inference_workers_range(faces, checkpoint_dir, tmp_path, capsys) -> Non
 
 
 def test_a_wrong_typed_section_is_an_error_even_when_a_flag_touches_it(tmp_path) -> None:
-    from utils.train_config import TrainConfig
+    from engine.training.config import TrainConfig
 
     (tmp_path / "c.yaml").write_text("base: [1, 2]\n")
     with pytest.raises(ConfigError, match=r"'base' must be a mapping of keys, got \[1, 2\]"):

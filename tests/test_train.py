@@ -18,8 +18,8 @@ from model import build_model
 from model.loss import DistillationLoss, ExtendedL1
 from utils.cli import run_cli
 from utils.config import from_dict
-from utils.train_config import TrainConfig
-from utils.trainer import optimizer_groups
+from engine.training.config import TrainConfig
+from engine.training.trainer import optimizer_groups
 
 import inference
 import prepare_data
@@ -257,7 +257,7 @@ def test_errors_exit_2(case, pattern, tiny, tmp_path, capsys) -> None:
 def test_missing_items_are_dropped_with_a_warning(tiny, tmp_path, caplog) -> None:
     import shutil
 
-    from utils.trainer import load_training_data
+    from engine.training.trainer import load_training_data
 
     root, images = tiny
     images2 = tmp_path / "imgs"
@@ -273,7 +273,7 @@ def test_missing_items_are_dropped_with_a_warning(tiny, tmp_path, caplog) -> Non
 
 
 def test_backbone_weights_initialise_the_student(tiny, tmp_path) -> None:
-    from utils.trainer import Trainer
+    from engine.training.trainer import Trainer
 
     root, images = tiny
     backbone = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaT", seed=5).items()

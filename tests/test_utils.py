@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.alignment import ARCFACE_TEMPLATE, align_face, estimate_similarity
+from dataset.alignment import ARCFACE_TEMPLATE, align_face, estimate_similarity
 from utils.config import from_dict, load_yaml
 from utils.errors import ConfigError, DataError
 from utils.io import atomic_open, read_scores_csv, safe_pickle_load, write_csv, write_pickle

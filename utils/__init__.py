@@ -1,1 +1,1 @@
-"""Shared utilities: config loading, safe file I/O, errors, seeding and devices."""
+"""Plumbing shared by everything above it: errors, file I/O, config loading, devices, distributed runs, the command line and run logs."""

@@ -5,15 +5,31 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 
-from utils.config import to_dict
+from utils.config import check, to_dict
 from utils.errors import ConfigError
 from utils.io import atomic_open, torch_load, torch_load_reason, write_json
 
-__all__ = ["RunLog", "save_checkpoint", "read_resume_checkpoint"]
+__all__ = ["WandbSection", "RunLog", "save_checkpoint", "read_resume_checkpoint"]
+
+
+@dataclass
+class WandbSection:
+    """``wandb``: optional Weights & Biases logging (imported only when ``use`` is set)."""
+
+    use: bool = False
+    project: str = "ediffiqa"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    mode: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check(self.mode in (None, "online", "offline", "disabled"),
+               f"'wandb.mode' must be online, offline or disabled, got '{self.mode}'")
 
 
 class RunLog:

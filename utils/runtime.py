@@ -1,9 +1,10 @@
 """Seeding, device selection and thread settings."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import numpy as np
 import torch
@@ -11,7 +12,8 @@ import torch
 from utils.errors import ConfigError
 
 __all__ = ["seed_everything", "seed_worker", "resolve_device", "cpu_count", "peak_rss_bytes", "rng_state",
-           "set_rng_state"]
+           "set_rng_state", "PRECISIONS", "precision_context", "resolve_precision", "cpu_has_native_bf16",
+           "default_workers"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -97,3 +99,56 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 inference is faster than fp32;
+    elsewhere oneDNN emulates it and bf16 is several times slower."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto``: bf16 on CPUs with native bf16, fp32 on other CPUs, bf16 on GPUs that support it (else fp16);
+    any other value is returned as it is."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+@contextlib.contextmanager
+def precision_context(device: torch.device, precision: str) -> Iterator[None]:
+    """Numerics of one forward pass.
+
+    ``fp32`` is true fp32 everywhere (on CUDA, TF32 off: the same numbers as on the CPU to about 1e-5). ``tf32`` is
+    PyTorch's CUDA default, which the official code gets implicitly (TF32 convolutions; about 1e-3 off on GPUs).
+    ``bf16``/``fp16`` use autocast. On CUDA, cuDNN autotuning is on (inputs are always 112x112).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision '{precision}' not understood; use one of: {', '.join(PRECISIONS)}")
+    if device.type == "cpu" and precision in ("fp16", "tf32"):
+        raise ConfigError(f"precision '{precision}' is for CUDA; on the CPU use fp32, bf16 or auto")
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            cudnn = torch.backends.cudnn
+            stack.enter_context(cudnn.flags(enabled=True, benchmark=True, deterministic=cudnn.deterministic,
+                                            allow_tf32=precision == "tf32"))
+            matmul = torch.backends.cuda.matmul
+            previous = matmul.allow_tf32
+            matmul.allow_tf32 = precision == "tf32"
+            stack.callback(setattr, matmul, "allow_tf32", previous)
+        if precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
+        yield
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers when a config leaves them unset: up to 8 feeding a GPU; on a CPU they share the cores
+    with the model, so at most 2 and one core left for it."""
+    cpus = cpu_count()
+    return min(8, cpus) if device.type == "cuda" else max(0, min(2, cpus - 1))

@@ -6,7 +6,6 @@ An optional reduced precision (``bf16`` / ``fp16`` autocast) trades a small, rep
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -23,23 +22,13 @@ from dataset.image_folder import FaceFolder, collate_faces
 from dataset.transforms import normalize, resize_face, to_uint8_tensor
 from model.fuse import fold_batchnorm
 from model.registry import create_model
-from utils.backends import BACKENDS, OnnxModel, export_onnx
+from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx
 from utils.errors import ConfigError
-from utils.runtime import cpu_count, resolve_device
+from utils.runtime import default_workers, precision_context, resolve_device, resolve_precision
 
-__all__ = ["PRECISIONS", "precision_context", "resolve_precision", "cpu_has_native_bf16", "default_batch_size", "default_workers", "iterate_folder", "map_folder",
-           "FolderResult", "QualityScorer"]
+__all__ = ["default_batch_size", "iterate_folder", "map_folder", "FolderResult", "QualityScorer"]
 
 _logger = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "auto")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 inference is faster than fp32;
-    elsewhere oneDNN emulates it and bf16 is several times slower."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
 
 def _check_onnx_precision(precision: str) -> None:
     if precision not in ("fp32", "auto"):
@@ -47,54 +36,9 @@ def _check_onnx_precision(precision: str) -> None:
                           "(use --precision fp32 or --backend torch)")
 
 
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """``auto``: bf16 on CPUs with native bf16, fp32 on other CPUs, bf16 on GPUs that support it (else fp16);
-    any other value is returned as it is."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
 def default_batch_size(device: torch.device) -> int:
     """Batch size that runs fast on ``device`` (small batches stay in cache on CPUs)."""
     return 256 if device.type == "cuda" else 8
-
-
-def default_workers(device: torch.device) -> int:
-    """DataLoader workers: on a CPU run they share the cores with the model, so keep them few."""
-    cpus = cpu_count()
-    if device.type == "cuda":
-        return min(8, cpus)
-    return 1 if cpus >= 2 else 0
-
-
-@contextlib.contextmanager
-def precision_context(device: torch.device, precision: str) -> Iterator[None]:
-    """Numerics of one forward pass.
-
-    ``fp32`` is true fp32 everywhere (on CUDA, TF32 off: the same numbers as on the CPU to about 1e-5). ``tf32`` is
-    PyTorch's CUDA default, which the official code gets implicitly (TF32 convolutions; about 1e-3 off on GPUs).
-    ``bf16``/``fp16`` use autocast. On CUDA, cuDNN autotuning is on (inputs are always 112x112).
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision '{precision}' not understood; use one of: {', '.join(PRECISIONS)}")
-    if device.type == "cpu" and precision in ("fp16", "tf32"):
-        raise ConfigError(f"precision '{precision}' is for CUDA; on the CPU use fp32, bf16 or auto")
-    with contextlib.ExitStack() as stack:
-        if device.type == "cuda":
-            cudnn = torch.backends.cudnn
-            stack.enter_context(cudnn.flags(enabled=True, benchmark=True, deterministic=cudnn.deterministic,
-                                            allow_tf32=precision == "tf32"))
-            matmul = torch.backends.cuda.matmul
-            previous = matmul.allow_tf32
-            matmul.allow_tf32 = precision == "tf32"
-            stack.callback(setattr, matmul, "allow_tf32", previous)
-        if precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-            stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
-        yield
 
 
 def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
@@ -275,8 +219,7 @@ class QualityScorer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), precision_context(self.device, self.precision):
-            feat = self.model.base_model(x)
-            quality = self.model.mlp(feat)
+            feat, quality = self.model.embed_and_score(x)
         # reshape(-1), not squeeze(): a batch of one stays a 1-d array (the official code crashes there).
         return feat.float(), quality.float().reshape(-1)
 
@@ -301,8 +244,7 @@ class QualityScorer:
         return quality.cpu().numpy()
 
     def _default_workers(self) -> int:
-        # ONNX Runtime already keeps every core busy; on a CPU a decoding process only competes with it
-        # (measured on 2 cores: 124 images/s without a worker, 97 with one, for eDifFIQA(T)).
+        # ONNX Runtime already keeps every core busy; on a CPU a decoding process only competes with it.
         if self.onnx is not None and self.device.type == "cpu":
             return 0
         return default_workers(self.device)

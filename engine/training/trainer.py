@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -23,67 +22,17 @@ from utils.config import to_dict
 from utils.errors import ConfigError, DataError, RunError
 from utils.io import check_output_dir, write_json
 from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
-from utils.runtime import cpu_count, resolve_device, rng_state, seed_everything, seed_worker, set_rng_state
-from utils.train_config import OPTIMIZER_CLASSES, ModelSpec, TrainConfig, resolve_model
+from utils.distributed import all_reduce_sum, finish_distributed, init_distributed
+from utils.runtime import default_workers, rng_state, seed_everything, seed_worker, set_rng_state
+from engine.training.config import OPTIMIZER_CLASSES, ModelSpec, TrainConfig, resolve_model
 
-__all__ = ["optimizer_groups", "load_training_data", "load_regression_data", "Trainer", "train", "init_distributed",
-           "finish_distributed", "all_reduce_sum"]
+__all__ = ["optimizer_groups", "load_training_data", "load_regression_data", "Trainer", "train"]
 
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 1
 BEST_MODEL = "model.pth"
 LAST_CHECKPOINT = "last.pt"
-
-
-# ------------------------------------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_spec: str) -> Tuple[DistInfo, torch.device]:
-    """Start the process group when launched by ``torchrun`` (NCCL on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), resolve_device(device_spec)
-    import torch.distributed as dist
-
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = device_spec != "cpu" and torch.cuda.is_available()
-    device = torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return info, device
-
-
-def finish_distributed(info: DistInfo) -> None:
-    """Wait for every process, then leave the process group (no-op for a single process)."""
-    if info.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        import torch.distributed as dist
-
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
 
 
 class _StridedSampler(Sampler):
@@ -262,11 +211,11 @@ class Trainer:
         model = build_model(self.spec.name, return_feat=True)
         if self.spec.backbone_weights:
             backbone = VARIANTS[self.spec.name].backbone
-            load_backbone(backbone, self.spec.backbone_weights, into=model.base_model,
+            load_backbone(backbone, self.spec.backbone_weights, into=model.backbone,
                           key=f"base_model.weights in '{self.spec.source}' or base.backbone_weights")
             _logger.info("backbone %s initialised from %s", backbone, self.spec.backbone_weights)
-        if self.official and self.amp_dtype is not None and hasattr(model.base_model, "trunk_autocast"):
-            model.base_model.trunk_autocast = False  # the official iResNet runs its trunk in fp32 under AMP
+        if self.official and self.amp_dtype is not None and hasattr(model.backbone, "trunk_autocast"):
+            model.backbone.trunk_autocast = False  # the official iResNet runs its trunk in fp32 under AMP
         swapped = 0
         if cfg.base.fast_conv_grad and self.device.type == "cpu" and not self.official and self.amp_dtype is None:
             swapped = use_fast_weight_grad(model)
@@ -331,9 +280,7 @@ class Trainer:
             shuffle = None
         else:
             sampler, shuffle = None, params.shuffle and train
-        workers = params.num_workers
-        if workers is None:
-            workers = min(8, cpu_count()) if self.device.type == "cuda" else min(2, cpu_count() - 1)
+        workers = params.num_workers if params.num_workers is not None else default_workers(self.device)
         kwargs: Dict[str, Any] = {}
         if workers > 0:
             kwargs["persistent_workers"] = params.persistent_workers
@@ -457,7 +404,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, epoch: int) -> Dict[str, Any]:
-        return {"version": CHECKPOINT_VERSION, "epoch": epoch, "variant": self.spec.name, "model": self.model.state_dict(),
+        return {"version": CHECKPOINT_VERSION, "epoch": epoch, "variant": self.spec.name,
+                "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "best_val": self.best_val, "rng": rng_state(), "config": to_dict(self.cfg),
                 "history": self.history}

@@ -21,13 +21,13 @@ from dataset.diffusion_data import DegradationPairs, SampleStream, scan_training
 from model.diffusion import GaussianDiffusion, build_diffusion
 from model.ema import EMA
 from utils.config import to_dict
-from utils.diffusion_config import DiffusionTrainConfig
-from utils.train_config import WandbSection
+from engine.denoiser.config import DiffusionTrainConfig
+from utils.run_log import WandbSection
 from utils.errors import ConfigError
 from utils.io import atomic_open, check_output_dir
-from utils.runtime import cpu_count, rng_state, seed_everything, set_rng_state
+from utils.runtime import default_workers, rng_state, seed_everything, set_rng_state
 from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
-from utils.trainer import DistInfo, all_reduce_sum, finish_distributed, init_distributed
+from utils.distributed import DistInfo, all_reduce_sum, finish_distributed, init_distributed
 
 __all__ = ["DiffusionTrainer", "train_diffusion", "CHECKPOINT_NAME"]
 
@@ -57,8 +57,8 @@ class DiffusionTrainer:
         self.diffusion: GaussianDiffusion = build_diffusion(cfg.unet_params.build_kwargs(),
                                                             cfg.diff_params.build_kwargs()).to(self.device)
         self.opt = torch.optim.Adam(self.diffusion.parameters(), lr=tp.train_lr, betas=tuple(tp.adam_betas))
-        use_amp = (tp.amp or tp.fp16) and self.device.type == "cuda"
-        if (tp.amp or tp.fp16) and not use_amp:
+        use_amp = tp.amp and self.device.type == "cuda"
+        if tp.amp and not use_amp:
             _logger.warning("trainer_params.amp is set but the device is %s: training in fp32", self.device)
         self.amp = use_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -80,9 +80,7 @@ class DiffusionTrainer:
         tp = self.cfg.trainer_params
         stream = SampleStream(len(self.data), tp.seed, True, tp.train_batch_size, self.info.rank, self.info.world,
                               start=self.samples_seen)
-        workers = tp.num_workers
-        if workers is None:
-            workers = min(8, cpu_count()) if self.device.type == "cuda" else min(2, max(cpu_count() - 1, 0))
+        workers = tp.num_workers if tp.num_workers is not None else default_workers(self.device)
         return DataLoader(self.data, batch_size=tp.train_batch_size // self.info.world, sampler=stream,
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, generator=torch.Generator().manual_seed(tp.seed),

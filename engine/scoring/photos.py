@@ -11,7 +11,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from utils.alignment import align_face
+from dataset.alignment import align_face
 from utils.errors import ConfigError
 
 __all__ = ["FaceResult", "load_photo", "FaceDetector", "annotate"]

@@ -14,26 +14,26 @@ from dataset.image_folder import find_images
 from model.diffusion import load_diffusion
 from model.registry import load_backbone
 from utils.config import to_dict
-from utils.diffiqa_scoring import PART_GLOB, RNG_GLOB, ScoreRun, read_parts, score_folder
-from utils.diffiqa_config import resolve_denoiser, resolve_fr
+from engine.labels.scoring import PART_GLOB, RNG_GLOB, ScoreRun, read_parts, score_folder
+from engine.labels.config import resolve_denoiser, resolve_fr
+from dataset.formats import SCORES_CSV, SCORES_PICKLE
 from utils.errors import CheckpointError, ConfigError
 from utils.io import (check_output_dir, csv_writer, json_writer, pickle_writer, safe_pickle_load, write_json,
                       write_together)
-from utils.runtime import cpu_count
-from utils.trainer import init_distributed
+from utils.runtime import default_workers, resolve_precision
+from utils.distributed import init_distributed
 
 __all__ = ["run_scoring", "SCORES_PICKLE", "SCORES_CSV", "SCORES_META"]
 
 _logger = logging.getLogger(__name__)
 
-SCORES_PICKLE = "quality-scores.pkl"
-SCORES_CSV = "quality-scores.csv"
 SCORES_META = "quality-scores.json"
 SCORES_SETTINGS = "quality-scores.settings.json"
 
 
 def run_scoring(cfg: Any) -> Dict[str, Any]:
-    """Score ``cfg.inference.images_loc`` (a :class:`utils.diffiqa_config.ScoreConfig`); returns a summary of what was done."""
+    """Score ``cfg.inference.images_loc`` (a :class:`engine.labels.config.ScoreConfig`); returns a summary of what
+    was done."""
     info, device = init_distributed(cfg.base.device)
     try:
         return _run(cfg, info, device)
@@ -105,18 +105,17 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
     fr_model = load_backbone(*fr, key="fr_model.weights of inference.fr_config or --fr-weights")
     denoiser, fr_model = denoiser.to(device).eval(), fr_model.to(device).eval()
     if not cfg.base.official and device.type == "cpu":
-        denoiser.model.to(memory_format=torch.channels_last)  # 1.14x on the CPU; scores within 1e-5
+        denoiser.model.to(memory_format=torch.channels_last)  # faster on CPUs; scores within 1e-5
     out = cfg.inference.save_loc
     os.makedirs(out, exist_ok=True)
     batch = cfg.inference.batch_size or (64 if cfg.base.official or device.type == "cpu" else 256)
-    workers = cfg.dataset.num_workers
-    if workers is None:
-        workers = min(4, cpu_count()) if device.type == "cuda" else 0
-    precision = cfg.base.precision
+    workers = cfg.dataset.num_workers if cfg.dataset.num_workers is not None else default_workers(device)
+    precision = resolve_precision(device, cfg.base.precision) if cfg.base.precision else None
     if precision is None:
         # The official code runs with PyTorch's defaults: TF32 convolutions on CUDA.
         precision = "tf32" if cfg.base.official and device.type == "cuda" else "fp32"
-    run = ScoreRun(root=cfg.inference.images_loc, out_dir=out, t=cfg.inference.used_timesteps, repeats=cfg.inference.repeats,
+    run = ScoreRun(root=cfg.inference.images_loc, out_dir=out, t=cfg.inference.used_timesteps,
+                   repeats=cfg.inference.repeats,
                    seed=cfg.base.seed, official=cfg.base.official, batch_size=batch,
                    flush_every=cfg.base.flush_every, limit=cfg.base.limit, workers=workers,
                    verbose=cfg.inference.verbose and info.main, precision=precision, rank=info.rank,

@@ -207,7 +207,7 @@ class ScoreRun:
     limit: Optional[int] = None     # stop after this many new images (resume later)
     workers: int = 1
     verbose: bool = True
-    precision: str = "fp32"          # fp32, tf32 (CUDA), bf16, fp16 (CUDA): see utils.scoring.precision_context
+    precision: str = "fp32"          # fp32, tf32 (CUDA), bf16, fp16 (CUDA): see engine.scoring.scorer.precision_context
     rank: int = 0
     world: int = 1
 
@@ -226,7 +226,8 @@ def score_folder(run: ScoreRun, rel_paths: Sequence[str], diffusion: GaussianDif
     """
     from tqdm import tqdm
 
-    from utils.scoring import iterate_folder, precision_context
+    from engine.scoring.scorer import iterate_folder
+    from utils.runtime import precision_context
 
     if done is None:
         done_scores, done_skipped = read_parts(run.out_dir)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError, RunError
 from utils.runtime import cpu_count
 
 __all__ = ["BACKENDS", "export_onnx", "OnnxModel", "check_onnx_file"]
@@ -32,8 +32,7 @@ class _QualityOnly(nn.Module):
         self.with_embedding = with_embedding
 
     def forward(self, x: torch.Tensor):
-        feat = self.model.base_model(x)
-        quality = self.model.mlp(feat)
+        feat, quality = self.model.embed_and_score(x)
         return (feat, quality) if self.with_embedding else quality
 
 
@@ -137,3 +136,43 @@ class OnnxModel:
             outs = self._run(x)
         quality = outs[-1].reshape(-1)
         return (outs[0] if self.has_embedding else None), quality
+
+
+#: Largest relative difference between ONNX Runtime and PyTorch that :func:`export_checked` accepts.
+PARITY_TOLERANCE = 1e-3
+
+
+def export_checked(name: str, weights: str, output: str, with_embedding: bool = False,
+                   opset: int = 17) -> Tuple[float, float]:
+    """Export variant ``name`` with ``weights`` to ``output`` and check it with ONNX Runtime on 5 inputs; the file is
+    moved into place only when the check passes.
+
+    Returns:
+        ``(largest absolute difference, largest |score|)``.
+
+    Raises:
+        RunError: The difference is not finite or above :data:`PARITY_TOLERANCE` relative; nothing is written.
+    """
+    from model.registry import create_model
+    from utils.io import check_output_dir
+
+    folder = os.path.dirname(os.path.abspath(output))
+    check_output_dir(folder, "--output")
+    model = create_model(name, weights)
+    staged = os.path.join(folder, f".{os.path.basename(output)}.check.onnx")
+    try:
+        export_onnx(model, staged, with_embedding=with_embedding, opset=opset)
+        x = torch.rand(5, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        with torch.no_grad():
+            expected = model.embed_and_score(x)[1].reshape(-1).numpy()
+        _, got = OnnxModel(staged, "onnxruntime")(x.numpy())
+        diff = float(np.abs(got - expected).max())
+        scale = float(np.abs(expected).max()) or 1.0
+        if not (np.isfinite(diff) and diff / scale <= PARITY_TOLERANCE):
+            raise RunError(f"ONNX Runtime and PyTorch disagree on 5 inputs (largest difference {diff:.2e}, "
+                           f"{diff / scale:.2e} relative; tolerance {PARITY_TOLERANCE:g}); {output} was not written")
+        os.replace(staged, output)
+    finally:
+        if os.path.exists(staged):
+            os.remove(staged)
+    return diff, scale

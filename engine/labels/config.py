@@ -12,11 +12,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from utils.config import check, check_batch, check_seed, check_workers, from_dict, load_yaml
 from utils.errors import ConfigError
-from utils.train_config import BackboneSection
+from utils.runtime import PRECISIONS
+from engine.training.config import BackboneSection
 
-__all__ = ["PRECISIONS", "FR_MODULES", "ScoreConfig", "resolve_fr", "resolve_denoiser"]
+__all__ = ["FR_MODULES", "ScoreConfig", "resolve_fr", "resolve_denoiser"]
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: Face recognition module strings of FR configs -> backbone names (the official one is load_cosface).
 FR_MODULES = {
     "model_weights.iresnet.load_cosface": "iresnet100",
@@ -123,7 +123,7 @@ def resolve_denoiser(cfg: ScoreConfig) -> Tuple[Optional[Dict[str, Any]], Option
     path = cfg.inference.train_config
     if path is None:
         return None, None
-    from utils.diffusion_config import DiffusionTrainConfig
+    from engine.denoiser.config import DiffusionTrainConfig
 
     raw = load_yaml(path)
     if "unet_params" not in raw:

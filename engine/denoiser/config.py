@@ -97,9 +97,6 @@ class TrainerParams:
     amp: bool = False                          # CUDA: fp16 autocast + GradScaler
     use_wandb: bool = False                    # Weights & Biases (imported only then)
     project_name: str = "diffiqa"
-    fp16: bool = False                         # accepted for the official key; same as amp
-    split_batches: bool = True                 # accepted for the official key; the batch is always split
-    convert_image_to: Optional[str] = None     # accepted for the official key; images are always read as RGB
     # additions
     degradation_probs: List[float] = field(default_factory=lambda: [1.0, 0.2, 0.01])
     min_image_size: int = 112
@@ -129,7 +126,6 @@ class TrainerParams:
         check(self.min_image_size >= 0, "'trainer_params.min_image_size' must be 0 or more")
         check_workers(self.num_workers, "trainer_params.num_workers")
         check(self.log_every >= 1, "'trainer_params.log_every' must be at least 1")
-        check(self.convert_image_to in (None, "RGB"), "'trainer_params.convert_image_to' must be null or RGB")
 
 
 @dataclass

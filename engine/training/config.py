@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES
 from utils.config import check, check_batch, check_seed, check_workers, from_dict, load_yaml
 from utils.errors import ConfigError
+from utils.run_log import WandbSection
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "ModelSpec", "resolve_model", "OFFICIAL_BACKBONES"]
 
@@ -41,8 +42,8 @@ class TrainBase:
     official: bool = False             # the official update step for step (slower); see docs
     resume: Optional[str] = None
     deterministic: bool = False
-    compile: bool = False              # torch.compile the training step (1.47x on a CPU for eDifFIQA(S); compiles
-                                       # for a minute or two first, so worth it for long runs)
+    compile: bool = False              # torch.compile the training step (faster for S/M/L on a CPU, see the
+                                       # benchmarks; compiles for a minute or two first, so worth it for long runs)
     fast_conv_grad: bool = True        # on a CPU, 3x3 conv weight gradients by model/conv_grad.py (faster than
                                        # oneDNN's); false = PyTorch's own
 
@@ -256,21 +257,6 @@ class LossSection:
 
 
 @dataclass
-class WandbSection:
-    """``wandb``: optional Weights & Biases logging (imported only when ``use`` is set)."""
-
-    use: bool = False
-    project: str = "ediffiqa"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    mode: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        check(self.mode in (None, "online", "offline", "disabled"),
-               f"'wandb.mode' must be online, offline or disabled, got '{self.mode}'")
-
-
-@dataclass
 class ModelRef:
     """``model``: DifFIQA(R)'s official section, naming its model config (``configs/diffiqaR_model_config.yaml``)."""
 
@@ -447,7 +433,8 @@ def resolve_model(value: str, backbone_weights: Optional[str] = None) -> ModelSp
         spec = ModelSpec(value, VARIANT_BACKBONE_WEIGHTS[value] or None, f"variant {value}")
     else:
         if not os.path.isfile(value):
-            raise ConfigError(f"the model '{value}' (base.model or model.config) is neither a model config file nor a variant name "
+            raise ConfigError(f"the model '{value}' (base.model or model.config) is neither a model config file nor a "
+                              "variant name "
                               f"({', '.join(variant_names())}); the official model configs are configs/ediffiqa"
                               "{L,M,S,T}_config.yaml")
         raw = load_yaml(value)

@@ -1,0 +1,1 @@
+"""DifFIQA denoiser training (``train_diffusion.py``)."""

@@ -1,0 +1,1 @@
+"""EDC curves and pAUC (``evaluate.py``)."""

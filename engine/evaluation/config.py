@@ -1,0 +1,51 @@
+"""The evaluation config (``configs/evaluate_config.yaml``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+__all__ = ["FRModel", "Method", "EvaluateConfig"]
+
+
+@dataclass
+class FRModel:
+    """One face recognition model: a label and its per-image embeddings (or the pairs' similarity column)."""
+
+    label: str = "FR"
+    embeddings: Optional[str] = None
+
+
+@dataclass
+class Method:
+    """One quality method: a label and its ``quality-scores.pkl``/``.csv``."""
+
+    label: str = "quality"
+    scores: str = "./quality_scores/quality-scores.pkl"
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluation config."""
+
+    pairs: str = "./pairs.csv"
+    fr_models: List[FRModel] = field(default_factory=list)
+    methods: List[Method] = field(default_factory=list)
+    fmr: float = 1e-3
+    discard_limits: List[float] = field(default_factory=lambda: [0.2, 0.3])
+    variant: str = "fixed"
+    on_missing: str = "fail"
+    output: str = "./figures"
+    name: str = "edc"
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fmr < 1.0:
+            raise ValueError(f"'fmr' must be between 0 and 1, got {self.fmr}")
+        if not self.discard_limits or not all(0.0 < d <= 1.0 for d in self.discard_limits):
+            raise ValueError(f"'discard_limits' must be values in (0, 1], got {self.discard_limits}")
+        if self.variant not in ("fixed", "crfiqa"):
+            raise ValueError(f"'variant' must be 'fixed' (Schlett et al., default) or 'crfiqa', got '{self.variant}'")
+        if self.on_missing not in ("fail", "drop"):
+            raise ValueError(f"'on_missing' must be 'fail' or 'drop', got '{self.on_missing}'")
+        if not self.methods:
+            raise ValueError("no quality method given: add 'methods' to the config or --scores LABEL=FILE")

@@ -1,0 +1,1 @@
+"""DifFIQA quality labels (``diffiqa_score.py``)."""

@@ -1,0 +1,144 @@
+"""``inference.py``'s work: score a folder of aligned faces (or of photos, detecting and aligning every face) and
+write ``quality-scores.pkl`` / ``.csv`` (and ``faces.csv`` / ``no-face.txt`` for photos) as one set."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Dict, List, Sequence
+
+from engine.scoring.config import InferenceConfig
+from dataset.formats import SCORES_CSV, SCORES_PICKLE
+from utils.errors import DataError
+
+__all__ = ["score"]
+
+_logger = logging.getLogger(__name__)
+
+
+
+def score(cfg: InferenceConfig) -> Dict[str, int]:
+    """Score ``cfg.dataset.loc`` (faces, or photos with ``cfg.align``) and write the outputs as one set.
+
+    Returns:
+        Counts: ``scored`` and ``skipped`` (and ``no_face`` for photos).
+    """
+    from dataset.image_folder import find_images
+    from utils.runtime import resolve_device, seed_everything
+    from engine.scoring.scorer import QualityScorer
+
+    from utils.io import check_output_dir
+
+    check_output_dir(cfg.base.save_path, "base.save_path / --output")
+    for folder, flag in ((cfg.save_crops, "--save-crops"), (cfg.annotate, "--annotate")):
+        if folder:
+            check_output_dir(folder, flag)
+    seed_everything(cfg.base.seed)
+    device = resolve_device(cfg.base.device)
+    rel_paths = find_images(cfg.dataset.loc)
+    scorer = QualityScorer.from_pretrained(cfg.model, cfg.weights_path, device=device, precision=cfg.precision,
+                                           backend=cfg.backend, fold_bn=cfg.fold_bn)
+    _logger.info("scoring %d %s in '%s' with %s on %s (%s, %s backend)", len(rel_paths),
+                 "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device, scorer.precision,
+                 scorer.backend)
+    if cfg.align:
+        return _score_photos(cfg, rel_paths, scorer)
+    params = cfg.dataloader.params
+    result = scorer.score_folder(cfg.dataset.loc, rel_paths, batch_size=params.batch_size,
+                                 workers=params.num_workers, verbose=cfg.base.verbose, pin_memory=params.pin_memory,
+                                 prefetch_factor=params.prefetch_factor, persistent_workers=params.persistent_workers)
+    if not result.paths:
+        raise DataError(f"none of the {len(rel_paths)} images in '{cfg.dataset.loc}' could be read "
+                        f"(first: {result.skipped[0][0]}: {result.skipped[0][1]})")
+    _write_scores(cfg, result.paths, result.scores)
+    _summary(cfg, len(result.paths), [p for p, _ in result.skipped], result.seconds)
+    return {"scored": len(result.paths), "skipped": len(result.skipped)}
+
+
+def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float], extra: Sequence = ()) -> None:
+    """The pickle and the CSV (and ``extra`` ``(path, writer)`` files), written as one set; non-finite scores are an
+    error (nothing is replaced)."""
+    import math
+
+    from utils.io import csv_writer, pickle_writer, write_together
+
+    bad = [p for p, q in zip(rel_paths, scores) if not math.isfinite(q)]
+    if bad:
+        raise DataError(f"{len(bad)} of {len(scores)} scores are NaN or infinite (e.g. {', '.join(bad[:3])}); the "
+                        "weights or the precision overflow; nothing was written")
+    # Keys as the official code writes them: os.path.join(dataset.loc, relative path).
+    table: Dict[str, float] = {os.path.join(cfg.dataset.loc, p): q for p, q in zip(rel_paths, scores)}
+    write_together([(os.path.join(cfg.base.save_path, SCORES_PICKLE), pickle_writer(table)),
+                    (os.path.join(cfg.base.save_path, SCORES_CSV),
+                     csv_writer(("path", "quality"), ((k, repr(v)) for k, v in table.items()))), *extra])
+
+
+def _summary(cfg: InferenceConfig, scored: int, skipped: List[str], seconds: float, extra: str = "") -> None:
+    rate = scored / seconds if seconds > 0 else float("nan")
+    print(f"scored {scored}, skipped {len(skipped)}{extra}, {seconds:.1f} s, {rate:.1f} images/s; wrote "
+          f"{os.path.join(cfg.base.save_path, SCORES_PICKLE)} and {SCORES_CSV}", file=sys.stderr)
+    if skipped:
+        print(f"skipped (unreadable): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+
+
+def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> Dict[str, int]:
+    """--align: detect every face, align it, score it; one row per face in faces.csv."""
+    import time
+
+    from tqdm import tqdm
+
+    from engine.scoring.photos import FaceDetector, annotate, load_photo
+    from utils.io import atomic_open, csv_writer
+
+    detector = FaceDetector("cuda" if scorer.device.type == "cuda" else "cpu", cfg.min_face_probability)
+    rows, best, skipped, no_face = [], {}, [], []
+    start = time.perf_counter()
+    for rel in tqdm(rel_paths, unit="photo", disable=not cfg.base.verbose, dynamic_ncols=True):
+        path = os.path.join(cfg.dataset.loc, rel)
+        try:
+            photo = load_photo(path)
+        except Exception as exc:  # PIL raises many types for broken files
+            _logger.warning("skipped '%s': %s: %s", path, type(exc).__name__, exc)
+            skipped.append(rel)
+            continue
+        faces = detector.detect(photo)
+        if cfg.largest_face:
+            faces = faces[:1]
+        if not faces:
+            no_face.append(rel)
+            continue
+        crops = detector.crops(photo, faces)
+        for face, quality in zip(faces, scorer.score_images(crops).tolist()):
+            face.quality = quality
+            rows.append([os.path.join(cfg.dataset.loc, rel), face.face, *[round(v, 2) for v in face.box],
+                         *[round(float(v), 2) for v in face.landmarks.reshape(-1)], round(face.probability, 5),
+                         repr(quality)])
+        best[rel] = faces[0].quality
+        stem = os.path.splitext(rel)[0]
+        if cfg.save_crops:
+            for face, crop in zip(faces, crops):
+                target = os.path.join(cfg.save_crops, f"{stem}_face{face.face}.png")
+                with atomic_open(target, "wb") as handle:
+                    crop.save(handle, format="PNG")
+        if cfg.annotate:
+            target = os.path.join(cfg.annotate, f"{stem}.jpg")
+            with atomic_open(target, "wb") as handle:
+                annotate(photo, faces).save(handle, format="JPEG", quality=90)
+    seconds = time.perf_counter() - start
+    if not rows:
+        raise DataError(f"no face found in any of the {len(rel_paths)} photos in '{cfg.dataset.loc}' "
+                        f"({len(no_face)} without a face, {len(skipped)} unreadable)")
+    header = ["path", "face", "x1", "y1", "x2", "y2", *[f"{p}_{c}" for p in ("left_eye", "right_eye", "nose",
+              "mouth_left", "mouth_right") for c in ("x", "y")], "probability", "quality"]
+    listing = ("w", lambda handle: handle.writelines(os.path.join(cfg.dataset.loc, rel) + "\n" for rel in no_face))
+    # One score per photo (its largest face) in the official format, so evaluate.py and old scripts read it; the
+    # four files are written as one set.
+    kept = sorted(best)
+    _write_scores(cfg, kept, [best[r] for r in kept], extra=[
+        (os.path.join(cfg.base.save_path, "faces.csv"), csv_writer(header, rows)),
+        (os.path.join(cfg.base.save_path, "no-face.txt"), listing)])
+    _summary(cfg, len(rows), skipped, seconds, extra=f", photos without a face {len(no_face)}")
+    if no_face:
+        print(f"no face found in: {', '.join(no_face[:5])}{' ...' if len(no_face) > 5 else ''} "
+              f"(listed in {os.path.join(cfg.base.save_path, 'no-face.txt')})", file=sys.stderr)
+    return {"scored": len(rows), "skipped": len(skipped), "no_face": len(no_face)}

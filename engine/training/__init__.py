@@ -1,0 +1,1 @@
+"""eDifFIQA distillation (``train.py``) and its training data (``prepare_data.py``)."""
