@@ -32,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
     import torch
 
-    from test_train import official_layout, official_schema_config
+    from helpers import official_layout, official_schema_config
 
     print("| variant | mode | seconds | vs official | val loss per epoch | largest parameter difference |")
     print("|---|---|---:|---:|---|---:|")

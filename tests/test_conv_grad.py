@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import conftest  # noqa: F401  (puts the project root on sys.path)
 import model.conv_grad as conv_grad
 from model.conv_grad import FastGradConv2d, conv3x3_weight_grad, use_fast_weight_grad
 from model.registry import build_model
@@ -115,6 +114,10 @@ def test_compiled_training_step_matches_eager() -> None:
     """Under torch.compile the weight gradient runs as one custom op, without graph breaks, and gives the eager
     gradients."""
     pytest.importorskip("torch._inductor")
+    import shutil
+
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "g++", "clang")):
+        pytest.skip("torch.compile needs a C++ compiler, and this machine has none")
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.ReLU(), nn.Conv2d(16, 8, 3, 2, 1, bias=False))
     use_fast_weight_grad(net)
@@ -125,10 +128,7 @@ def test_compiled_training_step_matches_eager() -> None:
     grads = []
     for runner in (net, torch.compile(net)):
         net.zero_grad()
-        try:
-            runner(x).square().sum().backward()
-        except Exception as exc:  # noqa: BLE001 - no C++ compiler on this machine: nothing to compare
-            pytest.skip(f"torch.compile unavailable: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+        runner(x).square().sum().backward()
         grads.append([p.grad.clone() for p in net.parameters()])
     assert not counters["graph_break"], dict(counters["graph_break"])  # one graph: the op was registered up front
     for a, b in zip(*grads):

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
+from helpers import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
 
 from model.diffusion import GaussianDiffusion, build_diffusion
 from engine.labels.scoring import (diffiqa_quality, image_seed, score_batch_fast, score_batch_official,

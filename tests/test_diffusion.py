@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, run_script
+from helpers import ROOT, assert_user_error, run_script
 
 from dataset.degradations import (anisotropic_gaussian, convolve_mirror, degradation_bsrgan, degrade_face,
                                   fspecial_gaussian, imresize_np, shift_pixel)

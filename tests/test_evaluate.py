@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_user_error, manifest_state_dict, save_image
+from helpers import assert_user_error, manifest_state_dict, save_image
 from engine.evaluation import edc
 from utils.cli import run_cli
 
@@ -176,7 +176,7 @@ def test_evaluate_errors(case, pattern, verification_set, tmp_path, capsys) -> N
 def test_crfiqa_variant_checks_every_discard_level_first(tmp_path, capsys) -> None:
     """1,100 non-mated pairs, the low-quality half of the pairs mostly non-mated: the fixed variant measures FMR
     1e-3 on all 1,100, while the CR-FIQA variant at 30% discard keeps fewer than 1,000; a one-line error."""
-    from conftest import run_script
+    from helpers import run_script
 
     rng = np.random.default_rng(0)
     rows, scores = ["a,b,mated,similarity"], {}

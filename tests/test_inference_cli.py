@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, run_script, save_image
+from helpers import ROOT, assert_user_error, run_script, save_image
 from dataset import official_transform
 from model import create_model
 

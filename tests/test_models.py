@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import load_manifest, manifest_state_dict
+from helpers import load_manifest, manifest_state_dict
 from model import EDifFIQA, build_model, create_model, identify_variant, read_state_dict
 from model.registry import VARIANTS, _expected_shapes
 from utils.errors import CheckpointError, ConfigError

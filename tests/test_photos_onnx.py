@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_image
+from helpers import save_image
 from dataset.alignment import ARCFACE_TEMPLATE, estimate_similarity
 from utils.cli import run_cli
 from utils.errors import CheckpointError

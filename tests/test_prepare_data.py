@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_user_error, manifest_state_dict, run_script, save_image
+from helpers import assert_user_error, manifest_state_dict, run_script, save_image
 from dataset.formats import read_embeddings, read_prepared
 from dataset.labels import (centre_order, group_identities, identity_centres, quality_threshold,
                             select_identities, training_items)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_user_error, manifest_state_dict, run_script, save_image
+from helpers import assert_user_error, manifest_state_dict, run_script, save_image
 from dataset.image_folder import find_images
 from utils.config import load_config
 from utils.errors import ConfigError
@@ -217,7 +217,7 @@ def test_nan_embedding_in_prepare_data(tmp_path, capsys) -> None:
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, capsys, monkeypatch) -> None:
-    from test_train import official_layout, official_schema_config
+    from helpers import official_layout, official_schema_config
 
     from model.loss import DistillationLoss
 
@@ -296,7 +296,7 @@ def test_a_wrong_typed_section_is_an_error_even_when_a_flag_touches_it(tmp_path)
 
 
 def test_resume_with_another_optimizer_is_refused(tmp_path, capsys) -> None:
-    from test_train import official_layout, official_schema_config
+    from helpers import official_layout, official_schema_config
 
     images, data = official_layout(tmp_path)
     out = tmp_path / "run"

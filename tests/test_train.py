@@ -12,14 +12,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, assert_user_error, manifest_state_dict, run_script, save_image
 from dataset.training import TrainingSet, official_split
+from engine.training.config import TrainConfig
+from engine.training.trainer import optimizer_groups
+from helpers import (ROOT, assert_user_error, manifest_state_dict, official_layout, official_schema_config,
+                     run_script, save_image)
 from model import build_model
 from model.loss import DistillationLoss, ExtendedL1
 from utils.cli import run_cli
 from utils.config import from_dict
-from engine.training.config import TrainConfig
-from engine.training.trainer import optimizer_groups
 
 import inference
 import prepare_data
@@ -317,49 +318,6 @@ def test_last_batch_of_one_is_left_out(tiny, tmp_path, capsys) -> None:
 
 
 # ---------------------------------------------------------------- official mode
-
-def official_layout(root, n_ids=4, per_id=10, seed=3):
-    """A tiny VGGFace2-like set in the official layout: prepared files in ``training_data/``, teacher embeddings
-    keyed by the last three path components (as the official dataset looks them up), labels in shuffled order."""
-    import random
-
-    rng = np.random.default_rng(seed)
-    images = root / "vgg" / "train"
-    labels, by_item, by_tail = [], {}, {}
-    for i in range(n_ids):
-        for j in range(per_id):
-            rel = f"n{i:06d}/{j:04d}_01.png"
-            save_image(str(images / rel), seed=50 * i + j)
-            labels.append((rel, float(rng.uniform(0, 1))))
-            by_item[rel] = rng.normal(size=512).astype(np.float32)
-            by_tail[f"train/{rel}"] = by_item[rel]
-    random.Random(seed).shuffle(labels)
-    data = root / "training_data"
-    data.mkdir()
-    (root / "labels.pkl").write_bytes(pickle.dumps(labels))
-    (root / "prep_emb.pkl").write_bytes(pickle.dumps(by_item))
-    (data / "cosface-embeddings.pkl").write_bytes(pickle.dumps(by_tail))
-    assert prepare_data.main(["-b", "0.5", "-ll", str(root / "labels.pkl"), "-el", str(root / "prep_emb.pkl"),
-                              "-sl", str(data), "--min-images", "2", "-q"]) == 0
-    return images, data
-
-
-def official_schema_config(root, images, data, out, variant, **base):
-    """The official train_config.yaml with only paths, device, batch sizes and workers changed."""
-    official = yaml.safe_load(open(os.path.join(ROOT, "configs", "train_config.yaml")))
-    model_cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", f"{variant}_config.yaml")))
-    model_cfg["base_model"]["weights"] = ""  # random backbone (tests have no insightface weights)
-    (root / f"{variant}_config.yaml").write_text(yaml.safe_dump(model_cfg))
-    official["base"].update({"save_path": str(out), "device": "cpu", "model": str(root / f"{variant}_config.yaml"),
-                             "epochs": 2, "verbose": 0, **base})
-    official["dataset"].update({"image_loc": str(images), "training_data": str(data)})
-    official["dataloader"]["train"]["params"].update({"batch_size": 8, "num_workers": 0})
-    official["dataloader"]["val"]["params"].update({"batch_size": 3, "num_workers": 0})
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "train.yaml"
-    path.write_text(yaml.safe_dump(official))
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def official_set(tmp_path_factory):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import face_array, save_image
+from helpers import face_array, save_image
 from dataset import load_face, normalize, official_transform, preprocess, preprocess_batch
 
 
