@@ -207,6 +207,7 @@ def read_scores(out) -> dict:
         return pickle.load(handle)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys) -> None:
     tmp_path, images = scoring_setup
     whole, parts = tmp_path / "whole", tmp_path / "parts"
@@ -310,6 +311,7 @@ def diffiqa_r_state_dict(seed: int = 0) -> dict:
     return state
 
 
+@pytest.mark.slow
 def test_diffiqa_r_loads_strictly_and_scores(tmp_path, capsys) -> None:
     from model.registry import create_model
 
@@ -395,6 +397,7 @@ def test_diffiqa_r_config_needs_labels(tmp_path, capsys) -> None:
     assert code == 2 and "'dataset.labels' (or the official 'dataset.quality_loc') must name the quality" in err
 
 
+@pytest.mark.slow
 def test_official_mode_resumes_draw_for_draw(scoring_setup, capsys) -> None:
     """--official after an interruption: the saved RNG state continues the draws, so the scores equal a run that
     was never stopped (flushes fall on batch boundaries: 64 // (2 x 2) = 16 images per batch, so use batch 4)."""
@@ -428,6 +431,7 @@ def test_out_of_memory_halves_the_batch_and_retries() -> None:
     assert seen[0] == (0, 2) and seen[-1] == (8, 10)
 
 
+@pytest.mark.slow
 def test_rerun_scores_only_new_images_and_refuses_other_settings(scoring_setup, capsys) -> None:
     tmp_path, images = scoring_setup
     out = tmp_path / "again"

@@ -339,6 +339,7 @@ def run_train(argv, capsys):
     return run_script(train_diffusion.main, "train_diffusion.py", argv, capsys)
 
 
+@pytest.mark.slow
 def test_tiny_unet_trains_and_loss_falls(faces, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code, err = run_train(["-c", write_config(tmp_path, faces, out, train_num_steps=16, train_lr=2e-3,
@@ -354,6 +355,7 @@ def test_tiny_unet_trains_and_loss_falls(faces, tmp_path, capsys) -> None:
                    diff_params={"image_size": 32})
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(faces, tmp_path, capsys) -> None:
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert run_train(["-c", write_config(tmp_path, faces, whole)], capsys)[0] == 0
