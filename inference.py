@@ -1,10 +1,12 @@
 """Score every aligned face crop in a folder with an eDifFIQA model.
 
     python inference.py -c configs/inference_config.yaml [--images DIR] [--model ediffiqaT] [--weights FILE]
-                        [--output DIR] [--device auto|cpu|cuda|cuda:N] [--batch-size N] [--workers N]
+                        [--output DIR] [--device auto|cpu|cuda|cuda:N] [--batch-size N] [--workers N] [--limit N]
+    torchrun --nproc_per_node 4 inference.py -c configs/inference_config.yaml   # split the folder across processes
 
 Writes ``<save_path>/quality-scores.pkl`` (the official format: pickled dict {image path: quality}) and
-``<save_path>/quality-scores.csv`` (``path,quality``). Exit code 2 on a user mistake, with a one-line message.
+``<save_path>/quality-scores.csv`` (``path,quality``). Scores are flushed to part files while running: the same command
+after a kill (or ``--limit``) continues. Exit code 2 on a user mistake, with a one-line message.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-crops", metavar="DIR", help="with --align: save the aligned 112x112 crops here")
     parser.add_argument("--annotate", metavar="DIR",
                         help="with --align: save copies of the photos with boxes and scores")
+    parser.add_argument("--limit", type=int,
+                        help="score at most N new images, then stop; rerun to continue (base.limit)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info logs (base.verbose: 0)")
     return parser
 
@@ -53,7 +57,7 @@ def resolve_config(args: argparse.Namespace) -> "InferenceConfig":
         "base.verbose": False if args.quiet else None, "backend": args.backend,
         "fold_bn": False if args.no_fold_bn else None, "align": True if args.align else None,
         "largest_face": True if args.largest_face else None, "save_crops": args.save_crops,
-        "annotate": args.annotate,
+        "annotate": args.annotate, "base.limit": args.limit,
     })
 
 

@@ -1,7 +1,6 @@
 """``diffiqa_score.py``'s work: load the models, score this process's share, and (rank 0) merge and write outputs."""
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -10,18 +9,18 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from dataset.formats import SCORES_CSV, SCORES_PICKLE
 from dataset.image_folder import find_images
+from engine.labels.config import resolve_denoiser, resolve_fr
+from engine.labels.scoring import RNG_GLOB, ScoreRun, score_folder
+from engine.parts import check_settings, read_parts, remove_parts
 from model.diffusion import load_diffusion
 from model.registry import load_backbone
 from utils.config import to_dict
-from engine.labels.scoring import PART_GLOB, RNG_GLOB, ScoreRun, read_parts, score_folder
-from engine.labels.config import resolve_denoiser, resolve_fr
-from dataset.formats import SCORES_CSV, SCORES_PICKLE
-from utils.errors import CheckpointError, ConfigError
-from utils.io import (check_output_dir, csv_writer, json_writer, pickle_writer, safe_pickle_load, write_json,
-                      write_together)
-from utils.runtime import default_workers, resolve_precision
 from utils.distributed import init_distributed
+from utils.errors import CheckpointError, ConfigError
+from utils.io import check_output_dir, csv_writer, json_writer, pickle_writer, safe_pickle_load, write_together
+from utils.runtime import default_workers, resolve_precision
 
 __all__ = ["run_scoring", "SCORES_PICKLE", "SCORES_CSV", "SCORES_META"]
 
@@ -61,19 +60,8 @@ def _previous_results(cfg: Any, run: ScoreRun, main: bool,
     """Scores of a completed earlier run in the output folder (so a rerun only scores new images), after checking
     that it used the same settings; a first run records its settings."""
     out = cfg.inference.save_loc
-    settings = _settings(cfg, run, fr)
-    path = os.path.join(out, SCORES_SETTINGS)
-    if not os.path.isfile(path):
-        if main:
-            write_json(path, settings)
+    if not check_settings(out, _settings(cfg, run, fr), "DifFIQA scores", "inference.save_loc (--output)", main):
         return {}, {}
-    with open(path, "r", encoding="utf-8") as handle:
-        old = json.load(handle)
-    changed = [k for k in settings if old.get(k) != settings[k]]
-    if changed:
-        what = ", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in changed[:3])
-        raise ConfigError(f"'{out}' holds DifFIQA scores made with other settings ({what}); use another "
-                          "base.save_path (--output) or delete its quality-scores.* files")
     pickle_path = os.path.join(out, SCORES_PICKLE)
     if not os.path.isfile(pickle_path):
         return {}, {}
@@ -167,8 +155,7 @@ def _run(cfg: Any, info: Any, device: torch.device) -> Dict[str, Any]:
         "fr_weights": fr[1], "images": len(rel_paths), "scored": len(ordered),
         "skipped": {p: skipped[p] for p in sorted(skipped)}, "processes": info.world, "device": str(device),
         "last_run_seconds": round(seconds, 2), "config": to_dict(cfg)}))])
-    for leftover in glob.glob(os.path.join(out, PART_GLOB)) + glob.glob(os.path.join(out, RNG_GLOB)):
-        os.remove(leftover)
+    remove_parts(out, RNG_GLOB)
     # New = scored by this invocation (every process), not by an earlier --limit run whose parts were merged.
     summary.update({"scored": len(ordered), "skipped": len(skipped),
                     "new": sum(1 for p in ordered if p not in done_scores)})

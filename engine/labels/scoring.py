@@ -11,27 +11,26 @@ For an image ``x`` and its horizontal flip ``x'``, with ``e = FR(x)``, ``R`` rep
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set
 
 import torch
 import torch.nn.functional as F
 
 from model.diffusion import GaussianDiffusion, noised_steps
+from engine.parts import part_path, read_parts, split_for_rank
 from utils.io import TEXT_ERRORS
 
-__all__ = ["diffiqa_quality", "score_batch_official", "score_batch_fast", "image_seed", "split_for_rank",
-           "ScoreRun", "score_folder", "read_parts", "PART_GLOB", "RNG_GLOB"]
+__all__ = ["diffiqa_quality", "score_batch_official", "score_batch_fast", "image_seed", "ScoreRun", "score_folder",
+           "RNG_GLOB"]
 
 _logger = logging.getLogger(__name__)
 
 FR = Callable[[torch.Tensor], torch.Tensor]
-PART_GLOB = "quality-scores.part*.csv"
 RNG_GLOB = "quality-scores.part*.rng.pt"
 
 
@@ -167,31 +166,6 @@ def score_batch_fast(x: torch.Tensor, diffusion: GaussianDiffusion, fr: FR, seed
 
 
 # ------------------------------------------------------------------------------------------------- folder driver
-def split_for_rank(paths: Sequence[str], rank: int, world: int) -> List[str]:
-    """Every ``world``-th path from ``rank``: the ranks together cover each path exactly once."""
-    return list(paths[rank::world])
-
-
-def read_parts(folder: str) -> Tuple[Dict[str, float], Dict[str, str]]:
-    """Scores and skip reasons already written by earlier (or other ranks') runs in ``folder``."""
-    scores: Dict[str, float] = {}
-    skipped: Dict[str, str] = {}
-    for part in sorted(glob.glob(os.path.join(folder, PART_GLOB))):
-        with open(part, "r", encoding="utf-8", errors=TEXT_ERRORS, newline="") as handle:
-            for row in csv.reader(handle):
-                if len(row) != 3:
-                    continue  # a line cut by a kill: that image is scored again
-                path, quality, error = row
-                if error:
-                    skipped[path] = error
-                else:
-                    try:
-                        scores[path] = float(quality)
-                    except ValueError:
-                        continue
-    return scores, skipped
-
-
 @dataclass
 class ScoreRun:
     """What :func:`score_folder` needs besides the models."""
@@ -236,7 +210,7 @@ def score_folder(run: ScoreRun, rel_paths: Sequence[str], diffusion: GaussianDif
     mine = split_for_rank(todo, run.rank, run.world)
     if run.limit is not None:
         mine = mine[:run.limit]
-    part = os.path.join(run.out_dir, f"quality-scores.part{run.rank}of{run.world}.csv")
+    part = part_path(run.out_dir, run.rank, run.world)
     rng_file = os.path.join(run.out_dir, f"quality-scores.part{run.rank}of{run.world}.rng.pt")
     if run.official:
         if os.path.isfile(rng_file) and done:

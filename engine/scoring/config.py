@@ -19,9 +19,15 @@ class BaseSection:
     save_path: str = "./quality_scores"
     seed: int = 42069
     device: str = "auto"
+    flush_every: int = 1024           # images between flushes of the part files: a kill loses at most these
+    limit: Optional[int] = None       # score at most this many new images, then stop (run again to continue)
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "base.seed")
+        if self.flush_every < 1:
+            raise ValueError(f"'base.flush_every' must be at least 1, got {self.flush_every}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"'base.limit' must be at least 1, got {self.limit}")
 
 
 @dataclass

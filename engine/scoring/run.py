@@ -7,52 +7,151 @@ import os
 import sys
 from typing import Dict, List, Sequence
 
-from engine.scoring.config import InferenceConfig
 from dataset.formats import SCORES_CSV, SCORES_PICKLE
-from utils.errors import DataError
+from engine.scoring.config import InferenceConfig
+from utils.errors import ConfigError, DataError
 
 __all__ = ["score"]
 
 _logger = logging.getLogger(__name__)
 
 
-
 def score(cfg: InferenceConfig) -> Dict[str, int]:
     """Score ``cfg.dataset.loc`` (faces, or photos with ``cfg.align``) and write the outputs as one set.
 
+    Faces are scored resumably and, under ``torchrun``, in shares: see :func:`_score_faces`.
+
     Returns:
-        Counts: ``scored`` and ``skipped`` (and ``no_face`` for photos).
+        Counts: ``scored`` and ``skipped`` (and ``no_face`` for photos; ``left`` after a ``base.limit`` stop).
     """
     from dataset.image_folder import find_images
-    from utils.runtime import resolve_device, seed_everything
     from engine.scoring.scorer import QualityScorer
-
+    from utils.distributed import finish_distributed, init_distributed
     from utils.io import check_output_dir
+    from utils.runtime import seed_everything
 
     check_output_dir(cfg.base.save_path, "base.save_path / --output")
     for folder, flag in ((cfg.save_crops, "--save-crops"), (cfg.annotate, "--annotate")):
         if folder:
             check_output_dir(folder, flag)
     seed_everything(cfg.base.seed)
-    device = resolve_device(cfg.base.device)
-    rel_paths = find_images(cfg.dataset.loc)
-    scorer = QualityScorer.from_pretrained(cfg.model, cfg.weights_path, device=device, precision=cfg.precision,
-                                           backend=cfg.backend, fold_bn=cfg.fold_bn)
-    _logger.info("scoring %d %s in '%s' with %s on %s (%s, %s backend)", len(rel_paths),
-                 "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device, scorer.precision,
-                 scorer.backend)
-    if cfg.align:
-        return _score_photos(cfg, rel_paths, scorer)
-    params = cfg.dataloader.params
-    result = scorer.score_folder(cfg.dataset.loc, rel_paths, batch_size=params.batch_size,
-                                 workers=params.num_workers, verbose=cfg.base.verbose, pin_memory=params.pin_memory,
-                                 prefetch_factor=params.prefetch_factor, persistent_workers=params.persistent_workers)
-    if not result.paths:
-        raise DataError(f"none of the {len(rel_paths)} images in '{cfg.dataset.loc}' could be read "
-                        f"(first: {result.skipped[0][0]}: {result.skipped[0][1]})")
-    _write_scores(cfg, result.paths, result.scores)
-    _summary(cfg, len(result.paths), [p for p, _ in result.skipped], result.seconds)
-    return {"scored": len(result.paths), "skipped": len(result.skipped)}
+    info, device = init_distributed(cfg.base.device)
+    try:
+        if info.enabled and cfg.align:
+            raise ConfigError("photos (align) are scored by one process; run inference.py --align without torchrun")
+        rel_paths = find_images(cfg.dataset.loc)
+        scorer = QualityScorer.from_pretrained(cfg.model, cfg.weights_path, device=device, precision=cfg.precision,
+                                               backend=cfg.backend, fold_bn=cfg.fold_bn)
+        _logger.info("scoring %d %s in '%s' with %s on %s (%s, %s backend)", len(rel_paths),
+                     "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device,
+                     scorer.precision, scorer.backend)
+        if cfg.align:
+            return _score_photos(cfg, rel_paths, scorer)
+        return _score_faces(cfg, rel_paths, scorer, info)
+    finally:
+        finish_distributed(info)
+
+
+def _weights_digest(path: str) -> str:
+    """SHA-256 of the checkpoint: scores of other weights must not be mixed into a folder's results."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info) -> Dict[str, int]:
+    """Score this process's share of the images not scored yet, appending ``path,quality,error`` rows to its part
+    file (fsync'ed every ``base.flush_every`` images, at batch ends); then the first process merges every part and
+    writes ``quality-scores.pkl`` / ``.csv`` once, when no image is left.
+
+    A rerun into the same folder continues where a kill (or ``base.limit``) stopped and refuses other settings.
+    Flushes fall on batch boundaries, so a resumed run forms the same batches as an uninterrupted one.
+    """
+    import csv
+
+    from engine.parts import check_settings, part_path, read_parts, remove_parts, split_batches_for_rank
+    from engine.scoring.scorer import default_batch_size
+    from utils.io import TEXT_ERRORS, safe_pickle_load
+
+    out, root, params = cfg.base.save_path, cfg.dataset.loc, cfg.dataloader.params
+    settings = {"model": cfg.model, "weights_sha256": _weights_digest(cfg.weights_path), "precision": scorer.precision,
+                "backend": scorer.backend, "fold_bn": cfg.fold_bn}
+    previous: Dict[str, float] = {}
+    pickle_path = os.path.join(out, SCORES_PICKLE)
+    if check_settings(out, settings, "quality scores", "base.save_path (--output)", info.main) and \
+            os.path.isfile(pickle_path):
+        prefix = os.path.join(root, "")
+        previous = {(k[len(prefix):] if k.startswith(prefix) else k): float(v)
+                    for k, v in safe_pickle_load(pickle_path).items()}
+    done_scores, done_skipped = read_parts(out)
+    done = set(previous) | set(done_scores) | set(done_skipped)
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process has read the part files before any appends to them
+    batch = params.batch_size or default_batch_size(scorer.device)
+    mine = split_batches_for_rank([p for p in rel_paths if p not in done], info.rank, info.world, batch)
+    if cfg.base.limit is not None:
+        # In whole batches, so that the next run's batches are those of an uninterrupted run (a batch's shape can
+        # change the last bits of its scores).
+        mine = mine[:max(batch, cfg.base.limit - cfg.base.limit % batch)]
+    counts = {"scored": 0, "skipped": 0}
+    if done and info.main:
+        _logger.info("%d image(s) already scored in '%s': only the others are scored", len(done), out)
+    with open(part_path(out, info.rank, info.world), "a", encoding="utf-8", errors=TEXT_ERRORS,
+              newline="") as handle:
+        writer = csv.writer(handle)
+        pending = [0]
+
+        def on_batch(paths: List[str], outputs: List, skipped: List) -> None:
+            for path, quality in zip(paths, outputs[0].tolist() if outputs else []):
+                writer.writerow([path, repr(float(quality)), ""])
+            for path, reason in skipped:
+                writer.writerow([path, "", reason])
+            counts["scored"] += len(paths)
+            counts["skipped"] += len(skipped)
+            pending[0] += len(paths) + len(skipped)
+            if pending[0] >= cfg.base.flush_every:
+                handle.flush()
+                os.fsync(handle.fileno())
+                pending[0] = 0
+
+        seconds, newly_skipped = 0.0, []
+        if mine:
+            result = scorer.score_folder(root, mine, batch_size=batch,
+                                         workers=params.num_workers, verbose=cfg.base.verbose and info.main,
+                                         pin_memory=params.pin_memory, prefetch_factor=params.prefetch_factor,
+                                         persistent_workers=params.persistent_workers, on_batch=on_batch)
+            seconds, newly_skipped = result.seconds, [p for p, _ in result.skipped]
+        handle.flush()
+        os.fsync(handle.fileno())
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()  # every part is complete before the first process merges them
+    if not info.main:
+        return counts
+    scores, skipped = read_parts(out)
+    scores = {**previous, **scores}
+    left = [p for p in rel_paths if p not in scores and p not in skipped]
+    if left:
+        print(f"stopped with {len(left)} image(s) left (base.limit); run the same command to continue",
+              file=sys.stderr)
+        return {**counts, "left": len(left)}
+    kept = [p for p in rel_paths if p in scores]
+    if not kept:
+        first = next(iter(skipped.items()))
+        raise DataError(f"none of the {len(rel_paths)} images in '{root}' could be read (first: {first[0]}: "
+                        f"{first[1]})")
+    _write_scores(cfg, kept, [scores[p] for p in kept])
+    remove_parts(out)
+    _summary(cfg, counts["scored"], newly_skipped, seconds,
+             extra=f" in this run ({len(kept)} scored in all)" if len(kept) != counts["scored"] else "")
+    return counts
 
 
 def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float], extra: Sequence = ()) -> None:

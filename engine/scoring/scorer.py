@@ -96,7 +96,9 @@ class FolderResult:
 
 def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
                forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], batch_size: int, workers: int,
-               verbose: bool = False, channels_last: bool = True, **loader_kwargs) -> FolderResult:
+               verbose: bool = False, channels_last: bool = True,
+               on_batch: Optional[Callable[[List[str], List[np.ndarray], List[Tuple[str, str]]], None]] = None,
+               **loader_kwargs) -> FolderResult:
     """Run ``forward`` over the readable images of a folder, naming and counting the unreadable ones.
 
     Args:
@@ -108,6 +110,8 @@ def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
         workers: DataLoader worker processes.
         verbose: Show a progress bar.
         channels_last: Hand ``forward`` NHWC-strided batches.
+        on_batch: Called with each batch's ``(paths, outputs, skipped)`` instead of collecting the outputs (memory
+            stays at one batch, whatever the folder's size); the result then holds only ``skipped`` and the time.
     """
     from tqdm import tqdm
 
@@ -117,16 +121,20 @@ def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
     with tqdm(total=len(rel_paths), unit="img", disable=not verbose, dynamic_ncols=True) as bar:
         for indices, x, bad in iterate_folder(root, rel_paths, device, batch_size, workers,
                                               channels_last=channels_last, **loader_kwargs):
-            for index, reason in bad:
-                _logger.warning("skipped '%s': %s", os.path.join(root, rel_paths[index]), reason)
-                result.skipped.append((rel_paths[index], reason))
-            if len(indices):
-                outputs = [o.detach().float().cpu().numpy() for o in forward(x)]
+            skipped = [(rel_paths[index], reason) for index, reason in bad]
+            for path, reason in skipped:
+                _logger.warning("skipped '%s': %s", os.path.join(root, path), reason)
+            result.skipped.extend(skipped)
+            outputs = [o.detach().float().cpu().numpy() for o in forward(x)] if len(indices) else []
+            paths = [rel_paths[i] for i in indices.tolist()]
+            if on_batch is not None:
+                on_batch(paths, outputs, skipped)
+            elif outputs:
                 if not chunks:
                     chunks = [[] for _ in outputs]
                 for chunk, output in zip(chunks, outputs):
                     chunk.append(output)
-                result.paths.extend(rel_paths[i] for i in indices.tolist())
+                result.paths.extend(paths)
             bar.update(len(indices) + len(bad))
     result.seconds = time.perf_counter() - start
     result.outputs = [np.concatenate(chunk) for chunk in chunks]
@@ -251,6 +259,7 @@ class QualityScorer:
 
     def score_folder(self, root: str, rel_paths: Sequence[str], batch_size: Optional[int] = None,
                      workers: Optional[int] = None, verbose: bool = False, return_feat: bool = False,
+                     on_batch: Optional[Callable[[List[str], List[np.ndarray], List[Tuple[str, str]]], None]] = None,
                      **loader_kwargs) -> FolderResult:
         """Score the files ``rel_paths`` (relative to ``root``), skipping and reporting unreadable ones.
 
@@ -264,4 +273,4 @@ class QualityScorer:
         return map_folder(root, rel_paths, self.device, forward,
                           batch_size=batch_size or default_batch_size(self.device),
                           workers=self._default_workers() if workers is None else workers,
-                          verbose=verbose, channels_last=self.channels_last, **loader_kwargs)
+                          verbose=verbose, channels_last=self.channels_last, on_batch=on_batch, **loader_kwargs)

@@ -1,0 +1,110 @@
+"""inference.py at scale: flushed part files, resuming after a kill or --limit, refusing other settings, and
+splitting a folder across torchrun processes, each giving the files of one uninterrupted run."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, assert_user_error, run_script, save_image
+
+import inference
+
+FILES = ("quality-scores.pkl", "quality-scores.csv")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume") / "faces"
+    for i in range(13):
+        save_image(str(root / f"id{i % 3}" / f"{i:02d}.png"), seed=i)
+    (root / "id0" / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def argv(faces, checkpoint_dir, out, *extra):
+    return ["--images", str(faces), "--model", "ediffiqaT", "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
+            "--output", str(out), "--device", "cpu", "--batch-size", "2", "--workers", "0", "-q", *extra]
+
+
+def outputs(out):
+    return {name: (out / name).read_bytes() for name in FILES}
+
+
+def test_resume_after_a_kill_and_after_limit(faces, checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+    whole = tmp_path / "whole"
+    assert run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, whole), capsys)[0] == 0
+    reference = outputs(whole)
+
+    # Interrupted after three batches (Ctrl-C): the rows written are kept; the rerun scores only the rest.
+    import engine.scoring.scorer as scorer_module
+
+    real = scorer_module.map_folder
+    seen = []
+
+    def dies(*args, on_batch=None, **kwargs):
+        def counting(paths, outs, skipped):
+            on_batch(paths, outs, skipped)
+            seen.append(len(paths) + len(skipped))
+            if len(seen) == 3:
+                raise KeyboardInterrupt
+        return real(*args, on_batch=counting, **kwargs)
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(scorer_module, "map_folder", dies)
+    code, _ = run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, killed), capsys)
+    monkeypatch.setattr(scorer_module, "map_folder", real)
+    assert code == 130 and not (killed / FILES[0]).exists()
+    part = [f for f in os.listdir(killed) if f.startswith("quality-scores.part")]
+    assert part and len((killed / part[0]).read_text().splitlines()) == sum(seen)
+    code, err = run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, killed), capsys)
+    assert code == 0, err
+    assert outputs(killed) == reference  # byte for byte: same batches, same order
+    assert not [f for f in os.listdir(killed) if ".part" in f]
+
+    # --limit 5 with batches of 2: whole batches, 4 new images a run (14 files: 4 runs).
+    limited = tmp_path / "limited"
+    for step in range(4):
+        code, err = run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, limited, "--limit", "5"),
+                               capsys)
+        assert code == 0, err
+        assert ("left" in err) == (step < 3), err
+    assert outputs(limited) == reference
+
+
+def test_other_settings_are_refused(faces, checkpoint_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, out, "--limit", "4"), capsys)[0] == 0
+    code, err = run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, out, "--no-fold-bn"), capsys)
+    assert_user_error(code, err, "inference.py", r"holds quality scores made with other settings \(fold_bn: True -> "
+                                                 r"False\); use another base.save_path \(--output\)")
+
+
+@pytest.mark.slow
+def test_torchrun_processes_write_the_files_of_one_process(faces, checkpoint_dir, tmp_path, capsys) -> None:
+    """Each process takes whole batches, so with the same threads per process the merged files are byte for byte
+    those of one process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, shared = tmp_path / "single", tmp_path / "shared"
+    for out, launcher in ((single, []), (shared, ["-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                                  "--master_port", "29541"])):
+        proc = subprocess.run([sys.executable, *launcher, os.path.join(ROOT, "inference.py"),
+                               *argv(faces, checkpoint_dir, out)], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert outputs(shared) == outputs(single)
+
+
+@pytest.mark.parametrize("n,world,batch", [(14, 2, 2), (13, 3, 4), (5, 4, 2), (1, 2, 8)])
+def test_whole_batches_cover_each_path_once(n, world, batch) -> None:
+    from engine.parts import split_batches_for_rank
+
+    paths = [f"{i:03d}" for i in range(n)]
+    shares = [split_batches_for_rank(paths, rank, world, batch) for rank in range(world)]
+    assert sorted(p for share in shares for p in share) == paths
+    for share in shares:  # each share is made of the single process's batches
+        for start in range(0, len(share), batch):
+            block = share[start:start + batch]
+            assert int(block[0]) % batch == 0 and block == paths[int(block[0]):int(block[0]) + len(block)]
