@@ -8,14 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, ClassVar, Dict, Mapping, Optional, Type, TypeVar, Union
 
 import yaml
 
 from utils.errors import ConfigError
 
 __all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check", "check_seed", "check_batch",
-           "check_workers", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS"]
+           "check_workers", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS", "LoaderParams"]
 
 T = TypeVar("T")
 
@@ -162,6 +162,27 @@ def check_batch(value: Optional[int], key: str) -> None:
 
 def check_workers(value: Optional[int], key: str) -> None:
     check(value is None or 0 <= value <= MAX_WORKERS, f"'{key}' must be between 0 and {MAX_WORKERS}, got {value}")
+
+
+@dataclasses.dataclass
+class LoaderParams:
+    """DataLoader settings under their official key names (``dataloader.params`` of inference,
+    ``dataloader.{train,val}.params`` of training); None picks a value for the device."""
+
+    KEY: ClassVar[str] = "dataloader.params"
+
+    batch_size: Optional[int] = None
+    num_workers: Optional[int] = None
+    pin_memory: bool = True
+    drop_last: bool = False
+    prefetch_factor: Optional[int] = None
+    persistent_workers: bool = False
+
+    def __post_init__(self) -> None:
+        check_batch(self.batch_size, f"{self.KEY}.batch_size")
+        check_workers(self.num_workers, f"{self.KEY}.num_workers")
+        check(self.prefetch_factor is None or 1 <= self.prefetch_factor <= 64,
+              f"'{self.KEY}.prefetch_factor' must be between 1 and 64, got {self.prefetch_factor}")
 
 
 def check(condition: bool, message: str) -> None:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from utils.config import check_batch, check_seed, check_workers
+from utils.config import LoaderParams, check_seed
 
 __all__ = ["InferenceConfig"]
 
@@ -38,21 +38,11 @@ class DatasetSection:
 
 
 @dataclass
-class LoaderParams:
-    """``dataloader.params``: DataLoader settings (official key names). None means "pick for the device"."""
-
-    batch_size: Optional[int] = None
-    num_workers: Optional[int] = None
-    pin_memory: bool = True
-    drop_last: bool = False
-    prefetch_factor: Optional[int] = None
-    persistent_workers: bool = False
+class InferenceLoaderParams(LoaderParams):
+    """``dataloader.params``: DataLoader settings (official key names); None picks a value for the device."""
 
     def __post_init__(self) -> None:
-        check_batch(self.batch_size, "dataloader.params.batch_size")
-        check_workers(self.num_workers, "dataloader.params.num_workers")
-        if self.prefetch_factor is not None and self.prefetch_factor < 1:
-            raise ValueError(f"'dataloader.params.prefetch_factor' must be at least 1, got {self.prefetch_factor}")
+        super().__post_init__()
         if self.drop_last:
             raise ValueError("'dataloader.params.drop_last: true' would leave the last images unscored; remove it")
 
@@ -61,7 +51,7 @@ class LoaderParams:
 class LoaderSection:
     """``dataloader``."""
 
-    params: LoaderParams = field(default_factory=LoaderParams)
+    params: InferenceLoaderParams = field(default_factory=InferenceLoaderParams)
 
 
 @dataclass

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES
-from utils.config import check, check_batch, check_seed, check_workers, from_dict, load_yaml
+from utils.config import LoaderParams, check, check_seed, from_dict, load_yaml
 from utils.errors import ConfigError
 from utils.run_log import WandbSection
 
@@ -85,22 +85,13 @@ class TrainDataset:
 
 
 @dataclass
-class TrainLoaderParams:
+class TrainLoaderParams(LoaderParams):
     """``dataloader.{train,val}.params``: DataLoader settings; None picks a value for the device."""
+
+    KEY: ClassVar[str] = "dataloader.{train,val}.params"
 
     batch_size: int = 128
     shuffle: bool = True
-    num_workers: Optional[int] = None
-    pin_memory: bool = True
-    drop_last: bool = False
-    prefetch_factor: Optional[int] = None
-    persistent_workers: bool = False
-
-    def __post_init__(self) -> None:
-        check_batch(self.batch_size, "dataloader params.batch_size")
-        check_workers(self.num_workers, "dataloader params.num_workers")
-        check(self.prefetch_factor is None or 1 <= self.prefetch_factor <= 64,
-               f"'dataloader params.prefetch_factor' must be between 1 and 64, got {self.prefetch_factor}")
 
 
 @dataclass
