@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(bf16 where the CPU or GPU computes it natively, else fp32) (precision)")
     parser.add_argument("--backend", help="torch (default), onnxruntime or opencv (backend)")
     parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (fold_bn: false)")
+    parser.add_argument("--gpu-decode", action="store_true",
+                        help="CUDA: decode JPEGs on the GPU in batches (gpu_decode: true)")
     parser.add_argument("--align", action="store_true", help="images are photos: detect, align and score every face")
     parser.add_argument("--largest-face", action="store_true", help="with --align: only the largest face per photo")
     parser.add_argument("--save-crops", metavar="DIR", help="with --align: save the aligned 112x112 crops here")
@@ -58,6 +60,7 @@ def resolve_config(args: argparse.Namespace) -> "InferenceConfig":
         "fold_bn": False if args.no_fold_bn else None, "align": True if args.align else None,
         "largest_face": True if args.largest_face else None, "save_crops": args.save_crops,
         "annotate": args.annotate, "base.limit": args.limit,
+        "gpu_decode": True if args.gpu_decode else None,
     })
 
 

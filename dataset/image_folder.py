@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from dataset.transforms import INPUT_SIZE, load_face
 from utils.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "FaceFolder", "collate_faces"]
+__all__ = ["IMAGE_EXTENSIONS", "JPEG_EXTENSIONS", "find_images", "FaceFolder", "collate_faces", "JpegBytesFolder",
+           "collate_jpeg_bytes"]
 
 _logger = logging.getLogger(__name__)
 
@@ -97,3 +98,33 @@ def collate_faces(items: List[Tuple[torch.Tensor, int, str]]) -> Tuple[torch.Ten
     images = torch.stack([item[0] for item in items])
     indices = torch.tensor([item[1] for item in items], dtype=torch.int64)
     return images, indices, [item[2] for item in items]
+
+
+#: Extensions whose bytes :class:`JpegBytesFolder` hands over undecoded.
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+
+
+class JpegBytesFolder(FaceFolder):
+    """:class:`FaceFolder` for decoding JPEGs elsewhere (on the GPU): JPEG files yield their raw bytes (a 1-d uint8
+    tensor) instead of an image; other files are decoded as by :class:`FaceFolder`.
+
+    Items are ``(image or bytes, index, error, is_bytes)``.
+    """
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str, bool]:
+        rel = self.rel_paths[index]
+        if os.path.splitext(rel)[1].lower() in JPEG_EXTENSIONS:
+            try:
+                with open(os.path.join(self.root, rel), "rb") as handle:
+                    return torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8), index, "", True
+            except OSError as exc:
+                return torch.zeros((3, *INPUT_SIZE), dtype=torch.uint8), index, f"{type(exc).__name__}: {exc}", False
+        return (*super().__getitem__(index), False)
+
+
+def collate_jpeg_bytes(items: List[Tuple[torch.Tensor, int, str, bool]]) -> Tuple[List[torch.Tensor], torch.Tensor,
+                                                                                    List[str], List[bool]]:
+    """Items of :class:`JpegBytesFolder` as lists (bytes have different lengths): ``(tensors, (B,) indices, errors,
+    is_bytes)``."""
+    return ([item[0] for item in items], torch.tensor([item[1] for item in items], dtype=torch.int64),
+            [item[2] for item in items], [item[3] for item in items])

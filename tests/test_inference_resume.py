@@ -108,3 +108,40 @@ def test_whole_batches_cover_each_path_once(n, world, batch) -> None:
         for start in range(0, len(share), batch):
             block = share[start:start + batch]
             assert int(block[0]) % batch == 0 and block == paths[int(block[0]):int(block[0]) + len(block)]
+
+
+def test_batched_jpeg_decoding_path_with_an_injected_decoder(tmp_path) -> None:
+    """The GPU decoding path, run on the CPU with torchvision's decoder injected: JPEGs decoded in batches score
+    like PIL-decoded ones (libjpeg-turbo both); a broken JPEG is skipped and named; a JPEG that is not 112x112 and
+    a PNG take the CPU path; a decoder that fails takes the CPU path for the whole batch."""
+    import numpy as np
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from engine.scoring.scorer import map_folder
+
+    root = tmp_path / "faces"
+    names = ["a.jpg", "b.jpg", "c.png", "d.jpg", "e.jpeg"]
+    for i, name in enumerate(names):
+        save_image(str(root / name), seed=i, size=140 if name == "d.jpg" else 112)
+    (root / "f.jpg").write_bytes(b"\xff\xd8 broken")
+    names = sorted(names + ["f.jpg"])
+    forward = lambda x: (x.mean(dim=(1, 2, 3)),)  # noqa: E731 - a stand-in model that sees every pixel
+    cpu = torch.device("cpu")
+    reference = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0)
+    calls = []
+
+    def decoder(data):
+        calls.append(len(data))
+        return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+
+    injected = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0, decode_jpegs=decoder)
+    assert injected.paths == reference.paths and [p for p, _ in injected.skipped] == ["f.jpg"]
+    np.testing.assert_allclose(injected.scores, reference.scores, atol=2 / 255)
+    assert calls and max(calls) > 1  # decoded in batches
+
+    def failing(data):
+        raise RuntimeError("nvjpeg failed")
+
+    fallback = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0, decode_jpegs=failing)
+    assert fallback.scores == reference.scores and fallback.paths == reference.paths

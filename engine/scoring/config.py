@@ -66,6 +66,7 @@ class InferenceConfig:
     precision: str = "fp32"
     backend: str = "torch"
     fold_bn: bool = True
+    gpu_decode: bool = False          # CUDA: decode JPEGs on the GPU (nvJPEG), in batches; other formats on the CPU
     align: bool = False
     largest_face: bool = False
     min_face_probability: float = 0.9

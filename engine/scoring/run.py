@@ -78,6 +78,13 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info) -> Di
     from utils.io import TEXT_ERRORS, safe_pickle_load
 
     out, root, params = cfg.base.save_path, cfg.dataset.loc, cfg.dataloader.params
+    decode = None
+    if cfg.gpu_decode:
+        from engine.scoring.scorer import cuda_jpeg_decoder
+
+        if scorer.device.type != "cuda" or scorer.backend != "torch":
+            raise ConfigError("'gpu_decode' (--gpu-decode) needs a CUDA device and the torch backend")
+        decode = cuda_jpeg_decoder(scorer.device)
     settings = {"model": cfg.model, "weights_sha256": _weights_digest(cfg.weights_path), "precision": scorer.precision,
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn}
     previous: Dict[str, float] = {}
@@ -122,7 +129,7 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info) -> Di
 
         seconds, newly_skipped = 0.0, []
         if mine:
-            result = scorer.score_folder(root, mine, batch_size=batch,
+            result = scorer.score_folder(root, mine, batch_size=batch, decode_jpegs=decode,
                                          workers=params.num_workers, verbose=cfg.base.verbose and info.main,
                                          pin_memory=params.pin_memory, prefetch_factor=params.prefetch_factor,
                                          persistent_workers=params.persistent_workers, on_batch=on_batch)

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dataset.image_folder import FaceFolder, collate_faces
-from dataset.transforms import normalize, resize_face, to_uint8_tensor
+from dataset.image_folder import FaceFolder, JpegBytesFolder, collate_faces, collate_jpeg_bytes
+from dataset.transforms import INPUT_SIZE, load_face, normalize, resize_face, to_uint8_tensor
 from model.fuse import fold_batchnorm
 from model.registry import create_model
 from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx
@@ -41,14 +41,60 @@ def default_batch_size(device: torch.device) -> int:
     return 256 if device.type == "cuda" else 8
 
 
+JpegDecoder = Callable[[List[torch.Tensor]], List[torch.Tensor]]
+
+
+def cuda_jpeg_decoder(device: torch.device) -> JpegDecoder:
+    """nvJPEG through ``torchvision.io.decode_jpeg(..., device=device)``: a list of raw JPEG byte tensors ->
+    ``(3, H, W)`` uint8 RGB tensors on ``device``, in one batched call."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return lambda data: decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
+def _decode_batch(root: str, rel_paths: Sequence[str], items: List[torch.Tensor], indices: torch.Tensor,
+                  is_bytes: List[bool], decode: JpegDecoder,
+                  device: torch.device) -> Tuple[List[torch.Tensor], List[Tuple[int, str]]]:
+    """Images of ``items`` as ``(3, 112, 112)`` uint8 on ``device``, and ``(index, error)`` of the unreadable ones:
+    the JPEG bytes are decoded by ``decode`` together; a JPEG it cannot decode, or that is not 112x112 (the official
+    resize is PIL's), is read on the CPU instead."""
+    positions = [i for i, flag in enumerate(is_bytes) if flag]
+    decoded: List[Optional[torch.Tensor]] = [None] * len(items)
+    if positions:
+        try:
+            for i, image in zip(positions, decode([items[i] for i in positions])):
+                decoded[i] = image if tuple(image.shape) == (3, *INPUT_SIZE) else None
+        except Exception:  # noqa: BLE001 - one bad file fails the batched call: those files go the CPU way
+            pass
+    images, bad = [], []
+    for i, item in enumerate(items):
+        index = int(indices[i])
+        if decoded[i] is not None:
+            images.append(decoded[i].to(device))
+        elif is_bytes[i]:
+            try:
+                images.append(load_face(os.path.join(root, rel_paths[index])).to(device))
+            except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                bad.append((index, f"{type(exc).__name__}: {message}"))
+        else:
+            images.append(item.to(device, non_blocking=True))
+    return images, bad
+
+
 def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
                    pin_memory: bool = True, prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
-                   channels_last: bool = True) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+                   channels_last: bool = True, decode_jpegs: Optional[JpegDecoder] = None,
+                   ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
     """Yield ``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch.
 
     Unreadable files are left out of ``images``/``indices`` and reported in the third element; a batch with only
-    bad files yields empty tensors.
+    bad files yields empty tensors. With ``decode_jpegs`` (e.g. :func:`cuda_jpeg_decoder`), the workers only read
+    JPEG files and the batch's JPEGs are decoded together by it; other formats and its failures take the CPU path.
     """
+    if decode_jpegs is not None:
+        yield from _iterate_jpeg_bytes(root, rel_paths, device, batch_size, workers, channels_last, decode_jpegs)
+        return
     dataset = FaceFolder(root, list(rel_paths))
     kwargs = {}
     if workers > 0:
@@ -68,6 +114,29 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield indices, x, bad
+
+
+def _iterate_jpeg_bytes(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
+                        channels_last: bool, decode: JpegDecoder
+                        ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+    loader = DataLoader(JpegBytesFolder(root, list(rel_paths)), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=collate_jpeg_bytes, drop_last=False,
+                        generator=torch.Generator().manual_seed(0))
+    for items, indices, errors, is_bytes in loader:
+        bad = [(int(i), e) for i, e in zip(indices.tolist(), errors) if e]
+        keep = [i for i, e in enumerate(errors) if not e]
+        images, broken = _decode_batch(root, rel_paths, [items[i] for i in keep], indices[keep],
+                                       [is_bytes[i] for i in keep], decode, device)
+        failed = {index for index, _ in broken}
+        good = torch.tensor([int(indices[i]) for i in keep if int(indices[i]) not in failed], dtype=torch.int64)
+        bad = sorted(bad + broken)
+        if not images:
+            yield good, torch.zeros((0, 3, *INPUT_SIZE), device=device), bad
+            continue
+        x = normalize(torch.stack(images))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield good, x, bad
 
 
 @dataclass
@@ -96,7 +165,7 @@ class FolderResult:
 
 def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
                forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], batch_size: int, workers: int,
-               verbose: bool = False, channels_last: bool = True,
+               verbose: bool = False, channels_last: bool = True, decode_jpegs: Optional[JpegDecoder] = None,
                on_batch: Optional[Callable[[List[str], List[np.ndarray], List[Tuple[str, str]]], None]] = None,
                **loader_kwargs) -> FolderResult:
     """Run ``forward`` over the readable images of a folder, naming and counting the unreadable ones.
@@ -120,7 +189,8 @@ def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
     start = time.perf_counter()
     with tqdm(total=len(rel_paths), unit="img", disable=not verbose, dynamic_ncols=True) as bar:
         for indices, x, bad in iterate_folder(root, rel_paths, device, batch_size, workers,
-                                              channels_last=channels_last, **loader_kwargs):
+                                              channels_last=channels_last, decode_jpegs=decode_jpegs,
+                                              **loader_kwargs):
             skipped = [(rel_paths[index], reason) for index, reason in bad]
             for path, reason in skipped:
                 _logger.warning("skipped '%s': %s", os.path.join(root, path), reason)
