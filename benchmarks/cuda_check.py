@@ -1,4 +1,5 @@
-"""CUDA check for a machine with a GPU: scores on CUDA (fp32, fp16) against the CPU, and ``inference.py --device auto``;
+"""CUDA check for a machine with a GPU: scores on CUDA (fp32, fp16, and with JPEGs decoded by nvJPEG) against the
+CPU, and ``inference.py --device auto``;
 training with AMP; the DifFIQA denoiser trained with AMP and DifFIQA labels on CUDA against the CPU.
 
     python benchmarks/cuda_check.py
@@ -20,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from conftest import manifest_state_dict  # noqa: E402
+from helpers import manifest_state_dict  # noqa: E402
 from dataset.image_folder import find_images  # noqa: E402
 from model.registry import create_model  # noqa: E402
 from engine.scoring.scorer import QualityScorer  # noqa: E402
@@ -132,6 +133,14 @@ def main() -> int:
                 print(f"{variant} cuda {precision}: max |cuda - cpu| / max|cpu| = {rel:.2e}, Spearman {rank:.4f}")
                 if precision == "fp32" and rel > 1e-2:
                     failures += 1
+            # JPEGs decoded on the GPU (nvJPEG) instead of libjpeg-turbo on the CPU: how far the scores move.
+            from engine.scoring.scorer import cuda_jpeg_decoder
+
+            scorer = QualityScorer(create_model(variant, weights), "cuda")
+            nv = np.asarray(scorer.score_folder(images, paths, decode_jpegs=cuda_jpeg_decoder(scorer.device)).scores)
+            rel = np.abs(nv - cpu).max() / scale
+            print(f"{variant} cuda fp32 nvJPEG: max |cuda - cpu| / max|cpu| = {rel:.2e}")
+            failures += int(not rel <= 1e-2)
         out = os.path.join(tmp, "out")
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "inference.py"), "--images", images,
                                "--model", "ediffiqaT", "--weights", os.path.join(tmp, "ediffiqaT.pth"),

@@ -10,7 +10,8 @@ ratio to the naive path and the largest score difference.
 
 Weights are random but well scaled (the official key layout filled as in the tests) unless ``--weights-dir`` holds
 ``ediffiqa{L,M,S,T}.pth``; speed does not depend on them. On CUDA the naive path runs with PyTorch's defaults (TF32
-convolutions), as the official code does; ours is timed in true fp32 and in tf32.
+convolutions), as the official code does; ours is timed in true fp32 and in tf32, and end to end also with JPEGs
+decoded on the GPU in batches (``nvJPEG`` rows, ``gpu_decode``; fp16 with ``--reduced``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from conftest import manifest_state_dict  # noqa: E402
+from helpers import manifest_state_dict  # noqa: E402
 from dataset.image_folder import find_images  # noqa: E402
 from dataset.transforms import official_transform  # noqa: E402
 from model.registry import build_model, load_weights  # noqa: E402
@@ -115,6 +116,14 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
     if reduced:
         p = "bf16" if device.type == "cpu" else "fp16"
         scorers[f"torch+fold {p}"] = QualityScorer.from_pretrained(name, weights, device=device, precision=p)
+    decoders = {}
+    if device.type == "cuda":  # JPEGs decoded on the GPU (nvJPEG) in batches: the end-to-end path it speeds up
+        from engine.scoring.scorer import cuda_jpeg_decoder
+
+        key = "torch+fold fp16 nvJPEG" if reduced else "torch+fold tf32 nvJPEG"
+        scorers[key] = QualityScorer.from_pretrained(name, weights, device=device,
+                                                     precision="fp16" if reduced else "tf32")
+        decoders[key] = cuda_jpeg_decoder(device)
     if compile_model and device.type == "cuda":
         compiled = QualityScorer.from_pretrained(name, weights, device=device, precision="fp16")
         compiled.model.base_model = torch.compile(compiled.model.backbone, mode="reduce-overhead")  # CUDA graphs
@@ -129,8 +138,8 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
     def ours_model_only(s: QualityScorer) -> np.ndarray:
         return np.concatenate([s(x[i:i + batch]).cpu().numpy() for i in range(0, len(x), batch)])
 
-    def ours_end_to_end(s: QualityScorer) -> np.ndarray:
-        return np.asarray(s.score_folder(root, paths).scores, dtype=np.float32)
+    def ours_end_to_end(s: QualityScorer, decode=None) -> np.ndarray:
+        return np.asarray(s.score_folder(root, paths, decode_jpegs=decode).scores, dtype=np.float32)
 
     # Warm up every path once (allocator, cuDNN autotuning, worker start), then interleave the timed runs.
     naive_model_only(naive, x[:OFFICIAL_BATCH], device)
@@ -152,7 +161,8 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
                 t, scores["naive"] = timed(lambda: naive_end_to_end(naive, root, paths, device), device)
             times["naive"].append(t)
             for p, s in scorers.items():
-                fn = (lambda s=s: ours_model_only(s)) if mode == "model-only" else (lambda s=s: ours_end_to_end(s))
+                fn = ((lambda s=s: ours_model_only(s)) if mode == "model-only"
+                      else (lambda s=s, p=p: ours_end_to_end(s, decoders.get(p))))
                 t, scores[p] = timed(fn, device)
                 times[p].append(t)
         base = statistics.median(times["naive"])
