@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset.transforms import INPUT_SIZE, load_face
-from utils.errors import DataError
+from utils.errors import DataError, first_line
 
 __all__ = ["IMAGE_EXTENSIONS", "JPEG_EXTENSIONS", "find_images", "FaceFolder", "collate_faces", "JpegBytesFolder",
            "collate_jpeg_bytes"]
@@ -84,13 +84,18 @@ class FaceFolder(Dataset):
     def __len__(self) -> int:
         return len(self.rel_paths)
 
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str]:
-        path = os.path.join(self.root, self.rel_paths[index])
+    def load(self, index: int) -> Tuple[torch.Tensor, str]:
+        """``(image (3, 112, 112) uint8, "")`` of file ``index``, or a blank image and the one-line reason it could
+        not be read."""
         try:
-            return load_face(path), index, ""
+            return load_face(os.path.join(self.root, self.rel_paths[index])), ""
         except Exception as exc:  # PIL raises many types for truncated, foreign or unreadable files
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return torch.zeros((3, *INPUT_SIZE), dtype=torch.uint8), index, f"{type(exc).__name__}: {message}"
+            return torch.zeros((3, *INPUT_SIZE), dtype=torch.uint8), f"{type(exc).__name__}: {first_line(exc)}"
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str]:
+        image, error = self.load(index)
+        return image, index, error
+
 
 
 def collate_faces(items: List[Tuple[torch.Tensor, int, str]]) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
@@ -119,7 +124,8 @@ class JpegBytesFolder(FaceFolder):
                     return torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8), index, "", True
             except OSError as exc:
                 return torch.zeros((3, *INPUT_SIZE), dtype=torch.uint8), index, f"{type(exc).__name__}: {exc}", False
-        return (*super().__getitem__(index), False)
+        image, error = self.load(index)
+        return image, index, error, False
 
 
 def collate_jpeg_bytes(items: List[Tuple[torch.Tensor, int, str, bool]]) -> Tuple[List[torch.Tensor], torch.Tensor,

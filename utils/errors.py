@@ -1,7 +1,8 @@
 """Errors that mean "the user's input is wrong", as opposed to a bug."""
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "RunError", "EXIT_USER_ERROR", "EXIT_RUN_ERROR"]
+__all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "RunError", "EXIT_USER_ERROR", "EXIT_RUN_ERROR",
+           "first_line"]
 
 #: Exit code of every script for a user mistake (argparse uses the same).
 EXIT_USER_ERROR = 2
@@ -28,3 +29,9 @@ class DataError(UserError):
 class RunError(Exception):
     """The run cannot go on although the input was valid (the loss became NaN, say). Scripts print the message on
     one line and exit with code 1."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), for one-line reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

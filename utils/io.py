@@ -10,7 +10,7 @@ import pickle
 import tempfile
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, Sequence, Tuple
 
-from utils.errors import DataError, UserError
+from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
            "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "read_scores_csv", "OutputError", "TEXT_ERRORS"]
@@ -226,7 +226,7 @@ def torch_load_reason(exc: BaseException) -> str:
     text = str(exc)
     if "weights_only" in text or "Weights only load failed" in text:
         return "it holds objects other than tensors and plain containers, which could run code when loaded"
-    return _first_line(exc)
+    return first_line(exc)
 
 
 def torch_load(source: Any) -> Any:
@@ -275,11 +275,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle '{module}.{name}' (not a type this format uses)")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def safe_pickle_load(path: str, allow_torch: bool = False) -> Any:
     """Unpickle a data file admitting only the types the official formats use.
 
@@ -295,8 +290,8 @@ def safe_pickle_load(path: str, allow_torch: bool = False) -> Any:
     except pickle.UnpicklingError as exc:
         if str(exc).startswith("refusing"):
             raise DataError(f"cannot read '{path}': {exc}") from None
-        raise DataError(f"cannot read '{path}' as a pickle file ({_first_line(exc)})") from None
+        raise DataError(f"cannot read '{path}' as a pickle file ({first_line(exc)})") from None
     except MemoryError:
         raise DataError(f"cannot read '{path}': it holds an object larger than the memory of this machine") from None
     except Exception as exc:  # corrupt files raise many types (EOFError, ValueError, RuntimeError from torch, ...)
-        raise DataError(f"cannot read '{path}' as a pickle file ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise DataError(f"cannot read '{path}' as a pickle file ({type(exc).__name__}: {first_line(exc)})") from None

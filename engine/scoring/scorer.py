@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dataset.image_folder import FaceFolder, JpegBytesFolder, collate_faces, collate_jpeg_bytes
-from dataset.transforms import INPUT_SIZE, load_face, normalize, resize_face, to_uint8_tensor
+from dataset.transforms import INPUT_SIZE, normalize, resize_face, to_uint8_tensor
 from model.fuse import fold_batchnorm
 from model.registry import create_model
 from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx
@@ -52,9 +52,8 @@ def cuda_jpeg_decoder(device: torch.device) -> JpegDecoder:
     return lambda data: decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-def _decode_batch(root: str, rel_paths: Sequence[str], items: List[torch.Tensor], indices: torch.Tensor,
-                  is_bytes: List[bool], decode: JpegDecoder,
-                  device: torch.device) -> Tuple[List[torch.Tensor], List[Tuple[int, str]]]:
+def _decode_batch(folder: JpegBytesFolder, items: List[torch.Tensor], indices: torch.Tensor, is_bytes: List[bool],
+                  decode: JpegDecoder, device: torch.device) -> Tuple[List[torch.Tensor], List[Tuple[int, str]]]:
     """Images of ``items`` as ``(3, 112, 112)`` uint8 on ``device``, and ``(index, error)`` of the unreadable ones:
     the JPEG bytes are decoded by ``decode`` together; a JPEG it cannot decode, or that is not 112x112 (the official
     resize is PIL's), is read on the CPU instead."""
@@ -72,11 +71,11 @@ def _decode_batch(root: str, rel_paths: Sequence[str], items: List[torch.Tensor]
         if decoded[i] is not None:
             images.append(decoded[i].to(device))
         elif is_bytes[i]:
-            try:
-                images.append(load_face(os.path.join(root, rel_paths[index])).to(device))
-            except Exception as exc:  # noqa: BLE001 - PIL raises many types for broken files
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                bad.append((index, f"{type(exc).__name__}: {message}"))
+            image, error = folder.load(index)  # the CPU path, as FaceFolder reads every other file
+            if error:
+                bad.append((index, error))
+            else:
+                images.append(image.to(device))
         else:
             images.append(item.to(device, non_blocking=True))
     return images, bad
@@ -119,14 +118,15 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
 def _iterate_jpeg_bytes(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
                         channels_last: bool, decode: JpegDecoder
                         ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
-    loader = DataLoader(JpegBytesFolder(root, list(rel_paths)), batch_size=batch_size, shuffle=False,
+    folder = JpegBytesFolder(root, list(rel_paths))
+    loader = DataLoader(folder, batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_jpeg_bytes, drop_last=False,
                         generator=torch.Generator().manual_seed(0))
     for items, indices, errors, is_bytes in loader:
         bad = [(int(i), e) for i, e in zip(indices.tolist(), errors) if e]
         keep = [i for i, e in enumerate(errors) if not e]
-        images, broken = _decode_batch(root, rel_paths, [items[i] for i in keep], indices[keep],
-                                       [is_bytes[i] for i in keep], decode, device)
+        images, broken = _decode_batch(folder, [items[i] for i in keep], indices[keep], [is_bytes[i] for i in keep],
+                                       decode, device)
         failed = {index for index, _ in broken}
         good = torch.tensor([int(indices[i]) for i in keep if int(indices[i]) not in failed], dtype=torch.int64)
         bad = sorted(bad + broken)

@@ -170,6 +170,15 @@ class ModuleSpec:
     params: Dict[str, Any] = field(default_factory=dict)
 
 
+def _build_base_loss(module: str, params: Dict[str, Any], module_key: str, params_key: str) -> Any:
+    """Build an allow-listed regression loss, so that a config names only losses (and arguments) that exist."""
+    check(module in BASE_LOSSES, f"'{module_key}' is '{module}'; allowed: {', '.join(BASE_LOSSES)}")
+    try:
+        return BASE_LOSSES[module](**params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"'{params_key}' {params} do not fit {module}: {exc}") from None
+
+
 @dataclass
 class QualityParams:
     base_loss: ModuleSpec = field(default_factory=ModuleSpec)
@@ -187,13 +196,8 @@ class QualityLoss:
         check(self.module in QUALITY_LOSSES,
                f"'loss.quality.module' is '{self.module}'; allowed: {', '.join(QUALITY_LOSSES)}")
         base = self.params.base_loss
-        check(base.module in BASE_LOSSES,
-               f"'loss.quality.params.base_loss.module' is '{base.module}'; allowed: {', '.join(BASE_LOSSES)}")
-        try:
-            built = BASE_LOSSES[base.module](**base.params)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"'loss.quality.params.base_loss.params' {base.params} do not fit {base.module}: "
-                             f"{exc}") from None
+        built = _build_base_loss(base.module, base.params, "loss.quality.params.base_loss.module",
+                                 "loss.quality.params.base_loss.params")
         check(getattr(built, "reduction", "mean") in ("mean", "sum"),
                "'loss.quality.params.base_loss.params.reduction' must be 'mean' or 'sum' (the loss must be a number)")
 
@@ -234,11 +238,7 @@ class LossSection:
     def __post_init__(self) -> None:
         check(0.0 <= self.theta <= 1.0, f"'loss.theta' must be in [0, 1], got {self.theta}")
         if self.module is not None:
-            check(self.module in BASE_LOSSES, f"'loss.module' is '{self.module}'; allowed: {', '.join(BASE_LOSSES)}")
-            try:
-                BASE_LOSSES[self.module](**self.params)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"'loss.params' {self.params} do not fit {self.module}: {exc}") from None
+            _build_base_loss(self.module, self.params, "loss.module", "loss.params")
 
     def regression_loss(self) -> ModuleSpec:
         """DifFIQA(R)'s loss: ``loss.module`` (its official key), else ``loss.quality.params.base_loss``."""

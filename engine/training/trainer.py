@@ -19,7 +19,7 @@ from model.conv_grad import use_fast_weight_grad
 from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1
 from model.registry import VARIANTS, build_model, load_backbone
 from utils.config import to_dict
-from utils.errors import ConfigError, DataError, RunError
+from utils.errors import ConfigError, DataError, RunError, first_line
 from utils.io import check_output_dir, write_json
 from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
 from utils.distributed import all_reduce_sum, finish_distributed, init_distributed
@@ -344,8 +344,7 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - a compiler failure (no C++ compiler, unsupported op...)
                 if not self.cfg.base.compile or self.train_model is None or self.compile_checked:
                     raise
-                _logger.warning("torch.compile failed (%s); training continues without it",
-                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                _logger.warning("torch.compile failed (%s); training continues without it", first_line(exc))
                 self.cfg.base.compile = False
                 self.train_model = None
                 self.optimizer.zero_grad(set_to_none=True)
