@@ -8,11 +8,12 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+from dataset.formats import SCORES_PICKLE
 from utils.errors import ConfigError
-from utils.io import TEXT_ERRORS, write_json
+from utils.io import TEXT_ERRORS, safe_pickle_load, write_json
 
-__all__ = ["PART_GLOB", "SETTINGS_FILE", "part_path", "read_parts", "split_for_rank", "split_batches_for_rank",
-           "check_settings", "remove_parts"]
+__all__ = ["PART_GLOB", "SETTINGS_FILE", "part_path", "read_parts", "read_scores", "split_for_rank",
+           "split_batches_for_rank", "check_settings", "remove_parts"]
 
 PART_GLOB = "quality-scores.part*.csv"
 SETTINGS_FILE = "quality-scores.settings.json"
@@ -58,6 +59,16 @@ def remove_parts(folder: str, *patterns: str) -> None:
     """Delete the part files (and files matching ``patterns``) once the merged outputs are written."""
     for leftover in [p for pattern in (PART_GLOB, *patterns) for p in glob.glob(os.path.join(folder, pattern))]:
         os.remove(leftover)
+
+
+def read_scores(folder: str, root: str) -> Dict[str, float]:
+    """The finished ``quality-scores.pkl`` of an earlier run in ``folder`` as ``{path relative to root: quality}``
+    (its keys may be relative or joined to ``root``); empty when there is none."""
+    path = os.path.join(folder, SCORES_PICKLE)
+    if not os.path.isfile(path):
+        return {}
+    prefix = os.path.join(root, "")
+    return {(k[len(prefix):] if k.startswith(prefix) else k): float(v) for k, v in safe_pickle_load(path).items()}
 
 
 def check_settings(folder: str, settings: Mapping[str, Any], what: str, key: str, main: bool) -> bool:

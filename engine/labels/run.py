@@ -13,13 +13,13 @@ from dataset.formats import SCORES_CSV, SCORES_PICKLE
 from dataset.image_folder import find_images
 from engine.labels.config import resolve_denoiser, resolve_fr
 from engine.labels.scoring import RNG_GLOB, ScoreRun, score_folder
-from engine.parts import check_settings, read_parts, remove_parts
+from engine.parts import check_settings, read_parts, read_scores, remove_parts
 from model.diffusion import load_diffusion
 from model.registry import load_backbone
 from utils.config import to_dict
 from utils.distributed import init_distributed
 from utils.errors import CheckpointError, ConfigError
-from utils.io import check_output_dir, csv_writer, json_writer, pickle_writer, safe_pickle_load, write_together
+from utils.io import check_output_dir, csv_writer, json_writer, pickle_writer, write_together
 from utils.runtime import default_workers, resolve_precision
 
 __all__ = ["run_scoring", "SCORES_PICKLE", "SCORES_CSV", "SCORES_META"]
@@ -62,12 +62,9 @@ def _previous_results(cfg: Any, run: ScoreRun, main: bool,
     out = cfg.inference.save_loc
     if not check_settings(out, _settings(cfg, run, fr), "DifFIQA scores", "inference.save_loc (--output)", main):
         return {}, {}
-    pickle_path = os.path.join(out, SCORES_PICKLE)
-    if not os.path.isfile(pickle_path):
+    if not os.path.isfile(os.path.join(out, SCORES_PICKLE)):
         return {}, {}
-    table = safe_pickle_load(pickle_path)
-    prefix = os.path.join(cfg.inference.images_loc, "")
-    scores = {(k[len(prefix):] if k.startswith(prefix) else k): float(v) for k, v in table.items()}
+    scores = read_scores(out, cfg.inference.images_loc)
     skipped: Dict[str, str] = {}
     meta_path = os.path.join(out, SCORES_META)
     if os.path.isfile(meta_path):

@@ -73,9 +73,9 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info) -> Di
     """
     import csv
 
-    from engine.parts import check_settings, part_path, read_parts, remove_parts, split_batches_for_rank
+    from engine.parts import check_settings, part_path, read_parts, read_scores, remove_parts, split_batches_for_rank
     from engine.scoring.scorer import default_batch_size
-    from utils.io import TEXT_ERRORS, safe_pickle_load
+    from utils.io import TEXT_ERRORS
 
     out, root, params = cfg.base.save_path, cfg.dataset.loc, cfg.dataloader.params
     decode = None
@@ -88,12 +88,8 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info) -> Di
     settings = {"model": cfg.model, "weights_sha256": _weights_digest(cfg.weights_path), "precision": scorer.precision,
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn}
     previous: Dict[str, float] = {}
-    pickle_path = os.path.join(out, SCORES_PICKLE)
-    if check_settings(out, settings, "quality scores", "base.save_path (--output)", info.main) and \
-            os.path.isfile(pickle_path):
-        prefix = os.path.join(root, "")
-        previous = {(k[len(prefix):] if k.startswith(prefix) else k): float(v)
-                    for k, v in safe_pickle_load(pickle_path).items()}
+    if check_settings(out, settings, "quality scores", "base.save_path (--output)", info.main):
+        previous = read_scores(out, root)
     done_scores, done_skipped = read_parts(out)
     done = set(previous) | set(done_scores) | set(done_skipped)
     if info.enabled:
