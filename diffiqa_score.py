@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", help="base.precision: fp32, tf32, bf16 or fp16")
     parser.add_argument("--batch-size", type=int, help="inference.batch_size")
     parser.add_argument("--limit", type=int, help="base.limit: stop after this many new images")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the unfinished scores (part files, settings) of an earlier run in the output "
+                        "folder and start afresh")
     parser.add_argument("-q", "--quiet", action="store_true", help="inference.verbose: 0")
     return parser
 
@@ -48,13 +51,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from engine.labels.run import run_scoring
 
-    summary = run_scoring(cfg)
-    if summary.get("complete"):
-        print(f"scored {summary['new']} new image(s) in this run; {summary['scored']} scored in all, skipped "
-              f"{summary['skipped']}; wrote "
+    summary = run_scoring(cfg, fresh=args.fresh)
+    if summary.complete:
+        print(f"scored {summary.scored} new image(s) in this run; {summary.total} scored in all, skipped "
+              f"{len(summary.skipped_names)}; wrote "
               f"{os.path.join(cfg.inference.save_loc, 'quality-scores.pkl')} and .csv", file=sys.stderr)
-    elif summary.get("rank", 0) == 0:
-        print(f"stopped with {summary['left']} image(s) left (base.limit); run the same command to continue",
+    elif summary.left:
+        print(f"stopped with {summary.left} image(s) left (base.limit); run the same command to continue",
               file=sys.stderr)
     return 0
 

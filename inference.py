@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --align: save copies of the photos with boxes and scores")
     parser.add_argument("--limit", type=int,
                         help="score at most N new images, then stop; rerun to continue (base.limit)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard the unfinished scores (part files, settings) of an earlier run in the output "
+                        "folder and start afresh")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info logs (base.verbose: 0)")
     return parser
 
@@ -72,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from engine.scoring.run import score
 
-    score(cfg)
+    score(cfg, fresh=args.fresh)
     return 0
 
 

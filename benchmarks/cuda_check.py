@@ -134,7 +134,7 @@ def main() -> int:
                 if precision == "fp32" and rel > 1e-2:
                     failures += 1
             # JPEGs decoded on the GPU (nvJPEG) instead of libjpeg-turbo on the CPU: how far the scores move.
-            from engine.scoring.scorer import cuda_jpeg_decoder
+            from dataset.folder_batches import cuda_jpeg_decoder
 
             scorer = QualityScorer(create_model(variant, weights), "cuda")
             nv = np.asarray(scorer.score_folder(images, paths, decode_jpegs=cuda_jpeg_decoder(scorer.device)).scores)

@@ -118,7 +118,7 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
         scorers[f"torch+fold {p}"] = QualityScorer.from_pretrained(name, weights, device=device, precision=p)
     decoders = {}
     if device.type == "cuda":  # JPEGs decoded on the GPU (nvJPEG) in batches: the end-to-end path it speeds up
-        from engine.scoring.scorer import cuda_jpeg_decoder
+        from dataset.folder_batches import cuda_jpeg_decoder
 
         key = "torch+fold fp16 nvJPEG" if reduced else "torch+fold tf32 nvJPEG"
         scorers[key] = QualityScorer.from_pretrained(name, weights, device=device,

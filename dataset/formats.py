@@ -4,6 +4,7 @@ Pickles are read through :func:`utils.io.safe_pickle_load`, which admits only th
 """
 from __future__ import annotations
 
+import math
 import operator
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -269,6 +270,18 @@ def read_prepared(save_location: str, name: str):
         raise DataError(f"'{centres_file(save_location, name)}' must hold a (n_identities, D) torch tensor")
     if not isinstance(items, list) or not all(isinstance(it, tuple) and len(it) == 3 for it in items[:1000]):
         raise DataError(f"'{items_file(save_location, name)}' must hold a list of (path, quality, row) tuples")
+    if not bool(torch.isfinite(centres).all()):
+        rows = torch.nonzero(~torch.isfinite(centres).all(dim=1)).flatten().tolist()
+        raise DataError(f"'{centres_file(save_location, name)}': {len(rows)} of {len(centres)} centres hold NaN or "
+                        f"infinite values (e.g. row {rows[0]}); prepare the data again from finite embeddings")
+    try:
+        bad_q = [it for it in items if not math.isfinite(float(it[1]))]
+    except (TypeError, ValueError):
+        raise DataError(f"'{items_file(save_location, name)}' must hold (path, quality, row) tuples with numeric "
+                        "qualities") from None
+    if bad_q:
+        raise DataError(f"'{items_file(save_location, name)}': {len(bad_q)} of {len(items)} training items have a NaN "
+                        f"or infinite quality (e.g. {bad_q[0][0]!r}); prepare the data again from finite labels")
     bad_row = next((it for it in items if not 0 <= int(it[2]) < len(centres)), None)
     if bad_row is not None:
         raise DataError(f"'{items_file(save_location, name)}': item {bad_row!r} points at centre row {bad_row[2]}, "

@@ -24,7 +24,7 @@ from model.mobilefacenet import mobilefacenet
 from utils.errors import CheckpointError, ConfigError
 from utils.io import torch_load, torch_load_reason
 
-__all__ = ["BACKBONES", "VARIANTS", "Variant", "OFFICIAL_WEIGHTS_HELP", "build_backbone", "build_model",
+__all__ = ["BACKBONES", "VARIANTS", "Variant", "OFFICIAL_WEIGHTS_HELP", "BACKBONE_WEIGHTS_HELP", "build_backbone", "build_model",
            "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names",
            "strip_prefixes", "describe_mismatch", "check_finite"]
 
@@ -132,15 +132,23 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Te
     return out
 
 
-def read_state_dict(path: str, key: str = "--weights or the config key 'weights'") -> Dict[str, torch.Tensor]:
+#: Where the insightface backbones come from (training inits, FR models, teacher embeddings).
+BACKBONE_WEIGHTS_HELP = (
+    "the recipe starts from insightface's CosFace backbones (glint360k_cosface_r100_fp16_0.1 family of the "
+    "arcface_torch model zoo: r100.pth, r50.pth, r18.pth)"
+)
+
+
+def read_state_dict(path: str, key: str = "--weights or the config key 'weights'",
+                    source: str = OFFICIAL_WEIGHTS_HELP) -> Dict[str, torch.Tensor]:
     """Read a weights file safely (``weights_only=True``) and return its flat ``state_dict`` on the CPU.
 
     Accepts a plain state dict or a training checkpoint holding one under ``model`` or ``state_dict``.
     Raises :class:`CheckpointError` with a one-line reason for anything else; ``key`` names the flag or config key
-    that gives the path.
+    that gives the path, ``source`` where such files come from.
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f"weights file '{path}' not found; {OFFICIAL_WEIGHTS_HELP}; pass its path with {key}")
+        raise CheckpointError(f"weights file '{path}' not found; {source}; pass its path with {key}")
     try:
         obj = torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
@@ -230,14 +238,15 @@ def load_weights(model: EDifFIQA, path: str, name: str) -> None:
 
 
 def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
-                  key: str = "--weights") -> nn.Module:
+                  key: str = "--weights", fix: str = "use --backbone {held}") -> nn.Module:
     """Load an insightface-layout checkpoint strictly into backbone ``name``: a new one in eval mode, or ``into``
     (left in its mode; nothing new is built, so no random numbers are drawn).
 
     The ``base_model.*`` part of an eDifFIQA checkpoint and the ``base.*`` part of a DifFIQA(R) one are accepted too.
-    ``key`` names the flag or config key that gives ``path``, for messages.
+    ``key`` names the flag or config key that gives ``path``, and ``fix`` (``{held}``: the backbone the file holds)
+    what to change in the calling script when the file holds another backbone, for messages.
     """
-    state_dict = read_state_dict(path, key)
+    state_dict = read_state_dict(path, key, BACKBONE_WEIGHTS_HELP)
     for prefix in ("base_model.", "base."):  # the backbone of an eDifFIQA or a DifFIQA(R) checkpoint
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -247,7 +256,7 @@ def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
     have = {k: tuple(v.shape) for k, v in state_dict.items()}
     if have != expected:
         held = _bare_backbone(state_dict)
-        hint = f"it holds a {held} backbone; use --backbone {held}" if held else (
+        hint = f"it holds a {held} backbone; {fix.format(held=held)}" if held else (
             f"{len(set(expected) - set(have))} missing and {len(set(have) - set(expected))} unexpected keys, "
             f"{sum(1 for k in expected if k in have and have[k] != expected[k])} shape mismatches")
         raise CheckpointError(f"weights file '{path}' does not match backbone {name}: {hint}")

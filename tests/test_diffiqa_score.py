@@ -17,8 +17,7 @@ from PIL import Image
 from helpers import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
 
 from model.diffusion import GaussianDiffusion, build_diffusion
-from engine.labels.scoring import (diffiqa_quality, image_seed, score_batch_fast, score_batch_official,
-                                   split_for_rank)
+from engine.labels.scoring import diffiqa_quality, image_seed, score_batch_fast, score_batch_official
 
 TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
 
@@ -151,14 +150,6 @@ def test_default_mode_does_not_depend_on_batching() -> None:
     parts = torch.cat([score_batch_fast(x[:1], d, halves, seeds[:1], repeats=3, chunk=[2]),
                        score_batch_fast(x[1:], d, halves, seeds[1:], repeats=3, chunk=[7])])
     torch.testing.assert_close(whole, parts, rtol=0, atol=1e-6)
-
-
-def test_split_covers_every_image_once() -> None:
-    paths = [f"p{i}" for i in range(11)]
-    for world in (1, 2, 3, 5):
-        shares = [split_for_rank(paths, r, world) for r in range(world)]
-        merged = [p for share in shares for p in share]
-        assert sorted(merged) == sorted(paths) and len(merged) == len(paths)
 
 
 # ------------------------------------------------------------------------------------------------- the script
@@ -460,3 +451,107 @@ def test_walk_order_is_the_official_listing(tmp_path) -> None:
     official = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files]
     assert find_images(str(tmp_path), "walk") == official
     assert find_images(str(tmp_path)) == sorted(official)
+
+
+# ------------------------------------------------------------------------------------------------- the driver
+def test_one_float_format_and_nan_labels_write_nothing(scoring_setup, capsys) -> None:
+    """The CSV holds each score in the form that reads back to the pickle's float; an FR model that overflows makes
+    NaN labels, which stop the run (exit 1) with nothing of the output set written."""
+    import csv
+
+    tmp_path, images = scoring_setup
+    out = tmp_path / "fmt"
+    assert run_score(["-c", score_config(tmp_path, images, out)], capsys)[0] == 0
+    table = read_scores(out)
+    with open(out / "quality-scores.csv", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert {p: float(q) for p, q in rows} == table  # exactly, not to 8 decimals
+
+    from model.registry import build_backbone
+
+    state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v)
+             for k, v in build_backbone("mobilefacenet").state_dict().items()}
+    torch.save(state, tmp_path / "huge.pth")
+    nan_out = tmp_path / "nan"
+    code, err = run_score(["-c", score_config(tmp_path, images, nan_out), "--fr-weights", str(tmp_path / "huge.pth")],
+                          capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert "DifFIQA scores of a batch are NaN or infinite" in err
+    assert not [f for f in os.listdir(nan_out) if f.startswith("quality-scores.") and f.split(".")[-1] in
+                ("pkl", "csv") and "part" not in f]
+
+
+@pytest.mark.parametrize("key,value,pattern", [
+    ("used_timesteps", 1000, r"'inference.used_timesteps' is 1000; the denoiser has 1000 steps, so it must be in "
+                             r"\[1, 999\]"),
+    ("repeats", 10 ** 30, r"'inference.repeats' must be between 1 and 1000"),
+])
+def test_timestep_and_repeats_out_of_range(key, value, pattern, scoring_setup, capsys) -> None:
+    tmp_path, images = scoring_setup
+    path = score_config(tmp_path, images, tmp_path / "range")
+    cfg = yaml.safe_load(open(path))
+    cfg["inference"][key] = value
+    open(path, "w").write(yaml.safe_dump(cfg))
+    code, err = run_score(["-c", path], capsys)
+    assert_user_error(code, err, "diffiqa_score.py", pattern)
+
+
+def test_fr_weights_of_another_backbone_name_the_fr_config_key(scoring_setup, capsys) -> None:
+    from model.registry import build_backbone
+
+    tmp_path, images = scoring_setup
+    torch.save(build_backbone("iresnet18").state_dict(), tmp_path / "r18.pth")
+    code, err = run_score(["-c", score_config(tmp_path, images, tmp_path / "hint"), "--fr-weights",
+                           str(tmp_path / "r18.pth")], capsys)
+    assert_user_error(code, err, "diffiqa_score.py", r"it holds a iresnet18 backbone; set fr_model.module of "
+                                                     r"inference.fr_config to the backbone the file holds")
+    assert "--backbone" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("official", [False, True])
+def test_a_cut_part_file_resumes_to_the_same_labels(official, scoring_setup, capsys) -> None:
+    """--official continues the global RNG from the state saved with the part, at the part length it belongs to:
+    a kill mid-write after it, or after batches written since (flush_every > 1), gives the labels of a run that was
+    never stopped, bit for bit; so does the default mode (per-image seeds) after a cut anywhere."""
+    import re
+    import shutil
+
+    tmp_path, images = scoring_setup
+    flag = ["--official"] if official else []
+    whole, stopped = tmp_path / f"w{official}", tmp_path / f"s{official}"
+    args = ["--batch-size", "4", *flag]  # 4 // (2 x 2) = 1 image per batch
+    assert run_score(["-c", score_config(tmp_path, images, whole), *args], capsys)[0] == 0
+    assert run_score(["-c", score_config(tmp_path, images, stopped), *args, "--limit", "2"], capsys)[0] == 0
+    state = stopped / "quality-scores.part0of1.csv.state.pt"
+    assert state.exists() == official
+    early_state = state.read_bytes() if official else b""
+    assert run_score(["-c", score_config(tmp_path, images, stopped), *args, "--limit", "2"], capsys)[0] == 0
+    part = stopped / "quality-scores.part0of1.csv"
+    data = part.read_bytes()
+    blocks = [m.start() for m in re.finditer(rb"#B \d+ [0-9a-f]{8}\n", data)]
+    assert len(blocks) == 4
+    cases = {"mid-write": data + data[blocks[1]:blocks[2]][:20]}
+    if official:
+        cases["state lags"] = data  # with the state of two batches ago
+    else:
+        cases["cut"] = data[:blocks[2] + 9]
+    for name, content in cases.items():
+        out = tmp_path / f"{name}{official}"
+        shutil.copytree(stopped, out)
+        (out / part.name).write_bytes(content)
+        if name == "state lags":
+            (out / state.name).write_bytes(early_state)
+        code, err = run_score(["-c", score_config(tmp_path, images, out), *args], capsys)
+        assert code == 0, err
+        assert (out / "quality-scores.pkl").read_bytes() == (whole / "quality-scores.pkl").read_bytes(), name
+        assert (out / "quality-scores.csv").read_bytes() == (whole / "quality-scores.csv").read_bytes(), name
+        assert not list(out.glob("*.part*"))
+    # A state that claims more than the part holds is refused (the two files do not belong together).
+    if official:
+        out = tmp_path / "ahead"
+        shutil.copytree(stopped, out)
+        (out / part.name).write_bytes(data[:blocks[1]])
+        code, err = run_score(["-c", score_config(tmp_path, images, out), *args], capsys)
+        assert_user_error(code, err, "diffiqa_score.py", r"state.pt' belongs to a longer 'quality-scores.part0of1.csv' "
+                                                         r"than there is; add --fresh")

@@ -390,6 +390,11 @@ def test_torchrun_two_gloo_processes(faces, tmp_path) -> None:
     ("bad_resume", r"trainer_params.resume: '.*other.pt' is not a denoiser trainer checkpoint"),
     ("unknown_key", r"unknown key 'trainer_params.train_steps'"),
     ("self_condition", r"'unet_params.self_condition' is not used by DifFIQA"),
+    ("inf_lr", r"'trainer_params.train_lr' must be a positive number, got inf"),
+    ("negative_clip", r"'trainer_params.max_grad_norm' must be a positive number or null \(no clipping\), got -1"),
+    ("beta_one", r"'trainer_params.adam_betas' must be two numbers in \[0, 1\), got \[1.0, 0.99\]"),
+    ("beta_nan", r"'trainer_params.adam_betas' must be two numbers in \[0, 1\), got \[nan, 0.99\]"),
+    ("one_channel", r"'unet_params.channels' must be 3 \(faces are RGB\), got 1"),
 ])
 def test_errors_exit_2(case, pattern, faces, tmp_path, capsys) -> None:
     out = tmp_path / "err"
@@ -405,10 +410,16 @@ def test_errors_exit_2(case, pattern, faces, tmp_path, capsys) -> None:
         extra["resume"] = str(tmp_path / "other.pt")
     elif case == "unknown_key":
         extra["train_steps"] = 3
+    elif case == "inf_lr":
+        extra["train_lr"] = float("inf")
+    elif case == "negative_clip":
+        extra["max_grad_norm"] = -1
+    elif case in ("beta_one", "beta_nan"):
+        extra["adam_betas"] = [1.0 if case == "beta_one" else float("nan"), 0.99]
     path = write_config(tmp_path, faces, out, **extra)
-    if case == "self_condition":
+    if case in ("self_condition", "one_channel"):
         cfg = yaml.safe_load(open(path))
-        cfg["unet_params"]["self_condition"] = True
+        cfg["unet_params"].update({"self_condition": True} if case == "self_condition" else {"channels": 1})
         open(path, "w").write(yaml.safe_dump(cfg))
     code, err = run_train(["-c", path], capsys)
     assert_user_error(code, err, "train_diffusion.py", pattern)
@@ -440,3 +451,17 @@ def test_time_bound_and_T_as_officially() -> None:
     assert 20 <= int(seen[0].min()) and int(seen[0].max()) < 30
     with pytest.raises(ValueError, match="time_bound"):
         GaussianDiffusion(Recorder(), time_bound=(50, 50))
+
+
+def test_a_diverging_denoiser_stops_and_keeps_the_last_good_checkpoint(faces, tmp_path, capsys) -> None:
+    """A learning rate that blows the weights up: the first non-finite loss or weight stops the run (exit 1); the
+    checkpoint saved before stays, and no NaN checkpoint is written."""
+    out = tmp_path / "run"
+    code, err = run_train(["-c", write_config(tmp_path, faces, out, train_num_steps=6, train_lr=1e30,
+                                              save_and_sample_every=1, gradient_accumulate_every=1)], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("train_diffusion.py: error:")]
+    assert len(lines) == 1 and "training diverged" in lines[0], err
+    if (out / "model.pt").exists():
+        ckpt = torch.load(out / "model.pt", weights_only=True)
+        assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values() if v.is_floating_point())

@@ -194,3 +194,39 @@ def test_crfiqa_variant_checks_every_discard_level_first(tmp_path, capsys) -> No
     code, err = run_script(evaluate.main, "evaluate.py", argv + ["--variant", "crfiqa"], capsys)
     assert_user_error(code, err, "evaluate.py", r"variant crfiqa: discarding 0.\d+ of the pairs by 'q' leaves \d+ "
                                                 r"non-mated comparisons, and FMR 0.001 needs at least 1000")
+
+
+def _perfect_set(tmp_path):
+    """Mated pairs all above the threshold: FNMR at 0 discard is 0, so the normalised pAUC is undefined."""
+    rng = np.random.default_rng(0)
+    rows, scores = ["a,b,mated,similarity"], {}
+    for i in range(1200):
+        mated = i < 200
+        a, b = f"p{i}/a.png", f"p{i}/b.png"
+        rows.append(f"{a},{b},{int(mated)},{rng.uniform(0.5, 1) if mated else rng.uniform(-0.2, 0.4)}")
+        scores[a] = scores[b] = rng.uniform(0, 1)
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "q.pkl").write_bytes(pickle.dumps(scores))
+    return ["--pairs", str(tmp_path / "pairs.csv"), "--scores", f"q={tmp_path / 'q.pkl'}", "--output",
+            str(tmp_path / "out")]
+
+
+def test_undefined_values_are_null_in_valid_json(tmp_path, capsys) -> None:
+    from helpers import run_script
+
+    assert run_script(evaluate.main, "evaluate.py", _perfect_set(tmp_path), capsys)[0] == 0
+    text = (tmp_path / "out" / "edc.json").read_text()
+    rows = json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
+    assert rows[0]["fnmr0"] == 0 and rows[0]["pauc@0.2_norm"] is None
+    with open(tmp_path / "out" / "edc.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["pauc@0.2_norm"] == ""
+
+
+@pytest.mark.parametrize("name", ["../../x", "", ".", "..", "a/b"])
+def test_name_is_a_plain_file_name(name, tmp_path, capsys) -> None:
+    from helpers import run_script
+
+    code, err = run_script(evaluate.main, "evaluate.py", _perfect_set(tmp_path) + ["--name", name], capsys)
+    assert_user_error(code, err, "evaluate.py", r"'name' must be a plain file name stem \(no folder, not empty\)")
+    assert not list(tmp_path.parent.glob("x.*")) and not list((tmp_path / "out").glob(".*"))

@@ -33,45 +33,19 @@ def outputs(out):
     return {name: (out / name).read_bytes() for name in FILES}
 
 
-def test_resume_after_a_kill_and_after_limit(faces, checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+def test_resume_after_limit(faces, checkpoint_dir, tmp_path, capsys) -> None:
+    """--limit 5 with batches of 2: whole batches, 4 new images a run (14 files: 4 runs), then the uninterrupted
+    run's bytes. (Kills at any byte: tests/test_resume_faults.py.)"""
     whole = tmp_path / "whole"
     assert run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, whole), capsys)[0] == 0
-    reference = outputs(whole)
-
-    # Interrupted after three batches (Ctrl-C): the rows written are kept; the rerun scores only the rest.
-    import engine.scoring.scorer as scorer_module
-
-    real = scorer_module.map_folder
-    seen = []
-
-    def dies(*args, on_batch=None, **kwargs):
-        def counting(paths, outs, skipped):
-            on_batch(paths, outs, skipped)
-            seen.append(len(paths) + len(skipped))
-            if len(seen) == 3:
-                raise KeyboardInterrupt
-        return real(*args, on_batch=counting, **kwargs)
-
-    killed = tmp_path / "killed"
-    monkeypatch.setattr(scorer_module, "map_folder", dies)
-    code, _ = run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, killed), capsys)
-    monkeypatch.setattr(scorer_module, "map_folder", real)
-    assert code == 130 and not (killed / FILES[0]).exists()
-    part = [f for f in os.listdir(killed) if f.startswith("quality-scores.part")]
-    assert part and len((killed / part[0]).read_text().splitlines()) == sum(seen)
-    code, err = run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, killed), capsys)
-    assert code == 0, err
-    assert outputs(killed) == reference  # byte for byte: same batches, same order
-    assert not [f for f in os.listdir(killed) if ".part" in f]
-
-    # --limit 5 with batches of 2: whole batches, 4 new images a run (14 files: 4 runs).
     limited = tmp_path / "limited"
     for step in range(4):
         code, err = run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, limited, "--limit", "5"),
                                capsys)
         assert code == 0, err
         assert ("left" in err) == (step < 3), err
-    assert outputs(limited) == reference
+    assert outputs(limited) == outputs(whole)
+    assert not [f for f in os.listdir(limited) if ".part" in f]
 
 
 def test_other_settings_are_refused(faces, checkpoint_dir, tmp_path, capsys) -> None:
@@ -85,21 +59,24 @@ def test_other_settings_are_refused(faces, checkpoint_dir, tmp_path, capsys) -> 
 @pytest.mark.slow
 def test_torchrun_processes_write_the_files_of_one_process(faces, checkpoint_dir, tmp_path, capsys) -> None:
     """Each process takes whole batches, so with the same threads per process the merged files are byte for byte
-    those of one process."""
+    those of one process, also when a --limit run comes first; the rerun's summary counts every process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, shared = tmp_path / "single", tmp_path / "shared"
-    for out, launcher in ((single, []), (shared, ["-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                                  "--master_port", "29541"])):
-        proc = subprocess.run([sys.executable, *launcher, os.path.join(ROOT, "inference.py"),
-                               *argv(faces, checkpoint_dir, out)], capture_output=True, text=True, cwd=ROOT,
-                              timeout=300, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    script = os.path.join(ROOT, "inference.py")
+    runs = [(single, [], []), (shared, torchrun, ["--limit", "4"]), (shared, torchrun, [])]
+    for out, launcher, extra in runs:
+        proc = subprocess.run([*launcher, script, *argv(faces, checkpoint_dir, out, *extra)] if launcher else
+                              [sys.executable, script, *argv(faces, checkpoint_dir, out, *extra)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "scored 9, skipped 1 in this run (13 scored in all)" in proc.stderr, proc.stderr[-2000:]
     assert outputs(shared) == outputs(single)
 
 
 @pytest.mark.parametrize("n,world,batch", [(14, 2, 2), (13, 3, 4), (5, 4, 2), (1, 2, 8)])
 def test_whole_batches_cover_each_path_once(n, world, batch) -> None:
-    from engine.parts import split_batches_for_rank
+    from engine.resumable import split_batches_for_rank
 
     paths = [f"{i:03d}" for i in range(n)]
     shares = [split_batches_for_rank(paths, rank, world, batch) for rank in range(world)]
@@ -118,7 +95,7 @@ def test_batched_jpeg_decoding_path_with_an_injected_decoder(tmp_path) -> None:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from engine.scoring.scorer import map_folder
+    from dataset.folder_batches import map_folder
 
     root = tmp_path / "faces"
     names = ["a.jpg", "b.jpg", "c.png", "d.jpg", "e.jpeg"]

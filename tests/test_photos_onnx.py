@@ -115,7 +115,8 @@ def test_onnx_export_parity(variant, tmp_path, checkpoint_dir, capsys) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, capsys) -> None:
+def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, capfd) -> None:
+    """... and with -q prints nothing but its summary (OpenCV's own parser warnings included)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("cv2")
     images = tmp_path / "faces"
@@ -125,6 +126,7 @@ def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, caps
     onnx_file = str(tmp_path / "t.onnx")
     assert run_cli(export_onnx.main, ["--model", "ediffiqaT", "--weights", weights, "--output", onnx_file],
                    "export_onnx.py") == 0
+    capfd.readouterr()
     runs = {"torch": ["--weights", weights, "--no-fold-bn"], "torch+fold": ["--weights", weights],
             "onnxruntime": ["--weights", weights, "--backend", "onnxruntime"],
             "opencv": ["--weights", weights, "--backend", "opencv"],
@@ -134,7 +136,9 @@ def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, caps
         out = tmp_path / name.replace(" ", "_")
         code = run_cli(inference.main, ["--images", str(images), "--model", "ediffiqaT", "--output", str(out),
                                         "--device", "cpu", "-q", "--batch-size", "2"] + extra, "inference.py")
-        assert code == 0, capsys.readouterr().err
+        err = capfd.readouterr().err
+        assert code == 0, err
+        assert err.startswith("scored 5, skipped 0") and len(err.strip().splitlines()) == 1, err
         scores[name] = np.array(list(pickle.load(open(out / "quality-scores.pkl", "rb")).values()))
     scale = np.abs(scores["torch"]).max()
     for name, values in scores.items():

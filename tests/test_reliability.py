@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import pickle
+import re
 import stat
 
 import numpy as np
@@ -94,9 +95,9 @@ def test_a_failed_write_leaves_the_previous_set(faces, checkpoint_dir, tmp_path,
     before = {f: (out / f).read_bytes() for f in ("quality-scores.pkl", "quality-scores.csv")}
     save_image(str(faces / "a" / "3.png"), seed=9)
 
-    import utils.io
+    import engine.resumable
 
-    real = utils.io.csv_writer
+    real = engine.resumable.csv_writer
 
     def full_disk(header, rows):
         mode, write = real(header, rows)
@@ -106,7 +107,7 @@ def test_a_failed_write_leaves_the_previous_set(faces, checkpoint_dir, tmp_path,
             raise OSError(errno.ENOSPC, "No space left on device")
         return mode, fail
 
-    monkeypatch.setattr(utils.io, "csv_writer", full_disk)
+    monkeypatch.setattr(engine.resumable, "csv_writer", full_disk)
     code, err = run(inference, "inference.py", argv, capsys)
     assert_user_error(code, err, "inference.py", r"cannot write '.*quality-scores.csv': No space left on device; the "
                                                  r"previous quality-scores.pkl, quality-scores.csv are unchanged")
@@ -338,3 +339,119 @@ def test_huge_and_hidden_objects_in_pickles_are_one_line_errors(tmp_path) -> Non
         safe_pickle_load(str(hidden), allow_torch=True)
     message = str(info.value)
     assert "\n" not in message and "could run code" in message and "weights_only=False" not in message
+
+
+# ---------------------------------------------------------------- configs that would crash or hang
+
+def _billion_laughs() -> str:
+    text = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        text += f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n"
+    return text
+
+
+@pytest.mark.parametrize("kind,pattern", [
+    ("bomb", r"is refused: its aliases expand to more than 100000 values"),
+    ("deep", r"is refused: it is nested more than 64 levels deep"),
+    ("big", r"is larger than 1 MiB"),
+])
+@pytest.mark.parametrize("name", ["inference.py", "train.py", "diffiqa_score.py", "train_diffusion.py", "evaluate.py"])
+def test_config_bombs_are_refused_quickly(name, kind, pattern, tmp_path, capsys) -> None:
+    import time
+
+    text = {"bomb": _billion_laughs(), "deep": "a: " + "[" * 50000 + "]" * 50000 + "\n",
+            "big": "# " + "x" * (1 << 20) + "\n"}[kind]
+    (tmp_path / "cfg.yaml").write_text(text)
+    module = {"inference.py": inference, "train.py": train, "diffiqa_score.py": diffiqa_score,
+              "train_diffusion.py": train_diffusion, "evaluate.py": evaluate}[name]
+    start = time.perf_counter()
+    code, err = run(module, name, ["-c", str(tmp_path / "cfg.yaml")], capsys)
+    assert time.perf_counter() - start < 1.0
+    assert_user_error(code, err, name, pattern)
+
+
+def test_messages_show_a_short_value_and_the_full_key(tmp_path, capsys) -> None:
+    from engine.training.config import TrainConfig
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"base": {"seed": "x" * 100000}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, str(tmp_path / "a.yaml"), {})
+    assert len(str(info.value)) < 300 and "'base.seed' must be int" in str(info.value)
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"optimizer": {"group_2": {"params": "base_model", "limit": -5}}}))
+    with pytest.raises(ConfigError, match=r"'optimizer.group_2.limit' must be at least 1, got -5"):
+        load_config(TrainConfig, str(tmp_path / "b.yaml"), {})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"dataloader": {"val": {"params": {"num_workers": -1}}}}))
+    with pytest.raises(ConfigError, match=r"'dataloader.val.params.num_workers' must be between 0 and 256"):
+        load_config(TrainConfig, str(tmp_path / "c.yaml"), {})
+
+
+def test_a_newline_in_a_path_stays_on_one_line(tmp_path, capsys) -> None:
+    code, err = run(inference, "inference.py", ["--images", str(tmp_path / "two\nlines"), "--output",
+                                                str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "inference.py", r"image folder '.*two\\nlines' \(dataset.loc or --images\) does not")
+    assert len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- non-finite values in every script
+
+def test_nan_embeddings_stop_extract_embeddings(faces, tmp_path, capsys) -> None:
+    from model.registry import build_backbone
+
+    net = build_backbone("mobilefacenet")
+    state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v) for k, v in net.state_dict().items()}
+    torch.save(state, str(tmp_path / "huge.pth"))
+    out = tmp_path / "o" / "e.pkl"
+    code, err = run(extract_embeddings, "extract_embeddings.py", ["--images", str(faces), "--backbone",
+                                                                  "mobilefacenet", "--weights", str(tmp_path / "huge.pth"),
+                                                                  "--output", str(out), "--device", "cpu", "-q"], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert re.search(r"extract_embeddings.py: error: \d of the \d embeddings of a batch are NaN or infinite", err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("what", ["quality", "centres"])
+def test_nan_in_the_prepared_files_is_refused_at_load(what, tmp_path, capsys) -> None:
+    from helpers import official_layout, official_schema_config
+
+    images, data = official_layout(tmp_path)
+    if what == "quality":
+        items = pickle.loads((data / "training_items-ediffiqa.pkl").read_bytes())
+        items[3] = (items[3][0], float("nan"), items[3][2])
+        (data / "training_items-ediffiqa.pkl").write_bytes(pickle.dumps(items, protocol=4))
+        pattern = r"training_items-ediffiqa.pkl': 1 of \d+ training items have a NaN or infinite quality"
+    else:
+        centres = safe_pickle_load(str(data / "average_embedding_batch-ediffiqa.pkl"), allow_torch=True)
+        centres[1, 5] = float("inf")
+        (data / "average_embedding_batch-ediffiqa.pkl").write_bytes(pickle.dumps(centres, protocol=4))
+        pattern = r"average_embedding_batch-ediffiqa.pkl': 1 of \d+ centres hold NaN or infinite values \(e.g. row 1\)"
+    code, err = run(train, "train.py", ["-c", official_schema_config(tmp_path, images, data, tmp_path / "run",
+                                                                     "ediffiqaT")], capsys)
+    assert_user_error(code, err, "train.py", pattern)
+
+
+def test_a_missing_training_backbone_names_the_cosface_backbones(tmp_path, capsys) -> None:
+    from helpers import official_layout, official_schema_config
+
+    images, data = official_layout(tmp_path)
+    cfg = official_schema_config(tmp_path, images, data, tmp_path / "run", "ediffiqaS")
+    raw = yaml.safe_load(open(cfg))
+    raw["base"]["model"] = "ediffiqaS"  # the variant's own init: ./weights/r18.pth
+    open(cfg, "w").write(yaml.safe_dump(raw))
+    code, err = run(train, "train.py", ["-c", cfg], capsys)
+    assert_user_error(code, err, "train.py", r"weights file '.*r18.pth' not found; the recipe starts from insightface's "
+                                             r"CosFace backbones .*; pass its path with base_model.weights")
+
+
+def test_a_backbone_of_another_size_names_the_training_keys(tmp_path, capsys) -> None:
+    from helpers import official_layout, official_schema_config
+    from model.registry import build_backbone
+
+    images, data = official_layout(tmp_path)
+    torch.save(build_backbone("mobilefacenet").state_dict(), str(tmp_path / "mfn.pth"))
+    cfg = official_schema_config(tmp_path, images, data, tmp_path / "run", "ediffiqaS",
+                                 backbone_weights=str(tmp_path / "mfn.pth"))
+    code, err = run(train, "train.py", ["-c", cfg], capsys)
+    assert_user_error(code, err, "train.py", r"it holds a mobilefacenet backbone; set base.model to the model with a "
+                                             r"mobilefacenet backbone, or base.backbone_weights to a checkpoint of its "
+                                             r"iresnet18 backbone")
+    assert "--backbone" not in err

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Callable, List, Optional
 
-from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError
+from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError, one_line
 
 __all__ = ["setup_logging", "run_cli"]
 
@@ -26,10 +26,10 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
     try:
         return main(argv)
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_RUN_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

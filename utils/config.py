@@ -5,28 +5,94 @@ key (``base.device``) and the file, so a typo fails loudly instead of being igno
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
+import reprlib
 import typing
-from typing import Any, ClassVar, Dict, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
 
 import yaml
 
 from utils.errors import ConfigError
 
 __all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check", "check_seed", "check_batch",
-           "check_workers", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS", "LoaderParams"]
+           "check_workers", "key", "short", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS", "LoaderParams"]
 
 T = TypeVar("T")
 
 
+#: Bounds a config file must keep: configs are a few kilobytes, a few levels deep; anything far beyond is a mistake
+#: or an attack (YAML aliases can expand a small file into billions of nodes).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 64
+MAX_CONFIG_NODES = 100_000
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting bound (its composer recurses) and a bound on the size the document has
+    once every alias is expanded, checked before anything is constructed."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise _TooBig(f"it is nested more than {MAX_CONFIG_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise _TooBig(f"its aliases expand to more than {MAX_CONFIG_NODES} values")
+        return self.construct_document(node)
+
+
+def _expanded_size(node: Any, memo: Dict[int, int]) -> int:
+    """Nodes of ``node`` with every alias expanded (aliases share nodes, so each is counted once per use)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_CONFIG_NODES + 1  # a node that contains itself expands without end
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo)
+            if size > MAX_CONFIG_NODES:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, memo) + _expanded_size(v, memo)
+            if size > MAX_CONFIG_NODES:
+                break
+    memo[key] = size
+    return size
+
+
 def load_yaml(path: str) -> Dict[str, Any]:
-    """Read a YAML mapping from ``path``; any problem is a one-line :class:`ConfigError`."""
+    """Read a YAML mapping from ``path``; any problem is a one-line :class:`ConfigError`, and a file beyond the
+    bounds above is refused in well under a second."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file '{path}' not found")
     try:
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file '{path}' is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a few "
+                              "kilobytes of keys")
         with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = yaml.load(handle, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TooBig as exc:
+        raise ConfigError(f"config file '{path}' is refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -39,6 +105,24 @@ def load_yaml(path: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, not a {type(data).__name__}")
     return data
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 4, 4, 2
+
+
+def short(value: Any) -> str:
+    """A short form of a value for messages (never the whole of a huge one)."""
+    return _SHORT.repr(value)
+
+
+#: The dotted prefix of the section being built by :func:`from_dict`, so that range checks name their full key.
+_PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("config_prefix", default="")
+
+
+def key(name: str) -> str:
+    """The full dotted key of field ``name`` of the section being validated (``optimizer.group_2.limit``)."""
+    return _PREFIX.get() + name
 
 
 def _type_name(tp: Any) -> str:
@@ -58,6 +142,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1 and dataclasses.is_dataclass(others[0]):  # a section's own error names the key inside
+            return _coerce(value, others[0], key, source)
         for arg in args:
             if arg is type(None):
                 continue
@@ -65,18 +152,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                 return _coerce(value, arg, key, source)
             except ConfigError:
                 continue
-        raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {short(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: '{key}' must be a mapping of keys, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be a mapping of keys, got {short(value)}")
         return from_dict(tp, value, source=source, prefix=f"{key}.")
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {short(value)}")
         return dict(value)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+            raise ConfigError(f"{source}: '{key}' must be a list, got {short(value)}")
         (item_tp,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if tp is Any:
@@ -96,7 +183,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {short(value)}")
 
 
 def from_dict(cls: Type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
@@ -116,10 +203,13 @@ def from_dict(cls: Type[T], data: Mapping[str, Any], source: str = "config", pre
             known = ", ".join(prefix + name for name in fields)
             raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known keys here: {known})")
         kwargs[key] = _coerce(value, hints[key], prefix + str(key), source)
+    token = _PREFIX.set(prefix)
     try:
         obj = cls(**kwargs)
     except ValueError as exc:  # __post_init__ range checks
         raise ConfigError(f"{source}: {exc}") from None
+    finally:
+        _PREFIX.reset(token)
     return obj
 
 
@@ -139,7 +229,7 @@ def set_by_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
             node[part] = child
         elif not isinstance(child, dict):
             section = ".".join(parts[:depth + 1])
-            raise ConfigError(f"'{section}' must be a mapping of keys, got {child!r}")
+            raise ConfigError(f"'{section}' must be a mapping of keys, got {short(child)}")
         node = child
     node[parts[-1]] = value
 
@@ -169,8 +259,6 @@ class LoaderParams:
     """DataLoader settings under their official key names (``dataloader.params`` of inference,
     ``dataloader.{train,val}.params`` of training); None picks a value for the device."""
 
-    KEY: ClassVar[str] = "dataloader.params"
-
     batch_size: Optional[int] = None
     num_workers: Optional[int] = None
     pin_memory: bool = True
@@ -179,10 +267,10 @@ class LoaderParams:
     persistent_workers: bool = False
 
     def __post_init__(self) -> None:
-        check_batch(self.batch_size, f"{self.KEY}.batch_size")
-        check_workers(self.num_workers, f"{self.KEY}.num_workers")
+        check_batch(self.batch_size, key("batch_size"))
+        check_workers(self.num_workers, key("num_workers"))
         check(self.prefetch_factor is None or 1 <= self.prefetch_factor <= 64,
-              f"'{self.KEY}.prefetch_factor' must be between 1 and 64, got {self.prefetch_factor}")
+              f"'{key('prefetch_factor')}' must be between 1 and 64, got {self.prefetch_factor}")
 
 
 def check(condition: bool, message: str) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
 from utils.runtime import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "finish_distributed", "all_reduce_sum"]
+__all__ = ["DistInfo", "init_distributed", "finish_distributed", "all_reduce_sum", "barrier", "broadcast_from_main"]
 
 
 @dataclass
@@ -40,7 +40,8 @@ def init_distributed(device_spec: str) -> Tuple[DistInfo, torch.device]:
     if use_cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # gloo for CPU tensors (counts, flags) also when the model's tensors go through NCCL.
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     return info, device
 
 
@@ -59,3 +60,22 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every process (no-op for a single process)."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_from_main(values: List[int], info: DistInfo) -> List[int]:
+    """The first process's ``values`` on every process."""
+    if not info.enabled:
+        return list(values)
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.int64)
+    dist.broadcast(tensor, src=0)
+    return [int(v) for v in tensor.tolist()]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "RunError", "EXIT_USER_ERROR", "EXIT_RUN_ERROR",
-           "first_line"]
+           "first_line", "one_line"]
 
 #: Exit code of every script for a user mistake (argparse uses the same).
 EXIT_USER_ERROR = 2
@@ -35,3 +35,11 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when the message is empty), for one-line reports."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters written as escapes (``\\n``), so that a message
+    naming a file whose name holds a newline stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

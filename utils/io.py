@@ -13,7 +13,8 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, Sequence, Tuple
 from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
-           "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "read_scores_csv", "OutputError", "TEXT_ERRORS"]
+           "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "read_scores_csv",
+           "open_regular", "read_json", "OutputError", "TEXT_ERRORS"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -29,6 +30,43 @@ def _file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY, fix: str = "remove it") -> int:
+    """``os.open`` that never follows a symbolic link and admits only a regular file (``O_CREAT`` in ``flags``
+    creates one); for files in an output folder, which a run must not trust.
+
+    Returns:
+        The file descriptor.
+
+    Raises:
+        OutputError: ``path`` is a link, a folder, a FIFO or a device (one line with ``fix``), or cannot be opened.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise OutputError(f"'{path}' is a symbolic link; a run does not follow links in its output folder: "
+                              f"{fix}") from None
+        raise OutputError(f"cannot open '{path}': {exc.strerror or exc}; {fix}") from None
+    import stat
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"'{path}' is not a regular file; {fix}")
+    if getattr(os, "O_NONBLOCK", 0):
+        os.set_blocking(fd, True)
+    return fd
+
+
+def read_json(path: str, fix: str) -> Any:
+    """A JSON file of an output folder (no links followed); a damaged one is one line naming it and ``fix``."""
+    fd = open_regular(path, fix=fix)
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"'{path}' is damaged ({first_line(exc)}); {fix}") from None
 
 
 def check_output_dir(folder: str, key: str) -> None:
@@ -114,10 +152,21 @@ def pickle_writer(obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> Tuple[st
     return "wb", lambda handle: pickle.dump(obj, handle, protocol=protocol)
 
 
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinite floats as None: JSON has no such numbers (``NaN`` tokens are not JSON)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def json_writer(obj: Any) -> Tuple[str, Callable[[IO], None]]:
-    """``(mode, write)`` for :func:`write_together`: ``obj`` as indented JSON."""
+    """``(mode, write)`` for :func:`write_together`: ``obj`` as indented JSON (non-finite numbers as ``null``)."""
     def write(handle: IO) -> None:
-        json.dump(obj, handle, indent=2, sort_keys=False)
+        json.dump(_json_safe(obj), handle, indent=2, sort_keys=False, allow_nan=False)
         handle.write("\n")
 
     return "w", write
@@ -275,23 +324,33 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle '{module}.{name}' (not a type this format uses)")
 
 
-def safe_pickle_load(path: str, allow_torch: bool = False) -> Any:
+def safe_pickle_load(path: str, allow_torch: bool = False, fix: str | None = None) -> Any:
     """Unpickle a data file admitting only the types the official formats use.
+
+    Args:
+        fix: Set for a file of an output folder: links and non-regular files are refused, and every error ends
+            with this advice.
 
     Raises:
         DataError: The file is missing, unreadable, holds other types (which could run code when loaded), or
             claims more memory than there is; always one line.
     """
-    if not os.path.isfile(path):
+    if fix is None and not os.path.isfile(path):
         raise DataError(f"file '{path}' not found")
+    advice = f"; {fix}" if fix else ""
     try:
-        with open(path, "rb") as handle:
+        handle = os.fdopen(open_regular(path, fix=fix), "rb") if fix is not None else open(path, "rb")
+        with handle:
             return _RestrictedUnpickler(handle, allow_torch).load()
+    except UserError:
+        raise
     except pickle.UnpicklingError as exc:
         if str(exc).startswith("refusing"):
-            raise DataError(f"cannot read '{path}': {exc}") from None
-        raise DataError(f"cannot read '{path}' as a pickle file ({first_line(exc)})") from None
+            raise DataError(f"cannot read '{path}': {exc}{advice}") from None
+        raise DataError(f"cannot read '{path}' as a pickle file ({first_line(exc)}){advice}") from None
     except MemoryError:
-        raise DataError(f"cannot read '{path}': it holds an object larger than the memory of this machine") from None
+        raise DataError(f"cannot read '{path}': it holds an object larger than the memory of this machine"
+                        f"{advice}") from None
     except Exception as exc:  # corrupt files raise many types (EOFError, ValueError, RuntimeError from torch, ...)
-        raise DataError(f"cannot read '{path}' as a pickle file ({type(exc).__name__}: {first_line(exc)})") from None
+        raise DataError(f"cannot read '{path}' as a pickle file ({type(exc).__name__}: {first_line(exc)})"
+                        f"{advice}") from None

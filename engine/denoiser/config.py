@@ -4,6 +4,7 @@ arguments) as typed dataclasses, key for key, plus run settings this project add
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -31,7 +32,9 @@ class UnetParams:
     def __post_init__(self) -> None:
         check(self.dim >= 1 and self.dim % self.resnet_block_groups == 0,
                f"'unet_params.dim' must be a positive multiple of resnet_block_groups ({self.resnet_block_groups})")
-        check(len(self.dim_mults) >= 1, "'unet_params.dim_mults' must list at least one multiplier")
+        check(len(self.dim_mults) >= 1 and all(m >= 1 for m in self.dim_mults),
+              f"'unet_params.dim_mults' must list positive multipliers, got {self.dim_mults}")
+        check(self.channels == 3, f"'unet_params.channels' must be 3 (faces are RGB), got {self.channels}")
         for flag in ("self_condition", "learned_variance", "learned_sinusoidal_cond"):
             check(not getattr(self, flag), f"'unet_params.{flag}' is not used by DifFIQA and not supported")
 
@@ -113,8 +116,13 @@ class TrainerParams:
         check_seed(self.seed, "trainer_params.seed")
         check(self.gradient_accumulate_every >= 1, "'trainer_params.gradient_accumulate_every' must be at least 1")
         check(self.train_num_steps >= 1, "'trainer_params.train_num_steps' must be at least 1")
-        check(self.train_lr > 0, "'trainer_params.train_lr' must be positive")
-        check(len(self.adam_betas) == 2, "'trainer_params.adam_betas' must hold two numbers")
+        check(math.isfinite(self.train_lr) and self.train_lr > 0,
+              f"'trainer_params.train_lr' must be a positive number, got {self.train_lr}")
+        check(len(self.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in self.adam_betas),
+              f"'trainer_params.adam_betas' must be two numbers in [0, 1), got {self.adam_betas}")
+        check(self.max_grad_norm is None or (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0),
+              f"'trainer_params.max_grad_norm' must be a positive number or null (no clipping), got "
+              f"{self.max_grad_norm}")
         check(0.0 <= self.ema_decay < 1.0, "'trainer_params.ema_decay' must be in [0, 1)")
         check(self.ema_update_every >= 1, "'trainer_params.ema_update_every' must be at least 1")
         check(self.save_and_sample_every >= 1, "'trainer_params.save_and_sample_every' must be at least 1")

@@ -23,7 +23,7 @@ from model.ema import EMA
 from utils.config import to_dict
 from engine.denoiser.config import DiffusionTrainConfig
 from utils.run_log import WandbSection
-from utils.errors import ConfigError
+from utils.errors import ConfigError, RunError
 from utils.io import atomic_open, check_output_dir
 from utils.runtime import default_workers, rng_state, seed_everything, set_rng_state
 from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
@@ -142,6 +142,13 @@ class DiffusionTrainer:
             with atomic_open(os.path.join(folder, "sample-inputs.png"), "wb") as handle:
                 save_image(torch.cat([lq, hq]).cpu(), handle, nrow=nrow, format="png")
 
+    def _diverged(self, what: str) -> None:
+        """Stop at the first non-finite loss or weight: the checkpoint already written stays as it is."""
+        path = os.path.join(self.cfg.trainer_params.results_folder, CHECKPOINT_NAME)
+        kept = f"'{path}' of an earlier step is kept" if os.path.exists(path) else "no checkpoint was written"
+        raise RunError(f"{what}: training diverged ({kept}); lower trainer_params.train_lr, set "
+                       "trainer_params.max_grad_norm, or turn trainer_params.amp off")
+
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
         from tqdm import tqdm
@@ -184,6 +191,8 @@ class DiffusionTrainer:
                 self.scaler.update()
                 self.opt.zero_grad(set_to_none=True)
                 total = all_reduce_sum(torch.tensor([total], dtype=torch.float64), self.info).item() / self.info.world
+                if not math.isfinite(total):
+                    self._diverged(f"the training loss is {total} at step {self.step + 1}")
                 self.step += 1
                 losses.append(total)
                 self.ema.update()
@@ -196,6 +205,11 @@ class DiffusionTrainer:
                         run_log.flush()
                     run_log.log({"loss": total}, step=self.step)
                     if self.step % tp.save_and_sample_every == 0 or self.step == tp.train_num_steps:
+                        bad = [n for n, p in self.diffusion.state_dict().items()
+                               if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+                        if bad:
+                            self._diverged(f"{len(bad)} tensor(s) of the model are NaN or infinite after step "
+                                           f"{self.step} (first: {bad[0]})")
                         self._sample_grid(folder, math.ceil(self.step / tp.save_and_sample_every))
                         save_checkpoint(os.path.join(folder, CHECKPOINT_NAME), self._checkpoint())
             bar.close()

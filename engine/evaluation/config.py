@@ -1,6 +1,7 @@
 """The evaluation config (``configs/evaluate_config.yaml``)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -47,5 +48,8 @@ class EvaluateConfig:
             raise ValueError(f"'variant' must be 'fixed' (Schlett et al., default) or 'crfiqa', got '{self.variant}'")
         if self.on_missing not in ("fail", "drop"):
             raise ValueError(f"'on_missing' must be 'fail' or 'drop', got '{self.on_missing}'")
+        if self.name in ("", ".", "..") or "/" in self.name or os.sep in self.name or "\0" in self.name:
+            raise ValueError(f"'name' must be a plain file name stem (no folder, not empty), got {self.name!r}; the "
+                             "folder is 'output' (--output)")
         if not self.methods:
             raise ValueError("no quality method given: add 'methods' to the config or --scores LABEL=FILE")

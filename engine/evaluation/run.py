@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -125,9 +126,11 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                             stepwise=cfg.variant == "fixed")
 
     header = list(rows[0])
-    write_together([(os.path.join(cfg.output, f"{cfg.name}.json"), json_writer(rows)),
+    # A value that is undefined (pAUC normalised by an FNMR of 0, say) is null in JSON and empty in the CSV.
+    defined = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+    write_together([(os.path.join(cfg.output, f"{cfg.name}.json"), json_writer(defined)),
                     (os.path.join(cfg.output, f"{cfg.name}.csv"),
-                     csv_writer(header, ([r[h] for h in header] for r in rows)))])
+                     csv_writer(header, (["" if r[h] is None else r[h] for h in header] for r in defined)))])
     limits = [f"pauc@{d:g}" for d in cfg.discard_limits]
     print(f"{'method':<20} {'FR model':<16} {'FNMR@0':>8} " + " ".join(f"{c:>10} {'norm':>6}" for c in limits))
     for r in rows:

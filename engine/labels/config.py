@@ -26,6 +26,8 @@ FR_MODULES = {
     "model.iresnet.iresnet100": "iresnet100",
     "model.mobilenet.MobileFaceNet": "mobilefacenet",
 }
+#: More repeats than this would hold ``2 x repeats`` noisy copies of each image in memory for no gain (official 10).
+MAX_REPEATS = 1000
 #: With ``inference.fr_config`` null: the official FR model and where this project looks for its weights.
 DEFAULT_FR = ("iresnet100", "./weights/cosface_r100.pth")
 
@@ -46,7 +48,8 @@ class InferenceSection:
 
     def __post_init__(self) -> None:
         check(self.used_timesteps >= 1, "'inference.used_timesteps' must be at least 1")
-        check(self.repeats >= 1, "'inference.repeats' must be at least 1")
+        check(1 <= self.repeats <= MAX_REPEATS, f"'inference.repeats' must be between 1 and {MAX_REPEATS} (official: "
+              f"10), got {self.repeats}")
         check_batch(self.batch_size, "inference.batch_size")
 
 

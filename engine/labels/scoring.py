@@ -1,5 +1,5 @@
-"""DifFIQA quality labels: the official formula, its official computation, a faster equivalent, and a resumable,
-distributable folder driver.
+"""DifFIQA quality labels: the official formula, its official computation and a faster equivalent (the folder run is
+:mod:`engine.labels.run`).
 
 For an image ``x`` and its horizontal flip ``x'``, with ``e = FR(x)``, ``R`` repeats of ``x_t = q_sample(x, t)`` and
 ``x_hat = reconstruct(x_t, t)``:
@@ -10,28 +10,21 @@ For an image ``x`` and its horizontal flip ``x'``, with ``e = FR(x)``, ``R`` rep
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
-import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Set
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from model.diffusion import GaussianDiffusion, noised_steps
-from engine.parts import part_path, read_parts, split_for_rank
-from utils.io import TEXT_ERRORS
 
-__all__ = ["diffiqa_quality", "score_batch_official", "score_batch_fast", "image_seed", "ScoreRun", "score_folder",
-           "RNG_GLOB"]
+__all__ = ["diffiqa_quality", "score_batch_official", "score_batch_fast", "image_seed"]
 
 _logger = logging.getLogger(__name__)
 
 FR = Callable[[torch.Tensor], torch.Tensor]
-RNG_GLOB = "quality-scores.part*.rng.pt"
 
 
 # ------------------------------------------------------------------------------------------------- the formula
@@ -163,115 +156,3 @@ def score_batch_fast(x: torch.Tensor, diffusion: GaussianDiffusion, fr: FR, seed
     e_noisy = emb[:, :d].reshape(2, b, repeats, d)
     e_recon = emb[:, d:].reshape(2, b, repeats, d)
     return diffiqa_quality(clean[:b], clean[b:], e_noisy[0], e_recon[0], e_noisy[1], e_recon[1])
-
-
-# ------------------------------------------------------------------------------------------------- folder driver
-@dataclass
-class ScoreRun:
-    """What :func:`score_folder` needs besides the models."""
-
-    root: str
-    out_dir: str
-    t: int = 5
-    repeats: int = 10
-    seed: int = 0
-    official: bool = False
-    batch_size: int = 64            # UNet inputs per call; images per batch = batch_size // (2 * repeats)
-    flush_every: int = 64           # images between flushes of the part file
-    limit: Optional[int] = None     # stop after this many new images (resume later)
-    workers: int = 1
-    verbose: bool = True
-    precision: str = "fp32"          # fp32, tf32 (CUDA), bf16, fp16 (CUDA): see engine.scoring.scorer.precision_context
-    rank: int = 0
-    world: int = 1
-
-
-def score_folder(run: ScoreRun, rel_paths: Sequence[str], diffusion: GaussianDiffusion, fr: FR,
-                 device: torch.device, done: Optional[Set[str]] = None) -> Dict[str, int]:
-    """Score this rank's share of ``rel_paths`` not scored yet, appending ``(path, quality, error)`` rows to
-    ``quality-scores.part<rank>of<world>.csv`` every ``flush_every`` images (fsync'ed: a killed run loses at most the
-    images since the last flush).
-
-    Args:
-        done: Paths already scored or skipped (default: read from the part files now).
-
-    Returns:
-        Counts: ``done`` (before this run), ``scored``, ``skipped`` by this rank, and ``todo`` left for it.
-    """
-    from tqdm import tqdm
-
-    from engine.scoring.scorer import iterate_folder
-    from utils.runtime import precision_context
-
-    if done is None:
-        done_scores, done_skipped = read_parts(run.out_dir)
-        done = set(done_scores) | set(done_skipped)
-    todo = [p for p in rel_paths if p not in done]
-    mine = split_for_rank(todo, run.rank, run.world)
-    if run.limit is not None:
-        mine = mine[:run.limit]
-    part = part_path(run.out_dir, run.rank, run.world)
-    rng_file = os.path.join(run.out_dir, f"quality-scores.part{run.rank}of{run.world}.rng.pt")
-    if run.official:
-        if os.path.isfile(rng_file) and done:
-            saved = torch.load(rng_file, map_location="cpu", weights_only=True)
-            torch.set_rng_state(saved["cpu"])
-            if "cuda" in saved and device.type == "cuda":
-                torch.cuda.set_rng_state(saved["cuda"], device)
-        else:
-            torch.manual_seed(run.seed + run.rank)
-    per_batch = max(1, run.batch_size // (2 * run.repeats))
-    chunk = [max(1, run.batch_size)]
-    counts = {"done": len(done), "scored": 0, "skipped": 0, "todo": len(mine)}
-    if not mine:
-        return counts
-    handle = open(part, "a", encoding="utf-8", errors=TEXT_ERRORS, newline="")
-    writer = csv.writer(handle)
-    since_flush = 0
-    bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=not run.verbose,
-               desc=f"DifFIQA{' (official)' if run.official else ''}")
-    start = time.perf_counter()
-
-    def flush() -> None:
-        handle.flush()
-        os.fsync(handle.fileno())
-        if run.official:
-            state = {"cpu": torch.get_rng_state()}
-            if device.type == "cuda":
-                state["cuda"] = torch.cuda.get_rng_state(device)
-            from utils.io import atomic_open
-
-            with atomic_open(rng_file, "wb") as out:
-                torch.save(state, out)
-
-    try:
-        for indices, x, bad in iterate_folder(run.root, mine, device, per_batch, run.workers,
-                                              channels_last=False):
-            for index, error in bad:
-                writer.writerow([mine[index], "", error])
-                counts["skipped"] += 1
-            if len(indices):
-                with precision_context(device, run.precision):
-                    if run.official:
-                        q = score_batch_official(x, diffusion, fr, run.t, run.repeats)
-                    else:
-                        seeds = [image_seed(run.seed, mine[i]) for i in indices.tolist()]
-                        q = score_batch_fast(x, diffusion, fr, seeds, run.t, run.repeats, chunk)
-                for i, value in zip(indices.tolist(), q.float().cpu().tolist()):
-                    writer.writerow([mine[i], repr(float(value)), ""])
-                counts["scored"] += len(indices)
-            n = len(indices) + len(bad)
-            since_flush += n
-            bar.update(n)
-            if since_flush >= run.flush_every:
-                flush()
-                since_flush = 0
-        flush()
-    finally:
-        bar.close()
-        handle.close()
-    seconds = time.perf_counter() - start
-    _logger.info("rank %d: scored %d image(s) in %.1f s (%.3f images/s)", run.rank, counts["scored"], seconds,
-                 counts["scored"] / seconds if seconds > 0 else float("nan"))
-    counts["todo"] = 0
-    return counts

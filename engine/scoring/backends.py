@@ -117,7 +117,14 @@ class OnnxModel:
             except ImportError:
                 raise ConfigError("the opencv backend needs OpenCV: pip install opencv-python-headless") from None
             cv2.setNumThreads(cpu_count())
-            self.net = cv2.dnn.readNetFromONNX(path)
+            # OpenCV warns on stderr that its new ONNX parser falls back to the old one for these models, whatever
+            # the log level of the script; the model loads, so only errors are shown.
+            level = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            try:
+                self.net = cv2.dnn.readNetFromONNX(path)
+            finally:
+                cv2.utils.logging.setLogLevel(level)
 
     def _run(self, x: np.ndarray) -> List[np.ndarray]:
         if self.backend == "onnxruntime":

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Dict, Optional, Tuple
 
-from utils.errors import DataError
+from utils.errors import DataError, RunError
 
 __all__ = ["extract_embeddings"]
 
@@ -23,7 +23,8 @@ def extract_embeddings(images: str, backbone: str, weights: str, output: str, de
     from dataset.formats import write_embeddings
     from dataset.image_folder import find_images
     from model.registry import build_backbone, load_backbone
-    from engine.scoring.scorer import default_batch_size, map_folder
+    from dataset.folder_batches import map_folder
+    from engine.scoring.scorer import default_batch_size
     from utils.io import check_output_dir
     from utils.runtime import default_workers, resolve_device
 
@@ -38,6 +39,10 @@ def extract_embeddings(images: str, backbone: str, weights: str, output: str, de
             feat = net(x)
             if flip:
                 feat = (feat + net(torch.flip(x, dims=[3]))) / 2
+        bad = int((~torch.isfinite(feat).all(dim=1)).sum())
+        if bad:
+            raise RunError(f"{bad} of the {len(feat)} embeddings of a batch are NaN or infinite: the backbone "
+                           f"'{weights}' overflows (random or damaged weights?); nothing was written")
         return (feat,)
 
     _logger.info("embedding %d images in '%s' with %s on %s", len(rel_paths), images, backbone, target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from dataset.formats import SCORES_CSV, SCORES_PICKLE
 from engine.scoring.config import InferenceConfig
@@ -16,10 +16,11 @@ __all__ = ["score"]
 _logger = logging.getLogger(__name__)
 
 
-def score(cfg: InferenceConfig) -> Dict[str, int]:
+def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
     """Score ``cfg.dataset.loc`` (faces, or photos with ``cfg.align``) and write the outputs as one set.
 
-    Faces are scored resumably and, under ``torchrun``, in shares: see :func:`_score_faces`.
+    Faces are scored resumably and, under ``torchrun``, in shares: see :func:`_score_faces`. ``fresh`` discards the
+    unfinished scores of an earlier run in the output folder first.
 
     Returns:
         Counts: ``scored`` and ``skipped`` (and ``no_face`` for photos; ``left`` after a ``base.limit`` stop).
@@ -47,7 +48,7 @@ def score(cfg: InferenceConfig) -> Dict[str, int]:
                      scorer.precision, scorer.backend)
         if cfg.align:
             return _score_photos(cfg, rel_paths, scorer)
-        return _score_faces(cfg, rel_paths, scorer, info)
+        return _score_faces(cfg, rel_paths, scorer, info, fresh)
     finally:
         finish_distributed(info)
 
@@ -63,98 +64,52 @@ def _weights_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info) -> Dict[str, int]:
-    """Score this process's share of the images not scored yet, appending ``path,quality,error`` rows to its part
-    file (fsync'ed every ``base.flush_every`` images, at batch ends); then the first process merges every part and
-    writes ``quality-scores.pkl`` / ``.csv`` once, when no image is left.
+def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh: bool) -> Dict[str, int]:
+    """Score the folder resumably and, under ``torchrun``, in shares (see :mod:`engine.resumable`): a rerun into the
+    same folder continues where a kill (or ``base.limit``) stopped, byte for byte, and refuses other settings."""
+    import torch
 
-    A rerun into the same folder continues where a kill (or ``base.limit``) stopped and refuses other settings.
-    Flushes fall on batch boundaries, so a resumed run forms the same batches as an uninterrupted one.
-    """
-    import csv
-
-    from engine.parts import check_settings, part_path, read_parts, read_scores, remove_parts, split_batches_for_rank
+    from dataset.folder_batches import cuda_jpeg_decoder, iterate_folder
+    from engine.resumable import BatchResult, FolderJob, run_folder
     from engine.scoring.scorer import default_batch_size
-    from utils.io import TEXT_ERRORS
 
-    out, root, params = cfg.base.save_path, cfg.dataset.loc, cfg.dataloader.params
+    params = cfg.dataloader.params
     decode = None
     if cfg.gpu_decode:
-        from engine.scoring.scorer import cuda_jpeg_decoder
-
         if scorer.device.type != "cuda" or scorer.backend != "torch":
             raise ConfigError("'gpu_decode' (--gpu-decode) needs a CUDA device and the torch backend")
         decode = cuda_jpeg_decoder(scorer.device)
-    settings = {"model": cfg.model, "weights_sha256": _weights_digest(cfg.weights_path), "precision": scorer.precision,
-                "backend": scorer.backend, "fold_bn": cfg.fold_bn}
-    previous: Dict[str, float] = {}
-    if check_settings(out, settings, "quality scores", "base.save_path (--output)", info.main):
-        previous = read_scores(out, root)
-    done_scores, done_skipped = read_parts(out)
-    done = set(previous) | set(done_scores) | set(done_skipped)
-    if info.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()  # every process has read the part files before any appends to them
     batch = params.batch_size or default_batch_size(scorer.device)
-    mine = split_batches_for_rank([p for p in rel_paths if p not in done], info.rank, info.world, batch)
-    if cfg.base.limit is not None:
-        # In whole batches, so that the next run's batches are those of an uninterrupted run (a batch's shape can
-        # change the last bits of its scores).
-        mine = mine[:max(batch, cfg.base.limit - cfg.base.limit % batch)]
-    counts = {"scored": 0, "skipped": 0}
-    if done and info.main:
-        _logger.info("%d image(s) already scored in '%s': only the others are scored", len(done), out)
-    with open(part_path(out, info.rank, info.world), "a", encoding="utf-8", errors=TEXT_ERRORS,
-              newline="") as handle:
-        writer = csv.writer(handle)
-        pending = [0]
+    settings = {"model": cfg.model, "weights_sha256": _weights_digest(cfg.weights_path), "precision": scorer.precision,
+                "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
+                # the thread count changes the last bits of CPU results
+                "threads": torch.get_num_threads() if scorer.device.type == "cpu" else None}
+    job = FolderJob(root=cfg.dataset.loc, rel_paths=rel_paths, out=cfg.base.save_path, batch_size=batch,
+                    settings=settings, what="quality scores", out_key="base.save_path (--output)", keys="joined",
+                    limit=cfg.base.limit, flush_every=cfg.base.flush_every, fresh=fresh,
+                    verbose=cfg.base.verbose)
+    workers = params.num_workers if params.num_workers is not None else scorer.default_workers()
 
-        def on_batch(paths: List[str], outputs: List, skipped: List) -> None:
-            for path, quality in zip(paths, outputs[0].tolist() if outputs else []):
-                writer.writerow([path, repr(float(quality)), ""])
-            for path, reason in skipped:
-                writer.writerow([path, "", reason])
-            counts["scored"] += len(paths)
-            counts["skipped"] += len(skipped)
-            pending[0] += len(paths) + len(skipped)
-            if pending[0] >= cfg.base.flush_every:
-                handle.flush()
-                os.fsync(handle.fileno())
-                pending[0] = 0
+    def score_batches(paths: List[str], batch_size: int):
+        for indices, x, bad in iterate_folder(cfg.dataset.loc, paths, scorer.device, batch_size, workers,
+                                              pin_memory=params.pin_memory, prefetch_factor=params.prefetch_factor,
+                                              persistent_workers=params.persistent_workers,
+                                              channels_last=scorer.channels_last, decode_jpegs=decode):
+            for index, reason in bad:
+                _logger.warning("skipped '%s': %s", os.path.join(cfg.dataset.loc, paths[index]), reason)
+            values = scorer(x).tolist() if len(indices) else []
+            yield BatchResult([paths[i] for i in indices.tolist()], values, [(paths[i], r) for i, r in bad])
 
-        seconds, newly_skipped = 0.0, []
-        if mine:
-            result = scorer.score_folder(root, mine, batch_size=batch, decode_jpegs=decode,
-                                         workers=params.num_workers, verbose=cfg.base.verbose and info.main,
-                                         pin_memory=params.pin_memory, prefetch_factor=params.prefetch_factor,
-                                         persistent_workers=params.persistent_workers, on_batch=on_batch)
-            seconds, newly_skipped = result.seconds, [p for p, _ in result.skipped]
-        handle.flush()
-        os.fsync(handle.fileno())
-    if info.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()  # every part is complete before the first process merges them
-    if not info.main:
-        return counts
-    scores, skipped = read_parts(out)
-    scores = {**previous, **scores}
-    left = [p for p in rel_paths if p not in scores and p not in skipped]
-    if left:
-        print(f"stopped with {len(left)} image(s) left (base.limit); run the same command to continue",
-              file=sys.stderr)
-        return {**counts, "left": len(left)}
-    kept = [p for p in rel_paths if p in scores]
-    if not kept:
-        first = next(iter(skipped.items()))
-        raise DataError(f"none of the {len(rel_paths)} images in '{root}' could be read (first: {first[0]}: "
-                        f"{first[1]})")
-    _write_scores(cfg, kept, [scores[p] for p in kept])
-    remove_parts(out)
-    _summary(cfg, counts["scored"], newly_skipped, seconds,
-             extra=f" in this run ({len(kept)} scored in all)" if len(kept) != counts["scored"] else "")
-    return counts
+    summary = run_folder(job, score_batches, info)
+    if info.main:
+        if summary.complete:
+            extra = f" in this run ({summary.total} scored in all)" if summary.total != summary.scored else ""
+            _summary(cfg, summary.scored, summary.skipped_names, summary.seconds, extra=extra,
+                     skipped_now=summary.skipped)
+        else:
+            print(f"stopped with {summary.left} image(s) left (base.limit); run the same command to continue",
+                  file=sys.stderr)
+    return {"scored": summary.scored, "skipped": summary.skipped, **({"left": summary.left} if summary.left else {})}
 
 
 def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float], extra: Sequence = ()) -> None:
@@ -162,6 +117,7 @@ def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float
     error (nothing is replaced)."""
     import math
 
+    from engine.resumable import format_score
     from utils.io import csv_writer, pickle_writer, write_together
 
     bad = [p for p, q in zip(rel_paths, scores) if not math.isfinite(q)]
@@ -172,13 +128,15 @@ def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float
     table: Dict[str, float] = {os.path.join(cfg.dataset.loc, p): q for p, q in zip(rel_paths, scores)}
     write_together([(os.path.join(cfg.base.save_path, SCORES_PICKLE), pickle_writer(table)),
                     (os.path.join(cfg.base.save_path, SCORES_CSV),
-                     csv_writer(("path", "quality"), ((k, repr(v)) for k, v in table.items()))), *extra])
+                     csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items()))), *extra])
 
 
-def _summary(cfg: InferenceConfig, scored: int, skipped: List[str], seconds: float, extra: str = "") -> None:
+def _summary(cfg: InferenceConfig, scored: int, skipped: List[str], seconds: float, extra: str = "",
+             skipped_now: Optional[int] = None) -> None:
     rate = scored / seconds if seconds > 0 else float("nan")
-    print(f"scored {scored}, skipped {len(skipped)}{extra}, {seconds:.1f} s, {rate:.1f} images/s; wrote "
-          f"{os.path.join(cfg.base.save_path, SCORES_PICKLE)} and {SCORES_CSV}", file=sys.stderr)
+    print(f"scored {scored}, skipped {len(skipped) if skipped_now is None else skipped_now}{extra}, {seconds:.1f} s, "
+          f"{rate:.1f} images/s; wrote {os.path.join(cfg.base.save_path, SCORES_PICKLE)} and {SCORES_CSV}",
+          file=sys.stderr)
     if skipped:
         print(f"skipped (unreadable): {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
 
@@ -189,6 +147,7 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> Dict[st
 
     from tqdm import tqdm
 
+    from engine.resumable import format_score
     from engine.scoring.photos import FaceDetector, annotate, load_photo
     from utils.io import atomic_open, csv_writer
 
@@ -214,7 +173,7 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> Dict[st
             face.quality = quality
             rows.append([os.path.join(cfg.dataset.loc, rel), face.face, *[round(v, 2) for v in face.box],
                          *[round(float(v), 2) for v in face.landmarks.reshape(-1)], round(face.probability, 5),
-                         repr(quality)])
+                         format_score(quality)])
         best[rel] = faces[0].quality
         stem = os.path.splitext(rel)[0]
         if cfg.save_crops:

@@ -9,12 +9,13 @@ import anything else.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, Dict, Optional
 
 from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES
-from utils.config import LoaderParams, check, check_seed, from_dict, load_yaml
+from utils.config import LoaderParams, check, check_seed, from_dict, key, load_yaml
 from utils.errors import ConfigError
 from utils.run_log import WandbSection
 
@@ -88,8 +89,6 @@ class TrainDataset:
 class TrainLoaderParams(LoaderParams):
     """``dataloader.{train,val}.params``: DataLoader settings; None picks a value for the device."""
 
-    KEY: ClassVar[str] = "dataloader.{train,val}.params"
-
     batch_size: int = 128
     shuffle: bool = True
 
@@ -117,10 +116,10 @@ class OptimizerGroup:
 
     def __post_init__(self) -> None:
         check(self.params in ("mlp", "base_model", "linear", "base"),
-               f"optimizer group 'params' must be 'mlp' or 'base_model' ('linear' or 'base' for DifFIQA(R)), "
-               f"got '{self.params}'")
-        check(self.lr > 0, f"optimizer group 'lr' must be positive, got {self.lr}")
-        check(self.limit is None or self.limit >= 1, f"optimizer group 'limit' must be at least 1, got {self.limit}")
+              f"'{key('params')}' must be 'mlp' or 'base_model' ('linear' or 'base' for DifFIQA(R)), "
+              f"got '{self.params}'")
+        check(math.isfinite(self.lr) and self.lr > 0, f"'{key('lr')}' must be a positive number, got {self.lr}")
+        check(self.limit is None or self.limit >= 1, f"'{key('limit')}' must be at least 1, got {self.limit}")
 
 
 @dataclass
@@ -135,10 +134,10 @@ class OptimizerSection:
 
     def __post_init__(self) -> None:
         check(self.module in OPTIMIZERS, f"'optimizer.module' is '{self.module}'; allowed: {', '.join(OPTIMIZERS)}")
-        for key, value in self.params.items():
-            check(key in ("weight_decay", "betas", "eps", "momentum", "nesterov", "amsgrad"),
-                   f"'optimizer.params.{key}' is not an optimizer setting this project passes on")
-            check(isinstance(value, (int, float, bool, list)), f"'optimizer.params.{key}' must be a number")
+        for name, value in self.params.items():
+            check(name in ("weight_decay", "betas", "eps", "momentum", "nesterov", "amsgrad"),
+                  f"'optimizer.params.{name}' is not an optimizer setting this project passes on")
+            check(isinstance(value, (int, float, bool, list)), f"'optimizer.params.{name}' must be a number")
         betas = self.params.get("betas")
         check(betas is None or (isinstance(betas, list) and len(betas) == 2
                                 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)),
@@ -328,7 +327,7 @@ class BackboneSection:
         normalised = {k: {"module": v.get("module"), **({"params": v["params"]} if v.get("params") else {})}
                       if isinstance(v, dict) else v for k, v in self.transformations.items()}
         check(normalised == OFFICIAL_TRANSFORMS,
-               "'base_model.transformations' must be the official preprocessing (Resize [112, 112], ToTensor, "
+              f"'{key('transformations')}' must be the official preprocessing (Resize [112, 112], ToTensor, "
                "Normalize mean/std 0.5), the one the models are trained and scored with")
 
 

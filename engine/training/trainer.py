@@ -212,7 +212,9 @@ class Trainer:
         if self.spec.backbone_weights:
             backbone = VARIANTS[self.spec.name].backbone
             load_backbone(backbone, self.spec.backbone_weights, into=model.backbone,
-                          key=f"base_model.weights in '{self.spec.source}' or base.backbone_weights")
+                          key=f"base_model.weights in '{self.spec.source}' or base.backbone_weights",
+                          fix="set base.model to the model with a {held} backbone, or base.backbone_weights to a "
+                          f"checkpoint of its {backbone} backbone")
             _logger.info("backbone %s initialised from %s", backbone, self.spec.backbone_weights)
         if self.official and self.amp_dtype is not None and hasattr(model.backbone, "trunk_autocast"):
             model.backbone.trunk_autocast = False  # the official iResNet runs its trunk in fp32 under AMP

@@ -1,0 +1,494 @@
+"""One resumable, shardable driver that scores a folder into ``quality-scores.pkl`` and ``quality-scores.csv``
+(``inference.py`` and ``diffiqa_score.py``; each passes only its batch function and its settings).
+
+A run takes the output folder's lock, checks the settings recorded there, and appends each batch's rows to its part
+file as one checksummed block. A rerun keeps only whole blocks (a kill, a full disk or a cut row drops at most the
+batch being written) and scores the rest in the batches of an uninterrupted run, so its files are byte for byte
+those of a run that was never stopped. Under ``torchrun`` each process takes every world-th batch; the first process
+merges the parts and writes the output set once no image is left.
+
+Files in the output folder (none is ever followed if it is a link):
+
+- ``quality-scores.settings.json``: what the scores depend on; a run with other settings is refused.
+- ``quality-scores.lock``: held while a run writes.
+- ``quality-scores.part<r>of<w>.csv``: a header line, then blocks ``#B <bytes> <crc32>`` of rows
+  ``path,quality,error``.
+- ``quality-scores.part<r>of<w>.state.pt``: a workflow's state at the last flush and the part length it belongs
+  to (official DifFIQA: the RNG), so that a resumed run continues its draws.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from dataset.formats import SCORES_CSV, SCORES_PICKLE
+from utils.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main
+from utils.errors import ConfigError, DataError, RunError, UserError
+from utils.io import (TEXT_ERRORS, OutputError, atomic_open, csv_writer, open_regular, pickle_writer, read_json,
+                      safe_pickle_load, torch_load, write_json, write_together)
+from utils.lock import FolderLock
+
+__all__ = ["SETTINGS_FILE", "LOCK_FILE", "BatchResult", "RunState", "FolderJob", "FolderSummary", "run_folder",
+           "split_batches_for_rank", "part_path", "read_parts", "format_score"]
+
+_logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "quality-scores.settings.json"
+LOCK_FILE = "quality-scores.lock"
+_PART = re.compile(r"^quality-scores\.part(\d+)of(\d+)\.csv$")
+_STATE_SUFFIX = ".state.pt"
+_HEADER = b"#ediffiqa-scores-part 1 listing="
+_BLOCK = re.compile(rb"#B (\d{1,12}) ([0-9a-f]{8})\n")
+
+
+def format_score(value: float) -> str:
+    """The one text form of a score in CSV files: the shortest that reads back to the same float."""
+    return repr(float(value))
+
+
+class BatchResult(NamedTuple):
+    """What a batch function yields for one batch: the scored paths with their values, and the unreadable paths
+    with their reasons; together they are exactly the batch's paths."""
+
+    paths: List[str]
+    values: Sequence[float]
+    skipped: List[Tuple[str, str]]
+
+
+#: ``(this process's paths, in whole batches; images per batch) -> one BatchResult per batch, in order``.
+ScoreBatches = Callable[[List[str], int], Iterator[BatchResult]]
+
+
+@dataclass
+class RunState:
+    """State a resumed run must restore exactly (official DifFIQA's global RNG): ``save()`` is written at every
+    flush with the part length it belongs to; ``load(state)`` is called before scoring (``None`` on a fresh start)."""
+
+    save: Callable[[], Dict[str, Any]]
+    load: Callable[[Optional[Dict[str, Any]]], None]
+
+
+@dataclass
+class FolderJob:
+    """What :func:`run_folder` needs besides the batch function.
+
+    Attributes:
+        root: The images folder as given (pickle keys are joined to it unless ``keys`` is ``relative``).
+        rel_paths: Every image below ``root``, in scoring order.
+        out: The output folder.
+        batch_size: Images per batch.
+        settings: What the scores depend on besides the folder, the batch size and the keys (JSON values).
+        what: What the scores are, for messages (``DifFIQA scores``).
+        out_key: The config key and flag naming ``out``, for messages.
+        keys: ``relative`` (keys are the relative paths) or ``joined`` (joined to ``root`` as given).
+        limit: Score at most this many new images (in whole batches), then stop.
+        flush_every: Images between ``fsync`` calls (and state saves) of the part file.
+        fresh: Discard the part files and settings of an earlier run first.
+        verbose: Show a progress bar.
+        state: See :class:`RunState`.
+        extra_outputs: ``(table, skipped, summary) -> [(path, writer), ...]`` written in the same set as the
+            scores.
+    """
+
+    root: str
+    rel_paths: List[str]
+    out: str
+    batch_size: int
+    settings: Dict[str, Any]
+    what: str = "quality scores"
+    out_key: str = "--output"
+    keys: str = "joined"
+    limit: Optional[int] = None
+    flush_every: int = 1024
+    fresh: bool = False
+    verbose: bool = True
+    state: Optional[RunState] = None
+    extra_outputs: Optional[Callable[[Dict[str, float], Dict[str, str], "FolderSummary"],
+                                     List[Tuple[str, Any]]]] = None
+
+
+@dataclass
+class FolderSummary:
+    """What a run did. ``scored``/``skipped``/``seconds`` count this run over every process; ``total`` the scores
+    in the written set; ``left`` the images a ``limit`` left for the next run."""
+
+    complete: bool = False
+    scored: int = 0
+    skipped: int = 0
+    total: int = 0
+    left: int = 0
+    seconds: float = 0.0
+    skipped_names: List[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------- files
+def part_path(folder: str, rank: int, world: int) -> str:
+    """The part file of process ``rank`` of ``world``."""
+    return os.path.join(folder, f"quality-scores.part{rank}of{world}.csv")
+
+
+def _part_files(folder: str) -> List[str]:
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if _PART.match(name))
+
+
+def _listing_digest(rel_paths: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for path in rel_paths:
+        digest.update(path.encode("utf-8", TEXT_ERRORS) + b"\0")
+    return digest.hexdigest()
+
+
+def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], int, int]:
+    """``(listing digest or None, rows of the whole blocks, length of the valid prefix, bytes dropped)``.
+
+    Raises:
+        ValueError: The data is not a part file (neither a whole header nor the beginning of one).
+    """
+    end = data.find(b"\n", 0, len(_HEADER) + 66)
+    if end < 0:
+        if not (_HEADER.startswith(data[:len(_HEADER)]) and len(data) <= len(_HEADER) + 65):
+            raise ValueError("no part-file header")
+        return None, [], 0, len(data)  # a header cut by a kill
+    header = data[:end]
+    if not header.startswith(_HEADER) or not re.fullmatch(rb"[0-9a-f]{64}", header[len(_HEADER):]):
+        raise ValueError("no part-file header")
+    rows: List[List[str]] = []
+    pos = end + 1
+    while pos < len(data):
+        match = _BLOCK.match(data, pos)
+        if match is None:
+            break
+        size, crc = int(match.group(1)), int(match.group(2), 16)
+        payload = data[match.end():match.end() + size]
+        if len(payload) != size or zlib.crc32(payload) != crc:
+            break
+        rows.extend(csv.reader(io.StringIO(payload.decode("utf-8", TEXT_ERRORS), newline="")))
+        pos = match.end() + size
+    return header[len(_HEADER):], rows, pos, len(data) - pos
+
+
+def _read_part(path: str, fix: str) -> Tuple[Optional[bytes], List[List[str]], int, int]:
+    fd = open_regular(path, fix=fix)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read()
+    try:
+        return _parse_part(data)
+    except ValueError:
+        raise DataError(f"'{path}' is not a part file of this project (damaged or foreign); {fix}") from None
+
+
+def read_parts(folder: str, fix: str = "remove it") -> Tuple[Dict[str, float], Dict[str, str]]:
+    """Scores and skip reasons in the whole blocks of every part file in ``folder``."""
+    scores: Dict[str, float] = {}
+    skipped: Dict[str, str] = {}
+    for part in _part_files(folder):
+        _, rows, _, _ = _read_part(part, fix)
+        for row in rows:
+            path, quality, error = row
+            if error:
+                skipped[path] = error
+            else:
+                scores[path] = float(quality)
+    return scores, skipped
+
+
+def _stale_temporaries(folder: str) -> List[str]:
+    return glob.glob(os.path.join(glob.escape(folder), ".quality-scores.*.tmp"))
+
+
+def _remove(paths: Sequence[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise OutputError(f"'{path}' is a folder where this project keeps a file; remove it") from None
+
+
+def split_batches_for_rank(paths: Sequence[str], rank: int, world: int, batch: int) -> List[str]:
+    """Every ``world``-th block of ``batch`` consecutive paths from block ``rank``: each process then forms exactly
+    the batches a single process would (a batch's shape can change the last bits of its results)."""
+    return [p for start in range(rank * batch, len(paths), world * batch) for p in paths[start:start + batch]]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ------------------------------------------------------------------------------------------------- the run
+class _Run:
+    """One process's run of a :class:`FolderJob`."""
+
+    def __init__(self, job: FolderJob, info: DistInfo) -> None:
+        self.job = job
+        self.info = info
+        self.fix = f"add --fresh to discard this folder's unfinished scores, or use another {job.out_key}"
+        self.listing = _listing_digest(job.rel_paths).encode("ascii")
+        self.settings = {"images": os.path.realpath(job.root), "keys": job.keys if job.keys == "relative" else
+                         f"joined to '{job.root}'", "batch_size": job.batch_size, **job.settings}
+
+    # --------------------------------------------------------------------------------------------- first process
+    def prepare(self) -> int:
+        """Run by the first process, holding the lock: clean up, check the settings and the parts, cut the parts
+        to their whole blocks. Returns 1 when the finished scores of an earlier run in the folder count."""
+        job, out = self.job, self.job.out
+        _remove(_stale_temporaries(out))
+        parts = _part_files(out)
+        states = [p + _STATE_SUFFIX for p in parts if os.path.lexists(p + _STATE_SUFFIX)]
+        settings_path = os.path.join(out, SETTINGS_FILE)
+        if job.fresh:
+            _remove(parts + states + [settings_path])
+            parts = []
+        matched = False
+        if os.path.lexists(settings_path):
+            old = read_json(settings_path, self.fix)
+            if not isinstance(old, dict):
+                raise DataError(f"'{settings_path}' is damaged (it holds a {type(old).__name__}, not the settings); "
+                                f"{self.fix}")
+            changed = [k for k in self.settings if old.get(k) != self.settings[k]]
+            changed += [k for k in old if k not in self.settings]
+            if changed:
+                shown = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(self.settings.get(k))}" for k in changed[:3])
+                raise ConfigError(f"'{out}' holds {job.what} made with other settings ({shown}); use another "
+                                  f"{job.out_key}, or add --fresh to discard its unfinished scores (finished ones are "
+                                  "replaced when the new run completes)")
+            matched = True
+        elif parts:
+            raise DataError(f"'{out}' holds part files ({os.path.basename(parts[0])}) but no {SETTINGS_FILE}, so "
+                            f"their settings are unknown; {self.fix}")
+        else:
+            write_json(settings_path, self.settings)
+        previous = os.path.join(out, SCORES_PICKLE)
+        use_previous = matched and os.path.lexists(previous)
+        if use_previous:
+            self._previous_scores()  # checked now, before any process relies on it
+        for part in parts:
+            self._cut(part)
+        return int(use_previous)
+
+    def _cut(self, part: str) -> None:
+        listing, _, valid, dropped = _read_part(part, self.fix)
+        if listing is not None and listing != self.listing:
+            raise ConfigError(f"the images in '{self.job.root}' changed since the unfinished run in "
+                              f"'{self.job.out}' ({os.path.basename(part)}), so its batches would differ; restore "
+                              f"the folder, or {self.fix}")
+        if self.job.state is not None:
+            state_path = part + _STATE_SUFFIX
+            offset = self._read_state(state_path)["offset"] if os.path.lexists(state_path) else 0
+            if offset > valid:
+                raise DataError(f"'{state_path}' belongs to a longer '{os.path.basename(part)}' than there is; "
+                                f"{self.fix}")
+            dropped += valid - offset
+            valid = offset
+        if dropped:
+            _logger.warning("'%s': dropped %d bytes after the last whole batch (a run stopped while writing): "
+                            "those images are scored again", part, dropped)
+            fd = open_regular(part, os.O_WRONLY, fix=self.fix)
+            try:
+                os.ftruncate(fd, valid)
+            finally:
+                os.close(fd)
+
+    def _read_state(self, path: str) -> Dict[str, Any]:
+        fd = open_regular(path, fix=self.fix)
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                state = torch_load(handle)
+        except Exception:  # noqa: BLE001 - torch raises many types for damaged files
+            raise DataError(f"'{path}' is damaged; {self.fix}") from None
+        if not isinstance(state, dict) or not isinstance(state.get("offset"), int):
+            raise DataError(f"'{path}' is damaged (no offset); {self.fix}")
+        return state
+
+    def _previous_scores(self) -> Dict[str, float]:
+        """The finished ``quality-scores.pkl`` of an earlier run with the same settings, by relative path."""
+        path = os.path.join(self.job.out, SCORES_PICKLE)
+        table = safe_pickle_load(path, fix=self.fix)
+        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                  and math.isfinite(v) for k, v in table.items()):
+            raise DataError(f"'{path}' is damaged (not a dict of path: finite quality); {self.fix}")
+        if self.job.keys == "relative":
+            return {k: float(v) for k, v in table.items()}
+        prefix = os.path.join(self.job.root, "")
+        return {k[len(prefix):]: float(v) for k, v in table.items() if k.startswith(prefix)}
+
+    # --------------------------------------------------------------------------------------------- every process
+    def run(self, score_batches: ScoreBatches) -> FolderSummary:
+        job, info = self.job, self.info
+        lock = FolderLock(os.path.join(job.out, LOCK_FILE), job.out_key) if info.main else None
+        try:
+            use_previous = self._agree(lambda: (lock.acquire(), self.prepare())[1])
+            previous = self._previous_scores() if use_previous else {}
+            done_scores, done_skipped = read_parts(job.out, self.fix)
+            done = set(previous) | set(done_scores) | set(done_skipped)
+            barrier(info)  # every process has read the parts before any appends to them
+            todo = [p for p in job.rel_paths if p not in done]
+            if job.limit is not None:
+                todo = todo[:max(job.batch_size, job.limit - job.limit % job.batch_size)]
+            mine = split_batches_for_rank(todo, info.rank, info.world, job.batch_size)
+            if done and info.main:
+                _logger.info("%d image(s) already scored in '%s': only the others are scored", len(done), job.out)
+            counts, seconds = self._score(mine, score_batches)
+            barrier(info)
+            totals = all_reduce_sum(torch.tensor(counts, dtype=torch.float64), info)
+            summary = FolderSummary(scored=int(totals[0]), skipped=int(totals[1]), seconds=seconds)
+            if info.main:
+                self._finish(summary, previous)
+            return summary
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _agree(self, prepare: Callable[[], int]) -> int:
+        """``prepare`` on the first process; every process learns its result, or stops when it failed."""
+        value, error = 0, None
+        if self.info.main:
+            try:
+                value = prepare()
+            except (UserError, RunError, OSError) as exc:
+                error = exc
+        flag, value = broadcast_from_main([int(error is not None), value], self.info)
+        if error is not None:
+            if isinstance(error, OSError):
+                raise OutputError(f"cannot prepare '{self.job.out}': {error.strerror or error}") from None
+            raise error
+        if flag:
+            raise RunError("the first process refused to start (see its message)")
+        return value
+
+    def _score(self, mine: List[str], score_batches: ScoreBatches) -> Tuple[List[int], float]:
+        from tqdm import tqdm
+
+        job, info = self.job, self.info
+        path = part_path(job.out, info.rank, info.world)
+        fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fix=self.fix)
+        scored = skipped = 0
+        start = time.perf_counter()
+        try:
+            length = os.fstat(fd).st_size
+            if length == 0:
+                length = self._append(fd, path, _HEADER + self.listing + b"\n", 0)
+            if job.state is not None:
+                state_path = path + _STATE_SUFFIX
+                job.state.load(self._read_state(state_path) if os.path.lexists(state_path) else None)
+            if not mine:
+                return [0, 0], 0.0
+            pending = 0
+            batch = job.batch_size
+            with tqdm(total=len(mine), unit="img", disable=not (job.verbose and info.main), dynamic_ncols=True) as bar:
+                results = score_batches(mine, batch)
+                for k in range(0, len(mine), batch):
+                    expected = mine[k:k + batch]
+                    result = next(results, None)
+                    if result is None:
+                        raise RuntimeError(f"the batch function ended before batch {k // batch + 1}")
+                    payload = self._block(expected, result)
+                    header = b"#B %d %08x\n" % (len(payload), zlib.crc32(payload))
+                    length = self._append(fd, path, header + payload, scored + skipped)
+                    scored += len(result.paths)
+                    skipped += len(result.skipped)
+                    pending += len(expected)
+                    if pending >= job.flush_every:
+                        self._flush(fd, path, length)
+                        pending = 0
+                    bar.update(len(expected))
+            self._flush(fd, path, length)
+        finally:
+            os.close(fd)
+        return [scored, skipped], time.perf_counter() - start
+
+    def _block(self, expected: List[str], result: BatchResult) -> bytes:
+        values = [float(v) for v in result.values]
+        given = list(result.paths) + [p for p, _ in result.skipped]
+        if len(values) != len(result.paths) or sorted(given) != sorted(expected):
+            raise RuntimeError("a batch function returned other paths than its batch's")
+        bad = [p for p, v in zip(result.paths, values) if not math.isfinite(v)]
+        if bad:
+            raise RunError(f"{len(bad)} of the {len(values)} {self.job.what} of a batch are NaN or infinite (e.g. "
+                           f"{', '.join(bad[:3])}): the weights or the precision overflow; nothing of this batch or of "
+                           "the output set was written (the earlier batches are kept in the part files)")
+        by_path = dict(zip(result.paths, values))
+        reasons = dict(result.skipped)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        for p in expected:  # the batch's order, so that the part files do not depend on the batch function
+            writer.writerow([p, format_score(by_path[p]), ""] if p in by_path else [p, "", reasons[p] or "unreadable"])
+        return text.getvalue().encode("utf-8", TEXT_ERRORS)
+
+    def _append(self, fd: int, path: str, data: bytes, written: int) -> int:
+        """Append ``data`` in full; a full disk is one line (exit 1) and the whole batches before are kept."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as exc:
+            raise RunError(f"cannot append to '{path}': {exc.strerror or exc}; the {written} image(s) this process "
+                           "finished are kept: make room (or raise the file-size limit) and run the same command to "
+                           "continue") from None
+        return os.fstat(fd).st_size
+
+    def _flush(self, fd: int, path: str, length: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise RunError(f"cannot write '{path}' to disk: {exc.strerror or exc}; run the same command to "
+                           "continue") from None
+        if self.job.state is not None:
+            with atomic_open(path + _STATE_SUFFIX, "wb") as handle:
+                torch.save({**self.job.state.save(), "offset": length}, handle)
+
+    def _finish(self, summary: FolderSummary, previous: Dict[str, float]) -> None:
+        """First process: merge every part (and an earlier run's finished scores), write the set, remove the
+        parts."""
+        job = self.job
+        scores, skipped = read_parts(job.out, self.fix)
+        scores = {**previous, **scores}
+        left = [p for p in job.rel_paths if p not in scores and p not in skipped]
+        if left:
+            if job.limit is None:
+                raise RunError(f"{len(left)} image(s) of '{job.root}' were not scored (e.g. {left[0]}); run the same "
+                               "command to continue")
+            summary.left = len(left)
+            return
+        kept = [p for p in job.rel_paths if p in scores]
+        if not kept:
+            first = next(iter(skipped.items()))
+            raise DataError(f"none of the {len(job.rel_paths)} images in '{job.root}' could be read (first: "
+                            f"{first[0]}: {first[1]})")
+        key = (lambda p: p) if job.keys == "relative" else (lambda p: os.path.join(job.root, p))
+        table = {key(p): scores[p] for p in kept}
+        current = {p: skipped[p] for p in job.rel_paths if p in skipped}
+        outputs = [(os.path.join(job.out, SCORES_PICKLE), pickle_writer(table)),
+                   (os.path.join(job.out, SCORES_CSV),
+                    csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items())))]
+        if job.extra_outputs is not None:
+            outputs += job.extra_outputs(table, current, summary)
+        write_together(outputs)
+        parts = _part_files(job.out)
+        _remove([p + _STATE_SUFFIX for p in parts] + parts)
+        summary.complete, summary.total, summary.skipped_names = True, len(kept), sorted(current)
+
+
+def run_folder(job: FolderJob, score_batches: ScoreBatches, info: DistInfo) -> FolderSummary:
+    """Score ``job.rel_paths`` resumably into ``job.out`` (see the module docstring).
+
+    Raises:
+        ConfigError: Another run holds the folder, or it holds scores of other settings or of another listing.
+        DataError: A damaged settings, part, state or earlier output file (names it and the fix).
+        RunError: A non-finite score, a full disk (the whole batches written are kept), images left unscored.
+    """
+    return _Run(job, info).run(score_batches)
