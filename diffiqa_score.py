@@ -1,6 +1,7 @@
 """DifFIQA quality labels for a folder of aligned faces (the labels eDifFIQA distils).
 
     python diffiqa_score.py -c configs/diffiqa_config.yaml [--images DIR] [--output DIR] [--official] [--seed N]
+                            [--set KEY=VALUE ...]
     torchrun --nproc_per_node 4 diffiqa_score.py -c configs/diffiqa_config.yaml     # split the folder across GPUs
 
 Writes into ``inference.save_loc``: ``quality-scores.pkl`` (dict {path: quality}, the format ``prepare_data.py -ll``
@@ -14,40 +15,41 @@ import os
 import sys
 from typing import List, Optional
 
-from utils.cli import run_cli, setup_logging
-from utils.config import load_config
+from utils import cli
+from utils.cli import Flag
+
+#: The named flags, each setting one config key (any other key: --set KEY=VALUE).
+FLAGS = [
+    Flag(("--images",), "inference.images_loc", "folder of aligned face crops"),
+    Flag(("--output",), "inference.save_loc", "output folder"),
+    Flag(("--denoiser",), "inference.model_loc", "the denoiser checkpoint"),
+    Flag(("--fr-weights",), "base.fr_weights", "FR weights (instead of those of inference.fr_config)"),
+    Flag(("--official",), "base.official", "the official computation", const=True),
+    Flag(("--seed",), "base.seed", "run seed", type=int),
+    Flag(("--device",), "base.device", "auto, cpu, cuda or cuda:N"),
+    Flag(("--precision",), "base.precision", "fp32, tf32, bf16 or fp16"),
+    Flag(("--batch-size",), "inference.batch_size", "UNet inputs per call", type=int),
+    Flag(("--limit",), "base.limit", "stop after this many new images", type=int),
+    Flag(("-q", "--quiet"), "inference.verbose", "no progress bar or info logs", const=False),
+]
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffiqa_score.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--config", help="YAML config (the official inference section, base, dataset)")
-    parser.add_argument("--images", help="inference.images_loc: folder of aligned face crops")
-    parser.add_argument("--output", help="inference.save_loc")
-    parser.add_argument("--denoiser", help="inference.model_loc: the denoiser checkpoint")
-    parser.add_argument("--fr-weights", help="base.fr_weights: FR weights (instead of those of inference.fr_config)")
-    parser.add_argument("--official", action="store_true", help="base.official: the official computation")
-    parser.add_argument("--seed", type=int, help="base.seed")
-    parser.add_argument("--device", help="base.device: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", help="base.precision: fp32, tf32, bf16 or fp16")
-    parser.add_argument("--batch-size", type=int, help="inference.batch_size")
-    parser.add_argument("--limit", type=int, help="base.limit: stop after this many new images")
+    parser = cli.build_parser("diffiqa_score.py", __doc__, FLAGS,
+                              "YAML config (the official inference section, base, dataset)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the unfinished scores (part files, settings) of an earlier run in the output "
                         "folder and start afresh")
-    parser.add_argument("-q", "--quiet", action="store_true", help="inference.verbose: 0")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Score a folder; returns the process exit code."""
-    args = build_parser().parse_args(argv)
     from engine.labels.config import ScoreConfig
 
-    cfg = load_config(ScoreConfig, args.config, {
-        "inference.images_loc": args.images, "inference.save_loc": args.output, "inference.model_loc": args.denoiser,
-        "base.fr_weights": args.fr_weights, "base.official": True if args.official else None, "base.seed": args.seed,
-        "base.device": args.device, "base.precision": args.precision, "inference.batch_size": args.batch_size,
-        "base.limit": args.limit, "inference.verbose": False if args.quiet else None})
-    setup_logging(cfg.inference.verbose)
+    args = build_parser().parse_args(argv)
+    cfg = cli.load_script_config(ScoreConfig, args, FLAGS)
+    cli.setup_logging(cfg.inference.verbose)
 
     from engine.labels.run import run_scoring
 
@@ -63,4 +65,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, None, "diffiqa_score.py"))
+    sys.exit(cli.run_cli(main, None, "diffiqa_score.py"))

@@ -12,30 +12,42 @@ import argparse
 import sys
 from typing import List, Optional
 
-from utils.cli import run_cli, setup_logging
-from utils.errors import ConfigError
+from utils import cli
+from utils.cli import Flag
+
+
+def _variants() -> List[str]:
+    from model.registry import variant_names
+
+    return variant_names()
+
+
+#: The named flags, each setting one config key (any other key: --set KEY=VALUE).
+FLAGS = [
+    Flag(("--model",), "model", "the variant", choices=_variants),
+    Flag(("--weights",), "weights", "checkpoint (.pth, official layout)"),
+    Flag(("--output",), "output", "the .onnx file to write"),
+    Flag(("--with-embedding",), "with_embedding", "also output the 512-d embedding", const=True),
+    Flag(("--opset",), "opset", "ONNX opset (17)", type=int),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return cli.build_parser("export_onnx.py", __doc__, FLAGS)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Export and check; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="export_onnx.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="ediffiqaL, ediffiqaM, ediffiqaS or ediffiqaT")
-    parser.add_argument("--weights", required=True, help="checkpoint (.pth, official layout)")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--with-embedding", action="store_true", help="also output the 512-d embedding")
-    parser.add_argument("--opset", type=int, default=17)
-    args = parser.parse_args(argv)
-    setup_logging(True)
-    if not args.output.lower().endswith(".onnx"):
-        raise ConfigError(f"--output '{args.output}' must end with .onnx")
+    from engine.scoring.backends import ExportConfig, export_checked
 
-    from engine.scoring.backends import export_checked
-
-    diff, scale = export_checked(args.model, args.weights, args.output, args.with_embedding, args.opset)
-    print(f"wrote {args.output}; ONNX Runtime vs PyTorch on 5 inputs: largest difference {diff:.2e} "
+    args = build_parser().parse_args(argv)
+    cfg = cli.load_script_config(ExportConfig, args, FLAGS)
+    cli.setup_logging(True)
+    diff, scale = export_checked(cfg.model, cfg.weights, cfg.output, cfg.with_embedding, cfg.opset)
+    print(f"wrote {cfg.output}; ONNX Runtime vs PyTorch on 5 inputs: largest difference {diff:.2e} "
           f"({diff / scale:.2e} relative)", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, None, "export_onnx.py"))
+    sys.exit(cli.run_cli(main, None, "export_onnx.py"))

@@ -12,45 +12,47 @@ import argparse
 import sys
 from typing import List, Optional
 
-from utils.cli import run_cli, setup_logging
-from utils.errors import ConfigError
+from utils import cli
+from utils.cli import Flag
+
+
+def _backbones() -> List[str]:
+    from model.registry import backbone_names
+
+    return backbone_names()
+
+
+#: The named flags, each setting one config key (any other key: --set KEY=VALUE).
+FLAGS = [
+    Flag(("--images",), "images", "folder of aligned 112x112 face crops (recursive)"),
+    Flag(("--backbone",), "backbone", "the backbone", choices=_backbones),
+    Flag(("--weights",), "weights", "its insightface checkpoint"),
+    Flag(("--output",), "output", "embeddings.pkl (official dict) or embeddings.npz"),
+    Flag(("--flip",), "flip", "average with the horizontally flipped image", const=True),
+    Flag(("--device",), "device", "auto, cpu, cuda or cuda:N"),
+    Flag(("--batch-size",), "batch_size", "images per batch (default: per device)", type=int),
+    Flag(("--workers",), "workers", "DataLoader worker processes (default: per device)", type=int),
+    Flag(("-q", "--quiet"), "verbose", "no progress bar or info logs", const=False),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model.registry import BACKBONES
-
-    parser = argparse.ArgumentParser(prog="extract_embeddings.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", required=True, help="folder of aligned 112x112 face crops (recursive)")
-    parser.add_argument("--backbone", required=True, help=f"one of: {', '.join(sorted(BACKBONES))}")
-    parser.add_argument("--weights", required=True, help="insightface backbone checkpoint (e.g. r100.pth)")
-    parser.add_argument("--output", required=True, help="embeddings.pkl (official dict) or embeddings.npz")
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, help="images per batch (default: per device)")
-    parser.add_argument("--workers", type=int, help="DataLoader worker processes (default: per device)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info logs")
-    return parser
+    return cli.build_parser("extract_embeddings.py", __doc__, FLAGS)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Extract embeddings; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    setup_logging(not args.quiet)
-    if not args.output.lower().endswith((".pkl", ".npz")):
-        raise ConfigError(f"--output '{args.output}' must end with .pkl or .npz")
-    from utils.config import MAX_BATCH, MAX_WORKERS
+    from engine.scoring.embeddings import EmbedConfig
 
-    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH:
-        raise ConfigError(f"--batch-size must be between 1 and {MAX_BATCH}, got {args.batch_size}")
-    if args.workers is not None and not 0 <= args.workers <= MAX_WORKERS:
-        raise ConfigError(f"--workers must be between 0 and {MAX_WORKERS}, got {args.workers}")
+    args = build_parser().parse_args(argv)
+    cfg = cli.load_script_config(EmbedConfig, args, FLAGS)
+    cli.setup_logging(cfg.verbose)
 
     from engine.scoring.embeddings import extract_embeddings
 
-    extract_embeddings(args.images, args.backbone, args.weights, args.output, args.device, args.batch_size,
-                       args.workers, args.flip, args.quiet)
+    extract_embeddings(cfg)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, None, "extract_embeddings.py"))
+    sys.exit(cli.run_cli(main, None, "extract_embeddings.py"))

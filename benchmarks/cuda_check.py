@@ -2,8 +2,8 @@
 CPU, and ``inference.py --device auto``;
 training with AMP; the DifFIQA denoiser trained with AMP and DifFIQA labels on CUDA against the CPU.
 
-    python benchmarks/cuda_check.py
-    python benchmarks/diffiqa_throughput.py --device cuda --images 16 --repeats 10    # GPU labelling speed
+    python -m benchmarks.cuda_check
+    python -m benchmarks.diffiqa_throughput --device cuda --images 16 --repeats 10    # GPU labelling speed
 
 Uses checkpoints in the official layout built from ``tests/data``'s manifest (random, well-scaled weights).
 """
@@ -18,13 +18,10 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from helpers import manifest_state_dict  # noqa: E402
 from dataset.image_folder import find_images  # noqa: E402
-from model.registry import create_model  # noqa: E402
 from engine.scoring.scorer import QualityScorer  # noqa: E402
+from model.registry import create_model  # noqa: E402
+from model.synthetic import manifest_state_dict  # noqa: E402
 
 
 def train_check(tmp: str) -> int:
@@ -33,17 +30,18 @@ def train_check(tmp: str) -> int:
     import pathlib
 
     import train
-    from test_train import make_dataset, tiny_config
+    from tests.layouts import official_layout, official_schema_config
 
     root = pathlib.Path(tmp) / "train"
     root.mkdir()
-    images = make_dataset(root)
+    images, data = official_layout(root)
     out = root / "out"
-    cfg = tiny_config(root, images, out, **{"base.device": "cuda", "base.amp": 1, "base.epochs": 3})
+    cfg = official_schema_config(root, images, data, out, "ediffiqaT", device="cuda", amp=1, epochs=3)
     code = train.main(["-c", cfg])
     history = json.loads((out / "history.json").read_text())
     losses = [round(h["train"]["loss"], 5) for h in history]
-    print(f"train on cuda with amp: exit {code}, train losses {losses}, val {[round(h['val']['loss'], 5) for h in history]}")
+    val = [round(h["val"]["loss"], 5) for h in history]
+    print(f"train on cuda with amp: exit {code}, train losses {losses}, val {val}")
     model = create_model("ediffiqaT", str(out / "model.pth"))
     scores = QualityScorer(model, "cuda").score_folder(str(images), find_images(str(images))).scores
     print(f"trained model.pth scores {len(scores)} images on cuda, finite: {bool(np.isfinite(scores).all())}")

@@ -5,7 +5,7 @@ default). Reports images/s of each mode, the speed ratio, the largest score diff
 correlation between the modes (the draws differ between the modes, so the difference is Monte-Carlo noise; it
 shrinks with more repeats), and for the default mode at other precisions their error against default fp32.
 
-    python benchmarks/diffiqa_throughput.py [--images 3] [--repeats 2] [--device auto] [--precisions fp32 bf16]
+    python -m benchmarks.diffiqa_throughput [--images 3] [--repeats 2] [--device auto] [--precisions fp32 bf16]
 
 On a 2-core CPU one official image with 10 repeats takes about 4 minutes, hence the small default workload; the
 ratio hardly depends on the repeats (both modes scale with them).
@@ -19,7 +19,6 @@ import time
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def scaled_backbone(name: str, seed: int):
@@ -57,10 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
     from scipy.stats import spearmanr
 
-    from model.diffusion import build_diffusion
     from engine.labels.scoring import image_seed, score_batch_fast, score_batch_official
-    from utils.runtime import resolve_device
-    from utils.runtime import precision_context
+    from model.diffusion import build_diffusion
+    from utils.runtime import precision_context, resolve_device
 
     device = resolve_device(args.device)
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Time the vectorised EDC + pAUC against a straightforward loop implementation on 10 million comparisons.
 
-    python benchmarks/edc_scale.py [--pairs 10000000] [--mated-share 0.1]
+    python -m benchmarks.edc_scale [--pairs 10000000] [--mated-share 0.1]
 
 Both compute the same fixed-threshold FNMR-EDC (threshold at FMR 1e-3, pAUC at 0.2 and 0.3); the script checks
 that they agree and prints the times and their ratio.
@@ -8,14 +8,11 @@ that they agree and prints the times and their ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import List
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.evaluation import edc  # noqa: E402
 

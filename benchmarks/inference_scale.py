@@ -1,6 +1,6 @@
 """Memory and time of inference.py on large folders: listing, peak memory per image, and the part-file overhead.
 
-    python benchmarks/inference_scale.py [--images 10000] [--size 24]
+    python -m benchmarks.inference_scale [--images 10000] [--size 24]
 
 Generates ``--images`` tiny PNG faces (``--size`` pixels a side; the model resizes them to 112x112) in nested
 folders, then runs, each in a fresh process: ``list`` (the folder walk alone), and ``inference.py`` with eDifFIQA(T)
@@ -34,7 +34,6 @@ def generate(folder: str, n: int, size: int) -> None:
 
 
 def worker(kind: str, folder: str, limit: int, weights: str, out: str) -> None:
-    sys.path.insert(0, ROOT)
     from utils.runtime import peak_rss_bytes
 
     start = time.perf_counter()
@@ -69,10 +68,9 @@ def main(argv: List[str] | None = None) -> int:
         return 0
     if args.images < 8 or args.size < 8:
         parser.error("--images and --size must be at least 8")
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
     import torch
 
-    from helpers import manifest_state_dict
+    from model.synthetic import manifest_state_dict
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,8 +83,8 @@ def main(argv: List[str] | None = None) -> int:
         quarter = args.images // 4
         for kind, limit in (("list", 0), ("score", quarter), ("score", args.images)):
             out = os.path.join(tmp, f"out-{limit}")
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--folder", faces,
-                                   "--limit", str(limit), "--weights", weights, "--out", out],
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.inference_scale", "--worker", kind,
+                                   "--folder", faces, "--limit", str(limit), "--weights", weights, "--out", out],
                                   capture_output=True, text=True)
             if proc.returncode:
                 print(proc.stderr[-3000:])

@@ -6,7 +6,7 @@ Ours: ``QualityScorer`` (DataLoader workers shipping uint8, ``inference_mode``, 
 ``opencv`` (the model exported to ONNX). All run on the same JPEG files and weights, interleaved; the table gives the
 ratio to the naive path and the largest score difference.
 
-    python benchmarks/inference_throughput.py [--variants T S M L] [--device cpu] [--repeats 3] [--reduced] [--compile]
+    python -m benchmarks.inference_throughput [--variants T S M L] [--device cpu] [--repeats 3] [--reduced] [--compile]
 
 Weights are random but well scaled (the official key layout filled as in the tests) unless ``--weights-dir`` holds
 ``ediffiqa{L,M,S,T}.pth``; speed does not depend on them. On CUDA the naive path runs with PyTorch's defaults (TF32
@@ -27,16 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-
-from helpers import manifest_state_dict  # noqa: E402
 from dataset.image_folder import find_images  # noqa: E402
 from dataset.transforms import official_transform  # noqa: E402
-from model.registry import build_model, load_weights  # noqa: E402
-from utils.runtime import resolve_device  # noqa: E402
 from engine.scoring.scorer import QualityScorer, default_batch_size  # noqa: E402
-from utils.runtime import default_workers  # noqa: E402
+from model.registry import build_model, load_weights  # noqa: E402
+from model.synthetic import manifest_state_dict  # noqa: E402
+from utils.runtime import (
+    default_workers,  # noqa: E402
+    resolve_device,  # noqa: E402
+)
 
 CPU_IMAGES = {"ediffiqaT": 256, "ediffiqaS": 96, "ediffiqaM": 32, "ediffiqaL": 24}
 GPU_IMAGES = {"ediffiqaT": 4096, "ediffiqaS": 4096, "ediffiqaM": 2048, "ediffiqaL": 2048}

@@ -1,6 +1,6 @@
 """How far the default training mode moves from the official update (base.official: 1), on a small synthetic run.
 
-    python benchmarks/official_vs_default.py [--variants ediffiqaT ediffiqaS] [--ids 4] [--per-id 10] [--epochs 2]
+    python -m benchmarks.official_vs_default [--variants ediffiqaT ediffiqaS] [--ids 4] [--per-id 10] [--epochs 2]
 
 Builds a tiny set in the official layout (random 112x112 images, random labels and 512-d teacher embeddings), trains
 each variant from the same seed and random backbone in both modes with the official train_config.yaml (batch 8,
@@ -29,10 +29,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--per-id", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args(argv)
-    sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
     import torch
 
-    from helpers import official_layout, official_schema_config
+    from tests.layouts import official_layout, official_schema_config
 
     print("| variant | mode | seconds | vs official | val loss per epoch | largest parameter difference |")
     print("|---|---|---:|---:|---|---:|")

@@ -1,6 +1,6 @@
 """Wall time and peak memory of prepare_data.py at VGGFace2-like scale, against a straightforward implementation.
 
-    python benchmarks/prepare_data_scale.py [--images 1000000] [--identities 3000] [--dim 512]
+    python -m benchmarks.prepare_data_scale [--images 1000000] [--identities 3000] [--dim 512]
 
 Generates synthetic inputs in the official formats (pickled list of (path, quality) labels and pickled dict
 {path: float32 array} embeddings, plus the same embeddings as .npz), then runs, each in a fresh process:
@@ -42,8 +42,7 @@ def generate(folder: str, n_images: int, n_ids: int, dim: int, seed: int = 0) ->
 
 def baseline(folder: str, beta: float = 0.2, min_images: int = 10) -> None:
     """The official script: plain pickle.load of both files, then the official algorithm (tests/official.py)."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from official import official_prepare_data, write_official_prepared
+    from tests.official import official_prepare_data, write_official_prepared
 
     with open(os.path.join(folder, "labels.pkl"), "rb") as handle:
         labels = pickle.load(handle)
@@ -54,7 +53,6 @@ def baseline(folder: str, beta: float = 0.2, min_images: int = 10) -> None:
 
 
 def worker(kind: str, folder: str) -> None:
-    sys.path.insert(0, ROOT)
     start = time.perf_counter()
     if kind == "baseline":
         baseline(folder)
@@ -90,7 +88,8 @@ def main(argv: List[str] | None = None) -> int:
               f"{time.perf_counter() - t:.0f} s; raw embeddings {raw / 2**30:.2f} GiB", flush=True)
         results = {}
         for kind in ("baseline", "ours-pkl", "ours-npz"):
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--folder", folder],
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.prepare_data_scale", "--worker", kind,
+                                   "--folder", folder],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr)
@@ -99,8 +98,7 @@ def main(argv: List[str] | None = None) -> int:
             print(f"{kind}: {results[kind]['seconds']:.1f} s, peak {results[kind]['peak_bytes'] / 2**30:.2f} GiB",
                   flush=True)
         base = results["baseline"]
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from official import without_storage_keys
+        from tests.official import without_storage_keys
 
         for kind in ("ours-pkl", "ours-npz"):
             for stem in ("average_embedding_batch", "training_items"):

@@ -1,13 +1,14 @@
 """Training images/s and peak memory of train.py's loop against the naive loop of the official code, in one run.
 
 Naive (official): every backbone tensor keeps its gradient (only the optimizer groups are stepped), each image is
-opened twice, NCHW. Ours: ``engine.training.trainer.Trainer`` (tensors outside the optimizer frozen, one read, uint8 workers,
-channels_last, 3x3 weight gradients from ``model/conv_grad.py``), eager and with ``base.compile``, and eager with
-PyTorch's own conv gradients (``base.fast_conv_grad: false``) to show what that part adds. Same data, batch size, workers and fp32 on the CPU; each loop runs
-one epoch (full batches only) in its own process. "steady" images/s leave out the first ``--warmup`` steps (where
-torch.compile compiles); "epoch" images/s count everything, compilation included.
+opened twice, NCHW. Ours: ``engine.training.trainer.Trainer`` (tensors outside the optimizer frozen, one read, uint8
+workers, channels_last, 3x3 weight gradients from ``model/conv_grad.py``), eager and with ``base.compile``, and eager
+with PyTorch's own conv gradients (``base.fast_conv_grad: false``) to show what that part adds. Same data, batch size,
+workers and fp32 on the CPU; each loop runs one epoch (full batches only) in its own process. "steady" images/s leave
+out the first ``--warmup`` steps (where torch.compile compiles); "epoch" images/s count everything, compilation
+included.
 
-    python benchmarks/train_step.py [--variants T S] [--images 720] [--batch-size 128] [--warmup 2]
+    python -m benchmarks.train_step [--variants T S] [--images 720] [--batch-size 128] [--warmup 2]
 
 The defaults are the official recipe's batch of 128 and enough images for 3 steady steps (about 20 minutes for
 both variants on a 2-core CPU).
@@ -15,8 +16,8 @@ both variants on a 2-core CPU).
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -28,7 +29,6 @@ from typing import List
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def make_data(folder: str, n_images: int) -> None:
@@ -56,8 +56,8 @@ def make_data(folder: str, n_images: int) -> None:
 
 
 def config(folder: str, variant: str, batch: int, workers: int, compile_: bool = False, fast_grad: bool = True):
-    from utils.config import from_dict
     from engine.training.config import TrainConfig
+    from utils.config import from_dict
 
     loader = {"batch_size": batch, "shuffle": True, "num_workers": workers, "drop_last": True}
     return from_dict(TrainConfig, {
@@ -102,7 +102,7 @@ def naive_epoch(trainer, stamps: List[float]) -> int:
     for x, q, rows, teacher in loader:
         q = q.float()
         feat, pred = model(x)
-        loss, _ = trainer.criterion(feat, pred, q, teacher, trainer.centres[rows])
+        loss = trainer.criterion(feat, pred, q, teacher, trainer.centres[rows])["loss"]
         trainer.optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -172,7 +172,8 @@ def main(argv: List[str] | None = None) -> int:
             variant = f"ediffiqa{letter.upper()}"
             result = {}
             for kind in KINDS:
-                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, "--folder", folder,
+                proc = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--worker", kind,
+                                       "--folder", folder,
                                        "--variants", letter, "--batch-size", str(args.batch_size),
                                        "--workers", str(args.workers), "--warmup", str(args.warmup)],
                                       capture_output=True, text=True)

@@ -50,7 +50,8 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 112) -> Image.Image:
-    """Warp ``image`` so that its five ``landmarks`` ``(5, 2)`` land on the ArcFace template; returns a size x size crop."""
+    """Warp ``image`` so that its five ``landmarks`` ``(5, 2)`` land on the ArcFace template; returns a size x size
+    crop."""
     template = ARCFACE_TEMPLATE * (size / 112.0)
     matrix = estimate_similarity(np.asarray(landmarks, dtype=np.float64).reshape(5, 2), template)
     # PIL wants the inverse map (output pixel -> input pixel).

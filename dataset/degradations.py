@@ -13,6 +13,7 @@ Images are float32 ``(H, W, 3)`` RGB arrays in [0, 1].
 from __future__ import annotations
 
 import math
+
 import cv2
 import numpy as np
 from scipy.interpolate import RectBivariateSpline

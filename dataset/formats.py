@@ -17,9 +17,8 @@ if TYPE_CHECKING:
 from utils.errors import DataError
 from utils.io import pickle_writer, read_scores_csv, safe_pickle_load, write_pickle
 
-__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV", "EmbeddingTable", "read_embeddings",
-           "write_embeddings", "centres_file", "items_file",
-           "prepared_writers", "read_prepared"]
+__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV", "EmbeddingTable",
+           "read_embeddings", "write_embeddings", "centres_file", "items_file", "prepared_writers", "read_prepared"]
 
 
 def _examples(items: Sequence[str], n: int = 3) -> str:

@@ -45,7 +45,7 @@ def find_images(root: str, order: str = "sorted", key: str = "dataset.loc or --i
     unreadable: List[str] = []
     visited: set = set()  # real paths of the folders walked: each once, so link loops end
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True,
-                                                 onerror=lambda err: unreadable.append(str(err.filename))):
+                                                onerror=lambda err: unreadable.append(str(err.filename))):
         real = os.path.realpath(dirpath)
         if real in visited:
             dirnames[:] = []
@@ -129,7 +129,7 @@ class JpegBytesFolder(FaceFolder):
 
 
 def collate_jpeg_bytes(items: List[Tuple[torch.Tensor, int, str, bool]]) -> Tuple[List[torch.Tensor], torch.Tensor,
-                                                                                    List[str], List[bool]]:
+                                                                                  List[str], List[bool]]:
     """Items of :class:`JpegBytesFolder` as lists (bytes have different lengths): ``(tensors, (B,) indices, errors,
     is_bytes)``."""
     return ([item[0] for item in items], torch.tensor([item[1] for item in items], dtype=torch.int64),

@@ -1,10 +1,10 @@
-"""Training data of eDifFIQA distillation: item filtering, the official split, and the Dataset."""
+"""Training data of eDifFIQA distillation and DifFIQA(R): the official split, min-max labels, and the Dataset."""
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from dataset.transforms import INPUT_SIZE, load_face
 
-__all__ = ["official_split", "minmax", "TrainingSet", "DistillationDataset", "collate_distillation"]
+__all__ = ["official_split", "minmax", "TrainingSet", "TrainingFaces", "collate_training"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,32 +45,37 @@ class TrainingSet:
     Attributes:
         paths: Image paths relative to the image folder.
         quality: ``(N,)`` float32 min-max normalised labels.
-        rows: ``(N,)`` int64 centre rows.
-        teacher: ``(N, D)`` float32 teacher embeddings.
+        rows: ``(N,)`` int64 identity-centre rows (distillation; None for DifFIQA(R)).
+        teacher: ``(N, D)`` float32 teacher embeddings (distillation; None for DifFIQA(R)).
     """
 
     paths: List[str]
     quality: np.ndarray
-    rows: np.ndarray
-    teacher: np.ndarray
+    rows: Optional[np.ndarray] = None
+    teacher: Optional[np.ndarray] = None
 
     def subset(self, index: np.ndarray) -> "TrainingSet":
-        return TrainingSet([self.paths[i] for i in index.tolist()], self.quality[index], self.rows[index],
-                           self.teacher[index])
+        return TrainingSet([self.paths[i] for i in index.tolist()], self.quality[index],
+                           None if self.rows is None else self.rows[index],
+                           None if self.teacher is None else self.teacher[index])
 
     @classmethod
-    def build(cls, items: Sequence[Tuple[str, float, int]], teacher: np.ndarray) -> "TrainingSet":
-        """Sort ``items`` (with their ``(N, D)`` teacher embeddings) by quality and normalise the qualities."""
+    def build(cls, items: Sequence[Tuple[Any, ...]], teacher: Optional[np.ndarray] = None) -> "TrainingSet":
+        """Sort ``items`` (``(path, quality, centre row)``, with their ``(N, D)`` teacher embeddings; or
+        ``(path, quality)`` without) by quality and normalise the qualities."""
         raw_q = np.array([float(it[1]) for it in items], dtype=np.float64)
         order = np.argsort(raw_q, kind="stable")
-        return cls([items[i][0] for i in order.tolist()], minmax(raw_q[order]).astype(np.float32),
-                   np.array([int(items[i][2]) for i in order.tolist()], dtype=np.int64),
-                   np.ascontiguousarray(teacher[order], dtype=np.float32))
+        rows = teach = None
+        if teacher is not None:
+            rows = np.array([int(items[i][2]) for i in order.tolist()], dtype=np.int64)
+            teach = np.ascontiguousarray(teacher[order], dtype=np.float32)
+        return cls([items[i][0] for i in order.tolist()], minmax(raw_q[order]).astype(np.float32), rows, teach)
 
 
-class DistillationDataset(Dataset):
-    """Items ``(image (3, 112, 112) uint8, quality, centre row, teacher (D,), ok)``; a file that cannot be read
-    gives ``ok == False`` (and a blank image) so the step can leave it out instead of stopping the run."""
+class TrainingFaces(Dataset):
+    """Items ``{"image": (3, 112, 112) uint8, "quality", "ok"}`` plus ``"row"`` and ``"teacher"`` (D,) when the set
+    has them; a file that cannot be read gives ``ok == False`` (and a blank image) so the step can leave it out
+    instead of stopping the run."""
 
     def __init__(self, root: str, data: TrainingSet) -> None:
         self.root = root
@@ -79,19 +84,24 @@ class DistillationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data.paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Dict[str, Any]:
         path = os.path.join(self.root, self.data.paths[index])
         try:
             image, ok = load_face(path), True
         except Exception as exc:  # PIL raises many types for broken files
             _logger.warning("unreadable training image '%s' left out of its batch: %s", path, exc)
             image, ok = torch.zeros((3, *INPUT_SIZE), dtype=torch.uint8), False
-        return (image, float(self.data.quality[index]), int(self.data.rows[index]),
-                torch.from_numpy(self.data.teacher[index]), ok)
+        item = {"image": image, "quality": float(self.data.quality[index]), "ok": ok}
+        if self.data.rows is not None:
+            item["row"] = int(self.data.rows[index])
+        if self.data.teacher is not None:
+            item["teacher"] = torch.from_numpy(self.data.teacher[index])
+        return item
 
 
-def collate_distillation(items):
-    """Stack :class:`DistillationDataset` items into ``(images, quality, rows, teacher, ok)`` tensors."""
-    images, quality, rows, teacher, ok = zip(*items)
-    return (torch.stack(images), torch.tensor(quality, dtype=torch.float32), torch.tensor(rows, dtype=torch.int64),
-            torch.stack(teacher), torch.tensor(ok, dtype=torch.bool))
+def collate_training(items: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+    """Stack :class:`TrainingFaces` items: ``image`` (B, 3, 112, 112) uint8, ``quality`` (B,) float32, ``ok`` (B,)
+    bool, ``row`` (B,) int64, ``teacher`` (B, D)."""
+    dtypes = {"quality": torch.float32, "ok": torch.bool, "row": torch.int64}
+    return {key: torch.stack([it[key] for it in items]) if key not in dtypes else
+            torch.tensor([it[key] for it in items], dtype=dtypes[key]) for key in items[0]}

@@ -13,7 +13,7 @@ Files in the output folder (none is ever followed if it is a link):
 - ``quality-scores.lock``: held while a run writes.
 - ``quality-scores.part<r>of<w>.csv``: a header line, then blocks ``#B <bytes> <crc32>`` of rows
   ``path,quality,error``.
-- ``quality-scores.part<r>of<w>.state.pt``: a workflow's state at the last flush and the part length it belongs
+- ``quality-scores.part<r>of<w>.state.pt``: a workflow's state after the last batch and the part length it belongs
   to (official DifFIQA: the RNG), so that a resumed run continues its draws.
 """
 from __future__ import annotations
@@ -36,8 +36,19 @@ import torch
 from dataset.formats import SCORES_CSV, SCORES_PICKLE
 from utils.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main
 from utils.errors import ConfigError, DataError, RunError, UserError
-from utils.io import (TEXT_ERRORS, OutputError, atomic_open, csv_writer, open_regular, pickle_writer, read_json,
-                      safe_pickle_load, torch_load, write_json, write_together)
+from utils.io import (
+    TEXT_ERRORS,
+    OutputError,
+    atomic_open,
+    csv_writer,
+    open_regular,
+    pickle_writer,
+    read_json,
+    safe_pickle_load,
+    torch_load,
+    write_json,
+    write_together,
+)
 from utils.lock import FolderLock
 
 __all__ = ["SETTINGS_FILE", "LOCK_FILE", "BatchResult", "RunState", "FolderJob", "FolderSummary", "run_folder",
@@ -73,8 +84,9 @@ ScoreBatches = Callable[[List[str], int], Iterator[BatchResult]]
 
 @dataclass
 class RunState:
-    """State a resumed run must restore exactly (official DifFIQA's global RNG): ``save()`` is written at every
-    flush with the part length it belongs to; ``load(state)`` is called before scoring (``None`` on a fresh start)."""
+    """State a resumed run must restore exactly (official DifFIQA's global RNG): ``save()`` is written after every
+    batch with the part length it belongs to; ``load(state)`` is called before scoring (``None`` on a fresh
+    start)."""
 
     save: Callable[[], Dict[str, Any]]
     load: Callable[[Optional[Dict[str, Any]]], None]
@@ -94,7 +106,7 @@ class FolderJob:
         out_key: The config key and flag naming ``out``, for messages.
         keys: ``relative`` (keys are the relative paths) or ``joined`` (joined to ``root`` as given).
         limit: Score at most this many new images (in whole batches), then stop.
-        flush_every: Images between ``fsync`` calls (and state saves) of the part file.
+        flush_every: Images between ``fsync`` calls of the part file.
         fresh: Discard the part files and settings of an earlier run first.
         verbose: Show a progress bar.
         state: See :class:`RunState`.
@@ -399,14 +411,16 @@ class _Run:
                     payload = self._block(expected, result)
                     header = b"#B %d %08x\n" % (len(payload), zlib.crc32(payload))
                     length = self._append(fd, path, header + payload, scored + skipped)
+                    if job.state is not None:  # after the block: a kill between the two only repeats this batch
+                        self._save_state(path, length)
                     scored += len(result.paths)
                     skipped += len(result.skipped)
                     pending += len(expected)
                     if pending >= job.flush_every:
-                        self._flush(fd, path, length)
+                        self._flush(fd, path)
                         pending = 0
                     bar.update(len(expected))
-            self._flush(fd, path, length)
+            self._flush(fd, path)
         finally:
             os.close(fd)
         return [scored, skipped], time.perf_counter() - start
@@ -441,15 +455,17 @@ class _Run:
                            "continue") from None
         return os.fstat(fd).st_size
 
-    def _flush(self, fd: int, path: str, length: int) -> None:
+    def _flush(self, fd: int, path: str) -> None:
         try:
             os.fsync(fd)
         except OSError as exc:
             raise RunError(f"cannot write '{path}' to disk: {exc.strerror or exc}; run the same command to "
                            "continue") from None
-        if self.job.state is not None:
-            with atomic_open(path + _STATE_SUFFIX, "wb") as handle:
-                torch.save({**self.job.state.save(), "offset": length}, handle)
+
+    def _save_state(self, path: str, length: int) -> None:
+        """The workflow's state after the part's first ``length`` bytes (a resumed run cuts the part to them)."""
+        with atomic_open(path + _STATE_SUFFIX, "wb") as handle:
+            torch.save({**self.job.state.save(), "offset": length}, handle)
 
     def _finish(self, summary: FolderSummary, previous: Dict[str, float]) -> None:
         """First process: merge every part (and an earlier run's finished scores), write the set, remove the

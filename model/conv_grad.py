@@ -8,8 +8,8 @@ matrix products, one per tap::
     dW[:, :, kh, kw] = G^T @ X_(kh, kw)      G: (pixels, C_out), X_(kh, kw): (pixels, C_in)
 
 where ``X_(kh, kw)`` is the zero-padded input shifted by the tap. Stored as (rows, channels) with the rows of the padded
-image flattened, every shift is a contiguous slice of the same matrix (the output gradient sits in the top-left corner of
-a zero buffer of the padded size, so rows that wrap around an image edge contribute zero). Stride 2 splits the padded
+image flattened, every shift is a contiguous slice of the same matrix (the output gradient sits in the top-left corner
+of a zero buffer of the padded size, so rows that wrap around an image edge contribute zero). Stride 2 splits the padded
 input into its four even/odd phases first, after which each tap is again a shifted slice. Working a few images at a
 time keeps both operands in cache. Same sums as oneDNN, in another order (about 1e-5 relative); 1.3-2.5x faster
 per layer here, measured in ``benchmarks/train_step.py``.
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FastGradConv2d", "conv3x3_weight_grad", "use_fast_weight_grad"]
+__all__ = ["FastGradConv2d", "conv3x3_weight_grad", "fast_weight_grad_layers", "use_fast_weight_grad"]
 
 #: Padded pixels per chunk of images: about 6k rows keep a chunk's two operands within a few MB (cache-sized).
 _CHUNK_PIXELS = 6000
@@ -130,6 +130,11 @@ def _eligible(conv: nn.Module) -> bool:
     return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
             and conv.stride in ((1, 1), (2, 2)) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.bias is None and conv.padding_mode == "zeros" and conv.in_channels >= 16)
+
+
+def fast_weight_grad_layers(model: nn.Module) -> int:
+    """How many layers :func:`use_fast_weight_grad` would swap in ``model``."""
+    return sum(1 for m in model.modules() if _eligible(m))
 
 
 def use_fast_weight_grad(model: nn.Module) -> int:

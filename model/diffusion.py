@@ -17,19 +17,13 @@ from torch import nn
 
 from model.diffusion_unet import DiffusionUnet, diffiqa_unet
 from model.registry import check_finite, describe_mismatch, strip_prefixes
-from utils.io import torch_load, torch_load_reason
 from utils.errors import CheckpointError
+from utils.io import torch_load, torch_load_reason
 
 __all__ = ["cosine_beta_schedule", "linear_beta_schedule", "GaussianDiffusion", "reconstruction_pairs", "noised_steps",
-           "build_diffusion", "read_diffusion_state", "load_diffusion", "SCHEDULE_BUFFERS"]
+           "build_diffusion", "read_diffusion_state", "load_diffusion"]
 
 _logger = logging.getLogger(__name__)
-
-SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-                    "posterior_mean_coef1", "posterior_mean_coef2", "p2_loss_weight")
-
 
 def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> torch.Tensor:
     """Nichol & Dhariwal's cosine schedule in float64: ``(timesteps,)`` betas clipped to [0, 0.999]."""

@@ -12,19 +12,35 @@ The terms are computed with the official ops in the official order, so gradients
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from utils.errors import ConfigError
 
-__all__ = ["ExtendedL1", "DistillationLoss", "BASE_LOSSES", "QUALITY_LOSSES", "CONSISTENCY_LOSSES"]
+__all__ = ["ExtendedL1", "DistillationLoss", "RegressionLoss", "BASE_LOSSES", "QUALITY_LOSSES", "CONSISTENCY_LOSSES",
+           "loss_argument_problem"]
 
 #: Official module strings admitted in configs, mapped to classes (nothing else can be named).
 BASE_LOSSES = {"torch.nn.L1Loss": nn.L1Loss, "torch.nn.MSELoss": nn.MSELoss, "torch.nn.SmoothL1Loss": nn.SmoothL1Loss}
 QUALITY_LOSSES = ("loss.ExtendedL1",)
+#: The arguments a config may give each base loss.
+_LOSS_ARGUMENTS = {"torch.nn.L1Loss": ("reduction",), "torch.nn.MSELoss": ("reduction",),
+                   "torch.nn.SmoothL1Loss": ("reduction", "beta")}
 CONSISTENCY_LOSSES = ("torch.nn.CosineEmbeddingLoss",)
+
+
+def loss_argument_problem(module: str, params: Dict) -> str:
+    """What is wrong with ``params`` for the base loss ``module`` ("" when nothing), without building it."""
+    for name, value in params.items():
+        if name not in _LOSS_ARGUMENTS[module]:
+            return f"it takes {', '.join(_LOSS_ARGUMENTS[module])}, not '{name}'"
+        if name == "reduction" and value not in ("none", "mean", "sum"):
+            return f"reduction must be none, mean or sum, got {value!r}"
+        if name == "beta" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+            return f"beta must be a number >= 0, got {value!r}"
+    return ""
 
 
 class ExtendedL1(nn.Module):
@@ -49,13 +65,18 @@ class ExtendedL1(nn.Module):
 
 
 class DistillationLoss(nn.Module):
-    """``theta * L_rc + (1 - theta) * L_q``; returns the total and both terms (named correctly).
+    """``theta * L_rc + (1 - theta) * L_q``.
+
+    Returns named terms: ``loss`` (the total, to minimise) and each term of :attr:`terms`; the training loop sums,
+    logs and plots them by name, so a new term is added here only.
 
     Args:
         quality_loss: :class:`ExtendedL1`.
         consistency: ``CosineEmbeddingLoss`` (official: ``reduction="none"``), used for ``L_rc`` and ``ad``.
         theta: Weight of the representation term.
     """
+
+    terms = ("loss_rc", "loss_q")
 
     def __init__(self, quality_loss: ExtendedL1, consistency: Optional[nn.CosineEmbeddingLoss] = None,
                  theta: float = 0.5) -> None:
@@ -67,7 +88,7 @@ class DistillationLoss(nn.Module):
         self.theta = float(theta)
 
     def forward(self, feat: torch.Tensor, pred: torch.Tensor, quality: torch.Tensor, teacher: torch.Tensor,
-                centre: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                centre: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Args: student ``feat`` (B, D), ``pred`` (B, 1), labels (B,), ``teacher`` (B, D), ``centre`` (B, D) or
         None (no label optimisation, as in validation)."""
         target = torch.tensor([1], device=feat.device)  # the official target, broadcast over the batch
@@ -79,4 +100,21 @@ class DistillationLoss(nn.Module):
         l_q = self.quality_loss(pred.float().reshape(-1), quality, ad)
         l_rc = torch.mean(self.consistency(feat, teacher, target))
         total = self.theta * l_rc + (1.0 - self.theta) * l_q
-        return total, {"loss": total.detach(), "loss_rc": l_rc.detach(), "loss_q": l_q.detach()}
+        return {"loss": total, "loss_rc": l_rc, "loss_q": l_q}
+
+
+class RegressionLoss(nn.Module):
+    """DifFIQA(R): a regression loss (official ``torch.nn.L1Loss``) of the predicted against the labelled quality;
+    no label optimisation and no consistency term. Returns ``loss`` and :attr:`terms` as
+    :class:`DistillationLoss`."""
+
+    terms = ("loss_q",)
+
+    def __init__(self, base_loss: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.base_loss = base_loss if base_loss is not None else nn.L1Loss()
+
+    def forward(self, pred: torch.Tensor, quality: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Args: ``pred`` (B, 1), labels (B,)."""
+        l_q = self.base_loss(pred.float().reshape(-1), quality)
+        return {"loss": l_q, "loss_q": l_q}

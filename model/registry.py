@@ -24,54 +24,135 @@ from model.mobilefacenet import mobilefacenet
 from utils.errors import CheckpointError, ConfigError
 from utils.io import torch_load, torch_load_reason
 
-__all__ = ["BACKBONES", "VARIANTS", "Variant", "OFFICIAL_WEIGHTS_HELP", "BACKBONE_WEIGHTS_HELP", "build_backbone", "build_model",
+__all__ = ["BACKBONES", "Backbone", "VARIANTS", "Variant", "KINDS", "DEFAULT_VARIANT", "DEFAULT_FR", "register_variant",
+           "backbone_for_module", "variant_for_module", "official_modules", "backbone_names",
+           "OFFICIAL_WEIGHTS_HELP", "BACKBONE_WEIGHTS_HELP", "build_backbone", "build_model",
            "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names",
            "strip_prefixes", "describe_mismatch", "check_finite"]
 
 _logger = logging.getLogger(__name__)
 
-BACKBONES: Dict[str, Callable[[], nn.Module]] = {
-    "iresnet18": iresnet18,
-    "iresnet34": iresnet34,
-    "iresnet50": iresnet50,
-    "iresnet100": iresnet100,
-    "iresnet200": iresnet200,
-    "mobilefacenet": mobilefacenet,
-}
+@dataclass(frozen=True)
+class Backbone:
+    """A face recognition backbone.
+
+    Attributes:
+        name: Registry name (``--backbone`` of ``extract_embeddings.py``).
+        build: Builds it randomly initialised.
+        modules: The module strings official config files name it by (``base_model.module`` of model configs,
+            ``fr_model.module`` of FR configs).
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    modules: Tuple[str, ...] = ()
+
+
+def _table(*entries):
+    return {entry.name: entry for entry in entries}
+
+
+BACKBONES: Dict[str, Backbone] = _table(
+    Backbone("iresnet18", iresnet18, ("model.iresnet.iresnet18",)),
+    Backbone("iresnet34", iresnet34, ("model.iresnet.iresnet34",)),
+    Backbone("iresnet50", iresnet50, ("model.iresnet.iresnet50",)),
+    # The official DifFIQA code loads its CosFace iResNet-100 through model_weights.iresnet.load_cosface.
+    Backbone("iresnet100", iresnet100, ("model.iresnet.iresnet100", "model_weights.iresnet.load_cosface")),
+    Backbone("iresnet200", iresnet200),
+    Backbone("mobilefacenet", mobilefacenet, ("model.mobilenet.MobileFaceNet",)),
+)
 
 
 def _ediffiqa(backbone: str) -> Callable[[], nn.Module]:
     return lambda: EDifFIQA(build_backbone(backbone), MLP(512, 1024, 1))
 
 
+def _regression(backbone: str) -> Callable[[], nn.Module]:
+    return lambda: DifFIQAR(build_backbone(backbone))
+
+
+#: Kinds of variants: an eDifFIQA model distilled with label-optimised targets, or DifFIQA(R), a regressor of
+#: DifFIQA labels.
+KINDS = ("ediffiqa", "regression")
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One published model.
+    """One published model: everything the scripts need to know about it.
 
     Attributes:
         name: Registry name, as in the official ``inference_config.yaml`` (``ediffiqaL``).
         title: Name used in the paper (``eDifFIQA(L)``).
         backbone: Key of :data:`BACKBONES`.
-        backbone_weights: File name of the insightface backbone init the official configs use (None for T).
+        kind: One of :data:`KINDS`; decides the training objective and which model config describes it.
+        init_weights: The backbone initialisation the official recipe trains from (insightface CosFace backbones),
+            or None for random weights.
+        config: Its official model config file (what ``base.model`` names), relative to the working directory.
         build: Builds the randomly initialised model (backbone first, then the head, as the official code).
     """
 
     name: str
     title: str
     backbone: str
-    backbone_weights: Optional[str]
+    kind: str
+    init_weights: Optional[str]
+    config: str
     build: Callable[[], nn.Module]
 
 
-VARIANTS: Dict[str, Variant] = {
-    "ediffiqaL": Variant("ediffiqaL", "eDifFIQA(L)", "iresnet100", "r100.pth", _ediffiqa("iresnet100")),
-    "ediffiqaM": Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "r50.pth", _ediffiqa("iresnet50")),
-    "ediffiqaS": Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "r18.pth", _ediffiqa("iresnet18")),
-    "ediffiqaT": Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", None, _ediffiqa("mobilefacenet")),
+VARIANTS: Dict[str, Variant] = _table(
+    Variant("ediffiqaL", "eDifFIQA(L)", "iresnet100", "ediffiqa", "./weights/r100.pth",
+            "./configs/ediffiqaL_config.yaml", _ediffiqa("iresnet100")),
+    Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "ediffiqa", "./weights/r50.pth",
+            "./configs/ediffiqaM_config.yaml", _ediffiqa("iresnet50")),
+    Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "ediffiqa", "./weights/r18.pth",
+            "./configs/ediffiqaS_config.yaml", _ediffiqa("iresnet18")),
+    Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", "ediffiqa", None,
+            "./configs/ediffiqaT_config.yaml", _ediffiqa("mobilefacenet")),
     # The regression baseline the paper compares against (authors' diffiqa(r).pth; keys base.*, linear.*).
-    "diffiqaR": Variant("diffiqaR", "DifFIQA(R)", "iresnet100", "r100.pth",
-                        lambda: DifFIQAR(build_backbone("iresnet100"))),
-}
+    Variant("diffiqaR", "DifFIQA(R)", "iresnet100", "regression", "./weights/r100.pth",
+            "./configs/diffiqaR_model_config.yaml", _regression("iresnet100")),
+)
+
+#: The variant scripts use when none is named (the official inference config's).
+DEFAULT_VARIANT = "ediffiqaL"
+#: The face recognition model of DifFIQA labels when no FR config is given: the official CosFace iResNet-100 (its
+#: official module string) and where this project looks for its weights.
+DEFAULT_FR = ("model_weights.iresnet.load_cosface", "./weights/cosface_r100.pth")
+
+
+def register_variant(variant: Variant) -> None:
+    """Add ``variant`` to :data:`VARIANTS` (its backbone must be registered); every script and the CLI choices see
+    it."""
+    if variant.backbone not in BACKBONES:
+        raise ConfigError(f"variant '{variant.name}' names unknown backbone '{variant.backbone}'")
+    if variant.kind not in KINDS:
+        raise ConfigError(f"variant '{variant.name}' has unknown kind '{variant.kind}'; one of {', '.join(KINDS)}")
+    VARIANTS[variant.name] = variant
+    _expected_shapes.cache_clear()
+
+
+def backbone_for_module(module: str) -> Optional[str]:
+    """The backbone an official module string names (``model.iresnet.iresnet18`` -> ``iresnet18``), or None."""
+    return next((b.name for b in BACKBONES.values() if module in b.modules), None)
+
+
+def variant_for_module(module: str, kind: str = "ediffiqa") -> Optional[str]:
+    """The variant of ``kind`` whose backbone an official model config's ``base_model.module`` names, or None."""
+    backbone = backbone_for_module(module)
+    return next((v.name for v in VARIANTS.values() if v.kind == kind and v.backbone == backbone), None)
+
+
+def official_modules(kind: Optional[str] = None) -> List[str]:
+    """Module strings accepted in config files: of the backbones of ``kind``'s variants, or of every backbone."""
+    backbones = {v.backbone for v in VARIANTS.values() if kind is None or v.kind == kind}
+    return [m for b in BACKBONES.values() if kind is None or b.name in backbones for m in b.modules]
+
+
+def backbone_names() -> List[str]:
+    """Registered backbone names, sorted."""
+    return sorted(BACKBONES)
+
 
 OFFICIAL_WEIGHTS_HELP = (
     "the official weights are published by the authors (OneDrive link in the eDifFIQA README, and "
@@ -80,9 +161,9 @@ OFFICIAL_WEIGHTS_HELP = (
 )
 
 
-def variant_names() -> List[str]:
-    """Registered variant names, sorted."""
-    return sorted(VARIANTS)
+def variant_names(kind: Optional[str] = None) -> List[str]:
+    """Registered variant names (of ``kind``, when given), sorted."""
+    return sorted(v.name for v in VARIANTS.values() if kind is None or v.kind == kind)
 
 
 def _get_variant(name: str) -> Variant:
@@ -95,9 +176,9 @@ def _get_variant(name: str) -> Variant:
 def build_backbone(name: str) -> nn.Module:
     """Build a randomly initialised backbone by name (see :data:`BACKBONES`)."""
     try:
-        builder = BACKBONES[name]
+        builder = BACKBONES[name].build
     except KeyError:
-        raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(sorted(BACKBONES))}") from None
+        raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(backbone_names())}") from None
     return builder()
 
 

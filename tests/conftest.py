@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import load_manifest, manifest_state_dict
 
 
@@ -14,3 +13,13 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     for variant in load_manifest():
         torch.save(manifest_state_dict(variant, seed=1), str(folder / f"{variant}.pth"))
     return str(folder)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
+    """Tests marked ``gpu`` need CUDA: without it they are skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

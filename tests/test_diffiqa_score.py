@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
 from PIL import Image
 
-from helpers import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
-
-from model.diffusion import GaussianDiffusion, build_diffusion
 from engine.labels.scoring import diffiqa_quality, image_seed, score_batch_fast, score_batch_official
+from model.diffusion import GaussianDiffusion, build_diffusion
 
 TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
 
@@ -367,7 +366,7 @@ def test_diffiqa_r_trains_one_epoch(tmp_path, capsys, labels_key) -> None:
     code = run_cli(train.main, ["-c", str(tmp_path / "cfg.yaml")], "train.py")
     assert code == 0, capsys.readouterr().err
     history = json.loads((tmp_path / "out" / "history.json").read_text())
-    assert len(history) == 1 and np.isfinite(history[0]["val"]["loss"]) and history[0]["train"]["loss_rc"] == 0
+    assert len(history) == 1 and np.isfinite(history[0]["val"]["loss"]) and "loss_rc" not in history[0]["train"]
     saved = torch.load(tmp_path / "out" / "model.pth", weights_only=True)
     assert list(saved)[-2:] == ["linear.weight", "linear.bias"]
     assert all(k.startswith(("base.", "linear.")) for k in saved)

@@ -11,20 +11,33 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import ROOT, assert_user_error, run_script
 from PIL import Image
 
-from helpers import ROOT, assert_user_error, run_script
-
-from dataset.degradations import (anisotropic_gaussian, convolve_mirror, degradation_bsrgan, degrade_face,
-                                  fspecial_gaussian, imresize_np, shift_pixel)
+from dataset.degradations import (
+    anisotropic_gaussian,
+    convolve_mirror,
+    degradation_bsrgan,
+    degrade_face,
+    fspecial_gaussian,
+    imresize_np,
+    shift_pixel,
+)
 from dataset.diffusion_data import DegradationPairs, SampleStream
-from model.diffusion import (GaussianDiffusion, build_diffusion, cosine_beta_schedule, load_diffusion,
-                             read_diffusion_state, reconstruction_pairs)
+from model.diffusion import (
+    GaussianDiffusion,
+    build_diffusion,
+    cosine_beta_schedule,
+    load_diffusion,
+    read_diffusion_state,
+    reconstruction_pairs,
+)
 from model.diffusion_unet import DiffusionUnet
 from model.ema import EMA
+from model.synthetic import MANIFESTS
 from utils.errors import CheckpointError
 
-DIFF_MANIFEST = os.path.join(ROOT, "tests", "data", "diffiqa_state_dict_manifest.json")
+DIFF_MANIFEST = MANIFESTS["diffiqa"]
 
 
 class Recorder(torch.nn.Module):

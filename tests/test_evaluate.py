@@ -9,15 +9,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from helpers import assert_user_error, manifest_state_dict, save_image
-from engine.evaluation import edc
-from utils.cli import run_cli
+from PIL import Image
 
 import evaluate
 import extract_embeddings
 import inference
+from engine.evaluation import edc
+from utils.cli import run_cli
 
 # Ten comparisons: four non-mated (similarities 0.1 0.2 0.3 0.6) and six mated.
 NON_MATED = np.array([0.1, 0.2, 0.3, 0.6])

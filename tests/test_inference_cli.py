@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import ROOT, assert_user_error, run_script, save_image
 from PIL import Image
 
-from helpers import ROOT, assert_user_error, run_script, save_image
+import inference
 from dataset import official_transform
 from model import create_model
-
-import inference
 
 
 def run(argv, capsys):
@@ -131,7 +130,7 @@ def _write_yaml(tmp_path, data) -> str:
     ("unknown_loader_key", r"unknown key 'dataloader.params.batchsize'"),
     ("bad_type", r"'dataloader.params.batch_size' must be int or null, got 'many'"),
     ("bad_value", r"'dataloader.params.batch_size' must be between 1 and 1048576"),
-    ("bad_model", r"'model' is 'ediffiqaXL'; choose one of"),
+    ("bad_model", r"argument --model: invalid choice: 'ediffiqaXL' \(choose from 'diffiqaR', 'ediffiqaL'"),
     ("bad_device", r"device 'tpu' not understood"),
     ("bad_yaml", r"is not valid YAML at line"),
     ("missing_config", r"config file '.*nope.yaml' not found"),

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ROOT, assert_user_error, run_script, save_image
 
 import inference

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 import pytest
-
 from helpers import ROOT
 
 #: Layer of each package; a module may import its own package and packages of lower layers. model and dataset
@@ -54,3 +54,63 @@ def test_the_check_sees_an_upward_import(tmp_path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from engine.scoring.run import score\n")
     assert list(project_imports(str(bad))) == [(2, "engine")]
+
+
+def _code_strings_and_names(path: str):
+    """String constants (docstrings left out) and identifiers of ``path``'s code."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+        elif isinstance(node, ast.Name):
+            yield node.lineno, node.id
+        elif isinstance(node, ast.Attribute):
+            yield node.lineno, node.attr
+
+
+def test_no_script_or_engine_module_names_a_variant_or_backbone() -> None:
+    """The registry (model/registry.py) is the one home of variant facts: no code outside model/ spells a variant,
+    a backbone or an official module string that names one."""
+    from model.registry import BACKBONES, VARIANTS
+
+    names = set(VARIANTS) | set(BACKBONES) | {m for b in BACKBONES.values() for m in b.modules}
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) +
+                         r")(?![\w])")
+    found = []
+    for package, path in modules():
+        if package in ("engine", "script"):
+            found += [f"{os.path.relpath(path, ROOT)}:{line}: {text!r}" for line, text in _code_strings_and_names(path)
+                      if pattern.search(text)]
+    assert not found, "\n".join(found)
+
+
+def test_the_check_sees_a_variant_name(tmp_path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""Docs may say ediffiqaL."""\nDEFAULT = "ediffiqaL"\n')
+    assert [(line, text) for line, text in _code_strings_and_names(str(bad)) if "ediffiqa" in text] == [
+        (2, "ediffiqaL")]
+
+
+@pytest.mark.parametrize("script,flag,source", [("inference", "--model", "variant_names"),
+                                                ("export_onnx", "--model", "variant_names"),
+                                                ("extract_embeddings", "--backbone", "backbone_names")])
+def test_the_registry_drives_the_cli_choices(script, flag, source) -> None:
+    import importlib
+
+    import model.registry as registry
+
+    parser = importlib.import_module(script).build_parser()
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    assert action.choices == getattr(registry, source)()
+
+
+def test_the_trainer_reads_the_policy_not_the_official_flag() -> None:
+    """engine/training/policy.py is the one place that turns base.official into how training computes."""
+    text = open(os.path.join(ROOT, "engine", "training", "trainer.py"), encoding="utf-8").read()
+    assert "official" not in text

@@ -5,13 +5,13 @@ import os
 
 import pytest
 import torch
-
 from helpers import load_manifest, manifest_state_dict
+
 from model import EDifFIQA, build_model, create_model, identify_variant, read_state_dict
-from model.registry import VARIANTS, _expected_shapes
+from model.registry import VARIANTS, _expected_shapes, variant_names
 from utils.errors import CheckpointError, ConfigError
 
-VARIANT_NAMES = ["ediffiqaL", "ediffiqaM", "ediffiqaS", "ediffiqaT"]
+VARIANT_NAMES = variant_names("ediffiqa")
 PARAMS_M = {"ediffiqaL": 65.68, "ediffiqaM": 44.12, "ediffiqaS": 24.55, "ediffiqaT": 1.73}
 
 
@@ -144,3 +144,38 @@ def test_unknown_model_name() -> None:
     with pytest.raises(ConfigError, match="diffiqaR, ediffiqaL, ediffiqaM, ediffiqaS, ediffiqaT"):
         build_model("ediffiqaXL")
     assert set(VARIANTS) == set(VARIANT_NAMES) | {"diffiqaR"}  # the four eDifFIQA models and DifFIQA(R)
+
+
+def test_a_variant_registered_in_one_place_builds_saves_loads_and_scores(tmp_path, capsys) -> None:
+    """One registry entry is all a new variant needs to be built, saved, loaded strictly and chosen on the command
+    line (here an eDifFIQA head on iResNet-34, which no published variant uses)."""
+    import pickle
+
+    from helpers import run_script, save_image
+
+    import inference
+    from model.mlp import MLP
+    from model.registry import Variant, build_backbone, register_variant, variant_names
+
+    variant = Variant("ediffiqaR34", "eDifFIQA(R34)", "iresnet34", "ediffiqa", None, "./configs/none.yaml",
+                      lambda: EDifFIQA(build_backbone("iresnet34"), MLP(512, 1024, 1)))
+    register_variant(variant)
+    try:
+        assert "ediffiqaR34" in variant_names("ediffiqa")
+        torch.manual_seed(0)
+        state = build_model("ediffiqaR34").state_dict()
+        torch.save(state, str(tmp_path / "r34.pth"))
+        model = create_model("ediffiqaR34", str(tmp_path / "r34.pth"))
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+        assert identify_variant(state) == "ediffiqaR34"
+        save_image(str(tmp_path / "faces" / "a.png"), seed=0)
+        code, err = run_script(inference.main, "inference.py", [
+            "--images", str(tmp_path / "faces"), "--model", "ediffiqaR34", "--weights", str(tmp_path / "r34.pth"),
+            "--output", str(tmp_path / "out"), "--device", "cpu", "-q"], capsys)
+        assert code == 0, err
+        assert len(pickle.loads((tmp_path / "out" / "quality-scores.pkl").read_bytes())) == 1
+        with pytest.raises(CheckpointError, match=r"holds eDifFIQA\(R34\) \('ediffiqaR34'\), not eDifFIQA\(S\)"):
+            create_model("ediffiqaS", str(tmp_path / "r34.pth"))
+    finally:
+        VARIANTS.pop("ediffiqaR34")
+        _expected_shapes.cache_clear()

@@ -8,15 +8,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from helpers import save_image
-from dataset.alignment import ARCFACE_TEMPLATE, estimate_similarity
-from utils.cli import run_cli
-from utils.errors import CheckpointError
+from PIL import Image
 
 import export_onnx
 import inference
+from dataset.alignment import ARCFACE_TEMPLATE, estimate_similarity
+from utils.cli import run_cli
+from utils.errors import CheckpointError
 
 
 def public_domain_photos():

@@ -8,16 +8,21 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from helpers import assert_user_error, manifest_state_dict, run_script, save_image
-from dataset.formats import read_embeddings, read_prepared
-from dataset.labels import (centre_order, group_identities, identity_centres, quality_threshold,
-                            select_identities, training_items)
 from official import official_prepare_data, without_storage_keys, write_official_prepared
-from utils.cli import run_cli
 
 import extract_embeddings
 import prepare_data
+from dataset.formats import read_embeddings, read_prepared
+from dataset.labels import (
+    centre_order,
+    group_identities,
+    identity_centres,
+    quality_threshold,
+    select_identities,
+    training_items,
+)
+from utils.cli import run_cli
 
 
 def synthetic(n_ids=12, per_id=(5, 40), dim=16, seed=0):
@@ -239,9 +244,10 @@ def test_extract_embeddings(tmp_path, capsys, suffix, flip) -> None:
     assert len(table) == 3 and table.dim == 512
     assert table.missing(["id1/a.jpg", "id1/b.PNG", "id2/c.png"]) == []
 
+    from PIL import Image
+
     from dataset import official_transform
     from model import build_backbone
-    from PIL import Image
     model = build_backbone("iresnet18")
     model.load_state_dict(backbone_sd)
     model.eval()

@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from helpers import assert_user_error, manifest_state_dict, run_script, save_image
-from dataset.image_folder import find_images
-from utils.config import load_config
-from utils.errors import ConfigError
-from utils.io import read_scores_csv, safe_pickle_load, write_csv
 
+import diffiqa_score
 import evaluate
 import export_onnx
 import extract_embeddings
@@ -27,7 +23,10 @@ import inference
 import prepare_data
 import train
 import train_diffusion
-import diffiqa_score
+from dataset.image_folder import find_images
+from utils.config import load_config
+from utils.errors import ConfigError
+from utils.io import read_scores_csv, safe_pickle_load, write_csv
 
 #: A file name that is not valid UTF-8 (byte 0xff), as Linux allows.
 ODD_NAME = os.fsdecode(b"caf\xff.png")
@@ -228,9 +227,11 @@ def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, capsys, m
     real = DistillationLoss.forward
 
     def diverging(self, *args, **kwargs):
-        total, terms = real(self, *args, **kwargs)
+        terms = real(self, *args, **kwargs)
         calls["n"] += 1
-        return (total * float("nan") if calls["n"] > 7 else total), terms  # epoch 2 (5 steps + 2 validation)
+        if calls["n"] > 7:  # epoch 2 (5 steps + 2 validation)
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
 
     monkeypatch.setattr(DistillationLoss, "forward", diverging)
     code, err = run(train, "train.py", ["-c", official_schema_config(tmp_path, images, data, out, "ediffiqaT")],
@@ -266,9 +267,14 @@ def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, 
 # ---------------------------------------------------------------- config values
 
 @pytest.mark.parametrize("section,value,pattern", [
-    ("optimizer", {"params": {"momentum": 0.9}}, r"do not fit torch.optim.Adam: .*unexpected keyword.*momentum"),
+    ("optimizer", {"params": {"momentum": 0.9}}, r"'optimizer.params.momentum' is not a setting of torch.optim.Adam"),
     ("optimizer", {"params": {"betas": [0.9]}}, r"'optimizer.params.betas' must be two numbers in \[0, 1\)"),
-    ("optimizer", {"params": {"eps": -1}}, r"do not fit torch.optim.Adam: Invalid epsilon value: -1"),
+    ("optimizer", {"params": {"eps": -1}}, r"'optimizer.params.eps' must be a number >= 0, got -1"),
+    ("optimizer", {"module": "torch.optim.SGD", "params": {"nesterov": True}}, r"'optimizer.params.nesterov' needs "
+                                                                               r"momentum > 0"),
+    ("optimizer", {"grad_clip": float("inf")}, r"'optimizer.grad_clip' must be a positive number or null, got inf"),
+    ("loss", {"quality": {"params": {"base_loss": {"params": {"beta": 1}}}}}, r"do not fit torch.nn.L1Loss: it takes "
+                                                                              r"reduction, not 'beta'"),
     ("optimizer", {"group_2": {"params": "mlp", "lr": 1e-3}}, r"both name 'mlp'"),
     ("base", {"seed": 10 ** 23}, r"'base.seed' must be between 0 and 2\*\*63 - 1"),
     ("dataloader", {"train": {"params": {"batch_size": 10 ** 20}}}, r"batch_size' must be between 1 and"),
@@ -401,9 +407,9 @@ def test_nan_embeddings_stop_extract_embeddings(faces, tmp_path, capsys) -> None
     state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v) for k, v in net.state_dict().items()}
     torch.save(state, str(tmp_path / "huge.pth"))
     out = tmp_path / "o" / "e.pkl"
-    code, err = run(extract_embeddings, "extract_embeddings.py", ["--images", str(faces), "--backbone",
-                                                                  "mobilefacenet", "--weights", str(tmp_path / "huge.pth"),
-                                                                  "--output", str(out), "--device", "cpu", "-q"], capsys)
+    argv = ["--images", str(faces), "--backbone", "mobilefacenet", "--weights", str(tmp_path / "huge.pth"), "--output",
+            str(out), "--device", "cpu", "-q"]
+    code, err = run(extract_embeddings, "extract_embeddings.py", argv, capsys)
     assert code == 1 and "Traceback" not in err, err
     assert re.search(r"extract_embeddings.py: error: \d of the \d embeddings of a batch are NaN or infinite", err)
     assert not out.exists()
@@ -438,12 +444,14 @@ def test_a_missing_training_backbone_names_the_cosface_backbones(tmp_path, capsy
     raw["base"]["model"] = "ediffiqaS"  # the variant's own init: ./weights/r18.pth
     open(cfg, "w").write(yaml.safe_dump(raw))
     code, err = run(train, "train.py", ["-c", cfg], capsys)
-    assert_user_error(code, err, "train.py", r"weights file '.*r18.pth' not found; the recipe starts from insightface's "
-                                             r"CosFace backbones .*; pass its path with base_model.weights")
+    assert_user_error(code, err, "train.py", r"weights file '.*r18.pth' not found; the recipe starts from "
+                                             r"insightface's CosFace backbones .*; pass its path with "
+                                             r"base_model.weights")
 
 
 def test_a_backbone_of_another_size_names_the_training_keys(tmp_path, capsys) -> None:
     from helpers import official_layout, official_schema_config
+
     from model.registry import build_backbone
 
     images, data = official_layout(tmp_path)

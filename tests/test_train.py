@@ -11,21 +11,26 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from dataset.training import TrainingSet, official_split
-from engine.training.config import TrainConfig
-from engine.training.trainer import optimizer_groups
-from helpers import (ROOT, assert_user_error, manifest_state_dict, official_layout, official_schema_config,
-                     run_script, save_image)
-from model import build_model
-from model.loss import DistillationLoss, ExtendedL1
-from utils.cli import run_cli
-from utils.config import from_dict
+from helpers import (
+    ROOT,
+    assert_user_error,
+    manifest_state_dict,
+    official_layout,
+    official_schema_config,
+    run_script,
+    save_image,
+)
 
 import inference
 import prepare_data
 import train
-
+from dataset.training import TrainingSet, official_split
+from engine.training.config import TrainConfig
+from engine.training.trainer import optimizer_groups
+from model import build_model
+from model.loss import DistillationLoss, ExtendedL1
+from utils.cli import run_cli
+from utils.config import from_dict
 
 # ---------------------------------------------------------------- objective
 
@@ -46,13 +51,16 @@ def test_distillation_loss_terms_by_hand() -> None:
     feat = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], requires_grad=True)
     teacher = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 1.0]])  # cos = 1, 0, 1 -> L_rc = (0 + 1 + 0) / 3
     pred, q = torch.tensor([[0.3], [0.7], [0.5]]), torch.tensor([0.5, 0.5, 0.9])
-    total, terms = DistillationLoss(ExtendedL1(epsilon=0.5), theta=0.25)(feat, pred, q, teacher)
+    terms = DistillationLoss(ExtendedL1(epsilon=0.5), theta=0.25)(feat, pred, q, teacher)
+    total = terms["loss"]
     # L_q = mean |pred - q| = (0.2 + 0.2 + 0.4) / 3
-    assert torch.isclose(terms["loss_rc"], torch.tensor(1 / 3)) and torch.isclose(terms["loss_q"], torch.tensor(0.8 / 3))
+    assert torch.isclose(terms["loss_rc"], torch.tensor(1 / 3))
+    assert torch.isclose(terms["loss_q"], torch.tensor(0.8 / 3))
     assert torch.isclose(total, torch.tensor(0.25 / 3 + 0.75 * 0.8 / 3))
     # With centres: ad = 1 - cos(feat, centre) = [0, 1, 2] without gradient; targets [0.5, 0, 0].
     centre = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, -1.0]])
-    total, terms = DistillationLoss(ExtendedL1(epsilon=0.5), theta=0.0)(feat, pred, q, teacher, centre)
+    terms = DistillationLoss(ExtendedL1(epsilon=0.5), theta=0.0)(feat, pred, q, teacher, centre)
+    total = terms["loss"]
     assert torch.isclose(terms["loss_q"], torch.tensor((0.2 + 0.7 + 0.5) / 3))
     total.backward()
     assert not feat.grad.any()  # theta 0: only L_q counts, and ad carries no gradient
@@ -260,7 +268,7 @@ def test_errors_exit_2(case, pattern, tiny, tmp_path, capsys) -> None:
 def test_missing_items_are_dropped_with_a_warning(tiny, tmp_path, caplog) -> None:
     import shutil
 
-    from engine.training.trainer import load_training_data
+    from engine.training.data import load_training_data
 
     root, images = tiny
     images2 = tmp_path / "imgs"
@@ -364,7 +372,8 @@ def test_official_train_config_runs_unchanged(official_set, tmp_path, capsys) ->
 
 
 @pytest.mark.parametrize("value,pattern", [
-    ("nowhere.yaml", r"the model 'nowhere.yaml' \(base.model or model.config\) is neither a model config file nor a variant"),
+    ("nowhere.yaml", r"the model 'nowhere.yaml' \(base.model or model.config\) is neither a model config file nor a "
+                     r"variant"),
     ("bad_backbone", r"'base_model.module' is 'os.system'; allowed"),
     ("bad_transform", r"'base_model.transformations' must be the official preprocessing"),
 ])

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import face_array, save_image
 from PIL import Image
 
-from helpers import face_array, save_image
 from dataset import load_face, normalize, official_transform, preprocess, preprocess_batch
 
 

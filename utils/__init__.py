@@ -1,1 +1,2 @@
-"""Plumbing shared by everything above it: errors, file I/O, config loading, devices, distributed runs, the command line and run logs."""
+"""Plumbing shared by everything above it: errors, file I/O, locks, checkpoints, config loading, devices, distributed
+runs, the command line and run logs."""

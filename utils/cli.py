@@ -1,14 +1,89 @@
-"""What every script does around its work: logging setup and turning user errors into exit code 2."""
+"""What every script does around its work: its command line (one table of named flags, each setting one config key,
+plus ``-c`` and ``--set``), logging, and turning user errors into exit code 2."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-from typing import Callable, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError, one_line
 
-__all__ = ["setup_logging", "run_cli"]
+__all__ = ["Flag", "build_parser", "load_script_config", "setup_logging", "run_cli"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A named flag that sets one config key.
+
+    Attributes:
+        names: ``("--images",)`` or ``("-q", "--quiet")``.
+        key: The dotted config key it sets (``dataset.loc``).
+        help: What it is; the key is added to the help text.
+        type: ``int``, ``float`` or ``str`` (default).
+        const: A switch: given, it sets ``key`` to this value.
+        choices: Called for the allowed values (``model.registry.variant_names``), or None.
+        nargs: ``+`` for a list.
+        append: Repeatable; the values form a list.
+        convert: Maps the parsed value to the config value (``LABEL=FILE`` -> a mapping).
+        metavar: The value's name in the help text.
+    """
+
+    names: Tuple[str, ...]
+    key: str
+    help: str
+    type: Callable[[str], Any] = str
+    const: Any = None
+    choices: Optional[Callable[[], Sequence[str]]] = None
+    nargs: Optional[str] = None
+    append: bool = False
+    convert: Optional[Callable[[Any], Any]] = None
+    metavar: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return self.names[-1].lstrip("-").replace("-", "_")
+
+
+def build_parser(prog: str, doc: str, flags: Sequence[Flag],
+                 config_help: str = "YAML config") -> argparse.ArgumentParser:
+    """The script's parser: ``-c/--config``, the named ``flags`` and ``--set KEY=VALUE`` (any key of the schema)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", help=config_help)
+    for flag in flags:
+        text = f"{flag.help} ({flag.key})"
+        if flag.const is not None:
+            parser.add_argument(*flag.names, dest=flag.dest, action="store_const", const=flag.const, help=text)
+            continue
+        kwargs: Dict[str, Any] = {"dest": flag.dest, "type": flag.type, "help": text, "metavar": flag.metavar}
+        if flag.choices is not None:
+            kwargs["choices"] = list(flag.choices())
+        if flag.nargs:
+            kwargs["nargs"] = flag.nargs
+        if flag.append:
+            kwargs["action"] = "append"
+        parser.add_argument(*flag.names, **kwargs)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any config key (repeatable; applied last), e.g. --set base.seed=7; the value is "
+                        "read as YAML and checked against the schema")
+    return parser
+
+
+def load_script_config(cls: Type[T], args: argparse.Namespace, flags: Sequence[Flag]) -> T:
+    """The config of a parsed command line: ``-c`` file, then the named flags given, then ``--set`` items."""
+    from utils.config import load_config
+
+    overrides: Dict[str, Any] = {}
+    for flag in flags:
+        value = getattr(args, flag.dest)
+        if value is not None:
+            overrides[flag.key] = flag.convert(value) if flag.convert is not None else value
+    return load_config(cls, args.config, overrides, sets=args.set)
 
 
 def setup_logging(verbose: bool = True) -> None:
@@ -34,3 +109,5 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # argparse's own errors (exit 2) and --help (exit 0), when main runs in-process
+        return exc.code if isinstance(exc.code, int) else 1

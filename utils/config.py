@@ -8,16 +8,18 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import os
+import re
 import reprlib
 import typing
-from typing import Any, Dict, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, first_line
 
 __all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check", "check_seed", "check_batch",
-           "check_workers", "key", "short", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS", "LoaderParams"]
+           "check_workers", "key", "short", "parse_set", "NO_EFFECT_KEYS", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS",
+           "RunBase", "FolderBase", "LoaderParams"]
 
 T = TypeVar("T")
 
@@ -136,6 +138,9 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -180,10 +185,28 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 (no dot) as text
     elif tp is str:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{source}: '{key}' must be {_type_name(tp)}, got {short(value)}")
+
+
+#: The one list of keys that official config files carry but that change nothing here: accepted, so that the
+#: official files run unchanged, and dropped when read. Why each changes nothing:
+NO_EFFECT_KEYS = {
+    "loss.epsilon": "the official train.py reads epsilon from loss.quality.params.epsilon; it ignores this key too",
+    "ediffiqa.params.return_feat": "training always returns features, as the official train.py does",
+    "diff_params.sampling_timesteps": "DifFIQA never samples from pure noise, so the sampling steps are never used",
+}
+
+
+def _no_effect(dotted: str, value: Any) -> bool:
+    """``dotted`` is in :data:`NO_EFFECT_KEYS`, or is a section holding only such keys."""
+    if dotted in NO_EFFECT_KEYS:
+        return True
+    return isinstance(value, Mapping) and bool(value) and all(_no_effect(f"{dotted}.{k}", v) for k, v in value.items())
 
 
 def from_dict(cls: Type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
@@ -199,6 +222,8 @@ def from_dict(cls: Type[T], data: Mapping[str, Any], source: str = "config", pre
     hints = typing.get_type_hints(cls)
     kwargs: Dict[str, Any] = {}
     for key, value in data.items():
+        if key not in fields and _no_effect(f"{prefix}{key}", value):
+            continue
         if key not in fields:
             known = ", ".join(prefix + name for name in fields)
             raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known keys here: {known})")
@@ -255,6 +280,32 @@ def check_workers(value: Optional[int], key: str) -> None:
 
 
 @dataclasses.dataclass
+class RunBase:
+    """The ``base`` keys every script's config has: the seed (official 42069) and the device. Each script's ``base``
+    section extends it; a different default is documented where it is set."""
+
+    seed: int = 42069
+    device: str = "auto"               # auto (CUDA when present), cpu, cuda or cuda:N
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed, key("seed"))
+
+
+@dataclasses.dataclass
+class FolderBase(RunBase):
+    """``base`` of the scripts that score a folder resumably (``inference.py``, ``diffiqa_score.py``)."""
+
+    flush_every: int = 1024            # images between fsyncs of the part files (a kill loses only the batch being
+                                       # written; this bounds what a power cut loses)
+    limit: Optional[int] = None        # score at most this many new images, then stop (run again to continue)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.flush_every >= 1, f"'{key('flush_every')}' must be at least 1, got {self.flush_every}")
+        check(self.limit is None or self.limit >= 1, f"'{key('limit')}' must be at least 1, got {self.limit}")
+
+
+@dataclasses.dataclass
 class LoaderParams:
     """DataLoader settings under their official key names (``dataloader.params`` of inference,
     ``dataloader.{train,val}.params`` of training); None picks a value for the device."""
@@ -280,16 +331,71 @@ def check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def load_config(cls: Type[T], path: Optional[str], overrides: Mapping[str, Any]) -> T:
-    """The YAML file at ``path`` (none: defaults only) with command-line ``overrides`` applied, as ``cls``.
+def load_config(cls: Type[T], path: Optional[str], overrides: Mapping[str, Any],
+                sets: Sequence[str] = ()) -> T:
+    """The YAML file at ``path`` (none: defaults only) with command-line ``overrides`` and ``--set`` items applied,
+    as ``cls``.
 
     Args:
         cls: The config dataclass.
         path: YAML file, or None.
         overrides: Dotted key (``base.device``) -> value; ``None`` values are not given on the command line.
+        sets: ``KEY=VALUE`` items of ``--set``, applied last (see :func:`parse_set`).
     """
     raw: Dict[str, Any] = load_yaml(path) if path else {}
-    for key, value in overrides.items():
+    for dotted, value in overrides.items():
         if value is not None:
-            set_by_path(raw, key, value)
+            set_by_path(raw, dotted, value)
+    for item in sets:
+        dotted, value = parse_set(cls, item)
+        set_by_path(raw, dotted, value)
     return from_dict(cls, raw, source=path or "command line")
+
+
+def _field_type(cls: Any, dotted: str) -> Any:
+    """The schema type of ``dotted`` in dataclass ``cls`` (``Any`` inside a free mapping); None for an unknown key."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is Union else [tp]
+        section = next((a for a in args if dataclasses.is_dataclass(a)), None)
+        if section is not None:
+            hints = typing.get_type_hints(section)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif typing.get_origin(tp) is dict or tp is Any:
+            tp = Any
+        else:
+            return None
+    return tp
+
+
+def parse_set(cls: Any, item: str) -> Tuple[str, Any]:
+    """``--set KEY=VALUE`` as ``(key, value)``: the value is read as YAML (``5``, ``1e-4``, ``null``, ``[0.9, 0.99]``),
+    except for a text key, which takes it as it is (``null`` still clears an optional one); the schema checks it.
+
+    Raises:
+        ConfigError: Not ``KEY=VALUE``, an unknown key (names the known ones), or a value that is not YAML.
+    """
+    if "=" not in item:
+        raise ConfigError(f"--set takes KEY=VALUE (e.g. --set base.seed=7), got {short(item)}")
+    shown = item if len(item) <= 80 else item[:77] + "..."
+    dotted, text = item.split("=", 1)
+    dotted = dotted.strip()
+    tp = _field_type(cls, dotted)
+    if tp is None:
+        if _no_effect(dotted, None):
+            return dotted, text
+        raise ConfigError(f"--set {shown}: unknown key '{dotted}'")
+    args = set(typing.get_args(tp)) if typing.get_origin(tp) is Union else {tp}
+    if str in args and text.strip() != "null":
+        return dotted, text
+    if float in args:  # YAML 1.1 reads 1e-3 as text; the schema says it is a number
+        try:
+            return dotted, float(text)
+        except ValueError:
+            pass
+    try:
+        return dotted, yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, _TooBig) as exc:
+        raise ConfigError(f"--set {shown}: the value is not valid YAML ({first_line(exc)})") from None

@@ -317,7 +317,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
                 ("torch.storage", "_load_from_bytes"): _load_torch_storage_bytes,
                 ("torch", "FloatStorage"): torch.FloatStorage,
-                ("collections", "OrderedDict"): __import__("collections").OrderedDict,
             }
             if (module, name) in torch_globals:
                 return torch_globals[(module, name)]

@@ -1,6 +1,5 @@
-"""What both trainers (``train.py``, ``train_diffusion.py``) share around their loops: the run folder's
-``config.json``, a CSV log that a resumed run appends to, optional wandb, checkpoint files, and reading a checkpoint
-to resume from."""
+"""The log of a training run (``train.py``, ``train_diffusion.py``): the run folder's ``config.json``, a CSV log that a
+resumed run appends to, and optional wandb."""
 from __future__ import annotations
 
 import csv
@@ -8,13 +7,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import torch
-
 from utils.config import check, to_dict
-from utils.errors import ConfigError
-from utils.io import atomic_open, torch_load, torch_load_reason, write_json
+from utils.io import write_json
 
-__all__ = ["WandbSection", "RunLog", "save_checkpoint", "read_resume_checkpoint"]
+__all__ = ["WandbSection", "RunLog"]
 
 
 @dataclass
@@ -29,7 +25,7 @@ class WandbSection:
 
     def __post_init__(self) -> None:
         check(self.mode in (None, "online", "offline", "disabled"),
-               f"'wandb.mode' must be online, offline or disabled, got '{self.mode}'")
+              f"'wandb.mode' must be online, offline or disabled, got '{self.mode}'")
 
 
 class RunLog:
@@ -95,23 +91,3 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
-
-
-def save_checkpoint(path: str, obj: Any) -> None:
-    """``torch.save`` through a temporary file, so a kill never leaves a half-written checkpoint."""
-    with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
-
-
-def read_resume_checkpoint(path: str, key: str) -> Any:
-    """Load the checkpoint a run resumes from (``weights_only=True``); ``key`` names the config key in messages.
-
-    Raises:
-        ConfigError: Missing or unreadable file.
-    """
-    if not os.path.isfile(path):
-        raise ConfigError(f"{key}: checkpoint '{path}' not found")
-    try:
-        return torch_load(path)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ConfigError(f"{key}: cannot read '{path}' ({torch_load_reason(exc)})") from None

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from utils.config import check, check_batch, check_seed, check_workers
+from utils.config import RunBase, check, check_batch, check_workers
 
 __all__ = ["UnetParams", "DiffParams", "TrainerParams", "DiffusionTrainConfig"]
 
@@ -31,7 +31,7 @@ class UnetParams:
 
     def __post_init__(self) -> None:
         check(self.dim >= 1 and self.dim % self.resnet_block_groups == 0,
-               f"'unet_params.dim' must be a positive multiple of resnet_block_groups ({self.resnet_block_groups})")
+              f"'unet_params.dim' must be a positive multiple of resnet_block_groups ({self.resnet_block_groups})")
         check(len(self.dim_mults) >= 1 and all(m >= 1 for m in self.dim_mults),
               f"'unet_params.dim_mults' must list positive multipliers, got {self.dim_mults}")
         check(self.channels == 3, f"'unet_params.channels' must be 3 (faces are RGB), got {self.channels}")
@@ -51,7 +51,6 @@ class DiffParams:
 
     image_size: int = 112
     timesteps: int = 1000
-    sampling_timesteps: Optional[int] = None   # official key; changes nothing (DifFIQA never samples from noise)
     loss_type: str = "l2"
     objective: str = "pred_x0"
     beta_schedule: str = "cosine"
@@ -64,25 +63,28 @@ class DiffParams:
     def __post_init__(self) -> None:
         check(self.loss_type in ("l1", "l2"), f"'diff_params.loss_type' must be l1 or l2, got '{self.loss_type}'")
         check(self.objective in ("pred_x0", "pred_noise"),
-               f"'diff_params.objective' must be pred_x0 or pred_noise, got '{self.objective}'")
+              f"'diff_params.objective' must be pred_x0 or pred_noise, got '{self.objective}'")
         check(self.beta_schedule in ("cosine", "linear"),
-               f"'diff_params.beta_schedule' must be cosine or linear, got '{self.beta_schedule}'")
+              f"'diff_params.beta_schedule' must be cosine or linear, got '{self.beta_schedule}'")
         check(len(self.time_bound) == 2 and 0 <= self.time_bound[0] < self.time_bound[1] <= self.timesteps,
-               f"'diff_params.time_bound' must be [lo, hi] with 0 <= lo < hi <= timesteps, got {self.time_bound}")
+              f"'diff_params.time_bound' must be [lo, hi] with 0 <= lo < hi <= timesteps, got {self.time_bound}")
         check(self.T is None or self.T > 0, f"'diff_params.T' must be positive or null, got {self.T}")
         check(self.image_size >= 8, f"'diff_params.image_size' must be at least 8, got {self.image_size}")
 
     def build_kwargs(self) -> dict:
         return {"image_size": self.image_size, "timesteps": self.timesteps,
-                "sampling_timesteps": self.sampling_timesteps, "loss_type": self.loss_type,
+                "loss_type": self.loss_type,
                 "objective": self.objective, "beta_schedule": self.beta_schedule,
                 "p2_loss_weight_gamma": self.p2_loss_weight_gamma, "p2_loss_weight_k": self.p2_loss_weight_k,
                 "ddim_sampling_eta": self.ddim_sampling_eta, "time_bound": tuple(self.time_bound), "T": self.T}
 
 
 @dataclass
-class TrainerParams:
-    """``trainer_params``: the official recipe (lucidrains ``Trainer`` names) and this project's run settings."""
+class TrainerParams(RunBase):
+    """``trainer_params``: the official recipe (lucidrains ``Trainer`` names) and this project's run settings (the
+    shared ``seed`` and ``device``; the seed defaults to 42, as in earlier releases of this trainer)."""
+
+    seed: int = 42
 
     folder: str = "./data/celeba"
     train_batch_size: int = 16                 # global batch per micro-step (split across torchrun processes)
@@ -105,15 +107,13 @@ class TrainerParams:
     min_image_size: int = 112
     max_grad_norm: Optional[float] = None      # official: no clipping
     num_workers: Optional[int] = None
-    seed: int = 42
-    device: str = "auto"
     resume: Optional[str] = None
     verbose: bool = True
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_batch(self.train_batch_size, "trainer_params.train_batch_size")
-        check_seed(self.seed, "trainer_params.seed")
         check(self.gradient_accumulate_every >= 1, "'trainer_params.gradient_accumulate_every' must be at least 1")
         check(self.train_num_steps >= 1, "'trainer_params.train_num_steps' must be at least 1")
         check(math.isfinite(self.train_lr) and self.train_lr > 0,
@@ -128,9 +128,9 @@ class TrainerParams:
         check(self.save_and_sample_every >= 1, "'trainer_params.save_and_sample_every' must be at least 1")
         root = int(round(self.num_samples ** 0.5))
         check(self.num_samples >= 1 and root * root == self.num_samples,
-               f"'trainer_params.num_samples' must be a square number (official 25), got {self.num_samples}")
+              f"'trainer_params.num_samples' must be a square number (official 25), got {self.num_samples}")
         check(len(self.degradation_probs) >= 1 and all(0.0 <= p <= 1.0 for p in self.degradation_probs),
-               "'trainer_params.degradation_probs' must list probabilities in [0, 1]")
+              "'trainer_params.degradation_probs' must list probabilities in [0, 1]")
         check(self.min_image_size >= 0, "'trainer_params.min_image_size' must be 0 or more")
         check_workers(self.num_workers, "trainer_params.num_workers")
         check(self.log_every >= 1, "'trainer_params.log_every' must be at least 1")

@@ -18,16 +18,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dataset.diffusion_data import DegradationPairs, SampleStream, scan_training_images
+from engine.denoiser.config import DiffusionTrainConfig
+from engine.training_run import TrainingRun
 from model.diffusion import GaussianDiffusion, build_diffusion
 from model.ema import EMA
+from utils.checkpoint import save_checkpoint
 from utils.config import to_dict
-from engine.denoiser.config import DiffusionTrainConfig
-from utils.run_log import WandbSection
+from utils.distributed import DistInfo, all_reduce_sum
 from utils.errors import ConfigError, RunError
-from utils.io import atomic_open, check_output_dir
-from utils.runtime import default_workers, rng_state, seed_everything, set_rng_state
-from utils.run_log import RunLog, read_resume_checkpoint, save_checkpoint
-from utils.distributed import DistInfo, all_reduce_sum, finish_distributed, init_distributed
+from utils.io import atomic_open
+from utils.run_log import WandbSection
+from utils.runtime import default_workers, rng_state, set_rng_state
 
 __all__ = ["DiffusionTrainer", "train_diffusion", "CHECKPOINT_NAME"]
 
@@ -44,13 +45,12 @@ class DiffusionTrainer:
     def __init__(self, cfg: DiffusionTrainConfig) -> None:
         self.cfg = cfg
         tp = cfg.trainer_params
-        self.info: DistInfo
-        self.info, self.device = init_distributed(tp.device)
-        seed_everything(tp.seed + self.info.rank)
+        self.run = TrainingRun(tp.device, tp.seed, tp.results_folder, "trainer_params.results_folder")
+        self.info: DistInfo = self.run.info
+        self.device = self.run.device
         if tp.train_batch_size % self.info.world:
             raise ConfigError(f"trainer_params.train_batch_size {tp.train_batch_size} must be divisible by the "
                               f"{self.info.world} processes")
-        check_output_dir(tp.results_folder, "trainer_params.results_folder")
         self.paths = scan_training_images(tp.folder, tp.min_image_size)
         self.data = DegradationPairs(tp.folder, self.paths, cfg.diff_params.image_size, tp.seed,
                                      flip=tp.augment_horizontal_flip, probs=tp.degradation_probs)
@@ -68,12 +68,7 @@ class DiffusionTrainer:
         self.samples_seen = 0
         if tp.resume:
             self._resume(tp.resume)
-        self.model: nn.Module = self.diffusion
-        if self.info.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.model = DistributedDataParallel(
-                self.diffusion, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model: nn.Module = self.run.wrap(self.diffusion)
 
     # ----------------------------------------------------------------------------------------- data
     def _loader(self) -> DataLoader:
@@ -94,11 +89,9 @@ class DiffusionTrainer:
                 "config": to_dict(self.cfg)}
 
     def _resume(self, path: str) -> None:
-        state = read_resume_checkpoint(path, "trainer_params.resume")
-        needed = ("step", "model", "opt", "ema")
-        if not isinstance(state, dict) or any(k not in state for k in needed):
-            raise ConfigError(f"trainer_params.resume: '{path}' is not a denoiser trainer checkpoint (needs keys "
-                              f"{', '.join(needed)})")
+        # An official checkpoint carries no version: any version is accepted, the official keys are needed.
+        state = self.run.read_resume(path, "trainer_params.resume", needed=("step", "model", "opt", "ema"),
+                                     what="a denoiser trainer checkpoint")
         try:
             self.diffusion.load_state_dict(state["model"], strict=True)
             self.ema.load_state_dict(state["ema"], strict=True)
@@ -155,8 +148,8 @@ class DiffusionTrainer:
 
         cfg, tp = self.cfg, self.cfg.trainer_params
         folder = tp.results_folder
-        run_log = RunLog(folder, cfg, "loss_log.csv", ["step", "loss", "images", "seconds"], resumed=self.step > 0,
-                         wandb_cfg=WandbSection(use=tp.use_wandb, project=tp.project_name), main=self.info.main)
+        run_log = self.run.log(cfg, "loss_log.csv", ["step", "loss", "images", "seconds"], resumed=self.step > 0,
+                               wandb_cfg=WandbSection(use=tp.use_wandb, project=tp.project_name))
         if self.info.main:
             _logger.info("training the denoiser on %d images from %s: %d steps of %d x %d images, %d process(es) "
                          "on %s", len(self.paths), tp.folder, tp.train_num_steps, tp.train_batch_size,
@@ -215,7 +208,7 @@ class DiffusionTrainer:
             bar.close()
         finally:
             run_log.close()
-            finish_distributed(self.info)
+            self.run.close()
         return {"step": self.step, "losses": losses}
 
 

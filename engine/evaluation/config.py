@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from utils.config import check
+
 __all__ = ["FRModel", "Method", "EvaluateConfig"]
 
 
@@ -40,16 +42,13 @@ class EvaluateConfig:
     verbose: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.fmr < 1.0:
-            raise ValueError(f"'fmr' must be between 0 and 1, got {self.fmr}")
-        if not self.discard_limits or not all(0.0 < d <= 1.0 for d in self.discard_limits):
-            raise ValueError(f"'discard_limits' must be values in (0, 1], got {self.discard_limits}")
-        if self.variant not in ("fixed", "crfiqa"):
-            raise ValueError(f"'variant' must be 'fixed' (Schlett et al., default) or 'crfiqa', got '{self.variant}'")
-        if self.on_missing not in ("fail", "drop"):
-            raise ValueError(f"'on_missing' must be 'fail' or 'drop', got '{self.on_missing}'")
-        if self.name in ("", ".", "..") or "/" in self.name or os.sep in self.name or "\0" in self.name:
-            raise ValueError(f"'name' must be a plain file name stem (no folder, not empty), got {self.name!r}; the "
-                             "folder is 'output' (--output)")
-        if not self.methods:
-            raise ValueError("no quality method given: add 'methods' to the config or --scores LABEL=FILE")
+        check(0.0 < self.fmr < 1.0, f"'fmr' must be between 0 and 1, got {self.fmr}")
+        check(bool(self.discard_limits) and all(0.0 < d <= 1.0 for d in self.discard_limits),
+              f"'discard_limits' must be values in (0, 1], got {self.discard_limits}")
+        check(self.variant in ("fixed", "crfiqa"),
+              f"'variant' must be 'fixed' (Schlett et al., default) or 'crfiqa', got '{self.variant}'")
+        check(self.on_missing in ("fail", "drop"), f"'on_missing' must be 'fail' or 'drop', got '{self.on_missing}'")
+        check(self.name not in ("", ".", "..") and "/" not in self.name and os.sep not in self.name
+              and "\0" not in self.name, f"'name' must be a plain file name stem (no folder, not empty), got "
+              f"{self.name!r}; the folder is 'output' (--output)")
+        check(bool(self.methods), "no quality method given: add 'methods' to the config or --scores LABEL=FILE")

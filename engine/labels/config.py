@@ -10,26 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from utils.config import check, check_batch, check_seed, check_workers, from_dict, load_yaml
+from engine.training.config import BackboneSection
+from utils.config import FolderBase, check, check_batch, check_workers, from_dict, load_yaml
 from utils.errors import ConfigError
 from utils.runtime import PRECISIONS
-from engine.training.config import BackboneSection
 
-__all__ = ["FR_MODULES", "ScoreConfig", "resolve_fr", "resolve_denoiser"]
+__all__ = ["ScoreConfig", "resolve_fr", "resolve_denoiser"]
 
-#: Face recognition module strings of FR configs -> backbone names (the official one is load_cosface).
-FR_MODULES = {
-    "model_weights.iresnet.load_cosface": "iresnet100",
-    "model.iresnet.iresnet18": "iresnet18",
-    "model.iresnet.iresnet34": "iresnet34",
-    "model.iresnet.iresnet50": "iresnet50",
-    "model.iresnet.iresnet100": "iresnet100",
-    "model.mobilenet.MobileFaceNet": "mobilefacenet",
-}
 #: More repeats than this would hold ``2 x repeats`` noisy copies of each image in memory for no gain (official 10).
 MAX_REPEATS = 1000
-#: With ``inference.fr_config`` null: the official FR model and where this project looks for its weights.
-DEFAULT_FR = ("iresnet100", "./weights/cosface_r100.pth")
+
 
 
 @dataclass
@@ -54,26 +44,22 @@ class InferenceSection:
 
 
 @dataclass
-class ScoreBase:
-    """``base``: this project's run settings."""
+class ScoreBase(FolderBase):
+    """``base``: this project's run settings (the official DifFIQA config has no ``base``). The seed defaults to 0,
+    not the eDifFIQA configs' 42069: the labels of earlier releases were made with 0."""
 
     seed: int = 0
-    device: str = "auto"
     official: bool = False          # reproduce the official computation draw for draw
     precision: Optional[str] = None  # null: fp32; with official on CUDA, tf32 (PyTorch's default, what it ran with)
-    flush_every: int = 64
     keys: str = "relative"          # pickle keys: paths relative to images_loc (as vggface2-qs.pkl), or "joined"
-    limit: Optional[int] = None     # score at most this many new images, then stop (run again to continue)
     ema: bool = False               # the denoiser's EMA weights (official scoring uses the others)
     fr_weights: Optional[str] = None  # overrides the FR weights of inference.fr_config
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.precision is None or self.precision in PRECISIONS,
-               f"'base.precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+              f"'base.precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         check(self.keys in ("relative", "joined"), f"'base.keys' must be relative or joined, got '{self.keys}'")
-        check(self.flush_every >= 1, "'base.flush_every' must be at least 1")
-        check(self.limit is None or self.limit >= 1, "'base.limit' must be at least 1")
-        check_seed(self.seed, "base.seed")
 
 
 @dataclass
@@ -104,17 +90,21 @@ class FRFile:
     fr_model: BackboneSection = field(default_factory=BackboneSection)
 
     def __post_init__(self) -> None:
-        check(self.fr_model.module in FR_MODULES,
-               f"'fr_model.module' is '{self.fr_model.module}'; allowed: {', '.join(FR_MODULES)}")
+        from model.registry import backbone_for_module, official_modules
+
+        check(backbone_for_module(self.fr_model.module) is not None,
+              f"'fr_model.module' is '{self.fr_model.module}'; allowed: {', '.join(official_modules())}")
 
 
 def resolve_fr(cfg: ScoreConfig) -> Tuple[str, str]:
     """``(backbone name, weights path)`` from ``inference.fr_config`` (or the default) and ``base.fr_weights``."""
-    backbone, weights = DEFAULT_FR
+    from model.registry import DEFAULT_FR, backbone_for_module
+
+    module, weights = DEFAULT_FR
     if cfg.inference.fr_config is not None:
         parsed = from_dict(FRFile, load_yaml(cfg.inference.fr_config), source=cfg.inference.fr_config)
-        backbone, weights = FR_MODULES[parsed.fr_model.module], parsed.fr_model.weights
-    return backbone, cfg.base.fr_weights or weights
+        module, weights = parsed.fr_model.module, parsed.fr_model.weights
+    return backbone_for_module(module), cfg.base.fr_weights or weights
 
 
 def resolve_denoiser(cfg: ScoreConfig) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:

@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from utils.config import check
 from utils.errors import CheckpointError, ConfigError, RunError
 from utils.runtime import cpu_count
 
-__all__ = ["BACKENDS", "export_onnx", "OnnxModel", "check_onnx_file"]
+__all__ = ["BACKENDS", "export_onnx", "OnnxModel", "check_onnx_file", "ExportConfig", "export_checked"]
 
 _logger = logging.getLogger(__name__)
 
@@ -147,6 +149,26 @@ class OnnxModel:
 
 #: Largest relative difference between ONNX Runtime and PyTorch that :func:`export_checked` accepts.
 PARITY_TOLERANCE = 1e-3
+
+
+@dataclass
+class ExportConfig:
+    """``export_onnx.py``'s settings (keys = the long flag names)."""
+
+    model: Optional[str] = None        # the variant
+    weights: Optional[str] = None      # its checkpoint (.pth, official layout)
+    output: Optional[str] = None       # the .onnx file to write
+    with_embedding: bool = False       # also output the 512-d embedding
+    opset: int = 17
+
+    def __post_init__(self) -> None:
+        from model.registry import VARIANTS, variant_names
+
+        for name in ("model", "weights", "output"):
+            check(getattr(self, name) is not None, f"'{name}' (--{name}) is required")
+        check(self.model in VARIANTS, f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")
+        check(self.output.lower().endswith(".onnx"), f"'output' (--output) '{self.output}' must end with .onnx")
+        check(7 <= self.opset <= 23, f"'opset' must be between 7 and 23, got {self.opset}")
 
 
 def export_checked(name: str, weights: str, output: str, with_embedding: bool = False,

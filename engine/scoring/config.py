@@ -6,28 +6,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from utils.config import LoaderParams, check_seed
+from utils.config import FolderBase, LoaderParams, check
 
 __all__ = ["InferenceConfig"]
 
 
 @dataclass
-class BaseSection:
-    """``base``: run settings (official keys)."""
+class BaseSection(FolderBase):
+    """``base``: run settings (official keys ``verbose``, ``save_path``, ``seed``, ``device``)."""
 
     verbose: bool = True
     save_path: str = "./quality_scores"
-    seed: int = 42069
-    device: str = "auto"
-    flush_every: int = 1024           # images between flushes of the part files: a kill loses at most these
-    limit: Optional[int] = None       # score at most this many new images, then stop (run again to continue)
-
-    def __post_init__(self) -> None:
-        check_seed(self.seed, "base.seed")
-        if self.flush_every < 1:
-            raise ValueError(f"'base.flush_every' must be at least 1, got {self.flush_every}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"'base.limit' must be at least 1, got {self.limit}")
 
 
 @dataclass
@@ -43,15 +32,20 @@ class InferenceLoaderParams(LoaderParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.drop_last:
-            raise ValueError("'dataloader.params.drop_last: true' would leave the last images unscored; remove it")
+        check(not self.drop_last, "'dataloader.params.drop_last: true' would leave the last images unscored; remove it")
 
 
 @dataclass
-class LoaderSection:
+class InferenceLoader:
     """``dataloader``."""
 
     params: InferenceLoaderParams = field(default_factory=InferenceLoaderParams)
+
+
+def _default_variant() -> str:
+    from model.registry import DEFAULT_VARIANT
+
+    return DEFAULT_VARIANT
 
 
 @dataclass
@@ -60,8 +54,8 @@ class InferenceConfig:
 
     base: BaseSection = field(default_factory=BaseSection)
     dataset: DatasetSection = field(default_factory=DatasetSection)
-    dataloader: LoaderSection = field(default_factory=LoaderSection)
-    model: str = "ediffiqaL"
+    dataloader: InferenceLoader = field(default_factory=InferenceLoader)
+    model: str = field(default_factory=_default_variant)
     weights: Optional[str] = None
     precision: str = "fp32"
     backend: str = "torch"
@@ -75,23 +69,19 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         from engine.scoring.backends import BACKENDS
-        from utils.runtime import PRECISIONS
         from model.registry import VARIANTS, variant_names
+        from utils.runtime import PRECISIONS
 
-        if self.backend not in BACKENDS:
-            raise ValueError(f"'backend' is '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
-        if not 0.0 <= self.min_face_probability <= 1.0:
-            raise ValueError(f"'min_face_probability' must be in [0, 1], got {self.min_face_probability}")
-
-        if self.model not in VARIANTS:
-            raise ValueError(f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"'precision' is '{self.precision}'; choose one of: {', '.join(PRECISIONS)}")
+        check(self.backend in BACKENDS, f"'backend' is '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        check(0.0 <= self.min_face_probability <= 1.0,
+              f"'min_face_probability' must be in [0, 1], got {self.min_face_probability}")
+        check(self.model in VARIANTS, f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")
+        check(self.precision in PRECISIONS,
+              f"'precision' is '{self.precision}'; choose one of: {', '.join(PRECISIONS)}")
         if not self.align:
-            for key, flag in (("largest_face", "--largest-face"), ("save_crops", "--save-crops"),
-                              ("annotate", "--annotate")):
-                if getattr(self, key):
-                    raise ValueError(f"'{key}' ({flag}) only applies to photos: add align: true (--align)")
+            for name, flag in (("largest_face", "--largest-face"), ("save_crops", "--save-crops"),
+                               ("annotate", "--annotate")):
+                check(not getattr(self, name), f"'{name}' ({flag}) only applies to photos: add align: true (--align)")
 
     @property
     def weights_path(self) -> str:

@@ -4,33 +4,60 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from utils.config import check, check_batch, check_workers
 from utils.errors import DataError, RunError
 
-__all__ = ["extract_embeddings"]
+__all__ = ["EmbedConfig", "extract_embeddings"]
 
 _logger = logging.getLogger(__name__)
 
 
-def extract_embeddings(images: str, backbone: str, weights: str, output: str, device: str = "auto",
-                       batch_size: Optional[int] = None, workers: Optional[int] = None, flip: bool = False,
-                       quiet: bool = False) -> Dict[str, int]:
-    """Embed every image below ``images`` with backbone ``backbone`` loaded from ``weights`` and write ``output``
-    (official pickled dict, or ``.npz``); returns the counts."""
+@dataclass
+class EmbedConfig:
+    """``extract_embeddings.py``'s settings (keys = the long flag names)."""
+
+    images: Optional[str] = None       # folder of aligned 112x112 face crops (recursive)
+    backbone: Optional[str] = None     # a registered backbone
+    weights: Optional[str] = None      # its insightface checkpoint
+    output: Optional[str] = None       # .pkl (official dict) or .npz
+    flip: bool = False                 # average with the horizontally flipped image
+    device: str = "auto"
+    batch_size: Optional[int] = None   # null: per device
+    workers: Optional[int] = None      # DataLoader workers; null: per device
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        from model.registry import backbone_names
+
+        for name in ("images", "backbone", "weights", "output"):
+            check(getattr(self, name) is not None, f"'{name}' (--{name}) is required")
+        check(self.output.lower().endswith((".pkl", ".npz")), f"'output' (--output) '{self.output}' must end with "
+              ".pkl or .npz")
+        check(self.backbone in backbone_names(), f"'backbone' is '{self.backbone}'; choose one of: "
+              f"{', '.join(backbone_names())}")
+        check_batch(self.batch_size, "batch_size")
+        check_workers(self.workers, "workers")
+
+
+def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
+    """Embed every image below ``cfg.images`` with backbone ``cfg.backbone`` loaded from ``cfg.weights`` and write
+    ``cfg.output`` (official pickled dict, or ``.npz``); returns the counts."""
     import torch
 
+    from dataset.folder_batches import map_folder
     from dataset.formats import write_embeddings
     from dataset.image_folder import find_images
-    from model.registry import build_backbone, load_backbone
-    from dataset.folder_batches import map_folder
     from engine.scoring.scorer import default_batch_size
+    from model.registry import load_backbone
     from utils.io import check_output_dir
     from utils.runtime import default_workers, resolve_device
 
-    build_backbone(backbone)  # unknown names fail before any file is read
+    images, backbone, weights, output, flip = cfg.images, cfg.backbone, cfg.weights, cfg.output, cfg.flip
     check_output_dir(os.path.dirname(os.path.abspath(output)), "--output")
-    target = resolve_device(device)
+    target = resolve_device(cfg.device)
     rel_paths = find_images(images, key="--images")
     net = load_backbone(backbone, weights).to(target).to(memory_format=torch.channels_last)
 
@@ -47,9 +74,9 @@ def extract_embeddings(images: str, backbone: str, weights: str, output: str, de
 
     _logger.info("embedding %d images in '%s' with %s on %s", len(rel_paths), images, backbone, target)
     result = map_folder(images, rel_paths, target, forward,
-                        batch_size=batch_size or default_batch_size(target),
-                        workers=default_workers(target) if workers is None else workers,
-                        verbose=not quiet)
+                        batch_size=cfg.batch_size or default_batch_size(target),
+                        workers=default_workers(target) if cfg.workers is None else cfg.workers,
+                        verbose=cfg.verbose)
     if not result.paths:
         raise DataError(f"none of the {len(rel_paths)} images in '{images}' could be read")
     write_embeddings(output, result.paths, result.embeddings)

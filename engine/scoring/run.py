@@ -15,6 +15,9 @@ __all__ = ["score"]
 
 _logger = logging.getLogger(__name__)
 
+#: The resolved config, written beside the scores.
+SCORES_CONFIG = "quality-scores.config.json"
+
 
 def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
     """Score ``cfg.dataset.loc`` (faces, or photos with ``cfg.align``) and write the outputs as one set.
@@ -87,7 +90,7 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
     job = FolderJob(root=cfg.dataset.loc, rel_paths=rel_paths, out=cfg.base.save_path, batch_size=batch,
                     settings=settings, what="quality scores", out_key="base.save_path (--output)", keys="joined",
                     limit=cfg.base.limit, flush_every=cfg.base.flush_every, fresh=fresh,
-                    verbose=cfg.base.verbose)
+                    verbose=cfg.base.verbose, extra_outputs=lambda table, skipped, summary: [_config_file(cfg)])
     workers = params.num_workers if params.num_workers is not None else scorer.default_workers()
 
     def score_batches(paths: List[str], batch_size: int):
@@ -112,6 +115,14 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
     return {"scored": summary.scored, "skipped": summary.skipped, **({"left": summary.left} if summary.left else {})}
 
 
+def _config_file(cfg: InferenceConfig):
+    """``quality-scores.config.json``: the resolved config, written with the scores (as training writes its own)."""
+    from utils.config import to_dict
+    from utils.io import json_writer
+
+    return os.path.join(cfg.base.save_path, SCORES_CONFIG), json_writer(to_dict(cfg))
+
+
 def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float], extra: Sequence = ()) -> None:
     """The pickle and the CSV (and ``extra`` ``(path, writer)`` files), written as one set; non-finite scores are an
     error (nothing is replaced)."""
@@ -128,7 +139,8 @@ def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float
     table: Dict[str, float] = {os.path.join(cfg.dataset.loc, p): q for p, q in zip(rel_paths, scores)}
     write_together([(os.path.join(cfg.base.save_path, SCORES_PICKLE), pickle_writer(table)),
                     (os.path.join(cfg.base.save_path, SCORES_CSV),
-                     csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items()))), *extra])
+                     csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items()))),
+                    _config_file(cfg), *extra])
 
 
 def _summary(cfg: InferenceConfig, scored: int, skipped: List[str], seconds: float, extra: str = "",

@@ -17,9 +17,9 @@ from torch import nn
 
 from dataset.folder_batches import FolderResult, map_folder
 from dataset.transforms import normalize, resize_face, to_uint8_tensor
+from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx
 from model.fuse import fold_batchnorm
 from model.registry import create_model
-from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx
 from utils.errors import ConfigError
 from utils.runtime import default_workers, precision_context, resolve_device, resolve_precision
 
@@ -64,8 +64,7 @@ class QualityScorer:
             _check_onnx_precision(precision)
             self.device, precision, channels_last = torch.device("cpu"), "fp32", False
         self.precision = resolve_precision(self.device, precision)
-        precision = self.precision
-        with precision_context(self.device, precision):  # validates the combination early
+        with precision_context(self.device, self.precision):  # validates the combination early
             pass
         self.channels_last = channels_last
         self.model = None

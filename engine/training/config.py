@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES
-from utils.config import LoaderParams, check, check_seed, from_dict, key, load_yaml
+from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES, loss_argument_problem
+from utils.config import LoaderParams, RunBase, check, from_dict, key, load_yaml, short
 from utils.errors import ConfigError
 from utils.run_log import WandbSection
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "ModelSpec", "resolve_model", "OFFICIAL_BACKBONES"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "ModelSpec", "resolve_model", "resume_mismatch"]
 
 #: Optimizer module strings admitted in configs, and their classes (looked up when needed: torch imports late).
 OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
@@ -28,15 +28,13 @@ OPTIMIZER_CLASSES = {name: (lambda attr=name.rsplit(".", 1)[1]: getattr(__import
 
 
 @dataclass
-class TrainBase:
+class TrainBase(RunBase):
     """``base``: run settings."""
 
-    seed: int = 42069
     verbose: bool = True
     save_path: str = "./outputs/ediffiqa"
-    device: str = "auto"
-    model: Optional[str] = None        # an official model config, or a variant name (ediffiqaS); None: model.config
-                                       # (DifFIQA(R)) or ./configs/ediffiqaL_config.yaml
+    model: Optional[str] = None        # an official model config, or a variant name; None: model.config
+                                       # (DifFIQA(R)) or the default variant's model config
     backbone_weights: Optional[str] = None  # overrides the backbone init that base.model gives ("" = random)
     amp: bool = True
     epochs: int = 3
@@ -49,8 +47,8 @@ class TrainBase:
                                        # oneDNN's); false = PyTorch's own
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.epochs >= 1, f"'base.epochs' must be at least 1, got {self.epochs}")
-        check_seed(self.seed, "base.seed")
 
 
 @dataclass
@@ -82,7 +80,7 @@ class TrainDataset:
     def __post_init__(self) -> None:
         check(0.0 < self.val_split < 1.0, f"'dataset.val_split' must be between 0 and 1, got {self.val_split}")
         check(self.on_missing in ("drop", "fail"),
-               f"'dataset.on_missing' must be 'drop' or 'fail', got '{self.on_missing}'")
+              f"'dataset.on_missing' must be 'drop' or 'fail', got '{self.on_missing}'")
 
 
 @dataclass
@@ -94,7 +92,7 @@ class TrainLoaderParams(LoaderParams):
 
 
 @dataclass
-class LoaderSection:
+class TrainLoader:
     params: TrainLoaderParams = field(default_factory=TrainLoaderParams)
 
 
@@ -102,8 +100,8 @@ class LoaderSection:
 class Dataloaders:
     """``dataloader``: ``train`` and ``val`` loaders."""
 
-    train: LoaderSection = field(default_factory=LoaderSection)
-    val: LoaderSection = field(default_factory=lambda: LoaderSection(TrainLoaderParams(shuffle=False)))
+    train: TrainLoader = field(default_factory=TrainLoader)
+    val: TrainLoader = field(default_factory=lambda: TrainLoader(TrainLoaderParams(shuffle=False)))
 
 
 @dataclass
@@ -134,31 +132,46 @@ class OptimizerSection:
 
     def __post_init__(self) -> None:
         check(self.module in OPTIMIZERS, f"'optimizer.module' is '{self.module}'; allowed: {', '.join(OPTIMIZERS)}")
-        for name, value in self.params.items():
-            check(name in ("weight_decay", "betas", "eps", "momentum", "nesterov", "amsgrad"),
-                  f"'optimizer.params.{name}' is not an optimizer setting this project passes on")
-            check(isinstance(value, (int, float, bool, list)), f"'optimizer.params.{name}' must be a number")
-        betas = self.params.get("betas")
-        check(betas is None or (isinstance(betas, list) and len(betas) == 2
-                                and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)),
-               f"'optimizer.params.betas' must be two numbers in [0, 1), got {betas}")
+        _check_optimizer_params(self.module, self.params)
         groups = [g for g in (self.group_1, self.group_2) if g is not None]
         check(len({g.params for g in groups}) == len(groups),
-               f"'optimizer.group_1' and 'optimizer.group_2' both name '{self.group_1.params}'; name two different "
-               "parts (mlp and base_model)")
-        check(self.grad_clip is None or self.grad_clip > 0, f"'optimizer.grad_clip' must be positive, got "
-               f"{self.grad_clip}")
-        # Let the optimizer itself judge its arguments (names, betas, eps ranges), before any work is done.
-        import torch
+              f"'optimizer.group_1' and 'optimizer.group_2' both name '{self.group_1.params}'; name two different "
+              "parts (mlp and base_model)")
+        check(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0),
+              f"'optimizer.grad_clip' must be a positive number or null, got {self.grad_clip}")
 
-        kwargs = dict(self.params)
-        if isinstance(kwargs.get("betas"), list):
-            kwargs["betas"] = tuple(kwargs["betas"])
-        try:
-            OPTIMIZER_CLASSES[self.module]()(
-                [{"params": [torch.zeros(1, requires_grad=True)], "lr": g.lr} for g in groups], **kwargs)
-        except Exception as exc:  # noqa: BLE001 - TypeError, ValueError, IndexError for bad arguments
-            raise ValueError(f"'optimizer.params' {self.params} do not fit {self.module}: {exc}") from None
+
+#: What each optimizer argument a config may pass must be (checked without building the optimizer).
+_OPTIMIZER_ARGUMENTS = {
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "eps": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "momentum": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "dampening": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "betas": (lambda v: isinstance(v, list) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+              "two numbers in [0, 1)"),
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "amsgrad": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_optimizer_params(module: str, params: Dict[str, Any]) -> None:
+    """``optimizer.params``: names the optimizer takes, with values it accepts (the optimizer is built once, by the
+    trainer)."""
+    import inspect
+
+    accepted = inspect.signature(OPTIMIZER_CLASSES[module]()).parameters
+    takes = ", ".join(n for n in _OPTIMIZER_ARGUMENTS if n in accepted)
+    for name, value in params.items():
+        check(name in _OPTIMIZER_ARGUMENTS and name in accepted, f"'optimizer.params.{name}' is not a setting of "
+              f"{module} that this project passes on (it takes {takes})")
+        test, expected = _OPTIMIZER_ARGUMENTS[name]
+        check(test(value), f"'optimizer.params.{name}' must be {expected}, got {short(value)}")
+    check(not params.get("nesterov") or (params.get("momentum", 0) > 0 and params.get("dampening", 0) == 0),
+          "'optimizer.params.nesterov' needs momentum > 0 and dampening 0")
 
 
 @dataclass
@@ -169,13 +182,11 @@ class ModuleSpec:
     params: Dict[str, Any] = field(default_factory=dict)
 
 
-def _build_base_loss(module: str, params: Dict[str, Any], module_key: str, params_key: str) -> Any:
-    """Build an allow-listed regression loss, so that a config names only losses (and arguments) that exist."""
+def _check_base_loss(module: str, params: Dict[str, Any], module_key: str, params_key: str) -> None:
+    """An allow-listed regression loss with arguments it takes (the loss is built once, by the trainer)."""
     check(module in BASE_LOSSES, f"'{module_key}' is '{module}'; allowed: {', '.join(BASE_LOSSES)}")
-    try:
-        return BASE_LOSSES[module](**params)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"'{params_key}' {params} do not fit {module}: {exc}") from None
+    problem = loss_argument_problem(module, params)
+    check(not problem, f"'{params_key}' {short(params)} do not fit {module}: {problem}")
 
 
 @dataclass
@@ -193,12 +204,12 @@ class QualityLoss:
 
     def __post_init__(self) -> None:
         check(self.module in QUALITY_LOSSES,
-               f"'loss.quality.module' is '{self.module}'; allowed: {', '.join(QUALITY_LOSSES)}")
+              f"'loss.quality.module' is '{self.module}'; allowed: {', '.join(QUALITY_LOSSES)}")
         base = self.params.base_loss
-        built = _build_base_loss(base.module, base.params, "loss.quality.params.base_loss.module",
-                                 "loss.quality.params.base_loss.params")
-        check(getattr(built, "reduction", "mean") in ("mean", "sum"),
-               "'loss.quality.params.base_loss.params.reduction' must be 'mean' or 'sum' (the loss must be a number)")
+        _check_base_loss(base.module, base.params, "loss.quality.params.base_loss.module",
+                         "loss.quality.params.base_loss.params")
+        check(base.params.get("reduction", "mean") in ("mean", "sum"),
+              "'loss.quality.params.base_loss.params.reduction' must be 'mean' or 'sum' (the loss must be a number)")
 
 
 @dataclass
@@ -208,7 +219,7 @@ class ConsistencyParams:
 
     def __post_init__(self) -> None:
         check(self.reduction in ("none", "mean", "sum"),
-               f"'loss.consistency.params.reduction' must be none, mean or sum, got '{self.reduction}'")
+              f"'loss.consistency.params.reduction' must be none, mean or sum, got '{self.reduction}'")
 
 
 @dataclass
@@ -220,7 +231,7 @@ class ConsistencyLoss:
 
     def __post_init__(self) -> None:
         check(self.module in CONSISTENCY_LOSSES,
-               f"'loss.consistency.module' is '{self.module}'; allowed: {', '.join(CONSISTENCY_LOSSES)}")
+              f"'loss.consistency.module' is '{self.module}'; allowed: {', '.join(CONSISTENCY_LOSSES)}")
 
 
 @dataclass
@@ -230,14 +241,13 @@ class LossSection:
     quality: QualityLoss = field(default_factory=QualityLoss)
     consistency: ConsistencyLoss = field(default_factory=ConsistencyLoss)
     theta: float = 0.5                 # loss = theta * L_rc + (1 - theta) * L_q
-    epsilon: float = 0.5               # accepted and unused, as in the official code (it reads quality.params)
     module: Optional[str] = None       # DifFIQA(R), official: its regression loss (e.g. torch.nn.L1Loss)
     params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(0.0 <= self.theta <= 1.0, f"'loss.theta' must be in [0, 1], got {self.theta}")
         if self.module is not None:
-            _build_base_loss(self.module, self.params, "loss.module", "loss.params")
+            _check_base_loss(self.module, self.params, "loss.module", "loss.params")
 
     def regression_loss(self) -> ModuleSpec:
         """DifFIQA(R)'s loss: ``loss.module`` (its official key), else ``loss.quality.params.base_loss``."""
@@ -246,11 +256,17 @@ class LossSection:
         return self.quality.params.base_loss
 
 
+def _regression_config() -> str:
+    from model.registry import VARIANTS, variant_names
+
+    return VARIANTS[variant_names("regression")[0]].config
+
+
 @dataclass
 class ModelRef:
-    """``model``: DifFIQA(R)'s official section, naming its model config (``configs/diffiqaR_model_config.yaml``)."""
+    """``model``: DifFIQA(R)'s official section, naming its model config."""
 
-    config: str = "./configs/diffiqaR_model_config.yaml"
+    config: str = field(default_factory=_regression_config)
 
 
 @dataclass
@@ -268,59 +284,56 @@ class TrainConfig:
     @property
     def model_source(self) -> str:
         """What names the model: ``model.config`` (DifFIQA(R)'s official key), else ``base.model``."""
+        from model.registry import DEFAULT_VARIANT, VARIANTS
+
         if self.model is not None:
             return self.model.config
-        return self.base.model or "./configs/ediffiqaL_config.yaml"
+        return self.base.model or VARIANTS[DEFAULT_VARIANT].config
 
     @property
     def regression(self) -> bool:
         """DifFIQA(R) (label regression) rather than eDifFIQA distillation."""
-        return self.model is not None or self.base.model == "diffiqaR"
+        from model.registry import VARIANTS
+
+        named = VARIANTS.get(self.base.model or "")
+        return self.model is not None or (named is not None and named.kind == "regression")
 
     def __post_init__(self) -> None:
         regression = self.regression
         check(not (self.model is not None and self.base.model is not None),
-               "'base.model' and 'model.config' both name the model; keep one")
+              "'base.model' and 'model.config' both name the model; keep one")
         check(not regression or self.dataset.labels_path is not None,
-               "'dataset.labels' (or the official 'dataset.quality_loc') must name the quality labels to train "
-               "DifFIQA(R) on (diffiqa_score.py output)")
+              "'dataset.labels' (or the official 'dataset.quality_loc') must name the quality labels to train "
+              "DifFIQA(R) on (diffiqa_score.py output)")
         check(regression or (self.dataset.labels is None and self.dataset.quality_loc is None),
-               "'dataset.labels' is for DifFIQA(R) (base.model: diffiqaR); eDifFIQA trains on prepare_data.py outputs")
+              "'dataset.labels' is for DifFIQA(R) (model.config); eDifFIQA trains on prepare_data.py outputs")
         check(regression or self.loss.module is None,
-               "'loss.module' is DifFIQA(R)'s loss; eDifFIQA's are loss.quality and loss.consistency")
+              "'loss.module' is DifFIQA(R)'s loss; eDifFIQA's are loss.quality and loss.consistency")
         for group in (self.optimizer.group_1, self.optimizer.group_2):
             check(group is None or regression or group.params in ("mlp", "base_model"),
-                   f"optimizer group 'params' '{group.params if group else ''}' names a DifFIQA(R) part; eDifFIQA "
-                   "has 'mlp' and 'base_model'")
+                  f"optimizer group 'params' '{group.params if group else ''}' names a DifFIQA(R) part; eDifFIQA "
+                  "has 'mlp' and 'base_model'")
         check(not (self.base.official and self.base.compile),
-               "'base.compile' changes the arithmetic; 'base.official: 1' runs the official loop eagerly")
+              "'base.compile' changes the arithmetic; 'base.official: 1' runs the official loop eagerly")
 
 
 # ----------------------------------------------------------------------------------------- model configs
-#: Official backbone module strings -> the variant they make (the shipped configs/ediffiqaX_config.yaml).
-OFFICIAL_BACKBONES = {
-    "model.iresnet.iresnet100": "ediffiqaL",
-    "model.iresnet.iresnet50": "ediffiqaM",
-    "model.iresnet.iresnet18": "ediffiqaS",
-    "model.mobilenet.MobileFaceNet": "ediffiqaT",
-}
-#: DifFIQA(R)'s official backbone module string (CosFace iResNet-100).
-REGRESSION_BACKBONE = "model_weights.iresnet.load_cosface"
 #: The one preprocessing the models are trained and scored with (official ``base_model.transformations``).
 OFFICIAL_TRANSFORMS = {
     "trans_1": {"module": "torchvision.transforms.Resize", "params": {"size": [112, 112]}},
     "trans_2": {"module": "torchvision.transforms.ToTensor"},
     "trans_3": {"module": "torchvision.transforms.Normalize", "params": {"mean": [0.5] * 3, "std": [0.5] * 3}},
 }
-#: Official backbone initialisation of each variant when ``base.model`` is a variant name.
-VARIANT_BACKBONE_WEIGHTS = {"ediffiqaL": "./weights/r100.pth", "ediffiqaM": "./weights/r50.pth",
-                            "ediffiqaS": "./weights/r18.pth", "ediffiqaT": "", "diffiqaR": "./weights/r100.pth"}
+def _default_module() -> str:
+    from model.registry import BACKBONES, DEFAULT_VARIANT, VARIANTS
+
+    return BACKBONES[VARIANTS[DEFAULT_VARIANT].backbone].modules[0]
 
 
 @dataclass
 class BackboneSection:
-    module: str = "model.iresnet.iresnet100"
-    weights: str = ""                  # backbone initialisation (insightface r100.pth ...); "" = random, as for T
+    module: str = field(default_factory=_default_module)
+    weights: str = ""                  # backbone initialisation (an insightface CosFace backbone); "" = random
     transformations: Dict[str, Any] = field(default_factory=lambda: dict(OFFICIAL_TRANSFORMS))
 
     def __post_init__(self) -> None:
@@ -328,7 +341,7 @@ class BackboneSection:
                       if isinstance(v, dict) else v for k, v in self.transformations.items()}
         check(normalised == OFFICIAL_TRANSFORMS,
               f"'{key('transformations')}' must be the official preprocessing (Resize [112, 112], ToTensor, "
-               "Normalize mean/std 0.5), the one the models are trained and scored with")
+              "Normalize mean/std 0.5), the one the models are trained and scored with")
 
 
 @dataclass
@@ -346,22 +359,16 @@ class MlpSection:
     def __post_init__(self) -> None:
         check(self.module == "model.mlp.MLP", f"'mlp.module' is '{self.module}'; allowed: model.mlp.MLP")
         check((self.params.in_dim, self.params.hidden_dim, self.params.out_dim) == (512, 1024, 1),
-               f"'mlp.params' must be the official in_dim 512, hidden_dim 1024, out_dim 1, got {self.params}")
-
-
-@dataclass
-class WrapperParams:
-    return_feat: bool = False          # no effect: training always returns features, as the official train.py
+              f"'mlp.params' must be the official in_dim 512, hidden_dim 1024, out_dim 1, got {self.params}")
 
 
 @dataclass
 class WrapperSection:
-    module: str = "model.ediffiqa.eDifFIQA"
-    params: WrapperParams = field(default_factory=WrapperParams)
+    module: str = "model.ediffiqa.eDifFIQA"   # its params.return_feat is one of utils.config.NO_EFFECT_KEYS
 
     def __post_init__(self) -> None:
         check(self.module == "model.ediffiqa.eDifFIQA",
-               f"'ediffiqa.module' is '{self.module}'; allowed: model.ediffiqa.eDifFIQA")
+              f"'ediffiqa.module' is '{self.module}'; allowed: model.ediffiqa.eDifFIQA")
 
 
 @dataclass
@@ -373,8 +380,10 @@ class ModelFile:
     ediffiqa: WrapperSection = field(default_factory=WrapperSection)
 
     def __post_init__(self) -> None:
-        check(self.base_model.module in OFFICIAL_BACKBONES, f"'base_model.module' is '{self.base_model.module}'; "
-               f"allowed: {', '.join(OFFICIAL_BACKBONES)}")
+        from model.registry import official_modules, variant_for_module
+
+        check(variant_for_module(self.base_model.module) is not None, f"'base_model.module' is "
+              f"'{self.base_model.module}'; allowed: {', '.join(official_modules('ediffiqa'))}")
 
 
 @dataclass
@@ -385,7 +394,7 @@ class HeadSection:
     def __post_init__(self) -> None:
         check(self.module == "torch.nn.Linear", f"'model_head.module' is '{self.module}'; allowed: torch.nn.Linear")
         check(self.params == {"in_features": 512, "out_features": 1},
-               f"'model_head.params' must be the official in_features 512, out_features 1, got {self.params}")
+              f"'model_head.params' must be the official in_features 512, out_features 1, got {self.params}")
 
 
 @dataclass
@@ -396,8 +405,10 @@ class RegressionModelFile:
     model_head: HeadSection = field(default_factory=HeadSection)
 
     def __post_init__(self) -> None:
-        check(self.base_model.module == REGRESSION_BACKBONE, f"'base_model.module' is '{self.base_model.module}'; "
-               f"allowed: {REGRESSION_BACKBONE}")
+        from model.registry import official_modules, variant_for_module
+
+        check(variant_for_module(self.base_model.module, "regression") is not None, f"'base_model.module' is "
+              f"'{self.base_model.module}'; allowed: {', '.join(official_modules('regression'))}")
 
 
 @dataclass(frozen=True)
@@ -417,23 +428,38 @@ def resolve_model(value: str, backbone_weights: Optional[str] = None) -> ModelSp
     Raises:
         ConfigError: Neither a variant nor a readable model config; the message names the key and the file.
     """
-    from model.registry import VARIANTS, variant_names
+    from model.registry import VARIANTS, variant_for_module, variant_names
 
     if value in VARIANTS:
-        spec = ModelSpec(value, VARIANT_BACKBONE_WEIGHTS[value] or None, f"variant {value}")
+        spec = ModelSpec(value, VARIANTS[value].init_weights, f"variant {value}")
     else:
         if not os.path.isfile(value):
             raise ConfigError(f"the model '{value}' (base.model or model.config) is neither a model config file nor a "
                               "variant name "
-                              f"({', '.join(variant_names())}); the official model configs are configs/ediffiqa"
-                              "{L,M,S,T}_config.yaml")
+                              f"({', '.join(variant_names())}); the official model configs are "
+                              f"{', '.join(v.config for v in VARIANTS.values())}")
         raw = load_yaml(value)
         if "model_head" in raw:  # DifFIQA(R)'s model config
             head = from_dict(RegressionModelFile, raw, source=value)
-            spec = ModelSpec("diffiqaR", head.base_model.weights or None, value)
+            spec = ModelSpec(variant_for_module(head.base_model.module, "regression"), head.base_model.weights or None,
+                             value)
         else:
             parsed = from_dict(ModelFile, raw, source=value)
-            spec = ModelSpec(OFFICIAL_BACKBONES[parsed.base_model.module], parsed.base_model.weights or None, value)
+            spec = ModelSpec(variant_for_module(parsed.base_model.module), parsed.base_model.weights or None, value)
     if backbone_weights is not None:
         spec = ModelSpec(spec.name, backbone_weights or None, spec.source)
     return spec
+
+
+def resume_mismatch(saved: Dict[str, Any], cfg: TrainConfig) -> str:
+    """Why a checkpoint trained with config ``saved`` (a dict) cannot continue under ``cfg`` ("" when it can): the
+    update mode, the optimizer and the DataLoaders must be the ones it was trained with."""
+    from utils.config import to_dict
+
+    if bool(saved.get("base", {}).get("official", False)) != cfg.base.official:
+        return f"was trained with base.official: {int(not cfg.base.official)}"
+    now = to_dict(cfg)
+    for section in ("optimizer", "dataloader"):
+        if saved.get(section) != now[section]:
+            return f"was trained with another '{section}' section ({saved.get(section)})"
+    return ""

@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List
 
+from utils.config import check
 from utils.errors import DataError
 
 __all__ = ["PrepareConfig", "prepare"]
@@ -29,12 +30,10 @@ class PrepareConfig:
     verbose: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.beta < 1.0:
-            raise ValueError(f"'beta' must be between 0 and 1 (exclusive), got {self.beta}")
-        if self.min_images < 1:
-            raise ValueError(f"'min_images' must be at least 1, got {self.min_images}")
-        if not self.save_name or "/" in self.save_name or os.sep in self.save_name:
-            raise ValueError(f"'save_name' must be a plain name without slashes, got {self.save_name!r}")
+        check(0.0 < self.beta < 1.0, f"'beta' must be between 0 and 1 (exclusive), got {self.beta}")
+        check(self.min_images >= 1, f"'min_images' must be at least 1, got {self.min_images}")
+        check(bool(self.save_name) and "/" not in self.save_name and os.sep not in self.save_name,
+              f"'save_name' must be a plain name without slashes, got {self.save_name!r}")
 
 
 def _centres(embeddings: Any, ordered_paths: List[str], starts: Any) -> Any:
@@ -48,8 +47,7 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     """Read the labels and teacher embeddings, compute the label-optimisation data (the pure functions of
     :mod:`dataset.labels`) and write the two official files and the JSON summary as one set; returns the summary."""
     from dataset.formats import prepared_writers, read_embeddings, read_label_values
-    from dataset.labels import centre_order, group_identities, quality_threshold
-    from dataset.labels import select_identities, training_items
+    from dataset.labels import centre_order, group_identities, quality_threshold, select_identities, training_items
     from utils.io import check_output_dir, json_writer, write_together
 
     check_output_dir(cfg.save_location, "save_location / -sl")

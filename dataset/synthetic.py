@@ -1,0 +1,28 @@
+"""Synthetic face-like images for tests and benchmarks: smooth random RGB pictures that compress like photos."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["face_array", "save_image"]
+
+
+def face_array(seed: int, size: int = 112) -> np.ndarray:
+    """A smooth random ``(size, size, 3)`` uint8 image (compresses like a photo, unlike white noise)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+    noise = rng.normal(0, 8, size=(size, size, 3))
+    return np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+def save_image(path: str, seed: int, size: int = 112, mode: str = "RGB") -> None:
+    """Write :func:`face_array` to ``path`` (JPEG for ``.jpg``/``.jpeg``, else by extension), folders created."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img = Image.fromarray(face_array(seed, size))
+    if mode != "RGB":
+        img = img.convert(mode)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(os.path.splitext(path)[1].lower())
+    img.save(path, format=fmt) if fmt else img.save(path)

@@ -1,0 +1,164 @@
+"""Training data: the prepared files (eDifFIQA) or the labels (DifFIQA(R)) joined to the images, the official split,
+and the DataLoaders."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from dataset.formats import read_embeddings, read_labels, read_prepared
+from dataset.training import TrainingFaces, TrainingSet, collate_training, official_split
+from engine.training.config import TrainConfig
+from utils.config import LoaderParams
+from utils.distributed import DistInfo
+from utils.errors import ConfigError, DataError
+from utils.runtime import default_workers, seed_worker
+
+__all__ = ["load_training_data", "load_regression_data", "training_loader"]
+
+_logger = logging.getLogger(__name__)
+
+
+class _StridedSampler(Sampler):
+    """Every ``world``-th index from ``rank``: validation split across processes without padding."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _teacher_key_fallback(image_loc: str, path: str) -> str:
+    # The official dataset keys teacher embeddings by the last three components of the full image path.
+    return "/".join(os.path.join(image_loc, path).replace(os.sep, "/").split("/")[-3:])
+
+
+def _check_image_loc(image_loc: str) -> None:
+    if not os.path.isdir(image_loc):
+        raise DataError(f"image folder '{image_loc}' (dataset.image_loc) does not exist")
+
+
+def _drop_or_fail(missing: List[str], description: str, on_missing: str) -> None:
+    """Refuse (``on_missing: fail``) or warn about the items in ``missing``; the caller leaves them out."""
+    if not missing:
+        return
+    message = f"{description} (e.g. {', '.join(repr(p) for p in missing[:3])})"
+    if on_missing == "fail":
+        raise DataError(message + "; set dataset.on_missing: drop to leave them out")
+    _logger.warning("%s; left out (dataset.on_missing: drop)", message)
+
+
+def _split(data: TrainingSet, val_split: float) -> Tuple[TrainingSet, TrainingSet]:
+    """The official split of quality-sorted ``data``; refuses a split that leaves either side empty."""
+    train_idx, val_idx = official_split(len(data.paths), val_split)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise DataError(f"the split of {len(data.paths)} items with val_split={val_split} leaves "
+                        f"{len(train_idx)} training and {len(val_idx)} validation items; add data or change val_split")
+    return data.subset(train_idx), data.subset(val_idx)
+
+
+def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torch.Tensor, Dict[str, int]]:
+    """Read the prepared files and embeddings, drop (or refuse) items without image or embedding, split.
+
+    Returns:
+        ``(train, val, centres (K, D), counts)``.
+    """
+    ds = cfg.dataset
+    _check_image_loc(ds.image_loc)
+    centres, items = read_prepared(ds.training_data, ds.model_name)
+    table = read_embeddings(ds.embeddings_path)
+
+    no_image = [it[0] for it in items if not os.path.isfile(os.path.join(ds.image_loc, it[0]))]
+    keys: List[Optional[str]] = []
+    for it in items:
+        key = it[0] if it[0] in table else _teacher_key_fallback(ds.image_loc, it[0])
+        keys.append(key if key in table else None)
+    no_embedding = [it[0] for it, key in zip(items, keys) if key is None]
+    for what, missing in (("image file", no_image), ("teacher embedding", no_embedding)):
+        _drop_or_fail(missing, f"{len(missing)} of {len(items)} training items have no {what}", ds.on_missing)
+    bad = set(no_image) | set(no_embedding)
+    kept = [(it, key) for it, key in zip(items, keys) if it[0] not in bad]
+    if not kept:
+        raise DataError(f"no training item has both an image in '{ds.image_loc}' and an embedding in "
+                        f"'{ds.embeddings_path}'")
+    if table.dim != centres.shape[1]:
+        raise DataError(f"teacher embeddings are {table.dim}-d but the centres in '{ds.training_data}' are "
+                        f"{centres.shape[1]}-d; prepare the data from the same embeddings")
+    teacher = table.gather([key for _, key in kept])
+    train, val = _split(TrainingSet.build([it for it, _ in kept], teacher), ds.val_split)
+    counts = {"items": len(items), "no_image": len(no_image), "no_embedding": len(no_embedding),
+              "train": len(train.paths), "val": len(val.paths), "identities": int(centres.shape[0])}
+    return train, val, centres.float(), counts
+
+
+def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, Dict[str, int]]:
+    """DifFIQA(R) data: ``dataset.labels`` (``{path: quality}`` pickle/CSV) joined to ``dataset.image_loc``, sorted
+    by quality, min-max normalised and split as officially; no label optimisation, no teacher embeddings.
+
+    Returns:
+        ``(train, val, counts)``.
+    """
+    ds = cfg.dataset
+    _check_image_loc(ds.image_loc)
+    paths, qualities = read_labels(ds.labels_path)
+    prefix = os.path.join(ds.image_loc, "")
+    rel = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]  # keys may be joined to the folder
+    no_image = [p for p in rel if not os.path.isfile(os.path.join(ds.image_loc, p))]
+    _drop_or_fail(no_image, f"{len(no_image)} of {len(rel)} labelled images are not in '{ds.image_loc}'",
+                  ds.on_missing)
+    missing = set(no_image)
+    items = [(p, float(q)) for p, q in zip(rel, qualities.tolist()) if p not in missing]
+    if not items:
+        raise DataError(f"none of the labelled images of '{ds.labels_path}' is in '{ds.image_loc}'")
+    train, val = _split(TrainingSet.build(items), ds.val_split)
+    counts = {"items": len(paths), "no_image": len(no_image), "train": len(train.paths), "val": len(val.paths)}
+    return train, val, counts
+
+
+def training_loader(cfg: TrainConfig, data: TrainingSet, train: bool, epoch: int, info: DistInfo,
+                    device: torch.device, seeded: bool, warn: bool) -> DataLoader:
+    """The DataLoader of one epoch: ``dataloader.train`` (shuffled) or ``dataloader.val``; under torchrun each
+    process takes its share of the global batch. ``seeded``: shuffle with a generator seeded by the epoch (else the
+    global RNG, as the official ``RandomSampler``); ``warn``: say when a lone last image is left out."""
+    params: LoaderParams = (cfg.dataloader.train if train else cfg.dataloader.val).params
+    if params.batch_size % info.world:
+        raise ConfigError(f"batch_size {params.batch_size} must be divisible by the {info.world} processes")
+    batch = params.batch_size // info.world
+    dataset = TrainingFaces(cfg.dataset.image_loc, data)
+    generator = torch.Generator().manual_seed(cfg.base.seed + epoch) if seeded else None
+    if info.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        if train:
+            sampler: Optional[Sampler] = DistributedSampler(dataset, info.world, info.rank, shuffle=params.shuffle,
+                                                            seed=cfg.base.seed, drop_last=params.drop_last)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = _StridedSampler(len(dataset), info.rank, info.world)
+        shuffle = None
+    else:
+        sampler, shuffle = None, params.shuffle and train
+    workers = params.num_workers if params.num_workers is not None else default_workers(device)
+    kwargs: Dict[str, Any] = {}
+    if workers > 0:
+        kwargs["persistent_workers"] = params.persistent_workers
+        if params.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = params.prefetch_factor
+    drop_last = params.drop_last and train
+    local = len(sampler) if sampler is not None else len(dataset)
+    if train and not drop_last and local % batch == 1 and local > 1:
+        # BatchNorm cannot train on one sample (the official code crashes here); leave that one item out.
+        if warn:
+            _logger.warning("the last training batch would hold 1 image (%d per process, batch %d): left out each "
+                            "epoch, as BatchNorm cannot train on a single image", local, batch)
+        drop_last = True
+    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, sampler=sampler, num_workers=workers,
+                      pin_memory=params.pin_memory and device.type == "cuda", drop_last=drop_last,
+                      collate_fn=collate_training, generator=generator, worker_init_fn=seed_worker, **kwargs)

@@ -1,0 +1,97 @@
+"""Every script's command line: named flags from one table per script, and ``--set KEY=VALUE`` for any key of its
+schema (typed by the schema; a wrong key or type is the usual one-line error)."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from helpers import assert_user_error, run_script
+
+#: script -> (the workflow its main calls, what that returns, extra arguments it needs, a --set item and its check)
+SCRIPTS = {
+    "inference": ("engine.scoring.run.score", {}, [], "base.seed=7", lambda c: c.base.seed == 7),
+    "diffiqa_score": ("engine.labels.run.run_scoring", None, [], "inference.repeats=3",
+                      lambda c: c.inference.repeats == 3),
+    "train": ("engine.training.trainer.train", {"best_val": 0.0}, [], "loss.theta=0.25",
+              lambda c: c.loss.theta == 0.25),
+    "train_diffusion": ("engine.denoiser.trainer.train_diffusion", {"step": 0}, [], "trainer_params.train_lr=1e-3",
+                        lambda c: c.trainer_params.train_lr == 1e-3),
+    "prepare_data": ("engine.training.prepare.prepare", None, [], "beta=0.3", lambda c: c.beta == 0.3),
+    "evaluate": ("engine.evaluation.run.evaluate", [], ["--scores", "q=q.pkl"], "discard_limits=[0.1, 0.4]",
+                 lambda c: c.discard_limits == [0.1, 0.4]),
+    "extract_embeddings": ("engine.scoring.embeddings.extract_embeddings", {}, [
+        "--images", "faces", "--backbone", "iresnet18", "--weights", "w.pth", "--output", "e.pkl"], "flip=true",
+        lambda c: c.flip is True),
+    "export_onnx": ("engine.scoring.backends.export_checked", (0.0, 1.0), [
+        "--model", "ediffiqaT", "--weights", "w.pth", "--output", "m.onnx"], "opset=13", lambda c: c.opset == 13),
+}
+
+
+def _capture(monkeypatch, script):
+    """Replace the workflow with one that records the config it gets."""
+    target, result, _, _, _ = SCRIPTS[script]
+    module, name = target.rsplit(".", 1)
+    seen = []
+
+    def workflow(cfg, *args, **kwargs):
+        seen.append(cfg)
+        if script == "diffiqa_score":
+            from engine.resumable import FolderSummary
+
+            return FolderSummary()
+        return result
+
+    if script == "export_onnx":
+        def workflow(model, weights, output, with_embedding, opset):  # noqa: F811 - export_checked's signature
+            from engine.scoring.backends import ExportConfig
+
+            seen.append(ExportConfig(model, weights, output, with_embedding, opset))
+            return result
+    monkeypatch.setattr(importlib.import_module(module), name, workflow)
+    return seen
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_set_reaches_the_config(script, monkeypatch, capsys) -> None:
+    seen = _capture(monkeypatch, script)
+    _, _, extra, item, holds = SCRIPTS[script]
+    code, err = run_script(importlib.import_module(script).main, f"{script}.py", [*extra, "--set", item], capsys)
+    assert code == 0, err
+    assert len(seen) == 1 and holds(seen[0])
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_set_with_a_wrong_key_or_type_is_one_line(script, monkeypatch, capsys) -> None:
+    seen = _capture(monkeypatch, script)
+    _, _, extra, item, _ = SCRIPTS[script]
+    main = importlib.import_module(script).main
+    code, err = run_script(main, f"{script}.py", [*extra, "--set", "no_such.key=1"], capsys)
+    assert_user_error(code, err, f"{script}.py", r"--set no_such.key=1: unknown key 'no_such.key'")
+    key = item.split("=")[0]
+    code, err = run_script(main, f"{script}.py", [*extra, "--set", f"{key}=[oops"], capsys)
+    assert_user_error(code, err, f"{script}.py", rf"(not valid YAML|'{key}' must be)")
+    code, err = run_script(main, f"{script}.py", [*extra, "--set", "no equals sign"], capsys)
+    assert_user_error(code, err, f"{script}.py", r"--set takes KEY=VALUE")
+    assert not seen
+
+
+def test_set_is_typed_by_the_schema(monkeypatch, capsys) -> None:
+    """A text key keeps the text as given (a number-like folder name stays text); null clears an optional key; a
+    nested key inside a free mapping takes YAML; --set comes after the named flags."""
+    seen = _capture(monkeypatch, "inference")
+    import inference
+
+    code, err = run_script(inference.main, "inference.py", [
+        "--images", "a", "--set", "dataset.loc=2024", "--set", "weights=null", "--set", "base.limit=8",
+        "--batch-size", "4", "--set", "dataloader.params.batch_size=5"], capsys)
+    assert code == 0, err
+    cfg = seen[0]
+    assert cfg.dataset.loc == "2024" and cfg.weights is None and cfg.base.limit == 8
+    assert cfg.dataloader.params.batch_size == 5
+    seen = _capture(monkeypatch, "train")
+    import train
+
+    code, err = run_script(train.main, "train.py", ["--set", "optimizer.params.weight_decay=0.01"], capsys)
+    assert code == 0, err and seen[0].optimizer.params == {"weight_decay": 0.01}
+    code, err = run_script(train.main, "train.py", ["--set", "base.epochs=many"], capsys)
+    assert_user_error(code, err, "train.py", r"'base.epochs' must be int, got 'many'")
