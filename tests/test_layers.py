@@ -114,3 +114,26 @@ def test_the_trainer_reads_the_policy_not_the_official_flag() -> None:
     """engine/training/policy.py is the one place that turns base.official into how training computes."""
     text = open(os.path.join(ROOT, "engine", "training", "trainer.py"), encoding="utf-8").read()
     assert "official" not in text
+
+
+def test_benchmarks_start_without_pytest() -> None:
+    """Each benchmark answers --help (cuda_check: imports) in a Python where pytest cannot be imported, as with
+    requirements.txt alone."""
+    import subprocess
+    import sys
+
+    names = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "benchmarks")) if n.endswith(".py")
+                   and n != "__init__.py")
+    code = ("import importlib, runpy, sys\n"
+            "sys.modules['pytest'] = None\n"
+            f"for name in {names!r}:\n"
+            "    if name == 'cuda_check':\n"
+            "        importlib.import_module('benchmarks.' + name)\n"
+            "        continue\n"
+            "    sys.argv = [name, '--help']\n"
+            "    try:\n"
+            "        runpy.run_module('benchmarks.' + name, run_name='__main__')\n"
+            "    except SystemExit as exc:\n"
+            "        assert exc.code in (0, None), (name, exc.code)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
