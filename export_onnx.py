@@ -25,7 +25,7 @@ def _variants() -> List[str]:
 #: The named flags, each setting one config key (any other key: --set KEY=VALUE).
 FLAGS = [
     Flag(("--model",), "model", "the variant", choices=_variants),
-    Flag(("--weights",), "weights", "checkpoint (.pth, official layout)"),
+    Flag(("--weights",), "weights", "checkpoint (.pth, official layout); default weights/<model>.pth, else fetched"),
     Flag(("--output",), "output", "the .onnx file to write"),
     Flag(("--with-embedding",), "with_embedding", "also output the 512-d embedding", const=True),
     Flag(("--opset",), "opset", "ONNX opset (17)", type=int),

@@ -30,7 +30,8 @@ def _variants() -> List[str]:
 FLAGS = [
     Flag(("--images",), "dataset.loc", "folder of aligned face crops"),
     Flag(("--model",), "model", "the variant", choices=_variants),
-    Flag(("--weights",), "weights", "checkpoint file (default weights/<model>.pth)"),
+    Flag(("--weights",), "weights", "checkpoint file (default weights/<model>.pth if it exists, else the published "
+         "file, fetched by name into torch's cache)"),
     Flag(("--output",), "base.save_path", "output folder"),
     Flag(("--device",), "base.device", "auto, cpu, cuda or cuda:N"),
     Flag(("--batch-size",), "dataloader.params.batch_size", "images per batch", type=int),

@@ -24,8 +24,8 @@ from model.mobilefacenet import mobilefacenet
 from utils.errors import CheckpointError, ConfigError
 from utils.io import torch_load, torch_load_reason
 
-__all__ = ["BACKBONES", "Backbone", "VARIANTS", "Variant", "KINDS", "DEFAULT_VARIANT", "DEFAULT_FR", "register_variant",
-           "backbone_for_module", "variant_for_module", "official_modules", "backbone_names",
+__all__ = ["BACKBONES", "Backbone", "VARIANTS", "Variant", "WeightsSource", "KINDS", "DEFAULT_VARIANT", "DEFAULT_FR",
+           "register_variant", "backbone_for_module", "variant_for_module", "official_modules", "backbone_names",
            "OFFICIAL_WEIGHTS_HELP", "BACKBONE_WEIGHTS_HELP", "build_backbone", "build_model",
            "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names",
            "strip_prefixes", "describe_mismatch", "check_finite"]
@@ -71,6 +71,27 @@ def _regression(backbone: str) -> Callable[[], nn.Module]:
     return lambda: DifFIQAR(build_backbone(backbone))
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """A published weights file that scripts fetch by name (``utils.download.fetch``).
+
+    Attributes:
+        name: Its file name, kept as published (also its name in torch's cache).
+        url: Where it is published.
+        size: Its size in bytes, when known.
+        sha256: Its SHA-256, when known; without it the first download's is recorded and checked afterwards.
+    """
+
+    name: str
+    url: str
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+
+
+#: The MIT mirror of the authors' eDifFIQA checkpoints (the official layout) in yakhyo/face-image-quality-assessment.
+_MIRROR = "https://github.com/yakhyo/face-image-quality-assessment/releases/download/weights/"
+
+
 #: Kinds of variants: an eDifFIQA model distilled with label-optimised targets, or DifFIQA(R), a regressor of
 #: DifFIQA labels.
 KINDS = ("ediffiqa", "regression")
@@ -89,6 +110,8 @@ class Variant:
             or None for random weights.
         config: Its official model config file (what ``base.model`` names), relative to the working directory.
         build: Builds the randomly initialised model (backbone first, then the head, as the official code).
+        weights: Its published checkpoint (official layout), fetched when no file is given.
+        onnx: Its published ONNX file, fetched for the ONNX backends when no file is given.
     """
 
     name: str
@@ -98,17 +121,28 @@ class Variant:
     init_weights: Optional[str]
     config: str
     build: Callable[[], nn.Module]
+    weights: Optional[WeightsSource] = None
+    onnx: Optional[WeightsSource] = None
 
 
 VARIANTS: Dict[str, Variant] = _table(
     Variant("ediffiqaL", "eDifFIQA(L)", "iresnet100", "ediffiqa", "./weights/r100.pth",
-            "./configs/ediffiqaL_config.yaml", _ediffiqa("iresnet100")),
+            "./configs/ediffiqaL_config.yaml", _ediffiqa("iresnet100"),
+            weights=WeightsSource("ediffiqa_l.pth", _MIRROR + "ediffiqa_l.pth")),
     Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "ediffiqa", "./weights/r50.pth",
-            "./configs/ediffiqaM_config.yaml", _ediffiqa("iresnet50")),
+            "./configs/ediffiqaM_config.yaml", _ediffiqa("iresnet50"),
+            weights=WeightsSource("ediffiqa_m.pth", _MIRROR + "ediffiqa_m.pth")),
     Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "ediffiqa", "./weights/r18.pth",
-            "./configs/ediffiqaS_config.yaml", _ediffiqa("iresnet18")),
+            "./configs/ediffiqaS_config.yaml", _ediffiqa("iresnet18"),
+            weights=WeightsSource("ediffiqa_s.pth", _MIRROR + "ediffiqa_s.pth")),
     Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", "ediffiqa", None,
-            "./configs/ediffiqaT_config.yaml", _ediffiqa("mobilefacenet")),
+            "./configs/ediffiqaT_config.yaml", _ediffiqa("mobilefacenet"),
+            weights=WeightsSource("ediffiqa_t.pth", _MIRROR + "ediffiqa_t.pth"),
+            # The OpenCV Model Zoo's export of the same model, for the ONNX backends.
+            onnx=WeightsSource("ediffiqa_tiny_jun2024.onnx",
+                               "https://huggingface.co/opencv/face_image_quality_assessment_ediffiqa/resolve/main/"
+                               "ediffiqa_tiny_jun2024.onnx", 7272678,
+                               "9426c899cc0f01665240cb7d9e7f98e18e24e456c178326c771a43da289bfc6a")),
     # The regression baseline the paper compares against (authors' diffiqa(r).pth; keys base.*, linear.*).
     Variant("diffiqaR", "DifFIQA(R)", "iresnet100", "regression", "./weights/r100.pth",
             "./configs/diffiqaR_model_config.yaml", _regression("iresnet100")),
@@ -157,7 +191,7 @@ def backbone_names() -> List[str]:
 OFFICIAL_WEIGHTS_HELP = (
     "the official weights are published by the authors (OneDrive link in the eDifFIQA README, and "
     "huggingface.co/LSIbabnikz); the yakhyo/face-image-quality-assessment GitHub release mirror "
-    "(ediffiqa_{t,s,m,l}.pth) uses the same layout"
+    "(ediffiqa_{t,s,m,l}.pth, fetched by name when no file is given) uses the same layout"
 )
 
 

@@ -23,3 +23,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never reach the internet: weights fetched by name come from a mirror on a closed local port (a test
+    that serves files sets its own), into a cache of the test's own."""
+    monkeypatch.setenv("EDIFFIQA_MIRROR", "http://127.0.0.1:9")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))

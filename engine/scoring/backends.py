@@ -156,7 +156,7 @@ class ExportConfig:
     """``export_onnx.py``'s settings (keys = the long flag names)."""
 
     model: Optional[str] = None        # the variant
-    weights: Optional[str] = None      # its checkpoint (.pth, official layout)
+    weights: Optional[str] = None      # its checkpoint (.pth, official layout); null: weights/<model>.pth, else fetched
     output: Optional[str] = None       # the .onnx file to write
     with_embedding: bool = False       # also output the 512-d embedding
     opset: int = 17
@@ -164,14 +164,14 @@ class ExportConfig:
     def __post_init__(self) -> None:
         from model.registry import VARIANTS, variant_names
 
-        for name in ("model", "weights", "output"):
+        for name in ("model", "output"):
             check(getattr(self, name) is not None, f"'{name}' (--{name}) is required")
         check(self.model in VARIANTS, f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")
         check(self.output.lower().endswith(".onnx"), f"'output' (--output) '{self.output}' must end with .onnx")
         check(7 <= self.opset <= 23, f"'opset' must be between 7 and 23, got {self.opset}")
 
 
-def export_checked(name: str, weights: str, output: str, with_embedding: bool = False,
+def export_checked(name: str, weights: Optional[str], output: str, with_embedding: bool = False,
                    opset: int = 17) -> Tuple[float, float]:
     """Export variant ``name`` with ``weights`` to ``output`` and check it with ONNX Runtime on 5 inputs; the file is
     moved into place only when the check passes.
@@ -182,12 +182,13 @@ def export_checked(name: str, weights: str, output: str, with_embedding: bool = 
     Raises:
         RunError: The difference is not finite or above :data:`PARITY_TOLERANCE` relative; nothing is written.
     """
+    from engine.scoring.weights import resolve_weights
     from model.registry import create_model
     from utils.io import check_output_dir
 
     folder = os.path.dirname(os.path.abspath(output))
     check_output_dir(folder, "--output")
-    model = create_model(name, weights)
+    model = create_model(name, resolve_weights(name, weights))
     staged = os.path.join(folder, f".{os.path.basename(output)}.check.onnx")
     try:
         export_onnx(model, staged, with_embedding=with_embedding, opset=opset)

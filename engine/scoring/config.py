@@ -2,7 +2,6 @@
 additions (weights, precision, backend, photos)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -56,7 +55,7 @@ class InferenceConfig:
     dataset: DatasetSection = field(default_factory=DatasetSection)
     dataloader: InferenceLoader = field(default_factory=InferenceLoader)
     model: str = field(default_factory=_default_variant)
-    weights: Optional[str] = None
+    weights: Optional[str] = None     # null: weights/<model>.pth if it exists, else the published file, fetched
     precision: str = "fp32"
     backend: str = "torch"
     fold_bn: bool = True
@@ -83,7 +82,3 @@ class InferenceConfig:
                                ("annotate", "--annotate")):
                 check(not getattr(self, name), f"'{name}' ({flag}) only applies to photos: add align: true (--align)")
 
-    @property
-    def weights_path(self) -> str:
-        """The checkpoint: ``weights`` if set, else ``weights/<model>.pth`` (relative to the working directory)."""
-        return self.weights or os.path.join("weights", f"{self.model}.pth")

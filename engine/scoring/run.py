@@ -30,6 +30,7 @@ def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
     """
     from dataset.image_folder import find_images
     from engine.scoring.scorer import QualityScorer
+    from engine.scoring.weights import resolve_weights
     from utils.distributed import finish_distributed, init_distributed
     from utils.io import check_output_dir
     from utils.runtime import seed_everything
@@ -44,14 +45,15 @@ def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
         if info.enabled and cfg.align:
             raise ConfigError("photos (align) are scored by one process; run inference.py --align without torchrun")
         rel_paths = find_images(cfg.dataset.loc)
-        scorer = QualityScorer.from_pretrained(cfg.model, cfg.weights_path, device=device, precision=cfg.precision,
+        weights = resolve_weights(cfg.model, cfg.weights, cfg.backend, progress=cfg.base.verbose and info.main)
+        scorer = QualityScorer.from_pretrained(cfg.model, weights, device=device, precision=cfg.precision,
                                                backend=cfg.backend, fold_bn=cfg.fold_bn)
         _logger.info("scoring %d %s in '%s' with %s on %s (%s, %s backend)", len(rel_paths),
                      "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device,
                      scorer.precision, scorer.backend)
         if cfg.align:
             return _score_photos(cfg, rel_paths, scorer)
-        return _score_faces(cfg, rel_paths, scorer, info, fresh)
+        return _score_faces(cfg, rel_paths, scorer, info, fresh, weights)
     finally:
         finish_distributed(info)
 
@@ -67,7 +69,8 @@ def _weights_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh: bool) -> Dict[str, int]:
+def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh: bool,
+                 weights: str) -> Dict[str, int]:
     """Score the folder resumably and, under ``torchrun``, in shares (see :mod:`engine.resumable`): a rerun into the
     same folder continues where a kill (or ``base.limit``) stopped, byte for byte, and refuses other settings."""
     import torch
@@ -83,7 +86,7 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
             raise ConfigError("'gpu_decode' (--gpu-decode) needs a CUDA device and the torch backend")
         decode = cuda_jpeg_decoder(scorer.device)
     batch = params.batch_size or default_batch_size(scorer.device)
-    settings = {"model": cfg.model, "weights_sha256": _weights_digest(cfg.weights_path), "precision": scorer.precision,
+    settings = {"model": cfg.model, "weights_sha256": _weights_digest(weights), "precision": scorer.precision,
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
                 # the thread count changes the last bits of CPU results
                 "threads": torch.get_num_threads() if scorer.device.type == "cpu" else None}

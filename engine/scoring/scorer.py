@@ -82,19 +82,24 @@ class QualityScorer:
         return self.onnx.backend if self.onnx is not None else "torch"
 
     @classmethod
-    def from_pretrained(cls, name: str, weights: Optional[str], device: Union[str, torch.device] = "auto",
+    def from_pretrained(cls, name: str, weights: Optional[str] = None, device: Union[str, torch.device] = "auto",
                         precision: str = "fp32", channels_last: bool = True, backend: str = "torch",
-                        fold_bn: bool = True) -> "QualityScorer":
-        """Build variant ``name`` (``ediffiqaL/M/S/T``) with its checkpoint (see :func:`model.create_model`).
+                        fold_bn: bool = True, progress: bool = True) -> "QualityScorer":
+        """Build variant ``name`` with its checkpoint (see :func:`model.create_model`): ``weights``, else
+        ``weights/<name>.pth``, else the published file fetched by name into torch's cache (see
+        :func:`engine.scoring.weights.resolve_weights`).
 
         ``weights`` may also be an ONNX file (``export_onnx.py``, or the OpenCV Zoo's eDifFIQA(T)); it then runs on
         ONNX Runtime unless ``backend="opencv"``. With a ``.pth`` and ``backend`` ``onnxruntime``/``opencv`` the model
         is exported to a temporary ONNX file first. ``fold_bn`` folds BatchNorm into convolutions (torch backend;
         scores change by about 1e-6 relative).
         """
+        from engine.scoring.weights import resolve_weights
+
         if backend not in BACKENDS:
             raise ConfigError(f"backend '{backend}' not understood; use one of: {', '.join(BACKENDS)}")
-        if weights is not None and weights.lower().endswith(".onnx"):
+        weights = resolve_weights(name, weights, backend, progress)
+        if weights.lower().endswith(".onnx"):
             runtime = "onnxruntime" if backend == "torch" else backend
             return cls(None, precision=precision, onnx=OnnxModel(weights, runtime))
         if backend != "torch":

@@ -1,0 +1,39 @@
+"""Which checkpoint a scoring run loads: the file given, else ``weights/<model>.pth`` when it exists, else the
+published file fetched by name into torch's cache (see :mod:`utils.download` and the sources in the registry)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from utils.errors import CheckpointError
+
+__all__ = ["resolve_weights"]
+
+
+def resolve_weights(model: str, weights: Optional[str] = None, backend: str = "torch", progress: bool = True) -> str:
+    """The checkpoint of variant ``model`` to load.
+
+    Args:
+        model: A registered variant.
+        weights: A file the user named (``--weights`` / ``weights``); used as it is.
+        backend: ``torch``, or an ONNX backend, for which a published ONNX file is fetched where there is one.
+        progress: Show a progress bar while fetching.
+
+    Raises:
+        CheckpointError: Nothing given, nothing at the default path, and nothing to fetch (or the fetch failed).
+    """
+    from model.registry import OFFICIAL_WEIGHTS_HELP, VARIANTS
+    from utils.download import fetch
+
+    if weights:
+        return weights
+    default = os.path.join("weights", f"{model}.pth")
+    if os.path.isfile(default):
+        return default
+    variant = VARIANTS[model]
+    source = variant.onnx if backend != "torch" and variant.onnx is not None else variant.weights
+    if source is None:
+        raise CheckpointError(f"weights file '{default}' not found and {variant.title} has no published file to fetch; "
+                              f"{OFFICIAL_WEIGHTS_HELP}; pass its path with --weights or the config key 'weights'")
+    what = f"{variant.title} {'ONNX model' if source is variant.onnx else 'weights'}"
+    return fetch(source.url, source.name, what, sha256=source.sha256, size=source.size, progress=progress)
