@@ -1,10 +1,12 @@
 """Images/s of the project's inference path against the naive path of the official code, in one interleaved run.
 
 Naive (official): one process, PIL + torchvision transform per image, eager fp32 NCHW under ``no_grad``, batch 128.
-Ours: ``QualityScorer`` (DataLoader workers shipping uint8, ``inference_mode``, device batch size) with the backends
+Ours: ``QualityScorer`` (on a CPU each batch decoded in the scoring process straight into a channels_last buffer, on a
+GPU DataLoader workers shipping uint8; ``inference_mode``, device batch size) with the backends
 ``torch`` (channels_last), ``torch+fold`` (BatchNorm folded, the default), and on the CPU ``onnxruntime`` and
 ``opencv`` (the model exported to ONNX). All run on the same JPEG files and weights, interleaved; the table gives the
-ratio to the naive path and the largest score difference.
+ratio to the naive path and the largest score difference. The ``auto`` row is what ``--precision auto --backend auto``
+pick on this machine. Model-only rows feed the scorer the batches it forms end to end, already decoded.
 
     python -m benchmarks.inference_throughput [--variants T S M L] [--device cpu] [--repeats 3] [--reduced] [--compile]
 
@@ -32,10 +34,7 @@ from dataset.transforms import official_transform  # noqa: E402
 from engine.scoring.scorer import QualityScorer, default_batch_size  # noqa: E402
 from model.registry import build_model, load_weights  # noqa: E402
 from model.synthetic import manifest_state_dict  # noqa: E402
-from utils.runtime import (
-    default_workers,  # noqa: E402
-    resolve_device,  # noqa: E402
-)
+from utils.runtime import cpu_kind, reader_workers, resolve_device  # noqa: E402
 
 CPU_IMAGES = {"ediffiqaT": 256, "ediffiqaS": 96, "ediffiqaM": 32, "ediffiqaL": 24}
 GPU_IMAGES = {"ediffiqaT": 4096, "ediffiqaS": 4096, "ediffiqaM": 2048, "ediffiqaL": 2048}
@@ -115,6 +114,9 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
     if reduced:
         p = "bf16" if device.type == "cpu" else "fp16"
         scorers[f"torch+fold {p}"] = QualityScorer.from_pretrained(name, weights, device=device, precision=p)
+    # What --precision auto --backend auto pick on this machine.
+    auto = QualityScorer.from_pretrained(name, weights, device=device, precision="auto", backend="auto")
+    scorers[f"auto: {auto.backend} {auto.precision}"] = auto
     decoders = {}
     if device.type == "cuda":  # JPEGs decoded on the GPU (nvJPEG) in batches: the end-to-end path it speeds up
         from dataset.folder_batches import cuda_jpeg_decoder
@@ -132,10 +134,11 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
 
     transform = official_transform()
     x = torch.stack([transform(Image.open(os.path.join(root, p)).convert("RGB")) for p in paths])
-    batch = default_batch_size(device)
-
     def ours_model_only(s: QualityScorer) -> np.ndarray:
-        return np.concatenate([s(x[i:i + batch]).cpu().numpy() for i in range(0, len(x), batch)])
+        # The batches the scorer forms end to end, already in the layout it reads them in.
+        batch = default_batch_size(s.device, s.precision)
+        xs = x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+        return np.concatenate([s(xs[i:i + batch]).cpu().numpy() for i in range(0, len(xs), batch)])
 
     def ours_end_to_end(s: QualityScorer, decode=None) -> np.ndarray:
         return np.asarray(s.score_folder(root, paths, decode_jpegs=decode).scores, dtype=np.float32)
@@ -149,30 +152,39 @@ def bench_variant(name: str, device: torch.device, root: str, paths: List[str], 
             print(f"{name} {key}: left out ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             del scorers[key]
             precisions.remove(key)
-    rows = []
-    for mode in ("model-only", "end-to-end"):
-        times: Dict[str, List[float]] = {"naive": [], **{p: [] for p in precisions}}
-        scores: Dict[str, np.ndarray] = {}
-        for _ in range(repeats):
+    # Both modes of every path within each repeat, so that the e2e / model ratio compares like with like on a
+    # machine whose speed drifts.
+    modes = ("model-only", "end-to-end")
+    times: Dict[Tuple[str, str], List[float]] = {(m, p): [] for m in modes for p in ["naive", *precisions]}
+    scores: Dict[Tuple[str, str], np.ndarray] = {}
+    for _ in range(repeats):
+        for mode in modes:
             if mode == "model-only":
-                t, scores["naive"] = timed(lambda: naive_model_only(naive, x, device), device)
+                t, scores[mode, "naive"] = timed(lambda: naive_model_only(naive, x, device), device)
             else:
-                t, scores["naive"] = timed(lambda: naive_end_to_end(naive, root, paths, device), device)
-            times["naive"].append(t)
-            for p, s in scorers.items():
+                t, scores[mode, "naive"] = timed(lambda: naive_end_to_end(naive, root, paths, device), device)
+            times[mode, "naive"].append(t)
+        for p, s in scorers.items():
+            for mode in modes:
                 fn = ((lambda s=s: ours_model_only(s)) if mode == "model-only"
                       else (lambda s=s, p=p: ours_end_to_end(s, decoders.get(p))))
-                t, scores[p] = timed(fn, device)
-                times[p].append(t)
-        base = statistics.median(times["naive"])
-        scale = float(np.abs(scores["naive"]).max())
+                t, scores[mode, p] = timed(fn, device)
+                times[mode, p].append(t)
+    rows = []
+    for mode in modes:
+        base = statistics.median(times[mode, "naive"])
+        scale = float(np.abs(scores[mode, "naive"]).max())
         rows.append({"variant": name, "mode": mode, "path": "naive (official)", "img_s": len(paths) / base,
-                     "ratio": 1.0, "max_rel_diff": 0.0, "spearman": 1.0})
+                     "ratio": 1.0, "max_rel_diff": 0.0, "spearman": 1.0,
+                     "e2e_model": statistics.median(times["model-only", "naive"]) / base
+                     if mode == "end-to-end" else None})
         for p in precisions:
-            t = statistics.median(times[p])
-            diff = float(np.abs(scores[p] - scores["naive"]).max()) / scale
+            t = statistics.median(times[mode, p])
+            diff = float(np.abs(scores[mode, p] - scores[mode, "naive"]).max()) / scale
             rows.append({"variant": name, "mode": mode, "path": p, "img_s": len(paths) / t,
-                         "ratio": base / t, "max_rel_diff": diff, "spearman": spearman(scores[p], scores["naive"])})
+                         "ratio": base / t, "max_rel_diff": diff, "spearman": spearman(scores[mode, p],
+                                                                                        scores[mode, "naive"]),
+                         "e2e_model": statistics.median(times["model-only", p]) / t if mode == "end-to-end" else None})
     return rows
 
 
@@ -190,8 +202,9 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     defaults = GPU_IMAGES if device.type == "cuda" else CPU_IMAGES
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"our batch {default_batch_size(device)}, workers {default_workers(device)}, official batch {OFFICIAL_BATCH}")
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, CPU kind {cpu_kind()}, "
+          f"our batch {default_batch_size(device)} (bf16/fp16: {default_batch_size(device, 'bf16')}), reader "
+          f"processes {reader_workers(device)}, official batch {OFFICIAL_BATCH}")
     rows: List[Dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for letter in args.variants:
@@ -204,10 +217,11 @@ def main(argv: List[str] | None = None) -> int:
                                       args.backends, args.compile))
             print(f"{name}: done ({count} images)", flush=True)
     print()
-    print("| variant | mode | path | images/s | vs naive | max score diff (rel.) | Spearman |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| variant | mode | path | images/s | vs naive | e2e / model | max score diff (rel.) | Spearman |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['mode']} | {r['path']} | {r['img_s']:.1f} | {r['ratio']:.2f}x | "
+        ratio = f"{r['e2e_model']:.2f}" if r["e2e_model"] is not None else "-"
+        print(f"| {r['variant']} | {r['mode']} | {r['path']} | {r['img_s']:.1f} | {r['ratio']:.2f}x | {ratio} | "
               f"{r['max_rel_diff']:.1e} | {r['spearman']:.4f} |")
     return 0
 

@@ -92,6 +92,9 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
     if decode_jpegs is not None:
         yield from _iterate_jpeg_bytes(root, rel_paths, device, batch_size, workers, channels_last, decode_jpegs)
         return
+    if workers == 0:
+        yield from _iterate_in_process(root, rel_paths, device, batch_size, channels_last)
+        return
     dataset = FaceFolder(root, list(rel_paths))
     kwargs = {}
     if workers > 0:
@@ -111,6 +114,28 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield indices, x, bad
+
+
+def _iterate_in_process(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int,
+                        channels_last: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+    """The reader without worker processes (the default on a CPU, where the model keeps every core busy): each image
+    is decoded straight into its slot of an NHWC uint8 batch buffer, whose ``(b, 3, H, W)`` view is already the
+    channels_last layout the model runs in, so a batch costs one copy per image and one normalisation."""
+    folder = FaceFolder(root, list(rel_paths))
+    for start in range(0, len(rel_paths), batch_size):
+        stop = min(start + batch_size, len(rel_paths))
+        buffer = torch.empty((stop - start, *INPUT_SIZE, 3), dtype=torch.uint8)
+        slots = buffer.numpy()
+        good: List[int] = []
+        bad: List[Tuple[int, str]] = []
+        for index in range(start, stop):
+            error = folder.read_into(index, slots[len(good)])
+            if error:
+                bad.append((index, error))
+            else:
+                good.append(index)
+        x = normalize(buffer[:len(good)].to(device, non_blocking=True).permute(0, 3, 1, 2))
+        yield torch.tensor(good, dtype=torch.int64), x if channels_last else x.contiguous(), bad
 
 
 def _iterate_jpeg_bytes(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,

@@ -5,10 +5,11 @@ import logging
 import os
 from typing import List, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataset.transforms import INPUT_SIZE, load_face
+from dataset.transforms import INPUT_SIZE, load_face, read_face_into
 from utils.errors import DataError, first_line
 
 __all__ = ["IMAGE_EXTENSIONS", "JPEG_EXTENSIONS", "find_images", "FaceFolder", "collate_faces", "JpegBytesFolder",
@@ -91,6 +92,15 @@ class FaceFolder(Dataset):
             return load_face(os.path.join(self.root, self.rel_paths[index])), ""
         except Exception as exc:  # PIL raises many types for truncated, foreign or unreadable files
             return torch.zeros((3, *INPUT_SIZE), dtype=torch.uint8), f"{type(exc).__name__}: {first_line(exc)}"
+
+    def read_into(self, index: int, out: np.ndarray) -> str:
+        """Decode file ``index`` into ``out`` (``(112, 112, 3)`` uint8); returns "" or the one-line reason it could
+        not be read (``out`` is then left as it was)."""
+        try:
+            read_face_into(os.path.join(self.root, self.rel_paths[index]), out)
+            return ""
+        except Exception as exc:  # PIL raises many types for truncated, foreign or unreadable files
+            return f"{type(exc).__name__}: {first_line(exc)}"
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str]:
         image, error = self.load(index)

@@ -18,7 +18,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 __all__ = ["INPUT_SIZE", "MEAN", "STD", "official_transform", "open_rgb", "resize_face", "to_uint8_tensor",
-           "load_face", "normalize", "preprocess", "preprocess_batch"]
+           "decode_face", "load_face", "read_face_into", "normalize", "preprocess", "preprocess_batch"]
 
 INPUT_SIZE = (112, 112)
 MEAN = (0.5, 0.5, 0.5)
@@ -55,9 +55,24 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def decode_face(path: PathLike) -> Image.Image:
+    """Read an aligned face crop: file -> 112x112 RGB PIL image (decoded, file closed). The pixels every reader
+    below gives: an RGB file is not copied again, other modes are converted, other sizes resized as officially."""
+    with Image.open(path) as img:
+        img.load()
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return resize_face(rgb)
+
+
 def load_face(path: PathLike) -> torch.Tensor:
     """Read an aligned face crop: file -> ``(3, 112, 112)`` uint8 RGB tensor."""
-    return to_uint8_tensor(resize_face(open_rgb(path)))
+    return to_uint8_tensor(decode_face(path))
+
+
+def read_face_into(path: PathLike, out: np.ndarray) -> None:
+    """Read an aligned face crop into ``out``, a ``(112, 112, 3)`` uint8 (HWC) slot of a batch buffer: the pixels of
+    :func:`load_face`, copied once."""
+    out[...] = np.asarray(decode_face(path))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

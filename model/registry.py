@@ -112,6 +112,9 @@ class Variant:
         build: Builds the randomly initialised model (backbone first, then the head, as the official code).
         weights: Its published checkpoint (official layout), fetched when no file is given.
         onnx: Its published ONNX file, fetched for the ONNX backends when no file is given.
+        onnx_faster_on: The CPU kinds (``utils.runtime.cpu_kind``) where ONNX Runtime scored it faster than torch in
+            fp32 (``benchmarks/inference_throughput.py``; the figures are in docs/benchmarks.md); ``--backend auto``
+            picks ONNX Runtime there.
     """
 
     name: str
@@ -123,21 +126,22 @@ class Variant:
     build: Callable[[], nn.Module]
     weights: Optional[WeightsSource] = None
     onnx: Optional[WeightsSource] = None
+    onnx_faster_on: Tuple[str, ...] = ()
 
 
 VARIANTS: Dict[str, Variant] = _table(
     Variant("ediffiqaL", "eDifFIQA(L)", "iresnet100", "ediffiqa", "./weights/r100.pth",
             "./configs/ediffiqaL_config.yaml", _ediffiqa("iresnet100"),
-            weights=WeightsSource("ediffiqa_l.pth", _MIRROR + "ediffiqa_l.pth")),
+            weights=WeightsSource("ediffiqa_l.pth", _MIRROR + "ediffiqa_l.pth"), onnx_faster_on=("avx2",)),
     Variant("ediffiqaM", "eDifFIQA(M)", "iresnet50", "ediffiqa", "./weights/r50.pth",
             "./configs/ediffiqaM_config.yaml", _ediffiqa("iresnet50"),
-            weights=WeightsSource("ediffiqa_m.pth", _MIRROR + "ediffiqa_m.pth")),
+            weights=WeightsSource("ediffiqa_m.pth", _MIRROR + "ediffiqa_m.pth"), onnx_faster_on=("avx2",)),
     Variant("ediffiqaS", "eDifFIQA(S)", "iresnet18", "ediffiqa", "./weights/r18.pth",
             "./configs/ediffiqaS_config.yaml", _ediffiqa("iresnet18"),
-            weights=WeightsSource("ediffiqa_s.pth", _MIRROR + "ediffiqa_s.pth")),
+            weights=WeightsSource("ediffiqa_s.pth", _MIRROR + "ediffiqa_s.pth"), onnx_faster_on=("avx2", "amx")),
     Variant("ediffiqaT", "eDifFIQA(T)", "mobilefacenet", "ediffiqa", None,
             "./configs/ediffiqaT_config.yaml", _ediffiqa("mobilefacenet"),
-            weights=WeightsSource("ediffiqa_t.pth", _MIRROR + "ediffiqa_t.pth"),
+            weights=WeightsSource("ediffiqa_t.pth", _MIRROR + "ediffiqa_t.pth"), onnx_faster_on=("avx2",),
             # The OpenCV Model Zoo's export of the same model, for the ONNX backends.
             onnx=WeightsSource("ediffiqa_tiny_jun2024.onnx",
                                "https://huggingface.co/opencv/face_image_quality_assessment_ediffiqa/resolve/main/"

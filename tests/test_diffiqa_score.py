@@ -225,6 +225,7 @@ def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys)
     assert {r.split(",")[0] for r in (parts / "quality-scores.csv").read_text().splitlines()[1:]} == set(reference)
 
 
+@pytest.mark.slow
 def test_official_mode_and_prepare_data_reads_the_labels(scoring_setup, capsys) -> None:
     tmp_path, images = scoring_setup
     out = tmp_path / "off"
@@ -453,6 +454,7 @@ def test_walk_order_is_the_official_listing(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- the driver
+@pytest.mark.slow
 def test_one_float_format_and_nan_labels_write_nothing(scoring_setup, capsys) -> None:
     """The CSV holds each score in the form that reads back to the pickle's float; an FR model that overflows makes
     NaN labels, which stop the run (exit 1) with nothing of the output set written."""

@@ -184,6 +184,7 @@ def _manifest_state(seed: int = 0):
     return {k: 0.02 * torch.randn(v["shape"], generator=gen) for k, v in manifest.items()}
 
 
+@pytest.mark.slow
 def test_manifest_state_dict_loads_strictly(tmp_path) -> None:
     state = _manifest_state()
     model = build_diffusion()

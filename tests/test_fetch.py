@@ -154,6 +154,7 @@ def test_a_pinned_hash_is_enforced_and_a_mismatch_leaves_nothing(server, faces, 
     assert not os.path.exists(cached("ediffiqa_tiny_jun2024.onnx.sha256"))  # pinned: nothing to record
 
 
+@pytest.mark.slow
 def test_two_processes_fetching_at_once_get_one_good_file(server, tmp_path) -> None:
     root, _ = server
     data = os.urandom(3 << 20)

@@ -187,6 +187,7 @@ def test_cuda_request_without_cuda(tmp_path, capsys) -> None:
     assert code == 2 and "CUDA is not available" in err
 
 
+@pytest.mark.slow
 def test_subprocess_exit_code_and_no_traceback(tmp_path) -> None:
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "inference.py"), "--images", str(tmp_path / "none"),
                            "--device", "cpu"], capture_output=True, text=True, cwd=str(tmp_path))
@@ -207,3 +208,35 @@ def test_precision_auto_follows_the_cpu(tmp_path, checkpoint_dir, capsys) -> Non
     assert code == 0, err
     expected = "bf16" if cpu_has_native_bf16() else "fp32"
     assert f"on cpu ({expected}, torch backend)" in err, err
+
+
+@pytest.mark.parametrize("kind,precision,expected", [("avx2", "fp32", "onnxruntime"), ("avx512_bf16", "fp32", "torch"),
+                                                     ("avx2", "bf16", "torch"), ("other", "fp32", "torch")])
+def test_backend_auto_follows_the_measurements(kind, precision, expected, tmp_path, checkpoint_dir, capsys,
+                                               monkeypatch) -> None:
+    """--backend auto: ONNX Runtime where the registry says it measured faster for the variant in fp32 on this kind
+    of CPU, torch elsewhere (and for bf16); the choice and why are logged once; scores within the backends'
+    tolerance of torch's."""
+    import pickle
+
+    pytest.importorskip("onnxruntime")
+    import utils.runtime
+
+    monkeypatch.setattr(utils.runtime, "cpu_kind", lambda: kind)
+    monkeypatch.setattr(utils.runtime, "cpu_has_native_bf16", lambda: True)  # bf16 runs (slowly) on any CPU
+    images = tmp_path / "imgs"
+    for i in range(3):
+        save_image(str(images / f"{i}.png"), seed=i)
+    weights = os.path.join(checkpoint_dir, "ediffiqaT.pth")
+    base = ["--images", str(images), "--model", "ediffiqaT", "--weights", weights, "--device", "cpu",
+            "--precision", precision]
+    code, err = run([*base, "--backend", "auto", "--output", str(tmp_path / "auto")], capsys)
+    assert code == 0, err
+    chosen = [line for line in err.splitlines() if "--backend auto:" in line]
+    assert len(chosen) == 1 and f"--backend auto: {expected} (" in chosen[0], err
+    assert f"{precision}, {expected} backend" in err
+    assert run([*base, "--output", str(tmp_path / "torch")], capsys)[0] == 0
+    a = pickle.loads((tmp_path / "auto" / "quality-scores.pkl").read_bytes())
+    b = pickle.loads((tmp_path / "torch" / "quality-scores.pkl").read_bytes())
+    scale = max(abs(v) for v in b.values())
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-4 * scale for k in a)

@@ -116,6 +116,7 @@ def test_the_trainer_reads_the_policy_not_the_official_flag() -> None:
     assert "official" not in text
 
 
+@pytest.mark.slow
 def test_benchmarks_start_without_pytest() -> None:
     """Each benchmark answers --help (cuda_check: imports) in a Python where pytest cannot be imported, as with
     requirements.txt alone."""

@@ -45,3 +45,39 @@ def test_channel_order_is_rgb(tmp_path) -> None:
     Image.fromarray(array).save(path)
     x = normalize(load_face(path))
     assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0) and torch.all(x[2] == -1.0)
+
+
+def test_the_batch_reader_gives_the_pixels_of_the_per_image_path(tmp_path) -> None:
+    """The in-process batch reader (the CPU default) decodes each image straight into an NHWC batch buffer: the
+    batches equal the per-image path (load_face + normalize) bit for bit, for JPEG and PNG, RGB, grey, RGBA and
+    palette images, other sizes, a partial last batch and an unreadable file; and the DataLoader-worker path too."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dataset.folder_batches import iterate_folder
+    from dataset.synthetic import face_array
+    from dataset.transforms import load_face, normalize
+
+    names = []
+    for i, (mode, size, ext) in enumerate([("RGB", 112, "jpg"), ("RGB", 112, "png"), ("L", 112, "png"),
+                                           ("RGBA", 112, "png"), ("P", 112, "png"), ("RGB", 150, "jpg"),
+                                           ("RGB", 96, "png"), ("L", 112, "jpg")]):
+        name = f"{i}.{ext}"
+        Image.fromarray(face_array(i, size)).convert(mode).save(tmp_path / name)
+        names.append(name)
+    (tmp_path / "8.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    names.append("8.jpg")
+    cpu = torch.device("cpu")
+    expected = {n: normalize(load_face(str(tmp_path / n))) for n in names if n != "8.jpg"}
+    for workers in (0, 1):
+        seen, bad = [], []
+        for indices, x, errors in iterate_folder(str(tmp_path), names, cpu, batch_size=4, workers=workers):
+            assert x.is_contiguous(memory_format=torch.channels_last)
+            for j, index in enumerate(indices.tolist()):
+                assert torch.equal(x[j], expected[names[index]]), (workers, names[index])
+                seen.append(names[index])
+            bad += [names[i] for i, _ in errors]
+        assert seen == [n for n in names if n != "8.jpg"] and bad == ["8.jpg"]
+    flat = next(iterate_folder(str(tmp_path), names, cpu, batch_size=3, workers=0, channels_last=False))[1]
+    assert flat.is_contiguous() and np.array_equal(flat.numpy(), torch.stack([expected[n] for n in names[:3]]).numpy())

@@ -13,7 +13,7 @@ from utils.errors import ConfigError
 
 __all__ = ["seed_everything", "seed_worker", "resolve_device", "cpu_count", "peak_rss_bytes", "rng_state",
            "set_rng_state", "PRECISIONS", "precision_context", "resolve_precision", "cpu_has_native_bf16",
-           "default_workers"]
+           "default_workers", "reader_workers", "cpu_kind"]
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
@@ -110,6 +110,18 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def cpu_kind() -> str:
+    """The kind of x86 CPU, as far as inference speed goes: ``amx`` (AMX tiles), ``avx512_bf16`` (AVX-512 with native
+    bf16), ``avx512``, ``avx2`` or ``other``; which backend and precision are fastest depends on it."""
+    probes = [("amx", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"),
+              ("avx512", "_is_avx512_supported"), ("avx2", "_is_avx2_supported")]
+    for kind, probe in probes:
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return kind
+    return "other"
+
+
 def resolve_precision(device: torch.device, precision: str) -> str:
     """``auto``: bf16 on CPUs with native bf16, fp32 on other CPUs, bf16 on GPUs that support it (else fp16);
     any other value is returned as it is."""
@@ -148,7 +160,14 @@ def precision_context(device: torch.device, precision: str) -> Iterator[None]:
 
 
 def default_workers(device: torch.device) -> int:
-    """DataLoader workers when a config leaves them unset: up to 8 feeding a GPU; on a CPU they share the cores
-    with the model, so at most 2 and one core left for it."""
+    """Training DataLoader workers when a config leaves them unset: up to 8 feeding a GPU; on a CPU they share the
+    cores with the model, so at most 2 and one core left for it."""
     cpus = cpu_count()
     return min(8, cpus) if device.type == "cuda" else max(0, min(2, cpus - 1))
+
+
+def reader_workers(device: torch.device) -> int:
+    """Worker processes reading images for scoring when a config leaves them unset: up to 8 feeding a GPU; none on a
+    CPU, where the model keeps every core busy and a decoding process only competes with it (images are decoded
+    in the scoring process, batch by batch: benchmarks/inference_throughput.py)."""
+    return min(8, cpu_count()) if device.type == "cuda" else 0

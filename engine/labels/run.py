@@ -20,7 +20,7 @@ from utils.config import to_dict
 from utils.distributed import DistInfo, finish_distributed, init_distributed
 from utils.errors import CheckpointError, ConfigError
 from utils.io import check_output_dir, json_writer
-from utils.runtime import default_workers, precision_context, resolve_precision
+from utils.runtime import precision_context, reader_workers, resolve_precision
 
 __all__ = ["run_scoring", "SCORES_PICKLE", "SCORES_CSV", "SCORES_META"]
 
@@ -67,7 +67,7 @@ def _run(cfg: Any, info: DistInfo, device: torch.device, fresh: bool, unet_kwarg
         denoiser.model.to(memory_format=torch.channels_last)  # faster on CPUs; scores within 1e-5
     unet_batch = inf.batch_size or (64 if base.official or device.type == "cpu" else 256)
     per_batch = max(1, unet_batch // (2 * inf.repeats))  # images per batch
-    workers = cfg.dataset.num_workers if cfg.dataset.num_workers is not None else default_workers(device)
+    workers = cfg.dataset.num_workers if cfg.dataset.num_workers is not None else reader_workers(device)
     precision = resolve_precision(device, base.precision) if base.precision else None
     if precision is None:
         # The official code runs with PyTorch's defaults: TF32 convolutions on CUDA.

@@ -20,11 +20,12 @@ from utils.config import check
 from utils.errors import CheckpointError, ConfigError, RunError
 from utils.runtime import cpu_count
 
-__all__ = ["BACKENDS", "export_onnx", "OnnxModel", "check_onnx_file", "ExportConfig", "export_checked"]
+__all__ = ["BACKENDS", "choose_backend", "resolve_backend", "export_onnx", "OnnxModel", "check_onnx_file",
+           "ExportConfig", "export_checked"]
 
 _logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "opencv")
+BACKENDS = ("torch", "onnxruntime", "opencv", "auto")
 
 
 class _QualityOnly(nn.Module):
@@ -149,6 +150,40 @@ class OnnxModel:
 
 #: Largest relative difference between ONNX Runtime and PyTorch that :func:`export_checked` accepts.
 PARITY_TOLERANCE = 1e-3
+
+
+def choose_backend(name: str, device: torch.device, precision: str) -> Tuple[str, str]:
+    """``--backend auto``: ``(backend, why)`` for variant ``name`` on ``device`` at the resolved ``precision``: ONNX
+    Runtime where it measured faster than torch for this variant in fp32 on this kind of CPU (the registry's
+    ``onnx_faster_on``), torch everywhere else (GPUs, bf16/fp16, which the ONNX backends do not run)."""
+    from model.registry import VARIANTS
+    from utils.runtime import cpu_kind
+
+    variant = VARIANTS[name]
+    if device.type != "cpu":
+        return "torch", f"the ONNX backends run on the CPU, this run on {device}"
+    if precision != "fp32":
+        return "torch", f"{precision} runs on torch (the ONNX backends compute in fp32)"
+    kind = cpu_kind()
+    if kind not in variant.onnx_faster_on:
+        return "torch", (f"torch was not slower than ONNX Runtime for {variant.title} in fp32 on {kind} CPUs" if
+                         kind in ("avx512_bf16", "avx2", "amx") else f"no measurement on {kind} CPUs")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch", "onnxruntime is not installed"
+    return "onnxruntime", f"ONNX Runtime measured faster than torch for {variant.title} in fp32 on {kind} CPUs"
+
+
+def resolve_backend(name: str, backend: str, device: torch.device, precision: str) -> str:
+    """``backend``, or for ``auto`` the one :func:`choose_backend` picks (said once in the log, with why)."""
+    if backend != "auto":
+        return backend
+    from utils.runtime import resolve_precision
+
+    chosen, why = choose_backend(name, device, resolve_precision(device, precision))
+    _logger.info("--backend auto: %s (%s)", chosen, why)
+    return chosen
 
 
 @dataclass

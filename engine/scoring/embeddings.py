@@ -53,7 +53,7 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
     from engine.scoring.scorer import default_batch_size
     from model.registry import load_backbone
     from utils.io import check_output_dir
-    from utils.runtime import default_workers, resolve_device
+    from utils.runtime import reader_workers, resolve_device
 
     images, backbone, weights, output, flip = cfg.images, cfg.backbone, cfg.weights, cfg.output, cfg.flip
     check_output_dir(os.path.dirname(os.path.abspath(output)), "--output")
@@ -75,7 +75,7 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
     _logger.info("embedding %d images in '%s' with %s on %s", len(rel_paths), images, backbone, target)
     result = map_folder(images, rel_paths, target, forward,
                         batch_size=cfg.batch_size or default_batch_size(target),
-                        workers=default_workers(target) if cfg.workers is None else cfg.workers,
+                        workers=reader_workers(target) if cfg.workers is None else cfg.workers,
                         verbose=cfg.verbose)
     if not result.paths:
         raise DataError(f"none of the {len(rel_paths)} images in '{images}' could be read")

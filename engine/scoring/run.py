@@ -29,6 +29,7 @@ def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
         Counts: ``scored`` and ``skipped`` (and ``no_face`` for photos; ``left`` after a ``base.limit`` stop).
     """
     from dataset.image_folder import find_images
+    from engine.scoring.backends import resolve_backend
     from engine.scoring.scorer import QualityScorer
     from engine.scoring.weights import resolve_weights
     from utils.distributed import finish_distributed, init_distributed
@@ -45,9 +46,10 @@ def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
         if info.enabled and cfg.align:
             raise ConfigError("photos (align) are scored by one process; run inference.py --align without torchrun")
         rel_paths = find_images(cfg.dataset.loc)
-        weights = resolve_weights(cfg.model, cfg.weights, cfg.backend, progress=cfg.base.verbose and info.main)
+        backend = resolve_backend(cfg.model, cfg.backend, device, cfg.precision)
+        weights = resolve_weights(cfg.model, cfg.weights, backend, progress=cfg.base.verbose and info.main)
         scorer = QualityScorer.from_pretrained(cfg.model, weights, device=device, precision=cfg.precision,
-                                               backend=cfg.backend, fold_bn=cfg.fold_bn)
+                                               backend=backend, fold_bn=cfg.fold_bn)
         _logger.info("scoring %d %s in '%s' with %s on %s (%s, %s backend)", len(rel_paths),
                      "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device,
                      scorer.precision, scorer.backend)
@@ -85,7 +87,7 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
         if scorer.device.type != "cuda" or scorer.backend != "torch":
             raise ConfigError("'gpu_decode' (--gpu-decode) needs a CUDA device and the torch backend")
         decode = cuda_jpeg_decoder(scorer.device)
-    batch = params.batch_size or default_batch_size(scorer.device)
+    batch = params.batch_size or default_batch_size(scorer.device, scorer.precision)
     settings = {"model": cfg.model, "weights_sha256": _weights_digest(weights), "precision": scorer.precision,
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
                 # the thread count changes the last bits of CPU results

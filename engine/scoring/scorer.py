@@ -17,11 +17,11 @@ from torch import nn
 
 from dataset.folder_batches import FolderResult, map_folder
 from dataset.transforms import normalize, resize_face, to_uint8_tensor
-from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx
+from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx, resolve_backend
 from model.fuse import fold_batchnorm
 from model.registry import create_model
 from utils.errors import ConfigError
-from utils.runtime import default_workers, precision_context, resolve_device, resolve_precision
+from utils.runtime import precision_context, reader_workers, resolve_device, resolve_precision
 
 __all__ = ["default_batch_size", "QualityScorer"]
 
@@ -33,9 +33,12 @@ def _check_onnx_precision(precision: str) -> None:
                           "(use --precision fp32 or --backend torch)")
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Batch size that runs fast on ``device`` (small batches stay in cache on CPUs)."""
-    return 256 if device.type == "cuda" else 8
+def default_batch_size(device: torch.device, precision: str = "fp32") -> int:
+    """Batch size that runs fast on ``device`` (measured with benchmarks/inference_throughput.py: small batches stay
+    in cache on CPUs; bf16 kernels gain up to 16)."""
+    if device.type == "cuda":
+        return 256
+    return 16 if precision in ("bf16", "fp16") else 8
 
 
 class QualityScorer:
@@ -98,6 +101,9 @@ class QualityScorer:
 
         if backend not in BACKENDS:
             raise ConfigError(f"backend '{backend}' not understood; use one of: {', '.join(BACKENDS)}")
+        if backend == "auto":
+            backend = resolve_backend(name, backend, resolve_device(device) if isinstance(device, str) else device,
+                                      precision)
         weights = resolve_weights(name, weights, backend, progress)
         if weights.lower().endswith(".onnx"):
             runtime = "onnxruntime" if backend == "torch" else backend
@@ -153,11 +159,8 @@ class QualityScorer:
         return quality.cpu().numpy()
 
     def default_workers(self) -> int:
-        """DataLoader workers that suit this scorer's device and backend."""
-        # ONNX Runtime already keeps every core busy; on a CPU a decoding process only competes with it.
-        if self.onnx is not None and self.device.type == "cpu":
-            return 0
-        return default_workers(self.device)
+        """Image-reading worker processes that suit this scorer's device (none on a CPU)."""
+        return reader_workers(self.device)
 
     def score_folder(self, root: str, rel_paths: Sequence[str], batch_size: Optional[int] = None,
                      workers: Optional[int] = None, verbose: bool = False, return_feat: bool = False,
@@ -173,6 +176,6 @@ class QualityScorer:
             return (quality, feat) if return_feat else (quality,)
 
         return map_folder(root, rel_paths, self.device, forward,
-                          batch_size=batch_size or default_batch_size(self.device),
+                          batch_size=batch_size or default_batch_size(self.device, self.precision),
                           workers=self.default_workers() if workers is None else workers,
                           verbose=verbose, channels_last=self.channels_last, on_batch=on_batch, **loader_kwargs)
