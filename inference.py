@@ -45,6 +45,8 @@ FLAGS = [
     Flag(("--largest-face",), "largest_face", "with --align: only the largest face per photo", const=True),
     Flag(("--save-crops",), "save_crops", "with --align: save the aligned 112x112 crops here", metavar="DIR"),
     Flag(("--annotate",), "annotate", "with --align: save copies of the photos with boxes and scores", metavar="DIR"),
+    Flag(("--figure-tiles",), "figure_tiles", "faces shown lowest and highest in quality-scores.png; 0: no figure",
+         type=int, metavar="N"),
     Flag(("--limit",), "base.limit", "score at most N new images, then stop; rerun to continue", type=int),
     Flag(("-q", "--quiet"), "base.verbose", "no progress bar or info logs", const=False),
 ]

@@ -26,6 +26,7 @@ FLAGS = [
     Flag(("-sl", "--save_location"), "save_location", "output folder, created if missing (./training_data)"),
     Flag(("-sn", "--save_name"), "save_name", "suffix of the output files (ediffiqa)"),
     Flag(("--min-images",), "min_images", "chosen images an identity needs to be kept (10)", type=int),
+    Flag(("--no-figure",), "figure", "no prepare_data-<name>.png", const=False),
     Flag(("-q", "--quiet"), "verbose", "only warnings and errors", const=False),
 ]
 

@@ -25,6 +25,7 @@ FLAGS = [
     Flag(("--resume",), "base.resume", "a last.pt to continue from"),
     Flag(("--model",), "base.model", "an official model config (configs/<variant>_config.yaml) or a variant name"),
     Flag(("--official",), "base.official", "the official update step for step", const=True),
+    Flag(("--no-figure",), "base.figure", "no train_log.png", const=False),
 ]
 
 

@@ -25,6 +25,7 @@ FLAGS = [
     Flag(("--device",), "trainer_params.device", "auto, cpu, cuda or cuda:N"),
     Flag(("--resume",), "trainer_params.resume", "a model.pt to continue from"),
     Flag(("--seed",), "trainer_params.seed", "run seed", type=int),
+    Flag(("--no-figure",), "trainer_params.figure", "no loss_log.png", const=False),
 ]
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["MIN_IMAGES", "group_identities", "quality_threshold", "select_identities", "centre_order",
-           "identity_windows", "identity_centres", "training_items", "Selection"]
+           "identity_windows", "identity_centres", "centre_distances", "training_items", "Selection"]
 
 #: The official floor on chosen images per identity.
 MIN_IMAGES = 10
@@ -128,6 +128,15 @@ def identity_centres(embeddings: Callable[[int, int], np.ndarray], starts: np.nd
         for row in range(lo, hi):
             centres[row] = torch.mean(block[int(starts[row]) - base:int(starts[row + 1]) - base], dim=0)
     return centres
+
+
+def centre_distances(embeddings: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``1 - cos`` of each ``(N, D)`` embedding with its ``(N, D)`` identity centre: the angular distance ``ad`` that
+    label optimisation subtracts (times epsilon) from a label; ``(N,)`` float64."""
+    a = np.asarray(embeddings, dtype=np.float64)
+    b = np.asarray(centres, dtype=np.float64)
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return 1.0 - np.einsum("ij,ij->i", a, b) / norms
 
 
 def training_items(paths: Sequence[str], values: Sequence[Any], ids: np.ndarray,

@@ -1,6 +1,6 @@
 """Draw ``figures/degradations.png``: a face and BSRGAN-degraded training inputs of the DifFIQA denoiser.
 
-    python scripts/make_degradation_figure.py [--image example_images/astronaut.png] [--seed 0] [--n 7]
+    python -m scripts.make_degradation_figure [--image example_images/astronaut.png] [--seed 0] [--n 7]
 
 Each degraded copy is what ``train_diffusion.py`` feeds the denoiser (one to three BSRGAN passes, 112x112), drawn
 from ``numpy.random.default_rng([seed, k])``: the figure is the same on every run.
@@ -13,7 +13,6 @@ import sys
 from typing import List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -6,7 +6,7 @@ matplotlib's ``sample_data/grace_hopper.jpg`` (US Navy). Faces are detected with
 facenet-pytorch==2.5.3 requests``, later releases pin an old torch), aligned to the ArcFace template, and each crop
 gets four degraded copies: blur, low resolution, darkness and noise.
 
-    python scripts/make_example_images.py [--output example_images]
+    python -m scripts.make_example_images [--output example_images]
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from typing import Dict, List
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.alignment import align_face  # noqa: E402
 

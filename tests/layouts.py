@@ -43,13 +43,14 @@ def official_layout(root, n_ids=4, per_id=10, seed=3):
 
 
 def official_schema_config(root, images, data, out, variant, **base):
-    """The official train_config.yaml with only paths, device, batch sizes and workers changed."""
+    """The official train_config.yaml with only paths, device, batch sizes and workers changed (and no figure unless
+    ``figure=1`` is given: the figure tests draw theirs)."""
     official = yaml.safe_load(open(os.path.join(ROOT, "configs", "train_config.yaml")))
     model_cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", f"{variant}_config.yaml")))
     model_cfg["base_model"]["weights"] = ""  # random backbone (tests have no insightface weights)
     (root / f"{variant}_config.yaml").write_text(yaml.safe_dump(model_cfg))
     official["base"].update({"save_path": str(out), "device": "cpu", "model": str(root / f"{variant}_config.yaml"),
-                             "epochs": 2, "verbose": 0, **base})
+                             "epochs": 2, "verbose": 0, "figure": 0, **base})
     official["dataset"].update({"image_loc": str(images), "training_data": str(data)})
     official["dataloader"]["train"]["params"].update({"batch_size": 8, "num_workers": 0})
     official["dataloader"]["val"]["params"].update({"batch_size": 3, "num_workers": 0})

@@ -179,7 +179,7 @@ def score_config(tmp_path, images, out, **base) -> str:
                          "train_config": str(tmp_path / "den_train.yaml"), "model_loc": str(tmp_path / "den.pt"),
                          "fr_config": str(tmp_path / "fr_config.yaml"), "save_loc": str(out), "batch_size": 8,
                          "verbose": 0},
-           "base": {"device": "cpu", "flush_every": 1, **base},
+           "base": {"device": "cpu", "flush_every": 1, "figure_tiles": 0, **base},
            "dataset": {"num_workers": 0}}
     path = tmp_path / f"cfg-{out.name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -337,7 +337,7 @@ def faces(tmp_path):
 
 def write_config(tmp_path, faces, out, **trainer) -> str:
     tp = {"folder": str(faces), "train_batch_size": 4, "gradient_accumulate_every": 2, "train_num_steps": 4,
-          "save_and_sample_every": 2, "num_samples": 4, "results_folder": str(out), "min_image_size": 32,
+          "figure": 0, "save_and_sample_every": 2, "num_samples": 4, "results_folder": str(out), "min_image_size": 32,
           "num_workers": 0, "device": "cpu", "log_every": 1, "ema_update_after_step": 1, "ema_update_every": 1,
           "verbose": False, "seed": 5}
     tp.update(trainer)

@@ -25,7 +25,8 @@ def faces(tmp_path_factory):
 
 def argv(faces, checkpoint_dir, out, *extra):
     return ["--images", str(faces), "--model", "ediffiqaT", "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
-            "--output", str(out), "--device", "cpu", "--batch-size", "2", "--workers", "0", "-q", *extra]
+            "--output", str(out), "--device", "cpu", "--batch-size", "2", "--workers", "0", "-q", "--figure-tiles", "0",
+            *extra]
 
 
 def outputs(out):
@@ -63,7 +64,7 @@ def test_torchrun_processes_write_the_files_of_one_process(faces, checkpoint_dir
     single, shared = tmp_path / "single", tmp_path / "shared"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
     script = os.path.join(ROOT, "inference.py")
-    runs = [(single, [], []), (shared, torchrun, ["--limit", "4"]), (shared, torchrun, [])]
+    runs = [(single, [], []), (shared, torchrun, ["--limit", "4"]), (shared, torchrun, ["--figure-tiles", "4"])]
     for out, launcher, extra in runs:
         proc = subprocess.run([*launcher, script, *argv(faces, checkpoint_dir, out, *extra)] if launcher else
                               [sys.executable, script, *argv(faces, checkpoint_dir, out, *extra)],
@@ -71,6 +72,10 @@ def test_torchrun_processes_write_the_files_of_one_process(faces, checkpoint_dir
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "scored 9, skipped 1 in this run (13 scored in all)" in proc.stderr, proc.stderr[-2000:]
     assert outputs(shared) == outputs(single)
+    from engine.figures import image_size, score_sheet_size
+
+    # Drawn once, by the first process, from the merged scores.
+    assert image_size((shared / "quality-scores.png").read_bytes()) == (1600, round(score_sheet_size(4)[1] * 100))
 
 
 @pytest.mark.parametrize("n,world,batch", [(14, 2, 2), (13, 3, 4), (5, 4, 2), (1, 2, 8)])

@@ -68,7 +68,8 @@ def test_load_photo_modes(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_inference_align_writes_faces_annotations_and_no_face_list(tmp_path, checkpoint_dir, capsys) -> None:
+def test_inference_align_writes_faces_annotations_and_no_face_list(tmp_path, checkpoint_dir, capsys,
+                                                                    monkeypatch) -> None:
     pytest.importorskip("facenet_pytorch")
     photos = tmp_path / "photos"
     (photos / "sub").mkdir(parents=True)
@@ -76,6 +77,12 @@ def test_inference_align_writes_faces_annotations_and_no_face_list(tmp_path, che
         photo.convert("RGB").save(photos / "sub" / f"{name}.JPG")
     Image.fromarray((np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)).save(photos / "x.png")
     out = tmp_path / "out"
+    from engine import figures
+
+    tiles = []
+    real = figures.score_sheet
+    monkeypatch.setattr(figures, "score_sheet",
+                        lambda s, load, n, t: (tiles.extend(load(k) for k in s), real(s, load, n, t))[1])
     code = run_cli(inference.main, ["--images", str(photos), "--align", "--model", "ediffiqaT", "--weights",
                                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", str(out), "-q",
                                     "--device", "cpu", "--annotate", str(out / "ann"), "--save-crops",
@@ -92,6 +99,11 @@ def test_inference_align_writes_faces_annotations_and_no_face_list(tmp_path, che
     annotated.verify()
     assert Image.open(out / "ann" / "sub" / "grace_hopper.jpg").size == (512, 600)
     assert Image.open(out / "crops" / "sub" / "astronaut_face0.png").size == (112, 112)
+    # The score sheet's tiles are the aligned crops of the faces, not the photos.
+    assert figures.image_size((out / "quality-scores.png").read_bytes())[0] == 1600
+    assert len(tiles) == 2 and all(t.shape == (112, 112, 3) for t in tiles)
+    crop = np.asarray(Image.open(out / "crops" / "sub" / "astronaut_face0.png").convert("RGB"))
+    assert any(np.array_equal(t, crop) for t in tiles)
 
 
 @pytest.mark.parametrize("variant", ["ediffiqaT", "ediffiqaS"])

@@ -32,7 +32,8 @@ def faces(tmp_path_factory):
 
 def argv(faces, checkpoint_dir, out, *extra, batch="2"):
     return ["--images", str(faces), "--model", "ediffiqaT", "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
-            "--output", str(out), "--device", "cpu", "--batch-size", batch, "--workers", "0", "-q", *extra]
+            "--output", str(out), "--device", "cpu", "--batch-size", batch, "--workers", "0", "-q",
+            "--figure-tiles", "0", *extra]
 
 
 def run(args, capsys):

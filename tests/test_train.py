@@ -126,7 +126,7 @@ def make_dataset(root, n_ids=4, per_id=12, dim=512, seed=0):
 
 def tiny_config(root, images, out, **overrides):
     cfg = {
-        "base": {"seed": 7, "verbose": 0, "save_path": str(out), "device": "cpu", "amp": 0, "epochs": 2,
+        "base": {"seed": 7, "verbose": 0, "save_path": str(out), "device": "cpu", "amp": 0, "epochs": 2, "figure": 0,
                  "model": "ediffiqaT"},
         "dataset": {"image_loc": str(images), "training_data": str(root / "prepared"), "model_name": "tiny",
                     "embeddings": str(root / "emb.pkl"), "val_split": 0.25},

@@ -110,6 +110,7 @@ class TrainerParams(RunBase):
     resume: Optional[str] = None
     verbose: bool = True
     log_every: int = 10
+    figure: bool = True                        # loss_log.png at every save: the loss of every logged step
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -35,6 +35,7 @@ __all__ = ["DiffusionTrainer", "train_diffusion", "CHECKPOINT_NAME"]
 _logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "model.pt"
+LOSS_FIGURE = "loss_log.png"
 CHECKPOINT_VERSION = 1
 _SAMPLE_POSITION = 2 ** 60
 
@@ -135,6 +136,24 @@ class DiffusionTrainer:
             with atomic_open(os.path.join(folder, "sample-inputs.png"), "wb") as handle:
                 save_image(torch.cat([lq, hq]).cpu(), handle, nrow=nrow, format="png")
 
+    def _write_figure(self, folder: str) -> None:
+        """``loss_log.png``: the loss of every logged step so far (``loss_log.csv``, which a resumed run appends to),
+        written atomically."""
+        import csv
+
+        from engine.figures import denoiser_curve, png_writer
+        from utils.io import write_together
+
+        path = os.path.join(folder, LOSS_FIGURE)
+        try:
+            with open(os.path.join(folder, "loss_log.csv"), newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            fig = denoiser_curve([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
+                                 "DifFIQA denoiser: training loss")
+            write_together([(path, png_writer(fig))])
+        except Exception as exc:  # noqa: BLE001 - a figure must never stop a training run
+            _logger.warning("could not draw %s (%s: %s); training goes on", path, type(exc).__name__, exc)
+
     def _diverged(self, what: str) -> None:
         """Stop at the first non-finite loss or weight: the checkpoint already written stays as it is."""
         path = os.path.join(self.cfg.trainer_params.results_folder, CHECKPOINT_NAME)
@@ -205,6 +224,9 @@ class DiffusionTrainer:
                                            f"{self.step} (first: {bad[0]})")
                         self._sample_grid(folder, math.ceil(self.step / tp.save_and_sample_every))
                         save_checkpoint(os.path.join(folder, CHECKPOINT_NAME), self._checkpoint())
+                        if tp.figure:
+                            run_log.flush()
+                            self._write_figure(folder)
             bar.close()
         finally:
             run_log.close()

@@ -54,9 +54,12 @@ class ScoreBase(FolderBase):
     keys: str = "relative"          # pickle keys: paths relative to images_loc (as vggface2-qs.pkl), or "joined"
     ema: bool = False               # the denoiser's EMA weights (official scoring uses the others)
     fr_weights: Optional[str] = None  # overrides the FR weights of inference.fr_config
+    figure_tiles: int = 8           # quality-scores.png: this many lowest and highest labelled faces; 0: no figure
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(0 <= self.figure_tiles <= 64, f"'base.figure_tiles' must be between 0 (no figure) and 64, got "
+              f"{self.figure_tiles}")
         check(self.precision is None or self.precision in PRECISIONS,
               f"'base.precision' must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         check(self.keys in ("relative", "joined"), f"'base.keys' must be relative or joined, got '{self.keys}'")

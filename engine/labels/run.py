@@ -103,7 +103,7 @@ def _run(cfg: Any, info: DistInfo, device: torch.device, fresh: bool, unet_kwarg
             yield BatchResult([paths[i] for i in indices.tolist()], values, [(paths[i], e) for i, e in bad])
 
     def meta(table: Dict[str, float], skipped: Dict[str, str], summary: FolderSummary) -> List[Tuple[str, Any]]:
-        return [(os.path.join(inf.save_loc, SCORES_META), json_writer({
+        return [*_figure(cfg, table), (os.path.join(inf.save_loc, SCORES_META), json_writer({
             "seed": base.seed, "mode": mode, "timestep": inf.used_timesteps, "repeats": inf.repeats,
             "batch_size": unet_batch, "precision": precision, "denoiser": inf.model_loc, "ema": base.ema,
             "fr_backbone": fr[0], "fr_weights": fr[1], "images": len(rel_paths), "scored": len(table),
@@ -119,6 +119,28 @@ def _run(cfg: Any, info: DistInfo, device: torch.device, fresh: bool, unet_kwarg
         _logger.warning("%d unreadable image(s) were skipped, e.g. %s", len(summary.skipped_names),
                         "; ".join(summary.skipped_names[:3]))
     return summary
+
+
+def _figure(cfg: Any, table: Dict[str, float]) -> List[Tuple[str, Any]]:
+    """``[(quality-scores.png, writer)]``: the labels' score sheet (``base.figure_tiles`` lowest and highest faces);
+    empty when turned off or when it cannot be drawn (said in a warning; the labels are written anyway)."""
+    if not cfg.base.figure_tiles:
+        return []
+    import numpy as np
+
+    from dataset.transforms import decode_face
+    from engine.figures import png_writer, score_sheet, sheet_title
+
+    root = cfg.inference.images_loc
+    where = (lambda key: key) if cfg.base.keys == "joined" else (lambda key: os.path.join(root, key))
+    try:
+        fig = score_sheet(table, lambda key: np.asarray(decode_face(where(key))), cfg.base.figure_tiles,
+                          sheet_title("DifFIQA quality labels", len(table), root, "the DifFIQA denoiser"))
+        return [(os.path.join(cfg.inference.save_loc, "quality-scores.png"), png_writer(fig))]
+    except Exception as exc:  # noqa: BLE001 - a figure must never cost the labels
+        _logger.warning("could not draw quality-scores.png (%s: %s); the labels are written without it",
+                        type(exc).__name__, exc)
+        return []
 
 
 def _rng_state(seed: int, device: torch.device) -> RunState:

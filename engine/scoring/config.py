@@ -60,6 +60,7 @@ class InferenceConfig:
     backend: str = "torch"
     fold_bn: bool = True
     gpu_decode: bool = False          # CUDA: decode JPEGs on the GPU (nvJPEG), in batches; other formats on the CPU
+    figure_tiles: int = 8             # quality-scores.png: this many lowest and highest scored faces; 0: no figure
     align: bool = False
     largest_face: bool = False
     min_face_probability: float = 0.9
@@ -72,6 +73,8 @@ class InferenceConfig:
         from utils.runtime import PRECISIONS
 
         check(self.backend in BACKENDS, f"'backend' is '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
+        check(0 <= self.figure_tiles <= 64, f"'figure_tiles' must be between 0 (no figure) and 64, got "
+              f"{self.figure_tiles}")
         check(0.0 <= self.min_face_probability <= 1.0,
               f"'min_face_probability' must be in [0, 1], got {self.min_face_probability}")
         check(self.model in VARIANTS, f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")

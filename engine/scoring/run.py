@@ -15,8 +15,9 @@ __all__ = ["score"]
 
 _logger = logging.getLogger(__name__)
 
-#: The resolved config, written beside the scores.
+#: The resolved config and the picture of the scores, written beside them.
 SCORES_CONFIG = "quality-scores.config.json"
+SCORES_FIGURE = "quality-scores.png"
 
 
 def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
@@ -95,7 +96,8 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
     job = FolderJob(root=cfg.dataset.loc, rel_paths=rel_paths, out=cfg.base.save_path, batch_size=batch,
                     settings=settings, what="quality scores", out_key="base.save_path (--output)", keys="joined",
                     limit=cfg.base.limit, flush_every=cfg.base.flush_every, fresh=fresh,
-                    verbose=cfg.base.verbose, extra_outputs=lambda table, skipped, summary: [_config_file(cfg)])
+                    verbose=cfg.base.verbose,
+                    extra_outputs=lambda table, skipped, summary: [_config_file(cfg), *_figure_file(cfg, table)])
     workers = params.num_workers if params.num_workers is not None else scorer.default_workers()
 
     def score_batches(paths: List[str], batch_size: int):
@@ -126,6 +128,28 @@ def _config_file(cfg: InferenceConfig):
     from utils.io import json_writer
 
     return os.path.join(cfg.base.save_path, SCORES_CONFIG), json_writer(to_dict(cfg))
+
+
+def _figure_file(cfg: InferenceConfig, table: Dict[str, float], load=None) -> List:
+    """``[(quality-scores.png, writer)]``: the score sheet (``figure_tiles`` lowest and highest faces); empty when
+    turned off (``figure_tiles: 0``) or when it cannot be drawn (said in a warning; the scores are written anyway).
+    ``load`` reads the face of a key (default: the image file the key names)."""
+    if not cfg.figure_tiles:
+        return []
+    import numpy as np
+
+    from dataset.transforms import decode_face
+    from engine.figures import png_writer, score_sheet, sheet_title
+
+    load = load or (lambda key: np.asarray(decode_face(key)))
+    try:
+        fig = score_sheet(table, load, cfg.figure_tiles, sheet_title("eDifFIQA quality scores", len(table),
+                                                                      cfg.dataset.loc, cfg.model))
+        return [(os.path.join(cfg.base.save_path, SCORES_FIGURE), png_writer(fig))]
+    except Exception as exc:  # noqa: BLE001 - a figure must never cost the scores
+        _logger.warning("could not draw %s (%s: %s); the scores are written without it", SCORES_FIGURE,
+                        type(exc).__name__, exc)
+        return []
 
 
 def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float], extra: Sequence = ()) -> None:
@@ -212,9 +236,18 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> Dict[st
     # One score per photo (its largest face) in the official format, so evaluate.py and old scripts read it; the
     # four files are written as one set.
     kept = sorted(best)
+
+    def aligned_face(key: str):
+        """The tile of a photo: its first face again, detected and aligned (only the tiles shown are re-read)."""
+        import numpy as np
+
+        photo = load_photo(key)
+        return np.asarray(detector.crops(photo, detector.detect(photo)[:1])[0])
+
+    table = {os.path.join(cfg.dataset.loc, r): best[r] for r in kept}
     _write_scores(cfg, kept, [best[r] for r in kept], extra=[
         (os.path.join(cfg.base.save_path, "faces.csv"), csv_writer(header, rows)),
-        (os.path.join(cfg.base.save_path, "no-face.txt"), listing)])
+        (os.path.join(cfg.base.save_path, "no-face.txt"), listing), *_figure_file(cfg, table, aligned_face)])
     _summary(cfg, len(rows), skipped, seconds, extra=f", photos without a face {len(no_face)}")
     if no_face:
         print(f"no face found in: {', '.join(no_face[:5])}{' ...' if len(no_face) > 5 else ''} "

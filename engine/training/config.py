@@ -45,6 +45,7 @@ class TrainBase(RunBase):
                                        # benchmarks; compiles for a minute or two first, so worth it for long runs)
     fast_conv_grad: bool = True        # on a CPU, 3x3 conv weight gradients by model/conv_grad.py (faster than
                                        # oneDNN's); false = PyTorch's own
+    figure: bool = True                # train_log.png after every epoch: losses per term, learning rates
 
     def __post_init__(self) -> None:
         super().__post_init__()

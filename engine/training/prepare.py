@@ -28,6 +28,7 @@ class PrepareConfig:
     save_name: str = "ediffiqa"
     min_images: int = 10
     verbose: bool = True
+    figure: bool = True                # prepare_data-<name>.png: labels and threshold, identities kept, distances
 
     def __post_init__(self) -> None:
         check(0.0 < self.beta < 1.0, f"'beta' must be between 0 and 1 (exclusive), got {self.beta}")
@@ -41,6 +42,39 @@ def _centres(embeddings: Any, ordered_paths: List[str], starts: Any) -> Any:
     from dataset.labels import identity_centres
 
     return identity_centres(lambda a, b: embeddings.gather(ordered_paths[a:b]), starts, embeddings.dim)
+
+
+#: At most this many training images are measured for the figure's distances (evenly spread over the items).
+FIGURE_SAMPLE = 20000
+
+
+def _centre_distances(embeddings: Any, paths: List[str], rows: Any, centres: Any) -> Any:
+    """``1 - cos(embedding, its identity centre)`` of up to :data:`FIGURE_SAMPLE` training images (the ``ad`` of
+    label optimisation), for the figure."""
+    import numpy as np
+
+    from dataset.labels import centre_distances
+
+    index = np.flatnonzero(rows >= 0)
+    if len(index) > FIGURE_SAMPLE:
+        index = index[np.linspace(0, len(index) - 1, FIGURE_SAMPLE).astype(np.int64)]
+    return centre_distances(embeddings.gather([paths[i] for i in index.tolist()]), centres.numpy()[rows[index]])
+
+
+def _figure(cfg: PrepareConfig, qualities: Any, threshold: float, selection: Any, distances: Any) -> List[Any]:
+    """``[(prepare_data-<name>.png, writer)]``, or nothing when it cannot be drawn (said in a warning)."""
+    from engine.figures import png_writer, preparation_figure
+
+    path = os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.png")
+    try:
+        fig = preparation_figure(qualities, threshold, cfg.beta, selection.chosen_per_identity, cfg.min_images,
+                                 distances, f"prepare_data.py: {len(qualities)} labels -> "
+                                 f"{int(selection.kept.sum())} identities ({cfg.save_name})")
+        return [(path, png_writer(fig))]
+    except Exception as exc:  # noqa: BLE001 - a figure must never cost the prepared files
+        _logger.warning("could not draw %s (%s: %s); the prepared files are written without it", path,
+                        type(exc).__name__, exc)
+        return []
 
 
 def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
@@ -76,6 +110,7 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     order, starts = centre_order(qualities, ids, selection)
     centres = _centres(embeddings, [paths[i] for i in order.tolist()], starts)
     embedding_dim = embeddings.dim
+    distances = _centre_distances(embeddings, paths, selection.row[ids], centres) if cfg.figure else None
     del embeddings  # the largest object by far; free it before the items are built
     items = training_items(paths, values, ids, selection)
     files = prepared_writers(cfg.save_location, cfg.save_name, centres, items)
@@ -96,7 +131,8 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 3),
     }
     summary_path = os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.json")
-    write_together(files + [(summary_path, json_writer(summary))])  # one set: all three or none
+    figure = _figure(cfg, qualities, threshold, selection, distances) if cfg.figure else []
+    write_together(files + [(summary_path, json_writer(summary))] + figure)  # one set: all or none
     print(f"threshold {threshold:.6g} (beta {cfg.beta}); kept {n_kept} of {len(names)} identities "
           f"({len(names) - n_kept} with fewer than {cfg.min_images} chosen images dropped); {len(items)} training "
           f"items; wrote {centres_path}, {items_path} and {summary_path}", file=sys.stderr)

@@ -24,7 +24,7 @@ from utils.checkpoint import save_checkpoint
 from utils.config import to_dict
 from utils.distributed import all_reduce_sum
 from utils.errors import ConfigError, RunError, first_line
-from utils.io import write_json
+from utils.io import write_json, write_together
 from utils.run_log import RunLog
 from utils.runtime import rng_state, set_rng_state
 
@@ -35,6 +35,7 @@ _logger = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
 BEST_MODEL = "model.pth"
 LAST_CHECKPOINT = "last.pt"
+TRAINING_FIGURE = "train_log.png"
 
 
 # ------------------------------------------------------------------------------------------------- model parts
@@ -283,6 +284,18 @@ class Trainer:
         _logger.info("resumed from %s after epoch %d (best validation loss %.6f)", path, self.start_epoch,
                      self.best_val)
 
+    def _write_figure(self) -> None:
+        """``train_log.png``: every epoch so far (a resumed run's history included), written atomically."""
+        from engine.figures import png_writer, training_curves
+
+        path = os.path.join(self.cfg.base.save_path, TRAINING_FIGURE)
+        try:
+            fig = training_curves(self.history, f"training {self.spec.name} ({self.policy.mode} mode): losses per "
+                                                 "epoch and learning rates")
+            write_together([(path, png_writer(fig))])
+        except Exception as exc:  # noqa: BLE001 - a figure must never stop a training run
+            _logger.warning("could not draw %s (%s: %s); training goes on", path, type(exc).__name__, exc)
+
     # ----------------------------------------------------------------------------------------- run
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
@@ -304,6 +317,7 @@ class Trainer:
                 if improved:
                     self.best_val = val_terms["loss"]
                 record = {"epoch": epoch + 1, "train": train_terms, "val": val_terms, "best": improved,
+                          "lr": [group["lr"] for group in self.optimizer.param_groups],
                           "seconds": round(time.perf_counter() - start, 2)}
                 self.history.append(record)
                 if self.info.main:
@@ -311,6 +325,8 @@ class Trainer:
                         save_checkpoint(os.path.join(out, BEST_MODEL), self.model.state_dict())
                     save_checkpoint(os.path.join(out, LAST_CHECKPOINT), self._checkpoint(epoch + 1))
                     write_json(os.path.join(out, "history.json"), self.history)
+                    if cfg.base.figure:
+                        self._write_figure()
                     self.run_log.flush()
                     self.run_log.log({**{f"val/{k}": v for k, v in val_terms.items()}, "epoch": epoch + 1})
                     shown = lambda terms: ", ".join(f"{k[5:]} {v:.5f}" for k, v in terms.items() if k != "loss")  # noqa: E731

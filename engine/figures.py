@@ -1,0 +1,241 @@
+"""The pictures every run leaves beside its outputs: scores (the lowest and highest scored faces and the spread of
+all scores), training curves, and what label preparation did. Drawn with matplotlib's Agg canvas (no display, no
+global pyplot state; fonts that ship with matplotlib) and handed to :func:`utils.io.write_together` as writers, so a
+figure is written atomically, with the files it belongs to."""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from typing import IO, Any, Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["DPI", "TILES_PER_ROW", "score_sheet_size", "score_sheet", "sheet_title", "training_curves",
+           "TRAINING_SIZE", "denoiser_curve", "DENOISER_SIZE", "preparation_figure", "PREPARATION_SIZE", "png_writer",
+           "shorten", "image_size"]
+
+_logger = logging.getLogger(__name__)
+
+DPI = 100
+#: Tiles per row of the score sheet.
+TILES_PER_ROW = 8
+#: Figure sizes in inches (pixels = inches x DPI).
+TRAINING_SIZE = (12.0, 7.0)
+DENOISER_SIZE = (10.0, 4.0)
+PREPARATION_SIZE = (15.0, 4.5)
+
+
+def _figure(size: Tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_writer(fig: Any) -> Tuple[str, Callable[[IO], None]]:
+    """``(mode, write)`` for :func:`utils.io.write_together`: ``fig`` rendered once as a PNG of its exact size."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    data = buffer.getvalue()
+    return "wb", lambda handle: handle.write(data)
+
+
+def shorten(name: str, width: int = 22) -> str:
+    """``name`` cut in the middle to ``width`` characters (``abcdefg...xyz.jpg``)."""
+    if len(name) <= width:
+        return name
+    keep = width - 1
+    return name[:keep - keep // 2] + "\u2026" + name[-(keep // 2):]
+
+
+# ------------------------------------------------------------------------------------------------- scores
+#: Vertical layout of the score sheet, in inches from the top: title, histogram, each group's label and tile rows.
+_TITLE, _HIST, _HIST_LABEL, _GROUP_LABEL, _ROW, _BOTTOM = 1.0, 2.0, 0.75, 0.45, 2.25, 0.15
+
+
+def score_sheet_size(n: int) -> Tuple[float, float]:
+    """Inches of the score sheet with ``n`` tiles per group: a histogram, then the lowest and the highest."""
+    rows = math.ceil(n / TILES_PER_ROW) if n else 0
+    groups = 2 * (_GROUP_LABEL + rows * _ROW) if n else 0.0
+    return 16.0, _TITLE + _HIST + _HIST_LABEL + groups + _BOTTOM
+
+
+def _decimals(values: np.ndarray) -> int:
+    """Decimals that tell the scores apart (4 for the usual spread; more when they are close together)."""
+    spread = float(values.max() - values.min()) if len(values) else 0.0
+    if spread <= 0:
+        return 4
+    return int(min(8, max(4, math.ceil(-math.log10(spread)) + 2)))
+
+
+def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndarray]], n: int, title: str) -> Any:
+    """The picture of a folder's scores: their histogram, and the ``n`` lowest and ``n`` highest scored faces, each
+    captioned with its score and file name.
+
+    Args:
+        scores: ``{key: score}`` (the keys of the written pickle).
+        load: ``key -> (H, W, 3) uint8`` image of the face to show, or None when it cannot be read.
+        n: Tiles per group (0: the histogram only).
+        title: What was scored, by what.
+    """
+    keys = sorted(scores, key=lambda k: (scores[k], k))
+    values = np.array([scores[k] for k in keys], dtype=np.float64)
+    n = min(n, len(keys))
+    fig = _figure(score_sheet_size(n))
+    width, height = fig.get_size_inches()
+    digits = _decimals(values)
+
+    def band(top: float, size: float) -> Tuple[float, float]:  # inches from the top -> (bottom, height) fractions
+        return 1 - (top + size) / height, size / height
+
+    fig.suptitle(title, fontsize=13, y=1 - 0.25 / height)
+    bottom, size = band(_TITLE, _HIST)
+    ax = fig.add_axes((0.06, bottom, 0.9, size))
+    ax.hist(values, bins=min(60, max(10, len(values) // 5)), color="#4c72b0")
+    ax.set_xlabel("quality score (higher = better for face recognition)")
+    ax.set_ylabel("images")
+    if n:
+        ax.axvline(values[n - 1], color="#c44e52", linestyle="--", label=f"the {n} lowest are at or below this")
+        ax.axvline(values[-n], color="#55a868", linestyle=":", label=f"the {n} highest are at or above this")
+        ax.legend(loc="upper left", fontsize=9)
+    ax.set_title(f"{len(values)} scores: min {values.min():.{digits}f}, median {np.median(values):.{digits}f}, "
+                 f"max {values.max():.{digits}f}", fontsize=10)
+    rows = math.ceil(n / TILES_PER_ROW) if n else 0
+    groups = [("LOWEST scores (worst quality), lowest first", keys[:n], "#c44e52"),
+              ("HIGHEST scores (best quality), highest first", keys[::-1][:n], "#55a868")]
+    top = _TITLE + _HIST + _HIST_LABEL
+    tile_w = 1.0 / TILES_PER_ROW
+    for label, chosen, colour in (groups if n else []):
+        fig.text(0.5, 1 - (top + _GROUP_LABEL * 0.6) / height, label, ha="center", fontsize=12, color=colour,
+                 weight="bold")
+        top += _GROUP_LABEL
+        for i, key in enumerate(chosen):
+            r, c = divmod(i, TILES_PER_ROW)
+            bottom, size = band(top + r * _ROW, _ROW - 0.5)  # the last half inch of a row is the caption
+            tile = fig.add_axes((c * tile_w + 0.012, bottom, tile_w - 0.024, size))
+            image = _safe_load(load, key)
+            if image is None:
+                tile.text(0.5, 0.5, "(unreadable)", ha="center", va="center", fontsize=9)
+                tile.set_facecolor("#eeeeee")
+            else:
+                tile.imshow(image)
+            tile.set_xticks([])
+            tile.set_yticks([])
+            for spine in tile.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2)
+            tile.set_xlabel(f"{scores[key]:.{digits}f}\n{shorten(os.path.basename(key))}", fontsize=8)
+        top += rows * _ROW
+    return fig
+
+
+def _safe_load(load: Callable[[str], Optional[np.ndarray]], key: str) -> Optional[np.ndarray]:
+    try:
+        return load(key)
+    except Exception as exc:  # noqa: BLE001 - a file that changed since it was scored: the tile says so
+        _logger.warning("figure: cannot show '%s' (%s)", key, exc)
+        return None
+
+
+# ------------------------------------------------------------------------------------------------- training
+def training_curves(history: Sequence[Dict[str, Any]], title: str) -> Any:
+    """Training and validation loss per term and the learning rate per optimizer group, one panel each, over the
+    epochs of ``history`` (``train.py``'s records: ``epoch``, ``train``/``val`` term means, ``lr`` per group)."""
+    fig = _figure(TRAINING_SIZE)
+    epochs = [h["epoch"] for h in history]
+    terms = list(history[0]["train"]) if history else ["loss"]
+    panels = terms + ["lr"]
+    cols = 2
+    rows = math.ceil(len(panels) / cols)
+    names = {"loss": "total loss", "loss_rc": "representation consistency (L_rc)", "loss_q": "quality (L_q)"}
+    for i, term in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        if term == "lr":
+            logged = [h for h in history if h.get("lr")]  # records of older runs may lack it
+            for g in range(len(logged[0]["lr"]) if logged else 0):
+                ax.plot([h["epoch"] for h in logged], [h["lr"][g] for h in logged], marker="o", label=f"group {g + 1}")
+            ax.set_yscale("log")
+            ax.set_title("learning rate per optimizer group", fontsize=10)
+        else:
+            ax.plot(epochs, [h["train"][term] for h in history], marker="o", label="training")
+            ax.plot(epochs, [h["val"][term] for h in history], marker="s", label="validation")
+            ax.set_title(names.get(term, term), fontsize=10)
+        ax.set_xlabel("epoch")
+        if epochs:
+            ax.set_xticks(epochs if len(epochs) <= 20 else epochs[::max(1, len(epochs) // 20)])
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def denoiser_curve(steps: Sequence[int], losses: Sequence[float], title: str) -> Any:
+    """The denoiser's training loss over the logged steps, with a moving average."""
+    fig = _figure(DENOISER_SIZE)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, losses, color="#4c72b0", alpha=0.4, label="loss")
+    if len(losses) >= 5:
+        k = max(2, len(losses) // 20)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, color="#4c72b0", label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------- preparation
+def preparation_figure(qualities: np.ndarray, threshold: float, beta: float, chosen_per_identity: np.ndarray,
+                       min_images: int, distances: np.ndarray, title: str) -> Any:
+    """What ``prepare_data.py`` did: the qualities with the threshold beta puts, the chosen images per identity
+    with the ``min_images`` an identity needs, and the angular distances of the training images to their identity
+    centre (``ad``, what label optimisation subtracts, times epsilon, from a label)."""
+    fig = _figure(PREPARATION_SIZE)
+    ax = fig.add_subplot(1, 3, 1)
+    ax.hist(qualities, bins=60, color="#4c72b0")
+    ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:.4g} (top {beta:g})")
+    ax.set_xlabel("quality label")
+    ax.set_ylabel("images")
+    ax.set_title("labels and the threshold beta sets", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = fig.add_subplot(1, 3, 2)
+    top = int(chosen_per_identity.max()) if len(chosen_per_identity) else 0
+    ax.hist(chosen_per_identity, bins=np.arange(0, top + 2) - 0.5 if top <= 60 else 60, color="#8172b2")
+    ax.axvline(min_images - 0.5, color="#c44e52", linestyle="--", label=f"kept from {min_images}")
+    kept = int((chosen_per_identity >= min_images).sum())
+    ax.set_xlabel("images above the threshold, per identity")
+    ax.set_ylabel("identities")
+    ax.set_title(f"{kept} of {len(chosen_per_identity)} identities kept", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = fig.add_subplot(1, 3, 3)
+    if len(distances):
+        ax.hist(distances, bins=60, color="#55a868")
+        ax.set_title(f"distance to the identity centre ({len(distances)} training images)", fontsize=10)
+    else:
+        ax.set_title("no training image", fontsize=10)
+    ax.set_xlabel("1 - cos(embedding, its identity centre)")
+    ax.set_ylabel("images")
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def sheet_title(what: str, count: int, folder: str, model: str) -> str:
+    """The score sheet's title line."""
+    return f"{what} of {count} images in '{shorten(folder, 60)}' by {model} (higher = better quality)"
+
+
+def image_size(data: bytes) -> Tuple[int, int]:
+    """``(width, height)`` of PNG bytes (for checks)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

@@ -1,0 +1,186 @@
+"""Every run leaves a picture (engine/figures.py): the score sheet of inference.py and diffiqa_score.py, the training
+curves of train.py and train_diffusion.py, and prepare_data.py's figure; valid PNGs of the expected sizes, absent when
+turned off, and never a change to the files they sit beside."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from helpers import assert_user_error, run_script, save_image
+
+import inference
+from engine import figures
+
+
+def png_size(path) -> tuple:
+    return figures.image_size(open(path, "rb").read())
+
+
+def inches(size) -> tuple:
+    return round(size[0] * figures.DPI), round(size[1] * figures.DPI)
+
+
+@pytest.fixture()
+def faces(tmp_path):
+    for i in range(11):
+        save_image(str(tmp_path / "faces" / f"{i:02d}.png"), seed=i)
+    return tmp_path / "faces"
+
+
+def args(faces, checkpoint_dir, out, *extra):
+    return ["--images", str(faces), "--model", "ediffiqaT", "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
+            "--output", str(out), "--device", "cpu", "-q", *extra]
+
+
+def test_inference_draws_the_score_sheet_and_leaves_the_scores_as_they_are(faces, checkpoint_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    drawn = []
+    real = figures.score_sheet
+
+    def spy(scores, load, n, title):
+        drawn.append((dict(scores), n, [load(k).shape for k in sorted(scores, key=scores.get)[:1]]))
+        return real(scores, load, n, title)
+
+    monkeypatch.setattr(figures, "score_sheet", spy)
+    code, err = run_script(inference.main, "inference.py", args(faces, checkpoint_dir, tmp_path / "with"), capsys)
+    assert code == 0, err
+    assert png_size(tmp_path / "with" / "quality-scores.png") == inches(figures.score_sheet_size(8))
+    scores, n, shapes = drawn[0]
+    assert n == 8 and len(scores) == 11 and shapes == [(112, 112, 3)]  # the faces themselves, from every score
+    code, err = run_script(inference.main, "inference.py", args(faces, checkpoint_dir, tmp_path / "without",
+                                                                "--figure-tiles", "0"), capsys)
+    assert code == 0, err
+    assert not (tmp_path / "without" / "quality-scores.png").exists()
+    for name in ("quality-scores.pkl", "quality-scores.csv"):
+        assert (tmp_path / "with" / name).read_bytes() == (tmp_path / "without" / name).read_bytes()
+    code, err = run_script(inference.main, "inference.py", args(faces, checkpoint_dir, tmp_path / "three",
+                                                                "--figure-tiles", "3"), capsys)
+    assert code == 0 and png_size(tmp_path / "three" / "quality-scores.png") == inches(figures.score_sheet_size(3))
+    code, err = run_script(inference.main, "inference.py", args(faces, checkpoint_dir, tmp_path / "bad",
+                                                                "--figure-tiles", "-1"), capsys)
+    assert_user_error(code, err, "inference.py", r"'figure_tiles' must be between 0 \(no figure\) and 64, got -1")
+
+
+def test_a_figure_that_fails_costs_nothing_but_itself(faces, checkpoint_dir, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(figures, "score_sheet", broken)
+    code, err = run_script(inference.main, "inference.py", args(faces, checkpoint_dir, tmp_path / "out"), capsys)
+    assert code == 0 and "could not draw quality-scores.png (RuntimeError: no fonts)" in err
+    assert (tmp_path / "out" / "quality-scores.pkl").exists() and not (tmp_path / "out" / "quality-scores.png").exists()
+
+
+def test_the_sheet_tells_the_lowest_from_the_highest() -> None:
+    """The tiles come in the order of the scores, captioned with them: the lowest group first, lowest first."""
+    import numpy as np
+
+    scores = {f"/x/{i}.png": float(s) for i, s in enumerate([0.5, 0.1, 0.9, 0.3, 0.7])}
+    fig = figures.score_sheet(scores, lambda k: np.zeros((112, 112, 3), np.uint8), 2, "t")
+    captions = [ax.get_xlabel() for ax in fig.axes[1:]]
+    assert captions == ["0.1000\n1.png", "0.3000\n3.png", "0.9000\n2.png", "0.7000\n4.png"]
+    texts = [t.get_text() for t in fig.texts]
+    assert any(t.startswith("LOWEST") for t in texts) and any(t.startswith("HIGHEST") for t in texts)
+
+
+def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkeypatch):
+    from helpers import official_layout, official_schema_config
+
+    import train
+
+    seen = []
+    real = figures.training_curves
+
+    def spy(history, title):
+        seen.append([h["epoch"] for h in history])
+        return real(history, title)
+
+    monkeypatch.setattr(figures, "training_curves", spy)
+    images, data = official_layout(tmp_path)
+    out = tmp_path / "run"
+    cfg = official_schema_config(tmp_path, images, data, out, "ediffiqaT", epochs=1, figure=1)
+    assert run_script(train.main, "train.py", ["-c", cfg], capsys)[0] == 0
+    assert png_size(out / "train_log.png") == inches(figures.TRAINING_SIZE) and seen == [[1]]
+    code, err = run_script(train.main, "train.py", ["-c", cfg, "--epochs", "2", "--resume", str(out / "last.pt")],
+                           capsys)
+    assert code == 0, err
+    assert seen[-1] == [1, 2]  # the resumed run's figure holds the first run's epoch too
+    other = tmp_path / "off"
+    cfg = official_schema_config(tmp_path, images, data, other, "ediffiqaT", epochs=1, figure=1)
+    assert run_script(train.main, "train.py", ["-c", cfg, "--no-figure"], capsys)[0] == 0
+    assert not (other / "train_log.png").exists() and (other / "model.pth").exists()
+
+
+def test_prepare_data_draws_what_it_did(tmp_path, capsys):
+    import pickle
+
+    import numpy as np
+
+    import prepare_data
+
+    rng = np.random.default_rng(0)
+    labels = [(f"n{i // 6:03d}/{i % 6}.png", float(rng.uniform())) for i in range(60)]
+    embeddings = {p: rng.normal(size=8).astype(np.float32) for p, _ in labels}
+    (tmp_path / "l.pkl").write_bytes(pickle.dumps(labels))
+    (tmp_path / "e.pkl").write_bytes(pickle.dumps(embeddings))
+    base = ["-ll", str(tmp_path / "l.pkl"), "-el", str(tmp_path / "e.pkl"), "-b", "0.5", "--min-images", "2", "-q"]
+    assert run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "a")], capsys)[0] == 0
+    assert png_size(tmp_path / "a" / "prepare_data-ediffiqa.png") == inches(figures.PREPARATION_SIZE)
+    assert run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "b"), "--no-figure"],
+                      capsys)[0] == 0
+    assert not (tmp_path / "b" / "prepare_data-ediffiqa.png").exists()
+    from tests.official import without_storage_keys  # torch writes a memory address into pickled tensors
+
+    for name in ("average_embedding_batch-ediffiqa.pkl", "training_items-ediffiqa.pkl"):
+        a, b = (without_storage_keys((tmp_path / d / name).read_bytes()) for d in "ab")
+        assert a == b
+
+
+def test_the_centre_distances_by_hand() -> None:
+    import numpy as np
+
+    from dataset.labels import centre_distances
+
+    got = centre_distances(np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), np.array([[3.0, 0.0], [1.0, 0.0],
+                                                                                      [-1.0, -1.0]]))
+    np.testing.assert_allclose(got, [0.0, 1.0, 2.0], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_diffiqa_labels_and_the_denoiser_draw_theirs(tmp_path, capsys) -> None:
+    import yaml
+
+    import diffiqa_score
+    import train_diffusion
+    from model.diffusion import build_diffusion
+    from model.registry import build_backbone
+
+    torch.manual_seed(0)
+    unet = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
+    den = build_diffusion(unet, {})
+    torch.save({"step": 1, "model": den.state_dict(), "opt": {}, "ema": {}, "scaler": None}, tmp_path / "den.pt")
+    torch.save(build_backbone("mobilefacenet").state_dict(), tmp_path / "fr.pth")
+    for i in range(4):
+        save_image(str(tmp_path / "img" / f"{i}.png"), seed=i)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"unet_params": unet}))
+    (tmp_path / "fr.yaml").write_text(yaml.safe_dump({"fr_model": {"module": "model.mobilenet.MobileFaceNet",
+                                                                   "weights": str(tmp_path / "fr.pth")}}))
+    cfg = {"inference": {"repeats": 2, "images_loc": str(tmp_path / "img"),
+                         "train_config": str(tmp_path / "train.yaml"), "model_loc": str(tmp_path / "den.pt"),
+                         "fr_config": str(tmp_path / "fr.yaml"),
+                         "save_loc": str(tmp_path / "labels"), "batch_size": 8, "verbose": 0},
+           "base": {"device": "cpu", "figure_tiles": 2}, "dataset": {"num_workers": 0}}
+    (tmp_path / "score.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = run_script(diffiqa_score.main, "diffiqa_score.py", ["-c", str(tmp_path / "score.yaml")], capsys)
+    assert code == 0, err
+    assert png_size(tmp_path / "labels" / "quality-scores.png") == inches(figures.score_sheet_size(2))
+
+    tp = {"folder": str(tmp_path / "img"), "train_batch_size": 2, "gradient_accumulate_every": 1, "train_num_steps": 3,
+          "save_and_sample_every": 2, "num_samples": 4, "results_folder": str(tmp_path / "den"), "min_image_size": 32,
+          "num_workers": 0, "device": "cpu", "log_every": 1, "verbose": False}
+    (tmp_path / "den.yaml").write_text(yaml.safe_dump({"unet_params": {"dim": 8, "dim_mults": [1, 2]},
+                                                       "diff_params": {"image_size": 32}, "trainer_params": tp}))
+    code, err = run_script(train_diffusion.main, "train_diffusion.py", ["-c", str(tmp_path / "den.yaml")], capsys)
+    assert code == 0, err
+    assert png_size(tmp_path / "den" / "loss_log.png") == inches(figures.DENOISER_SIZE)
