@@ -66,14 +66,21 @@ def fetch(url: str, name: str, what: str, sha256: Optional[str] = None, size: Op
             match its pinned or recorded SHA-256 (nothing of a failed download is left in the cache).
     """
     folder = cache_dir()
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
-    with _Lock(path + ".lock"):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = _Lock(path + ".lock").__enter__()
+    except OSError as exc:
+        raise CheckpointError(f"cannot use torch's cache folder '{folder}' for the {what}: {exc.strerror or exc}; set "
+                              "TORCH_HOME to a writable folder, or pass the file with --weights") from None
+    try:
         for stale in glob.glob(glob.escape(path) + ".*.partial"):  # left by a download that was killed
             os.remove(stale)
         if not os.path.exists(path):
             _download(source_url(url), path, what, sha256, size, progress)
         return _verified(path, what, sha256, size)
+    finally:
+        lock.__exit__()
 
 
 def _download(url: str, path: str, what: str, sha256: Optional[str], size: Optional[int], progress: bool) -> None:
