@@ -207,6 +207,7 @@ def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys)
     reference = read_scores(whole)
     assert sorted(reference) == sorted(f"id{i % 2}/{i}.png" for i in range(5))
     meta = json.loads((whole / "quality-scores.json").read_text())
+    assert not (whole / "quality-scores.png").exists()  # base.figure_tiles: 0
     assert meta["seed"] == 0 and meta["mode"] == "default" and list(meta["skipped"]) == ["id0/broken.jpg"]
 
     # Stop after 2 new images, then after 2 more, then finish: nothing scored twice, nothing lost.

@@ -362,6 +362,7 @@ def test_tiny_unet_trains_and_loss_falls(faces, tmp_path, capsys) -> None:
     rows = [line.split(",") for line in (out / "loss_log.csv").read_text().splitlines()[1:]]
     losses = [float(r[1]) for r in rows]
     assert len(losses) == 16 and np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+    assert not (out / "loss_log.png").exists()  # trainer_params.figure: 0
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert {"step", "model", "opt", "ema", "scaler"} <= set(ckpt) and ckpt["step"] == 16
     assert (out / "sample-1.png").is_file() and (out / "sample-2.png").is_file()

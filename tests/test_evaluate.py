@@ -172,23 +172,28 @@ def test_evaluate_errors(case, pattern, verification_set, tmp_path, capsys) -> N
         assert run_cli(evaluate.main, argv + ["--on-missing", "drop"], "evaluate.py") == 0
 
 
+def _separable_pairs(tmp_path, n, mated_quality=(0.0, 1.0)):
+    """``n`` pairs, the first 200 mated with similarities in [0.5, 1), the others in [-0.2, 0.4), and a quality per
+    pair (mated ones in ``mated_quality``); returns evaluate.py's arguments for them."""
+    rng = np.random.default_rng(0)
+    rows, scores = ["a,b,mated,similarity"], {}
+    for i in range(n):
+        mated = i < 200
+        a, b = f"p{i}/a.png", f"p{i}/b.png"
+        rows.append(f"{a},{b},{int(mated)},{rng.uniform(0.5, 1) if mated else rng.uniform(-0.2, 0.4)}")
+        scores[a] = scores[b] = rng.uniform(*mated_quality) if mated else rng.uniform(0, 1)
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "q.pkl").write_bytes(pickle.dumps(scores))
+    return ["--pairs", str(tmp_path / "pairs.csv"), "--scores", f"q={tmp_path / 'q.pkl'}", "--output",
+            str(tmp_path / "out")]
+
+
 def test_crfiqa_variant_checks_every_discard_level_first(tmp_path, capsys) -> None:
     """1,100 non-mated pairs, the low-quality half of the pairs mostly non-mated: the fixed variant measures FMR
     1e-3 on all 1,100, while the CR-FIQA variant at 30% discard keeps fewer than 1,000; a one-line error."""
     from helpers import run_script
 
-    rng = np.random.default_rng(0)
-    rows, scores = ["a,b,mated,similarity"], {}
-    for i in range(1300):
-        mated = i < 200
-        a, b = f"p{i}/a.png", f"p{i}/b.png"
-        rows.append(f"{a},{b},{int(mated)},{rng.uniform(0.5, 1) if mated else rng.uniform(-0.2, 0.4)}")
-        q = rng.uniform(0.6, 1) if mated else rng.uniform(0, 1)
-        scores[a], scores[b] = q, q
-    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "q.pkl").write_bytes(pickle.dumps(scores))
-    argv = ["--pairs", str(tmp_path / "pairs.csv"), "--scores", f"q={tmp_path / 'q.pkl'}", "--output",
-            str(tmp_path / "out")]
+    argv = _separable_pairs(tmp_path, 1300, mated_quality=(0.6, 1))
     assert run_script(evaluate.main, "evaluate.py", argv, capsys)[0] == 0
     code, err = run_script(evaluate.main, "evaluate.py", argv + ["--variant", "crfiqa"], capsys)
     assert_user_error(code, err, "evaluate.py", r"variant crfiqa: discarding 0.\d+ of the pairs by 'q' leaves \d+ "
@@ -197,17 +202,7 @@ def test_crfiqa_variant_checks_every_discard_level_first(tmp_path, capsys) -> No
 
 def _perfect_set(tmp_path):
     """Mated pairs all above the threshold: FNMR at 0 discard is 0, so the normalised pAUC is undefined."""
-    rng = np.random.default_rng(0)
-    rows, scores = ["a,b,mated,similarity"], {}
-    for i in range(1200):
-        mated = i < 200
-        a, b = f"p{i}/a.png", f"p{i}/b.png"
-        rows.append(f"{a},{b},{int(mated)},{rng.uniform(0.5, 1) if mated else rng.uniform(-0.2, 0.4)}")
-        scores[a] = scores[b] = rng.uniform(0, 1)
-    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "q.pkl").write_bytes(pickle.dumps(scores))
-    return ["--pairs", str(tmp_path / "pairs.csv"), "--scores", f"q={tmp_path / 'q.pkl'}", "--output",
-            str(tmp_path / "out")]
+    return _separable_pairs(tmp_path, 1200)
 
 
 def test_undefined_values_are_null_in_valid_json(tmp_path, capsys) -> None:

@@ -8,15 +8,15 @@ pinned SHA-256 (and size) where one is known; otherwise the SHA-256 of the first
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import sys
 from typing import Optional
 from urllib.parse import urlsplit
 
 from utils.errors import CheckpointError, first_line
+from utils.io import sha256_of
 
-__all__ = ["MIRROR_ENV", "cache_dir", "source_url", "fetch", "sha256_of"]
+__all__ = ["MIRROR_ENV", "cache_dir", "source_url", "fetch"]
 
 #: Replaces the scheme and host of every source URL (the path is kept): ``http://127.0.0.1:8765``.
 MIRROR_ENV = "EDIFFIQA_MIRROR"
@@ -36,14 +36,6 @@ def source_url(url: str) -> str:
         return url
     parts = urlsplit(url)
     return mirror.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch(url: str, name: str, what: str, sha256: Optional[str] = None, size: Optional[int] = None,

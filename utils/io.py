@@ -14,7 +14,7 @@ from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
            "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "read_scores_csv",
-           "open_regular", "read_json", "OutputError", "TEXT_ERRORS"]
+           "open_regular", "read_json", "sha256_of", "OutputError", "TEXT_ERRORS"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -67,6 +67,17 @@ def read_json(path: str, fix: str) -> Any:
             return json.loads(handle.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"'{path}' is damaged ({first_line(exc)}); {fix}") from None
+
+
+def sha256_of(path: str) -> str:
+    """The SHA-256 of a file, read in 4 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_output_dir(folder: str, key: str) -> None:

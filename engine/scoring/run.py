@@ -61,17 +61,6 @@ def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
         finish_distributed(info)
 
 
-def _weights_digest(path: str) -> str:
-    """SHA-256 of the checkpoint: scores of other weights must not be mixed into a folder's results."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh: bool,
                  weights: str) -> Dict[str, int]:
     """Score the folder resumably and, under ``torchrun``, in shares (see :mod:`engine.resumable`): a rerun into the
@@ -81,6 +70,7 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
     from dataset.folder_batches import cuda_jpeg_decoder, iterate_folder
     from engine.resumable import BatchResult, FolderJob, run_folder
     from engine.scoring.scorer import default_batch_size
+    from utils.io import sha256_of
 
     params = cfg.dataloader.params
     decode = None
@@ -89,7 +79,7 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
             raise ConfigError("'gpu_decode' (--gpu-decode) needs a CUDA device and the torch backend")
         decode = cuda_jpeg_decoder(scorer.device)
     batch = params.batch_size or default_batch_size(scorer.device, scorer.precision)
-    settings = {"model": cfg.model, "weights_sha256": _weights_digest(weights), "precision": scorer.precision,
+    settings = {"model": cfg.model, "weights_sha256": sha256_of(weights), "precision": scorer.precision,
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
                 # the thread count changes the last bits of CPU results
                 "threads": torch.get_num_threads() if scorer.device.type == "cpu" else None}
