@@ -5,7 +5,7 @@ training with AMP; the DifFIQA denoiser trained with AMP and DifFIQA labels on C
     python -m benchmarks.cuda_check
     python -m benchmarks.diffiqa_throughput --device cuda --images 16 --repeats 10    # GPU labelling speed
 
-Uses checkpoints in the official layout built from ``tests/data``'s manifest (random, well-scaled weights).
+Uses checkpoints in the official layout built from ``model/manifests`` (random, well-scaled weights).
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import tempfile
 import numpy as np
 import torch
 
+from dataset.image_folder import find_images
+from engine.scoring.scorer import QualityScorer
+from model.registry import create_model
+from model.synthetic import manifest_state_dict
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from dataset.image_folder import find_images  # noqa: E402
-from engine.scoring.scorer import QualityScorer  # noqa: E402
-from model.registry import create_model  # noqa: E402
-from model.synthetic import manifest_state_dict  # noqa: E402
 
 
 def train_check(tmp: str) -> int:

@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 
-from engine.evaluation import edc  # noqa: E402
+from engine.evaluation import edc
 
 
 def loop_edc(sim: List[float], mated: List[bool], quality: List[float], fmr: float, limits: List[float]):

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataset.image_folder import find_images  # noqa: E402
-from dataset.transforms import official_transform  # noqa: E402
-from engine.scoring.scorer import QualityScorer, default_batch_size  # noqa: E402
-from model.registry import build_model, load_weights  # noqa: E402
-from model.synthetic import manifest_state_dict  # noqa: E402
-from utils.runtime import cpu_kind, reader_workers, resolve_device  # noqa: E402
+from dataset.image_folder import find_images
+from dataset.transforms import official_transform
+from engine.scoring.scorer import QualityScorer, default_batch_size
+from model.registry import build_model, load_weights
+from model.synthetic import manifest_state_dict
+from utils.runtime import cpu_kind, reader_workers, resolve_device
 
 CPU_IMAGES = {"ediffiqaT": 256, "ediffiqaS": 96, "ediffiqaM": 32, "ediffiqaL": 24}
 GPU_IMAGES = {"ediffiqaT": 4096, "ediffiqaS": 4096, "ediffiqaM": 2048, "ediffiqaL": 2048}

@@ -18,7 +18,7 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from dataset.alignment import align_face  # noqa: E402
+from dataset.alignment import align_face
 
 
 def source_photos() -> Dict[str, Image.Image]:
