@@ -84,10 +84,21 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
                    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
     """Yield ``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch.
 
-    Unreadable files are left out of ``images``/``indices`` and reported in the third element; a batch with only
-    bad files yields empty tensors. With ``decode_jpegs`` (e.g. :func:`cuda_jpeg_decoder`), the workers only read
-    JPEG files and the batch's JPEGs are decoded together by it; other formats and its failures take the CPU path.
+    Unreadable files are left out of ``images``/``indices``, named in a warning and reported in the third element; a
+    batch with only bad files yields empty tensors. With ``decode_jpegs`` (e.g. :func:`cuda_jpeg_decoder`), the
+    workers only read JPEG files and the batch's JPEGs are decoded together by it; other formats and its failures
+    take the CPU path.
     """
+    for indices, x, bad in _batches(root, rel_paths, device, batch_size, workers, pin_memory, prefetch_factor,
+                                    persistent_workers, channels_last, decode_jpegs):
+        for index, reason in bad:
+            _logger.warning("skipped '%s': %s", os.path.join(root, rel_paths[index]), reason)
+        yield indices, x, bad
+
+
+def _batches(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
+             pin_memory: bool, prefetch_factor: Optional[int], persistent_workers: bool, channels_last: bool,
+             decode_jpegs: Optional[JpegDecoder]) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
     workers = workers_that_can_ship(workers, batch_size)
     if decode_jpegs is not None:
         yield from _iterate_jpeg_bytes(root, rel_paths, device, batch_size, workers, channels_last, decode_jpegs)
@@ -96,11 +107,9 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
         yield from _iterate_in_process(root, rel_paths, device, batch_size, channels_last)
         return
     dataset = FaceFolder(root, list(rel_paths))
-    kwargs = {}
-    if workers > 0:
-        kwargs["persistent_workers"] = persistent_workers
-        if prefetch_factor is not None:
-            kwargs["prefetch_factor"] = prefetch_factor
+    kwargs = {"persistent_workers": persistent_workers}
+    if prefetch_factor is not None:
+        kwargs["prefetch_factor"] = prefetch_factor
     # Its own generator: creating the loader must not take a draw from the global RNG that models may use.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=pin_memory and device.type == "cuda", collate_fn=collate_faces,
@@ -189,7 +198,6 @@ class FolderResult:
 def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
                forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], batch_size: int, workers: int,
                verbose: bool = False, channels_last: bool = True, decode_jpegs: Optional[JpegDecoder] = None,
-               on_batch: Optional[Callable[[List[str], List[np.ndarray], List[Tuple[str, str]]], None]] = None,
                **loader_kwargs) -> FolderResult:
     """Run ``forward`` over the readable images of a folder, naming and counting the unreadable ones.
 
@@ -202,8 +210,6 @@ def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
         workers: DataLoader worker processes.
         verbose: Show a progress bar.
         channels_last: Hand ``forward`` NHWC-strided batches.
-        on_batch: Called with each batch's ``(paths, outputs, skipped)`` instead of collecting the outputs (memory
-            stays at one batch, whatever the folder's size); the result then holds only ``skipped`` and the time.
     """
     from tqdm import tqdm
 
@@ -214,20 +220,14 @@ def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
         for indices, x, bad in iterate_folder(root, rel_paths, device, batch_size, workers,
                                               channels_last=channels_last, decode_jpegs=decode_jpegs,
                                               **loader_kwargs):
-            skipped = [(rel_paths[index], reason) for index, reason in bad]
-            for path, reason in skipped:
-                _logger.warning("skipped '%s': %s", os.path.join(root, path), reason)
-            result.skipped.extend(skipped)
-            outputs = [o.detach().float().cpu().numpy() for o in forward(x)] if len(indices) else []
-            paths = [rel_paths[i] for i in indices.tolist()]
-            if on_batch is not None:
-                on_batch(paths, outputs, skipped)
-            elif outputs:
+            result.skipped.extend((rel_paths[index], reason) for index, reason in bad)
+            if len(indices):
+                outputs = [o.detach().float().cpu().numpy() for o in forward(x)]
                 if not chunks:
                     chunks = [[] for _ in outputs]
                 for chunk, output in zip(chunks, outputs):
                     chunk.append(output)
-                result.paths.extend(paths)
+                result.paths.extend(rel_paths[i] for i in indices.tolist())
             bar.update(len(indices) + len(bad))
     result.seconds = time.perf_counter() - start
     result.outputs = [np.concatenate(chunk) for chunk in chunks]

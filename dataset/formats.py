@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     import torch
 
 from utils.errors import DataError
-from utils.io import pickle_writer, read_scores_csv, safe_pickle_load, write_pickle
+from utils.io import csv_writer, pickle_writer, read_scores_csv, safe_pickle_load, write_pickle
 
-__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV", "EmbeddingTable",
-           "read_embeddings", "write_embeddings", "centres_file", "items_file", "prepared_writers", "read_prepared"]
+__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV", "format_score",
+           "scores_writers", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file", "items_file",
+           "prepared_writers", "read_prepared"]
 
 
 def _examples(items: Sequence[str], n: int = 3) -> str:
@@ -245,6 +246,19 @@ def items_file(save_location: str, name: str) -> str:
 #: ``quality-scores.pkl`` and its CSV twin).
 SCORES_PICKLE = "quality-scores.pkl"
 SCORES_CSV = "quality-scores.csv"
+
+
+def format_score(value: float) -> str:
+    """The one text form of a score in CSV files: the shortest that reads back to the same float."""
+    return repr(float(value))
+
+
+def scores_writers(folder: str, table: Dict[str, float]) -> List[Tuple[str, Tuple[str, Any]]]:
+    """``quality-scores.pkl`` (the official ``{key: score}`` dict) and ``quality-scores.csv`` of ``table`` as
+    ``(path, writer)`` for :func:`utils.io.write_together`."""
+    return [(os.path.join(folder, SCORES_PICKLE), pickle_writer(table)),
+            (os.path.join(folder, SCORES_CSV),
+             csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items())))]
 
 #: Pickle protocol of the prepared files: Python's default when the official script ran (3.8-3.13), so that the
 #: files are the official bytes.

@@ -8,13 +8,13 @@ import io
 import logging
 import math
 import os
-from typing import IO, Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = ["DPI", "TILES_PER_ROW", "score_sheet_size", "score_sheet", "sheet_title", "training_curves",
            "TRAINING_SIZE", "denoiser_curve", "DENOISER_SIZE", "preparation_figure", "PREPARATION_SIZE", "png_writer",
-           "shorten", "image_size"]
+           "figure_file", "write_figure", "shorten", "image_size"]
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +42,32 @@ def png_writer(fig: Any) -> Tuple[str, Callable[[IO], None]]:
     fig.savefig(buffer, format="png", dpi=DPI)
     data = buffer.getvalue()
     return "wb", lambda handle: handle.write(data)
+
+
+def figure_file(path: str, draw: Callable[[], Any], after: str) -> List[Tuple[str, Tuple[str, Callable[[IO], None]]]]:
+    """``[(path, PNG writer)]`` of the figure ``draw()`` returns, for :func:`utils.io.write_together` with the files
+    it belongs to; ``[]`` when it cannot be drawn, said in a warning that ends with ``after`` (what happens without
+    it): a figure never costs the files it belongs to."""
+    try:
+        return [(path, png_writer(draw()))]
+    except Exception as exc:  # noqa: BLE001 - fonts, memory, odd data: the figure is left out
+        _cannot_draw(path, exc, after)
+        return []
+
+
+def write_figure(path: str, draw: Callable[[], Any]) -> None:
+    """Write the figure ``draw()`` returns to ``path`` atomically, on its own (a training run's curves each epoch); a
+    failure to draw or write it is a warning and training goes on."""
+    from utils.io import write_together
+
+    try:
+        write_together([(path, png_writer(draw()))])
+    except Exception as exc:  # noqa: BLE001 - a figure must never stop a training run
+        _cannot_draw(path, exc, "training goes on")
+
+
+def _cannot_draw(path: str, exc: BaseException, after: str) -> None:
+    _logger.warning("could not draw %s (%s: %s); %s", os.path.basename(path), type(exc).__name__, exc, after)
 
 
 def shorten(name: str, width: int = 22) -> str:

@@ -33,16 +33,14 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import torch
 
-from dataset.formats import SCORES_CSV, SCORES_PICKLE
+from dataset.formats import SCORES_PICKLE, format_score, scores_writers
 from utils.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main
 from utils.errors import ConfigError, DataError, RunError, UserError
 from utils.io import (
     TEXT_ERRORS,
     OutputError,
     atomic_open,
-    csv_writer,
     open_regular,
-    pickle_writer,
     read_json,
     safe_pickle_load,
     torch_load,
@@ -52,7 +50,7 @@ from utils.io import (
 from utils.lock import FolderLock
 
 __all__ = ["SETTINGS_FILE", "LOCK_FILE", "BatchResult", "RunState", "FolderJob", "FolderSummary", "run_folder",
-           "split_batches_for_rank", "part_path", "read_parts", "format_score"]
+           "split_batches_for_rank", "part_path", "read_parts"]
 
 _logger = logging.getLogger(__name__)
 
@@ -62,11 +60,6 @@ _PART = re.compile(r"^quality-scores\.part(\d+)of(\d+)\.csv$")
 _STATE_SUFFIX = ".state.pt"
 _HEADER = b"#ediffiqa-scores-part 1 listing="
 _BLOCK = re.compile(rb"#B (\d{1,12}) ([0-9a-f]{8})\n")
-
-
-def format_score(value: float) -> str:
-    """The one text form of a score in CSV files: the shortest that reads back to the same float."""
-    return repr(float(value))
 
 
 class BatchResult(NamedTuple):
@@ -250,6 +243,7 @@ class _Run:
         self.info = info
         self.fix = f"add --fresh to discard this folder's unfinished scores, or use another {job.out_key}"
         self.listing = _listing_digest(job.rel_paths).encode("ascii")
+        self.previous: Optional[Dict[str, float]] = None  # an earlier run's finished scores, when they count
         self.settings = {"images": os.path.realpath(job.root), "keys": job.keys if job.keys == "relative" else
                          f"joined to '{job.root}'", "batch_size": job.batch_size, **job.settings}
 
@@ -284,10 +278,9 @@ class _Run:
                             f"their settings are unknown; {self.fix}")
         else:
             write_json(settings_path, self.settings)
-        previous = os.path.join(out, SCORES_PICKLE)
-        use_previous = matched and os.path.lexists(previous)
+        use_previous = matched and os.path.lexists(os.path.join(out, SCORES_PICKLE))
         if use_previous:
-            self._previous_scores()  # checked now, before any process relies on it
+            self.previous = self._previous_scores()  # read and checked now, before any process relies on it
         for part in parts:
             self._cut(part)
         return int(use_previous)
@@ -344,7 +337,9 @@ class _Run:
         lock = FolderLock(os.path.join(job.out, LOCK_FILE), job.out_key) if info.main else None
         try:
             use_previous = self._agree(lambda: (lock.acquire(), self.prepare())[1])
-            previous = self._previous_scores() if use_previous else {}
+            if use_previous and self.previous is None:  # the other processes read it once the first has checked it
+                self.previous = self._previous_scores()
+            previous = self.previous or {}
             done_scores, done_skipped = read_parts(job.out, self.fix)
             done = set(previous) | set(done_scores) | set(done_skipped)
             barrier(info)  # every process has read the parts before any appends to them
@@ -488,9 +483,7 @@ class _Run:
         key = (lambda p: p) if job.keys == "relative" else (lambda p: os.path.join(job.root, p))
         table = {key(p): scores[p] for p in kept}
         current = {p: skipped[p] for p in job.rel_paths if p in skipped}
-        outputs = [(os.path.join(job.out, SCORES_PICKLE), pickle_writer(table)),
-                   (os.path.join(job.out, SCORES_CSV),
-                    csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items())))]
+        outputs = scores_writers(job.out, table)
         if job.extra_outputs is not None:
             outputs += job.extra_outputs(table, current, summary)
         write_together(outputs)

@@ -94,9 +94,9 @@ def test_a_failed_write_leaves_the_previous_set(faces, checkpoint_dir, tmp_path,
     before = {f: (out / f).read_bytes() for f in ("quality-scores.pkl", "quality-scores.csv")}
     save_image(str(faces / "a" / "3.png"), seed=9)
 
-    import engine.resumable
+    import dataset.formats
 
-    real = engine.resumable.csv_writer
+    real = dataset.formats.csv_writer
 
     def full_disk(header, rows):
         mode, write = real(header, rows)
@@ -106,7 +106,7 @@ def test_a_failed_write_leaves_the_previous_set(faces, checkpoint_dir, tmp_path,
             raise OSError(errno.ENOSPC, "No space left on device")
         return mode, fail
 
-    monkeypatch.setattr(engine.resumable, "csv_writer", full_disk)
+    monkeypatch.setattr(dataset.formats, "csv_writer", full_disk)
     code, err = run(inference, "inference.py", argv, capsys)
     assert_user_error(code, err, "inference.py", r"cannot write '.*quality-scores.csv': No space left on device; the "
                                                  r"previous quality-scores.pkl, quality-scores.csv are unchanged")

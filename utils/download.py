@@ -1,9 +1,10 @@
 """Files fetched by URL into torch's cache (``$TORCH_HOME/hub/checkpoints``), verified and used offline afterwards.
 
 ``torch.hub.download_url_to_file`` does the transfer (a progress bar, a temporary file renamed into place, an
-optional SHA-256 check). Around it: a lock, so that processes fetching the same file at once get one good file; a
-pinned SHA-256 (and size) where one is known; otherwise the SHA-256 of the first download recorded beside the file
-(``<file>.sha256``) and checked at every later use; ``EDIFFIQA_MIRROR`` for mirrors and air-gapped sites.
+optional SHA-256 check). Around it: a lock (:class:`utils.lock.FolderLock`), so that processes fetching the same file
+at once get one good file; a pinned SHA-256 (and size) where one is known; otherwise the SHA-256 of the first
+download recorded beside the file (``<file>.sha256``) and checked at every later use; ``EDIFFIQA_MIRROR`` for mirrors
+and air-gapped sites.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from utils.errors import CheckpointError, first_line
-from utils.io import sha256_of
+from utils.io import OutputError, sha256_of
+from utils.lock import FolderLock
 
 __all__ = ["MIRROR_ENV", "cache_dir", "source_url", "fetch"]
 
@@ -59,9 +61,13 @@ def fetch(url: str, name: str, what: str, sha256: Optional[str] = None, size: Op
     """
     folder = cache_dir()
     path = os.path.join(folder, name)
+    # Processes fetching the same file at once: the second waits, then finds it in the cache.
+    lock = FolderLock(path + ".lock", "TORCH_HOME")
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = _Lock(path + ".lock").__enter__()
+        lock.acquire(wait=True)
+    except OutputError as exc:  # the lock file is a link, a folder, ...: the message names it and the fix
+        raise CheckpointError(f"{first_line(exc)}, or pass the {what} with --weights") from None
     except OSError as exc:
         raise CheckpointError(f"cannot use torch's cache folder '{folder}' for the {what}: {exc.strerror or exc}; set "
                               "TORCH_HOME to a writable folder, or pass the file with --weights") from None
@@ -72,7 +78,7 @@ def fetch(url: str, name: str, what: str, sha256: Optional[str] = None, size: Op
             _download(source_url(url), path, what, sha256, size, progress)
         return _verified(path, what, sha256, size)
     finally:
-        lock.__exit__()
+        lock.release()
 
 
 def _download(url: str, path: str, what: str, sha256: Optional[str], size: Optional[int], progress: bool) -> None:
@@ -129,22 +135,3 @@ def _write_text(path: str, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
 
-
-class _Lock:
-    """A blocking ``flock`` on ``path``: a second process fetching the same file waits, then finds it in the cache."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd: Optional[int] = None
-
-    def __enter__(self) -> "_Lock":
-        import fcntl
-
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock; the file stays (removing it would let two lockers in)
-            self.fd = None

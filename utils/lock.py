@@ -1,5 +1,6 @@
-"""One writer per output folder: an advisory lock held for the whole run. The operating system releases it when the
-process ends, however it ends (a kill leaves no stale lock behind)."""
+"""One writer at a time: an advisory lock held for the whole run on an output folder (or while a file is fetched into
+the cache). The operating system releases it when the process ends, however it ends (a kill leaves no stale lock
+behind)."""
 from __future__ import annotations
 
 import datetime
@@ -26,11 +27,12 @@ class FolderLock:
         self.key = key
         self.fd: Optional[int] = None
 
-    def acquire(self) -> "FolderLock":
-        """Take the lock or refuse.
+    def acquire(self, wait: bool = False) -> "FolderLock":
+        """Take the lock, or refuse when another process holds it (``wait``: wait until it lets go).
 
         Raises:
-            OutputError: Another run holds it (the message names its process, host and start time).
+            OutputError: Another run holds it and ``wait`` is false (the message names its process, host and start
+                time), or the lock file cannot be opened.
         """
         import fcntl
 
@@ -38,7 +40,7 @@ class FolderLock:
         while self.fd is None:
             fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, fix=fix)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip() or "starting"
                 os.close(fd)

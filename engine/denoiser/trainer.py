@@ -141,18 +141,15 @@ class DiffusionTrainer:
         written atomically."""
         import csv
 
-        from engine.figures import denoiser_curve, png_writer
-        from utils.io import write_together
+        from engine.figures import denoiser_curve, write_figure
 
-        path = os.path.join(folder, LOSS_FIGURE)
-        try:
+        def draw():
             with open(os.path.join(folder, "loss_log.csv"), newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
-            fig = denoiser_curve([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
-                                 "DifFIQA denoiser: training loss")
-            write_together([(path, png_writer(fig))])
-        except Exception as exc:  # noqa: BLE001 - a figure must never stop a training run
-            _logger.warning("could not draw %s (%s: %s); training goes on", path, type(exc).__name__, exc)
+            return denoiser_curve([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
+                                  "DifFIQA denoiser: training loss")
+
+        write_figure(os.path.join(folder, LOSS_FIGURE), draw)
 
     def _diverged(self, what: str) -> None:
         """Stop at the first non-finite loss or weight: the checkpoint already written stays as it is."""

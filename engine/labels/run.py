@@ -89,8 +89,6 @@ def _run(cfg: Any, info: DistInfo, device: torch.device, fresh: bool, unet_kwarg
     def label_batches(paths: List[str], batch_size: int) -> Iterator[BatchResult]:
         for indices, x, bad in iterate_folder(inf.images_loc, paths, device, batch_size, workers,
                                               channels_last=False):
-            for index, error in bad:
-                _logger.warning("skipped '%s': %s", os.path.join(inf.images_loc, paths[index]), error)
             values: List[float] = []
             if len(indices):
                 with precision_context(device, precision):
@@ -129,18 +127,14 @@ def _figure(cfg: Any, table: Dict[str, float]) -> List[Tuple[str, Any]]:
     import numpy as np
 
     from dataset.transforms import decode_face
-    from engine.figures import png_writer, score_sheet, sheet_title
+    from engine.figures import figure_file, score_sheet, sheet_title
 
     root = cfg.inference.images_loc
     where = (lambda key: key) if cfg.base.keys == "joined" else (lambda key: os.path.join(root, key))
-    try:
-        fig = score_sheet(table, lambda key: np.asarray(decode_face(where(key))), cfg.base.figure_tiles,
-                          sheet_title("DifFIQA quality labels", len(table), root, "the DifFIQA denoiser"))
-        return [(os.path.join(cfg.inference.save_loc, "quality-scores.png"), png_writer(fig))]
-    except Exception as exc:  # noqa: BLE001 - a figure must never cost the labels
-        _logger.warning("could not draw quality-scores.png (%s: %s); the labels are written without it",
-                        type(exc).__name__, exc)
-        return []
+    title = sheet_title("DifFIQA quality labels", len(table), root, "the DifFIQA denoiser")
+    return figure_file(os.path.join(cfg.inference.save_loc, "quality-scores.png"),
+                       lambda: score_sheet(table, lambda key: np.asarray(decode_face(where(key))),
+                                           cfg.base.figure_tiles, title), "the labels are written without it")
 
 
 def _rng_state(seed: int, device: torch.device) -> RunState:

@@ -95,8 +95,6 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
                                               pin_memory=params.pin_memory, prefetch_factor=params.prefetch_factor,
                                               persistent_workers=params.persistent_workers,
                                               channels_last=scorer.channels_last, decode_jpegs=decode):
-            for index, reason in bad:
-                _logger.warning("skipped '%s': %s", os.path.join(cfg.dataset.loc, paths[index]), reason)
             values = scorer(x).tolist() if len(indices) else []
             yield BatchResult([paths[i] for i in indices.tolist()], values, [(paths[i], r) for i, r in bad])
 
@@ -129,37 +127,27 @@ def _figure_file(cfg: InferenceConfig, table: Dict[str, float], load=None) -> Li
     import numpy as np
 
     from dataset.transforms import decode_face
-    from engine.figures import png_writer, score_sheet, sheet_title
+    from engine.figures import figure_file, score_sheet, sheet_title
 
     load = load or (lambda key: np.asarray(decode_face(key)))
-    try:
-        fig = score_sheet(table, load, cfg.figure_tiles, sheet_title("eDifFIQA quality scores", len(table),
-                                                                      cfg.dataset.loc, cfg.model))
-        return [(os.path.join(cfg.base.save_path, SCORES_FIGURE), png_writer(fig))]
-    except Exception as exc:  # noqa: BLE001 - a figure must never cost the scores
-        _logger.warning("could not draw %s (%s: %s); the scores are written without it", SCORES_FIGURE,
-                        type(exc).__name__, exc)
-        return []
+    title = sheet_title("eDifFIQA quality scores", len(table), cfg.dataset.loc, cfg.model)
+    return figure_file(os.path.join(cfg.base.save_path, SCORES_FIGURE),
+                       lambda: score_sheet(table, load, cfg.figure_tiles, title), "the scores are written without it")
 
 
-def _write_scores(cfg: InferenceConfig, rel_paths: List[str], scores: List[float], extra: Sequence = ()) -> None:
-    """The pickle and the CSV (and ``extra`` ``(path, writer)`` files), written as one set; non-finite scores are an
-    error (nothing is replaced)."""
+def _write_scores(cfg: InferenceConfig, table: Dict[str, float], extra: Sequence = ()) -> None:
+    """The pickle and the CSV of ``table`` (``{key: score}``) and ``extra`` ``(path, writer)`` files, written as one
+    set; non-finite scores are an error (nothing is replaced)."""
     import math
 
-    from engine.resumable import format_score
-    from utils.io import csv_writer, pickle_writer, write_together
+    from dataset.formats import scores_writers
+    from utils.io import write_together
 
-    bad = [p for p, q in zip(rel_paths, scores) if not math.isfinite(q)]
+    bad = [k for k, q in table.items() if not math.isfinite(q)]
     if bad:
-        raise DataError(f"{len(bad)} of {len(scores)} scores are NaN or infinite (e.g. {', '.join(bad[:3])}); the "
+        raise DataError(f"{len(bad)} of {len(table)} scores are NaN or infinite (e.g. {', '.join(bad[:3])}); the "
                         "weights or the precision overflow; nothing was written")
-    # Keys as the official code writes them: os.path.join(dataset.loc, relative path).
-    table: Dict[str, float] = {os.path.join(cfg.dataset.loc, p): q for p, q in zip(rel_paths, scores)}
-    write_together([(os.path.join(cfg.base.save_path, SCORES_PICKLE), pickle_writer(table)),
-                    (os.path.join(cfg.base.save_path, SCORES_CSV),
-                     csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items()))),
-                    _config_file(cfg), *extra])
+    write_together([*scores_writers(cfg.base.save_path, table), _config_file(cfg), *extra])
 
 
 def _summary(cfg: InferenceConfig, scored: int, skipped: List[str], seconds: float, extra: str = "",
@@ -178,7 +166,7 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> Dict[st
 
     from tqdm import tqdm
 
-    from engine.resumable import format_score
+    from dataset.formats import format_score
     from engine.scoring.photos import FaceDetector, annotate, load_photo
     from utils.io import atomic_open, csv_writer
 
@@ -234,8 +222,9 @@ def _score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer) -> Dict[st
         photo = load_photo(key)
         return np.asarray(detector.crops(photo, detector.detect(photo)[:1])[0])
 
+    # Keys as the official code writes them: os.path.join(dataset.loc, relative path).
     table = {os.path.join(cfg.dataset.loc, r): best[r] for r in kept}
-    _write_scores(cfg, kept, [best[r] for r in kept], extra=[
+    _write_scores(cfg, table, extra=[
         (os.path.join(cfg.base.save_path, "faces.csv"), csv_writer(header, rows)),
         (os.path.join(cfg.base.save_path, "no-face.txt"), listing), *_figure_file(cfg, table, aligned_face)])
     _summary(cfg, len(rows), skipped, seconds, extra=f", photos without a face {len(no_face)}")

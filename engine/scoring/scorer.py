@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -164,7 +164,6 @@ class QualityScorer:
 
     def score_folder(self, root: str, rel_paths: Sequence[str], batch_size: Optional[int] = None,
                      workers: Optional[int] = None, verbose: bool = False, return_feat: bool = False,
-                     on_batch: Optional[Callable[[List[str], List[np.ndarray], List[Tuple[str, str]]], None]] = None,
                      **loader_kwargs) -> FolderResult:
         """Score the files ``rel_paths`` (relative to ``root``), skipping and reporting unreadable ones.
 
@@ -178,4 +177,4 @@ class QualityScorer:
         return map_folder(root, rel_paths, self.device, forward,
                           batch_size=batch_size or default_batch_size(self.device, self.precision),
                           workers=self.default_workers() if workers is None else workers,
-                          verbose=verbose, channels_last=self.channels_last, on_batch=on_batch, **loader_kwargs)
+                          verbose=verbose, channels_last=self.channels_last, **loader_kwargs)

@@ -12,6 +12,7 @@ from torch import nn
 
 from engine.training.config import TrainConfig
 from utils.errors import ConfigError
+from utils.runtime import cpu_has_native_bf16
 
 __all__ = ["TrainingPolicy"]
 
@@ -78,7 +79,7 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device, official: bool, log: bool
         return torch.float16
     if official:
         return None
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu_has_native_bf16():
         return torch.bfloat16
     if log:
         _logger.info("base.amp: this CPU has no native bf16, so training runs in fp32 (bf16 would be slower)")

@@ -63,18 +63,13 @@ def _centre_distances(embeddings: Any, paths: List[str], rows: Any, centres: Any
 
 def _figure(cfg: PrepareConfig, qualities: Any, threshold: float, selection: Any, distances: Any) -> List[Any]:
     """``[(prepare_data-<name>.png, writer)]``, or nothing when it cannot be drawn (said in a warning)."""
-    from engine.figures import png_writer, preparation_figure
+    from engine.figures import figure_file, preparation_figure
 
-    path = os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.png")
-    try:
-        fig = preparation_figure(qualities, threshold, cfg.beta, selection.chosen_per_identity, cfg.min_images,
-                                 distances, f"prepare_data.py: {len(qualities)} labels -> "
-                                 f"{int(selection.kept.sum())} identities ({cfg.save_name})")
-        return [(path, png_writer(fig))]
-    except Exception as exc:  # noqa: BLE001 - a figure must never cost the prepared files
-        _logger.warning("could not draw %s (%s: %s); the prepared files are written without it", path,
-                        type(exc).__name__, exc)
-        return []
+    title = f"prepare_data.py: {len(qualities)} labels -> {int(selection.kept.sum())} identities ({cfg.save_name})"
+    return figure_file(os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.png"),
+                       lambda: preparation_figure(qualities, threshold, cfg.beta, selection.chosen_per_identity,
+                                                  cfg.min_images, distances, title),
+                       "the prepared files are written without it")
 
 
 def prepare(cfg: PrepareConfig) -> Dict[str, Any]:

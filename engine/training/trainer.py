@@ -24,7 +24,7 @@ from utils.checkpoint import save_checkpoint
 from utils.config import to_dict
 from utils.distributed import all_reduce_sum
 from utils.errors import ConfigError, RunError, first_line
-from utils.io import write_json, write_together
+from utils.io import write_json
 from utils.run_log import RunLog
 from utils.runtime import rng_state, set_rng_state
 
@@ -286,15 +286,11 @@ class Trainer:
 
     def _write_figure(self) -> None:
         """``train_log.png``: every epoch so far (a resumed run's history included), written atomically."""
-        from engine.figures import png_writer, training_curves
+        from engine.figures import training_curves, write_figure
 
-        path = os.path.join(self.cfg.base.save_path, TRAINING_FIGURE)
-        try:
-            fig = training_curves(self.history, f"training {self.spec.name} ({self.policy.mode} mode): losses per "
-                                                 "epoch and learning rates")
-            write_together([(path, png_writer(fig))])
-        except Exception as exc:  # noqa: BLE001 - a figure must never stop a training run
-            _logger.warning("could not draw %s (%s: %s); training goes on", path, type(exc).__name__, exc)
+        title = f"training {self.spec.name} ({self.policy.mode} mode): losses per epoch and learning rates"
+        write_figure(os.path.join(self.cfg.base.save_path, TRAINING_FIGURE),
+                     lambda: training_curves(self.history, title))
 
     # ----------------------------------------------------------------------------------------- run
     def fit(self) -> Dict[str, Any]:
