@@ -27,8 +27,8 @@ from utils.io import torch_load, torch_load_reason
 __all__ = ["BACKBONES", "Backbone", "VARIANTS", "Variant", "WeightsSource", "KINDS", "DEFAULT_VARIANT", "DEFAULT_FR",
            "register_variant", "backbone_for_module", "variant_for_module", "official_modules", "backbone_names",
            "OFFICIAL_WEIGHTS_HELP", "BACKBONE_WEIGHTS_HELP", "build_backbone", "build_model",
-           "read_state_dict", "identify_variant", "load_weights", "load_backbone", "create_model", "variant_names",
-           "strip_prefixes", "describe_mismatch", "check_finite"]
+           "read_state_dict", "identify_variant", "check_checkpoint", "load_weights", "load_backbone", "create_model",
+           "variant_names", "strip_prefixes", "describe_mismatch", "check_finite"]
 
 _logger = logging.getLogger(__name__)
 
@@ -258,21 +258,26 @@ BACKBONE_WEIGHTS_HELP = (
 )
 
 
+def _file_label(path: str, label: Optional[str]) -> str:
+    return label if label is not None else f"weights file '{path}'"
+
+
 def read_state_dict(path: str, key: str = "--weights or the config key 'weights'",
-                    source: str = OFFICIAL_WEIGHTS_HELP) -> Dict[str, torch.Tensor]:
+                    source: str = OFFICIAL_WEIGHTS_HELP, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read a weights file safely (``weights_only=True``) and return its flat ``state_dict`` on the CPU.
 
     Accepts a plain state dict or a training checkpoint holding one under ``model`` or ``state_dict``.
     Raises :class:`CheckpointError` with a one-line reason for anything else; ``key`` names the flag or config key
-    that gives the path, ``source`` where such files come from.
+    that gives the path, ``source`` where such files come from, ``label`` how messages name the file (default
+    ``weights file '<path>'``).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file '{path}' not found; {source}; pass its path with {key}")
+    name = _file_label(path, label)
     try:
         obj = torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
-        raise CheckpointError(f"cannot read weights file '{path}' as a PyTorch checkpoint "
-                              f"({torch_load_reason(exc)})") from None
+        raise CheckpointError(f"cannot read {name} as a PyTorch checkpoint ({torch_load_reason(exc)})") from None
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -280,21 +285,22 @@ def read_state_dict(path: str, key: str = "--weights or the config key 'weights'
                 break
     if not isinstance(obj, Mapping) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"weights file '{path}' does not hold a state_dict (a dict of tensors)")
-    check_finite(obj, path)
+        raise CheckpointError(f"{name} does not hold a state_dict (a dict of tensors)")
+    check_finite(obj, path, label)
     return strip_prefixes(obj)
 
 
-def check_finite(state_dict: Mapping[str, torch.Tensor], path: str) -> None:
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: str, label: Optional[str] = None) -> None:
     """Refuse a checkpoint whose parameters or buffers hold NaN or infinite values (a diverged or corrupt run).
 
     Raises:
-        CheckpointError: Names the first such tensor and how many there are.
+        CheckpointError: Names the file (``label``, default ``weights file '<path>'``), the first such tensor and how
+            many there are.
     """
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise CheckpointError(f"weights file '{path}' holds NaN or infinite values in {len(bad)} tensor(s) (first: "
-                              f"{bad[0]}); it comes from a diverged or damaged run")
+        raise CheckpointError(f"{_file_label(path, label)} holds NaN or infinite values in {len(bad)} tensor(s) "
+                              f"(first: {bad[0]}); it comes from a diverged or damaged run")
 
 
 def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -333,27 +339,43 @@ def _bare_backbone(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     return None
 
 
-def load_weights(model: EDifFIQA, path: str, name: str) -> None:
-    """Load a checkpoint into ``model`` (variant ``name``) with strict key and shape matching.
+def check_checkpoint(path: str, name: str, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The state dict of ``path`` once it is known to be variant ``name``'s checkpoint: read safely, finite, with
+    exactly the variant's keys and shapes (what a strict load needs).
+
+    Args:
+        path: The checkpoint file.
+        name: A registered variant.
+        label: How messages name the file (default ``weights file '<path>'``).
 
     Raises:
         CheckpointError: The file is missing or unreadable, or holds another variant, a bare backbone or
             something else; the message says which.
     """
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, label=label)
     variant = _get_variant(name)
     if dict(_expected_shapes(name)) != {k: tuple(v.shape) for k, v in state_dict.items()}:
+        file = _file_label(path, label)
         held = identify_variant(state_dict)
         if held is not None:
-            raise CheckpointError(f"weights file '{path}' holds {VARIANTS[held].title} ('{held}'), not "
+            raise CheckpointError(f"{file} holds {VARIANTS[held].title} ('{held}'), not "
                                   f"{variant.title}; use --model {held} or the {variant.title} weights")
         backbone = _bare_backbone(state_dict)
         if backbone is not None:
-            raise CheckpointError(f"weights file '{path}' is a bare {backbone} backbone, not an eDifFIQA checkpoint "
+            raise CheckpointError(f"{file} is a bare {backbone} backbone, not an eDifFIQA checkpoint "
                                   f"(backbone + quality head); {OFFICIAL_WEIGHTS_HELP}")
-        raise CheckpointError(f"weights file '{path}' does not match {variant.title}: "
+        raise CheckpointError(f"{file} does not match {variant.title}: "
                               f"{describe_mismatch(state_dict, dict(_expected_shapes(name)))}")
-    model.load_state_dict(state_dict, strict=True)
+    return state_dict
+
+
+def load_weights(model: EDifFIQA, path: str, name: str) -> None:
+    """Load a checkpoint into ``model`` (variant ``name``) with strict key and shape matching.
+
+    Raises:
+        CheckpointError: See :func:`check_checkpoint`.
+    """
+    model.load_state_dict(check_checkpoint(path, name), strict=True)
 
 
 def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,

@@ -1,13 +1,20 @@
 """Weights fetched by name (utils/download.py, engine/scoring/weights.py), from a server on 127.0.0.1 standing in for
-the published sources through EDIFFIQA_MIRROR: the cache, its integrity checks, offline use and concurrent fetches."""
+the published sources through EDIFFIQA_MIRROR: the cache, its integrity checks, offline use and concurrent fetches;
+servers that stall, never answer, cut the transfer or send the wrong thing (each one line, fast, nothing kept); the
+download lock; odd and read-only cache entries. Timeouts are tenths of a second here (EDIFFIQA_FETCH_TIMEOUT)."""
 from __future__ import annotations
 
 import functools
 import hashlib
 import http.server
+import logging
 import os
+import re
+import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -16,6 +23,10 @@ import torch
 from helpers import ROOT, assert_user_error, manifest_state_dict, run_script, save_image
 
 import inference
+from engine.scoring.weights import resolve_weights
+from utils.download import fetch
+from utils.errors import UserError
+from utils.lock import FolderLock
 
 T_PATH = "yakhyo/face-image-quality-assessment/releases/download/weights/ediffiqa_t.pth"
 ONNX_PATH = "opencv/face_image_quality_assessment_ediffiqa/resolve/main/ediffiqa_tiny_jun2024.onnx"
@@ -32,13 +43,20 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
+@pytest.fixture(autouse=True)
+def quick(monkeypatch, tmp_path):
+    """Short timeouts (a local server answers in milliseconds), and no ./weights folder in the working directory."""
+    monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.5")
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture()
 def server(tmp_path, monkeypatch):
     """``(folder served, its URL)``; EDIFFIQA_MIRROR points at it."""
     root = tmp_path / "www"
     root.mkdir()
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     monkeypatch.setenv("EDIFFIQA_MIRROR", url)
@@ -103,23 +121,26 @@ def test_fetched_by_name_scores_like_the_file_then_runs_offline_and_refuses_a_ch
     with open(cached("ediffiqa_t.pth"), "ab") as handle:
         handle.write(b"\0")
     code, err = run_script(inference.main, "inference.py", args(faces, tmp_path / "tampered"), capsys)
-    assert_user_error(code, err, "inference.py", r"the cached eDifFIQA\(T\) weights '.*ediffiqa_t.pth' do not match "
-                                                 r"the SHA-256 recorded at its download .*; delete it")
+    path = cached("ediffiqa_t.pth")
+    assert_user_error(code, err, "inference.py", rf"the cached file for the eDifFIQA\(T\) weights \('{path}'\) does "
+                                                 rf"not match the SHA-256 recorded at its download .*; delete '{path}' "
+                                                 rf"and '{path}.sha256' to fetch it again")
 
 
 def test_no_network_and_nothing_cached_is_one_line(faces, tmp_path, capsys) -> None:
     code, err = run_script(inference.main, "inference.py", args(faces, tmp_path / "out"), capsys)
     assert_user_error(code, err, "inference.py", rf"cannot fetch the eDifFIQA\(T\) weights from "
-                                                 rf"http://127.0.0.1:9/{T_PATH} \(.*\); download the file by hand and "
-                                                 r"save it as '.*hub/checkpoints/ediffiqa_t.pth', or pass its path "
-                                                 r"with --weights")
+                                                 rf"http://127.0.0.1:9/{T_PATH} \(connection refused; 3 tries\); check "
+                                                 r"the network or the mirror \(EDIFFIQA_MIRROR\), download the file by "
+                                                 r"hand and save it as '.*hub/checkpoints/ediffiqa_t.pth', or pass its "
+                                                 r"path with --weights")
     assert not os.path.exists(cached("ediffiqa_t.pth"))
 
 
 def test_a_pinned_hash_is_enforced_and_a_mismatch_leaves_nothing(server, faces, tmp_path, capsys, monkeypatch):
-    """The ONNX backends fetch eDifFIQA(T)'s published ONNX file, whose SHA-256 and size are pinned. A file with
-    another hash is refused and nothing stays in the cache; the right one (here our own export, pinned in its place)
-    scores like the checkpoint."""
+    """The ONNX backends fetch eDifFIQA(T)'s published ONNX file, whose SHA-256 and size are pinned. A file of another
+    size is refused by its Content-Length before its body is read and nothing stays in the cache; the right one (here
+    our own export, pinned in its place) scores like the checkpoint."""
     pytest.importorskip("onnxruntime")
     import dataclasses
 
@@ -130,8 +151,9 @@ def test_a_pinned_hash_is_enforced_and_a_mismatch_leaves_nothing(server, faces, 
     publish(root, ONNX_PATH, b"not the published model")
     code, err = run_script(inference.main, "inference.py", args(faces, tmp_path / "bad", "--backend", "onnxruntime"),
                            capsys)
-    assert_user_error(code, err, "inference.py", r"the eDifFIQA\(T\) ONNX model downloaded from .* do not have the "
-                                                 r"published SHA-256 9426c899.*; nothing was kept")
+    assert_user_error(code, err, "inference.py", r"cannot fetch the eDifFIQA\(T\) ONNX model from .* \(the server "
+                                                 r"announces a file of 23 bytes \(application/octet-stream\), not the "
+                                                 r"published 7,272,678 bytes; nothing was downloaded\)")
     folder = os.path.dirname(cached("x"))
     assert not [f for f in os.listdir(folder) if f.startswith("ediffiqa_tiny") and not f.endswith(".lock")]
 
@@ -155,11 +177,12 @@ def test_a_pinned_hash_is_enforced_and_a_mismatch_leaves_nothing(server, faces, 
 
 
 @pytest.mark.slow
-def test_two_processes_fetching_at_once_get_one_good_file(server, tmp_path) -> None:
+def test_two_processes_fetching_at_once_get_one_good_file(server, tmp_path, monkeypatch) -> None:
     root, _ = server
     data = os.urandom(3 << 20)
     publish(root, T_PATH, data)
     _Quiet.delay = 0.5  # both processes start before the first download ends
+    monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "20")  # the delay is not a stall
     code = ("from utils.download import fetch\n"
             "print(fetch('https://github.com/" + T_PATH + "', 'ediffiqa_t.pth', 'test weights', progress=False))\n")
     try:
@@ -171,5 +194,347 @@ def test_two_processes_fetching_at_once_get_one_good_file(server, tmp_path) -> N
     assert all(p.returncode == 0 for p in procs), results
     assert results[0][0] == results[1][0] and results[0][0].strip() == cached("ediffiqa_t.pth")
     assert sum("fetched the test weights" in err for _, err in results) == 1
+    assert sum(err.count("waiting for another process to fetch the test weights") for _, err in results) <= 1
     assert open(cached("ediffiqa_t.pth"), "rb").read() == data
     assert not [f for f in os.listdir(os.path.dirname(cached("x"))) if f.endswith(".partial")]
+
+
+# ------------------------------------------------------------------------------------ servers that misbehave
+
+
+def send(data: bytes, kind: str = "application/octet-stream", status: int = 200, length="auto",
+         stall: bool = False):
+    """A server's answer: ``status``, ``data`` announced as ``length`` bytes (``"auto"``: its own; None: no
+    Content-Length, the end is the connection's), then the connection closed, or held open without a byte more
+    (``stall``)."""
+    def answer(handler, release: threading.Event) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", kind)
+        if length is not None:
+            handler.send_header("Content-Length", str(len(data) if length == "auto" else length))
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.wfile.flush()
+        if stall:
+            release.wait(30)
+
+    return answer
+
+
+@pytest.fixture()
+def scripted(monkeypatch):
+    """``(plan, requests, url)``: a server on 127.0.0.1 that answers the n-th GET with ``plan[n]`` (the last one
+    repeats; replace the list's items to change it); EDIFFIQA_MIRROR points at it."""
+    plan, requests = [], []
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            try:
+                plan[min(len(requests), len(plan)) - 1](self, release)
+            except OSError:  # the client gave up: what it does about it is under test, not this
+                pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    monkeypatch.setenv("EDIFFIQA_MIRROR", url)
+    yield plan, requests, url
+    release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> bytes:
+    """eDifFIQA(T) checkpoint bytes (official keys and shapes)."""
+    return checkpoint_bytes(tmp_path_factory.mktemp("good"))
+
+
+def bounded(call, limit: float = 15.0):
+    """``call()``'s result, or the exception it raised; a call still running after ``limit`` seconds is a hang and
+    fails the test (the thread is left behind)."""
+    box = {}
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive()
+    return box.get("error", box.get("result"))
+
+
+def fetch_t():
+    """eDifFIQA(T)'s weights by name, as the scripts fetch them (with the checkpoint check)."""
+    return bounded(lambda: resolve_weights("ediffiqaT", progress=False))
+
+
+def one_line(error, pattern: str) -> str:
+    assert isinstance(error, UserError), error
+    message = str(error)
+    assert "\n" not in message
+    assert re.search(pattern, message), message
+    return message
+
+
+def cache_listing():
+    folder = os.path.dirname(cached("x"))
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_a_stalled_server_is_one_line_naming_the_url_and_the_timeout(scripted, good, monkeypatch) -> None:
+    plan, requests, url = scripted
+    plan[:] = [send(good[:1000], length=len(good), stall=True)]  # headers and 1,000 bytes, then nothing
+    monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.1")
+    one_line(fetch_t(), rf"^cannot fetch the eDifFIQA\(T\) weights from {url}/{T_PATH} \(the server stalled: no data "
+                        rf"for 0.1 s after 1,000 of {len(good):,} bytes; EDIFFIQA_FETCH_TIMEOUT sets the seconds "
+                        r"to wait; 3 tries\); check the network or the mirror \(EDIFFIQA_MIRROR\)")
+    assert len(requests) == 3 and cache_listing() == []
+
+
+def test_a_server_that_never_answers_is_one_line(monkeypatch) -> None:
+    with socket.socket() as listener:  # accepts connections (the kernel does) and never reads or answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        monkeypatch.setenv("EDIFFIQA_MIRROR", f"http://127.0.0.1:{listener.getsockname()[1]}")
+        monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.1")
+        one_line(fetch_t(), r"cannot fetch the eDifFIQA\(T\) weights from .* \(no answer for 0.1 s; "
+                            r"EDIFFIQA_FETCH_TIMEOUT sets the seconds to wait; 3 tries\); .* pass its path with "
+                            r"--weights$")
+    assert cache_listing() == []
+
+
+def test_a_cut_transfer_is_tried_again_then_refused_and_the_fixed_server_is_used(scripted, good) -> None:
+    plan, requests, url = scripted
+    plan[:] = [send(good[: len(good) // 2], length=len(good))]  # Content-Length, then the connection closed early
+    one_line(fetch_t(), rf"cannot fetch the eDifFIQA\(T\) weights from {url}/{T_PATH} \("
+                        rf"{len(good) // 2 / 1e6:.1f} of {len(good) / 1e6:.1f} MB \(the transfer was cut\); 3 tries\)")
+    assert len(requests) == 3 and cache_listing() == []
+    plan[:] = [send(good)]
+    assert fetch_t() == cached("ediffiqa_t.pth")
+    assert open(cached("ediffiqa_t.pth"), "rb").read() == good
+    assert open(cached("ediffiqa_t.pth.sha256")).read().strip() == hashlib.sha256(good).hexdigest()
+
+
+def test_a_server_error_is_tried_again(scripted, good) -> None:
+    plan, requests, _ = scripted
+    plan[:] = [send(b"busy", status=503), send(good[:100], length=len(good)), send(good)]
+    assert fetch_t() == cached("ediffiqa_t.pth") and len(requests) == 3
+    plan[:] = [send(b"gone", status=404)]  # not transient: one try
+    os.remove(cached("ediffiqa_t.pth"))
+    one_line(fetch_t(), r"\(HTTP 404 Not Found\); check the network")
+    assert len(requests) == 4
+
+
+@pytest.mark.parametrize("sent,arrived", [
+    ("html", r"the file downloaded for the eDifFIQA\(T\) weights from {url} is an HTML page \(text/html, 1,234 "
+             r"bytes\), not the file; nothing was kept"),
+    ("random", r"cannot read the file downloaded for the eDifFIQA\(T\) weights from {url} \(5,000 bytes\) as a PyTorch "
+               r"checkpoint \(.*\); nothing was kept"),
+    ("nan", r"the file downloaded for the eDifFIQA\(T\) weights from {url} \(.* MB\) holds NaN or infinite values"),
+])
+def test_what_is_not_the_checkpoint_is_named_and_not_kept_and_the_fixed_server_is_used(
+        scripted, good, faces, tmp_path, capsys, sent, arrived) -> None:
+    """An HTML page sent with status 200, random bytes, a checkpoint with NaN weights: refused with what arrived,
+    nothing cached or recorded; once the server sends the checkpoint, the next run uses it."""
+    plan, _, url = scripted
+    if sent == "html":
+        page = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
+        body = page + b" " * (1234 - len(page))
+    elif sent == "random":
+        body = os.urandom(5000)
+    else:
+        state = manifest_state_dict("ediffiqaT", 1)
+        next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+        torch.save(state, str(tmp_path / "nan.pth"))
+        body = (tmp_path / "nan.pth").read_bytes()
+    plan[:] = [send(body, kind="text/html" if sent == "html" else "application/octet-stream")]
+    code, err = bounded(lambda: run_script(inference.main, "inference.py", args(faces, tmp_path / "out"), capsys))
+    assert_user_error(code, err, "inference.py", arrived.format(url=re.escape(f"{url}/{T_PATH}")))
+    assert cache_listing() == []
+    plan[:] = [send(good)]
+    assert fetch_t() == cached("ediffiqa_t.pth")
+    assert open(cached("ediffiqa_t.pth.sha256")).read().strip() == hashlib.sha256(good).hexdigest()
+
+
+def test_the_published_size_and_hash_are_checked_before_anything_is_kept(scripted, monkeypatch) -> None:
+    """A Content-Length other than the published size is refused before the body is read (the server here would
+    stall); a body growing past it is stopped there; the right size with another SHA-256 is refused; nothing kept."""
+    plan, requests, url = scripted
+    data = os.urandom(5000)
+    pinned = dict(sha256=hashlib.sha256(data).hexdigest(), size=len(data), progress=False)
+    source = "https://example.org/files/blob.bin"
+    monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.2")
+
+    plan[:] = [send(b"", length=7_075_027, stall=True)]
+    one_line(bounded(lambda: fetch(source, "blob.bin", "test file", **pinned)),
+             r"cannot fetch the test file from .*blob.bin \(the server announces a file of 7,075,027 bytes "
+             r"\(application/octet-stream\), not the published 5,000 bytes; nothing was downloaded\)")
+    plan[:] = [send(data + b"x" * 1000, length=None, stall=True)]
+    one_line(bounded(lambda: fetch(source, "blob.bin", "test file", **pinned)),
+             r"\(more than the published 5,000 bytes arrived; stopped at 6,000\)")
+    plan[:] = [send(os.urandom(5000))]
+    one_line(bounded(lambda: fetch(source, "blob.bin", "test file", **pinned)),
+             rf"the file downloaded for the test file from {url}/files/blob.bin \(5,000 bytes\) does not have the "
+             rf"published SHA-256 {pinned['sha256']} \(a damaged transfer or another file\); nothing was kept")
+    assert len(requests) == 3 and cache_listing() == []
+    plan[:] = [send(data)]
+    assert bounded(lambda: fetch(source, "blob.bin", "test file", **pinned)) == cached("blob.bin")
+    assert cache_listing() == ["blob.bin"]  # pinned: no record
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("EDIFFIQA_MIRROR", "ftp://127.0.0.1:21/pub"), ("EDIFFIQA_MIRROR", "file:///srv/weights"),
+    ("EDIFFIQA_MIRROR", "localhost:8000"), ("EDIFFIQA_MIRROR", "http://"),
+    ("EDIFFIQA_FETCH_TIMEOUT", "0"), ("EDIFFIQA_FETCH_TIMEOUT", "soon"), ("EDIFFIQA_FETCH_TIMEOUT", "inf"),
+])
+def test_variables_that_cannot_work_are_one_line_before_any_lock_or_network(faces, tmp_path, capsys, monkeypatch,
+                                                                            variable, value) -> None:
+    monkeypatch.setenv(variable, value)
+    code, err = bounded(lambda: run_script(inference.main, "inference.py", args(faces, tmp_path / "out"), capsys))
+    assert_user_error(code, err, "inference.py", rf"{variable}='{re.escape(value)}' is not an? ")
+    assert not os.path.exists(os.path.dirname(cached("x")))  # no cache folder, no lock file
+
+
+def test_a_process_waiting_for_the_download_lock_says_so_once_and_gives_up(capsys, monkeypatch) -> None:
+    os.makedirs(os.path.dirname(cached("x")))
+    holder = FolderLock(cached("ediffiqa_t.pth.lock"), "TORCH_HOME").acquire()  # a download that makes no progress
+    try:
+        monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.05")
+        one_line(fetch_t(), rf"another process holds the download lock '{cached('ediffiqa_t.pth.lock')}' \(pid "
+                            rf"{os.getpid()} on .*\) and its download of the eDifFIQA\(T\) weights has not grown for "
+                            r"0.2 s \(4 times EDIFFIQA_FETCH_TIMEOUT\); wait for it to end or stop it")
+    finally:
+        holder.release()
+    err = capsys.readouterr().err
+    assert err.count("waiting for another process") == 1 and (
+        f"waiting for another process to fetch the eDifFIQA(T) weights into '{cached('ediffiqa_t.pth')}' (pid "
+        f"{os.getpid()} on ") in err
+
+
+def test_a_waiting_process_waits_while_the_download_grows_then_uses_its_file(good, capsys, monkeypatch) -> None:
+    """Behind a download that keeps growing for longer than the bound, the waiting process waits, then takes the file
+    the holder put in place (looking at the cache again once it has the lock) without fetching it itself."""
+    os.makedirs(os.path.dirname(cached("x")))
+    holder = FolderLock(cached("ediffiqa_t.pth.lock"), "TORCH_HOME").acquire()
+    monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.1")  # gives up after 0.4 s without growth
+
+    def download() -> None:
+        partial = cached("ediffiqa_t.pth.x1.partial")
+        with open(partial, "wb") as handle:
+            for i in range(8):  # 0.8 s, twice the bound
+                handle.write(good[i * 1000:(i + 1) * 1000])
+                handle.flush()
+                time.sleep(0.1)
+            handle.write(good[8000:])
+        with open(cached("ediffiqa_t.pth.sha256"), "w") as handle:
+            handle.write(hashlib.sha256(good).hexdigest() + "\n")
+        os.replace(partial, cached("ediffiqa_t.pth"))
+        holder.release()
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    try:
+        assert fetch_t() == cached("ediffiqa_t.pth")  # the mirror is a closed port: nothing was fetched
+    finally:
+        thread.join()
+    assert capsys.readouterr().err.count("waiting for another process to fetch the eDifFIQA(T) weights") == 1
+
+
+def plant(kind: str, good: bytes) -> str:
+    """A cache entry of ``kind`` for eDifFIQA(T)'s weights; returns the path the message must name."""
+    path = cached("ediffiqa_t.pth")
+    os.makedirs(os.path.dirname(path))
+    digest = hashlib.sha256(good).hexdigest() + "\n"
+    if kind == "file is a folder":
+        os.makedirs(path)
+        return path
+    if kind == "not a checkpoint, recorded":  # what an earlier version kept and recorded from an HTML page
+        junk = b"<!DOCTYPE html><html></html>"
+        open(path, "wb").write(junk)
+        open(path + ".sha256", "w").write(hashlib.sha256(junk).hexdigest() + "\n")
+        return path
+    open(path, "wb").write(good)
+    if kind == "record is a folder":
+        os.makedirs(path + ".sha256")
+    elif kind == "record not UTF-8":
+        open(path + ".sha256", "wb").write(b"\xff\xfe" + digest.encode())
+    elif kind == "record not a digest":
+        open(path + ".sha256", "w").write("ok\n")
+    elif kind == "record of another file":
+        open(path + ".sha256", "w").write("0" * 64 + "\n")
+    return path + ".sha256"
+
+
+@pytest.mark.parametrize("kind,problem", [
+    ("file is a folder", r"the cache path of the eDifFIQA\(T\) weights '{path}' is a folder; delete '{path}' to fetch "
+                         r"it again"),
+    ("record is a folder", r"the SHA-256 record '{path}' of the cached file .* is a folder; delete '.*' and '{path}'"),
+    ("record not UTF-8", r"the SHA-256 record '{path}' of .* is not UTF-8 text; delete '.*' and '{path}'"),
+    ("record not a digest", r"the SHA-256 record '{path}' of .* does not hold a SHA-256 \(64 hexadecimal digits\); "
+                            r"delete '.*' and '{path}' to fetch it again"),
+    ("record of another file", r"does not match the SHA-256 recorded at its download \('{path}'\): .* so the file "
+                               r"changed after it was fetched; delete '.*' and '{path}' to fetch it again"),
+    ("not a checkpoint, recorded", r"cannot read the cached file for the eDifFIQA\(T\) weights \('{path}'\) as a "
+                                   r"PyTorch checkpoint \(.*\); delete '{path}' and '{path}.sha256' to fetch it again"),
+])
+def test_odd_or_bad_cache_entries_are_one_line_naming_what_to_delete(good, faces, tmp_path, capsys, kind,
+                                                                     problem) -> None:
+    named = plant(kind, good)
+    code, err = bounded(lambda: run_script(inference.main, "inference.py", args(faces, tmp_path / "out"), capsys))
+    assert_user_error(code, err, "inference.py", problem.format(path=re.escape(named)))
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_read_only_cache_holding_a_verified_file_is_used_without_lock_or_write(good, monkeypatch, caplog,
+                                                                                 recorded) -> None:
+    """No lock is taken and nothing is written when the cache holds the file; without its record (placed by hand), the
+    file is checked as the variant's and used, with a warning that its SHA-256 could not be recorded. The folder is
+    read-only, and every way to write into it fails (as root, chmod alone would not stop a write)."""
+    path = cached("ediffiqa_t.pth")
+    os.makedirs(os.path.dirname(path))
+    open(path, "wb").write(good)
+    if recorded:
+        open(path + ".sha256", "w").write(hashlib.sha256(good).hexdigest() + "\n")
+    listing = cache_listing()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FolderLock, "acquire", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    os.chmod(os.path.dirname(path), stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert fetch_t() == path
+    finally:
+        os.chmod(os.path.dirname(path), stat.S_IRWXU)
+    assert cache_listing() == listing
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ([] if recorded else [f"using the eDifFIQA(T) weights placed at '{path}' (SHA-256 "
+                                           f"{hashlib.sha256(good).hexdigest()}) without recording its SHA-256 "
+                                           f"(cannot write '{path}.sha256': Permission denied; the previous "
+                                           f"ediffiqa_t.pth.sha256 are unchanged)"])
+
+
+def test_an_unwritable_cache_without_the_file_is_one_line(monkeypatch) -> None:
+    os.makedirs(os.path.dirname(cached("x")))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    one_line(fetch_t(), rf"torch's cache folder '{re.escape(os.path.dirname(cached('x')))}' does not hold the "
+                        r"eDifFIQA\(T\) weights and cannot be written \(Permission denied\); set TORCH_HOME to a "
+                        r"writable folder, save the file by hand as '.*ediffiqa_t.pth', or pass its path with "
+                        r"--weights")

@@ -111,8 +111,11 @@ def file_set() -> Iterator[Callable[..., IO]]:
         OutputError: A write failed; the message names the file and says that the earlier files are unchanged.
     """
     pending: list = []
+    current = ""
 
     def open_new(path: str, mode: str = "wb", encoding: str | None = None, newline: str | None = None) -> IO:
+        nonlocal current
+        current = path  # named if its temporary cannot be created
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -121,7 +124,6 @@ def file_set() -> Iterator[Callable[..., IO]]:
         pending.append((handle, tmp, path))
         return handle
 
-    current = ""
     try:
         yield open_new
         mode = _file_mode()
@@ -142,7 +144,7 @@ def file_set() -> Iterator[Callable[..., IO]]:
                 os.unlink(tmp)
         if isinstance(exc, OSError):
             failed = current or (pending[-1][2] if pending else "?")
-            names = ", ".join(os.path.basename(p) for _, _, p in pending)
+            names = ", ".join(os.path.basename(p) for _, _, p in pending) or os.path.basename(failed)
             raise OutputError(f"cannot write '{failed}': {exc.strerror or exc}; the previous {names} "
                               "are unchanged") from None
         raise

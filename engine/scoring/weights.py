@@ -13,6 +13,9 @@ __all__ = ["resolve_weights"]
 def resolve_weights(model: str, weights: Optional[str] = None, backend: str = "torch", progress: bool = True) -> str:
     """The checkpoint of variant ``model`` to load.
 
+    A fetched checkpoint is kept (and its SHA-256 recorded) only once it loads as ``model``'s, and a cached one is
+    checked the same way before it is used (:func:`model.registry.check_checkpoint`).
+
     Args:
         model: A registered variant.
         weights: A file the user named (``--weights`` / ``weights``); used as it is.
@@ -22,7 +25,7 @@ def resolve_weights(model: str, weights: Optional[str] = None, backend: str = "t
     Raises:
         CheckpointError: Nothing given, nothing at the default path, and nothing to fetch (or the fetch failed).
     """
-    from model.registry import OFFICIAL_WEIGHTS_HELP, VARIANTS
+    from model.registry import OFFICIAL_WEIGHTS_HELP, VARIANTS, check_checkpoint
     from utils.download import fetch
 
     if weights:
@@ -35,5 +38,12 @@ def resolve_weights(model: str, weights: Optional[str] = None, backend: str = "t
     if source is None:
         raise CheckpointError(f"weights file '{default}' not found and {variant.title} has no published file to fetch; "
                               f"{OFFICIAL_WEIGHTS_HELP}; pass its path with --weights or the config key 'weights'")
-    what = f"{variant.title} {'ONNX model' if source is variant.onnx else 'weights'}"
-    return fetch(source.url, source.name, what, sha256=source.sha256, size=source.size, progress=progress)
+    if source is variant.onnx:
+        return fetch(source.url, source.name, f"{variant.title} ONNX model", sha256=source.sha256, size=source.size,
+                     progress=progress)
+
+    def check(path: str, label: str) -> None:
+        check_checkpoint(path, model, label)
+
+    return fetch(source.url, source.name, f"{variant.title} weights", sha256=source.sha256, size=source.size,
+                 progress=progress, check=check)
