@@ -4,7 +4,6 @@ Pickles are read through :func:`utils.io.safe_pickle_load`, which admits only th
 """
 from __future__ import annotations
 
-import math
 import operator
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -14,16 +13,33 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from utils.errors import DataError
+from utils.config import short
+from utils.errors import DataError, first_line
 from utils.io import csv_writer, pickle_writer, read_scores_csv, safe_pickle_load, write_pickle
 
-__all__ = ["read_labels", "read_label_values", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV", "format_score",
-           "scores_writers", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file", "items_file",
-           "prepared_writers", "read_prepared"]
+__all__ = ["read_labels", "read_label_values", "quality_value", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV",
+           "format_score", "scores_writers", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file",
+           "items_file", "prepared_writers", "read_prepared"]
 
 
 def _examples(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(repr(x) for x in list(items)[:n]) + (" ..." if len(items) > n else "")
+
+
+def quality_value(value: Any, source: str, key: Any) -> float:
+    """``float(value)`` of the quality of ``key`` in ``source`` (``"labels file '...'"``).
+
+    Raises:
+        DataError: ``value`` is not a number, or a number beyond the float range (``10**400``); one line naming
+            ``source`` and ``key``.
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        raise DataError(f"{source}: quality of {short(key)} is {short(value)}, a number beyond the float range "
+                        "(about 1.8e308); fix or remove it") from None
+    except (TypeError, ValueError):
+        raise DataError(f"{source}: quality of {short(key)} is {short(value)}, not a number") from None
 
 
 def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.ndarray, List[Any]], None]:
@@ -35,7 +51,7 @@ def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.nd
             return None
         values = list(labels.values())
         return list(labels), np.fromiter(values, dtype=np.float64, count=len(labels)), values
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -74,11 +90,8 @@ def read_label_values(path: str) -> Tuple[List[str], np.ndarray, List[Any]]:
         pairs = list(data.items()) if isinstance(data, Mapping) else data
         for i, pair in enumerate(pairs):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
-                raise DataError(f"labels file '{path}': entry {i} is {pair!r}, expected a (path, quality) pair")
-            try:
-                float(pair[1])
-            except (TypeError, ValueError):
-                raise DataError(f"labels file '{path}': quality of '{pair[0]}' is {pair[1]!r}, not a number") from None
+                raise DataError(f"labels file '{path}': entry {i} is {short(pair)}, expected a (path, quality) pair")
+            quality_value(pair[1], f"labels file '{path}'", pair[0])
         raise DataError(f"labels file '{path}' could not be read as (path, quality) pairs")
     paths, qualities, values = fast
     if not paths:
@@ -127,20 +140,31 @@ class EmbeddingTable:
         """``(len(paths), D)`` float32 embeddings of ``paths``.
 
         Raises:
-            DataError: Some of them hold NaN or infinite values (count and examples).
+            DataError: Some of them hold NaN or infinite values, or are too long to normalise in float32 (a length
+                beyond about 1.8e19, whose square overflows); count and examples.
         """
-        if self._matrix is not None:
-            rows = np.fromiter(map(self._index.__getitem__, paths), dtype=np.int64, count=len(paths))
-            out = np.asarray(self._matrix[rows], dtype=np.float32)
-        elif not paths:
+        if not paths:
             return np.zeros((0, self.dim), dtype=np.float32)
-        else:
-            out = np.stack(list(map(self._index.__getitem__, paths))).reshape(len(paths), self.dim).astype(
-                np.float32, copy=False)
-        if not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-            raise DataError(f"embeddings file '{self.source}': {len(bad)} embeddings hold NaN or infinite values "
-                            f"(e.g. {_examples([paths[i] for i in bad])}); compute them again or remove them")
+        with np.errstate(over="ignore", invalid="ignore"):  # a float64 beyond float32 becomes inf, refused below
+            if self._matrix is not None:
+                rows = np.fromiter(map(self._index.__getitem__, paths), dtype=np.int64, count=len(paths))
+                out = np.asarray(self._matrix[rows], dtype=np.float32)
+            else:
+                out = np.stack(list(map(self._index.__getitem__, paths))).reshape(len(paths), self.dim).astype(
+                    np.float32, copy=False)
+            # Squared lengths: NaN or inf where an entry is, and where the length itself is beyond float32, which
+            # every cosine (evaluation, centres, the training loss) would turn into 0 without a word.
+            squared = np.einsum("ij,ij->i", out, out)
+        if not np.isfinite(squared).all():
+            bad = np.flatnonzero(~np.isfinite(squared))
+            entries = bad[~np.isfinite(out[bad]).all(axis=1)]
+            if len(entries):
+                raise DataError(f"embeddings file '{self.source}': {len(entries)} embeddings hold NaN or infinite "
+                                f"values (e.g. {_examples([paths[i] for i in entries])}); compute them again or "
+                                "remove them")
+            raise DataError(f"embeddings file '{self.source}': {len(bad)} embeddings are too long to normalise in "
+                            f"float32 (length beyond about 1.8e19; e.g. {_examples([paths[i] for i in bad])}); "
+                            "compute them again or scale them down")
         return out
 
 
@@ -172,6 +196,17 @@ def _npz_member(path: str, name: str) -> np.ndarray:
             return np.lib.format.read_array(member, allow_pickle=False)
 
 
+def _not_real(path: str, dtype: Any, what: str) -> DataError:
+    """The error for embeddings that are not real numbers (complex, text, objects, records), which a cast to
+    float32 would change or refuse; ``what`` names the array or an example key."""
+    return DataError(f"embeddings file '{path}': embeddings must be real numbers, but {what} holds {dtype} values; "
+                     "compute them again")
+
+
+#: NumPy kinds of real numbers: boolean, signed and unsigned integer, floating point.
+_REAL_KINDS = "biuf"
+
+
 def read_embeddings(path: str) -> EmbeddingTable:
     """Read teacher embeddings (pickled dict ``{path: (D,) array}`` or ``.npz``); all must have one dimension D.
 
@@ -182,16 +217,23 @@ def read_embeddings(path: str) -> EmbeddingTable:
         if not os.path.isfile(path):
             raise DataError(f"embeddings file '{path}' not found")
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
                 if "paths" not in npz or "embeddings" not in npz:
                     raise DataError(f"embeddings file '{path}' must hold arrays 'paths' and 'embeddings', "
-                                    f"found {sorted(npz.files)}")
-                paths = npz["paths"].tolist()
+                                    f"found {short(sorted(npz.files))}")
+                names = npz["paths"]
             matrix = _npz_member(path, "embeddings")
         except DataError:
             raise
         except Exception as exc:  # zipfile/np.load raise several types on corrupt files
-            raise DataError(f"cannot read embeddings file '{path}' as .npz ({type(exc).__name__}: {exc})") from None
+            raise DataError(f"cannot read embeddings file '{path}' as .npz ({type(exc).__name__}: "
+                            f"{first_line(exc)})") from None
+        if names.ndim != 1 or names.dtype.kind != "U":
+            raise DataError(f"embeddings file '{path}': 'paths' must be a list of image paths (1-D text), found "
+                            f"{names.dtype} values of shape {names.shape}")
+        if matrix.dtype.kind not in _REAL_KINDS:
+            raise _not_real(path, matrix.dtype, "'embeddings'")
+        paths = names.tolist()
         if matrix.ndim != 2 or len(matrix) != len(paths):
             raise DataError(f"embeddings file '{path}': 'embeddings' has shape {matrix.shape}, expected "
                             f"({len(paths)}, D) to match 'paths'")
@@ -200,12 +242,19 @@ def read_embeddings(path: str) -> EmbeddingTable:
     data = safe_pickle_load(path)
     if not isinstance(data, Mapping) or not data:
         raise DataError(f"embeddings file '{path}' must hold a non-empty dict {{image path: embedding}}")
+    if not all(map(str.__instancecheck__, data)):
+        key = next(k for k in data if not isinstance(k, str))
+        raise DataError(f"embeddings file '{path}': keys must be image paths (text), found {short(key)}")
     first = next(iter(data.values()))
     dim = int(getattr(first, "size", 0))
     try:
-        uniform = set(map(operator.attrgetter("shape"), data.values())) == {getattr(first, "shape", None)}
+        found = set(map(operator.attrgetter("shape", "dtype"), data.values()))
+        uniform = {shape for shape, _ in found} == {getattr(first, "shape", None)}
     except AttributeError:
         uniform = False
+    if uniform and any(dtype.kind not in _REAL_KINDS for _, dtype in found):
+        key, value = next((k, v) for k, v in data.items() if v.dtype.kind not in _REAL_KINDS)
+        raise _not_real(path, value.dtype, f"the embedding of {short(key)}")
     if not uniform or dim == 0 or not isinstance(first, np.ndarray):
         shapes: Dict[str, str] = {}
         for key, value in data.items():
@@ -214,9 +263,9 @@ def read_embeddings(path: str) -> EmbeddingTable:
                 shapes.setdefault(str(shape), key)
                 if len(shapes) >= 3:
                     break
-        found = "; ".join(f"{shape} (e.g. '{key}')" for shape, key in shapes.items())
+        others = "; ".join(f"{shape} (e.g. '{key}')" for shape, key in shapes.items())
         raise DataError(f"embeddings file '{path}': embedding sizes differ: first is "
-                        f"{getattr(first, 'shape', None)}, also {found}")
+                        f"{getattr(first, 'shape', None)}, also {others}")
     return EmbeddingTable(path, data, None, dim)
 
 
@@ -273,30 +322,66 @@ def prepared_writers(save_location: str, name: str, centres: "torch.Tensor",
             (items_file(save_location, name), pickle_writer(list(items), PREPARED_PROTOCOL))]
 
 
+def _item_columns(source: str, items: List[Any], n_centres: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Qualities ``(N,)`` float64 and centre rows ``(N,)`` int64 of prepared training items, every item checked (at
+    C speed; an item that fails is then found and named).
+
+    Raises:
+        DataError: An item that is not ``(path text, number, whole number)``, a quality beyond the float range, a
+            row outside the centres; names ``source`` and the item.
+    """
+    if not items:
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
+    try:
+        if all(map(tuple.__instancecheck__, items)) and set(map(len, items)) == {3}:
+            paths, values, rows = zip(*items)
+            if all(map(str.__instancecheck__, paths)):
+                qualities = np.fromiter(map(float, values), dtype=np.float64, count=len(items))
+                row = np.fromiter(map(operator.index, rows), dtype=np.int64, count=len(items))
+                outside = np.flatnonzero((row < 0) | (row >= n_centres))
+                if not len(outside):
+                    return qualities, row
+    except (TypeError, ValueError, OverflowError):
+        pass
+    for i, item in enumerate(items):  # name the first item that failed
+        if not (isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str)):
+            raise DataError(f"'{source}': item {i} is {short(item)}, expected a (path, quality, centre row) tuple")
+        quality_value(item[1], f"'{source}'", item[0])
+        try:
+            row_of = operator.index(item[2])
+        except TypeError:
+            raise DataError(f"'{source}': centre row of {short(item[0])} is {short(item[2])}, not a whole "
+                            "number") from None
+        if not 0 <= row_of < n_centres:
+            raise DataError(f"'{source}': item {short(item)} points at centre row {short(row_of)}, but there are "
+                            f"{n_centres} centres")
+    raise DataError(f"'{source}' could not be read as (path, quality, centre row) items")
+
+
 def read_prepared(save_location: str, name: str):
-    """Read the two official files back: ``(centres (K, D) float32 tensor, [(path, quality, row), ...])``."""
+    """Read the two official files back: ``(centres (K, D) float32 tensor, [(path, quality, row), ...])``.
+
+    Raises:
+        DataError: A file is unreadable or malformed, a centre or quality is not finite, a row points outside the
+            centres; one line naming the file.
+    """
     import torch
 
-    centres = safe_pickle_load(centres_file(save_location, name), allow_torch=True)
-    items = safe_pickle_load(items_file(save_location, name))
-    if not isinstance(centres, torch.Tensor) or centres.ndim != 2:
-        raise DataError(f"'{centres_file(save_location, name)}' must hold a (n_identities, D) torch tensor")
-    if not isinstance(items, list) or not all(isinstance(it, tuple) and len(it) == 3 for it in items[:1000]):
-        raise DataError(f"'{items_file(save_location, name)}' must hold a list of (path, quality, row) tuples")
+    centres_path, items_path = centres_file(save_location, name), items_file(save_location, name)
+    centres = safe_pickle_load(centres_path, allow_torch=True)
+    items = safe_pickle_load(items_path)
+    if not isinstance(centres, torch.Tensor) or centres.ndim != 2 or not centres.is_floating_point():
+        raise DataError(f"'{centres_path}' must hold a (n_identities, D) floating-point torch tensor")
+    if not isinstance(items, list):
+        raise DataError(f"'{items_path}' must hold a list of (path, quality, row) tuples")
     if not bool(torch.isfinite(centres).all()):
         rows = torch.nonzero(~torch.isfinite(centres).all(dim=1)).flatten().tolist()
-        raise DataError(f"'{centres_file(save_location, name)}': {len(rows)} of {len(centres)} centres hold NaN or "
+        raise DataError(f"'{centres_path}': {len(rows)} of {len(centres)} centres hold NaN or "
                         f"infinite values (e.g. row {rows[0]}); prepare the data again from finite embeddings")
-    try:
-        bad_q = [it for it in items if not math.isfinite(float(it[1]))]
-    except (TypeError, ValueError):
-        raise DataError(f"'{items_file(save_location, name)}' must hold (path, quality, row) tuples with numeric "
-                        "qualities") from None
-    if bad_q:
-        raise DataError(f"'{items_file(save_location, name)}': {len(bad_q)} of {len(items)} training items have a NaN "
-                        f"or infinite quality (e.g. {bad_q[0][0]!r}); prepare the data again from finite labels")
-    bad_row = next((it for it in items if not 0 <= int(it[2]) < len(centres)), None)
-    if bad_row is not None:
-        raise DataError(f"'{items_file(save_location, name)}': item {bad_row!r} points at centre row {bad_row[2]}, "
-                        f"but there are {len(centres)} centres")
+    qualities, _ = _item_columns(items_path, items, len(centres))
+    bad_q = np.flatnonzero(~np.isfinite(qualities))
+    if len(bad_q):
+        raise DataError(f"'{items_path}': {len(bad_q)} of {len(items)} training items have a NaN "
+                        f"or infinite quality (e.g. {short(items[bad_q[0]][0])}); prepare the data again from finite "
+                        "labels")
     return centres, items

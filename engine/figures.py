@@ -4,17 +4,18 @@ global pyplot state; fonts that ship with matplotlib) and handed to :func:`utils
 figure is written atomically, with the files it belongs to."""
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
 import os
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = ["DPI", "TILES_PER_ROW", "score_sheet_size", "score_sheet", "sheet_title", "training_curves",
            "TRAINING_SIZE", "denoiser_curve", "DENOISER_SIZE", "preparation_figure", "PREPARATION_SIZE", "png_writer",
-           "figure_file", "write_figure", "shorten", "image_size"]
+           "figure_file", "write_figure", "shorten", "drawable", "image_size"]
 
 _logger = logging.getLogger(__name__)
 
@@ -67,7 +68,44 @@ def write_figure(path: str, draw: Callable[[], Any]) -> None:
 
 
 def _cannot_draw(path: str, exc: BaseException, after: str) -> None:
-    _logger.warning("could not draw %s (%s: %s); %s", os.path.basename(path), type(exc).__name__, exc, after)
+    from utils.errors import first_line
+
+    _logger.warning("could not draw %s (%s: %s); %s", os.path.basename(path), type(exc).__name__, first_line(exc),
+                    after)
+
+
+@functools.lru_cache(maxsize=None)
+def _glyphs(font: str) -> FrozenSet[int]:
+    """Code points the font file ``font`` has glyphs for."""
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` (a file name, a folder, a label) as the figures' font can draw it: the bytes of a name that is not
+    UTF-8 (surrogate escapes, :data:`utils.io.TEXT_ERRORS`) as ``\\xNN`` (matplotlib fails on them), characters the
+    font lacks as ``\\uXXXX`` (matplotlib would leave a box and a warning), control characters as ``\\n`` or
+    ``\\uXXXX``, ``$`` literal (not mathtext). The font is the one matplotlib picks for the figures' text."""
+    if text.isascii() and text.isprintable() and "$" not in text:  # the usual name: nothing to escape
+        return text
+    from matplotlib import font_manager
+
+    glyphs = _glyphs(font_manager.findfont(font_manager.FontProperties()))
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, as Python's surrogateescape carries it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char == "$":
+            out.append("\\$")
+        elif char.isprintable() and code in glyphs:
+            out.append(char)
+        elif char in "\n\r\t":
+            out.append(repr(char)[1:-1])
+        else:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def shorten(name: str, width: int = 22) -> str:
@@ -118,7 +156,7 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
     def band(top: float, size: float) -> Tuple[float, float]:  # inches from the top -> (bottom, height) fractions
         return 1 - (top + size) / height, size / height
 
-    fig.suptitle(title, fontsize=13, y=1 - 0.25 / height)
+    fig.suptitle(drawable(title), fontsize=13, y=1 - 0.25 / height)
     bottom, size = band(_TITLE, _HIST)
     ax = fig.add_axes((0.06, bottom, 0.9, size))
     ax.hist(values, bins=min(60, max(10, len(values) // 5)), color="#4c72b0")
@@ -154,7 +192,7 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
             for spine in tile.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(2)
-            tile.set_xlabel(f"{scores[key]:.{digits}f}\n{shorten(os.path.basename(key))}", fontsize=8)
+            tile.set_xlabel(f"{scores[key]:.{digits}f}\n{drawable(shorten(os.path.basename(key)))}", fontsize=8)
         top += rows * _ROW
     return fig
 
@@ -196,7 +234,7 @@ def training_curves(history: Sequence[Dict[str, Any]], title: str) -> Any:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(drawable(title), fontsize=12)
     fig.tight_layout()
     return fig
 
@@ -214,7 +252,7 @@ def denoiser_curve(steps: Sequence[int], losses: Sequence[float], title: str) ->
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(drawable(title), fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -250,7 +288,7 @@ def preparation_figure(qualities: np.ndarray, threshold: float, beta: float, cho
         ax.set_title("no training image", fontsize=10)
     ax.set_xlabel("1 - cos(embedding, its identity centre)")
     ax.set_ylabel("images")
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(drawable(title), fontsize=12)
     fig.tight_layout()
     return fig
 

@@ -184,3 +184,34 @@ def test_diffiqa_labels_and_the_denoiser_draw_theirs(tmp_path, capsys) -> None:
     code, err = run_script(train_diffusion.main, "train_diffusion.py", ["-c", str(tmp_path / "den.yaml")], capsys)
     assert code == 0, err
     assert png_size(tmp_path / "den" / "loss_log.png") == inches(figures.DENOISER_SIZE)
+
+
+def test_drawable_escapes_what_the_font_cannot_show() -> None:
+    """Bytes of a name that is not UTF-8 as \\xNN, characters DejaVu Sans lacks as \\uXXXX, control characters
+    escaped, ``$`` literal; what the font has stays as it is."""
+    assert figures.drawable(os.fsdecode(b"\xff\xfe.jpg")) == "\\xff\\xfe.jpg"
+    assert figures.drawable("\u65e5\u672c.jpg") == "\\u65e5\\u672c.jpg"
+    assert figures.drawable("a\nb\x00$1$.png") == "a\\nb\\u0000\\$1\\$.png"
+    assert figures.drawable("caf\u00e9 \u2026 x.png") == "caf\u00e9 \u2026 x.png"
+
+
+def test_any_file_name_is_drawn_and_quiet_prints_only_the_summary(checkpoint_dir, tmp_path, capsys, monkeypatch):
+    """Names that are not UTF-8 and names the font has no glyphs for: quality-scores.png is written with them
+    escaped in its captions, and ``-q`` prints the summary alone (no lost figure, no library warning)."""
+    import sys
+    import warnings
+
+    root = tmp_path / "odd"
+    for i, name in enumerate([b"a.jpg", b"\xff\xfe.jpg", "\u65e5\u672c.jpg".encode()]):
+        save_image(os.path.join(str(root), os.fsdecode(name)), seed=i)
+    # Warnings shown on stderr as a plain run shows them (pytest records them instead).
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
+                        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
+    drawn = []
+    real = figures.score_sheet
+    monkeypatch.setattr(figures, "score_sheet", lambda *a: drawn.append(real(*a)) or drawn[-1])
+    code, err = run_script(inference.main, "inference.py", args(root, checkpoint_dir, tmp_path / "out"), capsys)
+    assert code == 0 and len(err.splitlines()) == 1, err
+    assert png_size(tmp_path / "out" / "quality-scores.png") == inches(figures.score_sheet_size(3))
+    captions = {ax.get_xlabel().split("\n")[1] for ax in drawn[0].axes[1:]}
+    assert captions == {"a.jpg", "\\xff\\xfe.jpg", "\\u65e5\\u672c.jpg"}

@@ -347,6 +347,128 @@ def test_huge_and_hidden_objects_in_pickles_are_one_line_errors(tmp_path) -> Non
     assert "\n" not in message and "could run code" in message and "weights_only=False" not in message
 
 
+@pytest.mark.parametrize("script", ["prepare_data.py", "evaluate.py"])
+def test_a_number_beyond_the_float_range_is_one_line(script, tmp_path, capsys) -> None:
+    labels = {f"id/{i}.png": 0.5 for i in range(12)}
+    labels["id/3.png"] = 10 ** 400  # a Python int that no float holds
+    (tmp_path / "l.pkl").write_bytes(pickle.dumps(list(labels.items()) if script == "prepare_data.py" else labels))
+    if script == "prepare_data.py":
+        (tmp_path / "e.pkl").write_bytes(pickle.dumps({p: np.ones(4, dtype=np.float32) for p in labels}))
+        code, err = run(prepare_data, script, ["-ll", str(tmp_path / "l.pkl"), "-el", str(tmp_path / "e.pkl"),
+                                               "-sl", str(tmp_path / "o"), "-q"], capsys)
+    else:
+        (tmp_path / "pairs.csv").write_text("a,b,mated,similarity\nid/1.png,id/3.png,1,0.8\nid/1.png,id/2.png,0,0.2\n")
+        code, err = run(evaluate, script, ["--pairs", str(tmp_path / "pairs.csv"), "--scores",
+                                           f"ours={tmp_path / 'l.pkl'}", "--output", str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, script, r"l.pkl': quality of 'id/3.png' is 1000+\.\.\.0+, a number beyond the "
+                                         r"float range")
+
+
+@pytest.mark.parametrize("kind,pattern", [
+    ("random", r"pairs.csv' needs the header 'a,b,mated'"),
+    ("binary", r"pairs.csv' holds NUL bytes, so it is not a text file"),
+    ("huge field", r"pairs.csv' is not a readable CSV \(field larger than field limit"),
+    ("lfw", r"pairs.txt', line 2: expected 'name i j' or 'name1 i name2 j' with whole numbers .*, got 'x 1e400 2'"),
+])
+def test_pairs_files_of_any_bytes_are_one_line(kind, pattern, tmp_path, capsys) -> None:
+    import random
+
+    data = {"random": bytes(random.Random(0).randrange(128, 256) for _ in range(300)),  # not UTF-8, no NUL
+            "binary": b"a,b,mated\n\x00\x01\x02\n",
+            "huge field": b"a,b,mated\n" + b"x" * 200000 + b",y,1\n",
+            "lfw": b"1 1\nx 1e400 2\n"}[kind]
+    pairs = tmp_path / ("pairs.txt" if kind == "lfw" else "pairs.csv")
+    pairs.write_bytes(data)
+    (tmp_path / "q.pkl").write_bytes(pickle.dumps({"x": 0.5}))
+    code, err = run(evaluate, "evaluate.py", ["--pairs", str(pairs), "--scores", f"ours={tmp_path / 'q.pkl'}",
+                                              "--output", str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "evaluate.py", pattern)
+
+
+def _npz(path, **arrays) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _prepared(folder, items) -> str:
+    from dataset.formats import centres_file, items_file
+
+    (folder / "p").mkdir()
+    with open(centres_file(str(folder / "p"), "x"), "wb") as handle:
+        pickle.dump(torch.ones(2, 4), handle, protocol=4)
+    with open(items_file(str(folder / "p"), "x"), "wb") as handle:
+        pickle.dump(items, handle, protocol=4)
+    return str(folder / "p")
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("scores 10**400", r"q.pkl': quality of 'a' is 1000+\.\.\.0+, a number beyond the float range"),
+    ("complex embeddings", r"e.pkl': embeddings must be real numbers, but the embedding of 'a' holds complex128"),
+    ("object embeddings", r"e.pkl': embeddings must be real numbers, but the embedding of 'a' holds object"),
+    ("embeddings too long", r"e.pkl': 1 embeddings are too long to normalise in float32 .*'b'"),
+    ("float64 beyond float32", r"e.pkl': 1 embeddings hold NaN or infinite values \(e.g. 'a'\)"),
+    ("npz complex", r"e.npz': embeddings must be real numbers, but 'embeddings' holds complex64"),
+    ("npz number paths", r"e.npz': 'paths' must be a list of image paths \(1-D text\), found int64"),
+    ("prepared 10**400", r"training_items-x.pkl': quality of 'b' is 1000+\.\.\.0+, a number beyond the float"),
+    ("prepared row None", r"training_items-x.pkl': centre row of 'a' is None, not a whole number"),
+    ("prepared late item", r"training_items-x.pkl': item 1000 is \('a', 0.5\), expected a \(path, quality, centre"),
+])
+def test_odd_values_in_every_loader_are_one_line(case, pattern, tmp_path) -> None:
+    """Numbers outside the float range, complex or object arrays and malformed items in the files of scores,
+    embeddings and prepared data: a DataError naming the file (one line), never a traceback or a silent cast."""
+    import warnings
+
+    from dataset.formats import read_embeddings, read_prepared
+    from engine.evaluation.data import read_qualities
+    from utils.errors import DataError
+
+    def pkl(name, obj):
+        (tmp_path / name).write_bytes(pickle.dumps(obj))
+        return str(tmp_path / name)
+
+    def embeddings(table):
+        return read_embeddings(pkl("e.pkl", table)).gather(list(table))
+
+    calls = {
+        "scores 10**400": lambda: read_qualities(pkl("q.pkl", {"a": 10 ** 400})),
+        "complex embeddings": lambda: embeddings({"a": np.ones(4, dtype=complex), "b": np.ones(4, dtype=complex)}),
+        "object embeddings": lambda: embeddings({"a": np.array([10 ** 400] * 4, dtype=object)}),
+        "embeddings too long": lambda: embeddings({"a": np.ones(4, np.float32), "b": np.full(4, 1e30, np.float32)}),
+        "float64 beyond float32": lambda: embeddings({"a": np.full(4, 1e300), "b": np.ones(4)}),
+        "npz complex": lambda: read_embeddings(_npz(tmp_path / "e.npz", paths=np.array(["a"]),
+                                                    embeddings=np.ones((1, 4), np.complex64))),
+        "npz number paths": lambda: read_embeddings(_npz(tmp_path / "e.npz", paths=np.array([1]),
+                                                         embeddings=np.ones((1, 4), np.float32))),
+        "prepared 10**400": lambda: read_prepared(_prepared(tmp_path, [("a", 0.5, 0), ("b", 10 ** 400, 1)]), "x"),
+        "prepared row None": lambda: read_prepared(_prepared(tmp_path, [("a", 0.5, None)]), "x"),
+        "prepared late item": lambda: read_prepared(_prepared(tmp_path, [("a", 0.5, 0)] * 1000 + [("a", 0.5)]), "x"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no library warning on the way (NumPy's casts) either
+        with pytest.raises(DataError, match=pattern):
+            calls[case]()
+
+
+def test_library_warnings_are_one_line_and_quiet_under_q(capsys, monkeypatch) -> None:
+    """A library's warning (matplotlib's, NumPy's) is one log line, and none under ``-q``."""
+    import sys
+    import warnings
+
+    from utils.cli import setup_logging
+
+    # Warnings shown on stderr as a plain run shows them (pytest records them instead).
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
+                        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        setup_logging(False)
+        warnings.warn("a library speaks\nover two lines", UserWarning, stacklevel=1)
+        assert capsys.readouterr().err == ""
+        setup_logging(True)
+        warnings.warn("a library speaks\nover two lines", UserWarning, stacklevel=1)
+        assert capsys.readouterr().err == "WARNING UserWarning: a library speaks\n"
+
+
 # ---------------------------------------------------------------- configs that would crash or hang
 
 def _billion_laughs() -> str:

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
-from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError, one_line
+from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError, first_line, one_line
 
 __all__ = ["Flag", "build_parser", "load_script_config", "setup_logging", "run_cli"]
 
@@ -86,13 +86,29 @@ def load_script_config(cls: Type[T], args: argparse.Namespace, flags: Sequence[F
     return load_config(cls, args.config, overrides, sets=args.set)
 
 
+def _log_warning(message: Warning, category: Type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: Optional[str] = None) -> None:
+    """``warnings.showwarning`` of the scripts: a library's warning (matplotlib's, torch's, NumPy's) is one line of
+    the ``py.warnings`` logger, which :func:`setup_logging` silences under ``-q``."""
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, one_line(first_line(message)))
+
+
 def setup_logging(verbose: bool = True) -> None:
     """Plain ``LEVEL message`` logging on stderr; INFO when verbose, WARNING otherwise. Under ``torchrun`` only the
-    first process logs INFO; the others log warnings and errors (with their rank)."""
+    first process logs INFO; the others log warnings and errors (with their rank).
+
+    Warnings of libraries (Python's ``warnings``) become one log line each when verbose and are not shown otherwise:
+    ``-q`` prints only the summary and the project's own warnings. Installed on every call (not with
+    ``logging.captureWarnings``, which installs itself once per process), so each script run in one process gets it.
+    """
+    import warnings
+
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.INFO if verbose and rank == 0 else logging.WARNING
     prefix = f"[rank {rank}] " if rank else ""
     logging.basicConfig(level=level, format=f"%(levelname)s {prefix}%(message)s", stream=sys.stderr, force=True)
+    warnings.showwarning = _log_warning
+    logging.getLogger("py.warnings").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]], prog: str) -> int:

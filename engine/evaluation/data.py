@@ -9,8 +9,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dataset.formats import quality_value
+from utils.config import short
 from utils.errors import DataError
-from utils.io import read_scores_csv, safe_pickle_load
+from utils.io import TEXT_ERRORS, read_scores_csv, safe_pickle_load
 
 __all__ = ["Pairs", "read_pairs", "read_qualities", "PathMatcher", "plot_edc"]
 
@@ -31,7 +33,28 @@ def _truthy(value: str, path: str, line: int) -> bool:
         return True
     if v in ("0", "false", "no", "non-mated", "nonmated", "impostor"):
         return False
-    raise DataError(f"pairs file '{path}', line {line}: 'mated' is {value!r}; use 1/0 or true/false")
+    raise DataError(f"pairs file '{path}', line {line}: 'mated' is {short(value)}; use 1/0 or true/false")
+
+
+def _pair_lines(path: str) -> List[str]:
+    """The lines of a pairs file. Names that are not UTF-8 keep their bytes (:data:`utils.io.TEXT_ERRORS`), as in
+    the score files they are matched with; a leading byte-order mark is dropped.
+
+    Raises:
+        DataError: The file holds NUL bytes: it is not text (a binary file, or UTF-16).
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if b"\0" in data:
+        raise DataError(f"pairs file '{path}' holds NUL bytes, so it is not a text file; give a UTF-8 CSV "
+                        "a,b,mated[,similarity] or an LFW pairs.txt")
+    return data.decode("utf-8-sig", TEXT_ERRORS).splitlines()
+
+
+def _image_number(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise ValueError(text)
+    return int(text)
 
 
 def read_pairs(path: str) -> Pairs:
@@ -39,30 +62,35 @@ def read_pairs(path: str) -> Pairs:
 
     LFW lines ``name i j`` are mated (``name/name_000i.jpg`` vs ``name/name_000j.jpg``), ``name1 i name2 j`` non-mated;
     a first line with one or two integers (the set counts) is skipped.
+
+    Raises:
+        DataError: A missing or binary file, a CSV without the header or with a malformed line, an LFW line that is
+            not ``name i j`` or ``name1 i name2 j``; one line naming the file (and the line).
     """
     if not os.path.isfile(path):
         raise DataError(f"pairs file '{path}' not found")
-    with open(path, "r", encoding="utf-8", newline="") as handle:
-        text = handle.read()
-    lines = text.splitlines()
+    lines = _pair_lines(path)
     if path.lower().endswith(".csv") or (lines and "," in lines[0]):
         reader = csv.DictReader(lines)
-        fields = [f.strip() for f in (reader.fieldnames or [])]
-        if not {"a", "b", "mated"} <= set(fields):
-            raise DataError(f"pairs file '{path}' needs the header 'a,b,mated' (optional ',similarity'), "
-                            f"found {fields}")
-        a, b, mated, sims = [], [], [], []
-        for i, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "") for k, v in row.items() if k is not None}
-            a.append(row["a"].strip())
-            b.append(row["b"].strip())
-            mated.append(_truthy(row["mated"], path, i))
-            if "similarity" in row and row["similarity"].strip():
-                try:
-                    sims.append(float(row["similarity"]))
-                except ValueError:
-                    raise DataError(f"pairs file '{path}', line {i}: similarity {row['similarity']!r} is not a "
-                                    "number") from None
+        try:
+            fields = [f.strip() for f in (reader.fieldnames or [])]
+            if not {"a", "b", "mated"} <= set(fields):
+                raise DataError(f"pairs file '{path}' needs the header 'a,b,mated' (optional ',similarity'), "
+                                f"found {short(fields)}")
+            a, b, mated, sims = [], [], [], []
+            for i, row in enumerate(reader, start=2):
+                row = {k.strip(): (v or "") for k, v in row.items() if k is not None}
+                a.append(row["a"].strip())
+                b.append(row["b"].strip())
+                mated.append(_truthy(row["mated"], path, i))
+                if "similarity" in row and row["similarity"].strip():
+                    try:
+                        sims.append(float(row["similarity"]))
+                    except ValueError:
+                        raise DataError(f"pairs file '{path}', line {i}: similarity {short(row['similarity'])} is "
+                                        "not a number") from None
+        except csv.Error as exc:
+            raise DataError(f"pairs file '{path}' is not a readable CSV ({exc})") from None
         if sims and len(sims) != len(a):
             raise DataError(f"pairs file '{path}': the similarity column is filled on {len(sims)} of {len(a)} lines")
         return Pairs(a, b, np.array(mated, dtype=bool), np.array(sims) if sims else None)
@@ -72,20 +100,25 @@ def read_pairs(path: str) -> Pairs:
         parts = line.split()
         if not parts:
             continue
-        if i == 1 and all(p.isdigit() for p in parts) and len(parts) <= 2:
+        if i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts):
             continue
-        if len(parts) == 3:
-            name, x, y = parts
-            a.append(f"{name}/{name}_{int(x):04d}.jpg")
-            b.append(f"{name}/{name}_{int(y):04d}.jpg")
-            mated.append(True)
-        elif len(parts) == 4:
-            n1, x, n2, y = parts
-            a.append(f"{n1}/{n1}_{int(x):04d}.jpg")
-            b.append(f"{n2}/{n2}_{int(y):04d}.jpg")
-            mated.append(False)
-        else:
-            raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j', got {line!r}")
+        try:
+            if len(parts) == 3:
+                name, x, y = parts
+                a.append(f"{name}/{name}_{_image_number(x):04d}.jpg")
+                b.append(f"{name}/{name}_{_image_number(y):04d}.jpg")
+                mated.append(True)
+                continue
+            if len(parts) == 4:
+                n1, x, n2, y = parts
+                a.append(f"{n1}/{n1}_{_image_number(x):04d}.jpg")
+                b.append(f"{n2}/{n2}_{_image_number(y):04d}.jpg")
+                mated.append(False)
+                continue
+        except ValueError:
+            pass
+        raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j' with whole numbers "
+                        f"i and j, got {short(line)}")
     return Pairs(a, b, np.array(mated, dtype=bool))
 
 
@@ -98,10 +131,9 @@ def _read_quality_table(path: str) -> Dict[str, float]:
     if not isinstance(data, Mapping):
         raise DataError(f"quality file '{path}' must hold a dict {{image path: quality}}")
     try:
-        table = {str(k): float(v) for k, v in data.items()}
-    except (TypeError, ValueError):
-        raise DataError(f"quality file '{path}' holds values that are not numbers") from None
-    return table
+        return {str(k): float(v) for k, v in data.items()}
+    except (TypeError, ValueError, OverflowError):  # name the first value that is not a number
+        return {str(k): quality_value(v, f"quality file '{path}'", k) for k, v in data.items()}
 
 
 def read_qualities(path: str) -> Dict[str, float]:
@@ -154,18 +186,19 @@ def plot_edc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fm
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from engine.figures import drawable
     from utils.io import atomic_open
 
     fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=150)
     for label, (d, f) in curves.items():
         if stepwise:
-            ax.step(d, f, where="post", label=label, linewidth=1.6)
+            ax.step(d, f, where="post", label=drawable(label), linewidth=1.6)
         else:
-            ax.plot(d, f, label=label, linewidth=1.6, marker="o", markersize=2.5)
+            ax.plot(d, f, label=drawable(label), linewidth=1.6, marker="o", markersize=2.5)
     ax.set_xlim(0, limit)
     ax.set_xlabel("Discard fraction")
     ax.set_ylabel(f"FNMR at FMR = {fmr:g}")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(drawable(title), fontsize=10)
     ax.grid(True, linestyle=":", linewidth=0.6)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
