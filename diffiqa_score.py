@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = cli.build_parser("diffiqa_score.py", __doc__, FLAGS,
                               "YAML config (the official inference section, base, dataset)")
     parser.add_argument("--fresh", action="store_true",
-                        help="discard the unfinished scores (part files, settings) of an earlier run in the output "
-                        "folder and start afresh")
+                        help="remove the files of an earlier run in the output folder (part files, settings and its "
+                        "finished scores) and start afresh")
     return parser
 
 
@@ -47,20 +47,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Score a folder; returns the process exit code."""
     from engine.labels.config import ScoreConfig
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     cfg = cli.load_script_config(ScoreConfig, args, FLAGS)
     cli.setup_logging(cfg.inference.verbose)
 
     from engine.labels.run import run_scoring
 
-    summary = run_scoring(cfg, fresh=args.fresh)
+    summary = run_scoring(cfg, fresh=args.fresh, command=["diffiqa_score.py", *argv])
     if summary.complete:
         print(f"scored {summary.scored} new image(s) in this run; {summary.total} scored in all, skipped "
               f"{len(summary.skipped_names)}; wrote "
               f"{os.path.join(cfg.inference.save_loc, 'quality-scores.pkl')} and .csv", file=sys.stderr)
     elif summary.left:
-        print(f"stopped with {summary.left} image(s) left (base.limit); run the same command to continue",
-              file=sys.stderr)
+        print(summary.stopped, file=sys.stderr)
     return 0
 
 

@@ -55,8 +55,8 @@ FLAGS = [
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.build_parser("inference.py", __doc__, FLAGS, "YAML config (official keys); defaults apply without one")
     parser.add_argument("--fresh", action="store_true",
-                        help="discard the unfinished scores (part files, settings) of an earlier run in the output "
-                        "folder and start afresh")
+                        help="remove the files of an earlier run in the output folder (part files, settings and its "
+                        "finished scores) and start afresh")
     return parser
 
 
@@ -64,13 +64,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run inference; returns the process exit code."""
     from engine.scoring.config import InferenceConfig
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     cfg = cli.load_script_config(InferenceConfig, args, FLAGS)
     cli.setup_logging(cfg.base.verbose)
 
     from engine.scoring.run import score
 
-    score(cfg, fresh=args.fresh)
+    score(cfg, fresh=args.fresh, command=["inference.py", *argv])
     return 0
 
 

@@ -1,9 +1,11 @@
 """Finding face images in a folder and reading them with per-file error handling."""
 from __future__ import annotations
 
+import array
 import logging
 import os
-from typing import List, Tuple
+import stat
+from typing import List, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -12,8 +14,8 @@ from torch.utils.data import Dataset
 from dataset.transforms import INPUT_SIZE, load_face, read_face_into
 from utils.errors import DataError, first_line
 
-__all__ = ["IMAGE_EXTENSIONS", "JPEG_EXTENSIONS", "find_images", "FaceFolder", "collate_faces", "JpegBytesFolder",
-           "collate_jpeg_bytes"]
+__all__ = ["IMAGE_EXTENSIONS", "JPEG_EXTENSIONS", "ImageListing", "list_images", "find_images", "FaceFolder",
+           "collate_faces", "JpegBytesFolder", "collate_jpeg_bytes"]
 
 _logger = logging.getLogger(__name__)
 
@@ -21,8 +23,17 @@ _logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def find_images(root: str, order: str = "sorted", key: str = "dataset.loc or --images") -> List[str]:
-    """Return the image files below ``root`` as paths relative to it, with ``/`` separators.
+class ImageListing(NamedTuple):
+    """The images below a folder: relative paths (``/`` separators) and ``stats``, ``(N, 2)`` int64: each file's
+    ``st_size`` and ``st_mtime_ns`` as it was listed (16 bytes an image)."""
+
+    paths: List[str]
+    stats: np.ndarray
+
+
+def list_images(root: str, order: str = "sorted", key: str = "dataset.loc or --images") -> ImageListing:
+    """The image files below ``root`` with their size and modification time (the ``stat`` that tells a regular
+    file, so no second one).
 
     Symbolic links to files are followed, and so are linked folders, each real folder once (a link loop ends
     there). Entries with an image extension that are not regular files (FIFOs, devices, broken links) are left out
@@ -42,6 +53,7 @@ def find_images(root: str, order: str = "sorted", key: str = "dataset.loc or --i
     if not os.path.isdir(root):
         raise DataError(f"image folder '{root}' ({key}) is not a folder; name a folder of aligned face crops")
     found: List[str] = []
+    stats = array.array("q")  # size, mtime, size, mtime, ...
     not_regular: List[str] = []
     unreadable: List[str] = []
     visited: set = set()  # real paths of the folders walked: each once, so link loops end
@@ -58,7 +70,16 @@ def find_images(root: str, order: str = "sorted", key: str = "dataset.loc or --i
             if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
                 full = os.path.join(dirpath, filename)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
-                (found if os.path.isfile(full) else not_regular).append(rel)
+                try:
+                    info = os.stat(full)  # follows a link, as reading the file will
+                except (OSError, ValueError):
+                    not_regular.append(rel)
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    found.append(rel)
+                    stats.extend((info.st_size, info.st_mtime_ns))
+                else:
+                    not_regular.append(rel)
     if not_regular:
         _logger.warning("left out %d entries of '%s' that are not regular files (FIFOs, devices, broken links), "
                         "e.g. %s", len(not_regular), root, ", ".join(sorted(not_regular)[:3]))
@@ -68,7 +89,16 @@ def find_images(root: str, order: str = "sorted", key: str = "dataset.loc or --i
     if not found:
         raise DataError(f"image folder '{root}' holds no images (looked for {' '.join(IMAGE_EXTENSIONS)}, "
                         "any case, in all subfolders)")
-    return found if order == "walk" else sorted(found)
+    table = np.frombuffer(stats, dtype=np.int64).reshape(-1, 2)
+    if order == "walk":
+        return ImageListing(found, table)
+    index = sorted(range(len(found)), key=found.__getitem__)
+    return ImageListing([found[i] for i in index], table[np.asarray(index, dtype=np.int64)])
+
+
+def find_images(root: str, order: str = "sorted", key: str = "dataset.loc or --images") -> List[str]:
+    """The image files below ``root`` as paths relative to it, with ``/`` separators (see :func:`list_images`)."""
+    return list_images(root, order, key).paths
 
 
 class FaceFolder(Dataset):

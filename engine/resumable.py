@@ -1,8 +1,9 @@
 """One resumable, shardable driver that scores a folder into ``quality-scores.pkl`` and ``quality-scores.csv``
 (``inference.py`` and ``diffiqa_score.py``; each passes only its batch function and its settings).
 
-A run takes the output folder's lock, checks the settings recorded there, and appends each batch's rows to its part
-file as one checksummed block. A rerun keeps only whole blocks (a kill, a full disk or a cut row drops at most the
+A run takes the output folder's lock, checks the settings recorded there and that no image already scored has
+changed since (its size and modification time), and appends each batch's rows to its part file as one checksummed
+block. A rerun keeps only whole blocks (a kill, a full disk or a cut row drops at most the
 batch being written) and scores the rest in the batches of an uninterrupted run, so its files are byte for byte
 those of a run that was never stopped. Under ``torchrun`` each process takes every world-th batch; the first process
 merges the parts and writes the output set once no image is left.
@@ -10,11 +11,17 @@ merges the parts and writes the output set once no image is left.
 Files in the output folder (none is ever followed if it is a link):
 
 - ``quality-scores.settings.json``: what the scores depend on; a run with other settings is refused.
+- ``quality-scores.fingerprints``: a header line, then 8 bytes per image of the listing (a hash of its relative path,
+  size and modification time); a rerun refuses images scored before that have changed since.
 - ``quality-scores.lock``: held while a run writes.
 - ``quality-scores.part<r>of<w>.csv``: a header line, then blocks ``#B <bytes> <crc32>`` of rows
-  ``path,quality,error``.
+  ``path,quality,error``: ``path,<score>,`` or ``path,,<reason>``, each path of the listing at most once; any
+  other row makes the part damaged.
 - ``quality-scores.part<r>of<w>.state.pt``: a workflow's state after the last batch and the part length it belongs
   to (official DifFIQA: the RNG), so that a resumed run continues its draws.
+
+``fresh`` removes all of these and the finished set (``quality-scores.pkl``, ``.csv`` and the files written with
+them) before the run starts.
 """
 from __future__ import annotations
 
@@ -26,40 +33,44 @@ import logging
 import math
 import os
 import re
+import shlex
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
-from dataset.formats import SCORES_PICKLE, format_score, scores_writers
+from dataset.formats import SCORES_CSV, SCORES_PICKLE, format_score, scores_writers
 from utils.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main
 from utils.errors import ConfigError, DataError, RunError, UserError
 from utils.io import (
     TEXT_ERRORS,
     OutputError,
     atomic_open,
+    json_writer,
     open_regular,
     read_json,
     safe_pickle_load,
     torch_load,
-    write_json,
     write_together,
 )
 from utils.lock import FolderLock
 
-__all__ = ["SETTINGS_FILE", "LOCK_FILE", "BatchResult", "RunState", "FolderJob", "FolderSummary", "run_folder",
-           "split_batches_for_rank", "part_path", "read_parts"]
+__all__ = ["SETTINGS_FILE", "FINGERPRINTS_FILE", "LOCK_FILE", "BatchResult", "RunState", "FolderJob", "FolderSummary",
+           "run_folder", "split_batches_for_rank", "part_path", "read_parts", "fingerprints", "changed_images"]
 
 _logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "quality-scores.settings.json"
+FINGERPRINTS_FILE = "quality-scores.fingerprints"
 LOCK_FILE = "quality-scores.lock"
 _PART = re.compile(r"^quality-scores\.part(\d+)of(\d+)\.csv$")
 _STATE_SUFFIX = ".state.pt"
 _HEADER = b"#ediffiqa-scores-part 1 listing="
 _BLOCK = re.compile(rb"#B (\d{1,12}) ([0-9a-f]{8})\n")
+_FINGERPRINTS = re.compile(rb"#ediffiqa-fingerprints 1 (\d{1,12}) ([0-9a-f]{64})\n")
 
 
 class BatchResult(NamedTuple):
@@ -92,6 +103,8 @@ class FolderJob:
     Attributes:
         root: The images folder as given (pickle keys are joined to it unless ``keys`` is ``relative``).
         rel_paths: Every image below ``root``, in scoring order.
+        stats: ``(N, 2)`` int64, ``st_size`` and ``st_mtime_ns`` of each of ``rel_paths`` as listed
+            (:func:`dataset.image_folder.list_images`).
         out: The output folder.
         batch_size: Images per batch.
         settings: What the scores depend on besides the folder, the batch size and the keys (JSON values).
@@ -100,15 +113,19 @@ class FolderJob:
         keys: ``relative`` (keys are the relative paths) or ``joined`` (joined to ``root`` as given).
         limit: Score at most this many new images (in whole batches), then stop.
         flush_every: Images between ``fsync`` calls of the part file.
-        fresh: Discard the part files and settings of an earlier run first.
+        fresh: Remove every file of an earlier run first (its part files, states, settings, fingerprints and
+            finished set).
         verbose: Show a progress bar.
         state: See :class:`RunState`.
         extra_outputs: ``(table, skipped, summary) -> [(path, writer), ...]`` written in the same set as the
             scores.
+        extra_names: The names (in ``out``) of every file ``extra_outputs`` may write, for ``fresh``.
+        command: The command line of this run (``[program, *arguments]``), for the line after a ``limit`` stop.
     """
 
     root: str
     rel_paths: List[str]
+    stats: np.ndarray
     out: str
     batch_size: int
     settings: Dict[str, Any]
@@ -122,12 +139,15 @@ class FolderJob:
     state: Optional[RunState] = None
     extra_outputs: Optional[Callable[[Dict[str, float], Dict[str, str], "FolderSummary"],
                                      List[Tuple[str, Any]]]] = None
+    extra_names: Sequence[str] = ()
+    command: Sequence[str] = ()
 
 
 @dataclass
 class FolderSummary:
     """What a run did. ``scored``/``skipped``/``seconds`` count this run over every process; ``total`` the scores
-    in the written set; ``left`` the images a ``limit`` left for the next run."""
+    in the written set; ``left`` the images a ``limit`` left for the next run, and ``stopped`` the line that says
+    so and how to continue."""
 
     complete: bool = False
     scored: int = 0
@@ -136,6 +156,7 @@ class FolderSummary:
     left: int = 0
     seconds: float = 0.0
     skipped_names: List[str] = field(default_factory=list)
+    stopped: str = ""
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -148,11 +169,43 @@ def _part_files(folder: str) -> List[str]:
     return sorted(os.path.join(folder, name) for name in os.listdir(folder) if _PART.match(name))
 
 
+def _state_files(folder: str) -> List[str]:
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                  if name.endswith(_STATE_SUFFIX) and _PART.match(name[:-len(_STATE_SUFFIX)]))
+
+
 def _listing_digest(rel_paths: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for path in rel_paths:
         digest.update(path.encode("utf-8", TEXT_ERRORS) + b"\0")
     return digest.hexdigest()
+
+
+def fingerprints(rel_paths: Sequence[str], stats: np.ndarray) -> bytes:
+    """8 bytes per image, in listing order: a hash of its relative path, size and modification time (``stats``,
+    ``(N, 2)`` int64); a changed file, or another file under its name, has another one."""
+    raw = np.ascontiguousarray(stats, dtype="<i8").tobytes()
+    blake2b = hashlib.blake2b
+    return b"".join(blake2b(path.encode("utf-8", TEXT_ERRORS) + raw[16 * i:16 * i + 16], digest_size=8).digest()
+                    for i, path in enumerate(rel_paths))
+
+
+def changed_images(rel_paths: Sequence[str], done: AbstractSet[str], current: bytes,
+                   stored: bytes) -> Tuple[np.ndarray, int]:
+    """``(indices in rel_paths of the images of done whose current fingerprint is not among stored, how many of
+    done were looked up)``; ``current`` is :func:`fingerprints` of ``rel_paths``."""
+    indices = np.flatnonzero(np.fromiter((p in done for p in rel_paths), dtype=bool, count=len(rel_paths)))
+    wanted = np.frombuffer(current, dtype="<u8")[indices]
+    known = np.sort(np.frombuffer(stored, dtype="<u8"))
+    if not len(known):
+        return indices, len(indices)
+    at = np.minimum(np.searchsorted(known, wanted), len(known) - 1)
+    return indices[known[at] != wanted], len(indices)
+
+
+def _fingerprints_writer(body: bytes) -> Tuple[str, Callable[[Any], None]]:
+    header = b"#ediffiqa-fingerprints 1 %d %s\n" % (len(body) // 8, hashlib.sha256(body).hexdigest().encode())
+    return "wb", lambda handle: handle.write(header + body)
 
 
 def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], int, int]:
@@ -179,7 +232,10 @@ def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], int, int
         payload = data[match.end():match.end() + size]
         if len(payload) != size or zlib.crc32(payload) != crc:
             break
-        rows.extend(csv.reader(io.StringIO(payload.decode("utf-8", TEXT_ERRORS), newline="")))
+        try:
+            rows.extend(csv.reader(io.StringIO(payload.decode("utf-8", TEXT_ERRORS), newline="")))
+        except csv.Error:
+            raise ValueError("a block that is not CSV") from None
         pos = match.end() + size
     return header[len(_HEADER):], rows, pos, len(data) - pos
 
@@ -194,19 +250,67 @@ def _read_part(path: str, fix: str) -> Tuple[Optional[bytes], List[List[str]], i
         raise DataError(f"'{path}' is not a part file of this project (damaged or foreign); {fix}") from None
 
 
-def read_parts(folder: str, fix: str = "remove it") -> Tuple[Dict[str, float], Dict[str, str]]:
-    """Scores and skip reasons in the whole blocks of every part file in ``folder``."""
+def _row_problem(row: List[str], paths: AbstractSet[str], seen: AbstractSet[str]) -> str:
+    """What is wrong with a part row (``""``: nothing): it must be ``path,<score>,`` with a finite score in its one
+    text form, or ``path,,<reason>``, for a path of the listing not seen before."""
+    if len(row) != 3:
+        return f"{len(row)} field(s), not path,quality,error"
+    path, quality, error = row
+    if path not in paths:
+        return f"{_short(path)} is not an image of the listing"
+    if path in seen:
+        return f"{_short(path)} a second time"
+    if error:
+        return "" if not quality else "both a score and a reason"
+    if not quality:
+        return "neither a score nor a reason"
+    try:
+        value = float(quality)
+    except ValueError:
+        return f"{_short(quality)} is not a score"
+    if not math.isfinite(value):
+        return f"the score {_short(quality)} is not finite"
+    return "" if format_score(value) == quality else f"{_short(quality)} is not a score as this project writes it"
+
+
+def read_parts(folder: str, paths: AbstractSet[str], fix: str = "remove it") -> Tuple[Dict[str, float],
+                                                                                    Dict[str, str]]:
+    """Scores and skip reasons in the whole blocks of every part file in ``folder``, whose rows must name
+    ``paths`` (the listing) only.
+
+    Raises:
+        DataError: A part that is not a part file, or a row that is not what a run writes (names the part, the row
+            and ``fix``).
+    """
     scores: Dict[str, float] = {}
     skipped: Dict[str, str] = {}
+    seen: set = set()
     for part in _part_files(folder):
         _, rows, _, _ = _read_part(part, fix)
-        for row in rows:
+        for number, row in enumerate(rows, 1):
+            problem = _row_problem(row, paths, seen)
+            if problem:
+                raise DataError(f"'{part}' is damaged (row {number}: {problem}); {fix}")
             path, quality, error = row
+            seen.add(path)
             if error:
                 skipped[path] = error
             else:
                 scores[path] = float(quality)
     return scores, skipped
+
+
+def _continue_line(left: int, fresh: bool, command: Sequence[str]) -> str:
+    """The line after a ``limit`` stop: what is left and the command that continues (never ``--fresh``, which
+    would start over)."""
+    text = f"stopped with {left} image(s) left (base.limit); "
+    if not fresh:
+        return text + "run the same command to continue"
+    # argparse takes any unambiguous prefix of a flag: a parsed "--fre" was --fresh.
+    kept = [arg for arg in command[1:] if not (len(arg) > 3 and "--fresh".startswith(arg))]
+    again = shlex.join(["python", *command[:1], *kept]) if command else ""
+    return text + ("continue with the same command without --fresh (it would start over)" +
+                   (f": {again}" if again else "")).replace("\n", "\\n")
 
 
 def _stale_temporaries(folder: str) -> List[str]:
@@ -241,49 +345,96 @@ class _Run:
     def __init__(self, job: FolderJob, info: DistInfo) -> None:
         self.job = job
         self.info = info
-        self.fix = f"add --fresh to discard this folder's unfinished scores, or use another {job.out_key}"
+        self.fix = f"add --fresh to discard this folder's earlier scores, or use another {job.out_key}"
+        if np.shape(job.stats) != (len(job.rel_paths), 2):
+            raise ValueError("FolderJob.stats must hold one (size, mtime) per path")
         self.listing = _listing_digest(job.rel_paths).encode("ascii")
+        self.paths = frozenset(job.rel_paths)
         self.previous: Optional[Dict[str, float]] = None  # an earlier run's finished scores, when they count
+        self.parts: Optional[Tuple[Dict[str, float], Dict[str, str]]] = None  # the first process's read of them
         self.settings = {"images": os.path.realpath(job.root), "keys": job.keys if job.keys == "relative" else
                          f"joined to '{job.root}'", "batch_size": job.batch_size, **job.settings}
 
     # --------------------------------------------------------------------------------------------- first process
     def prepare(self) -> int:
-        """Run by the first process, holding the lock: clean up, check the settings and the parts, cut the parts
-        to their whole blocks. Returns 1 when the finished scores of an earlier run in the folder count."""
+        """Run by the first process, holding the lock: clean up, check the settings, the parts and the images
+        scored before, cut the parts to their whole blocks. Returns 1 when the finished scores of an earlier run in
+        the folder count."""
         job, out = self.job, self.job.out
         _remove(_stale_temporaries(out))
-        parts = _part_files(out)
-        states = [p + _STATE_SUFFIX for p in parts if os.path.lexists(p + _STATE_SUFFIX)]
         settings_path = os.path.join(out, SETTINGS_FILE)
+        fingerprints_path = os.path.join(out, FINGERPRINTS_FILE)
         if job.fresh:
-            _remove(parts + states + [settings_path])
-            parts = []
-        matched = False
-        if os.path.lexists(settings_path):
-            old = read_json(settings_path, self.fix)
-            if not isinstance(old, dict):
-                raise DataError(f"'{settings_path}' is damaged (it holds a {type(old).__name__}, not the settings); "
-                                f"{self.fix}")
-            changed = [k for k in self.settings if old.get(k) != self.settings[k]]
-            changed += [k for k in old if k not in self.settings]
-            if changed:
-                shown = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(self.settings.get(k))}" for k in changed[:3])
-                raise ConfigError(f"'{out}' holds {job.what} made with other settings ({shown}); use another "
-                                  f"{job.out_key}, or add --fresh to discard its unfinished scores (finished ones are "
-                                  "replaced when the new run completes)")
-            matched = True
-        elif parts:
-            raise DataError(f"'{out}' holds part files ({os.path.basename(parts[0])}) but no {SETTINGS_FILE}, so "
-                            f"their settings are unknown; {self.fix}")
-        else:
-            write_json(settings_path, self.settings)
-        use_previous = matched and os.path.lexists(os.path.join(out, SCORES_PICKLE))
-        if use_previous:
-            self.previous = self._previous_scores()  # read and checked now, before any process relies on it
+            self._remove_earlier_run()
+        parts = _part_files(out)
+        orphans = [p for p in _state_files(out) if p[:-len(_STATE_SUFFIX)] not in parts]
+        if orphans:  # it would restore a draw state into a part that starts afresh
+            raise DataError(f"'{orphans[0]}' has no part file beside it; {self.fix}")
+        current = fingerprints(job.rel_paths, job.stats)
+        if not os.path.lexists(settings_path):
+            if parts:
+                raise DataError(f"'{out}' holds part files ({os.path.basename(parts[0])}) but no {SETTINGS_FILE}, "
+                                f"so their settings are unknown; {self.fix}")
+            # The fingerprints first: settings without them would make the next run refuse the folder.
+            write_together([(fingerprints_path, _fingerprints_writer(current)),
+                            (settings_path, json_writer(self.settings))])
+            self.parts = {}, {}
+            return 0
+        old = read_json(settings_path, self.fix)
+        if not isinstance(old, dict):
+            raise DataError(f"'{settings_path}' is damaged (it holds a {type(old).__name__}, not the settings); "
+                            f"{self.fix}")
+        changed = [k for k in self.settings if old.get(k) != self.settings[k]]
+        changed += [k for k in old if k not in self.settings]
+        if changed:
+            shown = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(self.settings.get(k))}" for k in changed[:3])
+            raise ConfigError(f"'{out}' holds {job.what} made with other settings ({shown}); use another "
+                              f"{job.out_key}, or add --fresh to discard its earlier scores")
         for part in parts:
             self._cut(part)
+        self.parts = read_parts(out, self.paths, self.fix)
+        use_previous = os.path.lexists(os.path.join(out, SCORES_PICKLE))
+        if use_previous:
+            self.previous = self._previous_scores()  # read and checked now, before any process relies on it
+        done = set(self.parts[0]) | set(self.parts[1]) | (set(self.previous) & self.paths if use_previous else set())
+        stored = self._read_fingerprints(fingerprints_path)
+        self._check_unchanged(done, current, stored)
+        if stored != current:  # images added or removed since: what the new ones are scored from
+            write_together([(fingerprints_path, _fingerprints_writer(current))])
         return int(use_previous)
+
+    def _remove_earlier_run(self) -> None:
+        """``fresh``: every file of an earlier run, by the names this project gives them (a link is removed, never
+        followed)."""
+        out = self.job.out
+        names = [SETTINGS_FILE, FINGERPRINTS_FILE, SCORES_PICKLE, SCORES_CSV, *self.job.extra_names]
+        _remove(_state_files(out) + _part_files(out) + [os.path.join(out, name) for name in names])
+
+    def _read_fingerprints(self, path: str) -> bytes:
+        if not os.path.lexists(path):
+            raise DataError(f"'{self.job.out}' holds {SETTINGS_FILE} but no {FINGERPRINTS_FILE}, so the images its "
+                            f"scores belong to cannot be checked; {self.fix}")
+        fd = open_regular(path, fix=self.fix)
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read()
+        match = _FINGERPRINTS.match(data)
+        body = data[match.end():] if match else b""
+        if (match is None or len(body) != 8 * int(match.group(1))
+                or hashlib.sha256(body).hexdigest().encode("ascii") != match.group(2)):
+            raise DataError(f"'{path}' is damaged (not the fingerprints of a listing); {self.fix}")
+        return body
+
+    def _check_unchanged(self, done: AbstractSet[str], current: bytes, stored: bytes) -> None:
+        """Every image scored before (``done``) has the fingerprint it had when it was listed for scoring."""
+        if not done:
+            return
+        job = self.job
+        changed, checked = changed_images(job.rel_paths, done, current, stored)
+        if len(changed):
+            raise ConfigError(f"{len(changed)} of the {checked} images of '{job.root}' already scored in "
+                              f"'{job.out}' changed since (another size or modification time), e.g. "
+                              f"{job.rel_paths[changed[0]]}: their scores would be stale; add --fresh to score the "
+                              f"folder afresh, or use another {job.out_key}")
 
     def _cut(self, part: str) -> None:
         listing, _, valid, dropped = _read_part(part, self.fix)
@@ -340,7 +491,8 @@ class _Run:
             if use_previous and self.previous is None:  # the other processes read it once the first has checked it
                 self.previous = self._previous_scores()
             previous = self.previous or {}
-            done_scores, done_skipped = read_parts(job.out, self.fix)
+            done_scores, done_skipped = self.parts if self.parts is not None else read_parts(job.out, self.paths,
+                                                                                             self.fix)
             done = set(previous) | set(done_scores) | set(done_skipped)
             barrier(info)  # every process has read the parts before any appends to them
             todo = [p for p in job.rel_paths if p not in done]
@@ -466,7 +618,7 @@ class _Run:
         """First process: merge every part (and an earlier run's finished scores), write the set, remove the
         parts."""
         job = self.job
-        scores, skipped = read_parts(job.out, self.fix)
+        scores, skipped = read_parts(job.out, self.paths, self.fix)
         scores = {**previous, **scores}
         left = [p for p in job.rel_paths if p not in scores and p not in skipped]
         if left:
@@ -474,6 +626,7 @@ class _Run:
                 raise RunError(f"{len(left)} image(s) of '{job.root}' were not scored (e.g. {left[0]}); run the same "
                                "command to continue")
             summary.left = len(left)
+            summary.stopped = _continue_line(len(left), job.fresh, job.command)
             return
         kept = [p for p in job.rel_paths if p in scores]
         if not kept:
@@ -496,8 +649,9 @@ def run_folder(job: FolderJob, score_batches: ScoreBatches, info: DistInfo) -> F
     """Score ``job.rel_paths`` resumably into ``job.out`` (see the module docstring).
 
     Raises:
-        ConfigError: Another run holds the folder, or it holds scores of other settings or of another listing.
-        DataError: A damaged settings, part, state or earlier output file (names it and the fix).
+        ConfigError: Another run holds the folder, or it holds scores of other settings, of another listing or of
+            images changed since.
+        DataError: A damaged settings, fingerprints, part, state or earlier output file (names it and the fix).
         RunError: A non-finite score, a full disk (the whole batches written are kept), images left unscored.
     """
     return _Run(job, info).run(score_batches)

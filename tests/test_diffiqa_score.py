@@ -442,6 +442,30 @@ def test_rerun_scores_only_new_images_and_refuses_other_settings(scoring_setup, 
     assert code == 2 and "holds DifFIQA scores made with other settings (seed: 0 -> 5)" in err
 
 
+def test_fresh_removes_the_earlier_set_and_a_limit_stop_names_the_command(scoring_setup, capsys,
+                                                                          monkeypatch) -> None:
+    """--fresh removes an earlier run's set (the JSON summary and figure too); the line after a --limit stop is the
+    driver's, as in inference.py: under --fresh the command without it, otherwise the same command. (The labels
+    themselves are a stand-in here: this is about the files and the messages.)"""
+    import shlex
+
+    monkeypatch.setattr("engine.labels.run.score_batch_fast", lambda x, *args: torch.full((len(x),), 0.5))
+    tmp_path, images = scoring_setup
+    out = tmp_path / "lim"
+    out.mkdir()
+    earlier = ["quality-scores.pkl", "quality-scores.csv", "quality-scores.json", "quality-scores.png"]
+    for name in earlier:
+        (out / name).write_bytes(b"an earlier run's")
+    cfg = score_config(tmp_path, images, out)
+    args = ["-c", cfg, "--batch-size", "4", "--limit", "2"]  # 4 // (2 x 2) = 1 image per batch
+    code, err = run_score([*args[:2], "--fresh", *args[2:]], capsys)
+    assert code == 0 and ("stopped with 4 image(s) left (base.limit); continue with the same command without --fresh "
+                          f"(it would start over): {shlex.join(['python', 'diffiqa_score.py', *args])}\n") in err, err
+    assert not [name for name in earlier if (out / name).exists()]
+    code, err = run_score(args, capsys)
+    assert code == 0 and "stopped with 2 image(s) left (base.limit); run the same command to continue\n" in err, err
+
+
 def test_walk_order_is_the_official_listing(tmp_path) -> None:
     """dataset.order: walk lists a folder as the official scorer does (os.walk order, unsorted)."""
     from dataset.image_folder import find_images

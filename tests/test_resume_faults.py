@@ -1,6 +1,7 @@
-"""The resumable folder driver under faults (engine/resumable.py, through inference.py): a rerun after a kill at any
-byte, mid-row or during the final write gives the files of an uninterrupted run; runs with other settings, another
-folder or a second writer are refused; nothing in the output folder is trusted."""
+"""The resumable folder driver under faults (engine/resumable.py, through inference.py and with a stand-in batch
+function): a rerun after a kill at any byte, mid-row or during the final write gives the files of an uninterrupted
+run; runs with other settings, another folder, changed images or a second writer are refused; --fresh leaves nothing
+of an earlier run; nothing in the output folder is trusted."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 from helpers import ROOT, assert_user_error, run_script, save_image
@@ -19,6 +21,7 @@ import inference
 FILES = ("quality-scores.pkl", "quality-scores.csv")
 PART = "quality-scores.part0of1.csv"
 SETTINGS = "quality-scores.settings.json"
+FINGERPRINTS = "quality-scores.fingerprints"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def reference(faces, checkpoint_dir, tmp_path_factory):
 
 def finished_cleanly(out) -> None:
     # no part, lock, state or temporary left; the resolved config beside the scores
-    assert sorted(os.listdir(out)) == sorted([*FILES, SETTINGS, "quality-scores.config.json"])
+    assert sorted(os.listdir(out)) == sorted([*FILES, SETTINGS, FINGERPRINTS, "quality-scores.config.json"])
 
 
 # ------------------------------------------------------------------------------------------------- exact resume
@@ -68,7 +71,7 @@ def test_a_cut_at_any_byte_of_the_part_file_resumes_exactly(every_block, faces, 
     stopped = tmp_path / "stopped"
     code, err = run(argv(faces, checkpoint_dir, stopped, "--limit", "12"), capsys)
     assert code == 0 and "stopped with 12 image(s) left (base.limit)" in err, err
-    data, settings = (stopped / PART).read_bytes(), (stopped / SETTINGS).read_bytes()
+    data, settings, prints = ((stopped / name).read_bytes() for name in (PART, SETTINGS, FINGERPRINTS))
     blocks = [m.start() for m in re.finditer(rb"#B \d+ [0-9a-f]{8}\n", data)] + [len(data)]
     assert len(blocks) == 7  # 6 batches of 2
     cuts = {0, 1, blocks[0] - 1, blocks[0]}
@@ -80,6 +83,7 @@ def test_a_cut_at_any_byte_of_the_part_file_resumes_exactly(every_block, faces, 
         out = tmp_path / f"cut{cut}"
         out.mkdir()
         (out / SETTINGS).write_bytes(settings)
+        (out / FINGERPRINTS).write_bytes(prints)
         (out / PART).write_bytes(data[:cut])
         code, err = run(argv(faces, checkpoint_dir, out), capsys)
         assert code == 0 and "left" not in err, (cut, err)
@@ -89,6 +93,7 @@ def test_a_cut_at_any_byte_of_the_part_file_resumes_exactly(every_block, faces, 
     out = tmp_path / "tail"
     out.mkdir()
     (out / SETTINGS).write_bytes(settings)
+    (out / FINGERPRINTS).write_bytes(prints)
     (out / PART).write_bytes(data + b"#B 40 0badf00d\nid0/00.jpg,0.5,\n\x00\x00")
     code, err = run(argv(faces, checkpoint_dir, out), capsys)
     assert code == 0 and "dropped" in err and outputs(out) == reference
@@ -230,6 +235,58 @@ def test_a_changed_listing_is_refused_while_parts_exist(faces, checkpoint_dir, t
                                                  r"--fresh")
 
 
+def test_images_changed_in_place_are_refused(faces, checkpoint_dir, tmp_path, capsys) -> None:
+    """The folder replaced by one with the same names and other pixels after a --limit run: the rerun refuses,
+    naming how many of the images scored so far changed and one of them, instead of keeping their stale scores."""
+    import shutil
+
+    images = tmp_path / "faces"
+    shutil.copytree(faces, images)
+    out = tmp_path / "out"
+    assert run(argv(images, checkpoint_dir, out, "--limit", "8"), capsys)[0] == 0
+    for i, path in enumerate(sorted(images.rglob("*.jpg"))):
+        save_image(str(path), seed=500 + i)
+    code, err = run(argv(images, checkpoint_dir, out), capsys)
+    assert_user_error(code, err, "inference.py", r"8 of the 8 images of '.*faces' already scored in '.*out' changed "
+                                                 r"since \(another size or modification time\), e.g. id0/00.jpg: their "
+                                                 r"scores would be stale; add --fresh to score the folder afresh, or "
+                                                 r"use another base.save_path \(--output\)")
+    assert not (out / FILES[0]).exists()
+
+
+def test_fresh_removes_the_earlier_set_and_the_printed_command_continues(faces, checkpoint_dir, reference, tmp_path,
+                                                                         capsys) -> None:
+    """A finished run with old weights, then --fresh --limit 8 with new ones: --fresh removes the earlier set (a
+    link planted as its figure is removed, never followed), and the stop names the command that continues, without
+    --fresh. Following it to the end gives every score from the new weights, byte for byte an uninterrupted run."""
+    import shlex
+
+    import torch
+    from helpers import manifest_state_dict
+
+    torch.save(manifest_state_dict("ediffiqaT", 2), str(tmp_path / "old.pth"))
+    out = tmp_path / "out"
+    old = argv(faces, "", out)
+    old[old.index("--weights") + 1] = str(tmp_path / "old.pth")
+    assert run(old, capsys)[0] == 0
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
+    os.symlink(victim, out / "quality-scores.png")
+    code, err = run(argv(faces, checkpoint_dir, out, "--fresh", "--limit", "8"), capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("stopped with")]
+    assert len(lines) == 1 and lines[0].startswith("stopped with 16 image(s) left (base.limit); continue with the "
+                                                   "same command without --fresh (it would start over): "), err
+    command = shlex.split(lines[0].split(": ", 1)[1])
+    assert command == ["python", "inference.py", *argv(faces, checkpoint_dir, out, "--limit", "8")]
+    assert sorted(os.listdir(out)) == sorted([PART, SETTINGS, FINGERPRINTS]) and victim.read_bytes() == b"keep me"
+    code, err = run(command[2:], capsys)
+    assert code == 0 and "stopped with 8 image(s) left (base.limit); run the same command to continue" in err, err
+    assert run(command[2:], capsys)[0] == 0
+    assert outputs(out) == reference
+    finished_cleanly(out)
+
+
 def test_a_second_writer_is_refused_naming_the_first(faces, checkpoint_dir, tmp_path, capsys) -> None:
     from utils.lock import FolderLock
 
@@ -308,7 +365,8 @@ def test_a_damaged_settings_file_is_one_line(content, pattern, faces, checkpoint
     assert run(argv(faces, checkpoint_dir, out, "--fresh"), capsys)[0] == 0
 
 
-@pytest.mark.parametrize("case", ["list_pickle", "nan_pickle", "foreign_part", "folder_part", "old_part_format"])
+@pytest.mark.parametrize("case", ["list_pickle", "nan_pickle", "foreign_part", "folder_part", "old_part_format",
+                                  "forged_part_row"])
 def test_damaged_outputs_and_parts_are_one_line(case, faces, checkpoint_dir, tmp_path, capsys) -> None:
     import pickle
 
@@ -326,6 +384,11 @@ def test_damaged_outputs_and_parts_are_one_line(case, faces, checkpoint_dir, tmp
     elif case == "old_part_format":
         (out / "quality-scores.part0of2.csv").write_bytes(b"path,1.0,\n")
         pattern = r"part0of2.csv' is not a part file of this project"
+    elif case == "forged_part_row":  # a whole block with a valid checksum (more in test_forged_part_rows_are_one_line)
+        row = b"id0/12.jpg,nan,\r\n"
+        with open(out / PART, "ab") as handle:
+            handle.write(b"#B %d %08x\n" % (len(row), zlib.crc32(row)) + row)
+        pattern = r"part0of1.csv' is damaged \(row 5: the score 'nan' is not finite\); add --fresh"
     else:
         (out / PART).unlink()
         (out / PART).mkdir()
@@ -363,3 +426,156 @@ def test_the_summary_counts_every_image_of_this_run(faces, checkpoint_dir, tmp_p
     settings = json.loads((out / SETTINGS).read_text())
     assert settings["batch_size"] == 2 and settings["images"] == os.path.realpath(faces)
     assert settings["threads"] >= 1
+
+
+# ------------------------------------------------------------------------------------------------- the driver alone
+@pytest.fixture()
+def small(tmp_path):
+    """Six tiny files with image names; the stand-in model of :func:`drive` scores a file by its length."""
+    images = tmp_path / "small"
+    (images / "a").mkdir(parents=True)
+    for i in range(6):
+        (images / "a" / f"{i}.jpg").write_bytes(b"x" * (i + 1))
+    return images
+
+
+def drive(images, out, **extra):
+    """One run of the driver over ``images`` with a stand-in batch function (no model, milliseconds)."""
+    from dataset.image_folder import list_images
+    from engine.resumable import BatchResult, FolderJob, run_folder
+    from utils.distributed import DistInfo
+
+    def lengths(paths, batch):
+        for k in range(0, len(paths), batch):
+            chunk = paths[k:k + batch]
+            yield BatchResult(chunk, [float(os.path.getsize(images / p)) for p in chunk], [])
+
+    os.makedirs(out, exist_ok=True)
+    listing = list_images(str(images))
+    job = FolderJob(root=str(images), rel_paths=listing.paths, stats=listing.stats, out=str(out), batch_size=2,
+                    settings={}, keys="relative", verbose=False, **extra)
+    return run_folder(job, lengths, DistInfo())
+
+
+def test_a_finished_run_refuses_changed_images_and_scores_added_ones(small, tmp_path) -> None:
+    """After a finished run an added image is scored alone and the earlier scores are kept; an image scored before
+    whose modification time (same bytes) or size changed is refused, the added one too once it was scored."""
+    import pickle
+
+    from utils.errors import ConfigError
+
+    out = tmp_path / "out"
+    assert drive(small, out).complete
+    (small / "a" / "9.jpg").write_bytes(b"new")
+    summary = drive(small, out)
+    assert summary.complete and (summary.scored, summary.total) == (1, 7)
+    touched = small / "a" / "2.jpg"
+    info = touched.stat()
+    os.utime(touched, ns=(info.st_atime_ns, info.st_mtime_ns + 1))
+    (small / "a" / "9.jpg").write_bytes(b"longer")
+    with pytest.raises(ConfigError, match=r"^2 of the 7 images of '.*small' already scored in '.*out' changed since "
+                                          r"\(another size or modification time\), e.g. a/2.jpg: their scores would "
+                                          r"be stale; add --fresh"):
+        drive(small, out)
+    assert drive(small, out, fresh=True).scored == 7
+    with open(out / FILES[0], "rb") as handle:
+        assert pickle.load(handle)["a/9.jpg"] == 6.0
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("missing", r"'.*out' holds quality-scores.settings.json but no quality-scores.fingerprints, so the images its "
+                r"scores belong to cannot be checked; add --fresh"),
+    ("cut", r"fingerprints' is damaged \(not the fingerprints of a listing\); add --fresh"),
+    ("altered", r"fingerprints' is damaged \(not the fingerprints of a listing\); add --fresh"),
+    ("random", r"fingerprints' is damaged \(not the fingerprints of a listing\); add --fresh"),
+    ("foreign", r"^2 of the 2 images of '.*small' already scored in '.*out' changed since"),
+    ("link", r"fingerprints' is a symbolic link; a run does not follow links in its output folder: add --fresh"),
+    ("folder", r"fingerprints' is not a regular file; add --fresh"),
+])
+def test_damaged_fingerprints_are_one_line(case, pattern, small, tmp_path) -> None:
+    from utils.errors import UserError
+
+    out = tmp_path / "out"
+    assert drive(small, out, limit=2).left == 4
+    path = out / FINGERPRINTS
+    data = path.read_bytes()
+    path.unlink()
+    if case == "cut":
+        path.write_bytes(data[:-1])
+    elif case == "altered":
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    elif case == "random":
+        path.write_bytes(os.urandom(len(data)))
+    elif case == "foreign":  # well formed, of another folder's files
+        other = tmp_path / "other"
+        (other / "a").mkdir(parents=True)
+        for i in range(6):
+            (other / "a" / f"{i}.jpg").write_bytes(b"y" * (i + 2))
+        drive(other, tmp_path / "other-out", limit=2)
+        path.write_bytes((tmp_path / "other-out" / FINGERPRINTS).read_bytes())
+    elif case == "link":
+        (tmp_path / "elsewhere").write_bytes(data)
+        os.symlink(tmp_path / "elsewhere", path)
+    elif case == "folder":
+        path.mkdir()
+    with pytest.raises(UserError, match=pattern):
+        drive(small, out)
+    if case != "folder":
+        assert drive(small, out, fresh=True).complete
+
+
+@pytest.mark.parametrize("row,problem", [
+    (b"a/3.jpg,nan,", r"the score 'nan' is not finite"),
+    (b"a/3.jpg,inf,", r"the score 'inf' is not finite"),
+    (b"a/3.jpg,-1e999,", r"the score '-1e999' is not finite"),
+    (b"a/3.jpg,0.5", r"2 field\(s\), not path,quality,error"),
+    (b"a/3.jpg,0.5,,x", r"4 field\(s\), not path,quality,error"),
+    (b"", r"0 field\(s\), not path,quality,error"),
+    (b"a/3.jpg,abc,", r"'abc' is not a score"),
+    (b"a/3.jpg,1_0,", r"'1_0' is not a score as this project writes it"),
+    (b"a/3.jpg,,", r"neither a score nor a reason"),
+    (b"a/3.jpg,0.5,unreadable", r"both a score and a reason"),
+    (b"b/7.jpg,0.5,", r"'b/7.jpg' is not an image of the listing"),
+    (b"a/0.jpg,0.5,", r"'a/0.jpg' a second time"),
+])
+def test_forged_part_rows_are_one_line(row, problem, small, tmp_path) -> None:
+    """A block with a valid checksum whose row is not one a run writes makes the part damaged: one line naming it,
+    the row and --fresh; nothing of it reaches an output."""
+    from utils.errors import DataError
+
+    out = tmp_path / "out"
+    assert drive(small, out, limit=2).left == 4
+    payload = row + b"\r\n"
+    with open(out / PART, "ab") as handle:
+        handle.write(b"#B %d %08x\n" % (len(payload), zlib.crc32(payload)) + payload)
+    with pytest.raises(DataError, match=rf"^'.*part0of1.csv' is damaged \(row 3: {problem}\); add --fresh"):
+        drive(small, out)
+    assert not (out / FILES[0]).exists()
+    assert drive(small, out, fresh=True).complete
+    assert (out / FILES[1]).read_text().splitlines()[1:] == [f"a/{i}.jpg,{i + 1}.0" for i in range(6)]
+
+
+def test_the_line_after_a_limit_stop() -> None:
+    """Without --fresh: run the same command. With it (or a prefix argparse takes for it): the command without it,
+    quoted for a shell, on one line."""
+    from engine.resumable import _continue_line
+
+    assert _continue_line(3, False, ["x.py", "--fresh"]) == ("stopped with 3 image(s) left (base.limit); run the "
+                                                            "same command to continue")
+    line = _continue_line(3, True, ["x.py", "--fre", "--images", "my faces\nb", "--fresh", "--limit", "2"])
+    assert line == ("stopped with 3 image(s) left (base.limit); continue with the same command without --fresh (it "
+                    "would start over): python x.py --images 'my faces\\nb' --limit 2")
+
+
+def test_a_state_without_its_part_is_refused_and_fresh_removes_it(small, tmp_path) -> None:
+    """A draw state whose part file is gone would be restored into a part that starts afresh: refused; --fresh
+    removes it with every other file of the earlier run."""
+    from utils.errors import DataError
+
+    out = tmp_path / "out"
+    assert drive(small, out, limit=2).left == 4
+    orphan = out / "quality-scores.part1of2.csv.state.pt"
+    orphan.write_bytes(b"left behind")
+    with pytest.raises(DataError, match=r"part1of2.csv.state.pt' has no part file beside it; add --fresh"):
+        drive(small, out)
+    assert drive(small, out, fresh=True).complete and not orphan.exists()

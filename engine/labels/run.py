@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from dataset.folder_batches import iterate_folder
 from dataset.formats import SCORES_CSV, SCORES_PICKLE
-from dataset.image_folder import find_images
+from dataset.image_folder import list_images
 from engine.labels.config import resolve_denoiser, resolve_fr
 from engine.labels.scoring import image_seed, score_batch_fast, score_batch_official
 from engine.resumable import BatchResult, FolderJob, FolderSummary, RunState, run_folder
@@ -22,18 +22,20 @@ from utils.errors import CheckpointError, ConfigError
 from utils.io import check_output_dir, json_writer
 from utils.runtime import precision_context, reader_workers, resolve_precision
 
-__all__ = ["run_scoring", "SCORES_PICKLE", "SCORES_CSV", "SCORES_META"]
+__all__ = ["run_scoring", "SCORES_PICKLE", "SCORES_CSV", "SCORES_META", "SCORES_FIGURE"]
 
 _logger = logging.getLogger(__name__)
 
 SCORES_META = "quality-scores.json"
+SCORES_FIGURE = "quality-scores.png"
 #: The official denoiser's number of diffusion steps (``diff_params.timesteps``).
 DEFAULT_TIMESTEPS = 1000
 
 
-def run_scoring(cfg: Any, fresh: bool = False) -> FolderSummary:
-    """Score ``cfg.inference.images_loc`` (a :class:`engine.labels.config.ScoreConfig`); ``fresh`` discards the
-    unfinished scores of an earlier run in the output folder first. Returns what was done."""
+def run_scoring(cfg: Any, fresh: bool = False, command: Sequence[str] = ()) -> FolderSummary:
+    """Score ``cfg.inference.images_loc`` (a :class:`engine.labels.config.ScoreConfig`); ``fresh`` removes the files
+    of an earlier run in the output folder first (its finished scores too); ``command`` (``[program, *arguments]``)
+    is named after a ``base.limit`` stop. Returns what was done."""
     check_output_dir(cfg.inference.save_loc, "inference.save_loc / --output")
     unet_kwargs, diff_kwargs = resolve_denoiser(cfg)
     timesteps = int((diff_kwargs or {}).get("timesteps", DEFAULT_TIMESTEPS))
@@ -42,15 +44,16 @@ def run_scoring(cfg: Any, fresh: bool = False) -> FolderSummary:
                           f"{timesteps} steps, so it must be in [1, {timesteps - 1}] (official: 5)")
     info, device = init_distributed(cfg.base.device)
     try:
-        return _run(cfg, info, device, fresh, unet_kwargs, diff_kwargs)
+        return _run(cfg, info, device, fresh, command, unet_kwargs, diff_kwargs)
     finally:
         finish_distributed(info)
 
 
-def _run(cfg: Any, info: DistInfo, device: torch.device, fresh: bool, unet_kwargs: Optional[Dict[str, Any]],
-         diff_kwargs: Optional[Dict[str, Any]]) -> FolderSummary:
+def _run(cfg: Any, info: DistInfo, device: torch.device, fresh: bool, command: Sequence[str],
+         unet_kwargs: Optional[Dict[str, Any]], diff_kwargs: Optional[Dict[str, Any]]) -> FolderSummary:
     inf, base = cfg.inference, cfg.base
-    rel_paths = find_images(inf.images_loc, cfg.dataset.order, key="inference.images_loc or --images")
+    listing = list_images(inf.images_loc, cfg.dataset.order, key="inference.images_loc or --images")
+    rel_paths = listing.paths
     fr = resolve_fr(cfg)
     if not os.path.isfile(fr[1]):
         raise CheckpointError(f"face recognition weights '{fr[1]}' (fr_model.weights of inference.fr_config, or "
@@ -108,10 +111,12 @@ def _run(cfg: Any, info: DistInfo, device: torch.device, fresh: bool, unet_kwarg
             "skipped": skipped, "processes": info.world, "device": str(device),
             "last_run_seconds": round(summary.seconds, 2), "config": to_dict(cfg)}))]
 
-    job = FolderJob(root=inf.images_loc, rel_paths=rel_paths, out=inf.save_loc, batch_size=per_batch,
-                    settings=settings, what="DifFIQA scores", out_key="inference.save_loc (--output)", keys=base.keys,
-                    limit=base.limit, flush_every=base.flush_every, fresh=fresh, verbose=inf.verbose and info.main,
-                    state=_rng_state(base.seed + info.rank, device) if base.official else None, extra_outputs=meta)
+    job = FolderJob(root=inf.images_loc, rel_paths=rel_paths, stats=listing.stats, out=inf.save_loc,
+                    batch_size=per_batch, settings=settings, what="DifFIQA scores",
+                    out_key="inference.save_loc (--output)", keys=base.keys, limit=base.limit,
+                    flush_every=base.flush_every, fresh=fresh, verbose=inf.verbose and info.main,
+                    state=_rng_state(base.seed + info.rank, device) if base.official else None, extra_outputs=meta,
+                    extra_names=(SCORES_META, SCORES_FIGURE), command=command)
     summary = run_folder(job, label_batches, info)
     if summary.complete and summary.skipped_names:
         _logger.warning("%d unreadable image(s) were skipped, e.g. %s", len(summary.skipped_names),
@@ -132,7 +137,7 @@ def _figure(cfg: Any, table: Dict[str, float]) -> List[Tuple[str, Any]]:
     root = cfg.inference.images_loc
     where = (lambda key: key) if cfg.base.keys == "joined" else (lambda key: os.path.join(root, key))
     title = sheet_title("DifFIQA quality labels", len(table), root, "the DifFIQA denoiser")
-    return figure_file(os.path.join(cfg.inference.save_loc, "quality-scores.png"),
+    return figure_file(os.path.join(cfg.inference.save_loc, SCORES_FIGURE),
                        lambda: score_sheet(table, lambda key: np.asarray(decode_face(where(key))),
                                            cfg.base.figure_tiles, title), "the labels are written without it")
 

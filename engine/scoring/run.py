@@ -20,16 +20,17 @@ SCORES_CONFIG = "quality-scores.config.json"
 SCORES_FIGURE = "quality-scores.png"
 
 
-def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
+def score(cfg: InferenceConfig, fresh: bool = False, command: Sequence[str] = ()) -> Dict[str, int]:
     """Score ``cfg.dataset.loc`` (faces, or photos with ``cfg.align``) and write the outputs as one set.
 
-    Faces are scored resumably and, under ``torchrun``, in shares: see :func:`_score_faces`. ``fresh`` discards the
-    unfinished scores of an earlier run in the output folder first.
+    Faces are scored resumably and, under ``torchrun``, in shares: see :func:`_score_faces`. ``fresh`` removes the
+    files of an earlier run in the output folder first (its finished scores too); ``command`` (``[program,
+    *arguments]``) is named after a ``base.limit`` stop.
 
     Returns:
         Counts: ``scored`` and ``skipped`` (and ``no_face`` for photos; ``left`` after a ``base.limit`` stop).
     """
-    from dataset.image_folder import find_images
+    from dataset.image_folder import list_images
     from engine.scoring.backends import resolve_backend
     from engine.scoring.scorer import QualityScorer
     from engine.scoring.weights import resolve_weights
@@ -46,7 +47,8 @@ def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
     try:
         if info.enabled and cfg.align:
             raise ConfigError("photos (align) are scored by one process; run inference.py --align without torchrun")
-        rel_paths = find_images(cfg.dataset.loc)
+        listing = list_images(cfg.dataset.loc)
+        rel_paths = listing.paths
         backend = resolve_backend(cfg.model, cfg.backend, device, cfg.precision)
         weights = resolve_weights(cfg.model, cfg.weights, backend, progress=cfg.base.verbose and info.main)
         scorer = QualityScorer.from_pretrained(cfg.model, weights, device=device, precision=cfg.precision,
@@ -56,13 +58,13 @@ def score(cfg: InferenceConfig, fresh: bool = False) -> Dict[str, int]:
                      scorer.precision, scorer.backend)
         if cfg.align:
             return _score_photos(cfg, rel_paths, scorer)
-        return _score_faces(cfg, rel_paths, scorer, info, fresh, weights)
+        return _score_faces(cfg, rel_paths, listing.stats, scorer, info, fresh, weights, command)
     finally:
         finish_distributed(info)
 
 
-def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh: bool,
-                 weights: str) -> Dict[str, int]:
+def _score_faces(cfg: InferenceConfig, rel_paths: List[str], stats, scorer, info,
+                 fresh: bool, weights: str, command: Sequence[str]) -> Dict[str, int]:
     """Score the folder resumably and, under ``torchrun``, in shares (see :mod:`engine.resumable`): a rerun into the
     same folder continues where a kill (or ``base.limit``) stopped, byte for byte, and refuses other settings."""
     import torch
@@ -83,11 +85,12 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
                 # the thread count changes the last bits of CPU results
                 "threads": torch.get_num_threads() if scorer.device.type == "cpu" else None}
-    job = FolderJob(root=cfg.dataset.loc, rel_paths=rel_paths, out=cfg.base.save_path, batch_size=batch,
+    job = FolderJob(root=cfg.dataset.loc, rel_paths=rel_paths, stats=stats, out=cfg.base.save_path, batch_size=batch,
                     settings=settings, what="quality scores", out_key="base.save_path (--output)", keys="joined",
                     limit=cfg.base.limit, flush_every=cfg.base.flush_every, fresh=fresh,
                     verbose=cfg.base.verbose,
-                    extra_outputs=lambda table, skipped, summary: [_config_file(cfg), *_figure_file(cfg, table)])
+                    extra_outputs=lambda table, skipped, summary: [_config_file(cfg), *_figure_file(cfg, table)],
+                    extra_names=(SCORES_CONFIG, SCORES_FIGURE), command=command)
     workers = params.num_workers if params.num_workers is not None else scorer.default_workers()
 
     def score_batches(paths: List[str], batch_size: int):
@@ -105,8 +108,7 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], scorer, info, fresh
             _summary(cfg, summary.scored, summary.skipped_names, summary.seconds, extra=extra,
                      skipped_now=summary.skipped)
         else:
-            print(f"stopped with {summary.left} image(s) left (base.limit); run the same command to continue",
-                  file=sys.stderr)
+            print(summary.stopped, file=sys.stderr)
     return {"scored": summary.scored, "skipped": summary.skipped, **({"left": summary.left} if summary.left else {})}
 
 
