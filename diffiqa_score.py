@@ -5,13 +5,12 @@
     torchrun --nproc_per_node 4 diffiqa_score.py -c configs/diffiqa_config.yaml     # split the folder across GPUs
 
 Writes into ``inference.save_loc``: ``quality-scores.pkl`` (dict {path: quality}, the format ``prepare_data.py -ll``
-reads), ``quality-scores.csv`` and ``quality-scores.json`` (seed, mode, settings, counts). Scores are flushed to
+reads), ``quality-scores.csv`` and ``quality-scores.json`` (settings, resolved config, counts). Scores are flushed to
 ``quality-scores.part*.csv`` while running: run the same command again after a kill and it continues.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
@@ -54,13 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from engine.labels.run import run_scoring
 
-    summary = run_scoring(cfg, fresh=args.fresh, command=["diffiqa_score.py", *argv])
-    if summary.complete:
-        print(f"scored {summary.scored} new image(s) in this run; {summary.total} scored in all, skipped "
-              f"{len(summary.skipped_names)}; wrote "
-              f"{os.path.join(cfg.inference.save_loc, 'quality-scores.pkl')} and .csv", file=sys.stderr)
-    elif summary.left:
-        print(summary.stopped, file=sys.stderr)
+    run_scoring(cfg, fresh=args.fresh, command=["diffiqa_score.py", *argv])
     return 0
 
 

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Export and check; returns the process exit code."""
-    from engine.scoring.backends import ExportConfig, export_checked
+    from engine.scoring.export import ExportConfig, export_checked
 
     args = build_parser().parse_args(argv)
     cfg = cli.load_script_config(ExportConfig, args, FLAGS)

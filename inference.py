@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 4 inference.py -c configs/inference_config.yaml   # split the folder across processes
 
 Writes ``<save_path>/quality-scores.pkl`` (the official format: pickled dict {image path: quality}) and
-``<save_path>/quality-scores.csv`` (``path,quality``), with the resolved config (``quality-scores.config.json``).
+``<save_path>/quality-scores.csv`` (``path,quality``), with ``quality-scores.json`` (settings, resolved config, counts).
 Scores are flushed to part files while running: the same command after a kill (or ``--limit``) continues. Exit code 2
 on a user mistake, with a one-line message.
 """

@@ -30,10 +30,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import inference
     from dataset.synthetic import save_image
-    from engine.scoring.config import InferenceConfig
-    from engine.scoring.run import _figure_file
+    from engine.resumable import ScoreSheet, sheet_files
     from model.synthetic import manifest_state_dict
-    from utils.config import from_dict
 
     name = f"ediffiqa{args.variant.upper()}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,12 +47,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         run = time.perf_counter() - start
         with open(os.path.join(out, "quality-scores.pkl"), "rb") as handle:
             table = pickle.load(handle)
-        cfg = from_dict(InferenceConfig, {"model": name, "figure_tiles": args.tiles, "dataset": {"loc": faces},
-                                          "base": {"save_path": out}})
+        sheet = ScoreSheet(args.tiles, "eDifFIQA quality scores", name)
         draws = []
         for _ in range(3):
             start = time.perf_counter()
-            files = _figure_file(cfg, table)
+            files = sheet_files(out, table, sheet, faces, "quality scores")
             files[0][1][1](open(os.devnull, "wb"))
             draws.append(time.perf_counter() - start)
         draw = statistics.median(draws)

@@ -1,25 +1,30 @@
-"""Readers and writers of the official eDifFIQA data files (labels, teacher embeddings, prepared training data).
+"""Readers and writers of the official eDifFIQA data files (labels and quality scores, teacher embeddings, prepared
+training data).
 
 Pickles are read through :func:`utils.io.safe_pickle_load`, which admits only the types these formats use.
 """
 from __future__ import annotations
 
+import csv
 import operator
 import os
+import zipfile
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from utils.config import short
+from utils.errors import DataError, first_line
+from utils.io import TEXT_ERRORS, atomic_open, csv_writer, pickle_writer, safe_pickle_load, write_pickle
+
+# torch is imported only where the prepared files are read: labels, scores and embeddings are read without it
+# (evaluate.py runs without torch).
 if TYPE_CHECKING:
     import torch
 
-from utils.config import short
-from utils.errors import DataError, first_line
-from utils.io import csv_writer, pickle_writer, read_scores_csv, safe_pickle_load, write_pickle
-
-__all__ = ["read_labels", "read_label_values", "quality_value", "PREPARED_PROTOCOL", "SCORES_PICKLE", "SCORES_CSV",
-           "format_score", "scores_writers", "EmbeddingTable", "read_embeddings", "write_embeddings", "centres_file",
-           "items_file", "prepared_writers", "read_prepared"]
+__all__ = ["read_labels", "read_label_values", "quality_value", "PREPARED_PROTOCOL", "format_score",
+           "scores_csv_writer", "read_scores_csv", "EmbeddingTable", "read_embeddings", "write_embeddings",
+           "centres_file", "items_file", "prepared_writers", "read_prepared"]
 
 
 def _examples(items: Sequence[str], n: int = 3) -> str:
@@ -173,8 +178,6 @@ def _npz_member(path: str, name: str) -> np.ndarray:
 
     Mapping skips zipfile's copy and CRC pass (several seconds per GB) and reads only the rows that are used.
     """
-    import zipfile
-
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(f"{name}.npy")
         if info.compress_type == zipfile.ZIP_STORED:
@@ -273,8 +276,6 @@ def write_embeddings(path: str, paths: Sequence[str], embeddings: np.ndarray) ->
     """Write embeddings as the official pickled dict, or as ``.npz`` when ``path`` ends with ``.npz`` (atomically)."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if path.lower().endswith(".npz"):
-        from utils.io import atomic_open
-
         with atomic_open(path, "wb") as handle:
             np.savez(handle, paths=np.asarray(list(paths), dtype=str), embeddings=embeddings)
     else:
@@ -291,23 +292,42 @@ def items_file(save_location: str, name: str) -> str:
     return os.path.join(save_location, f"training_items-{name}.pkl")
 
 
-#: File names of quality scores, as ``inference.py`` and ``diffiqa_score.py`` write them (the official
-#: ``quality-scores.pkl`` and its CSV twin).
-SCORES_PICKLE = "quality-scores.pkl"
-SCORES_CSV = "quality-scores.csv"
-
-
 def format_score(value: float) -> str:
     """The one text form of a score in CSV files: the shortest that reads back to the same float."""
     return repr(float(value))
 
 
-def scores_writers(folder: str, table: Dict[str, float]) -> List[Tuple[str, Tuple[str, Any]]]:
-    """``quality-scores.pkl`` (the official ``{key: score}`` dict) and ``quality-scores.csv`` of ``table`` as
-    ``(path, writer)`` for :func:`utils.io.write_together`."""
-    return [(os.path.join(folder, SCORES_PICKLE), pickle_writer(table)),
-            (os.path.join(folder, SCORES_CSV),
-             csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items())))]
+def scores_csv_writer(table: Dict[str, float]) -> Tuple[str, Any]:
+    """The ``path,quality`` CSV of ``table`` (``{key: score}``, each score in its one text form) as a writer for
+    :func:`utils.io.write_together`."""
+    return csv_writer(("path", "quality"), ((k, format_score(v)) for k, v in table.items()))
+
+
+def read_scores_csv(path: str) -> Dict[str, float]:
+    """Read a ``path,quality`` CSV as :func:`scores_csv_writer` writes it (file names as their bytes).
+
+    Raises:
+        DataError: Not a quality CSV, or a row without a number in its second column (names the line).
+    """
+    try:
+        with open(path, "r", encoding="utf-8", errors=TEXT_ERRORS, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:2]] != ["path", "quality"]:
+                raise DataError(f"'{path}' is not a quality CSV: its first line must be 'path,quality'")
+            table: Dict[str, float] = {}
+            for row in reader:
+                if not row:
+                    continue
+                try:
+                    table[row[0]] = float(row[1])
+                except (IndexError, ValueError):
+                    raise DataError(f"'{path}' line {reader.line_num}: expected 'path,quality', got "
+                                    f"{','.join(row)[:80]!r}") from None
+            return table
+    except csv.Error as exc:
+        raise DataError(f"'{path}' is not a readable CSV ({exc})") from None
+
 
 #: Pickle protocol of the prepared files: Python's default when the official script ran (3.8-3.13), so that the
 #: files are the official bytes.

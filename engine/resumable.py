@@ -1,5 +1,7 @@
-"""One resumable, shardable driver that scores a folder into ``quality-scores.pkl`` and ``quality-scores.csv``
-(``inference.py`` and ``diffiqa_score.py``; each passes only its batch function and its settings).
+"""The score folder: every file ``inference.py`` and ``diffiqa_score.py`` write into their output folder, and the one
+resumable, shardable driver that writes them. A workflow hands it a batch function, its settings and what the score
+sheet shows; the names, the sidecar, the figure, the check for non-finite scores, the summary and the line after a
+``limit`` stop are this module's.
 
 A run takes the output folder's lock, checks the settings recorded there and that no image already scored has
 changed since (its size and modification time), and appends each batch's rows to its part file as one checksummed
@@ -10,7 +12,13 @@ merges the parts and writes the output set once no image is left.
 
 Files in the output folder (none is ever followed if it is a link):
 
-- ``quality-scores.settings.json``: what the scores depend on; a run with other settings is refused.
+- ``quality-scores.pkl`` (the official ``{key: score}`` dict) and ``quality-scores.csv`` (``path,quality``, each
+  score in its one text form): the scores, written once no image is left.
+- ``quality-scores.png``: the score sheet (the lowest and highest scored faces and the spread of every score).
+- ``quality-scores.json``: the sidecar. ``settings``: what the scores depend on, written when a run starts; a run with
+  other settings is refused (``null`` for photos, whose run does not resume). ``config``: the resolved config.
+  ``run``, written with the scores: the images listed, scored and skipped (with the reason), the processes, the
+  device and the seconds of the run that finished the set.
 - ``quality-scores.fingerprints``: a header line, then 8 bytes per image of the listing (a hash of its relative path,
   size and modification time); a rerun refuses images scored before that have changed since.
 - ``quality-scores.lock``: held while a run writes.
@@ -20,12 +28,13 @@ Files in the output folder (none is ever followed if it is a link):
 - ``quality-scores.part<r>of<w>.state.pt``: a workflow's state after the last batch and the part length it belongs
   to (official DifFIQA: the RNG), so that a resumed run continues its draws.
 
-``fresh`` removes all of these and the finished set (``quality-scores.pkl``, ``.csv`` and the files written with
-them) before the run starts.
+``fresh`` removes all of these but the lock before the run starts. The pickle, CSV, figure and sidecar are written as
+one set (:func:`write_scores`; the photo path of ``inference.py`` writes through it too).
 """
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import hashlib
 import io
@@ -34,15 +43,19 @@ import math
 import os
 import re
 import shlex
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from dataset.formats import SCORES_CSV, SCORES_PICKLE, format_score, scores_writers
+from dataset.formats import format_score, scores_csv_writer
+from dataset.transforms import decode_face
+from engine import figures
 from utils.distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main
 from utils.errors import ConfigError, DataError, RunError, UserError
 from utils.io import (
@@ -51,6 +64,7 @@ from utils.io import (
     atomic_open,
     json_writer,
     open_regular,
+    pickle_writer,
     read_json,
     safe_pickle_load,
     torch_load,
@@ -58,12 +72,18 @@ from utils.io import (
 )
 from utils.lock import FolderLock
 
-__all__ = ["SETTINGS_FILE", "FINGERPRINTS_FILE", "LOCK_FILE", "BatchResult", "RunState", "FolderJob", "FolderSummary",
-           "run_folder", "split_batches_for_rank", "part_path", "read_parts", "fingerprints", "changed_images"]
+__all__ = ["SCORES_PICKLE", "SCORES_CSV", "SCORES_FIGURE", "SIDECAR", "FINGERPRINTS_FILE", "LOCK_FILE", "BatchResult",
+           "RunState", "ScoreSheet", "FolderJob", "FolderSummary", "run_folder", "write_scores", "sheet_files",
+           "check_finite", "print_summary", "split_batches_for_rank", "part_path", "read_parts", "fingerprints",
+           "changed_images"]
 
 _logger = logging.getLogger(__name__)
 
-SETTINGS_FILE = "quality-scores.settings.json"
+#: The official pickle and its CSV twin.
+SCORES_PICKLE = "quality-scores.pkl"
+SCORES_CSV = "quality-scores.csv"
+SCORES_FIGURE = "quality-scores.png"
+SIDECAR = "quality-scores.json"
 FINGERPRINTS_FILE = "quality-scores.fingerprints"
 LOCK_FILE = "quality-scores.lock"
 _PART = re.compile(r"^quality-scores\.part(\d+)of(\d+)\.csv$")
@@ -86,14 +106,26 @@ class BatchResult(NamedTuple):
 ScoreBatches = Callable[[List[str], int], Iterator[BatchResult]]
 
 
-@dataclass
-class RunState:
+class RunState(Protocol):
     """State a resumed run must restore exactly (official DifFIQA's global RNG): ``save()`` is written after every
     batch with the part length it belongs to; ``load(state)`` is called before scoring (``None`` on a fresh
     start)."""
 
-    save: Callable[[], Dict[str, Any]]
-    load: Callable[[Optional[Dict[str, Any]]], None]
+    def save(self) -> Dict[str, Any]: ...
+
+    def load(self, state: Optional[Dict[str, Any]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ScoreSheet:
+    """What ``quality-scores.png`` shows: ``tiles`` lowest and highest scored faces (0: no figure) under the title
+    ``<heading> of <N> images in '<folder>' by <model>``. ``load`` reads the face of a key (default: the image file
+    the key names, below the images folder for relative keys)."""
+
+    tiles: int
+    heading: str
+    model: str
+    load: Optional[Callable[[str], np.ndarray]] = None
 
 
 @dataclass
@@ -108,18 +140,18 @@ class FolderJob:
         out: The output folder.
         batch_size: Images per batch.
         settings: What the scores depend on besides the folder, the batch size and the keys (JSON values).
+        config: The resolved config, recorded in the sidecar.
+        sheet: What the score sheet shows; None: no figure.
+        device: Where the scores are computed, recorded in the sidecar.
         what: What the scores are, for messages (``DifFIQA scores``).
         out_key: The config key and flag naming ``out``, for messages.
         keys: ``relative`` (keys are the relative paths) or ``joined`` (joined to ``root`` as given).
         limit: Score at most this many new images (in whole batches), then stop.
         flush_every: Images between ``fsync`` calls of the part file.
-        fresh: Remove every file of an earlier run first (its part files, states, settings, fingerprints and
+        fresh: Remove every file of an earlier run first (its part files, states, sidecar, fingerprints and
             finished set).
         verbose: Show a progress bar.
         state: See :class:`RunState`.
-        extra_outputs: ``(table, skipped, summary) -> [(path, writer), ...]`` written in the same set as the
-            scores.
-        extra_names: The names (in ``out``) of every file ``extra_outputs`` may write, for ``fresh``.
         command: The command line of this run (``[program, *arguments]``), for the line after a ``limit`` stop.
     """
 
@@ -129,6 +161,9 @@ class FolderJob:
     out: str
     batch_size: int
     settings: Dict[str, Any]
+    config: Dict[str, Any] = field(default_factory=dict)
+    sheet: Optional[ScoreSheet] = None
+    device: str = ""
     what: str = "quality scores"
     out_key: str = "--output"
     keys: str = "joined"
@@ -137,17 +172,13 @@ class FolderJob:
     fresh: bool = False
     verbose: bool = True
     state: Optional[RunState] = None
-    extra_outputs: Optional[Callable[[Dict[str, float], Dict[str, str], "FolderSummary"],
-                                     List[Tuple[str, Any]]]] = None
-    extra_names: Sequence[str] = ()
     command: Sequence[str] = ()
 
 
 @dataclass
 class FolderSummary:
     """What a run did. ``scored``/``skipped``/``seconds`` count this run over every process; ``total`` the scores
-    in the written set; ``left`` the images a ``limit`` left for the next run, and ``stopped`` the line that says
-    so and how to continue."""
+    in the written set; ``left`` the images a ``limit`` left for the next run."""
 
     complete: bool = False
     scored: int = 0
@@ -156,10 +187,66 @@ class FolderSummary:
     left: int = 0
     seconds: float = 0.0
     skipped_names: List[str] = field(default_factory=list)
-    stopped: str = ""
 
 
-# ------------------------------------------------------------------------------------------------- files
+# ------------------------------------------------------------------------------------------------- the finished set
+def check_finite(keys: Sequence[str], values: Sequence[float], what: str, where: str, kept: str) -> None:
+    """Every value of ``keys`` is finite, else a :class:`RunError` naming how many of ``what`` (``where``: of what,
+    e.g. `` of a batch``) and which, and what was kept."""
+    bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
+    if bad:
+        raise RunError(f"{len(bad)} of the {len(values)} {what}{where} are NaN or infinite (e.g. "
+                       f"{', '.join(bad[:3])}): the weights or the precision overflow; {kept}")
+
+
+def _read_tile(prefix: str, key: str) -> np.ndarray:
+    """The face of ``key``: the image file ``prefix + key``, decoded as the scorer reads it."""
+    return np.asarray(decode_face(prefix + key))
+
+
+def sheet_files(out: str, table: Dict[str, float], sheet: Optional[ScoreSheet], folder: str, what: str,
+                tile_prefix: str = "") -> List[Tuple[str, Any]]:
+    """``[(quality-scores.png, writer)]``: the score sheet of ``table``, whose faces ``sheet.load`` reads (default:
+    the image file ``tile_prefix + key``); empty when turned off (no sheet, or 0 tiles) or when it cannot be drawn
+    (said in a warning: the ``what`` are written without it)."""
+    if sheet is None or not sheet.tiles:
+        return []
+    load = sheet.load or functools.partial(_read_tile, tile_prefix)
+    title = figures.sheet_title(sheet.heading, len(table), folder, sheet.model)
+    draw = functools.partial(figures.score_sheet, table, load, sheet.tiles, title)
+    return figures.figure_file(os.path.join(out, SCORES_FIGURE), draw, f"the {what} are written without it")
+
+
+def write_scores(out: str, table: Dict[str, float], record: Dict[str, Any], what: str, folder: str,
+                 sheet: Optional[ScoreSheet] = None, tile_prefix: str = "",
+                 extra: Sequence[Tuple[str, Any]] = ()) -> None:
+    """Write the set: ``quality-scores.pkl`` and ``.csv`` of ``table`` (``{key: score}``), the sidecar ``record``,
+    the score sheet (:func:`sheet_files`) and ``extra`` ``(path, writer)`` files, as one set.
+
+    Raises:
+        RunError: A score is NaN or infinite; nothing is written.
+    """
+    check_finite(list(table), list(table.values()), what, "", "nothing was written")
+    write_together([(os.path.join(out, SCORES_PICKLE), pickle_writer(table)),
+                    (os.path.join(out, SCORES_CSV), scores_csv_writer(table)),
+                    (os.path.join(out, SIDECAR), json_writer(record)), *extra,
+                    *sheet_files(out, table, sheet, folder, what, tile_prefix)])
+
+
+def print_summary(out: str, scored: int, skipped: int, seconds: float, skipped_names: Sequence[str],
+                  total: Optional[int] = None, extra: str = "") -> None:
+    """The line a finished run prints (``total``: the scores in the set, when more than this run's), and the
+    unreadable images it skipped."""
+    rate = scored / seconds if seconds > 0 else float("nan")
+    counts = f" in this run ({total} scored in all)" if total is not None and total != scored else ""
+    print(f"scored {scored}, skipped {skipped}{counts}{extra}, {seconds:.1f} s, {rate:.1f} images/s; wrote "
+          f"{os.path.join(out, SCORES_PICKLE)} and {SCORES_CSV}", file=sys.stderr)
+    if skipped_names:
+        print(f"skipped (unreadable): {', '.join(skipped_names[:5])}{' ...' if len(skipped_names) > 5 else ''}",
+              file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------- files of a run
 def part_path(folder: str, rank: int, world: int) -> str:
     """The part file of process ``rank`` of ``world``."""
     return os.path.join(folder, f"quality-scores.part{rank}of{world}.csv")
@@ -362,7 +449,7 @@ class _Run:
         the folder count."""
         job, out = self.job, self.job.out
         _remove(_stale_temporaries(out))
-        settings_path = os.path.join(out, SETTINGS_FILE)
+        sidecar_path = os.path.join(out, SIDECAR)
         fingerprints_path = os.path.join(out, FINGERPRINTS_FILE)
         if job.fresh:
             self._remove_earlier_run()
@@ -371,19 +458,16 @@ class _Run:
         if orphans:  # it would restore a draw state into a part that starts afresh
             raise DataError(f"'{orphans[0]}' has no part file beside it; {self.fix}")
         current = fingerprints(job.rel_paths, job.stats)
-        if not os.path.lexists(settings_path):
+        old = self._recorded_settings(sidecar_path) if os.path.lexists(sidecar_path) else None
+        if old is None:
             if parts:
-                raise DataError(f"'{out}' holds part files ({os.path.basename(parts[0])}) but no {SETTINGS_FILE}, "
-                                f"so their settings are unknown; {self.fix}")
+                raise DataError(f"'{out}' holds part files ({os.path.basename(parts[0])}) but no settings in "
+                                f"{SIDECAR}, so their settings are unknown; {self.fix}")
             # The fingerprints first: settings without them would make the next run refuse the folder.
             write_together([(fingerprints_path, _fingerprints_writer(current)),
-                            (settings_path, json_writer(self.settings))])
+                            (sidecar_path, json_writer({"settings": self.settings, "config": job.config}))])
             self.parts = {}, {}
             return 0
-        old = read_json(settings_path, self.fix)
-        if not isinstance(old, dict):
-            raise DataError(f"'{settings_path}' is damaged (it holds a {type(old).__name__}, not the settings); "
-                            f"{self.fix}")
         changed = [k for k in self.settings if old.get(k) != self.settings[k]]
         changed += [k for k in old if k not in self.settings]
         if changed:
@@ -407,12 +491,25 @@ class _Run:
         """``fresh``: every file of an earlier run, by the names this project gives them (a link is removed, never
         followed)."""
         out = self.job.out
-        names = [SETTINGS_FILE, FINGERPRINTS_FILE, SCORES_PICKLE, SCORES_CSV, *self.job.extra_names]
+        names = [SIDECAR, FINGERPRINTS_FILE, SCORES_PICKLE, SCORES_CSV, SCORES_FIGURE]
         _remove(_state_files(out) + _part_files(out) + [os.path.join(out, name) for name in names])
+
+    def _recorded_settings(self, path: str) -> Optional[Dict[str, Any]]:
+        """The ``settings`` of the sidecar; None where it records none (a set of photos, which no run continues)."""
+        record = read_json(path, self.fix)
+        if not isinstance(record, dict):
+            raise DataError(f"'{path}' is damaged (it holds a {type(record).__name__}, not the record of a run); "
+                            f"{self.fix}")
+        if "settings" not in record:
+            raise DataError(f"'{path}' is damaged (no settings); {self.fix}")
+        settings = record["settings"]
+        if not (settings is None or isinstance(settings, dict)):
+            raise DataError(f"'{path}' is damaged (its settings are {_short(settings)}); {self.fix}")
+        return settings
 
     def _read_fingerprints(self, path: str) -> bytes:
         if not os.path.lexists(path):
-            raise DataError(f"'{self.job.out}' holds {SETTINGS_FILE} but no {FINGERPRINTS_FILE}, so the images its "
+            raise DataError(f"'{self.job.out}' holds {SIDECAR} but no {FINGERPRINTS_FILE}, so the images its "
                             f"scores belong to cannot be checked; {self.fix}")
         fd = open_regular(path, fix=self.fix)
         with os.fdopen(fd, "rb") as handle:
@@ -487,7 +584,7 @@ class _Run:
         job, info = self.job, self.info
         lock = FolderLock(os.path.join(job.out, LOCK_FILE), job.out_key) if info.main else None
         try:
-            use_previous = self._agree(lambda: (lock.acquire(), self.prepare())[1])
+            use_previous = self._prepare_on_first(lock)
             if use_previous and self.previous is None:  # the other processes read it once the first has checked it
                 self.previous = self._previous_scores()
             previous = self.previous or {}
@@ -507,17 +604,20 @@ class _Run:
             summary = FolderSummary(scored=int(totals[0]), skipped=int(totals[1]), seconds=seconds)
             if info.main:
                 self._finish(summary, previous)
+                self._report(summary)
             return summary
         finally:
             if lock is not None:
                 lock.release()
 
-    def _agree(self, prepare: Callable[[], int]) -> int:
-        """``prepare`` on the first process; every process learns its result, or stops when it failed."""
+    def _prepare_on_first(self, lock: Optional[FolderLock]) -> int:
+        """The first process (the one that holds ``lock``) takes the lock and runs :meth:`prepare`; every process
+        learns its result, or stops when it failed."""
         value, error = 0, None
-        if self.info.main:
+        if lock is not None:
             try:
-                value = prepare()
+                lock.acquire()
+                value = self.prepare()
             except (UserError, RunError, OSError) as exc:
                 error = exc
         flag, value = broadcast_from_main([int(error is not None), value], self.info)
@@ -530,8 +630,6 @@ class _Run:
         return value
 
     def _score(self, mine: List[str], score_batches: ScoreBatches) -> Tuple[List[int], float]:
-        from tqdm import tqdm
-
         job, info = self.job, self.info
         path = part_path(job.out, info.rank, info.world)
         fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, fix=self.fix)
@@ -577,11 +675,8 @@ class _Run:
         given = list(result.paths) + [p for p, _ in result.skipped]
         if len(values) != len(result.paths) or sorted(given) != sorted(expected):
             raise RuntimeError("a batch function returned other paths than its batch's")
-        bad = [p for p, v in zip(result.paths, values) if not math.isfinite(v)]
-        if bad:
-            raise RunError(f"{len(bad)} of the {len(values)} {self.job.what} of a batch are NaN or infinite (e.g. "
-                           f"{', '.join(bad[:3])}): the weights or the precision overflow; nothing of this batch or of "
-                           "the output set was written (the earlier batches are kept in the part files)")
+        check_finite(result.paths, values, self.job.what, " of a batch", "nothing of this batch or of the output set "
+                     "was written (the earlier batches are kept in the part files)")
         by_path = dict(zip(result.paths, values))
         reasons = dict(result.skipped)
         text = io.StringIO(newline="")
@@ -626,23 +721,32 @@ class _Run:
                 raise RunError(f"{len(left)} image(s) of '{job.root}' were not scored (e.g. {left[0]}); run the same "
                                "command to continue")
             summary.left = len(left)
-            summary.stopped = _continue_line(len(left), job.fresh, job.command)
             return
         kept = [p for p in job.rel_paths if p in scores]
         if not kept:
             first = next(iter(skipped.items()))
             raise DataError(f"none of the {len(job.rel_paths)} images in '{job.root}' could be read (first: "
                             f"{first[0]}: {first[1]})")
-        key = (lambda p: p) if job.keys == "relative" else (lambda p: os.path.join(job.root, p))
-        table = {key(p): scores[p] for p in kept}
+        below_root = os.path.join(job.root, "")  # + a relative path = os.path.join(job.root, path)
+        prefix, tile_prefix = ("", below_root) if job.keys == "relative" else (below_root, "")
+        table = {prefix + p: scores[p] for p in kept}
         current = {p: skipped[p] for p in job.rel_paths if p in skipped}
-        outputs = scores_writers(job.out, table)
-        if job.extra_outputs is not None:
-            outputs += job.extra_outputs(table, current, summary)
-        write_together(outputs)
+        record = {"settings": self.settings, "config": job.config,
+                  "run": {"images": len(job.rel_paths), "scored": len(table), "skipped": current,
+                          "processes": self.info.world, "device": job.device, "seconds": round(summary.seconds, 2)}}
+        write_scores(job.out, table, record, job.what, job.root, job.sheet, tile_prefix)
         parts = _part_files(job.out)
         _remove([p + _STATE_SUFFIX for p in parts] + parts)
         summary.complete, summary.total, summary.skipped_names = True, len(kept), sorted(current)
+
+    def _report(self, summary: FolderSummary) -> None:
+        """First process: the summary line of a finished set, or what a ``limit`` stop left and how to continue."""
+        job = self.job
+        if summary.complete:
+            print_summary(job.out, summary.scored, summary.skipped, summary.seconds, summary.skipped_names,
+                          total=summary.total)
+        elif summary.left:
+            print(_continue_line(summary.left, job.fresh, job.command), file=sys.stderr)
 
 
 def run_folder(job: FolderJob, score_batches: ScoreBatches, info: DistInfo) -> FolderSummary:

@@ -22,7 +22,7 @@ SCRIPTS = {
     "extract_embeddings": ("engine.scoring.embeddings.extract_embeddings", {}, [
         "--images", "faces", "--backbone", "iresnet18", "--weights", "w.pth", "--output", "e.pkl"], "flip=true",
         lambda c: c.flip is True),
-    "export_onnx": ("engine.scoring.backends.export_checked", (0.0, 1.0), [
+    "export_onnx": ("engine.scoring.export.export_checked", (0.0, 1.0), [
         "--model", "ediffiqaT", "--weights", "w.pth", "--output", "m.onnx"], "opset=13", lambda c: c.opset == 13),
 }
 
@@ -43,7 +43,7 @@ def _capture(monkeypatch, script):
 
     if script == "export_onnx":
         def workflow(model, weights, output, with_embedding, opset):  # noqa: F811 - export_checked's signature
-            from engine.scoring.backends import ExportConfig
+            from engine.scoring.export import ExportConfig
 
             seen.append(ExportConfig(model, weights, output, with_embedding, opset))
             return result

@@ -203,12 +203,13 @@ def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys)
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     code, err = run_score(["-c", score_config(tmp_path, images, whole)], capsys)
     assert code == 0, err
-    assert "1 unreadable image(s) were skipped" in err and "broken.jpg" in err
+    assert "scored 5, skipped 1, " in err and "skipped (unreadable): id0/broken.jpg" in err
     reference = read_scores(whole)
     assert sorted(reference) == sorted(f"id{i % 2}/{i}.png" for i in range(5))
-    meta = json.loads((whole / "quality-scores.json").read_text())
+    record = json.loads((whole / "quality-scores.json").read_text())
     assert not (whole / "quality-scores.png").exists()  # base.figure_tiles: 0
-    assert meta["seed"] == 0 and meta["mode"] == "default" and list(meta["skipped"]) == ["id0/broken.jpg"]
+    assert record["settings"]["seed"] == 0 and record["settings"]["mode"] == "default"
+    assert list(record["run"]["skipped"]) == ["id0/broken.jpg"] and record["config"]["inference"]["repeats"] == 2
 
     # Stop after 2 new images, then after 2 more, then finish: nothing scored twice, nothing lost.
     for step in range(3):
@@ -217,7 +218,7 @@ def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys)
         if step < 2:
             assert not (parts / "quality-scores.pkl").exists() and "left" in err
         else:  # the last run counts only what it scored itself
-            assert "scored 2 new image(s) in this run; 5 scored in all" in err, err
+            assert "scored 2, skipped 0 in this run (5 scored in all)" in err, err
     assert not list(parts.glob("quality-scores.part*"))  # merged and removed once complete
     resumed = read_scores(parts)
     assert sorted(resumed) == sorted(reference)
@@ -234,7 +235,7 @@ def test_official_mode_and_prepare_data_reads_the_labels(scoring_setup, capsys) 
     assert code == 0, err
     scores = read_scores(out)
     assert len(scores) == 5 and all(np.isfinite(v) for v in scores.values())
-    assert json.loads((out / "quality-scores.json").read_text())["mode"] == "official"
+    assert json.loads((out / "quality-scores.json").read_text())["settings"]["mode"] == "official"
     # The labels feed prepare_data.py together with embeddings keyed by the same relative paths.
     import prepare_data
 
@@ -434,7 +435,7 @@ def test_rerun_scores_only_new_images_and_refuses_other_settings(scoring_setup, 
         images / "id1" / "new.png")
     code, err = run_score(["-c", cfg], capsys)
     assert code == 0, err
-    assert "scored 1 new image(s) in this run; 6 scored in all" in err
+    assert "scored 1, skipped 0 in this run (6 scored in all)" in err
     second = read_scores(out)
     assert set(second) == set(first) | {"id1/new.png"}
     assert all(second[k] == first[k] for k in first)  # earlier scores kept, not recomputed
@@ -444,12 +445,12 @@ def test_rerun_scores_only_new_images_and_refuses_other_settings(scoring_setup, 
 
 def test_fresh_removes_the_earlier_set_and_a_limit_stop_names_the_command(scoring_setup, capsys,
                                                                           monkeypatch) -> None:
-    """--fresh removes an earlier run's set (the JSON summary and figure too); the line after a --limit stop is the
+    """--fresh removes an earlier run's set (the sidecar and figure too); the line after a --limit stop is the
     driver's, as in inference.py: under --fresh the command without it, otherwise the same command. (The labels
     themselves are a stand-in here: this is about the files and the messages.)"""
     import shlex
 
-    monkeypatch.setattr("engine.labels.run.score_batch_fast", lambda x, *args: torch.full((len(x),), 0.5))
+    monkeypatch.setattr("engine.labels.policy.score_batch_fast", lambda x, *args: torch.full((len(x),), 0.5))
     tmp_path, images = scoring_setup
     out = tmp_path / "lim"
     out.mkdir()
@@ -461,7 +462,8 @@ def test_fresh_removes_the_earlier_set_and_a_limit_stop_names_the_command(scorin
     code, err = run_score([*args[:2], "--fresh", *args[2:]], capsys)
     assert code == 0 and ("stopped with 4 image(s) left (base.limit); continue with the same command without --fresh "
                           f"(it would start over): {shlex.join(['python', 'diffiqa_score.py', *args])}\n") in err, err
-    assert not [name for name in earlier if (out / name).exists()]
+    assert [name for name in earlier if (out / name).exists()] == ["quality-scores.json"]  # this run's, only:
+    assert list(json.loads((out / "quality-scores.json").read_text())) == ["settings", "config"]
     code, err = run_score(args, capsys)
     assert code == 0 and "stopped with 2 image(s) left (base.limit); run the same command to continue\n" in err, err
 

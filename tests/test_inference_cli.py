@@ -220,9 +220,10 @@ def test_backend_auto_follows_the_measurements(kind, precision, expected, tmp_pa
     import pickle
 
     pytest.importorskip("onnxruntime")
+    import engine.scoring.backends
     import utils.runtime
 
-    monkeypatch.setattr(utils.runtime, "cpu_kind", lambda: kind)
+    monkeypatch.setattr(engine.scoring.backends, "cpu_kind", lambda: kind)
     monkeypatch.setattr(utils.runtime, "cpu_has_native_bf16", lambda: True)  # bf16 runs (slowly) on any CPU
     images = tmp_path / "imgs"
     for i in range(3):

@@ -56,6 +56,33 @@ def test_the_check_sees_an_upward_import(tmp_path) -> None:
     assert list(project_imports(str(bad))) == [(2, "engine")]
 
 
+def attribute_reads(path: str, name: str):
+    """Lines of ``path`` where code reads an attribute called ``name`` (``x.name``, ``getattr(x, "name")``), comments,
+    strings and docstrings aside."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == name:
+            yield node.lineno
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and node.args[1].value == name):
+            yield node.lineno
+
+
+def test_the_labels_run_reads_the_policy_not_the_official_flag() -> None:
+    """engine/labels/policy.py is the one place that turns base.official into how labels are computed: the folder
+    run never reads an attribute named ``official``."""
+    path = os.path.join(ROOT, "engine", "labels", "run.py")
+    assert list(attribute_reads(path, "official")) == []
+    assert list(attribute_reads(os.path.join(ROOT, "engine", "labels", "policy.py"), "official"))
+
+
+def test_the_attribute_check_sees_a_read(tmp_path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""base.official in a docstring."""\n# cfg.base.official in a comment\nx = "base.official"\n'
+                   'if cfg.base.official:\n    pass\ny = getattr(cfg.base, "official")\n')
+    assert list(attribute_reads(str(bad), "official")) == [4, 6]
+
+
 def _code_strings_and_names(path: str):
     """String constants (docstrings left out) and identifiers of ``path``'s code."""
     tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)

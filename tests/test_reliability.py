@@ -23,10 +23,11 @@ import inference
 import prepare_data
 import train
 import train_diffusion
+from dataset.formats import read_scores_csv
 from dataset.image_folder import find_images
 from utils.config import load_config
 from utils.errors import ConfigError
-from utils.io import read_scores_csv, safe_pickle_load, write_csv
+from utils.io import safe_pickle_load, write_csv
 
 #: A file name that is not valid UTF-8 (byte 0xff), as Linux allows.
 ODD_NAME = os.fsdecode(b"caf\xff.png")
@@ -246,7 +247,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, capsys, m
 
 def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
-    import engine.scoring.backends
+    import engine.scoring.export
 
     class Wrong:
         def __init__(self, *args, **kwargs):
@@ -255,7 +256,7 @@ def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, 
         def __call__(self, x):
             return None, np.full(len(x), np.nan, dtype=np.float32)
 
-    monkeypatch.setattr(engine.scoring.backends, "OnnxModel", Wrong)
+    monkeypatch.setattr(engine.scoring.export, "OnnxModel", Wrong)
     out = tmp_path / "m.onnx"
     code, err = run(export_onnx, "export_onnx.py", ["--model", "ediffiqaT", "--weights",
                                                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output",

@@ -20,7 +20,7 @@ import inference
 
 FILES = ("quality-scores.pkl", "quality-scores.csv")
 PART = "quality-scores.part0of1.csv"
-SETTINGS = "quality-scores.settings.json"
+SIDECAR = "quality-scores.json"
 FINGERPRINTS = "quality-scores.fingerprints"
 
 
@@ -57,8 +57,8 @@ def reference(faces, checkpoint_dir, tmp_path_factory):
 
 
 def finished_cleanly(out) -> None:
-    # no part, lock, state or temporary left; the resolved config beside the scores
-    assert sorted(os.listdir(out)) == sorted([*FILES, SETTINGS, FINGERPRINTS, "quality-scores.config.json"])
+    # no part, lock, state or temporary left; the sidecar beside the scores
+    assert sorted(os.listdir(out)) == sorted([*FILES, SIDECAR, FINGERPRINTS])
 
 
 # ------------------------------------------------------------------------------------------------- exact resume
@@ -71,7 +71,7 @@ def test_a_cut_at_any_byte_of_the_part_file_resumes_exactly(every_block, faces, 
     stopped = tmp_path / "stopped"
     code, err = run(argv(faces, checkpoint_dir, stopped, "--limit", "12"), capsys)
     assert code == 0 and "stopped with 12 image(s) left (base.limit)" in err, err
-    data, settings, prints = ((stopped / name).read_bytes() for name in (PART, SETTINGS, FINGERPRINTS))
+    data, settings, prints = ((stopped / name).read_bytes() for name in (PART, SIDECAR, FINGERPRINTS))
     blocks = [m.start() for m in re.finditer(rb"#B \d+ [0-9a-f]{8}\n", data)] + [len(data)]
     assert len(blocks) == 7  # 6 batches of 2
     cuts = {0, 1, blocks[0] - 1, blocks[0]}
@@ -82,7 +82,7 @@ def test_a_cut_at_any_byte_of_the_part_file_resumes_exactly(every_block, faces, 
     for cut in sorted(c for c in cuts if 0 <= c <= len(data)):
         out = tmp_path / f"cut{cut}"
         out.mkdir()
-        (out / SETTINGS).write_bytes(settings)
+        (out / SIDECAR).write_bytes(settings)
         (out / FINGERPRINTS).write_bytes(prints)
         (out / PART).write_bytes(data[:cut])
         code, err = run(argv(faces, checkpoint_dir, out), capsys)
@@ -92,7 +92,7 @@ def test_a_cut_at_any_byte_of_the_part_file_resumes_exactly(every_block, faces, 
     # Garbage after the whole blocks (a damaged tail) is dropped too.
     out = tmp_path / "tail"
     out.mkdir()
-    (out / SETTINGS).write_bytes(settings)
+    (out / SIDECAR).write_bytes(settings)
     (out / FINGERPRINTS).write_bytes(prints)
     (out / PART).write_bytes(data + b"#B 40 0badf00d\nid0/00.jpg,0.5,\n\x00\x00")
     code, err = run(argv(faces, checkpoint_dir, out), capsys)
@@ -143,7 +143,7 @@ def test_killed_during_the_final_write_resumes_exactly(faces, checkpoint_dir, re
     code, _ = run(argv(faces, checkpoint_dir, out), capsys)
     monkeypatch.setattr(os, "replace", real)
     assert code == 130 and (out / FILES[0]).exists() and not (out / FILES[1]).exists() and (out / PART).exists()
-    for name in (".quality-scores.pkl.abc123.tmp", ".quality-scores.csv.x.tmp", ".quality-scores.settings.json.y.tmp"):
+    for name in (".quality-scores.pkl.abc123.tmp", ".quality-scores.csv.x.tmp", ".quality-scores.json.y.tmp"):
         (out / name).write_bytes(b"left by a kill")
     code, err = run(argv(faces, checkpoint_dir, out), capsys)
     assert code == 0, err
@@ -279,7 +279,7 @@ def test_fresh_removes_the_earlier_set_and_the_printed_command_continues(faces, 
                                                    "same command without --fresh (it would start over): "), err
     command = shlex.split(lines[0].split(": ", 1)[1])
     assert command == ["python", "inference.py", *argv(faces, checkpoint_dir, out, "--limit", "8")]
-    assert sorted(os.listdir(out)) == sorted([PART, SETTINGS, FINGERPRINTS]) and victim.read_bytes() == b"keep me"
+    assert sorted(os.listdir(out)) == sorted([PART, SIDECAR, FINGERPRINTS]) and victim.read_bytes() == b"keep me"
     code, err = run(command[2:], capsys)
     assert code == 0 and "stopped with 8 image(s) left (base.limit); run the same command to continue" in err, err
     assert run(command[2:], capsys)[0] == 0
@@ -342,24 +342,26 @@ def test_a_planted_link_is_never_followed(faces, checkpoint_dir, tmp_path, capsy
     code, err = run(argv(faces, checkpoint_dir, out, "--fresh"), capsys)
     assert code == 0, err
     assert victim.read_text() == "keep me" and not (out / PART).exists()
-    # A link planted as the settings file is refused the same way, before anything is read through it.
-    (out / SETTINGS).unlink()
-    os.symlink(victim, out / SETTINGS)
+    # A link planted as the sidecar is refused the same way, before anything is read through it.
+    (out / SIDECAR).unlink()
+    os.symlink(victim, out / SIDECAR)
     code, err = run(argv(faces, checkpoint_dir, out), capsys)
-    assert_user_error(code, err, "inference.py", r"settings.json' is a symbolic link")
+    assert_user_error(code, err, "inference.py", r"quality-scores.json' is a symbolic link")
     assert victim.read_text() == "keep me"
 
 
 @pytest.mark.parametrize("content,pattern", [
-    (b"", r"settings.json' is damaged \(.*\); add --fresh"),
-    (b'{"images": "/x", "batch', r"settings.json' is damaged \(.*\); add --fresh"),
-    (b"[1, 2]", r"settings.json' is damaged \(it holds a list, not the settings\); add --fresh"),
-    (b"\xff\xfe", r"settings.json' is damaged"),
+    (b"", r"quality-scores.json' is damaged \(.*\); add --fresh"),
+    (b'{"settings": {"images": "/x", "batch', r"quality-scores.json' is damaged \(.*\); add --fresh"),
+    (b"[1, 2]", r"quality-scores.json' is damaged \(it holds a list, not the record of a run\); add --fresh"),
+    (b'{"config": {}}', r"quality-scores.json' is damaged \(no settings\); add --fresh"),
+    (b'{"settings": [1]}', r"quality-scores.json' is damaged \(its settings are \[1\]\); add --fresh"),
+    (b"\xff\xfe", r"quality-scores.json' is damaged"),
 ])
-def test_a_damaged_settings_file_is_one_line(content, pattern, faces, checkpoint_dir, tmp_path, capsys) -> None:
+def test_a_damaged_sidecar_is_one_line(content, pattern, faces, checkpoint_dir, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / SETTINGS).write_bytes(content)
+    (out / SIDECAR).write_bytes(content)
     code, err = run(argv(faces, checkpoint_dir, out), capsys)
     assert_user_error(code, err, "inference.py", pattern)
     assert run(argv(faces, checkpoint_dir, out, "--fresh"), capsys)[0] == 0
@@ -423,9 +425,11 @@ def test_the_summary_counts_every_image_of_this_run(faces, checkpoint_dir, tmp_p
     code, err = run(argv(faces, checkpoint_dir, out), capsys)
     assert code == 0 and "scored 13, skipped 1 in this run (23 scored in all)" in err, err
     assert "skipped (unreadable): id1/broken.png" in err
-    settings = json.loads((out / SETTINGS).read_text())
+    record = json.loads((out / SIDECAR).read_text())
+    settings, finished = record["settings"], record["run"]
     assert settings["batch_size"] == 2 and settings["images"] == os.path.realpath(faces)
-    assert settings["threads"] >= 1
+    assert settings["threads"] >= 1 and record["config"]["base"]["limit"] is None
+    assert (finished["images"], finished["scored"], list(finished["skipped"])) == (24, 23, ["id1/broken.png"])
 
 
 # ------------------------------------------------------------------------------------------------- the driver alone
@@ -482,8 +486,30 @@ def test_a_finished_run_refuses_changed_images_and_scores_added_ones(small, tmp_
         assert pickle.load(handle)["a/9.jpg"] == 6.0
 
 
+def test_a_set_without_settings_is_scored_afresh_and_never_continued(small, tmp_path) -> None:
+    """A sidecar whose settings are null (photos, whose run does not resume) records no run to continue: the scores
+    beside it are never taken over, and part files beside it are refused."""
+    import pickle
+
+    from utils.errors import DataError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / SIDECAR).write_text('{"settings": null, "config": {}}')
+    (out / FILES[0]).write_bytes(pickle.dumps({"a/0.jpg": 0.5}))
+    summary = drive(small, out)
+    assert summary.complete and summary.scored == 6
+    with open(out / FILES[0], "rb") as handle:
+        assert pickle.load(handle)["a/0.jpg"] == 1.0
+    assert drive(small, out, fresh=True, limit=2).left == 4
+    (out / SIDECAR).write_text('{"settings": null}')
+    with pytest.raises(DataError, match=r"holds part files \(quality-scores.part0of1.csv\) but no settings in "
+                                        r"quality-scores.json, so their settings are unknown; add --fresh"):
+        drive(small, out)
+
+
 @pytest.mark.parametrize("case,pattern", [
-    ("missing", r"'.*out' holds quality-scores.settings.json but no quality-scores.fingerprints, so the images its "
+    ("missing", r"'.*out' holds quality-scores.json but no quality-scores.fingerprints, so the images its "
                 r"scores belong to cannot be checked; add --fresh"),
     ("cut", r"fingerprints' is damaged \(not the fingerprints of a listing\); add --fresh"),
     ("altered", r"fingerprints' is damaged \(not the fingerprints of a listing\); add --fresh"),

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from dataset.alignment import ARCFACE_TEMPLATE, align_face, estimate_similarity
+from dataset.formats import read_scores_csv
 from utils.config import from_dict, load_yaml
 from utils.errors import ConfigError, DataError
-from utils.io import atomic_open, read_scores_csv, safe_pickle_load, write_csv, write_pickle
+from utils.io import atomic_open, safe_pickle_load, write_csv, write_pickle
 from utils.runtime import resolve_device, seed_everything
 
 

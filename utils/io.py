@@ -13,8 +13,8 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, Sequence, Tuple
 from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
-           "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "read_scores_csv",
-           "open_regular", "read_json", "sha256_of", "OutputError", "TEXT_ERRORS"]
+           "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "open_regular",
+           "read_json", "sha256_of", "OutputError", "TEXT_ERRORS"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -216,32 +216,6 @@ def write_json(path: str, obj: Any) -> None:
 def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Write a CSV file atomically; file names keep their bytes (:data:`TEXT_ERRORS`)."""
     write_together([(path, csv_writer(header, rows))])
-
-
-def read_scores_csv(path: str) -> Dict[str, float]:
-    """Read a ``path,quality`` CSV as written by ``inference.py`` (file names as their bytes).
-
-    Raises:
-        DataError: Not a quality CSV, or a row without a number in its second column (names the line).
-    """
-    try:
-        with open(path, "r", encoding="utf-8", errors=TEXT_ERRORS, newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["path", "quality"]:
-                raise DataError(f"'{path}' is not a quality CSV: its first line must be 'path,quality'")
-            table: Dict[str, float] = {}
-            for row in reader:
-                if not row:
-                    continue
-                try:
-                    table[row[0]] = float(row[1])
-                except (IndexError, ValueError):
-                    raise DataError(f"'{path}' line {reader.line_num}: expected 'path,quality', got "
-                                    f"{','.join(row)[:80]!r}") from None
-            return table
-    except csv.Error as exc:
-        raise DataError(f"'{path}' is not a readable CSV ({exc})") from None
 
 
 #: (module, name) pairs the official pickle files need: builtin containers and NumPy arrays / scalars.

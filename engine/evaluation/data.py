@@ -9,10 +9,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset.formats import quality_value
+from dataset.formats import quality_value, read_scores_csv
 from utils.config import short
 from utils.errors import DataError
-from utils.io import TEXT_ERRORS, read_scores_csv, safe_pickle_load
+from utils.io import TEXT_ERRORS, safe_pickle_load
 
 __all__ = ["Pairs", "read_pairs", "read_qualities", "PathMatcher", "plot_edc"]
 

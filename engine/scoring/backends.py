@@ -9,19 +9,20 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from utils.config import check
-from utils.errors import CheckpointError, ConfigError, RunError
-from utils.runtime import cpu_count
+from model.registry import VARIANTS
+from utils.errors import CheckpointError, ConfigError
+from utils.io import atomic_open
+from utils.runtime import cpu_count, cpu_kind, resolve_precision
 
-__all__ = ["BACKENDS", "choose_backend", "resolve_backend", "export_onnx", "OnnxModel", "check_onnx_file",
-           "ExportConfig", "export_checked"]
+# onnxruntime and OpenCV (cv2) are optional and heavy: each is imported only where an ONNX file needs it.
+
+__all__ = ["BACKENDS", "choose_backend", "resolve_backend", "export_onnx", "OnnxModel", "check_onnx_file"]
 
 _logger = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ def export_onnx(model: nn.Module, path: str, with_embedding: bool = False, opset
     """Export an :class:`model.EDifFIQA` to ONNX: input ``input`` ``(N, 3, 112, 112)`` float32 normalised to
     [-1, 1] (RGB, as the OpenCV Zoo demo feeds it), output ``quality`` ``(N, 1)`` (and ``embedding`` ``(N, 512)``
     first with ``with_embedding``); the batch dimension is dynamic."""
-    from utils.io import atomic_open
-
     wrapper = _QualityOnly(model.eval(), with_embedding).eval()
     outputs = ["embedding", "quality"] if with_embedding else ["quality"]
     dynamic = {"input": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
@@ -148,17 +147,10 @@ class OnnxModel:
         return (outs[0] if self.has_embedding else None), quality
 
 
-#: Largest relative difference between ONNX Runtime and PyTorch that :func:`export_checked` accepts.
-PARITY_TOLERANCE = 1e-3
-
-
 def choose_backend(name: str, device: torch.device, precision: str) -> Tuple[str, str]:
     """``--backend auto``: ``(backend, why)`` for variant ``name`` on ``device`` at the resolved ``precision``: ONNX
     Runtime where it measured faster than torch for this variant in fp32 on this kind of CPU (the registry's
     ``onnx_faster_on``), torch everywhere else (GPUs, bf16/fp16, which the ONNX backends do not run)."""
-    from model.registry import VARIANTS
-    from utils.runtime import cpu_kind
-
     variant = VARIANTS[name]
     if device.type != "cpu":
         return "torch", f"the ONNX backends run on the CPU, this run on {device}"
@@ -179,65 +171,6 @@ def resolve_backend(name: str, backend: str, device: torch.device, precision: st
     """``backend``, or for ``auto`` the one :func:`choose_backend` picks (said once in the log, with why)."""
     if backend != "auto":
         return backend
-    from utils.runtime import resolve_precision
-
     chosen, why = choose_backend(name, device, resolve_precision(device, precision))
     _logger.info("--backend auto: %s (%s)", chosen, why)
     return chosen
-
-
-@dataclass
-class ExportConfig:
-    """``export_onnx.py``'s settings (keys = the long flag names)."""
-
-    model: Optional[str] = None        # the variant
-    weights: Optional[str] = None      # its checkpoint (.pth, official layout); null: weights/<model>.pth, else fetched
-    output: Optional[str] = None       # the .onnx file to write
-    with_embedding: bool = False       # also output the 512-d embedding
-    opset: int = 17
-
-    def __post_init__(self) -> None:
-        from model.registry import VARIANTS, variant_names
-
-        for name in ("model", "output"):
-            check(getattr(self, name) is not None, f"'{name}' (--{name}) is required")
-        check(self.model in VARIANTS, f"'model' is '{self.model}'; choose one of: {', '.join(variant_names())}")
-        check(self.output.lower().endswith(".onnx"), f"'output' (--output) '{self.output}' must end with .onnx")
-        check(7 <= self.opset <= 23, f"'opset' must be between 7 and 23, got {self.opset}")
-
-
-def export_checked(name: str, weights: Optional[str], output: str, with_embedding: bool = False,
-                   opset: int = 17) -> Tuple[float, float]:
-    """Export variant ``name`` with ``weights`` to ``output`` and check it with ONNX Runtime on 5 inputs; the file is
-    moved into place only when the check passes.
-
-    Returns:
-        ``(largest absolute difference, largest |score|)``.
-
-    Raises:
-        RunError: The difference is not finite or above :data:`PARITY_TOLERANCE` relative; nothing is written.
-    """
-    from engine.scoring.weights import resolve_weights
-    from model.registry import create_model
-    from utils.io import check_output_dir
-
-    folder = os.path.dirname(os.path.abspath(output))
-    check_output_dir(folder, "--output")
-    model = create_model(name, resolve_weights(name, weights))
-    staged = os.path.join(folder, f".{os.path.basename(output)}.check.onnx")
-    try:
-        export_onnx(model, staged, with_embedding=with_embedding, opset=opset)
-        x = torch.rand(5, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        with torch.no_grad():
-            expected = model.embed_and_score(x)[1].reshape(-1).numpy()
-        _, got = OnnxModel(staged, "onnxruntime")(x.numpy())
-        diff = float(np.abs(got - expected).max())
-        scale = float(np.abs(expected).max()) or 1.0
-        if not (np.isfinite(diff) and diff / scale <= PARITY_TOLERANCE):
-            raise RunError(f"ONNX Runtime and PyTorch disagree on 5 inputs (largest difference {diff:.2e}, "
-                           f"{diff / scale:.2e} relative; tolerance {PARITY_TOLERANCE:g}); {output} was not written")
-        os.replace(staged, output)
-    finally:
-        if os.path.exists(staged):
-            os.remove(staged)
-    return diff, scale

@@ -1,20 +1,38 @@
-"""Raw photos to scored faces: MTCNN detection, five-point alignment to the ArcFace template, annotation.
+"""Raw photos to scored faces (``inference.py --align``): MTCNN detection, five-point alignment to the ArcFace
+template, scoring, annotation; the scores are written as the score folder's set (:func:`engine.resumable.write_scores`)
+with ``faces.csv`` (one row per face) and ``no-face.txt``. The run is not resumable.
 
 MTCNN comes from ``facenet-pytorch==2.5.3`` (its weights ship inside the wheel; later releases pin an old torch).
 """
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import IO, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
+from tqdm import tqdm
 
 from dataset.alignment import align_face
-from utils.errors import ConfigError
+from dataset.formats import format_score
+from engine.resumable import ScoreSheet, check_finite, print_summary, write_scores
+from engine.scoring.config import InferenceConfig
+from engine.scoring.scorer import QualityScorer
+from utils.config import to_dict
+from utils.errors import ConfigError, DataError, first_line
+from utils.io import atomic_open, csv_writer
 
-__all__ = ["FaceResult", "load_photo", "FaceDetector", "annotate"]
+__all__ = ["FaceResult", "load_photo", "FaceDetector", "annotate", "score_photos", "FACES_CSV", "NO_FACE"]
+
+#: Beside the scores: one row per face, and the photos where no face was found.
+FACES_CSV = "faces.csv"
+NO_FACE = "no-face.txt"
+_FACE_COLUMNS = ["path", "face", "x1", "y1", "x2", "y2", *[f"{p}_{c}" for p in ("left_eye", "right_eye", "nose",
+                 "mouth_left", "mouth_right") for c in ("x", "y")], "probability", "quality"]
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +73,7 @@ class FaceDetector:
     """
 
     def __init__(self, device: str = "cpu", min_probability: float = 0.9, max_side: int = 1600) -> None:
-        try:
+        try:  # optional and heavy: imported only when photos are scored
             from facenet_pytorch import MTCNN
         except ImportError:
             raise ConfigError("--align needs facenet-pytorch: pip install facenet-pytorch==2.5.3 requests") from None
@@ -87,6 +105,11 @@ class FaceDetector:
         """Aligned 112x112 crops of ``faces``, cut from the full-resolution photo."""
         return [align_face(photo, f.landmarks) for f in faces]
 
+    def first_face(self, path: str) -> np.ndarray:
+        """The aligned crop of the photo's first (largest) face, detected again: a score sheet's tile."""
+        photo = load_photo(path)
+        return np.asarray(self.crops(photo, self.detect(photo)[:1])[0])
+
 
 def annotate(photo: Image.Image, faces: Sequence[FaceResult], low: float = 0.3, high: float = 0.7) -> Image.Image:
     """A copy of the photo with each face's box, landmarks and quality (red below ``low``, green above ``high``)."""
@@ -104,3 +127,81 @@ def annotate(photo: Image.Image, faces: Sequence[FaceResult], low: float = 0.3, 
         draw.rectangle([x1, y1, x1 + 7 * width * len(label) // 2 + 4, y1 + 11 * width], fill=colour)
         draw.text((x1 + 2, y1), label, fill=(255, 255, 255))
     return out
+
+
+def score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer: QualityScorer) -> Dict[str, int]:
+    """Detect every face of the photos ``rel_paths`` (below ``cfg.dataset.loc``), align and score it; write the
+    scores (one per photo, its largest face, in the official format, so that ``evaluate.py`` reads them), one row per
+    face in ``faces.csv`` and the photos without a face in ``no-face.txt`` as one set.
+
+    Returns:
+        Counts: ``scored`` (faces), ``skipped`` (unreadable photos) and ``no_face``.
+
+    Raises:
+        DataError: No face in any photo.
+        RunError: A NaN or infinite score (nothing is written).
+    """
+    loc, out = cfg.dataset.loc, cfg.base.save_path
+    detector = FaceDetector("cuda" if scorer.device.type == "cuda" else "cpu", cfg.min_face_probability)
+    rows, best, skipped, no_face = [], {}, {}, []
+    start = time.perf_counter()
+    for rel in tqdm(rel_paths, unit="photo", disable=not cfg.base.verbose, dynamic_ncols=True):
+        path = os.path.join(loc, rel)
+        try:
+            photo = load_photo(path)
+        except Exception as exc:  # PIL raises many types for broken files
+            _logger.warning("skipped '%s': %s: %s", path, type(exc).__name__, exc)
+            skipped[rel] = f"{type(exc).__name__}: {first_line(exc)}"
+            continue
+        faces = detector.detect(photo)
+        if cfg.largest_face:
+            faces = faces[:1]
+        if not faces:
+            no_face.append(rel)
+            continue
+        crops = detector.crops(photo, faces)
+        qualities = scorer.score_images(crops).tolist()
+        check_finite([f"{rel} (face {face.face})" for face in faces], qualities, "quality scores", f" of '{path}'",
+                     "nothing was written")
+        for face, quality in zip(faces, qualities):
+            face.quality = quality
+            rows.append([path, face.face, *[round(v, 2) for v in face.box],
+                         *[round(float(v), 2) for v in face.landmarks.reshape(-1)], round(face.probability, 5),
+                         format_score(quality)])
+        best[rel] = faces[0].quality
+        stem = os.path.splitext(rel)[0]
+        if cfg.save_crops:
+            for face, crop in zip(faces, crops):
+                with atomic_open(os.path.join(cfg.save_crops, f"{stem}_face{face.face}.png"), "wb") as handle:
+                    crop.save(handle, format="PNG")
+        if cfg.annotate:
+            with atomic_open(os.path.join(cfg.annotate, f"{stem}.jpg"), "wb") as handle:
+                annotate(photo, faces).save(handle, format="JPEG", quality=90)
+    seconds = time.perf_counter() - start
+    if not rows:
+        raise DataError(f"no face found in any of the {len(rel_paths)} photos in '{loc}' "
+                        f"({len(no_face)} without a face, {len(skipped)} unreadable)")
+    # Keys as the official code writes them: os.path.join(dataset.loc, relative path).
+    table = {os.path.join(loc, rel): best[rel] for rel in sorted(best)}
+    record = {"settings": None, "config": to_dict(cfg),
+              "run": {"images": len(rel_paths), "scored": len(table), "faces": len(rows), "skipped": skipped,
+                      "no_face": len(no_face), "processes": 1, "device": str(scorer.device),
+                      "seconds": round(seconds, 2)}}
+    write_scores(out, table, record, "quality scores", loc,
+                 ScoreSheet(cfg.figure_tiles, "eDifFIQA quality scores", cfg.model, detector.first_face),
+                 extra=[(os.path.join(out, FACES_CSV), csv_writer(_FACE_COLUMNS, rows)),
+                        (os.path.join(out, NO_FACE), _lines_writer([os.path.join(loc, rel) for rel in no_face]))])
+    print_summary(out, len(rows), len(skipped), seconds, list(skipped),
+                  extra=f", photos without a face {len(no_face)}")
+    if no_face:
+        print(f"no face found in: {', '.join(no_face[:5])}{' ...' if len(no_face) > 5 else ''} "
+              f"(listed in {os.path.join(out, NO_FACE)})", file=sys.stderr)
+    return {"scored": len(rows), "skipped": len(skipped), "no_face": len(no_face)}
+
+
+def _lines_writer(lines: List[str]) -> Tuple[str, Callable[[IO], None]]:
+    """A text file of ``lines``, one a line, as a writer for :func:`utils.io.write_together`."""
+    def write(handle: IO) -> None:
+        handle.writelines(line + "\n" for line in lines)
+
+    return "w", write
