@@ -16,8 +16,8 @@ Files in the output folder (none is ever followed if it is a link):
   score in its one text form): the scores, written once no image is left.
 - ``quality-scores.png``: the score sheet (the lowest and highest scored faces and the spread of every score).
 - ``quality-scores.json``: the sidecar. ``settings``: what the scores depend on, written when a run starts; a run with
-  other settings is refused (``null`` for photos, whose run does not resume). ``config``: the resolved config.
-  ``run``, written with the scores: the images listed, scored and skipped (with the reason), the processes, the
+  other settings is refused (``null`` for photos, whose run does not resume). Written with the scores: ``config``,
+  the resolved config, and ``run``: the images listed, scored and skipped (with the reason), the processes, the
   device and the seconds of the run that finished the set.
 - ``quality-scores.fingerprints``: a header line, then 8 bytes per image of the listing (a hash of its relative path,
   size and modification time); a rerun refuses images scored before that have changed since.
@@ -465,7 +465,7 @@ class _Run:
                                 f"{SIDECAR}, so their settings are unknown; {self.fix}")
             # The fingerprints first: settings without them would make the next run refuse the folder.
             write_together([(fingerprints_path, _fingerprints_writer(current)),
-                            (sidecar_path, json_writer({"settings": self.settings, "config": job.config}))])
+                            (sidecar_path, json_writer({"settings": self.settings}))])
             self.parts = {}, {}
             return 0
         changed = [k for k in self.settings if old.get(k) != self.settings[k]]
@@ -497,14 +497,9 @@ class _Run:
     def _recorded_settings(self, path: str) -> Optional[Dict[str, Any]]:
         """The ``settings`` of the sidecar; None where it records none (a set of photos, which no run continues)."""
         record = read_json(path, self.fix)
-        if not isinstance(record, dict):
-            raise DataError(f"'{path}' is damaged (it holds a {type(record).__name__}, not the record of a run); "
-                            f"{self.fix}")
-        if "settings" not in record:
-            raise DataError(f"'{path}' is damaged (no settings); {self.fix}")
-        settings = record["settings"]
+        settings = record.get("settings", ()) if isinstance(record, dict) else ()
         if not (settings is None or isinstance(settings, dict)):
-            raise DataError(f"'{path}' is damaged (its settings are {_short(settings)}); {self.fix}")
+            raise DataError(f"'{path}' is damaged (not a record of settings); {self.fix}")
         return settings
 
     def _read_fingerprints(self, path: str) -> bytes:

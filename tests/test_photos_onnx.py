@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import pickle
 
@@ -81,8 +82,12 @@ def test_inference_align_writes_faces_annotations_and_no_face_list(tmp_path, che
 
     tiles = []
     real = figures.score_sheet
-    monkeypatch.setattr(figures, "score_sheet",
-                        lambda s, load, n, t: (tiles.extend(load(k) for k in s), real(s, load, n, t))[1])
+
+    def spy(scores, load, n, title):
+        tiles.extend(load(k) for k in scores)
+        return real(scores, load, n, title)
+
+    monkeypatch.setattr(figures, "score_sheet", spy)
     code = run_cli(inference.main, ["--images", str(photos), "--align", "--model", "ediffiqaT", "--weights",
                                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", str(out), "-q",
                                     "--device", "cpu", "--annotate", str(out / "ann"), "--save-crops",
@@ -95,6 +100,9 @@ def test_inference_align_writes_faces_annotations_and_no_face_list(tmp_path, che
     assert (out / "no-face.txt").read_text().strip().endswith("x.png") and "photos without a face 1" in err
     scores = pickle.load(open(out / "quality-scores.pkl", "rb"))
     assert len(scores) == 2
+    record = json.loads((out / "quality-scores.json").read_text())  # no settings: a photo run does not resume
+    assert record["settings"] is None and record["config"]["align"] is True
+    assert (record["run"]["faces"], record["run"]["no_face"], record["run"]["scored"]) == (2, 1, 2)
     annotated = Image.open(out / "ann" / "sub" / "grace_hopper.jpg")
     annotated.verify()
     assert Image.open(out / "ann" / "sub" / "grace_hopper.jpg").size == (512, 600)

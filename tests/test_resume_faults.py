@@ -353,9 +353,9 @@ def test_a_planted_link_is_never_followed(faces, checkpoint_dir, tmp_path, capsy
 @pytest.mark.parametrize("content,pattern", [
     (b"", r"quality-scores.json' is damaged \(.*\); add --fresh"),
     (b'{"settings": {"images": "/x", "batch', r"quality-scores.json' is damaged \(.*\); add --fresh"),
-    (b"[1, 2]", r"quality-scores.json' is damaged \(it holds a list, not the record of a run\); add --fresh"),
-    (b'{"config": {}}', r"quality-scores.json' is damaged \(no settings\); add --fresh"),
-    (b'{"settings": [1]}', r"quality-scores.json' is damaged \(its settings are \[1\]\); add --fresh"),
+    (b"[1, 2]", r"quality-scores.json' is damaged \(not a record of settings\); add --fresh"),
+    (b'{"config": {}}', r"quality-scores.json' is damaged \(not a record of settings\); add --fresh"),
+    (b'{"settings": [1]}', r"quality-scores.json' is damaged \(not a record of settings\); add --fresh"),
     (b"\xff\xfe", r"quality-scores.json' is damaged"),
 ])
 def test_a_damaged_sidecar_is_one_line(content, pattern, faces, checkpoint_dir, tmp_path, capsys) -> None:
