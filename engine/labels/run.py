@@ -14,8 +14,8 @@ from dataset.image_folder import list_images
 from engine.labels.config import resolve_denoiser, resolve_fr
 from engine.labels.scoring import image_seed, score_batch_fast, score_batch_official
 from engine.resumable import BatchResult, FolderJob, FolderSummary, RunState, run_folder
+from model.checkpoint import load_backbone
 from model.diffusion import load_diffusion
-from model.registry import load_backbone
 from utils.config import to_dict
 from utils.distributed import DistInfo, finish_distributed, init_distributed
 from utils.errors import CheckpointError, ConfigError

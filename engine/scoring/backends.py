@@ -218,7 +218,7 @@ def export_checked(name: str, weights: Optional[str], output: str, with_embeddin
         RunError: The difference is not finite or above :data:`PARITY_TOLERANCE` relative; nothing is written.
     """
     from engine.scoring.weights import resolve_weights
-    from model.registry import create_model
+    from model.checkpoint import create_model
     from utils.io import check_output_dir
 
     folder = os.path.dirname(os.path.abspath(output))
