@@ -10,14 +10,17 @@ from torch import nn
 from model.diffiqa_r import DifFIQAR
 from model.ediffiqa import EDifFIQA
 from model.mlp import MLP
-from model.registry import get_backbone, get_variant
+from model.registry import BACKBONES, backbone_names, get_variant
+from utils.errors import ConfigError
 
 __all__ = ["WRAPPERS", "build_backbone", "build_variant", "build_model"]
 
 
 def build_backbone(name: str) -> nn.Module:
     """Build a randomly initialised backbone by name (see :data:`model.registry.BACKBONES`)."""
-    module, function = get_backbone(name).builder.split(":")
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(backbone_names())}")
+    module, function = BACKBONES[name].builder.split(":")
     return getattr(importlib.import_module(module), function)()
 
 

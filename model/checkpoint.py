@@ -34,27 +34,23 @@ _logger = logging.getLogger(__name__)
 Shapes = Dict[str, Tuple[int, ...]]
 
 
-def _shapes(module: nn.Module) -> Shapes:
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> Shapes:
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 @functools.lru_cache(maxsize=None)
-def _variant_shapes(backbone: str, kind: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
-    # Built on the meta device: no memory and no init cost, only the key -> shape table.
+def _built_shapes(backbone: str, kind: Optional[str]) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """Key -> shape of ``backbone`` alone (``kind`` None) or of a model of ``kind`` on it, built on the meta device:
+    no memory and no init cost, only the table."""
     with torch.device("meta"):
-        return tuple(_shapes(build_variant(backbone, kind)).items())
-
-
-@functools.lru_cache(maxsize=None)
-def _backbone_shapes(name: str) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
-    with torch.device("meta"):
-        return tuple(_shapes(build_backbone(name)).items())
+        module = build_backbone(backbone) if kind is None else build_variant(backbone, kind)
+    return tuple(_shapes(module.state_dict()).items())
 
 
 def expected_shapes(name: str) -> Shapes:
     """Key -> shape of variant ``name``'s state dict, in its order (what a strict load needs)."""
     variant = get_variant(name)
-    return dict(_variant_shapes(variant.backbone, variant.kind))
+    return dict(_built_shapes(variant.backbone, variant.kind))
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -119,7 +115,7 @@ def check_finite(state_dict: Mapping[str, torch.Tensor], path: str, label: Optio
 
 def describe_mismatch(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, Tuple[int, ...]]) -> str:
     """What keeps ``state_dict`` from loading strictly where key -> shape ``expected`` is needed ("" if nothing)."""
-    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    have = _shapes(state_dict)
     missing = [k for k in expected if k not in have]
     unexpected = [k for k in have if k not in expected]
     wrong = [k for k in expected if k in have and have[k] != expected[k]]
@@ -136,14 +132,14 @@ def describe_mismatch(state_dict: Mapping[str, torch.Tensor], expected: Mapping[
 
 def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     """Return the variant whose keys and shapes the state dict matches exactly, or None."""
-    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    have = _shapes(state_dict)
     return next((name for name in variant_names() if have == expected_shapes(name)), None)
 
 
 def _bare_backbone(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     """The backbone whose keys and shapes the state dict matches exactly, or None."""
-    have = {k: tuple(v.shape) for k, v in state_dict.items()}
-    return next((name for name in BACKBONES if have == dict(_backbone_shapes(name))), None)
+    have = _shapes(state_dict)
+    return next((name for name in BACKBONES if have == dict(_built_shapes(name, None))), None)
 
 
 def check_checkpoint(path: str, name: str, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
@@ -201,7 +197,7 @@ def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             break
     backbone = into if into is not None else build_backbone(name)
-    mismatch = describe_mismatch(state_dict, _shapes(backbone))
+    mismatch = describe_mismatch(state_dict, _shapes(backbone.state_dict()))
     if mismatch:
         held = _bare_backbone(state_dict)
         hint = f"it holds a {held} backbone; {fix.format(held=held)}" if held else mismatch

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from utils.errors import ConfigError
 
 __all__ = ["BACKBONES", "Backbone", "VARIANTS", "Variant", "WeightsSource", "KINDS", "DEFAULT_VARIANT", "DEFAULT_FR",
-           "register_variant", "get_variant", "get_backbone", "backbone_for_module", "variant_for_module",
+           "register_variant", "get_variant", "backbone_for_module", "variant_for_module",
            "official_modules", "backbone_names", "variant_names", "OFFICIAL_WEIGHTS_HELP", "BACKBONE_WEIGHTS_HELP"]
 
 
@@ -169,18 +169,6 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(variant_names())}") from None
-
-
-def get_backbone(name: str) -> Backbone:
-    """The registered backbone ``name``.
-
-    Raises:
-        ConfigError: No such backbone; the message lists them.
-    """
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone '{name}'; choose one of: {', '.join(backbone_names())}") from None
 
 
 def backbone_for_module(module: str) -> Optional[str]:

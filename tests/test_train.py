@@ -421,3 +421,15 @@ def test_every_kind_has_an_objective() -> None:
     from model.registry import KINDS
 
     assert set(OBJECTIVES) == set(KINDS)
+
+
+def test_only_the_official_diffiqa_r_validates_without_autocast() -> None:
+    from engine.training.objective import Distillation, Regression
+    from engine.training.policy import TrainingPolicy
+
+    cfg = TrainConfig()
+    for official in (True, False):
+        cfg.base.official = official
+        seen = [TrainingPolicy.from_config(cfg, torch.device("cpu"), 1, torch.nn.Linear(1, 1), objective,
+                                           log=False).validation_autocast for objective in (Distillation, Regression)]
+        assert seen == [True, not official]
