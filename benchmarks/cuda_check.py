@@ -19,7 +19,7 @@ import torch
 
 from dataset.image_folder import find_images
 from engine.scoring.scorer import QualityScorer
-from model.registry import create_model
+from model.checkpoint import create_model
 from model.synthetic import manifest_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,8 +59,8 @@ def diffusion_check(tmp: str) -> int:
 
     import diffiqa_score
     import train_diffusion
+    from model.build import build_backbone
     from model.diffusion import build_diffusion
-    from model.registry import build_backbone
 
     root = pathlib.Path(tmp) / "diff"
     faces = root / "faces"

@@ -26,7 +26,7 @@ def scaled_backbone(name: str, seed: int):
     import torch
     from torch import nn
 
-    from model.registry import build_backbone
+    from model.build import build_backbone
 
     torch.manual_seed(seed)
     net = build_backbone(name)

@@ -32,7 +32,8 @@ from PIL import Image
 from dataset.image_folder import find_images
 from dataset.transforms import official_transform
 from engine.scoring.scorer import QualityScorer, default_batch_size
-from model.registry import build_model, load_weights
+from model.build import build_model
+from model.checkpoint import load_weights
 from model.synthetic import manifest_state_dict
 from utils.runtime import cpu_kind, reader_workers, resolve_device
 

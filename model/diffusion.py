@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.checkpoint import check_finite, describe_mismatch, strip_prefixes
 from model.diffusion_unet import DiffusionUnet, diffiqa_unet
-from model.registry import check_finite, describe_mismatch, strip_prefixes
 from utils.errors import CheckpointError
 from utils.io import torch_load, torch_load_reason
 

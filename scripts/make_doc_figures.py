@@ -45,8 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import train
     import train_diffusion
     from dataset.synthetic import save_image
+    from model.build import build_backbone
     from model.diffusion import build_diffusion
-    from model.registry import build_backbone
     from model.synthetic import manifest_state_dict
     from tests.layouts import official_layout, official_schema_config
 

@@ -34,8 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _inputs(tmp: str) -> Dict[str, str]:
     """Write every input once; returns their paths by name."""
+    from model.build import build_backbone
     from model.diffusion import build_diffusion
-    from model.registry import build_backbone
 
     p = {k: os.path.join(tmp, k) for k in ("faces", "t.pth", "fr.pth", "den.pt", "den.yaml", "fr.yaml", "labels.pkl",
                                             "emb.pkl", "training_data")}

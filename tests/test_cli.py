@@ -92,6 +92,7 @@ def test_set_is_typed_by_the_schema(monkeypatch, capsys) -> None:
     import train
 
     code, err = run_script(train.main, "train.py", ["--set", "optimizer.params.weight_decay=0.01"], capsys)
-    assert code == 0, err and seen[0].optimizer.params == {"weight_decay": 0.01}
+    assert code == 0, err
+    assert seen[-1].optimizer.params == {"weight_decay": 0.01}
     code, err = run_script(train.main, "train.py", ["--set", "base.epochs=many"], capsys)
     assert_user_error(code, err, "train.py", r"'base.epochs' must be int, got 'many'")

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import model.conv_grad as conv_grad
+from model.build import build_model
 from model.conv_grad import FastGradConv2d, conv3x3_weight_grad, use_fast_weight_grad
-from model.registry import build_model
 
 
 def _reference(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:

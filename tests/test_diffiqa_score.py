@@ -154,7 +154,7 @@ def test_default_mode_does_not_depend_on_batching() -> None:
 # ------------------------------------------------------------------------------------------------- the script
 @pytest.fixture()
 def scoring_setup(tmp_path):
-    from model.registry import build_backbone
+    from model.build import build_backbone
 
     torch.manual_seed(0)
     den = build_diffusion(TINY_UNET, {})
@@ -306,7 +306,7 @@ def diffiqa_r_state_dict(seed: int = 0) -> dict:
 
 @pytest.mark.slow
 def test_diffiqa_r_loads_strictly_and_scores(tmp_path, capsys) -> None:
-    from model.registry import create_model
+    from model.checkpoint import create_model
 
     expected = [k for k, _, _ in load_manifest()["ediffiqaL"] if k.startswith("base_model.")]
     state = diffiqa_r_state_dict()
@@ -373,7 +373,7 @@ def test_diffiqa_r_trains_one_epoch(tmp_path, capsys, labels_key) -> None:
     saved = torch.load(tmp_path / "out" / "model.pth", weights_only=True)
     assert list(saved)[-2:] == ["linear.weight", "linear.bias"]
     assert all(k.startswith(("base.", "linear.")) for k in saved)
-    from model.registry import create_model
+    from model.checkpoint import create_model
 
     create_model("diffiqaR", str(tmp_path / "out" / "model.pth"))  # loads strictly where inference.py loads it
 
@@ -495,7 +495,7 @@ def test_one_float_format_and_nan_labels_write_nothing(scoring_setup, capsys) ->
         rows = list(csv.reader(handle))[1:]
     assert {p: float(q) for p, q in rows} == table  # exactly, not to 8 decimals
 
-    from model.registry import build_backbone
+    from model.build import build_backbone
 
     state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v)
              for k, v in build_backbone("mobilefacenet").state_dict().items()}
@@ -525,7 +525,7 @@ def test_timestep_and_repeats_out_of_range(key, value, pattern, scoring_setup, c
 
 
 def test_fr_weights_of_another_backbone_name_the_fr_config_key(scoring_setup, capsys) -> None:
-    from model.registry import build_backbone
+    from model.build import build_backbone
 
     tmp_path, images = scoring_setup
     torch.save(build_backbone("iresnet18").state_dict(), tmp_path / "r18.pth")

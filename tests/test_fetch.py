@@ -145,7 +145,8 @@ def test_a_pinned_hash_is_enforced_and_a_mismatch_leaves_nothing(server, faces, 
     import dataclasses
 
     from engine.scoring.backends import export_onnx
-    from model.registry import VARIANTS, create_model
+    from model.checkpoint import create_model
+    from model.registry import VARIANTS
 
     root, _ = server
     publish(root, ONNX_PATH, b"not the published model")

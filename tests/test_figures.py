@@ -153,8 +153,8 @@ def test_diffiqa_labels_and_the_denoiser_draw_theirs(tmp_path, capsys) -> None:
 
     import diffiqa_score
     import train_diffusion
+    from model.build import build_backbone
     from model.diffusion import build_diffusion
-    from model.registry import build_backbone
 
     torch.manual_seed(0)
     unet = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 def test_scores_on_cuda_equal_the_cpu(tmp_path) -> None:
     from dataset.image_folder import find_images
     from engine.scoring.scorer import QualityScorer
-    from model.registry import create_model
+    from model.checkpoint import create_model
 
     torch.save(manifest_state_dict("ediffiqaT", 1), str(tmp_path / "t.pth"))
     for i in range(6):
@@ -28,8 +28,8 @@ def test_scores_on_cuda_equal_the_cpu(tmp_path) -> None:
 
 def test_diffiqa_default_mode_on_cuda_matches_the_cpu() -> None:
     from engine.labels.scoring import image_seed, score_batch_fast
+    from model.build import build_backbone
     from model.diffusion import build_diffusion
-    from model.registry import build_backbone
 
     torch.manual_seed(0)
     den = build_diffusion({"dim": 8, "dim_mults": (1, 2, 4, 8), "attn_heads": 1, "attn_dim_head": 8}, {}).eval()

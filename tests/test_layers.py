@@ -137,10 +137,29 @@ def test_the_registry_drives_the_cli_choices(script, flag, source) -> None:
     assert action.choices == getattr(registry, source)()
 
 
+def _attributes_named(path: str, name: str):
+    """Lines of ``path`` that read or set an attribute called ``name`` (``cfg.base.<name>``,
+    ``getattr(x, "<name>")``)."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == name:
+            yield node.lineno
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr")
+              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and node.args[1].value == name):
+            yield node.lineno
+
+
 def test_the_trainer_reads_the_policy_not_the_official_flag() -> None:
-    """engine/training/policy.py is the one place that turns base.official into how training computes."""
-    text = open(os.path.join(ROOT, "engine", "training", "trainer.py"), encoding="utf-8").read()
-    assert "official" not in text
+    """engine/training/policy.py is the one place that turns base.official into how training computes: the trainer
+    never reads an attribute named ``official``."""
+    path = os.path.join(ROOT, "engine", "training", "trainer.py")
+    assert list(_attributes_named(path, "official")) == []
+
+
+def test_the_check_sees_the_official_flag(tmp_path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""The official loop."""\n# official\nif cfg.base.official:\n    x = getattr(base, "official")\n')
+    assert sorted(_attributes_named(str(bad), "official")) == [3, 4]
 
 
 @pytest.mark.slow

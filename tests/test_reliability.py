@@ -269,10 +269,19 @@ def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, 
 
 @pytest.mark.parametrize("section,value,pattern", [
     ("optimizer", {"params": {"momentum": 0.9}}, r"'optimizer.params.momentum' is not a setting of torch.optim.Adam"),
-    ("optimizer", {"params": {"betas": [0.9]}}, r"'optimizer.params.betas' must be two numbers in \[0, 1\)"),
-    ("optimizer", {"params": {"eps": -1}}, r"'optimizer.params.eps' must be a number >= 0, got -1"),
-    ("optimizer", {"module": "torch.optim.SGD", "params": {"nesterov": True}}, r"'optimizer.params.nesterov' needs "
-                                                                               r"momentum > 0"),
+    ("optimizer", {"params": {"betas": [0.9]}}, r"'optimizer.params.betas' must be a list of 2 finite numbers, got "
+                                                r"\[0.9\]"),
+    ("optimizer", {"params": {"betas": [0.9, 1.0]}}, r"'optimizer.params.betas' is refused by torch.optim.Adam: "
+                                                     r"Invalid beta parameter at index 1"),
+    ("optimizer", {"params": {"eps": -1}}, r"'optimizer.params.eps' is refused by torch.optim.Adam: Invalid epsilon "
+                                           r"value: -1"),
+    ("optimizer", {"params": {"weight_decay": float("inf")}}, r"'optimizer.params.weight_decay' must be a finite "
+                                                              r"number, got inf"),
+    ("optimizer", {"params": {"fused": True}}, r"'optimizer.params.fused' is not a setting of torch.optim.Adam that "
+                                               r"this project passes on \(it takes betas, eps, weight_decay"),
+    ("optimizer", {"module": "torch.optim.SGD", "params": {"momentum": 0.9, "nesterov": True, "dampening": 0.5}},
+     r"'optimizer.params.nesterov' is refused by torch.optim.SGD: Nesterov momentum requires a momentum and zero "
+     r"dampening"),
     ("optimizer", {"grad_clip": float("inf")}, r"'optimizer.grad_clip' must be a positive number or null, got inf"),
     ("loss", {"quality": {"params": {"base_loss": {"params": {"beta": 1}}}}}, r"do not fit torch.nn.L1Loss: it takes "
                                                                               r"reduction, not 'beta'"),
@@ -524,7 +533,7 @@ def test_a_newline_in_a_path_stays_on_one_line(tmp_path, capsys) -> None:
 # ---------------------------------------------------------------- non-finite values in every script
 
 def test_nan_embeddings_stop_extract_embeddings(faces, tmp_path, capsys) -> None:
-    from model.registry import build_backbone
+    from model.build import build_backbone
 
     net = build_backbone("mobilefacenet")
     state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v) for k, v in net.state_dict().items()}
@@ -575,7 +584,7 @@ def test_a_missing_training_backbone_names_the_cosface_backbones(tmp_path, capsy
 def test_a_backbone_of_another_size_names_the_training_keys(tmp_path, capsys) -> None:
     from helpers import official_layout, official_schema_config
 
-    from model.registry import build_backbone
+    from model.build import build_backbone
 
     images, data = official_layout(tmp_path)
     torch.save(build_backbone("mobilefacenet").state_dict(), str(tmp_path / "mfn.pth"))

@@ -376,6 +376,8 @@ def test_official_train_config_runs_unchanged(official_set, tmp_path, capsys) ->
                      r"variant"),
     ("bad_backbone", r"'base_model.module' is 'os.system'; allowed"),
     ("bad_transform", r"'base_model.transformations' must be the official preprocessing"),
+    ("bad_head", r"ediffiqaT_config.yaml: 'mlp.params.hidden_dim' must be the official 1024, got 512"),
+    ("unknown_key", r"ediffiqaT_config.yaml: unknown key 'mlp.params.dropout'"),
 ])
 def test_model_config_errors(official_set, tmp_path, capsys, value, pattern) -> None:
     root, images, data = official_set
@@ -384,10 +386,50 @@ def test_model_config_errors(official_set, tmp_path, capsys, value, pattern) -> 
         model_cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "ediffiqaT_config.yaml")))
         if value == "bad_backbone":
             model_cfg["base_model"]["module"] = "os.system"
-        else:
+        elif value == "bad_transform":
             model_cfg["base_model"]["transformations"]["trans_1"]["params"]["size"] = [128, 128]
-        (tmp_path / "m.yaml").write_text(yaml.safe_dump(model_cfg))
-        value = str(tmp_path / "m.yaml")
+        else:
+            model_cfg["mlp"]["params"].update({"hidden_dim": 512} if value == "bad_head" else {"dropout": 0.1})
+        (tmp_path / "ediffiqaT_config.yaml").write_text(yaml.safe_dump(model_cfg))
+        value = str(tmp_path / "ediffiqaT_config.yaml")
     cfg["base"]["model"] = value
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert_user_error(*run_train(["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)
+
+
+@pytest.mark.parametrize("cfg,pattern", [
+    ({"base": {"model": "diffiqaR"}, "dataset": {"labels": "l.pkl"}},
+     r"optimizer group 'params' 'mlp' is not a part of DifFIQA\(R\), which has 'linear' and 'base'"),
+    ({"base": {"model": "ediffiqaT"}, "dataset": {"labels": "l.pkl"}}, r"'dataset.labels' is for DifFIQA\(R\)"),
+    ({"base": {"model": "ediffiqaT"}, "loss": {"module": "torch.nn.L1Loss"}}, r"'loss.module' is DifFIQA\(R\)'s loss"),
+    ({"model": {"config": "./configs/ediffiqaT_config.yaml"}, "dataset": {"labels": "l.pkl"}},
+     r"ediffiqaT_config.yaml' is not a DifFIQA\(R\) model; name DifFIQA\(R\)'s model config with model.config"),
+    ({"base": {"model": "./configs/diffiqaR_model_config.yaml"}, "dataset": {"labels": "l.pkl"}},
+     r"diffiqaR_model_config.yaml' is a DifFIQA\(R\) model; name DifFIQA\(R\)'s model config with model.config"),
+])
+def test_each_kind_refuses_the_keys_of_the_other(cfg, pattern, tmp_path, capsys) -> None:
+    """The model's kind decides which keys apply; a key of the other kind is one line, before anything is built
+    (DifFIQA(R) with the default optimizer groups, which name eDifFIQA's parts, included)."""
+    cfg.setdefault("base", {}).update({"device": "cpu", "save_path": str(tmp_path / "out")})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert_user_error(*run_train(["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_kind_has_an_objective() -> None:
+    from engine.training.objective import OBJECTIVES
+    from model.registry import KINDS
+
+    assert set(OBJECTIVES) == set(KINDS)
+
+
+def test_only_the_official_diffiqa_r_validates_without_autocast() -> None:
+    from engine.training.objective import Distillation, Regression
+    from engine.training.policy import TrainingPolicy
+
+    cfg = TrainConfig()
+    for official in (True, False):
+        cfg.base.official = official
+        seen = [TrainingPolicy.from_config(cfg, torch.device("cpu"), 1, torch.nn.Linear(1, 1), objective,
+                                           log=False).validation_autocast for objective in (Distillation, Regression)]
+        assert seen == [True, not official]

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from engine.training.config import BackboneSection
+from engine.training.model_file import BackboneSection
 from utils.config import FolderBase, check, check_batch, check_workers, from_dict, load_yaml
 from utils.errors import ConfigError
+from utils.paths import repo_path
 from utils.runtime import PRECISIONS
 
 __all__ = ["ScoreConfig", "resolve_fr", "resolve_denoiser"]
@@ -41,6 +42,11 @@ class InferenceSection:
         check(1 <= self.repeats <= MAX_REPEATS, f"'inference.repeats' must be between 1 and {MAX_REPEATS} (official: "
               f"10), got {self.repeats}")
         check_batch(self.batch_size, "inference.batch_size")
+        # The paths the official config writes for bundled files name them from any folder; the denoiser's default
+        # names the repository's file when it is missing too.
+        self.train_config = self.train_config and repo_path(self.train_config)
+        self.fr_config = self.fr_config and repo_path(self.fr_config)
+        self.model_loc = repo_path(self.model_loc, shipped=self.model_loc == InferenceSection.model_loc)
 
 
 @dataclass
@@ -107,7 +113,7 @@ def resolve_fr(cfg: ScoreConfig) -> Tuple[str, str]:
     if cfg.inference.fr_config is not None:
         parsed = from_dict(FRFile, load_yaml(cfg.inference.fr_config), source=cfg.inference.fr_config)
         module, weights = parsed.fr_model.module, parsed.fr_model.weights
-    return backbone_for_module(module), cfg.base.fr_weights or weights
+    return backbone_for_module(module), cfg.base.fr_weights or repo_path(weights, shipped=weights == DEFAULT_FR[1])
 
 
 def resolve_denoiser(cfg: ScoreConfig) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:

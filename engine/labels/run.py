@@ -14,8 +14,8 @@ from dataset.image_folder import list_images
 from engine.labels.config import ScoreConfig, resolve_denoiser, resolve_fr
 from engine.labels.policy import LabelPolicy
 from engine.resumable import BatchResult, FolderJob, FolderSummary, ScoreSheet, run_folder
+from model.checkpoint import load_backbone
 from model.diffusion import load_diffusion
-from model.registry import load_backbone
 from utils.config import to_dict
 from utils.distributed import DistInfo, finish_distributed, init_distributed
 from utils.errors import CheckpointError, ConfigError

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from model.registry import DEFAULT_VARIANT, VARIANTS, variant_names
 from utils.config import FolderBase, LoaderParams, check
+from utils.paths import repo_path
 
 __all__ = ["InferenceConfig"]
 
@@ -24,6 +26,9 @@ class DatasetSection:
 
     loc: str = "./example_images"
 
+    def __post_init__(self) -> None:
+        self.loc = repo_path(self.loc)  # the official config's ./example_images is the repository's from any folder
+
 
 @dataclass
 class InferenceLoaderParams(LoaderParams):
@@ -41,12 +46,6 @@ class InferenceLoader:
     params: InferenceLoaderParams = field(default_factory=InferenceLoaderParams)
 
 
-def _default_variant() -> str:
-    from model.registry import DEFAULT_VARIANT
-
-    return DEFAULT_VARIANT
-
-
 @dataclass
 class InferenceConfig:
     """The whole inference config: the official keys plus ``weights`` and ``precision``."""
@@ -54,7 +53,7 @@ class InferenceConfig:
     base: BaseSection = field(default_factory=BaseSection)
     dataset: DatasetSection = field(default_factory=DatasetSection)
     dataloader: InferenceLoader = field(default_factory=InferenceLoader)
-    model: str = field(default_factory=_default_variant)
+    model: str = DEFAULT_VARIANT
     weights: Optional[str] = None     # null: weights/<model>.pth if it exists, else the published file, fetched
     precision: str = "fp32"
     backend: str = "torch"
@@ -69,7 +68,6 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         from engine.scoring.backends import BACKENDS
-        from model.registry import VARIANTS, variant_names
         from utils.runtime import PRECISIONS
 
         check(self.backend in BACKENDS, f"'backend' is '{self.backend}'; choose one of: {', '.join(BACKENDS)}")

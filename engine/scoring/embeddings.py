@@ -51,7 +51,7 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
     from dataset.formats import write_embeddings
     from dataset.image_folder import find_images
     from engine.scoring.scorer import default_batch_size
-    from model.registry import load_backbone
+    from model.checkpoint import load_backbone
     from utils.io import check_output_dir
     from utils.runtime import reader_workers, resolve_device
 

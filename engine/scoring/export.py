@@ -11,7 +11,8 @@ import torch
 
 from engine.scoring.backends import OnnxModel, export_onnx
 from engine.scoring.weights import resolve_weights
-from model.registry import VARIANTS, create_model, variant_names
+from model.checkpoint import create_model
+from model.registry import VARIANTS, variant_names
 from utils.config import check
 from utils.errors import RunError
 from utils.io import check_output_dir

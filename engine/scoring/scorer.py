@@ -18,8 +18,8 @@ from torch import nn
 from dataset.folder_batches import FolderResult, map_folder
 from dataset.transforms import normalize, resize_face, to_uint8_tensor
 from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx, resolve_backend
+from model.checkpoint import create_model
 from model.fuse import fold_batchnorm
-from model.registry import create_model
 from utils.errors import ConfigError
 from utils.runtime import precision_context, reader_workers, resolve_device, resolve_precision
 

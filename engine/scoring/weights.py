@@ -1,11 +1,16 @@
-"""Which checkpoint a scoring run loads: the file given, else ``weights/<model>.pth`` when it exists, else the
-published file fetched by name into torch's cache (see :mod:`utils.download` and the sources in the registry)."""
+"""Which checkpoint a scoring run loads: the file given, else ``weights/<model>.pth`` when it exists (in the current
+folder, else in the repository), else the published file fetched by name into torch's cache (see
+:mod:`utils.download` and the sources in the registry)."""
 from __future__ import annotations
 
 import os
 from typing import Optional
 
+from model.checkpoint import check_checkpoint
+from model.registry import OFFICIAL_WEIGHTS_HELP, VARIANTS
+from utils.download import fetch
 from utils.errors import CheckpointError
+from utils.paths import repo_path
 
 __all__ = ["resolve_weights"]
 
@@ -14,7 +19,7 @@ def resolve_weights(model: str, weights: Optional[str] = None, backend: str = "t
     """The checkpoint of variant ``model`` to load.
 
     A fetched checkpoint is kept (and its SHA-256 recorded) only once it loads as ``model``'s, and a cached one is
-    checked the same way before it is used (:func:`model.registry.check_checkpoint`).
+    checked the same way before it is used (:func:`model.checkpoint.check_checkpoint`).
 
     Args:
         model: A registered variant.
@@ -25,12 +30,9 @@ def resolve_weights(model: str, weights: Optional[str] = None, backend: str = "t
     Raises:
         CheckpointError: Nothing given, nothing at the default path, and nothing to fetch (or the fetch failed).
     """
-    from model.registry import OFFICIAL_WEIGHTS_HELP, VARIANTS, check_checkpoint
-    from utils.download import fetch
-
     if weights:
         return weights
-    default = os.path.join("weights", f"{model}.pth")
+    default = repo_path(os.path.join("weights", f"{model}.pth"), shipped=True)
     if os.path.isfile(default):
         return default
     variant = VARIANTS[model]

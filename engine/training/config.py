@@ -1,30 +1,36 @@
 """The training config: the official ``train_config.yaml`` schema as typed dataclasses, plus a few additions.
 
 Every official key keeps its official meaning: ``base.model`` names an official model config
-(``configs/ediffiqaX_config.yaml``) or, as a shortcut, a variant name; ``dataset.model_name`` is the suffix of the
-prepared files; ``dataset.backbone_model`` names the teacher embeddings; ``loss.quality`` and ``loss.consistency`` are
-the official nested sections. Module strings (``torch.optim.Adam``, ``loss.ExtendedL1``, ``torch.nn.L1Loss``,
-``torch.nn.CosineEmbeddingLoss``, ``model.iresnet.iresnet100``, ...) are checked against allow-lists; a config cannot
-import anything else.
+(``configs/ediffiqaX_config.yaml``, read by :mod:`engine.training.model_file`) or, as a shortcut, a variant name;
+``dataset.model_name`` is the suffix of the prepared files; ``dataset.backbone_model`` names the teacher embeddings;
+``loss.quality`` and ``loss.consistency`` are the official nested sections. Module strings (``torch.optim.Adam``,
+``loss.ExtendedL1``, ``torch.nn.L1Loss``, ``torch.nn.CosineEmbeddingLoss``, ...) are checked against allow-lists; a
+config cannot import anything else.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+import torch
 
 from model.loss import BASE_LOSSES, CONSISTENCY_LOSSES, QUALITY_LOSSES, loss_argument_problem
-from utils.config import LoaderParams, RunBase, check, from_dict, key, load_yaml, short
-from utils.errors import ConfigError
+from model.registry import DEFAULT_VARIANT, VARIANTS, variant_names
+from utils.config import LoaderParams, RunBase, check, key, short, to_dict
+from utils.errors import first_line
 from utils.run_log import WandbSection
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "ModelSpec", "resolve_model", "resume_mismatch"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "build_optimizer", "resume_mismatch"]
 
-#: Optimizer module strings admitted in configs, and their classes (looked up when needed: torch imports late).
-OPTIMIZERS = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD")
-OPTIMIZER_CLASSES = {name: (lambda attr=name.rsplit(".", 1)[1]: getattr(__import__("torch").optim, attr))
-                     for name in OPTIMIZERS}
+#: The optimizers a config may name (``optimizer.module``), by their official module strings.
+OPTIMIZERS = {"torch.optim.Adam": torch.optim.Adam, "torch.optim.AdamW": torch.optim.AdamW,
+              "torch.optim.SGD": torch.optim.SGD}
+#: Optimizer arguments a config may not pass (``optimizer.params``): the groups give the learning rates; the others
+#: choose how torch computes the step (and can work on one device and fail on another) or turn the descent around.
+_RESERVED_ARGUMENTS = ("params", "lr", "foreach", "fused", "capturable", "differentiable", "maximize")
 
 
 @dataclass
@@ -133,7 +139,7 @@ class OptimizerSection:
 
     def __post_init__(self) -> None:
         check(self.module in OPTIMIZERS, f"'optimizer.module' is '{self.module}'; allowed: {', '.join(OPTIMIZERS)}")
-        _check_optimizer_params(self.module, self.params)
+        self._check_params()
         groups = [g for g in (self.group_1, self.group_2) if g is not None]
         check(len({g.params for g in groups}) == len(groups),
               f"'optimizer.group_1' and 'optimizer.group_2' both name '{self.group_1.params}'; name two different "
@@ -141,38 +147,52 @@ class OptimizerSection:
         check(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0),
               f"'optimizer.grad_clip' must be a positive number or null, got {self.grad_clip}")
 
-
-#: What each optimizer argument a config may pass must be (checked without building the optimizer).
-_OPTIMIZER_ARGUMENTS = {
-    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "eps": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "momentum": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "dampening": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "betas": (lambda v: isinstance(v, list) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
-              "two numbers in [0, 1)"),
-    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
-    "amsgrad": (lambda v: isinstance(v, bool), "true or false"),
-}
+    def _check_params(self) -> None:
+        """``optimizer.params``: arguments the optimizer takes, each of the type of its default, that its constructor
+        accepts (built once here on a dummy parameter, so that torch's own checks speak before the run starts)."""
+        accepted = {name: p.default for name, p in inspect.signature(OPTIMIZERS[self.module]).parameters.items()
+                    if name not in _RESERVED_ARGUMENTS}
+        for name, value in self.params.items():
+            check(name in accepted, f"'optimizer.params.{name}' is not a setting of {self.module} that this project "
+                  f"passes on (it takes {', '.join(accepted)})")
+            expected = _like(accepted[name], value)
+            check(not expected, f"'optimizer.params.{name}' must be {expected}, got {short(value)}")
+        problem = _refusal(self.module, self.params)
+        # Name the argument that the constructor refuses on its own, where there is one.
+        alone = next((n for n in self.params if _refusal(self.module, {n: self.params[n]})), None) if problem else None
+        check(not problem, f"'optimizer.params{'.' + alone if alone else ''}' is refused by {self.module}: {problem}")
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_optimizer_params(module: str, params: Dict[str, Any]) -> None:
-    """``optimizer.params``: names the optimizer takes, with values it accepts (the optimizer is built once, by the
-    trainer)."""
-    import inspect
+def _like(default: Any, value: Any) -> str:
+    """What ``value`` must be to stand where the optimizer's ``default`` stands ("" when it is)."""
+    if isinstance(default, bool):
+        return "" if isinstance(value, bool) else "true or false"
+    if isinstance(default, (int, float)):
+        return "" if _number(value) else "a finite number"
+    if isinstance(default, tuple):
+        fits = isinstance(value, list) and len(value) == len(default) and all(_number(v) for v in value)
+        return "" if fits else f"a list of {len(default)} finite numbers"
+    return ""
 
-    accepted = inspect.signature(OPTIMIZER_CLASSES[module]()).parameters
-    takes = ", ".join(n for n in _OPTIMIZER_ARGUMENTS if n in accepted)
-    for name, value in params.items():
-        check(name in _OPTIMIZER_ARGUMENTS and name in accepted, f"'optimizer.params.{name}' is not a setting of "
-              f"{module} that this project passes on (it takes {takes})")
-        test, expected = _OPTIMIZER_ARGUMENTS[name]
-        check(test(value), f"'optimizer.params.{name}' must be {expected}, got {short(value)}")
-    check(not params.get("nesterov") or (params.get("momentum", 0) > 0 and params.get("dampening", 0) == 0),
-          "'optimizer.params.nesterov' needs momentum > 0 and dampening 0")
+
+def build_optimizer(module: str, params: Dict[str, Any], groups: List[Any]) -> torch.optim.Optimizer:
+    """Optimizer ``module`` (``optimizer.module``) over the parameter ``groups`` with the arguments ``params``
+    (``optimizer.params``; lists as tuples, which is how torch takes ``betas``)."""
+    kwargs = {name: tuple(v) if isinstance(v, list) else v for name, v in params.items()}
+    return OPTIMIZERS[module](groups, **kwargs)
+
+
+def _refusal(module: str, params: Dict[str, Any]) -> str:
+    """Why the constructor of ``module`` refuses ``params`` ("" when it does not)."""
+    try:
+        build_optimizer(module, params, [torch.zeros(1, requires_grad=True)])
+    except (ValueError, TypeError, RuntimeError) as exc:
+        return first_line(exc)
+    return ""
 
 
 @dataclass
@@ -258,8 +278,6 @@ class LossSection:
 
 
 def _regression_config() -> str:
-    from model.registry import VARIANTS, variant_names
-
     return VARIANTS[variant_names("regression")[0]].config
 
 
@@ -272,7 +290,8 @@ class ModelRef:
 
 @dataclass
 class TrainConfig:
-    """The whole training config."""
+    """The whole training config. The keys that only one kind of model takes are checked against the model the
+    config names, once it is read (:mod:`engine.training.objective`)."""
 
     base: TrainBase = field(default_factory=TrainBase)
     model: Optional[ModelRef] = None   # DifFIQA(R), official: model.config names its model config file
@@ -284,179 +303,22 @@ class TrainConfig:
 
     @property
     def model_source(self) -> str:
-        """What names the model: ``model.config`` (DifFIQA(R)'s official key), else ``base.model``."""
-        from model.registry import DEFAULT_VARIANT, VARIANTS
-
+        """What names the model: ``model.config`` (DifFIQA(R)'s official key), else ``base.model``, else the default
+        variant's model config."""
         if self.model is not None:
             return self.model.config
         return self.base.model or VARIANTS[DEFAULT_VARIANT].config
 
-    @property
-    def regression(self) -> bool:
-        """DifFIQA(R) (label regression) rather than eDifFIQA distillation."""
-        from model.registry import VARIANTS
-
-        named = VARIANTS.get(self.base.model or "")
-        return self.model is not None or (named is not None and named.kind == "regression")
-
     def __post_init__(self) -> None:
-        regression = self.regression
         check(not (self.model is not None and self.base.model is not None),
               "'base.model' and 'model.config' both name the model; keep one")
-        check(not regression or self.dataset.labels_path is not None,
-              "'dataset.labels' (or the official 'dataset.quality_loc') must name the quality labels to train "
-              "DifFIQA(R) on (diffiqa_score.py output)")
-        check(regression or (self.dataset.labels is None and self.dataset.quality_loc is None),
-              "'dataset.labels' is for DifFIQA(R) (model.config); eDifFIQA trains on prepare_data.py outputs")
-        check(regression or self.loss.module is None,
-              "'loss.module' is DifFIQA(R)'s loss; eDifFIQA's are loss.quality and loss.consistency")
-        for group in (self.optimizer.group_1, self.optimizer.group_2):
-            check(group is None or regression or group.params in ("mlp", "base_model"),
-                  f"optimizer group 'params' '{group.params if group else ''}' names a DifFIQA(R) part; eDifFIQA "
-                  "has 'mlp' and 'base_model'")
         check(not (self.base.official and self.base.compile),
               "'base.compile' changes the arithmetic; 'base.official: 1' runs the official loop eagerly")
-
-
-# ----------------------------------------------------------------------------------------- model configs
-#: The one preprocessing the models are trained and scored with (official ``base_model.transformations``).
-OFFICIAL_TRANSFORMS = {
-    "trans_1": {"module": "torchvision.transforms.Resize", "params": {"size": [112, 112]}},
-    "trans_2": {"module": "torchvision.transforms.ToTensor"},
-    "trans_3": {"module": "torchvision.transforms.Normalize", "params": {"mean": [0.5] * 3, "std": [0.5] * 3}},
-}
-def _default_module() -> str:
-    from model.registry import BACKBONES, DEFAULT_VARIANT, VARIANTS
-
-    return BACKBONES[VARIANTS[DEFAULT_VARIANT].backbone].modules[0]
-
-
-@dataclass
-class BackboneSection:
-    module: str = field(default_factory=_default_module)
-    weights: str = ""                  # backbone initialisation (an insightface CosFace backbone); "" = random
-    transformations: Dict[str, Any] = field(default_factory=lambda: dict(OFFICIAL_TRANSFORMS))
-
-    def __post_init__(self) -> None:
-        normalised = {k: {"module": v.get("module"), **({"params": v["params"]} if v.get("params") else {})}
-                      if isinstance(v, dict) else v for k, v in self.transformations.items()}
-        check(normalised == OFFICIAL_TRANSFORMS,
-              f"'{key('transformations')}' must be the official preprocessing (Resize [112, 112], ToTensor, "
-              "Normalize mean/std 0.5), the one the models are trained and scored with")
-
-
-@dataclass
-class MlpParams:
-    in_dim: int = 512
-    hidden_dim: int = 1024
-    out_dim: int = 1
-
-
-@dataclass
-class MlpSection:
-    module: str = "model.mlp.MLP"
-    params: MlpParams = field(default_factory=MlpParams)
-
-    def __post_init__(self) -> None:
-        check(self.module == "model.mlp.MLP", f"'mlp.module' is '{self.module}'; allowed: model.mlp.MLP")
-        check((self.params.in_dim, self.params.hidden_dim, self.params.out_dim) == (512, 1024, 1),
-              f"'mlp.params' must be the official in_dim 512, hidden_dim 1024, out_dim 1, got {self.params}")
-
-
-@dataclass
-class WrapperSection:
-    module: str = "model.ediffiqa.eDifFIQA"   # its params.return_feat is one of utils.config.NO_EFFECT_KEYS
-
-    def __post_init__(self) -> None:
-        check(self.module == "model.ediffiqa.eDifFIQA",
-              f"'ediffiqa.module' is '{self.module}'; allowed: model.ediffiqa.eDifFIQA")
-
-
-@dataclass
-class ModelFile:
-    """An official model config (``configs/ediffiqa{L,M,S,T}_config.yaml``)."""
-
-    base_model: BackboneSection = field(default_factory=BackboneSection)
-    mlp: MlpSection = field(default_factory=MlpSection)
-    ediffiqa: WrapperSection = field(default_factory=WrapperSection)
-
-    def __post_init__(self) -> None:
-        from model.registry import official_modules, variant_for_module
-
-        check(variant_for_module(self.base_model.module) is not None, f"'base_model.module' is "
-              f"'{self.base_model.module}'; allowed: {', '.join(official_modules('ediffiqa'))}")
-
-
-@dataclass
-class HeadSection:
-    module: str = "torch.nn.Linear"
-    params: Dict[str, Any] = field(default_factory=lambda: {"in_features": 512, "out_features": 1})
-
-    def __post_init__(self) -> None:
-        check(self.module == "torch.nn.Linear", f"'model_head.module' is '{self.module}'; allowed: torch.nn.Linear")
-        check(self.params == {"in_features": 512, "out_features": 1},
-              f"'model_head.params' must be the official in_features 512, out_features 1, got {self.params}")
-
-
-@dataclass
-class RegressionModelFile:
-    """DifFIQA(R)'s official model config (``configs/diffiqaR_model_config.yaml``): backbone and linear head."""
-
-    base_model: BackboneSection = field(default_factory=BackboneSection)
-    model_head: HeadSection = field(default_factory=HeadSection)
-
-    def __post_init__(self) -> None:
-        from model.registry import official_modules, variant_for_module
-
-        check(variant_for_module(self.base_model.module, "regression") is not None, f"'base_model.module' is "
-              f"'{self.base_model.module}'; allowed: {', '.join(official_modules('regression'))}")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What ``base.model`` resolves to: a registry variant and its backbone initialisation (None: random)."""
-
-    name: str
-    backbone_weights: Optional[str]
-    source: str
-
-
-def resolve_model(value: str, backbone_weights: Optional[str] = None) -> ModelSpec:
-    """``base.model``: a variant name (``ediffiqaS``, ``diffiqaR``) or the path of an official model config file
-    (eDifFIQA's, or DifFIQA(R)'s ``model.config``);
-    ``backbone_weights`` (``base.backbone_weights``), when set, replaces the backbone initialisation ("": random).
-
-    Raises:
-        ConfigError: Neither a variant nor a readable model config; the message names the key and the file.
-    """
-    from model.registry import VARIANTS, variant_for_module, variant_names
-
-    if value in VARIANTS:
-        spec = ModelSpec(value, VARIANTS[value].init_weights, f"variant {value}")
-    else:
-        if not os.path.isfile(value):
-            raise ConfigError(f"the model '{value}' (base.model or model.config) is neither a model config file nor a "
-                              "variant name "
-                              f"({', '.join(variant_names())}); the official model configs are "
-                              f"{', '.join(v.config for v in VARIANTS.values())}")
-        raw = load_yaml(value)
-        if "model_head" in raw:  # DifFIQA(R)'s model config
-            head = from_dict(RegressionModelFile, raw, source=value)
-            spec = ModelSpec(variant_for_module(head.base_model.module, "regression"), head.base_model.weights or None,
-                             value)
-        else:
-            parsed = from_dict(ModelFile, raw, source=value)
-            spec = ModelSpec(variant_for_module(parsed.base_model.module), parsed.base_model.weights or None, value)
-    if backbone_weights is not None:
-        spec = ModelSpec(spec.name, backbone_weights or None, spec.source)
-    return spec
 
 
 def resume_mismatch(saved: Dict[str, Any], cfg: TrainConfig) -> str:
     """Why a checkpoint trained with config ``saved`` (a dict) cannot continue under ``cfg`` ("" when it can): the
     update mode, the optimizer and the DataLoaders must be the ones it was trained with."""
-    from utils.config import to_dict
-
     if bool(saved.get("base", {}).get("official", False)) != cfg.base.official:
         return f"was trained with base.official: {int(not cfg.base.official)}"
     now = to_dict(cfg)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engine.training.config import TrainConfig
+from engine.training.objective import Objective
 from utils.errors import ConfigError
 from utils.runtime import cpu_has_native_bf16
 
@@ -45,10 +46,10 @@ class TrainingPolicy:
     compile: bool
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, device: torch.device, world: int, model: nn.Module,
+    def from_config(cls, cfg: TrainConfig, device: torch.device, world: int, model: nn.Module, objective: Objective,
                     log: bool = True) -> "TrainingPolicy":
         """The policy of ``cfg`` on ``device`` with ``world`` processes for ``model`` (whose 3x3 convolutions decide
-        the memory format of a compiled CPU run).
+        the memory format of a compiled CPU run) trained with ``objective``.
 
         Raises:
             ConfigError: The official update under torchrun (the official loop is one process).
@@ -67,7 +68,7 @@ class TrainingPolicy:
         return cls(mode="official" if official else "default", freeze_outside_groups=not official,
                    memory_format=torch.contiguous_format if plain else torch.channels_last, fast_conv_grad=fast,
                    seeded_loader=not official, amp_dtype=amp, fp32_trunk=official and amp is not None,
-                   validation_autocast=not (official and cfg.regression), compile=cfg.base.compile)
+                   validation_autocast=not official or objective.official_validation_autocast, compile=cfg.base.compile)
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device, official: bool, log: bool) -> Optional[torch.dtype]:

@@ -1,6 +1,6 @@
 """Training an eDifFIQA model (label-optimised distillation) or DifFIQA(R) (label regression): the model, the
-optimizer groups, the loop, checkpoints and resume. How it computes is the :class:`TrainingPolicy`'s; the run around
-it is :class:`engine.training_run.TrainingRun`'s."""
+optimizer groups, the loop, checkpoints and resume. What differs between the two is the :class:`Objective`'s; how it
+computes is the :class:`TrainingPolicy`'s; the run around it is :class:`engine.training_run.TrainingRun`'s."""
 from __future__ import annotations
 
 import logging
@@ -12,14 +12,16 @@ import torch
 from torch import nn
 
 from dataset.transforms import normalize
-from engine.training.config import OPTIMIZER_CLASSES, ModelSpec, TrainConfig, resolve_model, resume_mismatch
-from engine.training.data import load_regression_data, load_training_data, training_loader
+from engine.training.config import TrainConfig, build_optimizer, resume_mismatch
+from engine.training.data import training_loader
+from engine.training.model_file import ModelSpec, resolve_model
+from engine.training.objective import OBJECTIVES, Objective
 from engine.training.policy import TrainingPolicy
 from engine.training_run import TrainingRun
+from model.build import build_model
+from model.checkpoint import load_backbone
 from model.conv_grad import use_fast_weight_grad
-from model.ediffiqa import EDifFIQA
-from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1, RegressionLoss
-from model.registry import VARIANTS, build_model, load_backbone
+from model.registry import VARIANTS
 from utils.checkpoint import save_checkpoint
 from utils.config import to_dict
 from utils.distributed import all_reduce_sum
@@ -28,7 +30,7 @@ from utils.io import write_json
 from utils.run_log import RunLog
 from utils.runtime import rng_state, set_rng_state
 
-__all__ = ["optimizer_groups", "build_optimizer", "build_loss", "Trainer", "train"]
+__all__ = ["optimizer_groups", "Trainer", "train"]
 
 _logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ TRAINING_FIGURE = "train_log.png"
 
 
 # ------------------------------------------------------------------------------------------------- model parts
-def optimizer_groups(model: EDifFIQA, cfg: TrainConfig, freeze: bool = True) -> List[Dict[str, Any]]:
+def optimizer_groups(model: nn.Module, cfg: TrainConfig, freeze: bool = True) -> List[Dict[str, Any]]:
     """The parameter groups of ``optimizer.group_N``. With ``freeze``, every tensor outside them is frozen
     (``requires_grad = False``: no gradient is computed for it); the authors' code leaves them trainable, so their
     gradients are computed, accumulate across steps (its ``zero_grad`` clears only the optimizer's tensors) and count
@@ -65,40 +67,20 @@ def optimizer_groups(model: EDifFIQA, cfg: TrainConfig, freeze: bool = True) -> 
     return groups
 
 
-def build_optimizer(groups: List[Dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    kwargs = dict(cfg.optimizer.params)
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    return OPTIMIZER_CLASSES[cfg.optimizer.module]()(groups, **kwargs)
-
-
-def build_loss(cfg: TrainConfig) -> nn.Module:
-    """The loss modules the config names: :class:`DistillationLoss` from ``loss.quality`` and ``loss.consistency``,
-    or DifFIQA(R)'s :class:`RegressionLoss` (validated by the config)."""
-    if cfg.regression:
-        spec = cfg.loss.regression_loss()
-        return RegressionLoss(BASE_LOSSES[spec.module](**spec.params))
-    quality = cfg.loss.quality.params
-    base = BASE_LOSSES[quality.base_loss.module](**quality.base_loss.params)
-    consistency = torch.nn.CosineEmbeddingLoss(**vars(cfg.loss.consistency.params))
-    return DistillationLoss(ExtendedL1(base, quality.epsilon), consistency, cfg.loss.theta)
-
-
 # ------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains the model ``cfg`` names; see :func:`train`."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.spec: ModelSpec = resolve_model(cfg.model_source, cfg.base.backbone_weights)
-        self.regression = VARIANTS[self.spec.name].kind == "regression"
-        if cfg.regression != self.regression:
-            raise ConfigError(f"'{self.spec.source}' is {'not ' if cfg.regression else ''}a DifFIQA(R) model; name "
-                              "DifFIQA(R)'s model config with model.config, eDifFIQA's with base.model")
+        self.spec: ModelSpec = resolve_model(cfg)
+        objective = OBJECTIVES[self.spec.kind]
+        objective.check(cfg)
         self.run = TrainingRun(cfg.base.device, cfg.base.seed, cfg.base.save_path, "base.save_path / --output",
                                cfg.base.deterministic)
         self.info, self.device = self.run.info, self.run.device
-        self._build_data()
+        self.objective: Objective = objective(cfg, self.device)  # the data and the loss of the model's kind
+        self.criterion = self.objective.criterion
         self._build_model()
         self._build_optimizer()
         self.start_epoch = 0
@@ -113,15 +95,6 @@ class Trainer:
         self.compile_checked = False  # the first compiled step ran: later errors are not compiler failures
 
     # ----------------------------------------------------------------------------------------- builders
-    def _build_data(self) -> None:
-        """The training and validation sets (and, for distillation, the identity centres)."""
-        if self.regression:
-            self.train_set, self.val_set, self.counts = load_regression_data(self.cfg)
-            self.centres = None
-        else:
-            self.train_set, self.val_set, centres, self.counts = load_training_data(self.cfg)
-            self.centres = centres.to(self.device)
-
     def _build_model(self) -> None:
         """The model, built in the authors' order (backbone, its weights, then the head), so the same seed gives the
         same initial weights and leaves the global RNG in the same state for their shuffling; then the policy's
@@ -134,7 +107,8 @@ class Trainer:
                           fix="set base.model to the model with a {held} backbone, or base.backbone_weights to a "
                           f"checkpoint of its {backbone} backbone")
             _logger.info("backbone %s initialised from %s", backbone, self.spec.backbone_weights)
-        self.policy = TrainingPolicy.from_config(self.cfg, self.device, self.info.world, model, log=self.info.main)
+        self.policy = TrainingPolicy.from_config(self.cfg, self.device, self.info.world, model, self.objective,
+                                                 log=self.info.main)
         if self.policy.fp32_trunk and hasattr(model.backbone, "trunk_autocast"):
             model.backbone.trunk_autocast = False
         if self.policy.fast_conv_grad:
@@ -143,11 +117,10 @@ class Trainer:
         self.model = model.to(self.device).to(memory_format=self.policy.memory_format)
 
     def _build_optimizer(self) -> None:
-        """The optimizer groups, the GradScaler (fp16) and the loss."""
+        """The optimizer groups and the GradScaler (fp16)."""
         groups = optimizer_groups(self.model, self.cfg, freeze=self.policy.freeze_outside_groups)
-        self.optimizer = build_optimizer(groups, self.cfg)
+        self.optimizer = build_optimizer(self.cfg.optimizer.module, self.cfg.optimizer.params, groups)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.policy.amp_dtype == torch.float16)
-        self.criterion = build_loss(self.cfg)
 
     # ----------------------------------------------------------------------------------------- steps
     def _compiled(self) -> Optional[nn.Module]:
@@ -169,23 +142,19 @@ class Trainer:
             return None
         x = normalize(batch["image"].to(self.device, non_blocking=True)).contiguous(
             memory_format=self.policy.memory_format)
-        quality = batch["quality"].to(self.device)
         dtype = self.policy.amp_dtype
         # The losses too run under autocast, as in the authors' loop (autocast keeps them in fp32).
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None and amp):
             model = self._compiled() if compiled else None
             feat, pred = (model if model is not None else self.ddp_model)(x)
-            if self.regression:
-                return self.criterion(pred, quality)
-            centre = self.centres[batch["row"].to(self.device)] if adjust else None
-            return self.criterion(feat, pred, quality, batch["teacher"].to(self.device), centre)
+            return self.objective.terms(feat, pred, batch, adjust)
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         """One epoch; returns the image-weighted mean of each loss term."""
         from tqdm import tqdm
 
         self.ddp_model.train()
-        loader = training_loader(self.cfg, self.train_set, True, epoch, self.info, self.device,
+        loader = training_loader(self.cfg, self.objective.train_set, True, epoch, self.info, self.device,
                                  self.policy.seeded_loader, warn=epoch == self.start_epoch and self.info.main)
         names = ("loss", *self.criterion.terms)
         sums = torch.zeros(len(names) + 1, dtype=torch.float64)
@@ -237,8 +206,8 @@ class Trainer:
         self.ddp_model.eval()
         names = ("loss", *self.criterion.terms)
         sums = torch.zeros(len(names) + 1, dtype=torch.float64)
-        loader = training_loader(self.cfg, self.val_set, False, 0, self.info, self.device, self.policy.seeded_loader,
-                                 warn=False)
+        loader = training_loader(self.cfg, self.objective.val_set, False, 0, self.info, self.device,
+                                 self.policy.seeded_loader, warn=False)
         for batch in loader:
             terms = self._forward(batch, adjust=False, amp=self.policy.validation_autocast)
             if terms is None:
@@ -300,9 +269,9 @@ class Trainer:
         self.run_log = self.run.log(cfg, "train_log.csv", ["epoch", "step", "images", *names],
                                     resumed=self.start_epoch > 0, wandb_cfg=cfg.wandb)
         if self.info.main:
-            what = "" if self.regression else f", {self.counts['identities']} identities"
             _logger.info("training %s (%s mode): %d training / %d validation items%s, %d process(es) on %s",
-                         self.spec.name, self.policy.mode, self.counts["train"], self.counts["val"], what,
+                         self.spec.name, self.policy.mode, self.objective.counts["train"],
+                         self.objective.counts["val"], self.objective.summary(),
                          self.info.world, self.device)
         try:
             for epoch in range(self.start_epoch, cfg.base.epochs):

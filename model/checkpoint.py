@@ -1,0 +1,222 @@
+"""Reading, checking and loading checkpoints of the registry's models.
+
+``load_weights`` accepts the official checkpoint layout (plain ``state_dict`` of the wrapper), strips ``module.``
+(DDP) and ``_orig_mod.`` (``torch.compile``) prefixes, unwraps ``{"model": ...}``/``{"state_dict": ...}`` training
+checkpoints, and refuses a file of another variant with a message naming the variant it holds.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from model.build import build_backbone, build_model, build_variant
+from model.registry import (
+    BACKBONE_WEIGHTS_HELP,
+    BACKBONES,
+    OFFICIAL_WEIGHTS_HELP,
+    VARIANTS,
+    get_variant,
+    variant_names,
+)
+from utils.errors import CheckpointError
+from utils.io import torch_load, torch_load_reason
+
+__all__ = ["read_state_dict", "check_finite", "strip_prefixes", "describe_mismatch", "expected_shapes",
+           "identify_variant", "check_checkpoint", "load_weights", "load_backbone", "create_model"]
+
+_logger = logging.getLogger(__name__)
+
+Shapes = Dict[str, Tuple[int, ...]]
+
+
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> Shapes:
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _built_shapes(backbone: str, kind: Optional[str]) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """Key -> shape of ``backbone`` alone (``kind`` None) or of a model of ``kind`` on it, built on the meta device:
+    no memory and no init cost, only the table."""
+    with torch.device("meta"):
+        module = build_backbone(backbone) if kind is None else build_variant(backbone, kind)
+    return tuple(_shapes(module.state_dict()).items())
+
+
+def expected_shapes(name: str) -> Shapes:
+    """Key -> shape of variant ``name``'s state dict, in its order (what a strict load needs)."""
+    variant = get_variant(name)
+    return dict(_built_shapes(variant.backbone, variant.kind))
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Keys without the ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes."""
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in ("module.", "_orig_mod."):
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def _file_label(path: str, label: Optional[str]) -> str:
+    return label if label is not None else f"weights file '{path}'"
+
+
+def read_state_dict(path: str, key: str = "--weights or the config key 'weights'",
+                    source: str = OFFICIAL_WEIGHTS_HELP, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read a weights file safely (``weights_only=True``) and return its flat ``state_dict`` on the CPU.
+
+    Accepts a plain state dict or a training checkpoint holding one under ``model`` or ``state_dict``.
+    Raises :class:`CheckpointError` with a one-line reason for anything else; ``key`` names the flag or config key
+    that gives the path, ``source`` where such files come from, ``label`` how messages name the file (default
+    ``weights file '<path>'``).
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file '{path}' not found; {source}; pass its path with {key}")
+    name = _file_label(path, label)
+    try:
+        obj = torch_load(path)
+    except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
+        raise CheckpointError(f"cannot read {name} as a PyTorch checkpoint ({torch_load_reason(exc)})") from None
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{name} does not hold a state_dict (a dict of tensors)")
+    check_finite(obj, path, label)
+    return strip_prefixes(obj)
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: str, label: Optional[str] = None) -> None:
+    """Refuse a checkpoint whose parameters or buffers hold NaN or infinite values (a diverged or corrupt run).
+
+    Raises:
+        CheckpointError: Names the file (``label``, default ``weights file '<path>'``), the first such tensor and how
+            many there are.
+    """
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{_file_label(path, label)} holds NaN or infinite values in {len(bad)} tensor(s) "
+                              f"(first: {bad[0]}); it comes from a diverged or damaged run")
+
+
+def describe_mismatch(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, Tuple[int, ...]]) -> str:
+    """What keeps ``state_dict`` from loading strictly where key -> shape ``expected`` is needed ("" if nothing)."""
+    have = _shapes(state_dict)
+    missing = [k for k in expected if k not in have]
+    unexpected = [k for k in have if k not in expected]
+    wrong = [k for k in expected if k in have and have[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {list(have[k])}, model {list(expected[k])})")
+    return "; ".join(parts)
+
+
+def identify_variant(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Return the variant whose keys and shapes the state dict matches exactly, or None."""
+    have = _shapes(state_dict)
+    return next((name for name in variant_names() if have == expected_shapes(name)), None)
+
+
+def _bare_backbone(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The backbone whose keys and shapes the state dict matches exactly, or None."""
+    have = _shapes(state_dict)
+    return next((name for name in BACKBONES if have == dict(_built_shapes(name, None))), None)
+
+
+def check_checkpoint(path: str, name: str, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """The state dict of ``path`` once it is known to be variant ``name``'s checkpoint: read safely, finite, with
+    exactly the variant's keys and shapes (what a strict load needs).
+
+    Args:
+        path: The checkpoint file.
+        name: A registered variant.
+        label: How messages name the file (default ``weights file '<path>'``).
+
+    Raises:
+        CheckpointError: The file is missing or unreadable, or holds another variant, a bare backbone or
+            something else; the message says which.
+    """
+    state_dict = read_state_dict(path, label=label)
+    variant = get_variant(name)
+    expected = expected_shapes(name)
+    mismatch = describe_mismatch(state_dict, expected)
+    if mismatch:
+        file = _file_label(path, label)
+        held = identify_variant(state_dict)
+        if held is not None:
+            raise CheckpointError(f"{file} holds {VARIANTS[held].title} ('{held}'), not "
+                                  f"{variant.title}; use --model {held} or the {variant.title} weights")
+        backbone = _bare_backbone(state_dict)
+        if backbone is not None:
+            raise CheckpointError(f"{file} is a bare {backbone} backbone, not an eDifFIQA checkpoint "
+                                  f"(backbone + quality head); {OFFICIAL_WEIGHTS_HELP}")
+        raise CheckpointError(f"{file} does not match {variant.title}: {mismatch}")
+    return state_dict
+
+
+def load_weights(model: nn.Module, path: str, name: str) -> None:
+    """Load a checkpoint into ``model`` (variant ``name``) with strict key and shape matching.
+
+    Raises:
+        CheckpointError: See :func:`check_checkpoint`.
+    """
+    model.load_state_dict(check_checkpoint(path, name), strict=True)
+
+
+def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
+                  key: str = "--weights", fix: str = "use --backbone {held}") -> nn.Module:
+    """Load an insightface-layout checkpoint strictly into backbone ``name``: a new one in eval mode, or ``into``
+    (left in its mode; nothing new is built, so no random numbers are drawn).
+
+    The ``base_model.*`` part of an eDifFIQA checkpoint and the ``base.*`` part of a DifFIQA(R) one are accepted too.
+    ``key`` names the flag or config key that gives ``path``, and ``fix`` (``{held}``: the backbone the file holds)
+    what to change in the calling script when the file holds another backbone, for messages.
+    """
+    state_dict = read_state_dict(path, key, BACKBONE_WEIGHTS_HELP)
+    for prefix in ("base_model.", "base."):  # the backbone of an eDifFIQA or a DifFIQA(R) checkpoint
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            break
+    backbone = into if into is not None else build_backbone(name)
+    mismatch = describe_mismatch(state_dict, _shapes(backbone.state_dict()))
+    if mismatch:
+        held = _bare_backbone(state_dict)
+        hint = f"it holds a {held} backbone; {fix.format(held=held)}" if held else mismatch
+        raise CheckpointError(f"weights file '{path}' does not match backbone {name}: {hint}")
+    backbone.load_state_dict(state_dict, strict=True)
+    return backbone if into is not None else backbone.eval()
+
+
+def create_model(name: str, weights: Optional[str] = None, device: torch.device | str = "cpu",
+                 return_feat: bool = False) -> nn.Module:
+    """Build a variant, load its weights (if given) and return it in eval mode on ``device``.
+
+    Example:
+        >>> model = create_model("ediffiqaT", "weights/ediffiqaT.pth")  # doctest: +SKIP
+        >>> quality = model(batch)  # (B, 3, 112, 112) -> (B, 1)  # doctest: +SKIP
+    """
+    model = build_model(name, return_feat=return_feat)
+    if weights is not None:
+        load_weights(model, weights, name)
+    else:
+        _logger.warning("no weights given for %s: the model is randomly initialised", name)
+    return model.to(device).eval()
