@@ -6,9 +6,11 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
+from utils.config import load_config
 from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError, first_line, one_line
 
 __all__ = ["Flag", "build_parser", "load_script_config", "setup_logging", "run_cli"]
@@ -76,8 +78,6 @@ def build_parser(prog: str, doc: str, flags: Sequence[Flag],
 
 def load_script_config(cls: Type[T], args: argparse.Namespace, flags: Sequence[Flag]) -> T:
     """The config of a parsed command line: ``-c`` file, then the named flags given, then ``--set`` items."""
-    from utils.config import load_config
-
     overrides: Dict[str, Any] = {}
     for flag in flags:
         value = getattr(args, flag.dest)
@@ -101,8 +101,6 @@ def setup_logging(verbose: bool = True) -> None:
     ``-q`` prints only the summary and the project's own warnings. Installed on every call (not with
     ``logging.captureWarnings``, which installs itself once per process), so each script run in one process gets it.
     """
-    import warnings
-
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.INFO if verbose and rank == 0 else logging.WARNING
     prefix = f"[rank {rank}] " if rank else ""
