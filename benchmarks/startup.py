@@ -23,6 +23,8 @@ random values): placed for our checkouts as the cached published file in a tempo
 README's command finds the weights it fetched once), and for the official code as its ``weights/ediffiqaT.pth``.
 ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set to ``--threads`` (default: the CPUs this process may use) for
 every process. One untimed run of each command first fills the caches (bytecode, fonts, the weights' hash record).
+"CPU s" is the median CPU time (user + system, all threads) of the process: on a machine shared with other work it
+varies less than the wall time, which the targets are about.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,7 +40,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from utils.io import safe_pickle_load
 
@@ -74,21 +77,25 @@ class Command:
     code: int = 0
     out: Optional[str] = None
     times: List[float] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)
 
 
-def run_once(command: Command, env: Dict[str, str]) -> float:
-    """Seconds from the start of ``command``'s process to its exit; raises if it ends with another exit code."""
+def run_once(command: Command, env: Dict[str, str]) -> Tuple[float, float]:
+    """Seconds from the start of ``command``'s process to its exit, and the CPU seconds (user + system, all its
+    threads) it used; raises if it ends with another exit code."""
     if command.out is not None:
         shutil.rmtree(command.out, ignore_errors=True)
         os.makedirs(command.out)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(command.argv, cwd=command.cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, errors="replace", timeout=600)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != command.code:
         raise SystemExit(f"{command.checkout}: {' '.join(command.argv)} ended with {proc.returncode}, not "
                          f"{command.code}:\n{proc.stderr[-3000:]}")
-    return seconds
+    return seconds, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def label(path: str) -> str:
@@ -207,7 +214,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for repeat in range(args.repeats):
             shift = repeat % len(commands)  # each command takes each place in the order in turn
             for command in commands[shift:] + commands[:shift]:
-                command.times.append(run_once(command, env))
+                seconds, cpu = run_once(command, env)
+                command.times.append(seconds)
+                command.cpu.append(cpu)
         load_after = os.getloadavg()
         difference = score_difference(commands)
 
@@ -218,8 +227,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"scores of the 256 faces: {difference}")
     official_time = next((statistics.median(c.times) for c in commands if c.checkout == "official"), None)
     print()
-    print("| command | checkout | median s | min s | max s | vs first | vs official |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| command | checkout | median s | min s | max s | CPU s | vs first | vs official |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for row in dict.fromkeys(c.row for c in commands):
         group = [c for c in commands if c.row == row]
         first = statistics.median(group[0].times)
@@ -229,7 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             vs_official = (f"{official_time / median:.2f}x" if official_time is not None and row == "256 faces"
                            else "-")
             print(f"| {row} | {command.checkout} | {median:.2f} | {min(command.times):.2f} | "
-                  f"{max(command.times):.2f} | {vs_first} | {vs_official} |")
+                  f"{max(command.times):.2f} | {statistics.median(command.cpu):.2f} | {vs_first} | {vs_official} |")
     return 0
 
 

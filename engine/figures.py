@@ -148,7 +148,7 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
     """The picture of a folder's scores: their histogram, and the ``n`` lowest and ``n`` highest scored faces, each
     captioned with its score and file name.
 
-    The faces of a group are one image composed here at the figure's pixel size (framed tiles on white), placed
+    The faces of a group are one image composed here at the figure's pixel size (framed tiles on white) and drawn
     unscaled; the captions are figure texts. One axes (the histogram) instead of one per face: drawing the sheet
     costs a fraction of what 2n axes with their ticks, spines and labels did.
 
@@ -200,15 +200,15 @@ def _tile_group(fig: Any, top: float, chosen: Sequence[Tuple[str, float]], load:
     width_px, height_px = (round(side * DPI) for side in fig.get_size_inches())
     row_px, cell_px = round(_ROW * DPI), width_px // TILES_PER_ROW
     rows = math.ceil(len(chosen) / TILES_PER_ROW)
-    mosaic = np.full((rows * row_px, width_px, 3), 255, dtype=np.uint8)
-    frame = np.frombuffer(bytes.fromhex(colour.lstrip("#")), dtype=np.uint8)
+    mosaic = np.full((rows * row_px, width_px, 4), 255, dtype=np.uint8)  # RGBA, opaque white
+    frame = np.frombuffer(bytes.fromhex(colour.lstrip("#") + "ff"), dtype=np.uint8)
     side = _FACE + 2 * _FRAME
     for i, (key, score) in enumerate(chosen):
         r, c = divmod(i, TILES_PER_ROW)
         y, x = r * row_px + _TILE_TOP, c * cell_px + (cell_px - side) // 2
         mosaic[y:y + side, x:x + side] = frame
         face = _safe_load(load, key)
-        inner = mosaic[y + _FRAME:y + _FRAME + _FACE, x + _FRAME:x + _FRAME + _FACE]
+        inner = mosaic[y + _FRAME:y + _FRAME + _FACE, x + _FRAME:x + _FRAME + _FACE, :3]
         if face is None:
             inner[...] = 0xEE
             fig.text((x + side / 2) / width_px, 1 - (top * DPI + y + side / 2) / height_px, "(unreadable)",
@@ -218,7 +218,30 @@ def _tile_group(fig: Any, top: float, chosen: Sequence[Tuple[str, float]], load:
         fig.text((x + side / 2) / width_px, 1 - (top * DPI + y + side + 4) / height_px,
                  f"{score:.{digits}f}\n{drawable(shorten(os.path.basename(key)))}", ha="center", va="top",
                  fontsize=8, gid="caption")
-    fig.figimage(mosaic, xo=0, yo=height_px - round(top * DPI) - mosaic.shape[0], origin="upper")
+    fig.add_artist(_pixels_artist()(mosaic, 0, height_px - round(top * DPI) - mosaic.shape[0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _pixels_artist() -> type:
+    """The class of an artist that draws an ``(H, W, 4)`` uint8 RGBA array at its own pixel size, ``(x, y)`` pixels
+    from the figure's bottom left: the renderer blits it, where ``figimage`` would convert, mask and resample every
+    pixel first (a tenth of a second for a score sheet). Defined on first use, as matplotlib is imported."""
+    from matplotlib.artist import Artist
+
+    class Pixels(Artist):
+        def __init__(self, rgba: np.ndarray, x: int, y: int) -> None:
+            super().__init__()
+            self.rgba = np.ascontiguousarray(rgba[::-1])  # the renderer's rows go up from y
+            self.x, self.y = x, y
+
+        def draw(self, renderer: Any) -> None:
+            if not self.get_visible():
+                return
+            gc = renderer.new_gc()
+            renderer.draw_image(gc, self.x, self.y, self.rgba)
+            gc.restore()
+
+    return Pixels
 
 
 def _paste_fitted(out: np.ndarray, img: Image.Image) -> None:
