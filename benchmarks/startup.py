@@ -13,9 +13,10 @@ the runs of all checkouts and rows alternate, so a change of load on a shared ma
   that nothing is written into the checkout.
 - 256 faces: the same command with ``--images`` on 256 distinct 112x112 JPEG faces
   (:func:`benchmarks.inference_throughput.make_jpeg_folder`) and ``--device cpu``.
-- official, 256 faces (with ``--official PATH``, a checkout of LSIbabnikz/eDifFIQA): its ``inference.py`` on the same
-  faces in a temporary copy of that checkout, with its ``inference_config.yaml`` changed only in the paths, the
-  device (``cpu``) and the model (``ediffiqaT``; batch 128 as published).
+- official, 256 faces (with ``--official PATH``, a checkout of LSIbabnikz/eDifFIQA or a bare git repository of it):
+  its ``inference.py`` on the same faces in a temporary copy of that checkout (or of the repository's ``HEAD``),
+  with its ``inference_config.yaml`` changed only in the paths, the device (``cpu``) and the model (``ediffiqaT``;
+  batch 128 as published). Its scores are compared with ours (printed above the table).
 
 ``--repo`` defaults to this checkout; give an older one first to compare before and after ("vs first"). The weights
 of eDifFIQA(T) are synthetic (:func:`model.synthetic.manifest_state_dict`: the official keys and shapes, well-scaled
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import os
 import platform
 import resource
@@ -37,6 +39,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -121,36 +124,51 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def ours(repo: str, name: str, faces: str, out: str) -> List[Command]:
+def ours(repo: str, name: str, faces: str, row: str, out: str) -> List[Command]:
     python, script = sys.executable, os.path.join(repo, "inference.py")
     readme = [python, script, "-c", "configs/inference_config.yaml", "--model", VARIANT]
     return [Command("`--help`", name, [python, script, "--help"], repo),
             Command("argument error", name, [python, script, "--batch-size", "x"], repo, code=2),
             Command("README, 15 faces", name, [*readme, "--output", out + "-readme"], repo, out=out + "-readme"),
-            Command("256 faces", name, [*readme, "--images", faces, "--device", "cpu", "--output", out + "-256"],
-                    repo, out=out + "-256")]
+            Command(row, name, [*readme, "--images", faces, "--device", "cpu", "--output", out + "-folder"], repo,
+                    out=out + "-folder")]
 
 
-def official(path: str, tmp: str, faces: str, state_dict) -> Command:
-    """The official ``inference.py`` in a copy of ``path`` under ``tmp``, with its weights file and config."""
+def is_git_dir(path: str) -> bool:
+    """Whether ``path`` is a bare git repository (a mirror), whose ``HEAD`` tree can be extracted."""
+    proc = subprocess.run(["git", "-C", path, "rev-parse", "--is-bare-repository"], capture_output=True, text=True,
+                          timeout=30)
+    return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+
+def official(path: str, tmp: str, faces: str, row: str, state_dict) -> Command:
+    """The official ``inference.py`` in a copy of ``path`` (a checkout, or a bare repository's ``HEAD``) under
+    ``tmp``, with its weights file and config."""
     import torch
 
     copy = os.path.join(tmp, "official")
-    shutil.copytree(path, copy, ignore=shutil.ignore_patterns(".git"))
+    if os.path.isfile(os.path.join(path, "inference.py")):
+        shutil.copytree(path, copy, ignore=shutil.ignore_patterns(".git"))
+    else:
+        archive = subprocess.run(["git", "-C", path, "archive", "--format=tar", "HEAD"], capture_output=True,
+                                 check=True, timeout=120).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(copy, filter="data")
     os.makedirs(os.path.join(copy, "weights"), exist_ok=True)
     torch.save(state_dict, os.path.join(copy, "weights", f"{VARIANT}.pth"))
     out = os.path.join(tmp, "out-official")
     with open(os.path.join(copy, "configs", "inference_config.yaml"), "w", encoding="utf-8") as handle:
         handle.write(OFFICIAL_CONFIG.format(out=out, faces=faces, variant=VARIANT))
-    return Command("256 faces", "official", [sys.executable, "inference.py", "-c", "configs/inference_config.yaml"],
+    return Command(row, "official", [sys.executable, "inference.py", "-c", "configs/inference_config.yaml"],
                    copy, out=out)
 
 
-def score_difference(commands: Sequence[Command]) -> Optional[str]:
-    """Largest score difference of the 256-face runs against the official run (by file name), or None."""
+def score_difference(commands: Sequence[Command], row: str) -> Optional[str]:
+    """Largest score difference of the runs of ``row`` (the folder) against the official run (by file name), or
+    None."""
     tables = {}
     for command in commands:
-        if command.row == "256 faces" and command.out is not None:
+        if command.row == row and command.out is not None:
             table = safe_pickle_load(os.path.join(command.out, "quality-scores.pkl"))
             tables[command.checkout] = {os.path.basename(k): float(v) for k, v in table.items()}
     if "official" not in tables:
@@ -184,16 +202,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     from model.synthetic import manifest_state_dict
 
     repos = [os.path.abspath(r) for r in args.repo]
-    for path, script in [*((r, "inference.py") for r in repos), *([(args.official, "inference.py")] if args.official
-                                                                  else [])]:
-        if not os.path.isfile(os.path.join(path, script)):
-            parser.error(f"'{path}' is not a checkout with {script}")
+    for repo in repos:
+        if not os.path.isfile(os.path.join(repo, "inference.py")):
+            parser.error(f"'{repo}' is not a checkout of this project (no inference.py)")
+    if args.official and not (os.path.isfile(os.path.join(args.official, "inference.py")) or
+                              is_git_dir(args.official)):
+        parser.error(f"'{args.official}' is neither a checkout of the official code (no inference.py) nor a bare git "
+                     "repository of it")
     for repo in repos:
         if os.path.exists(os.path.join(repo, "weights", f"{VARIANT}.pth")):
             print(f"note: {repo}/weights/{VARIANT}.pth exists and is used instead of the cached file",
                   file=sys.stderr)
     names = [label(r) for r in repos]
     state_dict = manifest_state_dict(VARIANT, seed=1)
+    folder_row = f"{args.faces} faces"
     with tempfile.TemporaryDirectory() as tmp:
         cache = os.path.join(tmp, "torch", "hub", "checkpoints")
         os.makedirs(cache)
@@ -202,9 +224,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.makedirs(faces)
         make_jpeg_folder(faces, args.faces)
         commands = [c for i, (repo, name) in enumerate(zip(repos, names))
-                    for c in ours(repo, name, faces, os.path.join(tmp, f"out-{i}"))]
+                    for c in ours(repo, name, faces, folder_row, os.path.join(tmp, f"out-{i}"))]
         if args.official:
-            commands.append(official(os.path.abspath(args.official), tmp, faces, state_dict))
+            commands.append(official(os.path.abspath(args.official), tmp, faces, folder_row, state_dict))
         threads = str(args.threads)
         env = {**os.environ, "TORCH_HOME": os.path.join(tmp, "torch"), "OMP_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads}
@@ -218,13 +240,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 command.times.append(seconds)
                 command.cpu.append(cpu)
         load_after = os.getloadavg()
-        difference = score_difference(commands)
+        difference = score_difference(commands, folder_row)
 
     print(f"{cpu_name()}, {len(os.sched_getaffinity(0))} CPUs, OMP/MKL threads {threads}; torch {torch.__version__}; "
           f"{datetime.date.today().isoformat()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
           f"median of {args.repeats}, interleaved; weights: synthetic {VARIANT}, cached in a temporary TORCH_HOME")
     if difference:
-        print(f"scores of the 256 faces: {difference}")
+        print(f"scores of the {args.faces} faces: {difference}")
     official_time = next((statistics.median(c.times) for c in commands if c.checkout == "official"), None)
     print()
     print("| command | checkout | median s | min s | max s | CPU s | vs first | vs official |")
@@ -235,8 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for command in group:
             median = statistics.median(command.times)
             vs_first = f"{first / median:.2f}x" if command.checkout != "official" else "-"
-            vs_official = (f"{official_time / median:.2f}x" if official_time is not None and row == "256 faces"
-                           else "-")
+            vs_official = (f"{official_time / median:.2f}x" if official_time is not None and row == folder_row else "-")
             print(f"| {row} | {command.checkout} | {median:.2f} | {min(command.times):.2f} | "
                   f"{max(command.times):.2f} | {statistics.median(command.cpu):.2f} | {vs_first} | {vs_official} |")
     return 0
