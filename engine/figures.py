@@ -225,7 +225,7 @@ def _tile_group(fig: Any, top: float, chosen: Sequence[Tuple[str, float]], load:
 def _pixels_artist() -> type:
     """The class of an artist that draws an ``(H, W, 4)`` uint8 RGBA array at its own pixel size, ``(x, y)`` pixels
     from the figure's bottom left: the renderer blits it, where ``figimage`` would convert, mask and resample every
-    pixel first (a tenth of a second for a score sheet). Defined on first use, as matplotlib is imported."""
+    pixel first (a few hundredths of a second for a score sheet). Defined on first use, as matplotlib is imported."""
     from matplotlib.artist import Artist
 
     class Pixels(Artist):
