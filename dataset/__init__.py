@@ -1,6 +1,6 @@
 """Data loading: the shared preprocessing, image-folder reading, official file formats and label preparation.
 
-Submodules are imported on first use, so that ``prepare_data.py`` does not pay for torchvision.
+Submodules are imported on first use, so that ``prepare_data.py`` does not pay for torch.
 """
 from __future__ import annotations
 

@@ -4,18 +4,19 @@ Official pipeline: PIL ``open`` -> ``convert("RGB")`` -> ``Resize([112, 112])`` 
 ``ToTensor()`` -> ``Normalize(0.5, 0.5)``. It is split in two so that DataLoader workers ship ``uint8`` tensors (4x
 less inter-process traffic) and the float conversion runs once per batch, on the device: :func:`load_face` gives
 ``(3, 112, 112)`` uint8, :func:`normalize` gives the official float values bit for bit.
+
+torchvision is not needed to compute it: on a PIL image, ``Resize`` is PIL's own ``resize`` (:func:`resize_face`),
+and loading torchvision (about a second, with ``torch._dynamo`` through ``torchvision.ops``) would cost more than a
+small job scores in; :func:`official_transform` builds the torchvision pipeline itself, for tests and benchmarks.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable, Union
+from typing import Callable, Iterable, Union
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 __all__ = ["INPUT_SIZE", "MEAN", "STD", "official_transform", "open_rgb", "resize_face", "to_uint8_tensor",
            "decode_face", "load_face", "read_face_into", "normalize", "preprocess", "preprocess_batch"]
@@ -27,8 +28,13 @@ STD = (0.5, 0.5, 0.5)
 PathLike = Union[str, os.PathLike]
 
 
-def official_transform() -> T.Compose:
-    """The torchvision pipeline of the official code (PIL image -> ``(3, 112, 112)`` float tensor)."""
+def official_transform() -> Callable[[Image.Image], torch.Tensor]:
+    """The torchvision pipeline of the official code (PIL image -> ``(3, 112, 112)`` float tensor), the reference the
+    tests and benchmarks compare :func:`load_face` and :func:`normalize` with."""
+    # Imported here, not at the top: the scoring path must not load torchvision (see the module's docstring).
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
     return T.Compose([
         T.Resize(list(INPUT_SIZE), interpolation=InterpolationMode.BILINEAR, antialias=True),
         T.ToTensor(),
@@ -46,7 +52,10 @@ def resize_face(img: Image.Image) -> Image.Image:
     """Resize an RGB PIL image to 112x112 exactly as ``T.Resize([112, 112])`` does; no-op at that size."""
     if img.size == (INPUT_SIZE[1], INPUT_SIZE[0]):
         return img
-    return TF.resize(img, list(INPUT_SIZE), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    # What torchvision 0.29 runs for a PIL image (transforms.functional.resize -> _functional_pil.resize): the same
+    # size check, then img.resize((W, H), BILINEAR) with PIL's defaults (no box, no reducing_gap); PIL's bilinear
+    # filter is always antialiased, so antialias=True changes nothing. Equal bit for bit (tests/test_transforms.py).
+    return img.resize((INPUT_SIZE[1], INPUT_SIZE[0]), Image.Resampling.BILINEAR)
 
 
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:

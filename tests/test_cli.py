@@ -96,3 +96,37 @@ def test_set_is_typed_by_the_schema(monkeypatch, capsys) -> None:
     assert seen[-1].optimizer.params == {"weight_decay": 0.01}
     code, err = run_script(train.main, "train.py", ["--set", "base.epochs=many"], capsys)
     assert_user_error(code, err, "train.py", r"'base.epochs' must be int, got 'many'")
+
+
+def test_the_garbage_collector_is_paused_for_a_scripts_start_up_only() -> None:
+    """A script run as ``python SCRIPT`` (``run_cli(main, None, ...)``) starts with the cyclic garbage collector
+    paused; setup_logging, where the work begins, freezes what start-up made and resumes it; a run that ends before
+    (--help, an error) resumes it too; ``main`` run in-process with its own argv leaves the collector alone."""
+    import gc
+
+    from utils import cli
+    from utils.errors import ConfigError
+
+    seen = []
+
+    def main(argv):
+        seen.append(gc.isenabled())
+        cli.setup_logging(False)
+        seen.append(gc.isenabled())
+        return 0
+
+    def fails(argv):
+        seen.append(gc.isenabled())
+        raise ConfigError("bad")
+
+    try:
+        assert cli.run_cli(main, None, "x.py") == 0
+        frozen = gc.get_freeze_count()
+        assert seen == [False, True] and frozen > 0
+        seen.clear()
+        assert cli.run_cli(fails, None, "x.py") == 2 and seen == [False] and gc.isenabled()
+    finally:
+        gc.unfreeze()  # the test's process keeps collecting everything
+        gc.enable()
+    seen.clear()
+    assert cli.run_cli(main, ["--x"], "x.py") == 0 and seen == [True, True] and gc.get_freeze_count() == 0

@@ -72,16 +72,57 @@ def test_a_figure_that_fails_costs_nothing_but_itself(faces, checkpoint_dir, tmp
     assert (tmp_path / "out" / "quality-scores.pkl").exists() and not (tmp_path / "out" / "quality-scores.png").exists()
 
 
+def captions(fig) -> list:
+    """The score sheet's tile captions (score and file name), in the order drawn: the lowest group, then the
+    highest."""
+    return [t for t in fig.texts if t.get_gid() == "caption"]
+
+
 def test_the_sheet_tells_the_lowest_from_the_highest() -> None:
-    """The tiles come in the order of the scores, captioned with them: the lowest group first, lowest first."""
+    """The tiles come in the order of the scores, captioned with them: the lowest group first, lowest first; and the
+    face drawn above each caption is the face of that key (read off the rendered PNG)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    values = [0.5, 0.1, 0.9, 0.3, 0.7]
+    scores = {f"/x/{i}.png": float(s) for i, s in enumerate(values)}
+    colour = {f"/x/{i}.png": (40 * i, 250 - 40 * i, 90) for i in range(len(values))}
+    fig = figures.score_sheet(scores, lambda k: np.full((112, 112, 3), colour[k], np.uint8), 2, "t")
+    texts = captions(fig)
+    assert [t.get_text() for t in texts] == ["0.1000\n1.png", "0.3000\n3.png", "0.9000\n2.png", "0.7000\n4.png"]
+    others = [t.get_text() for t in fig.texts]
+    assert any(t.startswith("LOWEST") for t in others) and any(t.startswith("HIGHEST") for t in others)
+    buffer = io.BytesIO()
+    figures.png_writer(fig)[1](buffer)
+    picture = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    height, width = picture.shape[:2]
+    for text in texts:
+        x, y = text.get_position()  # the caption's top centre, in figure fractions
+        shown = picture[round((1 - y) * height) - 40, round(x * width)]  # inside the face, above its caption
+        assert tuple(shown) == colour["/x/" + text.get_text().split("\n")[1]], text.get_text()
+
+
+def test_a_face_that_cannot_be_read_is_a_tile_that_says_so(caplog) -> None:
+    """A face that no longer reads is a grey tile saying "(unreadable)" with a warning, and faces of other shapes
+    (grey, not square) are drawn fitted into their tile; the sheet is still drawn, at its size."""
+    import io
+
     import numpy as np
 
-    scores = {f"/x/{i}.png": float(s) for i, s in enumerate([0.5, 0.1, 0.9, 0.3, 0.7])}
-    fig = figures.score_sheet(scores, lambda k: np.zeros((112, 112, 3), np.uint8), 2, "t")
-    captions = [ax.get_xlabel() for ax in fig.axes[1:]]
-    assert captions == ["0.1000\n1.png", "0.3000\n3.png", "0.9000\n2.png", "0.7000\n4.png"]
-    texts = [t.get_text() for t in fig.texts]
-    assert any(t.startswith("LOWEST") for t in texts) and any(t.startswith("HIGHEST") for t in texts)
+    def load(key):
+        if key == "gone.png":
+            raise OSError("no such file")
+        return np.full((80, 120), 200, np.uint8) if key == "grey.png" else np.zeros((112, 112, 3), np.uint8)
+
+    fig = figures.score_sheet({"gone.png": 0.1, "grey.png": 0.2, "face.png": 0.3}, load, 3, "t")
+    _, write = figures.png_writer(fig)
+    buffer = io.BytesIO()
+    write(buffer)
+    assert figures.image_size(buffer.getvalue()) == inches(figures.score_sheet_size(3))
+    assert sum(t.get_text() == "(unreadable)" for t in fig.texts) == 2  # once in each group
+    assert "figure: cannot show 'gone.png' (no such file)" in caplog.text
 
 
 def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkeypatch):
@@ -213,5 +254,5 @@ def test_any_file_name_is_drawn_and_quiet_prints_only_the_summary(checkpoint_dir
     code, err = run_script(inference.main, "inference.py", args(root, checkpoint_dir, tmp_path / "out"), capsys)
     assert code == 0 and len(err.splitlines()) == 1, err
     assert png_size(tmp_path / "out" / "quality-scores.png") == inches(figures.score_sheet_size(3))
-    captions = {ax.get_xlabel().split("\n")[1] for ax in drawn[0].axes[1:]}
-    assert captions == {"a.jpg", "\\xff\\xfe.jpg", "\\u65e5\\u672c.jpg"}
+    names = {t.get_text().split("\n")[1] for t in captions(drawn[0])}
+    assert names == {"a.jpg", "\\xff\\xfe.jpg", "\\u65e5\\u672c.jpg"}

@@ -30,6 +30,44 @@ def test_load_face_matches_official_pipeline(tmp_path, name: str, size: int, mod
     assert torch.equal(preprocess(Image.open(path)), expected)
 
 
+#: Sizes ``(W, H)`` the resize is checked at: down and up, odd, non-square, thin, tiny, and 112x112 itself (no-op).
+RESIZE_SIZES = [(1, 1), (2, 3), (57, 91), (111, 112), (112, 111), (112, 112), (113, 113), (150, 150), (250, 250),
+                (224, 160), (500, 37), (641, 479)]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "LA", "I", "F", "1", "I;16", "YCbCr", "RGBa"])
+def test_the_resize_is_torchvisions_bit_for_bit(mode: str) -> None:
+    """resize_face (PIL's resize, no torchvision) gives the pixels of torchvision's ``resize(img, [112, 112],
+    BILINEAR, antialias=True)`` byte for byte, downscaling and upscaling, at odd and non-square sizes, on white noise
+    (the hardest case for a filter) and smooth images, in every PIL mode (the path itself only sees RGB)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    from dataset.transforms import resize_face
+
+    rng = np.random.default_rng(len(mode))
+    for i, (w, h) in enumerate(RESIZE_SIZES):
+        noise = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(face_array(i)).resize((w, h), Image.Resampling.BICUBIC))
+        for array in (noise, smooth):
+            img = Image.fromarray(array).convert(mode)
+            expected = TF.resize(img, [112, 112], interpolation=InterpolationMode.BILINEAR, antialias=True)
+            got = resize_face(img)
+            assert (got.mode, got.size) == (expected.mode, expected.size) == (mode, (112, 112))
+            assert got.tobytes() == expected.tobytes(), (mode, w, h)
+
+
+def test_preprocess_is_the_official_pipeline_at_any_size() -> None:
+    """The whole path (mode conversion, resize, tensor, normalisation) equals the official ``T.Compose`` bit for bit
+    at every size of the resize test, for RGB and grey images."""
+    pipeline = official_transform()
+    rng = np.random.default_rng(1)
+    for w, h in RESIZE_SIZES:
+        for mode in ("RGB", "L"):
+            img = Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).convert(mode)
+            assert torch.equal(preprocess(img), pipeline(img.convert("RGB"))), (mode, w, h)
+
+
 def test_preprocess_batch_and_range() -> None:
     images = [Image.fromarray(face_array(i)) for i in range(3)]
     batch = preprocess_batch(images)

@@ -3,15 +3,18 @@ plus ``-c`` and ``--set``), logging, and turning user errors into exit code 2.""
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
+from utils.config import load_config
 from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError, first_line, one_line
 
-__all__ = ["Flag", "build_parser", "load_script_config", "setup_logging", "run_cli"]
+__all__ = ["Flag", "build_parser", "load_script_config", "setup_logging", "end_startup", "run_cli"]
 
 T = TypeVar("T")
 
@@ -76,8 +79,6 @@ def build_parser(prog: str, doc: str, flags: Sequence[Flag],
 
 def load_script_config(cls: Type[T], args: argparse.Namespace, flags: Sequence[Flag]) -> T:
     """The config of a parsed command line: ``-c`` file, then the named flags given, then ``--set`` items."""
-    from utils.config import load_config
-
     overrides: Dict[str, Any] = {}
     for flag in flags:
         value = getattr(args, flag.dest)
@@ -100,9 +101,10 @@ def setup_logging(verbose: bool = True) -> None:
     Warnings of libraries (Python's ``warnings``) become one log line each when verbose and are not shown otherwise:
     ``-q`` prints only the summary and the project's own warnings. Installed on every call (not with
     ``logging.captureWarnings``, which installs itself once per process), so each script run in one process gets it.
-    """
-    import warnings
 
+    Every script calls it once its config is loaded, as its work begins: it ends the start-up (:func:`end_startup`).
+    """
+    end_startup()
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.INFO if verbose and rank == 0 else logging.WARNING
     prefix = f"[rank {rank}] " if rank else ""
@@ -111,9 +113,35 @@ def setup_logging(verbose: bool = True) -> None:
     logging.getLogger("py.warnings").setLevel(logging.NOTSET if verbose else logging.ERROR)
 
 
+#: Whether :func:`run_cli` holds the cyclic garbage collector paused for a script's start-up.
+_startup_paused = False
+
+
+def end_startup() -> None:
+    """End the start-up pause of :func:`run_cli`, if one is on: what start-up made (modules, classes, the parsed
+    config: objects that live as long as the process) is frozen out of the cyclic garbage collector's reach, and
+    the collector resumes. Later collections then walk only what the work makes."""
+    global _startup_paused
+    if _startup_paused:
+        _startup_paused = False
+        gc.freeze()
+        gc.enable()
+
+
 def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]], prog: str) -> int:
     """Call ``main(argv)``; a :class:`UserError` becomes ``"<prog>: error: <message>"`` and exit code 2, a
-    :class:`RunError` the same line and exit code 1."""
+    :class:`RunError` the same line and exit code 1.
+
+    For the process's own command line (``argv`` None: a script run as ``python SCRIPT``) the cyclic garbage
+    collector is paused from here until the work begins (:func:`setup_logging`, or the end of ``main``). Start-up
+    imports torch and more, hundreds of thousands of objects that never become garbage, and each full collection
+    while they are made walks all of them: a few tenths of a second of a small job. Imports a script makes before
+    :func:`setup_logging` are made in the pause. Not done when ``main`` runs in another program's process.
+    """
+    global _startup_paused
+    if argv is None and gc.isenabled():
+        gc.disable()
+        _startup_paused = True
     try:
         return main(argv)
     except UserError as exc:
@@ -127,3 +155,5 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
         return 130
     except SystemExit as exc:  # argparse's own errors (exit 2) and --help (exit 0), when main runs in-process
         return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        end_startup()
