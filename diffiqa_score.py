@@ -44,15 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Score a folder; returns the process exit code."""
-    from engine.labels.config import ScoreConfig
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    cfg = cli.load_script_config(ScoreConfig, args, FLAGS)
-    cli.setup_logging(cfg.inference.verbose)
-
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
+    from engine.labels.config import ScoreConfig
     from engine.labels.run import run_scoring
 
+    cfg = cli.load_script_config(ScoreConfig, args, FLAGS)
+    cli.setup_logging(cfg.inference.verbose)
     run_scoring(cfg, fresh=args.fresh, command=["diffiqa_score.py", *argv])
     return 0
 

@@ -53,14 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Evaluate; returns the process exit code."""
-    from engine.evaluation.config import EvaluateConfig
-
     args = build_parser().parse_args(argv)
-    cfg = cli.load_script_config(EvaluateConfig, args, FLAGS)
-    cli.setup_logging(cfg.verbose)
-
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
+    from engine.evaluation.config import EvaluateConfig
     from engine.evaluation.run import evaluate
 
+    cfg = cli.load_script_config(EvaluateConfig, args, FLAGS)
+    cli.setup_logging(cfg.verbose)
     evaluate(cfg)
     return 0
 

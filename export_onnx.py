@@ -38,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Export and check; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
     from engine.scoring.export import ExportConfig, export_checked
 
-    args = build_parser().parse_args(argv)
     cfg = cli.load_script_config(ExportConfig, args, FLAGS)
     cli.setup_logging(True)
     diff, scale = export_checked(cfg.model, cfg.weights, cfg.output, cfg.with_embedding, cfg.opset)

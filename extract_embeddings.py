@@ -42,14 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Extract embeddings; returns the process exit code."""
-    from engine.scoring.embeddings import EmbedConfig
-
     args = build_parser().parse_args(argv)
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
+    from engine.scoring.embeddings import EmbedConfig, extract_embeddings
+
     cfg = cli.load_script_config(EmbedConfig, args, FLAGS)
     cli.setup_logging(cfg.verbose)
-
-    from engine.scoring.embeddings import extract_embeddings
-
     extract_embeddings(cfg)
     return 0
 

@@ -62,15 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run inference; returns the process exit code."""
-    from engine.scoring.config import InferenceConfig
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    cfg = cli.load_script_config(InferenceConfig, args, FLAGS)
-    cli.setup_logging(cfg.base.verbose)
-
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
+    from engine.scoring.config import InferenceConfig
     from engine.scoring.run import score
 
+    cfg = cli.load_script_config(InferenceConfig, args, FLAGS)
+    cli.setup_logging(cfg.base.verbose)
     score(cfg, fresh=args.fresh, command=["inference.py", *argv])
     return 0
 

@@ -37,14 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run data preparation; returns the process exit code."""
-    from engine.training.prepare import PrepareConfig
-
     args = build_parser().parse_args(argv)
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
+    from engine.training.prepare import PrepareConfig, prepare
+
     cfg = cli.load_script_config(PrepareConfig, args, FLAGS)
     cli.setup_logging(cfg.verbose)
-
-    from engine.training.prepare import prepare
-
     prepare(cfg)
     return 0
 

@@ -35,14 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Train; returns the process exit code."""
-    from engine.training.config import TrainConfig
-
     args = build_parser().parse_args(argv)
-    cfg = cli.load_script_config(TrainConfig, args, FLAGS)
-    cli.setup_logging(cfg.base.verbose)
-
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
+    from engine.training.config import TrainConfig
     from engine.training.trainer import train
 
+    cfg = cli.load_script_config(TrainConfig, args, FLAGS)
+    cli.setup_logging(cfg.base.verbose)
     result = train(cfg)
     print(f"best validation loss {result['best_val']:.6f}; outputs in {cfg.base.save_path}", file=sys.stderr)
     return 0

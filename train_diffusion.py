@@ -36,14 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Train; returns the process exit code."""
-    from engine.denoiser.config import DiffusionTrainConfig
-
     args = build_parser().parse_args(argv)
-    cfg = cli.load_script_config(DiffusionTrainConfig, args, FLAGS)
-    cli.setup_logging(cfg.trainer_params.verbose)
-
+    # The workflow (torch, the models) is imported once the command line is read: --help and argument errors
+    # answer at once.
+    from engine.denoiser.config import DiffusionTrainConfig
     from engine.denoiser.trainer import train_diffusion
 
+    cfg = cli.load_script_config(DiffusionTrainConfig, args, FLAGS)
+    cli.setup_logging(cfg.trainer_params.verbose)
     result = train_diffusion(cfg)
     print(f"trained to step {result['step']}; outputs in {cfg.trainer_params.results_folder}", file=sys.stderr)
     return 0

@@ -221,8 +221,6 @@ def test_help_and_the_scoring_path_leave_out_what_they_do_not_use(startup_import
     assert "matplotlib" in startup_imports["inference.py on faces"][1]  # the probe sees an import: the figure's
 
 
-@pytest.mark.xfail(strict=True, reason="model.registry (the --model choices) imports torch until issue 30 splits "
-                   "the registry's facts from checkpoint reading; remove this mark then")
 def test_inference_answers_help_and_argument_errors_without_torch(startup_imports) -> None:
     """``inference.py --help`` and an argument error need the variant names, not the models: no torch, no NumPy."""
     for step in ("inference.py --help", "inference.py argument error"):
