@@ -87,7 +87,7 @@ def read_state_dict(path: str, key: str = "--weights or the config key 'weights'
     try:
         obj = torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
-        raise CheckpointError(f"cannot read {name} as a PyTorch checkpoint ({torch_load_reason(exc)})") from None
+        raise CheckpointError(f"cannot read {name} as a PyTorch checkpoint ({torch_load_reason(exc, path)})") from None
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):

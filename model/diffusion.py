@@ -258,7 +258,7 @@ def read_diffusion_state(path: str, ema: bool = False) -> Dict[str, torch.Tensor
     try:
         data = torch_load(path)
     except Exception as exc:  # noqa: BLE001 - torch raises many types
-        raise CheckpointError(f"cannot read denoiser checkpoint '{path}' ({torch_load_reason(exc)})") from None
+        raise CheckpointError(f"cannot read denoiser checkpoint '{path}' ({torch_load_reason(exc, path)})") from None
     if not isinstance(data, Mapping):
         raise CheckpointError(f"'{path}' does not hold a state dict or a trainer checkpoint")
     if ema:

@@ -1,14 +1,17 @@
 """Weights fetched by name (utils/download.py, engine/scoring/weights.py), from a server on 127.0.0.1 standing in for
 the published sources through EDIFFIQA_MIRROR: the cache, its integrity checks, offline use and concurrent fetches;
-servers that stall, never answer, cut the transfer or send the wrong thing (each one line, fast, nothing kept); the
-download lock; odd and read-only cache entries. Timeouts are tenths of a second here (EDIFFIQA_FETCH_TIMEOUT)."""
+servers that stall, trickle, never answer, cut the transfer or send the wrong thing (each one line, fast, nothing
+kept); the download lock; odd and read-only cache entries. Timeouts are tenths of a second here
+(EDIFFIQA_FETCH_TIMEOUT)."""
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import http.server
 import logging
 import os
+import random
 import re
 import socket
 import stat
@@ -94,13 +97,14 @@ def args(faces, out, *extra):
 
 def test_fetched_by_name_scores_like_the_file_then_runs_offline_and_refuses_a_changed_file(server, faces, tmp_path,
                                                                                           capsys, monkeypatch):
+    """... and under -q the fetch says nothing (its line is an info log: see the cut-transfer test)."""
     root, url = server
     data = checkpoint_bytes(tmp_path)
     publish(root, T_PATH, data)
     code, err = run_script(inference.main, "inference.py", args(faces, tmp_path / "fetched"), capsys)
     assert code == 0, err
+    assert "fetched the" not in err and "ediffiqa_t.pth" not in err  # -q
     digest = hashlib.sha256(data).hexdigest()
-    assert f"fetched the eDifFIQA(T) weights from {url}/{T_PATH}" in err and digest in err
     assert open(cached("ediffiqa_t.pth"), "rb").read() == data
     assert open(cached("ediffiqa_t.pth.sha256")).read().strip() == digest
     code, err = run_script(inference.main, "inference.py", args(faces, tmp_path / "by_path", "--weights",
@@ -184,7 +188,7 @@ def test_two_processes_fetching_at_once_get_one_good_file(server, tmp_path, monk
     publish(root, T_PATH, data)
     _Quiet.delay = 0.5  # both processes start before the first download ends
     monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "20")  # the delay is not a stall
-    code = ("from utils.download import fetch\n"
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\nfrom utils.download import fetch\n"
             "print(fetch('https://github.com/" + T_PATH + "', 'ediffiqa_t.pth', 'test weights', progress=False))\n")
     try:
         procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
@@ -203,16 +207,19 @@ def test_two_processes_fetching_at_once_get_one_good_file(server, tmp_path, monk
 # ------------------------------------------------------------------------------------ servers that misbehave
 
 
-def send(data: bytes, kind: str = "application/octet-stream", status: int = 200, length="auto",
-         stall: bool = False):
-    """A server's answer: ``status``, ``data`` announced as ``length`` bytes (``"auto"``: its own; None: no
-    Content-Length, the end is the connection's), then the connection closed, or held open without a byte more
-    (``stall``)."""
+def send(data: bytes, kind="application/octet-stream", status: int = 200, length="auto", stall: bool = False,
+         headers=()):
+    """A server's answer: ``status``, ``data`` of type ``kind`` (None: no Content-Type) announced as ``length`` bytes
+    (``"auto"``: its own; None: no Content-Length, the end is the connection's), with ``headers`` more, then the
+    connection closed, or held open without a byte more (``stall``)."""
     def answer(handler, release: threading.Event) -> None:
         handler.send_response(status)
-        handler.send_header("Content-Type", kind)
+        if kind is not None:
+            handler.send_header("Content-Type", kind)
         if length is not None:
             handler.send_header("Content-Length", str(len(data) if length == "auto" else length))
+        for name, value in headers:
+            handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(data)
         handler.wfile.flush()
@@ -220,6 +227,47 @@ def send(data: bytes, kind: str = "application/octet-stream", status: int = 200,
             release.wait(30)
 
     return answer
+
+
+def raw(data: bytes):
+    """A server's answer of exactly ``data`` (no status line or headers of its own), then the connection closed."""
+    def answer(handler, release: threading.Event) -> None:
+        handler.wfile.write(data)
+
+    return answer
+
+
+def trickle(data: bytes, headers_too: bool = False, seen=None):
+    """A server that sends ``data`` (``headers_too``: the status line and headers as well) one byte every 10 ms;
+    ``seen`` (a list), when given, gets the size of the download's temporary file once 5 bytes of the body are sent
+    (what a process waiting for the download would see)."""
+    def answer(handler, release: threading.Event) -> None:
+        head = (f"HTTP/1.0 200 OK\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+        if not headers_too:
+            handler.wfile.write(head)
+        for i, byte in enumerate((head if headers_too else b"") + data):
+            if release.is_set():
+                return
+            handler.wfile.write(bytes([byte]))
+            time.sleep(0.01)
+            if seen is not None and i == 4 and not seen:
+                seen.append(partial_size(5, wait=0.15))
+
+    return answer
+
+
+def partial_size(least: int, wait: float) -> int:
+    """The size of eDifFIQA(T)'s download in progress, once it holds ``least`` bytes or after ``wait`` seconds."""
+    end = time.monotonic() + wait
+    size = 0
+    while time.monotonic() < end and size < least:
+        names = [f for f in cache_listing() if f.endswith(".partial")]
+        try:
+            size = os.path.getsize(cached(names[0])) if names else 0
+        except FileNotFoundError:  # that try ended meanwhile
+            size = 0
+        time.sleep(0.01)
+    return size
 
 
 @pytest.fixture()
@@ -274,9 +322,9 @@ def bounded(call, limit: float = 15.0):
     return box.get("error", box.get("result"))
 
 
-def fetch_t():
+def fetch_t(limit: float = 15.0):
     """eDifFIQA(T)'s weights by name, as the scripts fetch them (with the checkpoint check)."""
-    return bounded(lambda: resolve_weights("ediffiqaT", progress=False))
+    return bounded(lambda: resolve_weights("ediffiqaT", progress=False), limit)
 
 
 def one_line(error, pattern: str) -> str:
@@ -296,9 +344,35 @@ def test_a_stalled_server_is_one_line_naming_the_url_and_the_timeout(scripted, g
     plan, requests, url = scripted
     plan[:] = [send(good[:1000], length=len(good), stall=True)]  # headers and 1,000 bytes, then nothing
     monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.1")
-    one_line(fetch_t(), rf"^cannot fetch the eDifFIQA\(T\) weights from {url}/{T_PATH} \(the server stalled: no data "
-                        rf"for 0.1 s after 1,000 of {len(good):,} bytes; EDIFFIQA_FETCH_TIMEOUT sets the seconds "
-                        r"to wait; 3 tries\); check the network or the mirror \(EDIFFIQA_MIRROR\)")
+    # The 1,000 bytes came with the headers or in the body's first window (as the reads fell).
+    one_line(fetch_t(), rf"^cannot fetch the eDifFIQA\(T\) weights from {url}/{T_PATH} \(the server stalled: "
+                        rf"(no data|1,000 bytes) in 0.1 s after 1,000 of {len(good):,} bytes \(at least 64 KiB must "
+                        r"arrive in every 0.1 s\); EDIFFIQA_FETCH_TIMEOUT sets the seconds to wait; 3 tries\); check "
+                        r"the network or the mirror \(EDIFFIQA_MIRROR\)")
+    assert len(requests) == 3 and cache_listing() == []
+
+
+def test_a_trickling_server_fails_as_stalled_and_what_arrived_is_on_disk_meanwhile(scripted, good,
+                                                                                     monkeypatch) -> None:
+    """A body trickled a byte at a time (each read well within the timeout) fails once a window of the timeout brings
+    less than 64 KiB, in about the timeout per try; meanwhile what arrived is in the download's temporary file (a
+    process waiting for the download sees it grow)."""
+    plan, requests, url = scripted
+    seen: list = []
+    plan[:] = [trickle(good, seen=seen)]
+    monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.2")
+    one_line(fetch_t(limit=5), rf"\(the server stalled: [\d,]+ bytes in 0.2 s after [\d,]+ of {len(good):,} bytes "
+                               r"\(at least 64 KiB must arrive in every 0.2 s\); EDIFFIQA_FETCH_TIMEOUT sets the "
+                               r"seconds to wait; 3 tries\)")
+    assert len(requests) == 3 and seen == [5] and cache_listing() == []
+
+
+def test_headers_that_do_not_arrive_complete_in_time_fail_as_a_transient_error(scripted, monkeypatch) -> None:
+    plan, requests, _ = scripted
+    plan[:] = [trickle(b"x" * 10_000, headers_too=True)]  # a byte of the status line and headers every 10 ms
+    monkeypatch.setenv("EDIFFIQA_FETCH_TIMEOUT", "0.1")
+    one_line(fetch_t(limit=5), r"\(the answer's headers did not arrive within 0.1 s \([\d,]+ bytes of them did\); "
+                               r"EDIFFIQA_FETCH_TIMEOUT sets the seconds to wait; 3 tries\)")
     assert len(requests) == 3 and cache_listing() == []
 
 
@@ -314,16 +388,20 @@ def test_a_server_that_never_answers_is_one_line(monkeypatch) -> None:
     assert cache_listing() == []
 
 
-def test_a_cut_transfer_is_tried_again_then_refused_and_the_fixed_server_is_used(scripted, good) -> None:
+def test_a_cut_transfer_is_tried_again_then_refused_and_the_fixed_server_is_used(scripted, good, caplog) -> None:
     plan, requests, url = scripted
     plan[:] = [send(good[: len(good) // 2], length=len(good))]  # Content-Length, then the connection closed early
     one_line(fetch_t(), rf"cannot fetch the eDifFIQA\(T\) weights from {url}/{T_PATH} \("
                         rf"{len(good) // 2 / 1e6:.1f} of {len(good) / 1e6:.1f} MB \(the transfer was cut\); 3 tries\)")
     assert len(requests) == 3 and cache_listing() == []
     plan[:] = [send(good)]
-    assert fetch_t() == cached("ediffiqa_t.pth")
+    with caplog.at_level(logging.INFO, logger="utils.download"):
+        assert fetch_t() == cached("ediffiqa_t.pth")
+    digest = hashlib.sha256(good).hexdigest()
+    assert f"fetched the eDifFIQA(T) weights from {url}/{T_PATH} into '{cached('ediffiqa_t.pth')}' ({len(good):,} " \
+           f"bytes, SHA-256 {digest}; recorded" in caplog.text  # an info log: -q silences it (the first test)
     assert open(cached("ediffiqa_t.pth"), "rb").read() == good
-    assert open(cached("ediffiqa_t.pth.sha256")).read().strip() == hashlib.sha256(good).hexdigest()
+    assert open(cached("ediffiqa_t.pth.sha256")).read().strip() == digest
 
 
 def test_a_server_error_is_tried_again(scripted, good) -> None:
@@ -336,11 +414,58 @@ def test_a_server_error_is_tried_again(scripted, good) -> None:
     assert len(requests) == 4
 
 
+def test_a_connection_closed_in_the_headers_is_tried_again(scripted, good) -> None:
+    plan, requests, _ = scripted
+    plan[:] = [raw(b"HTTP/1.1 200 OK\r\nContent-Le"), send(good)]
+    assert fetch_t() == cached("ediffiqa_t.pth") and len(requests) == 2
+    os.remove(cached("ediffiqa_t.pth"))
+    plan[:] = [raw(b"HTTP/1.1 200 OK\r\nContent-Le")]
+    one_line(fetch_t(), r"\(the connection was closed before the answer's headers were complete \(27 bytes of them "
+                        r"arrived\); 3 tries\)")
+    assert len(requests) == 5
+
+
+@pytest.mark.parametrize("answer,arrived,tries", [
+    ("part", r"HTTP 206 Partial Content, not 200 OK with the file", 1),
+    ("whole as a part", r"HTTP 206 Partial Content, not 200 OK with the file", 1),
+    ("gzip", r"the server sent it gzip-encoded \(Content-Encoding\), not as the file itself", 1),
+    ("longer", r"{got:,} of {more:,} bytes \(the transfer was cut\); 3 tries", 3),
+    ("html untyped", r"is an HTML page \(no Content-Type, 50 bytes\), not the file; nothing was kept", 1),
+    ("loop", r"a redirect loop \(HTTP 302 Found, to an address already visited 4 times or after 10 redirects\)", 5),
+    ("not HTTP", r"not an HTTP answer: it begins with '\\x00\\x01", 1),
+])
+def test_answers_that_are_not_the_whole_file_say_what_arrived(scripted, good, answer, arrived, tries) -> None:
+    """Only 200 OK with the file itself is taken; each other answer is named as it is (its status, its encoding, the
+    bytes when the MB figures would read the same, no Content-Type where there was none, a redirect loop on one
+    line, the first bytes of what is not HTTP) and nothing is kept."""
+    plan, requests, url = scripted
+    page = b"<!DOCTYPE html><html><body>Not found</body></html>"
+
+    def loop(handler, release) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", handler.path)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    plan[:] = [{"part": lambda: send(good[:1000], status=206, headers=[("Content-Range",
+                                                                        f"bytes 0-999/{len(good)}")]),
+                "whole as a part": lambda: send(good, status=206),
+                "gzip": lambda: send(gzip.compress(good[:10_000]), headers=[("Content-Encoding", "gzip")]),
+                "longer": lambda: send(good, length=len(good) + 100),
+                "html untyped": lambda: send(page, kind=None),
+                "loop": lambda: loop,
+                "not HTTP": lambda: raw(bytes(range(256)) * 4)}[answer]()]
+    message = one_line(fetch_t(), arrived.format(got=len(good), more=len(good) + 100))
+    assert message.startswith(f"cannot fetch the eDifFIQA(T) weights from {url}/{T_PATH} (") or answer == "html untyped"
+    assert len(requests) == tries and cache_listing() == []
+
+
 @pytest.mark.parametrize("sent,arrived", [
     ("html", r"the file downloaded for the eDifFIQA\(T\) weights from {url} is an HTML page \(text/html, 1,234 "
              r"bytes\), not the file; nothing was kept"),
     ("random", r"cannot read the file downloaded for the eDifFIQA\(T\) weights from {url} \(5,000 bytes\) as a PyTorch "
-               r"checkpoint \(.*\); nothing was kept"),
+               r"checkpoint \(it is neither a zip archive nor a pickle, as checkpoints are; it begins with bytes 73 a9 "
+               r"[0-9a-f ]+\); nothing was kept"),
     ("nan", r"the file downloaded for the eDifFIQA\(T\) weights from {url} \(.* MB\) holds NaN or infinite values"),
 ])
 def test_what_is_not_the_checkpoint_is_named_and_not_kept_and_the_fixed_server_is_used(
@@ -352,7 +477,7 @@ def test_what_is_not_the_checkpoint_is_named_and_not_kept_and_the_fixed_server_i
         page = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
         body = page + b" " * (1234 - len(page))
     elif sent == "random":
-        body = os.urandom(5000)
+        body = random.Random(2).randbytes(5000)  # torch's own reason for these bytes: "pop from empty list"
     else:
         state = manifest_state_dict("ediffiqaT", 1)
         next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("nan")
@@ -397,6 +522,7 @@ def test_the_published_size_and_hash_are_checked_before_anything_is_kept(scripte
     ("EDIFFIQA_MIRROR", "ftp://127.0.0.1:21/pub"), ("EDIFFIQA_MIRROR", "file:///srv/weights"),
     ("EDIFFIQA_MIRROR", "localhost:8000"), ("EDIFFIQA_MIRROR", "http://"),
     ("EDIFFIQA_FETCH_TIMEOUT", "0"), ("EDIFFIQA_FETCH_TIMEOUT", "soon"), ("EDIFFIQA_FETCH_TIMEOUT", "inf"),
+    ("EDIFFIQA_FETCH_TIMEOUT", "1e12"),
 ])
 def test_variables_that_cannot_work_are_one_line_before_any_lock_or_network(faces, tmp_path, capsys, monkeypatch,
                                                                             variable, value) -> None:
@@ -404,6 +530,23 @@ def test_variables_that_cannot_work_are_one_line_before_any_lock_or_network(face
     code, err = bounded(lambda: run_script(inference.main, "inference.py", args(faces, tmp_path / "out"), capsys))
     assert_user_error(code, err, "inference.py", rf"{variable}='{re.escape(value)}' is not an? ")
     assert not os.path.exists(os.path.dirname(cached("x")))  # no cache folder, no lock file
+
+
+@pytest.mark.parametrize("value,shown,problem", [
+    ("http://127.0.0.1:9/ok#frag", None, "it has a fragment"),
+    ("http://127.0.0.1:9/ok?x=1", None, "it has a query"),
+    ("http://user:secret@127.0.0.1:9/", "http://***@127.0.0.1:9/", "it holds a user name or password"),
+    ("http://127.0.0.1:9/a b", None, "it holds a space or a control character"),
+    ("http://127.0.0.1:9/a\nb", None, "it holds a space or a control character"),
+    ("http://127.0.0.1:99999", None, "its host or port cannot be read"),
+])
+def test_a_mirror_other_than_scheme_host_port_and_path_is_refused(monkeypatch, value, shown, problem) -> None:
+    """Only http(s)://host[:port][/path]: the rest would be dropped, misplaced or sent, so it is refused before any
+    lock or network, and a password is never echoed."""
+    monkeypatch.setenv("EDIFFIQA_MIRROR", value)
+    message = one_line(fetch_t(), rf"^EDIFFIQA_MIRROR={re.escape(repr(shown or value))} is not an "
+                                  rf"http\(s\)://host\[:port\]\[/path\] address \({problem}")
+    assert "secret" not in message and not os.path.exists(os.path.dirname(cached("x")))
 
 
 def test_a_process_waiting_for_the_download_lock_says_so_once_and_gives_up(capsys, monkeypatch) -> None:
@@ -524,8 +667,8 @@ def test_a_read_only_cache_holding_a_verified_file_is_used_without_lock_or_write
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == ([] if recorded else [f"using the eDifFIQA(T) weights placed at '{path}' (SHA-256 "
                                            f"{hashlib.sha256(good).hexdigest()}) without recording its SHA-256 "
-                                           f"(cannot write '{path}.sha256': Permission denied; the previous "
-                                           f"ediffiqa_t.pth.sha256 are unchanged)"])
+                                           f"(cannot write '{path}.sha256': Permission denied; nothing was "
+                                           "written)"])
 
 
 def test_an_unwritable_cache_without_the_file_is_one_line(monkeypatch) -> None:
@@ -539,3 +682,35 @@ def test_an_unwritable_cache_without_the_file_is_one_line(monkeypatch) -> None:
                         r"eDifFIQA\(T\) weights and cannot be written \(Permission denied\); set TORCH_HOME to a "
                         r"writable folder, save the file by hand as '.*ediffiqa_t.pth', or pass its path with "
                         r"--weights")
+
+
+def test_a_full_cache_disk_is_a_run_error_and_leaves_nothing(scripted, good, faces, tmp_path, capsys,
+                                                             monkeypatch) -> None:
+    """The download is written to a device that is always full (/dev/full): one line, exit 1 as for a full disk
+    when scores are appended (the input was fine), nothing left in the cache."""
+    plan, _, _ = scripted
+    plan[:] = [send(good)]
+    real = tempfile.mkstemp
+
+    def full(*args, **kwargs):
+        fd, path = real(*args, **kwargs)
+        if not path.endswith(".partial"):
+            return fd, path
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), path
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    code, err = bounded(lambda: run_script(inference.main, "inference.py", args(faces, tmp_path / "out"), capsys))
+    assert code == 1 and "Traceback" not in err, err
+    assert re.search(rf"^inference.py: error: cannot write the eDifFIQA\(T\) weights into torch's cache folder "
+                     rf"'{re.escape(os.path.dirname(cached('x')))}' \(No space left on device\); make room \(or raise "
+                     r"the file-size limit\) and run again, or set TORCH_HOME to another folder$", err, re.M), err
+    assert [f for f in cache_listing() if not f.endswith(".lock")] == []
+
+
+def test_the_progress_bar_counts_megabytes_as_the_messages_do(scripted, capsys) -> None:
+    plan, _, _ = scripted
+    plan[:] = [send(bytes(2_000_000))]
+    assert bounded(lambda: fetch("https://example.org/blob.bin", "blob.bin", "test file")) == cached("blob.bin")
+    bar = capsys.readouterr().err
+    assert "2.00M/2.00M" in bar, bar  # 10^6 bytes, not 2^20 (which would read 1.91M)

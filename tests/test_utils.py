@@ -73,6 +73,43 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path) -> None:
     assert os.listdir(tmp_path) == ["out.pkl"]
 
 
+@pytest.mark.parametrize("existing,fail_at,said", [
+    ((), "write", r"; nothing was written$"),
+    (("a.bin",), "write", r"; the previous a.bin is unchanged; b.bin was not written$"),
+    (("a.bin", "b.bin"), "write", r"; the previous a.bin, b.bin are unchanged$"),
+    ((), "second rename", r"; a.bin was written; b.bin was not written$"),
+])
+def test_a_failed_file_set_says_what_it_left(tmp_path, monkeypatch, existing, fail_at, said) -> None:
+    """The message of a failed set names what is really there: the previous files where there were some, nothing
+    written where there were none, and the files already renamed into place when a rename fails."""
+    import errno
+    import re
+
+    from utils.io import OutputError, file_set
+
+    for name in existing:
+        (tmp_path / name).write_bytes(b"old")
+    if fail_at == "second rename":
+        real, calls = os.replace, []
+
+        def replace(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:
+                raise OSError(errno.EIO, "Input/output error")
+            real(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OutputError) as info:
+        with file_set() as open_new:
+            open_new(str(tmp_path / "a.bin")).write(b"new")
+            open_new(str(tmp_path / "b.bin")).write(b"new")
+            if fail_at == "write":
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert re.search(r"^cannot write '.*b.bin': (No space left on device|Input/output error)" + said, str(info.value))
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == {
+        **{name: b"old" for name in existing}, **({"a.bin": b"new"} if fail_at == "second rename" else {})}
+
+
 def test_csv_round_trip_with_awkward_paths(tmp_path) -> None:
     path = str(tmp_path / "q.csv")
     scores = {"a,b/c.jpg": 0.125, 'd "quoted".png': -1.5e-7}

@@ -37,7 +37,7 @@ def read_checkpoint(path: str, key: str, needed: Sequence[str] = (), version: Op
     try:
         state = torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ConfigError(f"{key}: cannot read '{path}' ({torch_load_reason(exc)})") from None
+        raise ConfigError(f"{key}: cannot read '{path}' ({torch_load_reason(exc, path)})") from None
     missing = [k for k in needed if not isinstance(state, dict) or k not in state]
     if not isinstance(state, dict) or missing or (version is not None and state.get("version") != version):
         detail = f" (needs keys {', '.join(needed)})" if missing else ""

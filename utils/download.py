@@ -1,19 +1,25 @@
 """Files fetched by URL into torch's cache (``$TORCH_HOME/hub/checkpoints``), verified and used offline afterwards.
 
-A small downloader on ``urllib``: only ``http``/``https``; every connect and every read waits at most
-``$EDIFFIQA_FETCH_TIMEOUT`` seconds (default 15); a transient failure (a refused or reset connection, a 5xx answer, a
-cut transfer, a timeout) is tried again after a pause, :data:`ATTEMPTS` tries in all. A download lands in a temporary
-file in the cache folder and is renamed into place only when it is complete (``Content-Length`` and the published
-size), matches its pinned SHA-256 and passes the caller's check (for a checkpoint: it loads as its variant's); only
-then is an unpinned file's SHA-256 recorded beside it (``<file>.sha256``, trust on first use) and checked at every
-later use. A cached file that verifies is used with no lock and no write; the lock (:class:`utils.lock.FolderLock`)
-is taken only to download, so that processes fetching the same file at once get one good file.
-``$EDIFFIQA_MIRROR`` serves mirrors and air-gapped sites.
+A small downloader on ``urllib``: only ``http``/``https``; with ``timeout`` = ``$EDIFFIQA_FETCH_TIMEOUT`` seconds
+(default 15, at most 3600), connecting waits at most ``timeout``, the answer (status line and headers, through any
+redirects) must arrive within ``timeout`` of the request, and the body must bring at least :data:`MIN_BYTES` in every
+``timeout`` seconds, so a server that stalls or trickles fails in about ``timeout`` seconds. A transient failure (a
+refused, reset or early-closed connection, a 5xx answer, a cut transfer, a stall) is tried again after a pause,
+:data:`ATTEMPTS` tries in all. Only a ``200 OK`` answer with the file itself (no ``Content-Encoding``) is taken. A
+download lands in a temporary file in the cache folder and is renamed into place only when it is complete
+(``Content-Length`` and the published size), matches its pinned SHA-256 and passes the caller's check (for a
+checkpoint: it loads as its variant's); only then is an unpinned file's SHA-256 recorded beside it (``<file>.sha256``,
+trust on first use) and checked at every later use. A cached file that verifies is used with no lock and no write; the
+lock (:class:`utils.lock.FolderLock`) is taken only to download, so that processes fetching the same file at once get
+one good file. ``$EDIFFIQA_MIRROR`` serves mirrors and air-gapped sites.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import glob
 import hashlib
+import io
 import logging
 import math
 import os
@@ -25,23 +31,30 @@ import time
 from typing import Callable, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from utils.errors import CheckpointError, ConfigError, first_line
+from utils.errors import CheckpointError, ConfigError, RunError, first_line
 from utils.io import OutputError, _file_mode, sha256_of
 from utils.lock import FolderLock, LockTimeout
 
-__all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "DEFAULT_TIMEOUT", "ATTEMPTS", "WAIT_TIMEOUTS", "Check", "cache_dir",
-           "source_url", "fetch_timeout", "fetch"]
+__all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "DEFAULT_TIMEOUT", "MAX_TIMEOUT", "MIN_BYTES", "ATTEMPTS", "WAIT_TIMEOUTS",
+           "Check", "cache_dir", "source_url", "fetch_timeout", "fetch"]
 
 _logger = logging.getLogger(__name__)
 
-#: Replaces the scheme and host of every source URL (the path is kept): ``http://127.0.0.1:8765``.
+#: Replaces the scheme and host of every source URL, whose path is appended to the mirror's: ``http://host:8765``
+#: or ``https://host/weights`` (no user name, query or fragment).
 MIRROR_ENV = "EDIFFIQA_MIRROR"
-#: Seconds each connect and each read may wait for the server.
+#: Seconds a connect, the answer's headers, and each :data:`MIN_BYTES` of the body may take.
 TIMEOUT_ENV = "EDIFFIQA_FETCH_TIMEOUT"
 DEFAULT_TIMEOUT = 15.0
+#: The largest ``$EDIFFIQA_FETCH_TIMEOUT`` taken (an hour); larger values are refused at start-up.
+MAX_TIMEOUT = 3600.0
+#: A body that brings fewer bytes than this in any ``$EDIFFIQA_FETCH_TIMEOUT`` seconds has stalled (64 KiB: 4.4 kB/s
+#: at the default timeout; a server that trickles a byte at a time fails instead of holding the fetch for days).
+MIN_BYTES = 1 << 16
 #: Tries of a download in all (the first and the retries after a transient failure).
 ATTEMPTS = 3
-#: A process waiting for another's download gives up when that download has not grown for this many timeouts.
+#: A process waiting for another's download gives up when that download has not grown for this many timeouts (a
+#: download that goes on writes at least :data:`MIN_BYTES` to its temporary file in each).
 WAIT_TIMEOUTS = 4
 #: ``check(path, label)`` raises :class:`CheckpointError` unless the file at ``path`` is what was asked for; its
 #: messages name the file as ``label``.
@@ -71,7 +84,8 @@ def source_url(url: str) -> str:
     """``url``, or its path on the mirror ``$EDIFFIQA_MIRROR`` when that is set.
 
     Raises:
-        ConfigError: The mirror, or ``url`` where no mirror is set, is not an ``http``/``https`` address.
+        ConfigError: The mirror is not ``http(s)://host[:port][/path]``, or ``url`` where no mirror is set is not an
+            ``http``/``https`` address.
     """
     mirror = os.environ.get(MIRROR_ENV, "").strip()
     if not mirror:
@@ -79,19 +93,40 @@ def source_url(url: str) -> str:
             raise ConfigError(f"the source address {url!r} is not an http:// or https:// URL; only those are "
                               f"fetched: set {MIRROR_ENV} to an http(s) mirror, or pass the file with --weights")
         return url
-    if not _is_http(mirror):
-        raise ConfigError(f"{MIRROR_ENV}={mirror!r} is not an http:// or https:// address; set it to the mirror's "
-                          "http(s)://host[:port] (each source URL's path is kept), or unset it to fetch from the "
-                          "published sources")
+    problem = _mirror_problem(mirror)
+    if problem:
+        shown = re.sub(r"//.*@", "//***@", mirror)  # a password is never echoed
+        raise ConfigError(f"{MIRROR_ENV}={shown!r} is not an http(s)://host[:port][/path] address ({problem}); set "
+                          "it to the mirror's address (each source URL's path is appended to it), or unset it to "
+                          "fetch from the published sources")
     parts = urlsplit(url)
     return mirror.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
 
 
+def _mirror_problem(mirror: str) -> str:
+    """Why ``mirror`` is not ``http(s)://host[:port][/path]``; empty when it is."""
+    if "@" in mirror:
+        return "it holds a user name or password; a mirror is fetched without them"
+    if any(c.isspace() or not c.isprintable() for c in mirror):
+        return "it holds a space or a control character"
+    if "?" in mirror or "#" in mirror:
+        return f"it has a {'query' if '?' in mirror else 'fragment'}, which would not reach the server as meant"
+    try:
+        parts = urlsplit(mirror)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        return "its host or port cannot be read"
+    if parts.scheme.lower() not in _SCHEMES:
+        return "its scheme is not http or https"
+    return "" if parts.hostname else "it names no host"
+
+
 def fetch_timeout() -> float:
-    """Seconds each connect and read may wait: ``$EDIFFIQA_FETCH_TIMEOUT``, else :data:`DEFAULT_TIMEOUT`.
+    """Seconds a connect, the answer's headers, and each :data:`MIN_BYTES` of the body may take:
+    ``$EDIFFIQA_FETCH_TIMEOUT``, else :data:`DEFAULT_TIMEOUT`.
 
     Raises:
-        ConfigError: The variable is not a finite number above 0.
+        ConfigError: The variable is not a number above 0 and at most :data:`MAX_TIMEOUT`.
     """
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
@@ -100,9 +135,10 @@ def fetch_timeout() -> float:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds above 0; set it to how long each "
-                          f"connect and read may wait (default {DEFAULT_TIMEOUT:g}), or unset it")
+    if not (0 < value <= MAX_TIMEOUT):
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds above 0 and at most {MAX_TIMEOUT:g}; set "
+                          f"it to how long a connect, the answer's headers and each {MIN_BYTES // 1024} KiB of the "
+                          f"file may take (default {DEFAULT_TIMEOUT:g}), or unset it")
     return value
 
 
@@ -128,6 +164,7 @@ def fetch(url: str, name: str, what: str, sha256: Optional[str] = None, size: Op
         CheckpointError: The download failed or did not verify (the message says what arrived; nothing of it is
             kept), another process held the download lock too long, or the cached file does not verify (the
             message names the files to delete).
+        RunError: The download cannot be written into the cache (a full disk, the file-size limit).
     """
     url = source_url(url)
     timeout = fetch_timeout()
@@ -161,9 +198,15 @@ def _amount(n: int) -> str:
 
 
 def _fraction(got: int, total: int) -> str:
-    if got >= 1_000_000:
+    if got >= 1_000_000 and f"{got / 1e6:.1f}" != f"{total / 1e6:.1f}":
         return f"{got / 1e6:.1f} of {total / 1e6:.1f} MB"
     return f"{got:,} of {total:,} bytes"
+
+
+def _shown(text: str, limit: int = 160) -> str:
+    """A server's text for a one-line message: on one line, and at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _delete(path: str, record: Optional[str]) -> str:
@@ -215,8 +258,8 @@ def _cached(path: str, what: str, sha256: Optional[str], check: Optional[Check])
             _logger.warning("using the %s placed at '%s' (SHA-256 %s) without recording its SHA-256 (%s)", what,
                             path, digest, first_line(exc))
         else:
-            print(f"using the {what} placed at '{path}' (SHA-256 {digest}; recorded, and every later use is checked "
-                  "against it)", file=sys.stderr)
+            _logger.info("using the %s placed at '%s' (SHA-256 %s; recorded, and every later use is checked against "
+                         "it)", what, path, digest)
     return path
 
 
@@ -332,19 +375,22 @@ def _download(url: str, path: str, what: str, sha256: Optional[str], size: Optio
     that does not verify."""
     by_hand = (f"check the network or the mirror ({MIRROR_ENV}), download the file by hand and save it as '{path}', "
                "or pass its path with --weights")
+    folder = os.path.dirname(path)
+    full = (f"cannot write the {what} into torch's cache folder '{folder}' ({{}}); make room (or raise the file-size "
+            "limit) and run again, or set TORCH_HOME to another folder")
     for attempt in range(ATTEMPTS):
         try:
-            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial",
-                                       dir=os.path.dirname(path))
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=folder)
         except OSError as exc:
-            raise CheckpointError(f"cannot write the {what} into torch's cache folder '{os.path.dirname(path)}' "
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RunError(full.format(exc.strerror or exc)) from None
+            raise CheckpointError(f"cannot write the {what} into torch's cache folder '{folder}' "
                                   f"({exc.strerror or exc}); set TORCH_HOME to a writable folder, or pass the file "
                                   "with --weights") from None
         try:
             try:
                 with os.fdopen(fd, "wb") as handle:
                     got, kind, digest = _transfer(url, handle, size, timeout, progress, os.path.basename(path))
-                    handle.flush()
                     os.fsync(handle.fileno())
             except _Failed as exc:
                 if exc.transient and attempt + 1 < ATTEMPTS:
@@ -354,10 +400,8 @@ def _download(url: str, path: str, what: str, sha256: Optional[str], size: Optio
                     continue
                 tries = f"; {attempt + 1} tries" if exc.transient else ""
                 raise CheckpointError(f"cannot fetch the {what} from {url} ({exc.reason}{tries}); {by_hand}") from None
-            except OSError as exc:  # writing the temporary file: a full disk, a quota
-                raise CheckpointError(f"cannot write the {what} into torch's cache folder '{os.path.dirname(path)}' "
-                                      f"({exc.strerror or exc}); free some space or set TORCH_HOME to another "
-                                      "folder") from None
+            except OSError as exc:  # writing the temporary file (the network's errors are _Failed): not the input's
+                raise RunError(full.format(exc.strerror or exc)) from None
             _keep(tmp, path, url, what, sha256, size, check, got, kind, digest, by_hand)
             return
         finally:
@@ -373,8 +417,8 @@ def _keep(tmp: str, path: str, url: str, what: str, sha256: Optional[str], size:
     with open(tmp, "rb") as handle:
         head = handle.read(512)
     if _is_html(head, kind):
-        raise CheckpointError(f"the file downloaded for the {what} from {url} is an HTML page ({kind}, {got:,} bytes), "
-                              f"not the file; {nothing}")
+        raise CheckpointError(f"the file downloaded for the {what} from {url} is an HTML page ({_kind(kind)}, "
+                              f"{got:,} bytes), not the file; {nothing}")
     if size is not None and got != size:
         raise CheckpointError(f"{label} is not the published {size:,} bytes; {nothing}")
     if sha256 is not None and digest != sha256:
@@ -398,8 +442,8 @@ def _keep(tmp: str, path: str, url: str, what: str, sha256: Optional[str], size:
     except OSError as exc:
         raise CheckpointError(f"cannot put the {what} in place at '{path}' ({exc.strerror or exc}); delete what is "
                               "there, or pass the file with --weights") from None
-    print(f"fetched the {what} from {url} into '{path}' ({got:,} bytes, SHA-256 {digest}"
-          f"{'' if sha256 else '; recorded, and every later use is checked against it'})", file=sys.stderr)
+    _logger.info("fetched the %s from %s into '%s' (%s bytes, SHA-256 %s%s)", what, url, path, f"{got:,}", digest,
+                 "" if sha256 else "; recorded, and every later use is checked against it")
 
 
 def _is_html(head: bytes, kind: str) -> bool:
@@ -409,27 +453,21 @@ def _is_html(head: bytes, kind: str) -> bool:
     return kind in ("text/html", "application/xhtml+xml") and start.startswith(b"<")
 
 
-def _opener():
-    """urllib for http and https only: proxies from the environment, redirects followed (to http/https only, as no
-    other scheme has a handler)."""
-    import urllib.request as request
-
-    opener = request.OpenerDirector()
-    for handler in (request.ProxyHandler(), request.UnknownHandler(), request.HTTPHandler(),
-                    request.HTTPDefaultErrorHandler(), request.HTTPRedirectHandler(), request.HTTPErrorProcessor(),
-                    request.HTTPSHandler()):
-        opener.add_handler(handler)
-    return opener
+def _kind(kind: str) -> str:
+    """The answer's ``Content-Type`` for messages."""
+    return _shown(kind) if kind else "no Content-Type"
 
 
 def _transfer(url: str, handle, size: Optional[int], timeout: float, progress: bool,
               name: str) -> Tuple[int, str, str]:
-    """Stream ``url`` into ``handle``; ``(bytes received, content type, SHA-256)`` of a transfer that ended as the
-    server announced.
+    """Stream ``url`` into ``handle``; ``(bytes received, content type or "", SHA-256)`` of a transfer that ended as
+    the server announced. What arrives is written through at once, so that a process waiting for this download sees
+    it grow.
 
     Raises:
-        _Failed: No answer, an HTTP error, a stall, a cut, or more (or, by ``Content-Length``, other) bytes than the
-            published ``size``.
+        _Failed: No answer in time, an answer other than ``200 OK`` with the file itself, a stall (less than
+            :data:`MIN_BYTES` in ``timeout`` seconds), a cut, or more (or, by ``Content-Length``, other) bytes than
+            the published ``size``.
     """
     import urllib.request
 
@@ -437,27 +475,33 @@ def _transfer(url: str, handle, size: Optional[int], timeout: float, progress: b
 
     request = urllib.request.Request(url, headers={"User-Agent": "ediffiqa-fetch", "Accept-Encoding": "identity"})
     try:
-        response = _opener().open(request, timeout=timeout)
+        response = _opener(time.monotonic() + timeout).open(request, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, timeouts, OSError, HTTPException: classified
         if hasattr(exc, "close"):  # an HTTPError holds the answer open
             exc.close()
         raise _failure(exc, timeout, 0) from None
     got = 0
     with response:
-        kind = response.headers.get_content_type()
+        if response.status != 200:  # 206 (a part), 204 (nothing), ...: never the whole file
+            raise _Failed(f"HTTP {response.status} {_shown(response.reason)}, not 200 OK with the file", False)
+        encoding = (response.headers.get("Content-Encoding") or "").strip()
+        if encoding.lower() not in ("", "identity"):
+            raise _Failed(f"the server sent it {_shown(encoding, 20)}-encoded (Content-Encoding), not as the file "
+                          "itself", False)
+        kind = response.headers.get_content_type() if response.headers.get("Content-Type") else ""
         length = _content_length(response.headers.get("Content-Length"))
         if size is not None and length is not None and length != size:
             what = "an HTML page" if kind in ("text/html", "application/xhtml+xml") else "a file"
-            raise _Failed(f"the server announces {what} of {length:,} bytes ({kind}), not the published {size:,} "
-                          "bytes; nothing was downloaded", False)
+            raise _Failed(f"the server announces {what} of {length:,} bytes ({_kind(kind)}), not the published "
+                          f"{size:,} bytes; nothing was downloaded", False)
         total = length if length is not None else size
         digest = hashlib.sha256()
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress,
-                  file=sys.stderr) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=name, disable=not progress,
+                  file=sys.stderr) as bar:  # MB of 10^6 bytes, as the messages count
             while True:
                 try:
                     block = response.read1(_BLOCK)  # what has arrived: a stall after it loses nothing
-                except Exception as exc:  # noqa: BLE001 - timeouts, resets, IncompleteRead: classified
+                except Exception as exc:  # noqa: BLE001 - stalls, resets, IncompleteRead: classified
                     raise _failure(exc, timeout, got, total) from None
                 if not block:
                     break
@@ -466,6 +510,7 @@ def _transfer(url: str, handle, size: Optional[int], timeout: float, progress: b
                     raise _Failed(f"more than the published {size:,} bytes arrived; stopped at {got:,}", False)
                 digest.update(block)
                 handle.write(block)
+                handle.flush()
                 bar.update(len(block))
     if total is not None and got < total:
         raise _Failed(f"{_fraction(got, total)} (the transfer was cut)", True)
@@ -480,29 +525,211 @@ def _content_length(value: Optional[str]) -> Optional[int]:
     return length if length is not None and length >= 0 else None
 
 
+class _Slow(TimeoutError):
+    """The server was slower than the clock allows (:class:`_Clock`): ``body`` false, the headers were not complete
+    in time (``received`` bytes of them had come); true, ``window`` bytes came in the last ``timeout`` seconds."""
+
+    def __init__(self, body: bool, received: int, window: int) -> None:
+        super().__init__("too slow")
+        self.body, self.received, self.window = body, received, window
+
+
+class _Closed(ConnectionError):
+    """The connection was closed before the answer's headers were complete (``received`` bytes of them came)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__("closed early")
+        self.received = received
+
+
+class _Clock(io.RawIOBase):
+    """A connection's reader that holds the server to the fetch's pace: the answer's status line and headers by
+    ``deadline`` (``time.monotonic()``), then at least :data:`MIN_BYTES` of the body in every ``timeout`` seconds
+    (each window starts when the one before has its bytes). Each socket read waits only for what is left of the
+    current window, so a trickle fails when its window ends (:class:`_Slow`), not at a per-read timeout it keeps
+    resetting."""
+
+    def __init__(self, raw, sock, deadline: float, timeout: float) -> None:
+        super().__init__()
+        self.raw, self.sock, self.deadline, self.timeout = raw, sock, deadline, timeout
+        self.body = False
+        self.received = 0  # bytes of the status line and headers (and what came with them)
+        self.window = 0  # bytes of the body in the current window
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def start_body(self) -> None:
+        self.body, self.window, self.deadline = True, 0, time.monotonic() + self.timeout
+
+    def readinto(self, buffer) -> Optional[int]:
+        try:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.sock.settimeout(left)
+            n = self.raw.readinto(buffer)
+        except TimeoutError:
+            raise _Slow(self.body, self.received, self.window) from None
+        if n is None:  # nothing yet (a non-blocking socket): as the socket's own reader says
+            return n
+        if not n:
+            self.eof = True
+        elif not self.body:
+            self.received += n
+        else:
+            self.window += n
+            if self.window >= MIN_BYTES:
+                self.window, self.deadline = 0, time.monotonic() + self.timeout
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
+@functools.lru_cache(maxsize=None)
+def _http() -> dict:
+    """The clocked classes of ``http.client`` and ``urllib``: made once, at the first download (``http.client`` is
+    not imported by runs that fetch nothing)."""
+    import http.client
+    import urllib.error
+    import urllib.request as request
+
+    class Response(http.client.HTTPResponse):
+        """An answer read through a :class:`_Clock`; an answer whose headers end in a closed connection is
+        :class:`_Closed` (http.client would take the headers that came, and an empty body)."""
+
+        def __init__(self, sock, *args, deadline: float, timeout: float, **kwargs) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self.clock = _Clock(self.fp.detach(), sock, deadline, timeout)
+            self.fp = io.BufferedReader(self.clock)
+
+        def begin(self) -> None:
+            try:
+                super().begin()
+            except http.client.HTTPException:
+                if self.clock.eof:
+                    raise _Closed(self.clock.received) from None
+                raise
+            if self.clock.eof:
+                raise _Closed(self.clock.received)
+            self.clock.start_body()
+
+    def clocked(base):
+        class Connection(base):
+            def __init__(self, *args, deadline: float, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                self.response_class = functools.partial(Response, deadline=deadline, timeout=self.timeout)
+
+        return Connection
+
+    plain, secure = clocked(http.client.HTTPConnection), clocked(http.client.HTTPSConnection)
+
+    class HTTPHandler(request.HTTPHandler):
+        deadline = 0.0
+
+        def http_open(self, req):
+            return self.do_open(functools.partial(plain, deadline=self.deadline), req)
+
+    class HTTPSHandler(request.HTTPSHandler):
+        deadline = 0.0
+
+        def https_open(self, req):
+            return self.do_open(functools.partial(secure, deadline=self.deadline), req, context=self._context)
+
+    class Redirects(request.HTTPRedirectHandler):
+        """Redirects to http(s) only; one line for a loop or an address that cannot be read."""
+
+        def http_error_302(self, req, fp, code, msg, headers):
+            location = headers.get("Location") or headers.get("URI") or ""
+            answer = f"HTTP {code} {_shown(msg)}"
+            try:
+                scheme = urlsplit(location).scheme.lower()
+            except ValueError:
+                scheme = None
+            if scheme not in ("", "http", "https"):
+                fp.close()
+                raise _Failed(f"{answer} redirects to {_shown(location)!r}, not an http(s) address", False)
+            try:
+                return super().http_error_302(req, fp, code, msg, headers)
+            except urllib.error.HTTPError as exc:
+                if not str(exc.msg).startswith(self.inf_msg):
+                    raise
+                exc.close()
+                raise _Failed(f"a redirect loop ({answer}, to an address already visited {self.max_repeats} times "
+                              f"or after {self.max_redirections} redirects)", False) from None
+            except ValueError:
+                raise _Failed(f"{answer} redirects to an address that cannot be read ({_shown(location)!r})",
+                              False) from None
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    return {"http": HTTPHandler, "https": HTTPSHandler, "redirects": Redirects}
+
+
+def _opener(deadline: float):
+    """urllib for http and https only: proxies from the environment, redirects to http(s) followed, the answer
+    (through all redirects) due by ``deadline`` (``time.monotonic()``) and its body read under the clock
+    (:class:`_Clock`)."""
+    import urllib.request as request
+
+    classes = _http()
+    opener = request.OpenerDirector()
+    http_handler, https_handler = classes["http"](), classes["https"]()
+    http_handler.deadline = https_handler.deadline = deadline
+    for handler in (request.ProxyHandler(), request.UnknownHandler(), http_handler, request.HTTPDefaultErrorHandler(),
+                    classes["redirects"](), request.HTTPErrorProcessor(), https_handler):
+        opener.add_handler(handler)
+    return opener
+
+
 def _failure(exc: BaseException, timeout: float, got: int, total: Optional[int] = None) -> _Failed:
     """What a failed open or read means, in one line, and whether another try may succeed."""
     import http.client
     from urllib.error import HTTPError, URLError
 
+    if isinstance(exc, _Failed):
+        return exc
     if isinstance(exc, HTTPError):
-        return _Failed(f"HTTP {exc.code} {exc.reason}", exc.code >= 500 or exc.code in (408, 429))
+        return _Failed(f"HTTP {exc.code} {_shown(exc.reason)}", exc.code >= 500 or exc.code in (408, 429))
     if isinstance(exc, URLError):
         if not isinstance(exc.reason, BaseException):
-            return _Failed(str(exc.reason), False)
+            return _Failed(_shown(exc.reason), False)
         exc = exc.reason
     sofar = "" if not got else (f" after {_fraction(got, total)}" if total else f" after {_amount(got)}")
-    if isinstance(exc, TimeoutError):
-        what = "the server stalled: no data" if got else "no answer"
-        return _Failed(f"{what} for {timeout:g} s{sofar}; {TIMEOUT_ENV} sets the seconds to wait", True)
+    wait = f"; {TIMEOUT_ENV} sets the seconds to wait"
+    if isinstance(exc, _Slow):
+        if not exc.body:
+            if exc.received:
+                return _Failed(f"the answer's headers did not arrive within {timeout:g} s ({exc.received:,} bytes of "
+                               f"them did){wait}", True)
+            return _Failed(f"no answer for {timeout:g} s{wait}", True)
+        came = f"{exc.window:,} bytes" if exc.window else "no data"
+        return _Failed(f"the server stalled: {came} in {timeout:g} s{sofar} (at least {MIN_BYTES // 1024} KiB must "
+                       f"arrive in every {timeout:g} s){wait}", True)
+    if isinstance(exc, _Closed):
+        if exc.received:
+            return _Failed(f"the connection was closed before the answer's headers were complete ({exc.received:,} "
+                           "bytes of them arrived)", True)
+        return _Failed("the connection was closed before an answer arrived", True)
+    if isinstance(exc, TimeoutError):  # connecting, or sending the request
+        return _Failed(f"no answer for {timeout:g} s{wait}", True)
     if isinstance(exc, http.client.IncompleteRead):
         return _Failed(f"the transfer was cut{sofar}", True)
     if isinstance(exc, ConnectionRefusedError):
         return _Failed("connection refused", True)
-    if isinstance(exc, ConnectionError):  # reset, aborted, broken pipe, closed without an answer
-        return _Failed(f"the connection was closed{sofar} ({first_line(exc)})", True)
+    if isinstance(exc, ConnectionError):  # reset, aborted, broken pipe
+        return _Failed(f"the connection was closed{sofar} ({_shown(first_line(exc))})", True)
+    if isinstance(exc, http.client.BadStatusLine):
+        return _Failed(f"not an HTTP answer: it begins with {_shown(repr(exc.line), 60)}", False)
     if isinstance(exc, http.client.HTTPException):
-        return _Failed(f"not an HTTP answer ({first_line(exc)})", False)
+        return _Failed(f"not an HTTP answer ({_shown(first_line(exc))})", False)
     if isinstance(exc, OSError):
-        return _Failed(exc.strerror or first_line(exc), False)
-    return _Failed(first_line(exc), False)
+        return _Failed(_shown(exc.strerror or first_line(exc)), False)
+    return _Failed(_shown(first_line(exc)), False)

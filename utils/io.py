@@ -108,10 +108,12 @@ def file_set() -> Iterator[Callable[..., IO]]:
         ...     open_new("scores.csv", "w", encoding="utf-8").write(text)
 
     Raises:
-        OutputError: A write failed; the message names the file and says that the earlier files are unchanged.
+        OutputError: A write failed; the message names the file and says what is left: the previous files
+            unchanged, or nothing written where there were none.
     """
     pending: list = []
     current = ""
+    replaced = 0
 
     def open_new(path: str, mode: str = "wb", encoding: str | None = None, newline: str | None = None) -> IO:
         nonlocal current
@@ -136,6 +138,7 @@ def file_set() -> Iterator[Callable[..., IO]]:
         for _, tmp, path in pending:
             current = path
             os.replace(tmp, path)
+            replaced += 1
     except BaseException as exc:
         for handle, tmp, _ in pending:
             with contextlib.suppress(OSError):
@@ -144,10 +147,29 @@ def file_set() -> Iterator[Callable[..., IO]]:
                 os.unlink(tmp)
         if isinstance(exc, OSError):
             failed = current or (pending[-1][2] if pending else "?")
-            names = ", ".join(os.path.basename(p) for _, _, p in pending) or os.path.basename(failed)
-            raise OutputError(f"cannot write '{failed}': {exc.strerror or exc}; the previous {names} "
-                              "are unchanged") from None
+            targets = [p for _, _, p in pending] or [failed]
+            raise OutputError(f"cannot write '{failed}': {exc.strerror or exc}; "
+                              f"{_left_as_it_was(targets, replaced)}") from None
         raise
+
+
+def _left_as_it_was(targets: Sequence[str], replaced: int) -> str:
+    """What a failed :func:`file_set` left: the first ``replaced`` of ``targets`` were renamed into place; of the
+    others, those that exist are the previous files, unchanged, and the rest were never written."""
+    def names(paths: Sequence[str], one: str, more: str) -> str:
+        return f"{', '.join(os.path.basename(p) for p in paths)} {one if len(paths) == 1 else more}"
+
+    done, rest = targets[:replaced], targets[replaced:]
+    kept = [p for p in rest if os.path.lexists(p)]
+    absent = [p for p in rest if not os.path.lexists(p)]
+    if not done and not kept:
+        return "nothing was written"
+    parts = [names(done, "was", "were") + " written"] if done else []
+    if kept:
+        parts.append(f"the previous {names(kept, 'is', 'are')} unchanged")
+    if absent:
+        parts.append(names(absent, "was", "were") + " not written")
+    return "; ".join(parts)
 
 
 @contextlib.contextmanager
@@ -256,13 +278,44 @@ def _safe_globals() -> Dict[Tuple[str, str], Any]:
     return _SAFE_GLOBALS
 
 
-def torch_load_reason(exc: BaseException) -> str:
-    """A one-line reason for a failed ``torch.load(weights_only=True)``, without torch's advice to retry with
-    ``weights_only=False`` (which would run whatever code the file holds)."""
+def torch_load_reason(exc: BaseException, source: str | bytes | None = None) -> str:
+    """A one-line reason for a failed ``torch.load(weights_only=True)`` of ``source`` (a path or the bytes, when
+    known), without torch's advice to retry with ``weights_only=False`` (which would run whatever code the file
+    holds), and saying what the file is where torch's own text would not (random bytes fail inside its parser with
+    texts like "pop from empty list")."""
+    head = _head(source)
+    zipped = head is not None and head.startswith(b"PK\x03\x04")
+    if head is not None and not zipped and not head.startswith(b"\x80"):
+        if not head:
+            return "the file is empty"
+        if head.startswith(b"\x1f\x8b"):
+            return "it is gzip-compressed data, not a checkpoint"
+        return f"it is neither a zip archive nor a pickle, as checkpoints are; it begins with bytes {head.hex(' ')}"
     text = str(exc)
+    if "Unsupported operand" in text:  # an opcode the safe unpickler lacks: damage, or a plain pickle of objects
+        return ("it holds pickle instructions that are not loaded safely: it is damaged, or holds objects that could "
+                "run code when loaded")
     if "weights_only" in text or "Weights only load failed" in text:
         return "it holds objects other than tensors and plain containers, which could run code when loaded"
+    if "PytorchStreamReader" in text:  # torch's zip reader: its first sentence says what failed, the rest is advice
+        return f"a zip archive that is not a readable checkpoint ({first_line(exc).split('. ')[0]})"
+    if head is not None and not isinstance(exc, (OSError, MemoryError, RuntimeError)):
+        # Python's errors from inside torch's parser ("pop from empty list", a KeyError of a number) say nothing
+        return f"a {'zip archive' if zipped else 'pickle'} that is not a readable checkpoint (damaged or cut short)"
     return first_line(exc)
+
+
+def _head(source: str | bytes | None) -> bytes | None:
+    """The first 8 bytes of a file or of bytes; None when unknown (no source, or the file cannot be read)."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:8])
+    if source is None:
+        return None
+    try:
+        with open(source, "rb") as handle:
+            return handle.read(8)
+    except (OSError, TypeError):
+        return None
 
 
 def torch_load(source: Any) -> Any:
@@ -280,7 +333,7 @@ def _load_torch_storage_bytes(data: bytes) -> Any:
     try:
         return torch_load(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - torch raises many types; one line is enough
-        raise pickle.UnpicklingError(f"refusing the tensor data inside it: {torch_load_reason(exc)}") from None
+        raise pickle.UnpicklingError(f"refusing the tensor data inside it: {torch_load_reason(exc, data)}") from None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
