@@ -28,7 +28,8 @@ FLAGS = [
     Flag(("--device",), "base.device", "auto, cpu, cuda or cuda:N"),
     Flag(("--precision",), "base.precision", "fp32, tf32, bf16 or fp16"),
     Flag(("--batch-size",), "inference.batch_size", "UNet inputs per call", type=int),
-    Flag(("--limit",), "base.limit", "stop after this many new images", type=int),
+    Flag(("--limit",), "base.limit", "score N new images rounded down to whole batches (at least one batch), then "
+         "stop; rerun to continue", type=int),
     Flag(("-q", "--quiet"), "inference.verbose", "no progress bar or info logs", const=False),
 ]
 

@@ -47,7 +47,8 @@ FLAGS = [
     Flag(("--annotate",), "annotate", "with --align: save copies of the photos with boxes and scores", metavar="DIR"),
     Flag(("--figure-tiles",), "figure_tiles", "faces shown lowest and highest in quality-scores.png; 0: no figure",
          type=int, metavar="N"),
-    Flag(("--limit",), "base.limit", "score at most N new images, then stop; rerun to continue", type=int),
+    Flag(("--limit",), "base.limit", "score N new images rounded down to whole batches (at least one batch), then "
+         "stop; rerun to continue", type=int),
     Flag(("-q", "--quiet"), "base.verbose", "no progress bar or info logs", const=False),
 ]
 

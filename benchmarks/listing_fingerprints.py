@@ -5,7 +5,7 @@
 Makes ``--images`` empty ``.jpg`` files in ``--folders`` folders, then times (best of ``--repeats``, warm page
 cache): the listing as it was before fingerprints (``os.walk`` and ``os.path.isfile`` per image), the listing now
 (``dataset.image_folder.list_images``: ``os.walk`` and one ``os.stat`` per image, keeping size and modification time),
-the fingerprints (``engine.resumable.fingerprints``), and the rerun's check (``engine.resumable.changed_images``
+the fingerprints (``engine.resumable.fingerprints``), and the rerun's check (``engine.resumable.compare_listings``
 with every image scored before, each looked up among the stored fingerprints). For scale, it also times decoding a
 112x112 JPEG face. Prints one table with each time per image and as a ratio of the listing before.
 """
@@ -80,7 +80,7 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dataset.image_folder import list_images
-    from engine.resumable import changed_images, fingerprints
+    from engine.resumable import compare_listings, fingerprints
 
     with tempfile.TemporaryDirectory() as root:
         make_files(root, args.images, args.folders)
@@ -89,16 +89,18 @@ def main(argv: List[str] | None = None) -> int:
         listing = list_images(root)
         assert listing.paths == listing_before(root)
         prints = best(lambda: fingerprints(listing.paths, listing.stats), args.repeats)
-        body = fingerprints(listing.paths, listing.stats)
-        done = set(listing.paths)  # every image scored before: the most a rerun checks
-        assert not len(changed_images(listing.paths, done, body, body)[0])
-        checked = best(lambda: changed_images(listing.paths, done, body, body), args.repeats)
+        body = fingerprints(listing.paths, listing.stats)  # every image scored before: the most a rerun checks
+        change = compare_listings(body, body, 8)
+        assert change.same and change.checked == len(listing.paths) and not len(change.changed)
+        checked = best(lambda: compare_listings(body, body, 8), args.repeats)
         decode = decode_seconds()
     n = args.images
-    print(f"{n} files in {args.folders} folders; best of {args.repeats}; sidecar {8 * n} bytes and a header line")
+    print(f"{n} files in {args.folders} folders; best of {args.repeats}; fingerprints file {16 * n} bytes and a "
+          "header line")
     print("| step | seconds | us per image | vs listing before |\n|---|---:|---:|---:|")
     for name, seconds in [("listing before (walk + isfile)", before), ("listing now (walk + stat kept)", now),
-                          ("fingerprints (blake2b, 8 bytes)", prints), ("rerun check (all scored before)", checked),
+                          ("fingerprints (path BLAKE2b + size/time, 16 bytes)", prints),
+                          ("rerun check (all scored before)", checked),
                           ("decoding a 112x112 JPEG (per image, x n)", decode * n)]:
         print(f"| {name} | {seconds:.3f} | {seconds / n * 1e6:.2f} | {seconds / before:.3f} |")
     return 0

@@ -19,8 +19,12 @@ Files in the output folder (none is ever followed if it is a link):
   other settings is refused (``null`` for photos, whose run does not resume). Written with the scores: ``config``,
   the resolved config, and ``run``: the images listed, scored and skipped (with the reason), the processes, the
   device and the seconds of the run that finished the set.
-- ``quality-scores.fingerprints``: a header line, then 8 bytes per image of the listing (a hash of its relative path,
-  size and modification time); a rerun refuses images scored before that have changed since.
+- ``quality-scores.fingerprints``: a header line (how many images, and how many at the start of the listing the
+  finished set's results count for), then 16 bytes per image of the listing, in its order: a hash of its relative
+  path, and one of its size and modification time. A rerun refuses images scored before that have changed since (the
+  same path, another size or time); after images were added or removed it keeps the finished set's results of the
+  whole batches before the first change of the listing and scores the rest, as an uninterrupted run of the new
+  listing forms its batches (:func:`compare_listings`).
 - ``quality-scores.lock``: held while a run writes.
 - ``quality-scores.part<r>of<w>.csv``: a header line, then blocks ``#B <bytes> <crc32>`` of rows
   ``path,quality,error``: ``path,<score>,`` or ``path,,<reason>``, each path of the listing at most once; any
@@ -74,8 +78,8 @@ from utils.lock import FolderLock
 
 __all__ = ["SCORES_PICKLE", "SCORES_CSV", "SCORES_FIGURE", "SIDECAR", "FINGERPRINTS_FILE", "LOCK_FILE", "BatchResult",
            "RunState", "ScoreSheet", "FolderJob", "FolderSummary", "run_folder", "write_scores", "sheet_files",
-           "check_finite", "print_summary", "split_batches_for_rank", "part_path", "read_parts", "fingerprints",
-           "changed_images"]
+           "check_finite", "print_summary", "split_batches_for_rank", "part_path", "read_parts", "Fingerprints",
+           "ListingChange", "fingerprints", "compare_listings"]
 
 _logger = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ _PART = re.compile(r"^quality-scores\.part(\d+)of(\d+)\.csv$")
 _STATE_SUFFIX = ".state.pt"
 _HEADER = b"#ediffiqa-scores-part 1 listing="
 _BLOCK = re.compile(rb"#B (\d{1,12}) ([0-9a-f]{8})\n")
-_FINGERPRINTS = re.compile(rb"#ediffiqa-fingerprints 1 (\d{1,12}) ([0-9a-f]{64})\n")
+_FINGERPRINTS = re.compile(rb"#ediffiqa-fingerprints 2 (\d{1,12}) (\d{1,12}) ([0-9a-f]{64})\n")
 
 
 class BatchResult(NamedTuple):
@@ -109,9 +113,13 @@ ScoreBatches = Callable[[List[str], int], Iterator[BatchResult]]
 class RunState(Protocol):
     """State a resumed run must restore exactly (official DifFIQA's global RNG): ``save()`` is written after every
     batch with the part length it belongs to; ``load(state)`` is called before scoring (``None`` on a fresh
-    start)."""
+    start), with a state ``problem`` accepted (read from an output folder, it is never trusted)."""
 
     def save(self) -> Dict[str, Any]: ...
+
+    def problem(self, state: Dict[str, Any]) -> str:
+        """What makes ``state`` (as read back) one that ``load`` cannot restore; ``""``: nothing."""
+        ...
 
     def load(self, state: Optional[Dict[str, Any]]) -> None: ...
 
@@ -178,7 +186,8 @@ class FolderJob:
 @dataclass
 class FolderSummary:
     """What a run did. ``scored``/``skipped``/``seconds`` count this run over every process; ``total`` the scores
-    in the written set; ``left`` the images a ``limit`` left for the next run."""
+    in the written set; ``left`` the images a ``limit`` left for the next run; ``change``: how the listing changed
+    since a finished set (first process; None: it did not)."""
 
     complete: bool = False
     scored: int = 0
@@ -187,6 +196,7 @@ class FolderSummary:
     left: int = 0
     seconds: float = 0.0
     skipped_names: List[str] = field(default_factory=list)
+    change: Optional[ListingChange] = None
 
 
 # ------------------------------------------------------------------------------------------------- the finished set
@@ -237,10 +247,14 @@ def print_summary(out: str, scored: int, skipped: int, seconds: float, skipped_n
                   total: Optional[int] = None, extra: str = "") -> None:
     """The line a finished run prints (``total``: the scores in the set, when more than this run's), and the
     unreadable images it skipped."""
-    rate = scored / seconds if seconds > 0 else float("nan")
-    counts = f" in this run ({total} scored in all)" if total is not None and total != scored else ""
-    print(f"scored {scored}, skipped {skipped}{counts}{extra}, {seconds:.1f} s, {rate:.1f} images/s; wrote "
-          f"{os.path.join(out, SCORES_PICKLE)} and {SCORES_CSV}", file=sys.stderr)
+    wrote = f"wrote {os.path.join(out, SCORES_PICKLE)} and {SCORES_CSV}"
+    if not scored and not skipped:
+        counts = f" ({total} scored in all)" if total else ""
+        print(f"nothing left to score{counts}{extra}; {wrote}", file=sys.stderr)
+    else:
+        counts = f" in this run ({total} scored in all)" if total is not None and total != scored else ""
+        rate = f", {scored / seconds:.1f} images/s" if seconds > 0 else ""
+        print(f"scored {scored}, skipped {skipped}{counts}{extra}, {seconds:.1f} s{rate}; {wrote}", file=sys.stderr)
     if skipped_names:
         print(f"skipped (unreadable): {', '.join(skipped_names[:5])}{' ...' if len(skipped_names) > 5 else ''}",
               file=sys.stderr)
@@ -268,35 +282,88 @@ def _listing_digest(rel_paths: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def fingerprints(rel_paths: Sequence[str], stats: np.ndarray) -> bytes:
-    """8 bytes per image, in listing order: a hash of its relative path, size and modification time (``stats``,
-    ``(N, 2)`` int64); a changed file, or another file under its name, has another one."""
-    raw = np.ascontiguousarray(stats, dtype="<i8").tobytes()
+class Fingerprints(NamedTuple):
+    """What ``quality-scores.fingerprints`` records of a listing: per image, in listing order, ``paths`` ``(N,)``
+    uint64, a hash of its relative path, and ``files`` ``(N,)`` uint64, one of its size and modification time; and
+    ``kept``: the finished set's results count for the listing's first ``kept`` images (the rest are scored again)."""
+
+    paths: np.ndarray
+    files: np.ndarray
+    kept: int
+
+
+class ListingChange(NamedTuple):
+    """How a listing compares with the one recorded: ``same``, the same paths in the same order; ``kept``, the
+    images at its start whose finished results still count; ``added`` and ``removed`` images (by path); ``again``,
+    images with finished results from ``kept`` on, scored again; ``changed``, the indices of images with results
+    (finished or in parts) whose size or modification time changed since, of ``checked`` such images."""
+
+    same: bool
+    kept: int
+    added: int
+    removed: int
+    again: int
+    changed: np.ndarray
+    checked: int
+
+    def describe(self) -> str:
+        """What changed and what a run does about it, for messages."""
+        what = (f"the finished results of the first {self.kept} (the whole batches before the first change of the "
+                f"listing) are kept, the images from there on are scored as an uninterrupted run scores them"
+                if self.kept else "no finished result is kept (the first change is in the first batch), every image "
+                "is scored as an uninterrupted run scores it")
+        return f"{self.added} image(s) added, {self.removed} removed; {what} ({self.again} of them again)"
+
+
+def fingerprints(rel_paths: Sequence[str], stats: np.ndarray) -> Fingerprints:
+    """The :class:`Fingerprints` of a listing (``stats``: ``(N, 2)`` int64 size and ``st_mtime_ns``), all kept."""
     blake2b = hashlib.blake2b
-    return b"".join(blake2b(path.encode("utf-8", TEXT_ERRORS) + raw[16 * i:16 * i + 16], digest_size=8).digest()
-                    for i, path in enumerate(rel_paths))
+    paths = np.frombuffer(b"".join(blake2b(p.encode("utf-8", TEXT_ERRORS), digest_size=8).digest()
+                                   for p in rel_paths), dtype="<u8")
+    raw = np.ascontiguousarray(stats, dtype=np.int64).reshape(len(rel_paths), 2).view(np.uint64)
+    # An odd multiplier is a bijection mod 2**64: another size alone or another time alone always gives another value.
+    files = (raw[:, 0] * np.uint64(0x9E3779B97F4A7C15)) ^ raw[:, 1]
+    return Fingerprints(paths, files.astype("<u8"), len(rel_paths))
 
 
-def changed_images(rel_paths: Sequence[str], done: AbstractSet[str], current: bytes,
-                   stored: bytes) -> Tuple[np.ndarray, int]:
-    """``(indices in rel_paths of the images of done whose current fingerprint is not among stored, how many of
-    done were looked up)``; ``current`` is :func:`fingerprints` of ``rel_paths``."""
-    indices = np.flatnonzero(np.fromiter((p in done for p in rel_paths), dtype=bool, count=len(rel_paths)))
-    wanted = np.frombuffer(current, dtype="<u8")[indices]
-    known = np.sort(np.frombuffer(stored, dtype="<u8"))
-    if not len(known):
-        return indices, len(indices)
-    at = np.minimum(np.searchsorted(known, wanted), len(known) - 1)
-    return indices[known[at] != wanted], len(indices)
+def compare_listings(stored: Fingerprints, current: Fingerprints, batch: int,
+                     in_parts: Optional[np.ndarray] = None) -> ListingChange:
+    """``current`` against the ``stored`` listing whose first ``stored.kept`` images hold finished results (0: no
+    finished set), with ``in_parts`` ``(N,)`` bool: images of ``current`` scored in part files.
+
+    Batches are consecutive runs of ``batch`` images in listing order, so an uninterrupted run of ``current`` forms
+    the batches of the stored one up to the batch holding the first difference of the two: the results of the whole
+    batches before it are kept, the rest is scored again."""
+    n = len(current.paths)
+    common = min(n, len(stored.paths))
+    differ = np.flatnonzero(stored.paths[:common] != current.paths[:common])
+    first = int(differ[0]) if len(differ) else common
+    same = first == n == len(stored.paths)
+    kept = stored.kept if same else min(stored.kept, first - first % batch)
+    order = np.argsort(stored.paths, kind="stable")
+    known = stored.paths[order]
+    at = np.minimum(np.searchsorted(known, current.paths), max(len(known) - 1, 0))
+    found = known[at] == current.paths if len(known) else np.zeros(n, dtype=bool)
+    where = order[at] if len(known) else np.zeros(n, dtype=np.int64)  # each found image's index in stored
+    finished = found & (where < stored.kept)
+    checked = finished | (in_parts if in_parts is not None else False)
+    moved = ~found | (stored.files[where] != current.files if len(known) else True)
+    changed = np.flatnonzero(checked & moved)
+    removed = len(stored.paths) - int(np.isin(stored.paths, current.paths).sum())
+    again = int(finished[kept:].sum())
+    return ListingChange(same, kept, int((~found).sum()), removed, again, changed, int(checked.sum()))
 
 
-def _fingerprints_writer(body: bytes) -> Tuple[str, Callable[[Any], None]]:
-    header = b"#ediffiqa-fingerprints 1 %d %s\n" % (len(body) // 8, hashlib.sha256(body).hexdigest().encode())
+def _fingerprints_writer(prints: Fingerprints, kept: int) -> Tuple[str, Callable[[Any], None]]:
+    body = prints.paths.astype("<u8").tobytes() + prints.files.astype("<u8").tobytes()
+    digest = hashlib.sha256(b"%d\n" % kept + body).hexdigest().encode()
+    header = b"#ediffiqa-fingerprints 2 %d %d %s\n" % (len(prints.paths), kept, digest)
     return "wb", lambda handle: handle.write(header + body)
 
 
-def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], int, int]:
-    """``(listing digest or None, rows of the whole blocks, length of the valid prefix, bytes dropped)``.
+def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], List[int], int]:
+    """``(listing digest or None, rows of the whole blocks, where each whole block ends (the header's end first; the
+    last is the length of the valid prefix), bytes dropped after them)``.
 
     Raises:
         ValueError: The data is not a part file (neither a whole header nor the beginning of one).
@@ -305,14 +372,14 @@ def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], int, int
     if end < 0:
         if not (_HEADER.startswith(data[:len(_HEADER)]) and len(data) <= len(_HEADER) + 65):
             raise ValueError("no part-file header")
-        return None, [], 0, len(data)  # a header cut by a kill
+        return None, [], [0], len(data)  # a header cut by a kill
     header = data[:end]
     if not header.startswith(_HEADER) or not re.fullmatch(rb"[0-9a-f]{64}", header[len(_HEADER):]):
         raise ValueError("no part-file header")
     rows: List[List[str]] = []
-    pos = end + 1
-    while pos < len(data):
-        match = _BLOCK.match(data, pos)
+    ends = [end + 1]
+    while ends[-1] < len(data):
+        match = _BLOCK.match(data, ends[-1])
         if match is None:
             break
         size, crc = int(match.group(1)), int(match.group(2), 16)
@@ -323,11 +390,11 @@ def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], int, int
             rows.extend(csv.reader(io.StringIO(payload.decode("utf-8", TEXT_ERRORS), newline="")))
         except csv.Error:
             raise ValueError("a block that is not CSV") from None
-        pos = match.end() + size
-    return header[len(_HEADER):], rows, pos, len(data) - pos
+        ends.append(match.end() + size)
+    return header[len(_HEADER):], rows, ends, len(data) - ends[-1]
 
 
-def _read_part(path: str, fix: str) -> Tuple[Optional[bytes], List[List[str]], int, int]:
+def _read_part(path: str, fix: str) -> Tuple[Optional[bytes], List[List[str]], List[int], int]:
     fd = open_regular(path, fix=fix)
     with os.fdopen(fd, "rb") as handle:
         data = handle.read()
@@ -414,6 +481,20 @@ def _remove(paths: Sequence[str]) -> None:
             raise OutputError(f"'{path}' is a folder where this project keeps a file; remove it") from None
 
 
+def _cut(part: str, length: int, size: int, fix: str) -> None:
+    """Cut ``part`` (``size`` bytes) to its first ``length`` bytes, what a resumed run keeps, saying what is
+    dropped."""
+    if size <= length:
+        return
+    _logger.warning("'%s': dropped %d bytes after the last whole batch (a run stopped while writing): those images "
+                    "are scored again", part, size - length)
+    fd = open_regular(part, os.O_WRONLY, fix=fix)
+    try:
+        os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
+
+
 def split_batches_for_rank(paths: Sequence[str], rank: int, world: int, batch: int) -> List[str]:
     """Every ``world``-th block of ``batch`` consecutive paths from block ``rank``: each process then forms exactly
     the batches a single process would (a batch's shape can change the last bits of its results)."""
@@ -421,7 +502,10 @@ def split_batches_for_rank(paths: Sequence[str], rank: int, world: int, batch: i
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a value read from a damaged file
+        return "(a value nested too deeply)"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -437,16 +521,21 @@ class _Run:
             raise ValueError("FolderJob.stats must hold one (size, mtime) per path")
         self.listing = _listing_digest(job.rel_paths).encode("ascii")
         self.paths = frozenset(job.rel_paths)
-        self.previous: Optional[Dict[str, float]] = None  # an earlier run's finished scores, when they count
+        self.current: Optional[Fingerprints] = None  # the first process's, of job.rel_paths
+        # The finished results of an earlier run that still count (first process): scores and skip reasons.
+        self.previous: Tuple[Dict[str, float], Dict[str, str]] = {}, {}
         self.parts: Optional[Tuple[Dict[str, float], Dict[str, str]]] = None  # the first process's read of them
+        self.change: Optional[ListingChange] = None
+        # The keys as they are written (the folder as given, one separator added): "faces" and "faces/" write the same.
         self.settings = {"images": os.path.realpath(job.root), "keys": job.keys if job.keys == "relative" else
-                         f"joined to '{job.root}'", "batch_size": job.batch_size, **job.settings}
+                         f"{os.path.join(job.root, '')}<relative path>", "batch_size": job.batch_size,
+                         **job.settings}
 
     # --------------------------------------------------------------------------------------------- first process
     def prepare(self) -> int:
         """Run by the first process, holding the lock: clean up, check the settings, the parts and the images
-        scored before, cut the parts to their whole blocks. Returns 1 when the finished scores of an earlier run in
-        the folder count."""
+        scored before, cut the parts to their whole blocks. Returns how many images at the start of the listing keep
+        the finished results of an earlier run in the folder (whole batches; 0: none)."""
         job, out = self.job, self.job.out
         _remove(_stale_temporaries(out))
         sidecar_path = os.path.join(out, SIDECAR)
@@ -457,14 +546,16 @@ class _Run:
         orphans = [p for p in _state_files(out) if p[:-len(_STATE_SUFFIX)] not in parts]
         if orphans:  # it would restore a draw state into a part that starts afresh
             raise DataError(f"'{orphans[0]}' has no part file beside it; {self.fix}")
-        current = fingerprints(job.rel_paths, job.stats)
-        old = self._recorded_settings(sidecar_path) if os.path.lexists(sidecar_path) else None
+        self.current = current = fingerprints(job.rel_paths, job.stats)
+        record = read_json(sidecar_path, self.fix) if os.path.lexists(sidecar_path) else None
+        old = self._recorded_settings(sidecar_path, record) if record is not None else None
         if old is None:
             if parts:
                 raise DataError(f"'{out}' holds part files ({os.path.basename(parts[0])}) but no settings in "
                                 f"{SIDECAR}, so their settings are unknown; {self.fix}")
-            # The fingerprints first: settings without them would make the next run refuse the folder.
-            write_together([(fingerprints_path, _fingerprints_writer(current)),
+            # The fingerprints first: settings without them would make the next run refuse the folder. No finished
+            # results count yet (0 kept): the set records how far its own count, after the pickle and the sidecar.
+            write_together([(fingerprints_path, _fingerprints_writer(current, 0)),
                             (sidecar_path, json_writer({"settings": self.settings}))])
             self.parts = {}, {}
             return 0
@@ -474,18 +565,25 @@ class _Run:
             shown = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(self.settings.get(k))}" for k in changed[:3])
             raise ConfigError(f"'{out}' holds {job.what} made with other settings ({shown}); use another "
                               f"{job.out_key}, or add --fresh to discard its earlier scores")
-        for part in parts:
-            self._cut(part)
+        for part, (keep, size) in [(part, self._whole_blocks(part)) for part in parts]:  # all checked, then cut
+            _cut(part, keep, size, self.fix)
         self.parts = read_parts(out, self.paths, self.fix)
-        use_previous = os.path.lexists(os.path.join(out, SCORES_PICKLE))
-        if use_previous:
-            self.previous = self._previous_scores()  # read and checked now, before any process relies on it
-        done = set(self.parts[0]) | set(self.parts[1]) | (set(self.previous) & self.paths if use_previous else set())
         stored = self._read_fingerprints(fingerprints_path)
-        self._check_unchanged(done, current, stored)
-        if stored != current:  # images added or removed since: what the new ones are scored from
-            write_together([(fingerprints_path, _fingerprints_writer(current))])
-        return int(use_previous)
+        finished = os.path.lexists(os.path.join(out, SCORES_PICKLE))
+        if not finished:
+            stored = stored._replace(kept=0)
+        in_parts = set(self.parts[0]) | set(self.parts[1])
+        change = compare_listings(stored, current, job.batch_size,
+                                  np.fromiter((p in in_parts for p in job.rel_paths), bool, len(job.rel_paths)))
+        self._check_unchanged(change)
+        if finished and not change.same:
+            self._check_exact(change)
+            self.change = change
+        if change.kept:
+            self.previous = self._previous_results(record, change.kept)
+        if not change.same:  # what a continuing run compares with (the rest of the listing is scored afresh)
+            write_together([(fingerprints_path, _fingerprints_writer(current, change.kept))])
+        return change.kept
 
     def _remove_earlier_run(self) -> None:
         """``fresh``: every file of an earlier run, by the names this project gives them (a link is removed, never
@@ -494,15 +592,15 @@ class _Run:
         names = [SIDECAR, FINGERPRINTS_FILE, SCORES_PICKLE, SCORES_CSV, SCORES_FIGURE]
         _remove(_state_files(out) + _part_files(out) + [os.path.join(out, name) for name in names])
 
-    def _recorded_settings(self, path: str) -> Optional[Dict[str, Any]]:
-        """The ``settings`` of the sidecar; None where it records none (a set of photos, which no run continues)."""
-        record = read_json(path, self.fix)
+    def _recorded_settings(self, path: str, record: Any) -> Optional[Dict[str, Any]]:
+        """The ``settings`` of the sidecar ``record``; None where it records none (a set of photos, which no run
+        continues)."""
         settings = record.get("settings", ()) if isinstance(record, dict) else ()
         if not (settings is None or isinstance(settings, dict)):
             raise DataError(f"'{path}' is damaged (not a record of settings); {self.fix}")
         return settings
 
-    def _read_fingerprints(self, path: str) -> bytes:
+    def _read_fingerprints(self, path: str) -> Fingerprints:
         if not os.path.lexists(path):
             raise DataError(f"'{self.job.out}' holds {SIDECAR} but no {FINGERPRINTS_FILE}, so the images its "
                             f"scores belong to cannot be checked; {self.fix}")
@@ -511,81 +609,111 @@ class _Run:
             data = handle.read()
         match = _FINGERPRINTS.match(data)
         body = data[match.end():] if match else b""
-        if (match is None or len(body) != 8 * int(match.group(1))
-                or hashlib.sha256(body).hexdigest().encode("ascii") != match.group(2)):
+        count, kept = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+        if (match is None or len(body) != 16 * count or kept > count
+                or hashlib.sha256(b"%d\n" % kept + body).hexdigest().encode("ascii") != match.group(3)):
             raise DataError(f"'{path}' is damaged (not the fingerprints of a listing); {self.fix}")
-        return body
+        columns = np.frombuffer(body, dtype="<u8")
+        return Fingerprints(columns[:count], columns[count:], kept)
 
-    def _check_unchanged(self, done: AbstractSet[str], current: bytes, stored: bytes) -> None:
-        """Every image scored before (``done``) has the fingerprint it had when it was listed for scoring."""
-        if not done:
-            return
+    def _check_unchanged(self, change: ListingChange) -> None:
+        """Every image scored before has the size and modification time it had when it was listed for scoring."""
         job = self.job
-        changed, checked = changed_images(job.rel_paths, done, current, stored)
-        if len(changed):
-            raise ConfigError(f"{len(changed)} of the {checked} images of '{job.root}' already scored in "
-                              f"'{job.out}' changed since (another size or modification time), e.g. "
-                              f"{job.rel_paths[changed[0]]}: their scores would be stale; add --fresh to score the "
-                              f"folder afresh, or use another {job.out_key}")
+        if len(change.changed):
+            raise ConfigError(f"{len(change.changed)} of the {change.checked} images of '{job.root}' already scored "
+                              f"in '{job.out}' changed since (another size or modification time), e.g. "
+                              f"{job.rel_paths[change.changed[0]]}: their scores would be stale; add --fresh to score "
+                              f"the folder afresh, or use another {job.out_key}")
 
-    def _cut(self, part: str) -> None:
-        listing, _, valid, dropped = _read_part(part, self.fix)
+    def _check_exact(self, change: ListingChange) -> None:
+        """Images added or removed since a finished set are scored as an uninterrupted run would, or refused: a
+        workflow with a run state (official DifFIQA's draws) cannot restart inside the listing, as a finished run
+        keeps no state."""
+        job = self.job
+        if job.state is not None and 0 < change.kept < len(job.rel_paths):
+            raise ConfigError(f"'{job.root}' changed since the scores in '{job.out}' ({change.added} image(s) added, "
+                              f"{change.removed} removed): each batch's draws continue from the batches before it "
+                              f"(official DifFIQA), and a finished run keeps no draw state to restart from image "
+                              f"{change.kept + 1}; restore the folder, or {self.fix}")
+
+    def _whole_blocks(self, part: str) -> Tuple[int, int]:
+        """``(the length part is cut to, its length)``: its whole blocks, or those its draw state belongs to
+        (checked in full here, before anything is cut)."""
+        listing, _, ends, tail = _read_part(part, self.fix)
+        size = ends[-1] + tail
         if listing is not None and listing != self.listing:
             raise ConfigError(f"the images in '{self.job.root}' changed since the unfinished run in "
                               f"'{self.job.out}' ({os.path.basename(part)}), so its batches would differ; restore "
                               f"the folder, or {self.fix}")
-        if self.job.state is not None:
-            state_path = part + _STATE_SUFFIX
-            offset = self._read_state(state_path)["offset"] if os.path.lexists(state_path) else 0
-            if offset > valid:
-                raise DataError(f"'{state_path}' belongs to a longer '{os.path.basename(part)}' than there is; "
-                                f"{self.fix}")
-            dropped += valid - offset
-            valid = offset
-        if dropped:
-            _logger.warning("'%s': dropped %d bytes after the last whole batch (a run stopped while writing): "
-                            "those images are scored again", part, dropped)
-            fd = open_regular(part, os.O_WRONLY, fix=self.fix)
-            try:
-                os.ftruncate(fd, valid)
-            finally:
-                os.close(fd)
+        if self.job.state is None:
+            return ends[-1], size
+        state_path = part + _STATE_SUFFIX
+        if not os.path.lexists(state_path):
+            return 0, size
+        offset = self._read_state(state_path)["offset"]
+        if offset > ends[-1]:
+            raise DataError(f"'{state_path}' belongs to a longer '{os.path.basename(part)}' than there is; "
+                            f"{self.fix}")
+        if offset not in ends[1:]:
+            raise DataError(f"'{state_path}' is damaged (offset {offset} is not where a batch of "
+                            f"'{os.path.basename(part)}' ends); {self.fix}")
+        return offset, size
 
     def _read_state(self, path: str) -> Dict[str, Any]:
+        """A part's draw state, checked in full: ``offset`` (a non-negative int) and what the workflow's
+        :meth:`RunState.problem` accepts."""
         fd = open_regular(path, fix=self.fix)
         try:
             with os.fdopen(fd, "rb") as handle:
                 state = torch_load(handle)
         except Exception:  # noqa: BLE001 - torch raises many types for damaged files
-            raise DataError(f"'{path}' is damaged; {self.fix}") from None
-        if not isinstance(state, dict) or not isinstance(state.get("offset"), int):
-            raise DataError(f"'{path}' is damaged (no offset); {self.fix}")
+            raise DataError(f"'{path}' is damaged (not a state file this project writes); {self.fix}") from None
+        if not isinstance(state, dict):
+            raise DataError(f"'{path}' is damaged (not a mapping); {self.fix}")
+        offset = state.get("offset")
+        if type(offset) is not int or offset < 0:  # bool is an int, but not an offset
+            raise DataError(f"'{path}' is damaged (offset {_short(offset)} is not a length); {self.fix}")
+        problem = self.job.state.problem({k: v for k, v in state.items() if k != "offset"})
+        if problem:
+            raise DataError(f"'{path}' is damaged ({problem}); {self.fix}")
         return state
 
-    def _previous_scores(self) -> Dict[str, float]:
-        """The finished ``quality-scores.pkl`` of an earlier run with the same settings, by relative path."""
-        path = os.path.join(self.job.out, SCORES_PICKLE)
+    def _previous_results(self, record: Any, kept: int) -> Tuple[Dict[str, float], Dict[str, str]]:
+        """The finished scores and skip reasons of the listing's first ``kept`` images, by relative path: from
+        ``quality-scores.pkl`` and the sidecar ``record``'s ``run``, which must hold one of them for each."""
+        job = self.job
+        path = os.path.join(job.out, SCORES_PICKLE)
         table = safe_pickle_load(path, fix=self.fix)
         if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
                                                   and math.isfinite(v) for k, v in table.items()):
             raise DataError(f"'{path}' is damaged (not a dict of path: finite quality); {self.fix}")
-        if self.job.keys == "relative":
-            return {k: float(v) for k, v in table.items()}
-        prefix = os.path.join(self.job.root, "")
-        return {k[len(prefix):]: float(v) for k, v in table.items() if k.startswith(prefix)}
+        prefix = "" if job.keys == "relative" else os.path.join(job.root, "")
+        run = record.get("run") if isinstance(record, dict) else None
+        reasons = run.get("skipped") if isinstance(run, dict) else None
+        if not (isinstance(reasons, dict) and all(isinstance(v, str) and v for v in reasons.values())):
+            raise DataError(f"'{os.path.join(job.out, SIDECAR)}' is damaged (no record of the images its run "
+                            f"skipped); {self.fix}")
+        scores: Dict[str, float] = {}
+        skipped: Dict[str, str] = {}
+        for rel in job.rel_paths[:kept]:
+            if prefix + rel in table:
+                scores[rel] = float(table[prefix + rel])
+            elif rel in reasons:
+                skipped[rel] = reasons[rel]
+            else:
+                raise DataError(f"'{path}' is damaged (no score for {_short(rel)}, which its run scored); {self.fix}")
+        return scores, skipped
 
     # --------------------------------------------------------------------------------------------- every process
     def run(self, score_batches: ScoreBatches) -> FolderSummary:
         job, info = self.job, self.info
         lock = FolderLock(os.path.join(job.out, LOCK_FILE), job.out_key) if info.main else None
         try:
-            use_previous = self._prepare_on_first(lock)
-            if use_previous and self.previous is None:  # the other processes read it once the first has checked it
-                self.previous = self._previous_scores()
-            previous = self.previous or {}
+            kept = self._prepare_on_first(lock)
             done_scores, done_skipped = self.parts if self.parts is not None else read_parts(job.out, self.paths,
                                                                                              self.fix)
-            done = set(previous) | set(done_scores) | set(done_skipped)
+            # The first `kept` images hold finished results (the first process checked them), in whole batches.
+            done = set(job.rel_paths[:kept]) | set(done_scores) | set(done_skipped)
             barrier(info)  # every process has read the parts before any appends to them
             todo = [p for p in job.rel_paths if p not in done]
             if job.limit is not None:
@@ -596,9 +724,10 @@ class _Run:
             counts, seconds = self._score(mine, score_batches)
             barrier(info)
             totals = all_reduce_sum(torch.tensor(counts, dtype=torch.float64), info)
-            summary = FolderSummary(scored=int(totals[0]), skipped=int(totals[1]), seconds=seconds)
+            summary = FolderSummary(scored=int(totals[0]), skipped=int(totals[1]), seconds=seconds,
+                                    change=self.change)
             if info.main:
-                self._finish(summary, previous)
+                self._finish(summary)
                 self._report(summary)
             return summary
         finally:
@@ -704,12 +833,12 @@ class _Run:
         with atomic_open(path + _STATE_SUFFIX, "wb") as handle:
             torch.save({**self.job.state.save(), "offset": length}, handle)
 
-    def _finish(self, summary: FolderSummary, previous: Dict[str, float]) -> None:
-        """First process: merge every part (and an earlier run's finished scores), write the set, remove the
-        parts."""
+    def _finish(self, summary: FolderSummary) -> None:
+        """First process: merge every part (and the finished results of an earlier run that still count), write the
+        set with the fingerprints of its listing, remove the parts."""
         job = self.job
         scores, skipped = read_parts(job.out, self.paths, self.fix)
-        scores = {**previous, **scores}
+        scores, skipped = {**self.previous[0], **scores}, {**self.previous[1], **skipped}
         left = [p for p in job.rel_paths if p not in scores and p not in skipped]
         if left:
             if job.limit is None:
@@ -729,7 +858,10 @@ class _Run:
         record = {"settings": self.settings, "config": job.config,
                   "run": {"images": len(job.rel_paths), "scored": len(table), "skipped": current,
                           "processes": self.info.world, "device": job.device, "seconds": round(summary.seconds, 2)}}
-        write_scores(job.out, table, record, job.what, job.root, job.sheet, tile_prefix)
+        # The fingerprints after the pickle and the sidecar: a kill between them leaves them counting only the
+        # results the earlier files hold, and the parts (removed last) the rest.
+        prints = (os.path.join(job.out, FINGERPRINTS_FILE), _fingerprints_writer(self.current, len(job.rel_paths)))
+        write_scores(job.out, table, record, job.what, job.root, job.sheet, tile_prefix, extra=[prints])
         parts = _part_files(job.out)
         _remove([p + _STATE_SUFFIX for p in parts] + parts)
         summary.complete, summary.total, summary.skipped_names = True, len(kept), sorted(current)
@@ -737,6 +869,9 @@ class _Run:
     def _report(self, summary: FolderSummary) -> None:
         """First process: the summary line of a finished set, or what a ``limit`` stop left and how to continue."""
         job = self.job
+        if summary.change is not None:
+            print(f"'{job.root}' changed since the finished scores in '{job.out}': {summary.change.describe()}",
+                  file=sys.stderr)
         if summary.complete:
             print_summary(job.out, summary.scored, summary.skipped, summary.seconds, summary.skipped_names,
                           total=summary.total)

@@ -425,20 +425,24 @@ def test_out_of_memory_halves_the_batch_and_retries() -> None:
 
 
 @pytest.mark.slow
-def test_rerun_scores_only_new_images_and_refuses_other_settings(scoring_setup, capsys) -> None:
+def test_rerun_scores_added_images_as_a_fresh_run_and_refuses_other_settings(scoring_setup, capsys) -> None:
+    """An image added among the labelled ones after a finished run (8 // (2 x 2) = 2 images per batch): the rerun
+    keeps the first batch and labels the rest as an uninterrupted run would (the unreadable image again too), giving
+    a fresh run's files."""
     tmp_path, images = scoring_setup
     out = tmp_path / "again"
     cfg = score_config(tmp_path, images, out)
     assert run_score(["-c", cfg], capsys)[0] == 0
-    first = read_scores(out)
     Image.fromarray((np.random.default_rng(9).random((112, 112, 3)) * 255).astype(np.uint8)).save(
-        images / "id1" / "new.png")
+        images / "id0" / "3.png")  # the third image: id0/0.png, id0/2.png, id0/3.png, ...
     code, err = run_score(["-c", cfg], capsys)
     assert code == 0, err
-    assert "scored 1, skipped 1 in this run (6 scored in all)" in err  # the unreadable image is tried again
-    second = read_scores(out)
-    assert set(second) == set(first) | {"id1/new.png"}
-    assert all(second[k] == first[k] for k in first)  # earlier scores kept, not recomputed
+    assert "1 image(s) added, 0 removed; the finished results of the first 2 " in err, err
+    assert "scored 4, skipped 1 in this run (6 scored in all)" in err, err
+    fresh = tmp_path / "fresh"
+    assert run_score(["-c", score_config(tmp_path, images, fresh)], capsys)[0] == 0
+    for name in ("quality-scores.pkl", "quality-scores.csv"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()
     code, err = run_score(["-c", cfg, "--seed", "5"], capsys)
     assert code == 2 and "holds DifFIQA scores made with other settings (seed: 0 -> 5)" in err
 

@@ -48,6 +48,25 @@ def test_resume_after_limit(faces, checkpoint_dir, tmp_path, capsys) -> None:
     assert not [f for f in os.listdir(limited) if ".part" in f]
 
 
+def test_images_added_and_removed_after_a_finished_run_give_a_fresh_runs_bytes(faces, checkpoint_dir, tmp_path,
+                                                                              capsys) -> None:
+    """inference.py after a finished run: two images added (one among the scored ones) and one removed; the rerun
+    keeps the whole batches before the first change and writes a fresh run's pickle and CSV."""
+    import shutil
+
+    images = tmp_path / "faces"
+    shutil.copytree(faces, images)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert run_script(inference.main, "inference.py", argv(images, checkpoint_dir, out), capsys)[0] == 0
+    save_image(str(images / "id1" / "04a.png"), seed=40)
+    save_image(str(images / "id2" / "99.png"), seed=41)
+    os.remove(images / "id2" / "11.png")
+    code, err = run_script(inference.main, "inference.py", argv(images, checkpoint_dir, out), capsys)
+    assert code == 0 and "2 image(s) added, 1 removed; the finished results of the first 8 " in err, err
+    assert run_script(inference.main, "inference.py", argv(images, checkpoint_dir, fresh), capsys)[0] == 0
+    assert outputs(out) == outputs(fresh)
+
+
 def test_other_settings_are_refused(faces, checkpoint_dir, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert run_script(inference.main, "inference.py", argv(faces, checkpoint_dir, out, "--limit", "4"), capsys)[0] == 0
@@ -59,23 +78,38 @@ def test_other_settings_are_refused(faces, checkpoint_dir, tmp_path, capsys) -> 
 @pytest.mark.slow
 def test_torchrun_processes_write_the_files_of_one_process(faces, checkpoint_dir, tmp_path, capsys) -> None:
     """Each process takes whole batches, so with the same threads per process the merged files are byte for byte
-    those of one process, also when a --limit run comes first; the rerun's summary counts every process."""
+    those of one process, also when a --limit run comes first; the rerun's summary counts every process. After
+    images are added and removed, the processes rescore from the batch of the first change, as one process would."""
+    import shutil
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    images = tmp_path / "faces"
+    shutil.copytree(faces, images)
     single, shared = tmp_path / "single", tmp_path / "shared"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
     script = os.path.join(ROOT, "inference.py")
-    runs = [(single, [], []), (shared, torchrun, ["--limit", "4"]), (shared, torchrun, ["--figure-tiles", "4"])]
-    for out, launcher, extra in runs:
-        proc = subprocess.run([*launcher, script, *argv(faces, checkpoint_dir, out, *extra)] if launcher else
-                              [sys.executable, script, *argv(faces, checkpoint_dir, out, *extra)],
+
+    def run(out, launcher, *extra):
+        proc = subprocess.run([*(launcher or [sys.executable]), script, *argv(images, checkpoint_dir, out, *extra)],
                               capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "scored 9, skipped 1 in this run (13 scored in all)" in proc.stderr, proc.stderr[-2000:]
+        return proc.stderr
+
+    run(single, None)
+    run(shared, torchrun, "--limit", "4")
+    err = run(shared, torchrun, "--figure-tiles", "4")
+    assert "scored 9, skipped 1 in this run (13 scored in all)" in err, err[-2000:]
     assert outputs(shared) == outputs(single)
     from engine.figures import image_size, score_sheet_size
 
     # Drawn once, by the first process, from the merged scores.
     assert image_size((shared / "quality-scores.png").read_bytes()) == (1600, round(score_sheet_size(4)[1] * 100))
+    save_image(str(images / "id0" / "03a.png"), seed=60)
+    os.remove(images / "id2" / "08.png")
+    err = run(shared, torchrun)
+    assert "1 image(s) added, 1 removed; the finished results of the first 2 " in err, err[-2000:]
+    run(tmp_path / "fresh", None)
+    assert outputs(shared) == outputs(tmp_path / "fresh")
 
 
 @pytest.mark.parametrize("n,world,batch", [(14, 2, 2), (13, 3, 4), (5, 4, 2), (1, 2, 8)])

@@ -443,8 +443,9 @@ def small(tmp_path):
     return images
 
 
-def drive(images, out, **extra):
-    """One run of the driver over ``images`` with a stand-in batch function (no model, milliseconds)."""
+def drive(images, out, batch=2, score=None, keys="relative", **extra):
+    """One run of the driver over ``images`` with a stand-in batch function (no model, milliseconds): by default
+    each file's score is its length."""
     from dataset.image_folder import list_images
     from engine.resumable import BatchResult, FolderJob, run_folder
     from utils.distributed import DistInfo
@@ -452,18 +453,55 @@ def drive(images, out, **extra):
     def lengths(paths, batch):
         for k in range(0, len(paths), batch):
             chunk = paths[k:k + batch]
-            yield BatchResult(chunk, [float(os.path.getsize(images / p)) for p in chunk], [])
+            yield BatchResult(chunk, [float(os.path.getsize(os.path.join(images, p))) for p in chunk], [])
 
     os.makedirs(out, exist_ok=True)
     listing = list_images(str(images))
-    job = FolderJob(root=str(images), rel_paths=listing.paths, stats=listing.stats, out=str(out), batch_size=2,
-                    settings={}, keys="relative", verbose=False, **extra)
-    return run_folder(job, lengths, DistInfo())
+    job = FolderJob(root=str(images), rel_paths=listing.paths, stats=listing.stats, out=str(out), batch_size=batch,
+                    settings={}, keys=keys, verbose=False, **extra)
+    return run_folder(job, score or lengths, DistInfo())
+
+
+def batch_sums(images, calls=None, draws=False):
+    """A stand-in whose scores depend on the batch, as a model's last bits do: a file's length plus the batch's
+    total length / 1000 (plus a draw of the global RNG with ``draws``); a file starting with ``bad`` is skipped.
+    ``calls`` collects the paths it scores."""
+    import torch
+
+    from engine.resumable import BatchResult
+
+    def score(paths, batch):
+        for k in range(0, len(paths), batch):
+            chunk = paths[k:k + batch]
+            data = {p: (images / p).read_bytes() for p in chunk}
+            good = [p for p in chunk if not data[p].startswith(b"bad")]
+            total = sum(len(data[p]) for p in good)
+            values = [len(data[p]) + total / 1000 + (torch.rand(()).item() if draws else 0.0) for p in good]
+            if calls is not None:
+                calls.extend(chunk)
+            yield BatchResult(good, values, [(p, "bad bytes") for p in chunk if p not in good])
+
+    return score
+
+
+def forty(folder):
+    """40 small files (one unreadable to the stand-in: its reason is a result too)."""
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"f{i:02d}.jpg").write_bytes(b"x" * (1 + i % 7))
+    (folder / "f07.jpg").write_bytes(b"bad")
+    return folder
+
+
+def the_set(out):
+    record = json.loads((out / SIDECAR).read_text())
+    return outputs(out), record["run"]["skipped"], record["run"]["images"]
 
 
 def test_a_finished_run_refuses_changed_images_and_scores_added_ones(small, tmp_path) -> None:
-    """After a finished run an added image is scored alone and the earlier scores are kept; an image scored before
-    whose modification time (same bytes) or size changed is refused, the added one too once it was scored."""
+    """After a finished run of whole batches an image added at the end is scored in a batch of its own (as an
+    uninterrupted run scores it) and the earlier scores are kept; an image scored before whose modification time
+    (same bytes) or size changed is refused, the added one too once it was scored."""
     import pickle
 
     from utils.errors import ConfigError
@@ -605,3 +643,153 @@ def test_a_state_without_its_part_is_refused_and_fresh_removes_it(small, tmp_pat
     with pytest.raises(DataError, match=r"part1of2.csv.state.pt' has no part file beside it; add --fresh"):
         drive(small, out)
     assert drive(small, out, fresh=True).complete and not orphan.exists()
+
+
+def test_images_added_and_removed_after_a_finished_run_give_an_uninterrupted_runs_bytes(tmp_path, capsys) -> None:
+    """A finished run of 40 images in batches of 4, then 3 images added (sorting in the middle and at the end) and 2
+    removed: the rerun keeps the results (scores and skip reasons) of the whole batches before the first change and
+    scores the rest in the batches of an uninterrupted run, so its files are a fresh run's bytes, with a stand-in
+    whose scores depend on the batch. Continued over --limit stops too, and the summary names the change."""
+    images = forty(tmp_path / "faces")
+    out, limited = tmp_path / "out", tmp_path / "limited"
+    for folder in (out, limited):
+        assert drive(images, folder, batch=4, score=batch_sums(images)).complete
+    for name in ("f21a.jpg", "f33a.jpg", "f99.jpg"):
+        (images / name).write_bytes(b"new!")
+    for name in ("f30.jpg", "f36.jpg"):
+        (images / name).unlink()
+    capsys.readouterr()
+    calls = []
+    summary = drive(images, out, batch=4, score=batch_sums(images, calls))
+    err = capsys.readouterr().err
+    fresh = tmp_path / "fresh"
+    assert drive(images, fresh, batch=4, score=batch_sums(images)).complete
+    assert the_set(out) == the_set(fresh)
+    assert the_set(out)[1:] == ({"f07.jpg": "bad bytes"}, 41)
+    # f21a.jpg is the 23rd image: the batches f00-f19 are kept, the images from f20 on are scored, 18 of them again.
+    assert calls == sorted(os.listdir(images))[20:]
+    assert summary.complete and (summary.scored, summary.total) == (21, 40)
+    assert summary.change[1:5] == (20, 3, 2, 18)
+    assert ("changed since the finished scores in '" in err and "': 3 image(s) added, 2 removed; the finished results "
+            "of the first 20 (the whole batches before the first change of the listing) are kept" in err), err
+    assert "scored 21, skipped 0 in this run (40 scored in all)" in err
+    # The same change, continued over --limit stops: the fingerprints record how far the finished set counts.
+    stops = [drive(images, limited, batch=4, score=batch_sums(images), limit=4).left for _ in range(6)]
+    assert stops == [17, 13, 9, 5, 1, 0] and the_set(limited) == the_set(fresh)
+    finished_cleanly(limited)
+    capsys.readouterr()
+    again = drive(images, limited, batch=4, score=batch_sums(images, calls := []))
+    assert again.complete and calls == [] and again.change is None and the_set(limited) == the_set(fresh)
+    err = capsys.readouterr().err
+    assert "nothing left to score (40 scored in all); wrote" in err and "nan" not in err, err
+
+
+def test_a_run_with_a_draw_state_refuses_to_restart_inside_a_changed_listing(tmp_path) -> None:
+    """Official DifFIQA's draws continue from batch to batch and a finished run keeps no draw state: images added
+    after its first batch are refused with one line; added before it, every image is scored afresh, exactly."""
+    import torch
+
+    from engine.labels.policy import GlobalRng
+    from utils.errors import ConfigError
+
+    images = forty(tmp_path / "faces")
+    out = tmp_path / "out"
+    state = GlobalRng(3, torch.device("cpu"))
+    assert drive(images, out, batch=4, score=batch_sums(images, draws=True), state=state).complete
+    (images / "f21a.jpg").write_bytes(b"new!")
+    with pytest.raises(ConfigError, match=r"^'.*faces' changed since the scores in '.*out' \(1 image\(s\) added, "
+                                          r"0 removed\): each batch's draws continue from the batches before it "
+                                          r"\(official DifFIQA\), and a finished run keeps no draw state to restart "
+                                          r"from image 21; restore the folder, or add --fresh"):
+        drive(images, out, batch=4, score=batch_sums(images, draws=True), state=state)
+    (images / "f21a.jpg").unlink()
+    (images / "a.jpg").write_bytes(b"first")
+    assert drive(images, out, batch=4, score=batch_sums(images, draws=True), state=state).scored == 40
+    fresh = tmp_path / "fresh"
+    assert drive(images, fresh, batch=4, score=batch_sums(images, draws=True), state=state).complete
+    assert the_set(out) == the_set(fresh)
+
+
+@pytest.mark.parametrize("case,problem", [
+    ("offset_true", r"offset True is not a length"),
+    ("offset_negative", r"offset -5 is not a length"),
+    ("offset_float", r"offset 10.0 is not a length"),
+    ("offset_mid_block", r"offset \d+ is not where a batch of 'quality-scores.part0of1.csv' ends"),
+    ("offset_header", r"offset \d+ is not where a batch of 'quality-scores.part0of1.csv' ends"),
+    ("cpu_short", r"'cpu' is not a state of this machine's generator: Expected a CPUGeneratorImplState of size"),
+    ("cpu_float", r"'cpu' is not a byte tensor"),
+    ("cpu_text", r"'cpu' is not a byte tensor"),
+    ("cpu_zeros", r"'cpu' is not a state of this machine's generator: Invalid mt19937 state"),
+    ("cpu_missing", r"keys \[\], not 'cpu' \(and 'cuda'\)"),
+    ("extra_key", r"keys \['cpu', 'seed'\], not 'cpu' \(and 'cuda'\)"),
+    ("not_a_mapping", r"not a mapping"),
+    ("garbage", r"not a state file this project writes"),
+])
+def test_a_damaged_draw_state_is_one_line_and_cuts_nothing(case, problem, tmp_path) -> None:
+    """Official DifFIQA's draw state beside a part is checked in full (its keys, the CPU state a byte tensor the
+    generator takes, the offset a length where one of the part's batches ends, not a bool) before any part is cut:
+    one line naming it and --fresh, and every part as it was (here a second part whose torn tail would be cut)."""
+    import shutil
+
+    import torch
+
+    from engine.labels.policy import GlobalRng
+    from utils.errors import DataError
+
+    images = forty(tmp_path / "faces")
+    out = tmp_path / "out"
+    state = GlobalRng(3, torch.device("cpu"))
+    assert drive(images, out, batch=4, score=batch_sums(images, draws=True), state=state, limit=8).left == 32
+    path = out / (PART + ".state.pt")
+    saved = torch.load(path, weights_only=True)
+    offset = saved["offset"]
+    changes = {"offset_true": {"offset": True}, "offset_negative": {"offset": -5}, "offset_float": {"offset": 10.0},
+               "offset_mid_block": {"offset": offset - 3}, "offset_header": {"offset": offset - offset + 97},
+               "cpu_short": {"cpu": torch.zeros(10, dtype=torch.uint8)}, "cpu_float": {"cpu": torch.zeros(5056)},
+               "cpu_text": {"cpu": "abc"}, "cpu_zeros": {"cpu": torch.zeros(5056, dtype=torch.uint8)},
+               "extra_key": {"seed": 3}}
+    if case == "garbage":
+        path.write_bytes(os.urandom(300))
+    elif case == "not_a_mapping":
+        torch.save([saved["cpu"]], path)
+    else:
+        torch.save({k: v for k, v in {**saved, **changes.get(case, {})}.items()
+                    if not (case == "cpu_missing" and k == "cpu")}, path)
+    other = out / "quality-scores.part0of2.csv"  # sorts first: it would be cut before the damaged state is read
+    shutil.copy(out / PART, other)
+    torch.save(saved, str(other) + ".state.pt")
+    with open(other, "ab") as handle:
+        handle.write(b"#B 40 0badf00d\nf9")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    with pytest.raises(DataError) as caught:
+        drive(images, out, batch=4, score=batch_sums(images, draws=True), state=state)
+    assert re.fullmatch(rf"'.*part0of1.csv.state.pt' is damaged \({problem}.*\); add --fresh to discard this "
+                        rf"folder's earlier scores, or use another --output", str(caught.value)), str(caught.value)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+@pytest.mark.parametrize("content", [b"[" * 200000 + b"]" * 200000, b'{"settings": ' + b"[" * 100000])
+def test_a_deeply_nested_sidecar_is_one_line(content, small, tmp_path) -> None:
+    from utils.errors import DataError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / SIDECAR).write_bytes(content)
+    with pytest.raises(DataError, match=r"^'.*quality-scores.json' is damaged \(values nested too deeply\); add "
+                                        r"--fresh"):
+        drive(small, out)
+
+
+def test_the_folder_with_a_trailing_separator_continues_and_a_linked_one_is_refused(small, tmp_path) -> None:
+    """Keys joined to the folder as given: "small" and "small/" write the same keys, so either continues the
+    other's run; a link to the folder writes other keys and is refused."""
+    from utils.errors import ConfigError
+
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert drive(small, whole, keys="joined").complete
+    assert drive(small, out, keys="joined", limit=2).left == 4
+    assert drive(f"{small}{os.sep}", out, keys="joined").complete
+    assert outputs(out) == outputs(whole)
+    os.symlink(small, tmp_path / "link")
+    with pytest.raises(ConfigError, match=r"other settings \(keys: '.*/small/<rel.* -> '.*/link/<rel"):
+        drive(tmp_path / "link", out, keys="joined")

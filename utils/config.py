@@ -297,7 +297,7 @@ class FolderBase(RunBase):
 
     flush_every: int = 1024            # images between fsyncs of the part files (a kill loses only the batch being
                                        # written; this bounds what a power cut loses)
-    limit: Optional[int] = None        # score at most this many new images, then stop (run again to continue)
+    limit: Optional[int] = None        # score this many new images in whole batches (at least one), then stop
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -67,6 +67,10 @@ def read_json(path: str, fix: str) -> Any:
             return json.loads(handle.read().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"'{path}' is damaged ({first_line(exc)}); {fix}") from None
+    except RecursionError:
+        raise DataError(f"'{path}' is damaged (values nested too deeply); {fix}") from None
+    except MemoryError:
+        raise DataError(f"'{path}' is damaged (more values than the memory of this machine holds); {fix}") from None
 
 
 def sha256_of(path: str) -> str:

@@ -13,6 +13,7 @@ from engine.labels.scoring import FR, image_seed, score_batch_fast, score_batch_
 from engine.resumable import RunState
 from model.diffusion import GaussianDiffusion
 from utils.distributed import DistInfo
+from utils.errors import first_line
 from utils.runtime import resolve_precision
 
 __all__ = ["LabelPolicy", "GlobalRng"]
@@ -31,6 +32,22 @@ class GlobalRng:
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
+
+    def problem(self, state: Dict[str, Any]) -> str:
+        keys = sorted(state, key=str)
+        if keys not in (["cpu"], ["cpu", "cuda"]):
+            return f"keys {keys}, not 'cpu' (and 'cuda')"
+        used = [("cpu", torch.device("cpu"))] + ([("cuda", self.device)] if "cuda" in state and
+                                                 self.device.type == "cuda" else [])
+        for key, device in used:
+            value = state[key]
+            if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1):
+                return f"'{key}' is not a byte tensor"
+            try:  # a scratch generator checks the size and the content without touching the global ones
+                torch.Generator(device=device).set_state(value)
+            except (RuntimeError, ValueError) as exc:
+                return f"'{key}' is not a state of this machine's generator: {first_line(exc)}"
+        return ""
 
     def load(self, state: Optional[Dict[str, Any]]) -> None:
         if state is None:
