@@ -6,10 +6,11 @@ Pickles are read through :func:`utils.io.safe_pickle_load`, which admits only th
 from __future__ import annotations
 
 import csv
+import functools
 import operator
 import os
 import zipfile
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -22,29 +23,67 @@ from utils.io import TEXT_ERRORS, atomic_open, csv_writer, pickle_writer, safe_p
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["read_labels", "read_label_values", "quality_value", "PREPARED_PROTOCOL", "format_score",
+__all__ = ["read_labels", "read_label_values", "quality_value", "all_real", "PREPARED_PROTOCOL", "format_score",
            "scores_csv_writer", "read_scores_csv", "EmbeddingTable", "read_embeddings", "write_embeddings",
-           "centres_file", "items_file", "prepared_writers", "read_prepared"]
+           "centres_file", "items_file", "prepared_writers", "read_prepared", "MIN_EMBEDDING_LENGTH"]
 
 
 def _examples(items: Sequence[str], n: int = 3) -> str:
     return ", ".join(repr(x) for x in list(items)[:n]) + (" ..." if len(items) > n else "")
 
 
+#: Types of the values that are qualities: Python and NumPy integers and floats (``bool`` is an ``int`` and
+#: ``numpy.float64`` a ``float``, so truth values are left out by name below).
+_REAL_TYPES = (int, float, np.integer, np.floating)
+
+
+@functools.lru_cache(maxsize=None)
+def _is_real_type(kind: type) -> bool:
+    """Whether values of type ``kind`` are qualities: real numbers, not text, bytes, truth values or None."""
+    return issubclass(kind, _REAL_TYPES) and not issubclass(kind, (bool, np.bool_))
+
+
+def all_real(values: Iterable[Any]) -> bool:
+    """Whether every value is a real number as :func:`quality_value` takes them (checked once per type, at C
+    speed)."""
+    return all(map(_is_real_type, set(map(type, values))))
+
+
+def _what(value: Any) -> str:
+    """What a value that is not a real number is, for messages: ``a text value '0.5'``, ``None``."""
+    if isinstance(value, str):
+        return f"a text value {short(value)}"
+    if isinstance(value, (bytes, bytearray)):
+        return f"a bytes value {short(bytes(value))}"
+    if isinstance(value, (bool, np.bool_)):
+        return f"{bool(value)}, a truth value"
+    if value is None:
+        return "None"
+    if isinstance(value, (complex, np.complexfloating)):
+        return f"a complex number {short(complex(value))}"
+    if isinstance(value, np.ndarray):
+        return f"a NumPy array of shape {value.shape}"
+    return f"{short(value)} (a {type(value).__name__})"
+
+
 def quality_value(value: Any, source: str, key: Any) -> float:
     """``float(value)`` of the quality of ``key`` in ``source`` (``"labels file '...'"``).
 
+    Only real numbers are qualities: Python ``int`` (not ``bool``) and ``float``, NumPy integer and floating
+    scalars; ``float()`` would also take ``'0.5'``, ``b'0.5'`` and ``True``, and the official ``prepare_data.py``
+    would copy them into the training items unchanged.
+
     Raises:
-        DataError: ``value`` is not a number, or a number beyond the float range (``10**400``); one line naming
-            ``source`` and ``key``.
+        DataError: ``value`` is not a real number (names what it is), or a number beyond the float range
+            (``10**400``); one line naming ``source`` and ``key``.
     """
+    if not _is_real_type(type(value)):
+        raise DataError(f"{source}: quality of {short(key)} is {_what(value)}, not a number; write it as a number")
     try:
         return float(value)
     except OverflowError:
         raise DataError(f"{source}: quality of {short(key)} is {short(value)}, a number beyond the float range "
                         "(about 1.8e308); fix or remove it") from None
-    except (TypeError, ValueError):
-        raise DataError(f"{source}: quality of {short(key)} is {short(value)}, not a number") from None
 
 
 def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.ndarray, List[Any]], None]:
@@ -55,6 +94,8 @@ def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.nd
         if not all(map(str.__instancecheck__, labels)):
             return None
         values = list(labels.values())
+        if not all_real(values):
+            return None
         return list(labels), np.fromiter(values, dtype=np.float64, count=len(labels)), values
     except (TypeError, ValueError, OverflowError):
         return None
@@ -108,6 +149,13 @@ def read_label_values(path: str) -> Tuple[List[str], np.ndarray, List[Any]]:
     return paths, qualities, values
 
 
+#: The shortest embedding that has a direction. The cosines taken of embeddings add an epsilon of 1e-12 to squared
+#: lengths (torch's ``CosineEmbeddingLoss`` in training and label optimisation) or clamp lengths at 1e-12
+#: (evaluation): at length 1e-5 the first is 0.5% off, at 1e-6 30%, and a zero embedding's cosine is 0 whatever the
+#: other one is. No embedding of a face model comes near (their lengths are about 1 or tens).
+MIN_EMBEDDING_LENGTH = 1e-5
+
+
 class EmbeddingTable:
     """Teacher embeddings by image path, from the official pickled dict or an ``.npz`` (``paths``, ``embeddings``).
 
@@ -145,8 +193,9 @@ class EmbeddingTable:
         """``(len(paths), D)`` float32 embeddings of ``paths``.
 
         Raises:
-            DataError: Some of them hold NaN or infinite values, or are too long to normalise in float32 (a length
-                beyond about 1.8e19, whose square overflows); count and examples.
+            DataError: Some of them hold NaN or infinite values, are too long to normalise in float32 (a length
+                beyond about 1.8e19, whose square overflows) or too short to have a direction (below
+                :data:`MIN_EMBEDDING_LENGTH`); count and examples.
         """
         if not paths:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -170,6 +219,11 @@ class EmbeddingTable:
             raise DataError(f"embeddings file '{self.source}': {len(bad)} embeddings are too long to normalise in "
                             f"float32 (length beyond about 1.8e19; e.g. {_examples([paths[i] for i in bad])}); "
                             "compute them again or scale them down")
+        tiny = np.flatnonzero(squared < MIN_EMBEDDING_LENGTH ** 2)
+        if len(tiny):
+            raise DataError(f"embeddings file '{self.source}': {len(tiny)} embeddings are too short to have a "
+                            f"direction (length below {MIN_EMBEDDING_LENGTH:g}, all zeros included; e.g. "
+                            f"{_examples([paths[i] for i in tiny])}); compute them again or remove them")
         return out
 
 
@@ -248,27 +302,28 @@ def read_embeddings(path: str) -> EmbeddingTable:
     if not all(map(str.__instancecheck__, data)):
         key = next(k for k in data if not isinstance(k, str))
         raise DataError(f"embeddings file '{path}': keys must be image paths (text), found {short(key)}")
+    if not all(map(np.ndarray.__instancecheck__, data.values())):
+        key, value = next((k, v) for k, v in data.items() if not isinstance(v, np.ndarray))
+        kind = "None" if value is None else f"a {type(value).__name__}"
+        raise DataError(f"embeddings file '{path}': the embedding of {short(key)} is {kind}, not a NumPy array; "
+                        "store each embedding as a 1-D NumPy array")
     first = next(iter(data.values()))
-    dim = int(getattr(first, "size", 0))
-    try:
-        found = set(map(operator.attrgetter("shape", "dtype"), data.values()))
-        uniform = {shape for shape, _ in found} == {getattr(first, "shape", None)}
-    except AttributeError:
-        uniform = False
-    if uniform and any(dtype.kind not in _REAL_KINDS for _, dtype in found):
-        key, value = next((k, v) for k, v in data.items() if v.dtype.kind not in _REAL_KINDS)
-        raise _not_real(path, value.dtype, f"the embedding of {short(key)}")
-    if not uniform or dim == 0 or not isinstance(first, np.ndarray):
+    found = set(map(operator.attrgetter("shape", "dtype"), data.values()))
+    if {shape for shape, _ in found} != {first.shape}:
         shapes: Dict[str, str] = {}
         for key, value in data.items():
-            shape = getattr(value, "shape", None)
-            if shape != getattr(first, "shape", None) or not isinstance(value, np.ndarray):
-                shapes.setdefault(str(shape), key)
+            if value.shape != first.shape:
+                shapes.setdefault(str(value.shape), key)
                 if len(shapes) >= 3:
                     break
-        others = "; ".join(f"{shape} (e.g. '{key}')" for shape, key in shapes.items())
-        raise DataError(f"embeddings file '{path}': embedding sizes differ: first is "
-                        f"{getattr(first, 'shape', None)}, also {others}")
+        others = "; ".join(f"{shape} (e.g. {short(key)})" for shape, key in shapes.items())
+        raise DataError(f"embeddings file '{path}': embedding sizes differ: first is {first.shape}, also {others}")
+    if any(dtype.kind not in _REAL_KINDS for _, dtype in found):
+        key, value = next((k, v) for k, v in data.items() if v.dtype.kind not in _REAL_KINDS)
+        raise _not_real(path, value.dtype, f"the embedding of {short(key)}")
+    dim = int(first.size)
+    if dim == 0:
+        raise DataError(f"embeddings file '{path}': the embeddings are empty (shape {first.shape})")
     return EmbeddingTable(path, data, None, dim)
 
 
@@ -304,29 +359,58 @@ def scores_csv_writer(table: Dict[str, float]) -> Tuple[str, Any]:
 
 
 def read_scores_csv(path: str) -> Dict[str, float]:
-    """Read a ``path,quality`` CSV as :func:`scores_csv_writer` writes it (file names as their bytes).
+    """Read a ``path,quality`` CSV as :func:`scores_csv_writer` writes it (file names as their bytes; a leading
+    byte-order mark, as spreadsheets write, is dropped).
 
     Raises:
-        DataError: Not a quality CSV, or a row without a number in its second column (names the line).
+        DataError: Not a quality CSV, a row of other than two fields or without a plain number in its second
+            column (names the line), a path given twice (names both lines).
     """
     try:
-        with open(path, "r", encoding="utf-8", errors=TEXT_ERRORS, newline="") as handle:
+        with open(path, "r", encoding="utf-8-sig", errors=TEXT_ERRORS, newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["path", "quality"]:
+            if header is None or [h.strip() for h in header] != ["path", "quality"]:
                 raise DataError(f"'{path}' is not a quality CSV: its first line must be 'path,quality'")
             table: Dict[str, float] = {}
+            line = reader.line_num
             for row in reader:
+                start, line = line + 1, reader.line_num  # a quoted name may span lines: name the first
                 if not row:
                     continue
+                if len(row) != 2:
+                    raise DataError(f"'{path}' line {start}: expected 'path,quality', got {len(row)} field(s): "
+                                    f"{','.join(row)[:80]!r}")
+                key, text = row
                 try:
-                    table[row[0]] = float(row[1])
-                except (IndexError, ValueError):
-                    raise DataError(f"'{path}' line {reader.line_num}: expected 'path,quality', got "
-                                    f"{','.join(row)[:80]!r}") from None
+                    # float() also takes full-width digits ('\uff10.\uff15'), '1_000' and Unicode spaces: only
+                    # ASCII without '_' is plain decimal or scientific notation (or nan/inf, refused later).
+                    if not text.isascii() or "_" in text:
+                        raise ValueError(text)
+                    value = float(text)
+                except ValueError:
+                    raise DataError(f"'{path}' line {start}: expected 'path,quality', but the quality "
+                                    f"{short(text)} is not a plain number (ASCII digits, e.g. 0.5 or 1e-3)") from None
+                if key in table:
+                    raise DataError(f"'{path}': {short(key)} is given twice, on lines {_line_of(path, key)} and "
+                                    f"{start}; keep one")
+                table[key] = value
             return table
     except csv.Error as exc:
         raise DataError(f"'{path}' is not a readable CSV ({exc})") from None
+
+
+def _line_of(path: str, key: str) -> int:
+    """The line on which the row of ``key`` starts in the quality CSV ``path`` (read again: only a path given twice
+    needs it)."""
+    with open(path, "r", encoding="utf-8-sig", errors=TEXT_ERRORS, newline="") as handle:
+        reader = csv.reader(handle)
+        line = 0
+        for row in reader:
+            if row and row[0] == key and line:
+                return line + 1
+            line = reader.line_num
+    return 0
 
 
 #: Pickle protocol of the prepared files: Python's default when the official script ran (3.8-3.13), so that the
@@ -355,7 +439,7 @@ def _item_columns(source: str, items: List[Any], n_centres: int) -> Tuple[np.nda
     try:
         if all(map(tuple.__instancecheck__, items)) and set(map(len, items)) == {3}:
             paths, values, rows = zip(*items)
-            if all(map(str.__instancecheck__, paths)):
+            if all(map(str.__instancecheck__, paths)) and all_real(values):
                 qualities = np.fromiter(map(float, values), dtype=np.float64, count=len(items))
                 row = np.fromiter(map(operator.index, rows), dtype=np.int64, count=len(items))
                 outside = np.flatnonzero((row < 0) | (row >= n_centres))

@@ -16,7 +16,7 @@ from PIL import Image
 
 __all__ = ["DPI", "TILES_PER_ROW", "score_sheet_size", "score_sheet", "sheet_title", "training_curves",
            "TRAINING_SIZE", "denoiser_curve", "DENOISER_SIZE", "preparation_figure", "PREPARATION_SIZE", "png_writer",
-           "figure_file", "write_figure", "shorten", "drawable", "image_size"]
+           "figure_file", "write_figure", "shorten", "fit_text", "drawable", "image_size"]
 
 _logger = logging.getLogger(__name__)
 
@@ -114,11 +114,29 @@ def drawable(text: str) -> str:
 
 
 def shorten(name: str, width: int = 22) -> str:
-    """``name`` cut in the middle to ``width`` characters (``abcdefg...xyz.jpg``)."""
+    """``name`` cut in the middle to ``width`` (at least 1) characters (``abcdefg...xyz.jpg``)."""
     if len(name) <= width:
         return name
-    keep = width - 1
-    return name[:keep - keep // 2] + "\u2026" + name[-(keep // 2):]
+    keep = max(width, 1) - 1
+    return name[:keep - keep // 2] + "\u2026" + name[len(name) - keep // 2:]
+
+
+def fit_text(name: str, width: float, measure: Callable[[str], float]) -> str:
+    """``drawable(name)``, or, when it is wider than ``width`` (``measure(text)`` gives the width drawn), the
+    longest :func:`shorten` of ``name`` whose drawable form is not: escapes (``\\xNN``, ``\\uXXXX``) are never
+    cut, and the result is measured to fit (at worst it is the ellipsis alone)."""
+    text = drawable(name)
+    if measure(text) <= width:
+        return text
+    best, lo, hi = "\u2026", 2, len(name) - 1  # characters kept (the ellipsis counts as one)
+    while lo <= hi:  # the drawn width grows with the characters kept
+        mid = (lo + hi) // 2
+        candidate = drawable(shorten(name, mid))
+        if measure(candidate) <= width:
+            best, lo = candidate, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 # ------------------------------------------------------------------------------------------------- scores
@@ -127,6 +145,8 @@ _TITLE, _HIST, _HIST_LABEL, _GROUP_LABEL, _ROW, _BOTTOM = 1.0, 2.0, 0.75, 0.45, 
 #: A tile, in pixels: the face's square, the frame in the group's colour around it, and its top in the row (the
 #: rest of the row, below, is the caption).
 _FACE, _FRAME, _TILE_TOP = 160, 3, 4
+#: Points of the captions' text.
+_CAPTION_SIZE = 8
 
 
 def score_sheet_size(n: int) -> Tuple[float, float]:
@@ -203,6 +223,15 @@ def _tile_group(fig: Any, top: float, chosen: Sequence[Tuple[str, float]], load:
     mosaic = np.full((rows * row_px, width_px, 4), 255, dtype=np.uint8)  # RGBA, opaque white
     frame = np.frombuffer(bytes.fromhex(colour.lstrip("#") + "ff"), dtype=np.uint8)
     side = _FACE + 2 * _FRAME
+    # Captions are measured as the canvas will draw them (the renderer is the one saving the figure uses) and cut to
+    # the framed face's width, so that neighbours (one cell apart, a cell being wider) never overlap.
+    from matplotlib.font_manager import FontProperties
+
+    renderer, font = fig.canvas.get_renderer(), FontProperties(size=_CAPTION_SIZE)
+
+    def measure(text: str) -> float:
+        return renderer.get_text_width_height_descent(text, font, ismath=False)[0]
+
     for i, (key, score) in enumerate(chosen):
         r, c = divmod(i, TILES_PER_ROW)
         y, x = r * row_px + _TILE_TOP, c * cell_px + (cell_px - side) // 2
@@ -216,8 +245,8 @@ def _tile_group(fig: Any, top: float, chosen: Sequence[Tuple[str, float]], load:
         else:
             _paste_fitted(inner, face)
         fig.text((x + side / 2) / width_px, 1 - (top * DPI + y + side + 4) / height_px,
-                 f"{score:.{digits}f}\n{drawable(shorten(os.path.basename(key)))}", ha="center", va="top",
-                 fontsize=8, gid="caption")
+                 f"{score:.{digits}f}\n{fit_text(os.path.basename(key), side, measure)}", ha="center", va="top",
+                 fontsize=_CAPTION_SIZE, gid="caption")
     fig.add_artist(_pixels_artist()(mosaic, 0, height_px - round(top * DPI) - mosaic.shape[0]))
 
 

@@ -236,6 +236,33 @@ def test_drawable_escapes_what_the_font_cannot_show() -> None:
     assert figures.drawable("caf\u00e9 \u2026 x.png") == "caf\u00e9 \u2026 x.png"
 
 
+def test_long_captions_fit_their_tile() -> None:
+    """Captions of long names (240 characters, wide letters, names escaped into many more characters: Thai, a
+    mathematical letter outside the font, ``$``) are cut in the middle to the framed face's width, measured as drawn:
+    no caption reaches into its neighbour's cell, a short name stays whole, and escapes are never cut."""
+    import re
+
+    import numpy as np
+
+    names = ["x" * 240 + ".jpg", "\u0e01\u0e49" * 40 + ".jpg", "W" * 60 + ".png", "a.png", "$x$" * 30 + ".jpg",
+             "\U0001d518" * 30 + ".png", os.fsdecode(b"\xff" * 50) + ".png", "short name 12.png"]
+    scores = {f"/d/{name}": i / 10 for i, name in enumerate(names)}
+    fig = figures.score_sheet(scores, lambda key: np.zeros((8, 8, 3), np.uint8), 8, "t")
+    renderer = fig.canvas.get_renderer()
+    cell = fig.get_size_inches()[0] * figures.DPI / figures.TILES_PER_ROW
+    texts = captions(fig)
+    assert len(texts) == 2 * len(names)
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        column = int(text.get_position()[0] * figures.TILES_PER_ROW)
+        assert column * cell < box.x0 and box.x1 < (column + 1) * cell, (text.get_text(), box.x0, box.x1)
+        shown = text.get_text().split("\n")[1]
+        assert not re.search(r"\\(x[0-9a-f]?|u[0-9a-f]{0,3}|U[0-9a-f]{0,7})(\u2026|$)", shown), shown  # no cut escape
+    shown = {t.get_text().split("\n")[1] for t in texts}
+    assert {"a.png", "short name 12.png"} <= shown
+    assert "x" * 240 + ".jpg" not in shown and any(s.startswith("xxxxxxxxxx") and s.endswith("x.jpg") for s in shown)
+
+
 def test_any_file_name_is_drawn_and_quiet_prints_only_the_summary(checkpoint_dir, tmp_path, capsys, monkeypatch):
     """Names that are not UTF-8 and names the font has no glyphs for: quality-scores.png is written with them
     escaped in its captions, and ``-q`` prints the summary alone (no lost figure, no library warning)."""

@@ -196,13 +196,38 @@ def test_nan_qualities_and_similarities_in_evaluate(bad, tmp_path, capsys) -> No
     assert_user_error(code, err, "evaluate.py", pattern)
 
 
-@pytest.mark.parametrize("row", ["x/1.png,high", "x/1.png"])
-def test_malformed_quality_csv_rows_name_the_line(row, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("row,pattern", [
+    ("x/1.png,high", r"line 3: expected 'path,quality', but the quality 'high' is not a plain number"),
+    ("x/1.png", r"line 3: expected 'path,quality', got 1 field\(s\): 'x/1.png'"),
+    ("x/1.png,0.5,extra", r"line 3: expected 'path,quality', got 3 field\(s\): 'x/1.png,0.5,extra'"),
+    ("x/1.png,\uff10.\uff15", r"line 3: expected 'path,quality', but the quality '\uff10.\uff15' is not a plain"),
+    ("x/1.png,1_000", r"line 3: expected 'path,quality', but the quality '1_000' is not a plain number"),
+    ("x/1.png,\u20030.5", r"line 3: expected 'path,quality', but the quality '\\u20030.5' is not a plain number"),
+    ('"x/\n1.png",0.1\nx/2.png,0.4', r"'x/2.png' is given twice, on lines 2 and 5; keep one"),
+])
+def test_malformed_quality_csv_rows_name_the_line(row, pattern, tmp_path, capsys) -> None:
+    """A scores CSV row of other than two fields, a quality that float() takes but that is not plain ASCII
+    notation (full-width digits, '1_000', a Unicode space), a path given twice (both lines named, a quoted name over
+    two lines counted): one line naming the file and the line."""
     (tmp_path / "pairs.csv").write_text("a,b,mated,similarity\nx/1.png,x/2.png,1,0.5\n")
-    (tmp_path / "q.csv").write_text(f"path,quality\nx/2.png,0.3\n{row}\n")
+    (tmp_path / "q.csv").write_text(f"path,quality\nx/2.png,0.3\n{row}\n", encoding="utf-8")
     code, err = run(evaluate, "evaluate.py", ["--pairs", str(tmp_path / "pairs.csv"), "--scores",
                                               f"ours={tmp_path / 'q.csv'}", "--output", str(tmp_path / "o")], capsys)
-    assert_user_error(code, err, "evaluate.py", r"q.csv' line 3: expected 'path,quality'")
+    assert_user_error(code, err, "evaluate.py", r"q.csv'.*" + pattern)
+
+
+def test_quality_csvs_with_a_byte_order_mark_and_plain_numbers_are_read(tmp_path) -> None:
+    """A scores or labels CSV that a spreadsheet saved with a UTF-8 byte-order mark is read (as pairs files are);
+    every notation ``repr(float)`` writes reads back to the same float, with spaces around."""
+    from dataset.formats import read_label_values
+
+    values = [0.5, -1.5e-07, 1e+22, 3.0, 0.0, -0.0, 12345.678]
+    text = "path,quality\n" + "".join(f"x/{i}.png,{v!r}\n" for i, v in enumerate(values)) + "x/7.png, 7 \n"
+    (tmp_path / "q.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    expected = {**{f"x/{i}.png": v for i, v in enumerate(values)}, "x/7.png": 7.0}
+    assert read_scores_csv(str(tmp_path / "q.csv")) == expected
+    paths, qualities, _ = read_label_values(str(tmp_path / "q.csv"))
+    assert dict(zip(paths, qualities.tolist())) == expected
 
 
 def test_nan_embedding_in_prepare_data(tmp_path, capsys) -> None:
@@ -374,6 +399,29 @@ def test_a_number_beyond_the_float_range_is_one_line(script, tmp_path, capsys) -
                                          r"float range")
 
 
+@pytest.mark.parametrize("script,value,what", [
+    ("prepare_data.py", "0.5", "a text value '0.5'"), ("prepare_data.py", True, "True, a truth value"),
+    ("prepare_data.py", None, "None"), ("evaluate.py", b"0.5", "a bytes value b'0.5'"),
+])
+def test_qualities_that_are_not_numbers_are_one_line(script, value, what, tmp_path, capsys) -> None:
+    """A label or score that float() would take ('0.5', b'0.5', True) or that NumPy would call NaN (None): one line
+    naming the file, the key and what the value is; prepare_data.py writes nothing (it would have copied the text
+    into training_items)."""
+    labels = {f"id/{i}.png": 0.5 for i in range(12)}
+    labels["id/3.png"] = value
+    (tmp_path / "l.pkl").write_bytes(pickle.dumps(list(labels.items()) if script == "prepare_data.py" else labels))
+    if script == "prepare_data.py":
+        (tmp_path / "e.pkl").write_bytes(pickle.dumps({p: np.ones(4, dtype=np.float32) for p in labels}))
+        code, err = run(prepare_data, script, ["-ll", str(tmp_path / "l.pkl"), "-el", str(tmp_path / "e.pkl"),
+                                               "-sl", str(tmp_path / "o"), "-q"], capsys)
+        assert not os.listdir(tmp_path / "o")
+    else:
+        (tmp_path / "pairs.csv").write_text("a,b,mated,similarity\nid/1.png,id/3.png,1,0.8\nid/1.png,id/2.png,0,0.2\n")
+        code, err = run(evaluate, script, ["--pairs", str(tmp_path / "pairs.csv"), "--scores",
+                                           f"ours={tmp_path / 'l.pkl'}", "--output", str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, script, re.escape(f"l.pkl': quality of 'id/3.png' is {what}, not a number"))
+
+
 @pytest.mark.parametrize("kind,pattern", [
     ("random", r"pairs.csv' needs the header 'a,b,mated'"),
     ("binary", r"pairs.csv' holds NUL bytes, so it is not a text file"),
@@ -422,13 +470,32 @@ def _prepared(folder, items) -> str:
     ("prepared 10**400", r"training_items-x.pkl': quality of 'b' is 1000+\.\.\.0+, a number beyond the float"),
     ("prepared row None", r"training_items-x.pkl': centre row of 'a' is None, not a whole number"),
     ("prepared late item", r"training_items-x.pkl': item 1000 is \('a', 0.5\), expected a \(path, quality, centre"),
+    ("labels text", r"l.pkl': quality of 'b' is a text value '0.5', not a number"),
+    ("labels bytes", r"l.pkl': quality of 'b' is a bytes value b'0.5', not a number"),
+    ("labels True", r"l.pkl': quality of 'b' is True, a truth value, not a number"),
+    ("labels numpy bool", r"l.pkl': quality of 'b' is False, a truth value, not a number"),
+    ("labels None", r"l.pkl': quality of 'b' is None, not a number"),
+    ("labels dict None", r"l.pkl': quality of 'b' is None, not a number"),
+    ("scores text", r"q.pkl': quality of 'b' is a text value '0.5', not a number"),
+    ("scores complex", r"q.pkl': quality of 'b' is a complex number \(1\+0j\), not a number"),
+    ("scores numpy bool", r"q.pkl': quality of 'b' is True, a truth value, not a number"),
+    ("prepared text", r"training_items-x.pkl': quality of 'b' is a text value '0.5', not a number"),
+    ("embeddings list", r"e.pkl': the embedding of 'a' is a list, not a NumPy array"),
+    ("embeddings None", r"e.pkl': the embedding of 'b' is None, not a NumPy array"),
+    ("embeddings zero", r"e.pkl': 1 embeddings are too short to have a direction \(length below 1e-05, all zeros "
+                        r"included; e.g. 'b'\)"),
+    ("embeddings tiny", r"e.pkl': 2 embeddings are too short to have a direction .*e.g. 'b', 'c'\)"),
+    ("npz zero", r"e.npz': 1 embeddings are too short to have a direction .*e.g. 'a'\)"),
 ])
 def test_odd_values_in_every_loader_are_one_line(case, pattern, tmp_path) -> None:
     """Numbers outside the float range, complex or object arrays and malformed items in the files of scores,
-    embeddings and prepared data: a DataError naming the file (one line), never a traceback or a silent cast."""
+    embeddings and prepared data, qualities that float() would take but that are not real numbers (text, bytes,
+    truth values; None is named, not called NaN), embeddings that are lists or too short to have a direction (a
+    zero one's cosine is 0 whatever the other): a DataError naming the file and the entry (one line), never a
+    traceback or a silent cast."""
     import warnings
 
-    from dataset.formats import read_embeddings, read_prepared
+    from dataset.formats import read_embeddings, read_label_values, read_labels, read_prepared
     from engine.evaluation.data import read_qualities
     from utils.errors import DataError
 
@@ -452,6 +519,22 @@ def test_odd_values_in_every_loader_are_one_line(case, pattern, tmp_path) -> Non
         "prepared 10**400": lambda: read_prepared(_prepared(tmp_path, [("a", 0.5, 0), ("b", 10 ** 400, 1)]), "x"),
         "prepared row None": lambda: read_prepared(_prepared(tmp_path, [("a", 0.5, None)]), "x"),
         "prepared late item": lambda: read_prepared(_prepared(tmp_path, [("a", 0.5, 0)] * 1000 + [("a", 0.5)]), "x"),
+        "labels text": lambda: read_label_values(pkl("l.pkl", [("a", 0.5), ("b", "0.5")])),
+        "labels bytes": lambda: read_label_values(pkl("l.pkl", {"a": 0.5, "b": b"0.5"})),
+        "labels True": lambda: read_label_values(pkl("l.pkl", [("a", 1), ("b", True)])),
+        "labels numpy bool": lambda: read_label_values(pkl("l.pkl", [("a", np.float32(1)), ("b", np.bool_(False))])),
+        "labels None": lambda: read_label_values(pkl("l.pkl", [("a", 0.5), ("b", None)])),
+        "labels dict None": lambda: read_labels(pkl("l.pkl", {"a": np.int64(1), "b": None})),
+        "scores text": lambda: read_qualities(pkl("q.pkl", {"a": 0.5, "b": "0.5"})),
+        "scores complex": lambda: read_qualities(pkl("q.pkl", {"a": 0.5, "b": 1 + 0j})),
+        "scores numpy bool": lambda: read_qualities(pkl("q.pkl", {"a": 0.5, "b": np.bool_(True)})),
+        "prepared text": lambda: read_prepared(_prepared(tmp_path, [("a", 0.5, 0), ("b", "0.5", 1)]), "x"),
+        "embeddings list": lambda: read_embeddings(pkl("e.pkl", {"a": [1.0, 2.0], "b": [1.0, 2.0]})),
+        "embeddings None": lambda: read_embeddings(pkl("e.pkl", {"a": np.ones(2), "b": None})),
+        "embeddings zero": lambda: embeddings({"a": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}),
+        "embeddings tiny": lambda: embeddings({"a": np.ones(4), "b": np.full(4, 1e-30), "c": np.full(4, 1e-6)}),
+        "npz zero": lambda: read_embeddings(_npz(tmp_path / "e.npz", paths=np.array(["a", "b"]),
+                                                 embeddings=np.array([[0, 0], [1, 0]], np.float32))).gather(["a", "b"]),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no library warning on the way (NumPy's casts) either

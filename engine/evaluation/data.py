@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dataset.formats import quality_value, read_scores_csv
+from dataset.formats import all_real, quality_value, read_scores_csv
 from utils.config import short
 from utils.errors import DataError
 from utils.io import TEXT_ERRORS, safe_pickle_load
@@ -36,8 +37,8 @@ def _truthy(value: str, path: str, line: int) -> bool:
     raise DataError(f"pairs file '{path}', line {line}: 'mated' is {short(value)}; use 1/0 or true/false")
 
 
-def _pair_lines(path: str) -> List[str]:
-    """The lines of a pairs file. Names that are not UTF-8 keep their bytes (:data:`utils.io.TEXT_ERRORS`), as in
+def _pair_text(path: str) -> str:
+    """The text of a pairs file. Names that are not UTF-8 keep their bytes (:data:`utils.io.TEXT_ERRORS`), as in
     the score files they are matched with; a leading byte-order mark is dropped.
 
     Raises:
@@ -48,7 +49,12 @@ def _pair_lines(path: str) -> List[str]:
     if b"\0" in data:
         raise DataError(f"pairs file '{path}' holds NUL bytes, so it is not a text file; give a UTF-8 CSV "
                         "a,b,mated[,similarity] or an LFW pairs.txt")
-    return data.decode("utf-8-sig", TEXT_ERRORS).splitlines()
+    return data.decode("utf-8-sig", TEXT_ERRORS)
+
+
+#: What is stripped around the fields of a pairs CSV: ASCII spaces and tabs only, so that a file name that starts or
+#: ends with another space character (``\x0b``, ``\x85``, ``\u2028``, valid in names) is kept whole.
+_BLANKS = " \t"
 
 
 def _image_number(text: str) -> int:
@@ -69,21 +75,25 @@ def read_pairs(path: str) -> Pairs:
     """
     if not os.path.isfile(path):
         raise DataError(f"pairs file '{path}' not found")
-    lines = _pair_lines(path)
-    if path.lower().endswith(".csv") or (lines and "," in lines[0]):
-        reader = csv.DictReader(lines)
+    text = _pair_text(path)
+    # Lines end only at \n, \r\n or \r (the csv module's and io's newlines); str.splitlines() would also end
+    # them at \x0b, \x0c, \x1c-\x1e, \x85 and \u2028-\u2029, which file names may hold.
+    if path.lower().endswith(".csv") or "," in text.split("\n", 1)[0].split("\r", 1)[0]:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
-            fields = [f.strip() for f in (reader.fieldnames or [])]
+            fields = [f.strip(_BLANKS) for f in (reader.fieldnames or [])]
             if not {"a", "b", "mated"} <= set(fields):
                 raise DataError(f"pairs file '{path}' needs the header 'a,b,mated' (optional ',similarity'), "
                                 f"found {short(fields)}")
             a, b, mated, sims = [], [], [], []
-            for i, row in enumerate(reader, start=2):
-                row = {k.strip(): (v or "") for k, v in row.items() if k is not None}
-                a.append(row["a"].strip())
-                b.append(row["b"].strip())
+            line = reader.line_num
+            for row in reader:
+                i, line = line + 1, reader.line_num  # a quoted name may span lines: name the first
+                row = {k.strip(_BLANKS): (v or "") for k, v in row.items() if k is not None}
+                a.append(row["a"].strip(_BLANKS))
+                b.append(row["b"].strip(_BLANKS))
                 mated.append(_truthy(row["mated"], path, i))
-                if "similarity" in row and row["similarity"].strip():
+                if "similarity" in row and row["similarity"].strip(_BLANKS):
                     try:
                         sims.append(float(row["similarity"]))
                     except ValueError:
@@ -96,7 +106,8 @@ def read_pairs(path: str) -> Pairs:
         return Pairs(a, b, np.array(mated, dtype=bool), np.array(sims) if sims else None)
 
     a, b, mated = [], [], []
-    for i, line in enumerate(lines, start=1):
+    for i, line in enumerate(io.StringIO(text, newline=None), start=1):
+        line = line.rstrip("\n")
         parts = line.split()
         if not parts:
             continue
@@ -130,10 +141,13 @@ def _read_quality_table(path: str) -> Dict[str, float]:
     data = safe_pickle_load(path)
     if not isinstance(data, Mapping):
         raise DataError(f"quality file '{path}' must hold a dict {{image path: quality}}")
-    try:
-        return {str(k): float(v) for k, v in data.items()}
-    except (TypeError, ValueError, OverflowError):  # name the first value that is not a number
-        return {str(k): quality_value(v, f"quality file '{path}'", k) for k, v in data.items()}
+    if all_real(data.values()):
+        try:
+            return {str(k): float(v) for k, v in data.items()}
+        except OverflowError:
+            pass
+    # name the first value that is not a number, or beyond the float range
+    return {str(k): quality_value(v, f"quality file '{path}'", k) for k, v in data.items()}
 
 
 def read_qualities(path: str) -> Dict[str, float]:

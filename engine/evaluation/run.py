@@ -43,6 +43,11 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                             f"(e.g. {', '.join(repr(m) for m in missing[:3])})")
             keep[bad] = False
 
+    if pairs.similarity is not None and all(fr.embeddings is not None for fr in fr_models):
+        # A pairs list that carries one FR model's similarities may be evaluated with other embeddings: not an
+        # error, but said, as NaN or other values in the column change nothing.
+        _logger.warning("pairs file '%s': its similarity column is ignored; the similarities are those of the "
+                        "embeddings of %s", cfg.pairs, ", ".join(repr(fr.label) for fr in fr_models))
     similarities: Dict[str, np.ndarray] = {}
     for fr in fr_models:
         if fr.embeddings is None:
