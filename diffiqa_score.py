@@ -35,7 +35,7 @@ FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.build_parser("diffiqa_score.py", __doc__, FLAGS,
+    parser = cli.build_parser("diffiqa_score.py", __doc__, FLAGS, "inference.repeats=3",
                               "YAML config (the official inference section, base, dataset)")
     parser.add_argument("--fresh", action="store_true",
                         help="remove the files of an earlier run in the output folder (part files, settings and its "

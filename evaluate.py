@@ -48,7 +48,7 @@ FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return cli.build_parser("evaluate.py", __doc__, FLAGS)
+    return cli.build_parser("evaluate.py", __doc__, FLAGS, "fmr=1e-4")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

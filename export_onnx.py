@@ -33,7 +33,7 @@ FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return cli.build_parser("export_onnx.py", __doc__, FLAGS)
+    return cli.build_parser("export_onnx.py", __doc__, FLAGS, "opset=13")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -37,7 +37,7 @@ FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return cli.build_parser("extract_embeddings.py", __doc__, FLAGS)
+    return cli.build_parser("extract_embeddings.py", __doc__, FLAGS, "batch_size=64")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -54,7 +54,8 @@ FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.build_parser("inference.py", __doc__, FLAGS, "YAML config (official keys); defaults apply without one")
+    parser = cli.build_parser("inference.py", __doc__, FLAGS, "min_face_probability=0.8",
+                              "YAML config (official keys); defaults apply without one")
     parser.add_argument("--fresh", action="store_true",
                         help="remove the files of an earlier run in the output folder (part files, settings and its "
                         "finished scores) and start afresh")

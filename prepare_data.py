@@ -32,7 +32,8 @@ FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return cli.build_parser("prepare_data.py", __doc__, FLAGS, "YAML file with the settings below (long names as keys)")
+    return cli.build_parser("prepare_data.py", __doc__, FLAGS, "min_images=5",
+                            "YAML file with the settings below (long names as keys)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -30,7 +30,7 @@ FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return cli.build_parser("train_diffusion.py", __doc__, FLAGS,
+    return cli.build_parser("train_diffusion.py", __doc__, FLAGS, "trainer_params.train_lr=1e-4",
                             "YAML config (unet_params, diff_params, trainer_params)")
 
 

@@ -294,9 +294,10 @@ def _safe_load(load: Callable[[str], Optional[np.ndarray]], key: str) -> Optiona
 
 
 # ------------------------------------------------------------------------------------------------- training
-def training_curves(history: Sequence[Dict[str, Any]], title: str) -> Any:
+def training_curves(history: Sequence[Dict[str, Any]], title: str, groups: Sequence[str] = ()) -> Any:
     """Training and validation loss per term and the learning rate per optimizer group, one panel each, over the
-    epochs of ``history`` (``train.py``'s records: ``epoch``, ``train``/``val`` term means, ``lr`` per group)."""
+    epochs of ``history`` (``train.py``'s records: ``epoch``, ``train``/``val`` term means, ``lr`` per group);
+    ``groups`` names what each group trains (else ``group N``)."""
     fig = _figure(TRAINING_SIZE)
     epochs = [h["epoch"] for h in history]
     terms = list(history[0]["train"]) if history else ["loss"]
@@ -309,7 +310,8 @@ def training_curves(history: Sequence[Dict[str, Any]], title: str) -> Any:
         if term == "lr":
             logged = [h for h in history if h.get("lr")]  # records of older runs may lack it
             for g in range(len(logged[0]["lr"]) if logged else 0):
-                ax.plot([h["epoch"] for h in logged], [h["lr"][g] for h in logged], marker="o", label=f"group {g + 1}")
+                ax.plot([h["epoch"] for h in logged], [h["lr"][g] for h in logged], marker="o",
+                        label=groups[g] if g < len(groups) else f"group {g + 1}")
             ax.set_yscale("log")
             ax.set_title("learning rate per optimizer group", fontsize=10)
         else:

@@ -12,7 +12,7 @@ SCRIPTS = {
     "inference": ("engine.scoring.run.score", {}, [], "base.seed=7", lambda c: c.base.seed == 7),
     "diffiqa_score": ("engine.labels.run.run_scoring", None, [], "inference.repeats=3",
                       lambda c: c.inference.repeats == 3),
-    "train": ("engine.training.trainer.train", {"best_val": 0.0}, [], "loss.theta=0.25",
+    "train": ("engine.training.trainer.train", {"best_val": 0.0, "main": True}, [], "loss.theta=0.25",
               lambda c: c.loss.theta == 0.25),
     "train_diffusion": ("engine.denoiser.trainer.train_diffusion", {"step": 0}, [], "trainer_params.train_lr=1e-3",
                         lambda c: c.trainer_params.train_lr == 1e-3),
@@ -58,6 +58,21 @@ def test_set_reaches_the_config(script, monkeypatch, capsys) -> None:
     code, err = run_script(importlib.import_module(script).main, f"{script}.py", [*extra, "--set", item], capsys)
     assert code == 0, err
     assert len(seen) == 1 and holds(seen[0])
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_the_set_example_of_each_help_runs(script, monkeypatch, capsys) -> None:
+    """Each script's help shows a --set example of its own schema, and that example runs."""
+    import re
+
+    module = importlib.import_module(script)
+    text = " ".join(module.build_parser().format_help().split())
+    found = re.findall(r"e\.g\. --set (\S+?);", text)
+    assert len(found) == 1, text
+    seen = _capture(monkeypatch, script)
+    code, err = run_script(module.main, f"{script}.py", [*SCRIPTS[script][2], "--set", found[0]], capsys)
+    assert code == 0, err
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

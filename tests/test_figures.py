@@ -130,12 +130,14 @@ def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkey
 
     import train
 
-    seen = []
+    seen, legends = [], []
     real = figures.training_curves
 
-    def spy(history, title):
+    def spy(history, title, groups=()):
         seen.append([h["epoch"] for h in history])
-        return real(history, title)
+        fig = real(history, title, groups)
+        legends.append([t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()])
+        return fig
 
     monkeypatch.setattr(figures, "training_curves", spy)
     images, data = official_layout(tmp_path)
@@ -143,6 +145,8 @@ def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkey
     cfg = official_schema_config(tmp_path, images, data, out, "ediffiqaT", epochs=1, figure=1)
     assert run_script(train.main, "train.py", ["-c", cfg], capsys)[0] == 0
     assert png_size(out / "train_log.png") == inches(figures.TRAINING_SIZE) and seen == [[1]]
+    # The learning-rate panel names what each optimizer group trains (the official groups).
+    assert legends[-1][-2:] == ["mlp (head)", "base_model (last 100 tensors)"]
     code, err = run_script(train.main, "train.py", ["-c", cfg, "--epochs", "2", "--resume", str(out / "last.pt")],
                            capsys)
     assert code == 0, err

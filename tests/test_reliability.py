@@ -349,7 +349,8 @@ def test_resume_with_another_optimizer_is_refused(tmp_path, capsys) -> None:
     cfg["base"]["epochs"] = 2
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(cfg))
     code, err = run(train, "train.py", ["-c", str(tmp_path / "other.yaml"), "--resume", str(out / "last.pt")], capsys)
-    assert_user_error(code, err, "train.py", r"was trained with another 'optimizer' section")
+    assert_user_error(code, err, "train.py", r"was trained with other settings \(optimizer.module: 'torch.optim.Adam' "
+                      r"-> 'torch.optim.SGD'\)")
 
 
 # ---------------------------------------------------------------- readers of user files

@@ -184,8 +184,11 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, capsys) -> None:
     full, part = tmp_path / "full", tmp_path / "part"
     assert run_train(["-c", tiny_config(root, images, full)], capsys)[0] == 0
     assert run_train(["-c", tiny_config(root, images, part, **{"base.epochs": 1})], capsys)[0] == 0
-    code, err = run_train(["-c", tiny_config(root, images, part), "--resume", str(part / "last.pt")], capsys)
+    # Resumed with 2 loader workers instead of 0: accepted, and the numbers are those of the run with none.
+    code, err = run_train(["-c", tiny_config(root, images, part), "--resume", str(part / "last.pt"), "--workers", "2"],
+                          capsys)
     assert code == 0, err
+    assert json.loads((part / "config.json").read_text())["dataloader"]["train"]["params"]["num_workers"] == 2
     a = torch.load(str(full / "last.pt"), weights_only=True)
     b = torch.load(str(part / "last.pt"), weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
@@ -205,6 +208,7 @@ def test_torchrun_two_gloo_processes(tiny, tmp_path) -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("best validation loss") == 1, proc.stderr[-3000:]  # the first process reports
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 1 and np.isfinite(history[0]["val"]["loss"])
     assert (out / "model.pth").is_file()
@@ -263,6 +267,119 @@ def test_errors_exit_2(case, pattern, tiny, tmp_path, capsys) -> None:
         overrides["dataset.image_loc"] = str(tmp_path / "one")
     code, err = run_train(["-c", tiny_config(root, images, out, **overrides)], capsys)
     assert_user_error(code, err, "train.py", pattern)
+
+
+# ---------------------------------------------------------------- resume and the output folder
+
+def test_resume_ignores_what_cannot_change_a_number_and_names_each_key_that_can(tiny, tmp_path) -> None:
+    from engine.training.config import resume_mismatch
+    from utils.config import to_dict
+
+    root, images = tiny
+    saved = to_dict(from_dict(TrainConfig, yaml.safe_load(open(tiny_config(root, images, tmp_path / "o")))))
+    free = {"base.epochs": 9, "base.verbose": 1, "base.figure": 1, "base.save_path": str(tmp_path / "elsewhere"),
+            "base.resume": "x/last.pt", "wandb.use": 1, "wandb.project": "p", "base.model": "ediffiqaT_config.yaml",
+            "dataloader.train.params.num_workers": 2, "dataloader.val.params.num_workers": 2,
+            "dataloader.train.params.pin_memory": 0, "dataloader.val.params.prefetch_factor": 4,
+            "dataloader.train.params.persistent_workers": 1}
+    now = yaml.safe_load(open(tiny_config(root, images, tmp_path / "o", **free)))
+    assert resume_mismatch(saved, from_dict(TrainConfig, now)) == ""
+    changed = {**free, "optimizer.group_1.lr": 5e-4, "dataloader.train.params.batch_size": 4, "loss.theta": 0.25,
+               "dataset.val_split": 0.5, "base.official": 1}
+    now = yaml.safe_load(open(tiny_config(root, images, tmp_path / "o", **changed)))
+    assert resume_mismatch(saved, from_dict(TrainConfig, now)).split("; ") == [
+        "base.official: False -> True", "dataset.val_split: 0.25 -> 0.5",
+        "dataloader.train.params.batch_size: 8 -> 4", "optimizer.group_1.lr: 0.001 -> 0.0005",
+        "loss.theta: 0.5 -> 0.25"]
+
+
+def test_resume_with_another_learning_rate_is_refused_before_any_work(tiny, tmp_path, capsys) -> None:
+    from utils.checkpoint import save_checkpoint
+    from utils.config import to_dict
+
+    root, images = tiny
+    out = tmp_path / "run"
+    nowhere = {"dataset.image_loc": str(tmp_path / "nowhere")}  # no data: the refusal comes before reading them
+    trained = from_dict(TrainConfig, yaml.safe_load(open(tiny_config(root, images, out, **nowhere))))
+    out.mkdir()
+    save_checkpoint(str(out / "last.pt"), {"version": 1, "epoch": 1, "variant": "ediffiqaT", "optimizer": {},
+                                           "config": to_dict(trained)})
+    cfg = tiny_config(root, images, out, **nowhere, **{"base.epochs": 3})
+    code, err = run_train(["-c", cfg, "--resume", str(out / "last.pt"), "--set", "optimizer.group_1.lr=5e-4",
+                           "--workers", "2"], capsys)
+    assert_user_error(code, err, "train.py", r"last.pt' was trained with other settings \(optimizer.group_1.lr: "
+                      r"0.001 -> 0.0005\); resume with the settings it was trained with")
+
+
+@pytest.mark.parametrize("files,pattern", [
+    (("config.json", "train_log.csv", "history.json", "model.pth", "last.pt", "train_log.png"),
+     r"holds a training run \(model.pth, last.pt, train_log.csv, history.json, config.json, train_log.png\); "
+     r"continue it with --resume .*run/last.pt, write to another --output, or add --overwrite to replace it"),
+    (("config.json", "train_log.csv"),
+     r"holds a training run \(train_log.csv, config.json\); it has no last.pt to resume from; write to another "
+     r"--output, or add --overwrite to replace it"),
+])
+def test_a_folder_holding_a_run_is_refused_before_any_work(files, pattern, tiny, tmp_path, capsys) -> None:
+    """A finished run (or one stopped after an epoch: the same files) and one stopped in its first epoch."""
+    root, images = tiny
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in files:
+        (out / name).write_text("earlier")
+    cfg = tiny_config(root, images, out, **{"dataset.image_loc": str(tmp_path / "nowhere")})
+    assert_user_error(*run_train(["-c", cfg], capsys), "train.py", pattern)
+    assert all((out / name).read_text() == "earlier" for name in files)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "last.pt").write_text("earlier")
+    # Resuming another folder's run into it mixes two runs as well; --overwrite with --resume of its own run is
+    # a contradiction.
+    assert_user_error(*run_train(["-c", cfg, "--resume", str(other / "last.pt")], capsys), "train.py", pattern)
+    assert_user_error(*run_train(["-c", cfg, "--resume", str(out / "last.pt"), "--overwrite"], capsys), "train.py",
+                      r"--overwrite \(base.overwrite\) would remove the run in .* that --resume .* continues")
+
+
+def test_overwrite_replaces_the_earlier_run(tiny, tmp_path, capsys, monkeypatch) -> None:
+    """--overwrite removes every file of the earlier run (its figure too, which this run does not draw) once the run
+    is ready to write; the epoch itself is stubbed (the loop is tested above)."""
+    from engine.training.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch: {"loss": 1.0, "loss_rc": 0.5, "loss_q": 0.5})
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"loss": 0.8, "loss_rc": 0.4, "loss_q": 0.4})
+    root, images = tiny
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "train_log.csv", "history.json", "model.pth", "last.pt", "train_log.png"):
+        (out / name).write_text("earlier")
+    code, err = run_train(["-c", tiny_config(root, images, out, **{"base.epochs": 1}), "--overwrite"], capsys)
+    assert code == 0, err
+    assert not (out / "train_log.png").exists()
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
+    assert torch.load(str(out / "last.pt"), weights_only=True)["epoch"] == 1
+    assert set(torch.load(str(out / "model.pth"), weights_only=True)) == set(manifest_state_dict("ediffiqaT"))
+
+
+def test_workers_beyond_the_cpus_use_the_cpus_with_one_line(tiny, tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    from engine.training import data
+
+    root, images = tiny
+    monkeypatch.setattr(data, "cpu_count", lambda: 2)
+    raw = yaml.safe_load(open(official_schema_config(root, images, root / "prepared", tmp_path / "o", "ediffiqaT")))
+    cfg = from_dict(TrainConfig, raw)  # the official num_workers: 10 for both loaders ...
+    for n in (10, None):
+        for name in ("train", "val"):
+            getattr(cfg.dataloader, name).params.num_workers = n
+        with caplog.at_level(logging.INFO, logger="engine.training.data"):
+            caplog.clear()
+            workers = data.loader_workers(cfg, torch.device("cpu"), log=True)
+        if n == 10:  # ... are the 2 this machine has, said once
+            assert workers == {"train": 2, "val": 2} and len(caplog.records) == 1
+            assert "dataloader.train.params.num_workers 10 and dataloader.val.params.num_workers 10 asked for, " \
+                   "this machine has 2 CPUs: 2 worker processes instead" in caplog.text
+        else:  # unset: the per-device rule
+            assert workers == {"train": 1, "val": 1} and not caplog.records
 
 
 def test_missing_items_are_dropped_with_a_warning(tiny, tmp_path, caplog) -> None:

@@ -1,5 +1,6 @@
-"""What every script does around its work: its command line (one table of named flags, each setting one config key,
-plus ``-c`` and ``--set``), logging, and turning user errors into exit code 2."""
+"""What every script does around its work: its command line (one table of named flags, each setting one config key
+or a few to one value, plus ``-c`` and ``--set`` with an example of the script's own keys), logging, and turning user
+errors into exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ class Flag:
         names: ``("--images",)`` or ``("-q", "--quiet")``.
         key: The dotted config key it sets (``dataset.loc``).
         help: What it is; the key is added to the help text.
+        also: More keys it sets to the same value (one ``--workers`` for both training loaders).
         type: ``int``, ``float`` or ``str`` (default).
         const: A switch: given, it sets ``key`` to this value.
         choices: Called for the allowed values (``model.registry.variant_names``), or None.
@@ -39,6 +41,7 @@ class Flag:
     names: Tuple[str, ...]
     key: str
     help: str
+    also: Tuple[str, ...] = ()
     type: Callable[[str], Any] = str
     const: Any = None
     choices: Optional[Callable[[], Sequence[str]]] = None
@@ -52,14 +55,15 @@ class Flag:
         return self.names[-1].lstrip("-").replace("-", "_")
 
 
-def build_parser(prog: str, doc: str, flags: Sequence[Flag],
+def build_parser(prog: str, doc: str, flags: Sequence[Flag], set_example: str,
                  config_help: str = "YAML config") -> argparse.ArgumentParser:
-    """The script's parser: ``-c/--config``, the named ``flags`` and ``--set KEY=VALUE`` (any key of the schema)."""
+    """The script's parser: ``-c/--config``, the named ``flags`` and ``--set KEY=VALUE`` (any key of the schema;
+    ``set_example`` is one of the script's own, shown in the help: ``optimizer.group_1.lr=1e-4``)."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", help=config_help)
     for flag in flags:
-        text = f"{flag.help} ({flag.key})"
+        text = f"{flag.help} ({', '.join((flag.key, *flag.also))})"
         if flag.const is not None:
             parser.add_argument(*flag.names, dest=flag.dest, action="store_const", const=flag.const, help=text)
             continue
@@ -72,8 +76,8 @@ def build_parser(prog: str, doc: str, flags: Sequence[Flag],
             kwargs["action"] = "append"
         parser.add_argument(*flag.names, **kwargs)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="set any config key (repeatable; applied last), e.g. --set base.seed=7; the value is "
-                        "read as YAML and checked against the schema")
+                        help=f"set any config key (repeatable; applied last), e.g. --set {set_example}; the value "
+                        "is read as YAML and checked against the schema")
     return parser
 
 
@@ -83,7 +87,8 @@ def load_script_config(cls: Type[T], args: argparse.Namespace, flags: Sequence[F
     for flag in flags:
         value = getattr(args, flag.dest)
         if value is not None:
-            overrides[flag.key] = flag.convert(value) if flag.convert is not None else value
+            for name in (flag.key, *flag.also):
+                overrides[name] = flag.convert(value) if flag.convert is not None else value
     return load_config(cls, args.config, overrides, sets=args.set)
 
 

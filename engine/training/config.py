@@ -9,11 +9,12 @@ config cannot import anything else.
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -23,7 +24,7 @@ from utils.config import LoaderParams, RunBase, check, key, short, to_dict
 from utils.errors import first_line
 from utils.run_log import WandbSection
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "build_optimizer", "resume_mismatch"]
+__all__ = ["OPTIMIZERS", "RESUME_FREE_KEYS", "TrainConfig", "build_optimizer", "resume_mismatch"]
 
 #: The optimizers a config may name (``optimizer.module``), by their official module strings.
 OPTIMIZERS = {"torch.optim.Adam": torch.optim.Adam, "torch.optim.AdamW": torch.optim.AdamW,
@@ -46,6 +47,7 @@ class TrainBase(RunBase):
     epochs: int = 3
     official: bool = False             # the official update step for step (slower); see docs
     resume: Optional[str] = None
+    overwrite: bool = False            # replace the run an output folder holds (its files are removed first)
     deterministic: bool = False
     compile: bool = False              # torch.compile the training step (faster for S/M/L on a CPU, see the
                                        # benchmarks; compiles for a minute or two first, so worth it for long runs)
@@ -316,13 +318,36 @@ class TrainConfig:
               "'base.compile' changes the arithmetic; 'base.official: 1' runs the official loop eagerly")
 
 
+#: The keys a resumed run may change: none of them changes a number of the run (how the images are read, what is
+#: shown and logged, where it is written, how long it trains). ``base.model``, ``model`` (``model.config``) and
+#: ``base.backbone_weights`` name the model and its initialisation: the model is checked as the variant it builds
+#: (the checkpoint replaces its initialisation), not by how the config spells it.
+RESUME_FREE_KEYS = ("base.verbose", "base.figure", "base.epochs", "base.save_path", "base.resume", "base.overwrite",
+                    "base.model", "model", "base.backbone_weights", "wandb",
+                    "dataloader.*.params.num_workers", "dataloader.*.params.pin_memory",
+                    "dataloader.*.params.prefetch_factor", "dataloader.*.params.persistent_workers")
+
+_ABSENT = object()
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> List[Tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` of every leaf where the nested dicts ``old`` and ``new`` differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found: List[Tuple[str, Any, Any]] = []
+        for name in [*new, *(k for k in old if k not in new)]:
+            found += _differences(old.get(name, _ABSENT), new.get(name, _ABSENT), f"{prefix}{name}.")
+        return found
+    return [] if old == new else [(prefix[:-1], old, new)]
+
+
+def _free(dotted: str) -> bool:
+    return any(fnmatch.fnmatchcase(dotted, p) or fnmatch.fnmatchcase(dotted, p + ".*") for p in RESUME_FREE_KEYS)
+
+
 def resume_mismatch(saved: Dict[str, Any], cfg: TrainConfig) -> str:
-    """Why a checkpoint trained with config ``saved`` (a dict) cannot continue under ``cfg`` ("" when it can): the
-    update mode, the optimizer and the DataLoaders must be the ones it was trained with."""
-    if bool(saved.get("base", {}).get("official", False)) != cfg.base.official:
-        return f"was trained with base.official: {int(not cfg.base.official)}"
-    now = to_dict(cfg)
-    for section in ("optimizer", "dataloader"):
-        if saved.get(section) != now[section]:
-            return f"was trained with another '{section}' section ({saved.get(section)})"
-    return ""
+    """Why a checkpoint trained with config ``saved`` (a dict) cannot continue under ``cfg`` ("" when it can): every
+    key that can change a number (all but :data:`RESUME_FREE_KEYS`) must be as it was trained with; each one that
+    differs is named with both values."""
+    changed = [(k, a, b) for k, a, b in _differences(saved, to_dict(cfg)) if not _free(k)]
+    shown = lambda v: "(absent)" if v is _ABSENT else short(v)  # noqa: E731
+    return "; ".join(f"{k}: {shown(a)} -> {shown(b)}" for k, a, b in changed)

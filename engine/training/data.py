@@ -15,9 +15,9 @@ from engine.training.config import TrainConfig
 from utils.config import LoaderParams
 from utils.distributed import DistInfo
 from utils.errors import ConfigError, DataError
-from utils.runtime import default_workers, seed_worker
+from utils.runtime import cpu_count, default_workers, seed_worker
 
-__all__ = ["load_training_data", "load_regression_data", "training_loader"]
+__all__ = ["load_training_data", "load_regression_data", "loader_workers", "training_loader"]
 
 _logger = logging.getLogger(__name__)
 
@@ -122,11 +122,31 @@ def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, Di
     return train, val, counts
 
 
+def loader_workers(cfg: TrainConfig, device: torch.device, log: bool) -> Dict[str, int]:
+    """Worker processes of the ``train`` and ``val`` loaders: ``dataloader.{train,val}.params.num_workers`` as far
+    as this machine has the CPUs (torch's own limit, past which it warns at every loader), unset:
+    :func:`utils.runtime.default_workers`. The count changes no number: the items and their order do not depend on
+    it. ``log``: say in one line when a config asks for more than the machine has."""
+    cpus = cpu_count()
+    workers: Dict[str, int] = {}
+    asked: List[str] = []
+    for name in ("train", "val"):
+        n = getattr(cfg.dataloader, name).params.num_workers
+        workers[name] = default_workers(device) if n is None else min(n, cpus)
+        if n is not None and n > cpus:
+            asked.append(f"dataloader.{name}.params.num_workers {n}")
+    if asked and log:
+        _logger.info("%s asked for, this machine has %d CPUs: %d worker processes instead (--workers N sets both)",
+                     " and ".join(asked), cpus, cpus)
+    return workers
+
+
 def training_loader(cfg: TrainConfig, data: TrainingSet, train: bool, epoch: int, info: DistInfo,
-                    device: torch.device, seeded: bool, warn: bool) -> DataLoader:
+                    device: torch.device, seeded: bool, workers: int, warn: bool) -> DataLoader:
     """The DataLoader of one epoch: ``dataloader.train`` (shuffled) or ``dataloader.val``; under torchrun each
     process takes its share of the global batch. ``seeded``: shuffle with a generator seeded by the epoch (else the
-    global RNG, as the official ``RandomSampler``); ``warn``: say when a lone last image is left out."""
+    global RNG, as the official ``RandomSampler``); ``workers``: its worker processes (:func:`loader_workers`);
+    ``warn``: say when a lone last image is left out."""
     params: LoaderParams = (cfg.dataloader.train if train else cfg.dataloader.val).params
     if params.batch_size % info.world:
         raise ConfigError(f"batch_size {params.batch_size} must be divisible by the {info.world} processes")
@@ -145,7 +165,6 @@ def training_loader(cfg: TrainConfig, data: TrainingSet, train: bool, epoch: int
         shuffle = None
     else:
         sampler, shuffle = None, params.shuffle and train
-    workers = params.num_workers if params.num_workers is not None else default_workers(device)
     kwargs: Dict[str, Any] = {}
     if workers > 0:
         kwargs["persistent_workers"] = params.persistent_workers

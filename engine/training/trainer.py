@@ -13,7 +13,7 @@ from torch import nn
 
 from dataset.transforms import normalize
 from engine.training.config import TrainConfig, build_optimizer, resume_mismatch
-from engine.training.data import training_loader
+from engine.training.data import loader_workers, training_loader
 from engine.training.model_file import ModelSpec, resolve_model
 from engine.training.objective import OBJECTIVES, Objective
 from engine.training.policy import TrainingPolicy
@@ -22,15 +22,15 @@ from model.build import build_model
 from model.checkpoint import load_backbone
 from model.conv_grad import use_fast_weight_grad
 from model.registry import VARIANTS
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.config import to_dict
 from utils.distributed import all_reduce_sum
 from utils.errors import ConfigError, RunError, first_line
-from utils.io import write_json
+from utils.io import OutputError, write_json
 from utils.run_log import RunLog
 from utils.runtime import rng_state, set_rng_state
 
-__all__ = ["optimizer_groups", "Trainer", "train"]
+__all__ = ["optimizer_groups", "group_names", "check_output", "Trainer", "train"]
 
 _logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ CHECKPOINT_VERSION = 1
 BEST_MODEL = "model.pth"
 LAST_CHECKPOINT = "last.pt"
 TRAINING_FIGURE = "train_log.png"
+TRAINING_LOG = "train_log.csv"
+HISTORY = "history.json"
+#: The files of a run in its output folder (``config.json`` is :class:`utils.run_log.RunLog`'s).
+RUN_FILES = (BEST_MODEL, LAST_CHECKPOINT, TRAINING_LOG, HISTORY, "config.json", TRAINING_FIGURE)
 
 
 # ------------------------------------------------------------------------------------------------- model parts
@@ -67,6 +71,65 @@ def optimizer_groups(model: nn.Module, cfg: TrainConfig, freeze: bool = True) ->
     return groups
 
 
+#: What each part an optimizer group may name is, for the figure's legend.
+_PARTS = {"mlp": "head", "linear": "head", "base_model": "backbone", "base": "backbone"}
+
+
+def group_names(cfg: TrainConfig) -> List[str]:
+    """What each optimizer group trains, in the optimizer's order (``mlp (head)``, ``base_model (last 100
+    tensors)``)."""
+    return [f"{g.params} ({f'last {g.limit} tensors' if g.limit is not None else _PARTS[g.params]})"
+            for g in (cfg.optimizer.group_1, cfg.optimizer.group_2) if g is not None]
+
+
+# ------------------------------------------------------------------------------------------------- output folder
+def _run_files(folder: str) -> List[str]:
+    """The files of a training run that ``folder`` holds (none when it is not a folder)."""
+    return [name for name in RUN_FILES if os.path.lexists(os.path.join(folder, name))] if os.path.isdir(folder) else []
+
+
+def _same_folder(path: str, folder: str) -> bool:
+    return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(folder)
+
+
+def check_output(cfg: TrainConfig) -> List[str]:
+    """Before any work: the run files already in the output folder that this run replaces (``base.overwrite``), or
+    none. A folder holding a run is refused unless this run resumes it (``base.resume`` in the same folder) or
+    replaces it, so that two runs never mix their files.
+
+    Raises:
+        ConfigError: One line naming ``--resume`` with the folder's ``last.pt`` (when it has one), ``--output`` and
+            ``--overwrite``.
+    """
+    out, resume = cfg.base.save_path, cfg.base.resume
+    found = _run_files(out)
+    resuming_here = bool(resume) and _same_folder(resume, out)
+    if cfg.base.overwrite and resuming_here:
+        raise ConfigError(f"--overwrite (base.overwrite) would remove the run in '{out}' that --resume "
+                          f"'{resume}' continues; drop one of them")
+    if not found or resuming_here or cfg.base.overwrite:
+        return found if cfg.base.overwrite else []
+    last = os.path.join(out, LAST_CHECKPOINT)
+    resume_hint = (f"continue it with --resume {last}, " if LAST_CHECKPOINT in found else
+                   f"it has no {LAST_CHECKPOINT} to resume from; ")
+    raise ConfigError(f"output folder '{out}' (base.save_path) holds a training run ({', '.join(found)}); "
+                      f"{resume_hint}write to another --output, or add --overwrite to replace it")
+
+
+def _remove(folder: str, names: List[str]) -> None:
+    """Remove the files ``names`` of an earlier run from ``folder`` (``base.overwrite``)."""
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise OutputError(f"cannot remove '{path}' of the earlier run (--overwrite): {exc.strerror or exc}; "
+                              "remove it or choose another --output") from None
+    _logger.info("--overwrite: removed the earlier run's %s from %s", ", ".join(names), folder)
+
+
 # ------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains the model ``cfg`` names; see :func:`train`."""
@@ -76,9 +139,12 @@ class Trainer:
         self.spec: ModelSpec = resolve_model(cfg)
         objective = OBJECTIVES[self.spec.kind]
         objective.check(cfg)
+        self.replaced = check_output(cfg)  # removed as the run starts writing, once everything before has worked
+        resume_state = self._read_resume(cfg.base.resume) if cfg.base.resume else None
         self.run = TrainingRun(cfg.base.device, cfg.base.seed, cfg.base.save_path, "base.save_path / --output",
                                cfg.base.deterministic)
         self.info, self.device = self.run.info, self.run.device
+        self.workers = loader_workers(cfg, self.device, log=self.info.main)
         self.objective: Objective = objective(cfg, self.device)  # the data and the loss of the model's kind
         self.criterion = self.objective.criterion
         self._build_model()
@@ -87,8 +153,8 @@ class Trainer:
         self.best_val = float("inf")
         self.history: List[Dict[str, Any]] = []
         self.run_log = RunLog.null()
-        if cfg.base.resume:
-            self._resume(cfg.base.resume)
+        if resume_state is not None:
+            self._restore(resume_state, cfg.base.resume)
         self.ddp_model: nn.Module = self.run.wrap(self.model)
         self.train_model: Optional[nn.Module] = None  # the compiled training forward, when the policy compiles
         self.compiling = self.policy.compile          # off after a compiler failure (the config is left as it is)
@@ -155,7 +221,8 @@ class Trainer:
 
         self.ddp_model.train()
         loader = training_loader(self.cfg, self.objective.train_set, True, epoch, self.info, self.device,
-                                 self.policy.seeded_loader, warn=epoch == self.start_epoch and self.info.main)
+                                 self.policy.seeded_loader, self.workers["train"],
+                                 warn=epoch == self.start_epoch and self.info.main)
         names = ("loss", *self.criterion.terms)
         sums = torch.zeros(len(names) + 1, dtype=torch.float64)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.cfg.base.epochs}", unit="batch",
@@ -207,7 +274,7 @@ class Trainer:
         names = ("loss", *self.criterion.terms)
         sums = torch.zeros(len(names) + 1, dtype=torch.float64)
         loader = training_loader(self.cfg, self.objective.val_set, False, 0, self.info, self.device,
-                                 self.policy.seeded_loader, warn=False)
+                                 self.policy.seeded_loader, self.workers["val"], warn=False)
         for batch in loader:
             terms = self._forward(batch, adjust=False, amp=self.policy.validation_autocast)
             if terms is None:
@@ -234,15 +301,22 @@ class Trainer:
                 "best_val": self.best_val, "rng": rng_state(), "config": to_dict(self.cfg),
                 "history": self.history}
 
-    def _resume(self, path: str) -> None:
-        state = self.run.read_resume(path, "base.resume", needed=("optimizer", "config"), version=CHECKPOINT_VERSION,
-                                     what="a resumable checkpoint of this project (use last.pt)")
+    def _read_resume(self, path: str) -> Dict[str, Any]:
+        """The checkpoint to resume from, read before any work: it must train the same model with the same settings
+        (those that can change a number; see :func:`engine.training.config.resume_mismatch`)."""
+        state = read_checkpoint(path, "base.resume", needed=("optimizer", "config"), version=CHECKPOINT_VERSION,
+                                what="a resumable checkpoint of this project (use last.pt)")
         held = state.get("variant") or (state["config"].get("model") or {}).get("name")
         if held != self.spec.name:
             raise ConfigError(f"base.resume: '{path}' trains {held}, the config {self.spec.name}")
         mismatch = resume_mismatch(state["config"], self.cfg)
         if mismatch:
-            raise ConfigError(f"base.resume: '{path}' {mismatch}; resume with the config it was trained with")
+            raise ConfigError(f"base.resume: '{path}' was trained with other settings ({mismatch}); resume with the "
+                              "settings it was trained with, or train anew into another --output")
+        return state
+
+    def _restore(self, state: Dict[str, Any], path: str) -> None:
+        """Continue from the checkpoint ``state`` (read from ``path``): weights, optimizer, scaler, RNGs, history."""
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -259,14 +333,17 @@ class Trainer:
 
         title = f"training {self.spec.name} ({self.policy.mode} mode): losses per epoch and learning rates"
         write_figure(os.path.join(self.cfg.base.save_path, TRAINING_FIGURE),
-                     lambda: training_curves(self.history, title))
+                     lambda: training_curves(self.history, title, group_names(self.cfg)))
 
     # ----------------------------------------------------------------------------------------- run
     def fit(self) -> Dict[str, Any]:
         cfg = self.cfg
         out = cfg.base.save_path
         names = ("loss", *self.criterion.terms)
-        self.run_log = self.run.log(cfg, "train_log.csv", ["epoch", "step", "images", *names],
+        if self.replaced and self.info.main:
+            _remove(out, self.replaced)
+            self.replaced = []
+        self.run_log = self.run.log(cfg, TRAINING_LOG, ["epoch", "step", "images", *names],
                                     resumed=self.start_epoch > 0, wandb_cfg=cfg.wandb)
         if self.info.main:
             _logger.info("training %s (%s mode): %d training / %d validation items%s, %d process(es) on %s",
@@ -289,7 +366,7 @@ class Trainer:
                     if improved:
                         save_checkpoint(os.path.join(out, BEST_MODEL), self.model.state_dict())
                     save_checkpoint(os.path.join(out, LAST_CHECKPOINT), self._checkpoint(epoch + 1))
-                    write_json(os.path.join(out, "history.json"), self.history)
+                    write_json(os.path.join(out, HISTORY), self.history)
                     if cfg.base.figure:
                         self._write_figure()
                     self.run_log.flush()
@@ -301,9 +378,10 @@ class Trainer:
         finally:
             self.run_log.close()
             self.run.close()
-        return {"history": self.history, "best_val": self.best_val}
+        return {"history": self.history, "best_val": self.best_val, "main": self.info.main}
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
-    """Train with ``cfg``; returns the per-epoch history and the best validation loss."""
+    """Train with ``cfg``; returns the per-epoch history, the best validation loss and whether this is the first
+    process (the one that reports, under torchrun)."""
     return Trainer(cfg).fit()
