@@ -21,17 +21,10 @@ def save_checkpoint(path: str, obj: Any) -> None:
 
 def read_checkpoint(path: str, key: str, needed: Sequence[str] = (), version: Optional[int] = None,
                     what: str = "a resumable checkpoint of this project") -> Dict[str, Any]:
-    """Load a checkpoint to resume from (``weights_only=True``) and check its layout.
-
-    Args:
-        key: The config key that names ``path``, for messages.
-        needed: Keys the checkpoint must have.
-        version: The format version it must carry (None: any, e.g. the official denoiser's has none).
-        what: What it must be, for messages.
-
-    Raises:
-        ConfigError: Missing, unreadable, not a dict, another version, or missing keys.
-    """
+    """Load a checkpoint to resume from (``weights_only=True``) that has the keys ``needed`` and carries the format
+    ``version`` (None: any, as the official denoiser's has none); messages name the config ``key`` and ``what`` it
+    must be. Anything else (missing, unreadable, not a dict, another version, missing keys) is a
+    :class:`ConfigError`."""
     if not os.path.isfile(path):
         raise ConfigError(f"{key}: checkpoint '{path}' not found")
     try:

@@ -22,32 +22,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Flag:
-    """A named flag that sets one config key.
+    """A named flag that sets one config key."""
 
-    Attributes:
-        names: ``("--images",)`` or ``("-q", "--quiet")``.
-        key: The dotted config key it sets (``dataset.loc``).
-        help: What it is; the key is added to the help text.
-        also: More keys it sets to the same value (one ``--workers`` for both training loaders).
-        type: ``int``, ``float`` or ``str`` (default).
-        const: A switch: given, it sets ``key`` to this value.
-        choices: Called for the allowed values (``model.registry.variant_names``), or None.
-        nargs: ``+`` for a list.
-        append: Repeatable; the values form a list.
-        convert: Maps the parsed value to the config value (``LABEL=FILE`` -> a mapping).
-        metavar: The value's name in the help text.
-    """
-
-    names: Tuple[str, ...]
-    key: str
-    help: str
-    also: Tuple[str, ...] = ()
+    names: Tuple[str, ...]             # ("--images",) or ("-q", "--quiet")
+    key: str                           # the dotted config key it sets (dataset.loc)
+    help: str                          # what it is; the key is added to the help text
+    also: Tuple[str, ...] = ()         # more keys set to the same value (one --workers for both training loaders)
     type: Callable[[str], Any] = str
-    const: Any = None
-    choices: Optional[Callable[[], Sequence[str]]] = None
-    nargs: Optional[str] = None
-    append: bool = False
-    convert: Optional[Callable[[Any], Any]] = None
+    const: Any = None                  # a switch: given, it sets key to this value
+    choices: Optional[Callable[[], Sequence[str]]] = None  # called for the allowed values (variant_names)
+    nargs: Optional[str] = None        # + for a list
+    append: bool = False               # repeatable; the values form a list
+    convert: Optional[Callable[[Any], Any]] = None  # parsed value -> config value (LABEL=FILE -> a mapping)
     metavar: Optional[str] = None
 
     @property
@@ -149,12 +135,9 @@ def run_cli(main: Callable[[Optional[List[str]]], int], argv: Optional[List[str]
         _startup_paused = True
     try:
         return main(argv)
-    except UserError as exc:
+    except (UserError, RunError) as exc:
         print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except RunError as exc:
-        print(f"{prog}: error: {one_line(str(exc))}", file=sys.stderr)
-        return EXIT_RUN_ERROR
+        return EXIT_USER_ERROR if isinstance(exc, UserError) else EXIT_RUN_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ import yaml
 
 from utils.errors import ConfigError, first_line
 
-__all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check", "check_seed", "check_batch",
+__all__ = ["load_yaml", "from_dict", "to_dict", "set_by_path", "load_config", "check", "check_batch",
            "check_workers", "key", "short", "parse_set", "NO_EFFECT_KEYS", "MAX_SEED", "MAX_BATCH", "MAX_WORKERS",
            "RunBase", "FolderBase", "LoaderParams"]
 
@@ -210,14 +210,8 @@ def _no_effect(dotted: str, value: Any) -> bool:
 
 
 def from_dict(cls: Type[T], data: Mapping[str, Any], source: str = "config", prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types.
-
-    Args:
-        cls: Dataclass type; nested dataclass fields are filled recursively.
-        data: Parsed YAML mapping.
-        source: Name of the file or origin, used in error messages.
-        prefix: Dotted path of ``data`` inside the whole config, used in error messages.
-    """
+    """Build dataclass ``cls`` (nested sections recursively) from a mapping, rejecting unknown keys and wrong types;
+    messages name the file or origin ``source`` and the key, ``prefix`` being the dotted path of ``data``."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
     kwargs: Dict[str, Any] = {}
@@ -259,16 +253,11 @@ def set_by_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-
 #: Ranges that values must keep so that they cannot crash a run later (torch seeds are 64-bit; larger batches or
 #: worker counts than these are typos, not settings).
 MAX_SEED = 2 ** 63 - 1
 MAX_BATCH = 1 << 20
 MAX_WORKERS = 256
-
-
-def check_seed(value: int, key: str) -> None:
-    check(0 <= value <= MAX_SEED, f"'{key}' must be between 0 and 2**63 - 1, got {value}")
 
 
 def check_batch(value: Optional[int], key: str) -> None:
@@ -288,7 +277,7 @@ class RunBase:
     device: str = "auto"               # auto (CUDA when present), cpu, cuda or cuda:N
 
     def __post_init__(self) -> None:
-        check_seed(self.seed, key("seed"))
+        check(0 <= self.seed <= MAX_SEED, f"'{key('seed')}' must be between 0 and 2**63 - 1, got {self.seed}")
 
 
 @dataclasses.dataclass
@@ -333,15 +322,8 @@ def check(condition: bool, message: str) -> None:
 
 def load_config(cls: Type[T], path: Optional[str], overrides: Mapping[str, Any],
                 sets: Sequence[str] = ()) -> T:
-    """The YAML file at ``path`` (none: defaults only) with command-line ``overrides`` and ``--set`` items applied,
-    as ``cls``.
-
-    Args:
-        cls: The config dataclass.
-        path: YAML file, or None.
-        overrides: Dotted key (``base.device``) -> value; ``None`` values are not given on the command line.
-        sets: ``KEY=VALUE`` items of ``--set``, applied last (see :func:`parse_set`).
-    """
+    """The YAML file at ``path`` (none: defaults only) as ``cls``, with command-line ``overrides`` (dotted key ->
+    value; ``None``: not given) and then the ``KEY=VALUE`` items of ``--set`` (:func:`parse_set`) applied."""
     raw: Dict[str, Any] = load_yaml(path) if path else {}
     for dotted, value in overrides.items():
         if value is not None:
@@ -373,10 +355,7 @@ def _field_type(cls: Any, dotted: str) -> Any:
 def parse_set(cls: Any, item: str) -> Tuple[str, Any]:
     """``--set KEY=VALUE`` as ``(key, value)``: the value is read as YAML (``5``, ``1e-4``, ``null``, ``[0.9, 0.99]``),
     except for a text key, which takes it as it is (``null`` still clears an optional one); the schema checks it.
-
-    Raises:
-        ConfigError: Not ``KEY=VALUE``, an unknown key (names the known ones), or a value that is not YAML.
-    """
+    Not ``KEY=VALUE``, an unknown key or a value that is not YAML is a :class:`ConfigError`."""
     if "=" not in item:
         raise ConfigError(f"--set takes KEY=VALUE (e.g. --set base.seed=7), got {short(item)}")
     shown = item if len(item) <= 80 else item[:77] + "..."

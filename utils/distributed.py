@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 import torch
+import torch.distributed as dist
 
 from utils.runtime import resolve_device
 
@@ -32,8 +33,6 @@ def init_distributed(device_spec: str) -> Tuple[DistInfo, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(), resolve_device(device_spec)
-    import torch.distributed as dist
-
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     use_cuda = device_spec != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
@@ -48,16 +47,12 @@ def init_distributed(device_spec: str) -> Tuple[DistInfo, torch.device]:
 def finish_distributed(info: DistInfo) -> None:
     """Wait for every process, then leave the process group (no-op for a single process)."""
     if info.enabled:
-        import torch.distributed as dist
-
         dist.barrier()
         dist.destroy_process_group()
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
-        import torch.distributed as dist
-
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
@@ -65,8 +60,6 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     """Wait for every process (no-op for a single process)."""
     if info.enabled:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -74,8 +67,6 @@ def broadcast_from_main(values: List[int], info: DistInfo) -> List[int]:
     """The first process's ``values`` on every process."""
     if not info.enabled:
         return list(values)
-    import torch.distributed as dist
-
     tensor = torch.tensor(values, dtype=torch.int64)
     dist.broadcast(tensor, src=0)
     return [int(v) for v in tensor.tolist()]

@@ -19,6 +19,7 @@ import errno
 import functools
 import glob
 import hashlib
+import http.client
 import io
 import logging
 import math
@@ -28,11 +29,16 @@ import stat
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from typing import Callable, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+import torch.hub
+from tqdm import tqdm
+
 from utils.errors import CheckpointError, ConfigError, RunError, first_line
-from utils.io import OutputError, _file_mode, sha256_of
+from utils.io import OutputError, _file_mode, atomic_open, sha256_of
 from utils.lock import FolderLock, LockTimeout
 
 __all__ = ["MIRROR_ENV", "TIMEOUT_ENV", "DEFAULT_TIMEOUT", "MAX_TIMEOUT", "MIN_BYTES", "ATTEMPTS", "WAIT_TIMEOUTS",
@@ -66,8 +72,6 @@ _BLOCK = 1 << 16
 
 def cache_dir() -> str:
     """torch's checkpoint cache: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``)."""
-    import torch.hub
-
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
@@ -81,12 +85,8 @@ def _is_http(url: str) -> bool:
 
 
 def source_url(url: str) -> str:
-    """``url``, or its path on the mirror ``$EDIFFIQA_MIRROR`` when that is set.
-
-    Raises:
-        ConfigError: The mirror is not ``http(s)://host[:port][/path]``, or ``url`` where no mirror is set is not an
-            ``http``/``https`` address.
-    """
+    """``url``, or its path on the mirror ``$EDIFFIQA_MIRROR`` when that is set; a mirror that is not
+    ``http(s)://host[:port][/path]``, or else a ``url`` that is not ``http``/``https``, is a :class:`ConfigError`."""
     mirror = os.environ.get(MIRROR_ENV, "").strip()
     if not mirror:
         if not _is_http(url):
@@ -123,11 +123,8 @@ def _mirror_problem(mirror: str) -> str:
 
 def fetch_timeout() -> float:
     """Seconds a connect, the answer's headers, and each :data:`MIN_BYTES` of the body may take:
-    ``$EDIFFIQA_FETCH_TIMEOUT``, else :data:`DEFAULT_TIMEOUT`.
-
-    Raises:
-        ConfigError: The variable is not a number above 0 and at most :data:`MAX_TIMEOUT`.
-    """
+    ``$EDIFFIQA_FETCH_TIMEOUT``, else :data:`DEFAULT_TIMEOUT`; a :class:`ConfigError` unless it is a number above 0
+    and at most :data:`MAX_TIMEOUT`."""
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
         return DEFAULT_TIMEOUT
@@ -144,20 +141,10 @@ def fetch_timeout() -> float:
 
 def fetch(url: str, name: str, what: str, sha256: Optional[str] = None, size: Optional[int] = None,
           progress: bool = True, check: Optional[Check] = None) -> str:
-    """The cached file ``name`` from ``url``, fetched first if the cache does not hold it.
-
-    Args:
-        url: Where the file is published (see :func:`source_url` for mirrors).
-        name: Its file name in the cache (the source's own name).
-        what: What it is, for messages (``eDifFIQA(T) weights``).
-        sha256: Its pinned SHA-256, or None (then the first download's is recorded and checked later).
-        size: Its size in bytes, when known.
-        progress: Show a progress bar while downloading.
-        check: Checks that a file is what was asked for (see :data:`Check`); run on a download before it is kept
-            and on a cached file that is not pinned before it is used.
-
-    Returns:
-        The path of the verified file.
+    """The path of the verified cached file ``name`` (the source's own name) from ``url`` (or its mirror,
+    :func:`source_url`), fetched first if the cache does not hold it; ``what`` names it in messages (``eDifFIQA(T)
+    weights``). Without a pinned ``sha256`` the first download's is recorded and checked later. ``check``
+    (:data:`Check`) runs on a download before it is kept and on a cached file that is not pinned before it is used.
 
     Raises:
         ConfigError: ``$EDIFFIQA_MIRROR`` or ``$EDIFFIQA_FETCH_TIMEOUT`` is not usable (before any network or lock).
@@ -215,8 +202,6 @@ def _delete(path: str, record: Optional[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- the cache
-
-
 def _cached(path: str, what: str, sha256: Optional[str], check: Optional[Check]) -> Optional[str]:
     """``path`` when the cache holds the verified file there, None when it holds nothing there; reads only, except
     that the SHA-256 of a file placed by hand is recorded (when the folder can be written)."""
@@ -224,14 +209,9 @@ def _cached(path: str, what: str, sha256: Optional[str], check: Optional[Check])
         return None
     record = None if sha256 is not None else path + ".sha256"
     delete = _delete(path, record if record and os.path.lexists(record) else None)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise CheckpointError(f"the cache path of the {what} '{path}' cannot be used ({exc.strerror or exc}); "
-                              f"{delete}") from None
-    if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise CheckpointError(f"the cache path of the {what} '{path}' is {kind}; {delete}")
+    problem = _not_a_file(path)
+    if problem:
+        raise CheckpointError(f"the cache path of the {what} '{path}' {problem}; {delete}")
     label = f"the cached file for the {what} ('{path}')"
     try:
         digest = sha256_of(path)
@@ -267,44 +247,40 @@ def _read_record(record: str, label: str, delete: str) -> Optional[str]:
     """The SHA-256 recorded in ``record``, or None when there is no record."""
     if not os.path.lexists(record):
         return None
-    try:
-        mode = os.stat(record).st_mode
-    except OSError as exc:
-        problem = f"cannot be used ({exc.strerror or exc})"
-    else:
-        if stat.S_ISDIR(mode):
-            problem = "is a folder"
-        elif not stat.S_ISREG(mode):
-            problem = "is not a regular file"
+    problem = _not_a_file(record)
+    if not problem:
+        try:
+            with open(record, "rb") as handle:
+                words = handle.read(4096).decode("utf-8").split()
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or exc})"
+        except UnicodeDecodeError:
+            problem = "is not UTF-8 text"
         else:
-            try:
-                with open(record, "rb") as handle:
-                    raw = handle.read(4096)
-            except OSError as exc:
-                problem = f"cannot be read ({exc.strerror or exc})"
-            else:
-                try:
-                    words = raw.decode("utf-8").split()
-                except UnicodeDecodeError:
-                    problem = "is not UTF-8 text"
-                else:
-                    # Ours holds the digest; sha256sum's form ("<digest>  <name>") is read too.
-                    if words and re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
-                        return words[0].lower()
-                    problem = "does not hold a SHA-256 (64 hexadecimal digits)"
+            # Ours holds the digest; sha256sum's form ("<digest>  <name>") is read too.
+            if words and re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+                return words[0].lower()
+            problem = "does not hold a SHA-256 (64 hexadecimal digits)"
     raise CheckpointError(f"the SHA-256 record '{record}' of {label} {problem}; {delete}")
 
 
-def _write_text(path: str, text: str) -> None:
-    from utils.io import atomic_open
+def _not_a_file(path: str) -> str:
+    """Why ``path`` cannot be read as a regular file ("" when it can)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot be used ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    return "" if stat.S_ISREG(mode) else "is not a regular file"
 
+
+def _write_text(path: str, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
 # ---------------------------------------------------------------------------------------------------- the lock
-
-
 def _lock(path: str, what: str, timeout: float) -> FolderLock:
     """The download lock of ``path``, taken: a process that must wait says so once, and gives up when the holder's
     download has not grown for ``WAIT_TIMEOUTS * timeout`` seconds."""
@@ -358,8 +334,6 @@ def _grown(path: str) -> Tuple[Tuple[str, int], ...]:
 
 
 # ------------------------------------------------------------------------------------------------ the transfer
-
-
 class _Failed(Exception):
     """A try that failed: its one-line reason, and whether another try may succeed."""
 
@@ -462,17 +436,10 @@ def _transfer(url: str, handle, size: Optional[int], timeout: float, progress: b
               name: str) -> Tuple[int, str, str]:
     """Stream ``url`` into ``handle``; ``(bytes received, content type or "", SHA-256)`` of a transfer that ended as
     the server announced. What arrives is written through at once, so that a process waiting for this download sees
-    it grow.
-
-    Raises:
-        _Failed: No answer in time, an answer other than ``200 OK`` with the file itself, a stall (less than
-            :data:`MIN_BYTES` in ``timeout`` seconds), a cut, or more (or, by ``Content-Length``, other) bytes than
-            the published ``size``.
+    it grow. :class:`_Failed`: no answer in time, an answer other than ``200 OK`` with the file itself, a stall (less
+    than :data:`MIN_BYTES` in ``timeout`` seconds), a cut, or more (or, by ``Content-Length``, other) bytes than the
+    published ``size``.
     """
-    import urllib.request
-
-    from tqdm import tqdm
-
     request = urllib.request.Request(url, headers={"User-Agent": "ediffiqa-fetch", "Accept-Encoding": "identity"})
     try:
         response = _opener(time.monotonic() + timeout).open(request, timeout=timeout)
@@ -593,112 +560,103 @@ class _Clock(io.RawIOBase):
         super().close()
 
 
-@functools.lru_cache(maxsize=None)
-def _http() -> dict:
-    """The clocked classes of ``http.client`` and ``urllib``: made once, at the first download (``http.client`` is
-    not imported by runs that fetch nothing)."""
-    import http.client
-    import urllib.error
-    import urllib.request as request
+class _Response(http.client.HTTPResponse):
+    """An answer read through a :class:`_Clock`; an answer whose headers end in a closed connection is
+    :class:`_Closed` (http.client would take the headers that came, and an empty body)."""
 
-    class Response(http.client.HTTPResponse):
-        """An answer read through a :class:`_Clock`; an answer whose headers end in a closed connection is
-        :class:`_Closed` (http.client would take the headers that came, and an empty body)."""
+    def __init__(self, sock, *args, deadline: float, timeout: float, **kwargs) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.clock = _Clock(self.fp.detach(), sock, deadline, timeout)
+        self.fp = io.BufferedReader(self.clock)
 
-        def __init__(self, sock, *args, deadline: float, timeout: float, **kwargs) -> None:
-            super().__init__(sock, *args, **kwargs)
-            self.clock = _Clock(self.fp.detach(), sock, deadline, timeout)
-            self.fp = io.BufferedReader(self.clock)
-
-        def begin(self) -> None:
-            try:
-                super().begin()
-            except http.client.HTTPException:
-                if self.clock.eof:
-                    raise _Closed(self.clock.received) from None
-                raise
+    def begin(self) -> None:
+        try:
+            super().begin()
+        except http.client.HTTPException:
             if self.clock.eof:
-                raise _Closed(self.clock.received)
-            self.clock.start_body()
-
-    def clocked(base):
-        class Connection(base):
-            def __init__(self, *args, deadline: float, **kwargs) -> None:
-                super().__init__(*args, **kwargs)
-                self.response_class = functools.partial(Response, deadline=deadline, timeout=self.timeout)
-
-        return Connection
-
-    plain, secure = clocked(http.client.HTTPConnection), clocked(http.client.HTTPSConnection)
-
-    class HTTPHandler(request.HTTPHandler):
-        deadline = 0.0
-
-        def http_open(self, req):
-            return self.do_open(functools.partial(plain, deadline=self.deadline), req)
-
-    class HTTPSHandler(request.HTTPSHandler):
-        deadline = 0.0
-
-        def https_open(self, req):
-            return self.do_open(functools.partial(secure, deadline=self.deadline), req, context=self._context)
-
-    class Redirects(request.HTTPRedirectHandler):
-        """Redirects to http(s) only; one line for a loop or an address that cannot be read."""
-
-        def http_error_302(self, req, fp, code, msg, headers):
-            location = headers.get("Location") or headers.get("URI") or ""
-            answer = f"HTTP {code} {_shown(msg)}"
-            try:
-                scheme = urlsplit(location).scheme.lower()
-            except ValueError:
-                scheme = None
-            if scheme not in ("", "http", "https"):
-                fp.close()
-                raise _Failed(f"{answer} redirects to {_shown(location)!r}, not an http(s) address", False)
-            try:
-                return super().http_error_302(req, fp, code, msg, headers)
-            except urllib.error.HTTPError as exc:
-                if not str(exc.msg).startswith(self.inf_msg):
-                    raise
-                exc.close()
-                raise _Failed(f"a redirect loop ({answer}, to an address already visited {self.max_repeats} times "
-                              f"or after {self.max_redirections} redirects)", False) from None
-            except ValueError:
-                raise _Failed(f"{answer} redirects to an address that cannot be read ({_shown(location)!r})",
-                              False) from None
-
-        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-    return {"http": HTTPHandler, "https": HTTPSHandler, "redirects": Redirects}
+                raise _Closed(self.clock.received) from None
+            raise
+        if self.clock.eof:
+            raise _Closed(self.clock.received)
+        self.clock.start_body()
 
 
-def _opener(deadline: float):
+def _clocked(base):
+    """``base`` (an ``http.client`` connection class) answering through :class:`_Response`, due by ``deadline``."""
+    class Connection(base):
+        def __init__(self, *args, deadline: float, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.response_class = functools.partial(_Response, deadline=deadline, timeout=self.timeout)
+
+    return Connection
+
+
+_Plain, _Secure = _clocked(http.client.HTTPConnection), _clocked(http.client.HTTPSConnection)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    deadline = 0.0  # set by _opener
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_Plain, deadline=self.deadline), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    deadline = 0.0  # set by _opener
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_Secure, deadline=self.deadline), req, context=self._context)
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Redirects to http(s) only; one line for a loop or an address that cannot be read."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("Location") or headers.get("URI") or ""
+        answer = f"HTTP {code} {_shown(msg)}"
+        try:
+            scheme = urlsplit(location).scheme.lower()
+        except ValueError:
+            scheme = None
+        if scheme not in ("", "http", "https"):
+            fp.close()
+            raise _Failed(f"{answer} redirects to {_shown(location)!r}, not an http(s) address", False)
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.HTTPError as exc:
+            if not str(exc.msg).startswith(self.inf_msg):
+                raise
+            exc.close()
+            raise _Failed(f"a redirect loop ({answer}, to an address already visited {self.max_repeats} times "
+                          f"or after {self.max_redirections} redirects)", False) from None
+        except ValueError:
+            raise _Failed(f"{answer} redirects to an address that cannot be read ({_shown(location)!r})",
+                          False) from None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(deadline: float) -> urllib.request.OpenerDirector:
     """urllib for http and https only: proxies from the environment, redirects to http(s) followed, the answer
     (through all redirects) due by ``deadline`` (``time.monotonic()``) and its body read under the clock
     (:class:`_Clock`)."""
-    import urllib.request as request
-
-    classes = _http()
+    request = urllib.request
     opener = request.OpenerDirector()
-    http_handler, https_handler = classes["http"](), classes["https"]()
+    http_handler, https_handler = _HTTPHandler(), _HTTPSHandler()
     http_handler.deadline = https_handler.deadline = deadline
     for handler in (request.ProxyHandler(), request.UnknownHandler(), http_handler, request.HTTPDefaultErrorHandler(),
-                    classes["redirects"](), request.HTTPErrorProcessor(), https_handler):
+                    _Redirects(), request.HTTPErrorProcessor(), https_handler):
         opener.add_handler(handler)
     return opener
 
 
 def _failure(exc: BaseException, timeout: float, got: int, total: Optional[int] = None) -> _Failed:
     """What a failed open or read means, in one line, and whether another try may succeed."""
-    import http.client
-    from urllib.error import HTTPError, URLError
-
     if isinstance(exc, _Failed):
         return exc
-    if isinstance(exc, HTTPError):
+    if isinstance(exc, urllib.error.HTTPError):
         return _Failed(f"HTTP {exc.code} {_shown(exc.reason)}", exc.code >= 500 or exc.code in (408, 429))
-    if isinstance(exc, URLError):
+    if isinstance(exc, urllib.error.URLError):
         if not isinstance(exc.reason, BaseException):
             return _Failed(_shown(exc.reason), False)
         exc = exc.reason

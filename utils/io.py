@@ -1,20 +1,30 @@
-"""Atomic file writing and safe reading of the official pickle formats."""
+"""Atomic file writing and safe reading of the official pickle formats.
+
+torch is imported only where a file holds tensors: ``evaluate.py`` reads score and embedding pickles without it.
+"""
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
+import functools
+import hashlib
 import io
 import json
 import os
 import pickle
+import stat
 import tempfile
+import warnings
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, Sequence, Tuple
+
+import numpy as np
 
 from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
            "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "open_regular",
-           "read_json", "sha256_of", "OutputError", "TEXT_ERRORS"]
+           "read_regular", "read_json", "sha256_of", "OutputError", "TEXT_ERRORS"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -33,15 +43,9 @@ def _file_mode() -> int:
 
 
 def open_regular(path: str, flags: int = os.O_RDONLY, fix: str = "remove it") -> int:
-    """``os.open`` that never follows a symbolic link and admits only a regular file (``O_CREAT`` in ``flags``
-    creates one); for files in an output folder, which a run must not trust.
-
-    Returns:
-        The file descriptor.
-
-    Raises:
-        OutputError: ``path`` is a link, a folder, a FIFO or a device (one line with ``fix``), or cannot be opened.
-    """
+    """The descriptor of ``os.open`` that never follows a symbolic link and admits only a regular file (``O_CREAT``
+    in ``flags`` creates one); for files in an output folder, which a run must not trust. Anything else is an
+    :class:`OutputError` with ``fix``."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as exc:
@@ -49,8 +53,6 @@ def open_regular(path: str, flags: int = os.O_RDONLY, fix: str = "remove it") ->
             raise OutputError(f"'{path}' is a symbolic link; a run does not follow links in its output folder: "
                               f"{fix}") from None
         raise OutputError(f"cannot open '{path}': {exc.strerror or exc}; {fix}") from None
-    import stat
-
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OutputError(f"'{path}' is not a regular file; {fix}")
@@ -59,12 +61,17 @@ def open_regular(path: str, flags: int = os.O_RDONLY, fix: str = "remove it") ->
     return fd
 
 
+def read_regular(path: str, fix: str) -> bytes:
+    """The bytes of a file of an output folder, opened by :func:`open_regular`."""
+    with os.fdopen(open_regular(path, fix=fix), "rb") as handle:
+        return handle.read()
+
+
 def read_json(path: str, fix: str) -> Any:
     """A JSON file of an output folder (no links followed); a damaged one is one line naming it and ``fix``."""
-    fd = open_regular(path, fix=fix)
+    data = read_regular(path, fix)
     try:
-        with os.fdopen(fd, "rb") as handle:
-            return json.loads(handle.read().decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"'{path}' is damaged ({first_line(exc)}); {fix}") from None
     except RecursionError:
@@ -75,8 +82,6 @@ def read_json(path: str, fix: str) -> Any:
 
 def sha256_of(path: str) -> str:
     """The SHA-256 of a file, read in 4 MiB blocks."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -85,11 +90,8 @@ def sha256_of(path: str) -> str:
 
 
 def check_output_dir(folder: str, key: str) -> None:
-    """Before any work: ``folder`` exists or can be made, is a folder, and a file can be created in it.
-
-    Raises:
-        OutputError: One line naming the folder, the config key or flag (``key``) and the reason.
-    """
+    """Before any work: ``folder`` exists or can be made, is a folder, and a file can be created in it; else an
+    :class:`OutputError` naming the folder, its config key or flag (``key``) and the reason."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise OutputError(f"output folder '{folder}' ({key}) is a file; choose a folder")
     try:
@@ -105,16 +107,8 @@ def check_output_dir(folder: str, key: str) -> None:
 def file_set() -> Iterator[Callable[..., IO]]:
     """Write files that belong together as one set: each is written to a temporary beside it, and only when all
     are written are they renamed into place, so a failure (a full disk, say) leaves the previous set as it was.
-
-    Example:
-        >>> with file_set() as open_new:  # doctest: +SKIP
-        ...     pickle.dump(table, open_new("scores.pkl", "wb"))
-        ...     open_new("scores.csv", "w", encoding="utf-8").write(text)
-
-    Raises:
-        OutputError: A write failed; the message names the file and says what is left: the previous files
-            unchanged, or nothing written where there were none.
-    """
+    ``open_new(path, mode, encoding=None, newline=None)`` opens the next file of the set. A failed write is an
+    :class:`OutputError` naming the file and what is left (the previous files unchanged, or nothing written)."""
     pending: list = []
     current = ""
     replaced = 0
@@ -177,13 +171,13 @@ def _left_as_it_was(targets: Sequence[str], replaced: int) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb", encoding: str | None = None, newline: str | None = None) -> Iterator[IO]:
+def atomic_open(path: str, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one step, on error it is removed.
 
     A reader never sees a half-written file and an interrupted run never destroys an earlier result.
     """
     with file_set() as open_new:
-        yield open_new(path, mode, encoding=encoding, newline=newline)
+        yield open_new(path, mode, encoding=encoding)
 
 
 def pickle_writer(obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> Tuple[str, Callable[[IO], None]]:
@@ -229,9 +223,9 @@ def write_together(files: Sequence[Tuple[str, Tuple[str, Callable[[IO], None]]]]
             write(open_new(path, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else ""))
 
 
-def write_pickle(path: str, obj: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+def write_pickle(path: str, obj: Any) -> None:
     """Pickle ``obj`` to ``path`` atomically."""
-    write_together([(path, pickle_writer(obj, protocol))])
+    write_together([(path, pickle_writer(obj))])
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -244,42 +238,34 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
     write_together([(path, csv_writer(header, rows))])
 
 
-#: (module, name) pairs the official pickle files need: builtin containers and NumPy arrays / scalars.
-_SAFE_GLOBALS: Dict[Tuple[str, str], Any] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _safe_globals() -> Dict[Tuple[str, str], Any]:
-    if not _SAFE_GLOBALS:
-        import collections
-
-        import numpy as np
-
-        _SAFE_GLOBALS.update({
-            ("builtins", "dict"): dict, ("builtins", "list"): list, ("builtins", "tuple"): tuple,
-            ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "str"): str,
-            ("builtins", "int"): int, ("builtins", "float"): float, ("builtins", "bool"): bool,
-            ("builtins", "bytes"): bytes, ("builtins", "complex"): complex,
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-        })
-        # NumPy 1.x pickles name numpy.core, NumPy 2.x numpy._core; both resolve to the installed functions.
-        reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
-        scalar = np.float32(0).__reduce__()[0]
-        frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # pickle protocol 5 stores arrays out of band
-        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            _SAFE_GLOBALS[(module, "_reconstruct")] = reconstruct
-            _SAFE_GLOBALS[(module, "scalar")] = scalar
-        for module in ("numpy.core.numeric", "numpy._core.numeric"):
-            _SAFE_GLOBALS[(module, "_frombuffer")] = frombuffer
-        for name in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool_"):
-            _SAFE_GLOBALS[("numpy", name)] = getattr(np, name)
-        for dtype_module in ("numpy", "numpy.dtypes"):
-            for cls_name in ("Float32DType", "Float64DType", "Float16DType", "Int64DType", "Int32DType",
-                             "UInt8DType", "BoolDType"):
-                cls = getattr(getattr(np, "dtypes", None), cls_name, None)
-                if cls is not None:
-                    _SAFE_GLOBALS[(dtype_module, cls_name)] = cls
-    return _SAFE_GLOBALS
+    """``(module, name)`` -> object: what the official pickle files need (builtin containers, NumPy arrays and
+    scalars)."""
+    found: Dict[Tuple[str, str], Any] = {
+        ("builtins", "dict"): dict, ("builtins", "list"): list, ("builtins", "tuple"): tuple,
+        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "str"): str,
+        ("builtins", "int"): int, ("builtins", "float"): float, ("builtins", "bool"): bool,
+        ("builtins", "bytes"): bytes, ("builtins", "complex"): complex,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    }
+    # NumPy 1.x pickles name numpy.core, NumPy 2.x numpy._core; both resolve to the installed functions.
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    scalar = np.float32(0).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # pickle protocol 5 stores arrays out of band
+    for module in ("numpy.core", "numpy._core"):
+        found[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        found[(f"{module}.multiarray", "scalar")] = scalar
+        found[(f"{module}.numeric", "_frombuffer")] = frombuffer
+    for name in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool_"):
+        found[("numpy", name)] = getattr(np, name)
+    for cls_name in ("Float32DType", "Float64DType", "Float16DType", "Int64DType", "Int32DType", "UInt8DType",
+                     "BoolDType"):
+        cls = getattr(getattr(np, "dtypes", None), cls_name, None)
+        if cls is not None:
+            found[("numpy", cls_name)] = found[("numpy.dtypes", cls_name)] = cls
+    return found
 
 
 def torch_load_reason(exc: BaseException, source: str | bytes | None = None) -> str:
@@ -324,8 +310,6 @@ def _head(source: str | bytes | None) -> bytes | None:
 
 def torch_load(source: Any) -> Any:
     """``torch.load(source, map_location="cpu", weights_only=True)`` without torch's pickle-protocol warnings."""
-    import warnings
-
     import torch
 
     with warnings.catch_warnings():
@@ -353,7 +337,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return found
         if self._allow_torch:
             import torch
-            import torch._utils
 
             # A tensor pickled with plain pickle.dump stores its data as torch.save bytes; reload those with
             # weights_only=True instead of torch's own unrestricted _load_from_bytes.
@@ -368,16 +351,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_pickle_load(path: str, allow_torch: bool = False, fix: str | None = None) -> Any:
-    """Unpickle a data file admitting only the types the official formats use.
-
-    Args:
-        fix: Set for a file of an output folder: links and non-regular files are refused, and every error ends
-            with this advice.
-
-    Raises:
-        DataError: The file is missing, unreadable, holds other types (which could run code when loaded), or
-            claims more memory than there is; always one line.
-    """
+    """Unpickle a data file admitting only the types the official formats use. A file that is missing, unreadable,
+    holds other types (which could run code when loaded) or claims more memory than there is: a one-line
+    :class:`DataError`. ``fix`` (a file of an output folder): links and non-regular files are refused too, and every
+    error ends with this advice."""
     if fix is None and not os.path.isfile(path):
         raise DataError(f"file '{path}' not found")
     advice = f"; {fix}" if fix else ""

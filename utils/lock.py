@@ -4,6 +4,7 @@ behind)."""
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import socket
 import time
@@ -18,11 +19,8 @@ _POLL = 0.05
 
 
 class LockTimeout(OutputError):
-    """Another process still held the lock when the wait's time limit ran out.
-
-    Attributes:
-        holder: What the holder wrote in the lock file (process, host, start time).
-    """
+    """Another process still held the lock when the wait's time limit ran out; ``holder``: what it wrote in the lock
+    file (process, host, start time)."""
 
     def __init__(self, message: str, holder: str) -> None:
         super().__init__(message)
@@ -30,13 +28,8 @@ class LockTimeout(OutputError):
 
 
 class FolderLock:
-    """``flock`` on ``path`` (created, never a link). Use as a context manager or call :meth:`acquire` and
-    :meth:`release`.
-
-    Args:
-        path: The lock file inside the output folder.
-        key: The flag or config key that names the folder, for the message.
-    """
+    """``flock`` on the lock file ``path`` in the output folder (created, never a link); messages name the folder
+    by its flag or config ``key``. A context manager, or call :meth:`acquire` and :meth:`release`."""
 
     def __init__(self, path: str, key: str) -> None:
         self.path = path
@@ -45,20 +38,10 @@ class FolderLock:
 
     def acquire(self, wait: bool = False, timeout: Optional[float] = None,
                 on_wait: Optional[Callable[[str], None]] = None) -> "FolderLock":
-        """Take the lock, or refuse when another process holds it.
-
-        Args:
-            wait: Wait until the holder lets go instead of refusing.
-            timeout: With ``wait``: give up after this many seconds (None: wait as long as it takes).
-            on_wait: With ``wait``: called once, with what the holder wrote in the lock file, when the lock is busy.
-
-        Raises:
-            OutputError: Another run holds it and ``wait`` is false (the message names its process, host and start
-                time), or the lock file cannot be opened.
-            LockTimeout: Another run still held it after ``timeout`` seconds.
-        """
-        import fcntl
-
+        """Take the lock, or refuse when another process holds it (an :class:`OutputError` naming its process, host
+        and start time). With ``wait``, wait until the holder lets go instead: for ``timeout`` seconds at most (None:
+        as long as it takes), then a :class:`LockTimeout`; ``on_wait`` is called once, with what the holder wrote in
+        the lock file, when the lock is busy."""
         fix = f"remove it or use another {self.key}"
         deadline = None if timeout is None else time.monotonic() + timeout
         told = False
@@ -103,8 +86,6 @@ class FolderLock:
     @staticmethod
     def _wait(fd: int, deadline: Optional[float]) -> bool:
         """Wait for the lock on ``fd`` until ``deadline`` (``time.monotonic``; None: for good); whether it was taken."""
-        import fcntl
-
         if deadline is None:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return True

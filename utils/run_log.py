@@ -29,18 +29,9 @@ class WandbSection:
 
 
 class RunLog:
-    """The main process's log of a training run; on other processes every method does nothing.
-
-    Args:
-        folder: The run folder (created).
-        cfg: The resolved config dataclass, saved as ``config.json`` and given to wandb.
-        log_name: File name of the CSV log in ``folder``.
-        header: Its column names.
-        resumed: A resumed run appends to an existing log instead of starting a new one.
-        wandb_cfg: The ``wandb`` config section (``use``, ``project``, ``entity``, ``name``, ``mode``); wandb is
-            imported only when ``use`` is set.
-        main: Whether this is the process that writes.
-    """
+    """The main process's log of a training run in ``folder`` (created): the resolved config ``cfg`` as
+    ``config.json`` (and to wandb, with :class:`WandbSection` ``wandb_cfg``), and the CSV log ``log_name`` with
+    columns ``header``, which a ``resumed`` run appends to. On other processes (not ``main``) it does nothing."""
 
     def __init__(self, folder: str, cfg: Any, log_name: str, header: Sequence[str], resumed: bool, wandb_cfg: Any,
                  main: bool = True) -> None:

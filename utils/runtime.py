@@ -17,12 +17,8 @@ __all__ = ["seed_everything", "seed_worker", "resolve_device", "cpu_count", "pea
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
-    """Seed Python, NumPy and torch (CPU and CUDA); return a seeded generator for DataLoaders.
-
-    Args:
-        seed: The seed.
-        deterministic: Also ask cuDNN for deterministic kernels (slower).
-    """
+    """Seed Python, NumPy and torch (CPU and CUDA), with ``deterministic`` cuDNN kernels (slower) when asked; return a
+    seeded generator for DataLoaders."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -42,11 +38,7 @@ def seed_worker(worker_id: int) -> None:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """Turn ``auto | cpu | cuda | cuda:N`` into a device, checking that it exists.
-
-    Raises:
-        ConfigError: Unknown spelling, or CUDA asked for but not available.
-    """
+    """Turn ``auto | cpu | cuda | cuda:N`` into a device that exists (else a :class:`ConfigError`)."""
     spec = spec.strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
