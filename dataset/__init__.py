@@ -1,6 +1,6 @@
 """Data loading: the shared preprocessing, image-folder reading, official file formats and label preparation.
 
-Submodules are imported on first use, so that ``prepare_data.py`` does not pay for torch.
+Submodules are imported on first use: one of them (``evaluate.py`` reads formats without torch) imports no other.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ _EXPORTS = {
     "collate_faces": "dataset.image_folder", "find_images": "dataset.image_folder",
     "INPUT_SIZE": "dataset.transforms", "MEAN": "dataset.transforms", "STD": "dataset.transforms",
     "load_face": "dataset.transforms", "normalize": "dataset.transforms", "official_transform": "dataset.transforms",
-    "open_rgb": "dataset.transforms", "preprocess": "dataset.transforms", "preprocess_batch": "dataset.transforms",
+    "preprocess": "dataset.transforms", "preprocess_batch": "dataset.transforms",
     "resize_face": "dataset.transforms",
 }
 

@@ -21,15 +21,8 @@ ARCFACE_TEMPLATE = np.array([
 
 
 def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (Umeyama 1991) taking ``src`` points to ``dst`` points.
-
-    Args:
-        src: ``(N, 2)`` source points.
-        dst: ``(N, 2)`` destination points.
-
-    Returns:
-        ``(2, 3)`` matrix ``M`` with ``dst ~= M[:, :2] @ src + M[:, 2]`` (as ``skimage.transform.SimilarityTransform``).
-    """
+    """Least-squares similarity transform (Umeyama 1991) taking ``(N, 2)`` points ``src`` to ``dst``: the ``(2, 3)``
+    matrix ``M`` with ``dst ~= M[:, :2] @ src + M[:, 2]`` (as ``skimage.transform.SimilarityTransform``)."""
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:

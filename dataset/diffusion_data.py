@@ -27,11 +27,8 @@ _logger = logging.getLogger(__name__)
 def scan_training_images(root: str, min_size: int) -> List[str]:
     """Images below ``root`` (sorted, relative) after checking that each opens and is at least ``min_size`` px.
 
-    Unreadable files are dropped with a warning naming them; images smaller than ``min_size`` on either side are an
-    error (the clean targets would be upscaled crops), as is a folder with no usable image.
-
-    Raises:
-        DataError: No folder, no images, or images that are too small.
+    Unreadable files are dropped with a warning naming them; images smaller than ``min_size`` on either side are a
+    :class:`DataError` (the clean targets would be upscaled crops), as is a folder with no usable image.
     """
     paths = find_images(root, key="trainer_params.folder or --folder")
     unreadable: List[str] = []
@@ -94,16 +91,10 @@ class SampleStream(Sampler):
 
 
 class DegradationPairs(Dataset):
-    """``(hq, lq)`` uint8 ``(3, S, S)`` pairs; indexed by ``(index, position)`` from :class:`SampleStream`.
-
-    Args:
-        root: Image folder.
-        paths: Relative image paths.
-        image_size: Output side ``S`` (official 112).
-        seed: Run seed.
-        flip: Horizontal flip with p 0.5 of both images (official ``augment_horizontal_flip``).
-        probs: Probability of each successive BSRGAN degradation (official ``[1, 0.2, 0.01]``).
-    """
+    """``(hq, lq)`` uint8 ``(3, S, S)`` pairs (``S = image_size``, official 112) of the images ``paths`` below
+    ``root``; indexed by ``(index, position)`` from :class:`SampleStream`. ``flip``: both images flipped horizontally
+    with p 0.5 (official ``augment_horizontal_flip``); ``probs``: of each successive BSRGAN degradation (official
+    ``[1, 0.2, 0.01]``)."""
 
     def __init__(self, root: str, paths: Sequence[str], image_size: int, seed: int, flip: bool = True,
                  probs: Sequence[float] = (1.0, 0.2, 0.01)) -> None:

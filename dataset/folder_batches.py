@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
@@ -11,6 +12,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from dataset.image_folder import FaceFolder, JpegBytesFolder, collate_faces, collate_jpeg_bytes
 from dataset.transforms import INPUT_SIZE, normalize
@@ -27,7 +29,7 @@ JpegDecoder = Callable[[List[torch.Tensor]], List[torch.Tensor]]
 def cuda_jpeg_decoder(device: torch.device) -> JpegDecoder:
     """nvJPEG through ``torchvision.io.decode_jpeg(..., device=device)``: a list of raw JPEG byte tensors ->
     ``(3, H, W)`` uint8 RGB tensors on ``device``, in one batched call."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg  # torchvision (a second to import) only for nvJPEG
 
     return lambda data: decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
@@ -67,8 +69,6 @@ def workers_that_can_ship(workers: int, batch_size: int) -> int:
     for its batch forever."""
     if workers == 0:
         return 0
-    import resource
-
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     needed = 2 * batch_size * 3 * INPUT_SIZE[0] * INPUT_SIZE[1]
     if limit == resource.RLIM_INFINITY or limit >= needed:
@@ -89,23 +89,24 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
     workers only read JPEG files and the batch's JPEGs are decoded together by it; other formats and its failures
     take the CPU path.
     """
-    for indices, x, bad in _batches(root, rel_paths, device, batch_size, workers, pin_memory, prefetch_factor,
-                                    persistent_workers, channels_last, decode_jpegs):
-        for index, reason in bad:
-            _logger.warning("skipped '%s': %s", os.path.join(root, rel_paths[index]), reason)
-        yield indices, x, bad
-
-
-def _batches(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
-             pin_memory: bool, prefetch_factor: Optional[int], persistent_workers: bool, channels_last: bool,
-             decode_jpegs: Optional[JpegDecoder]) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
     workers = workers_that_can_ship(workers, batch_size)
     if decode_jpegs is not None:
-        yield from _iterate_jpeg_bytes(root, rel_paths, device, batch_size, workers, channels_last, decode_jpegs)
-        return
-    if workers == 0:
-        yield from _iterate_in_process(root, rel_paths, device, batch_size, channels_last)
-        return
+        batches = _iterate_jpeg_bytes(root, rel_paths, device, batch_size, workers, decode_jpegs)
+    elif workers == 0:
+        batches = _iterate_in_process(root, rel_paths, device, batch_size)
+    else:
+        batches = _iterate_loader(root, rel_paths, device, batch_size, workers, pin_memory, prefetch_factor,
+                                  persistent_workers)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for indices, x, bad in batches:
+        for index, reason in bad:
+            _logger.warning("skipped '%s': %s", os.path.join(root, rel_paths[index]), reason)
+        yield indices, x.contiguous(memory_format=layout), bad
+
+
+def _iterate_loader(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
+                    pin_memory: bool, prefetch_factor: Optional[int], persistent_workers: bool
+                    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
     dataset = FaceFolder(root, list(rel_paths))
     kwargs = {"persistent_workers": persistent_workers}
     if prefetch_factor is not None:
@@ -119,14 +120,11 @@ def _batches(root: str, rel_paths: Sequence[str], device: torch.device, batch_si
         if bad:
             keep = torch.tensor([not e for e in errors], dtype=torch.bool)
             images, indices = images[keep], indices[keep]
-        x = normalize(images.to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        yield indices, x, bad
+        yield indices, normalize(images.to(device, non_blocking=True)), bad
 
 
-def _iterate_in_process(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int,
-                        channels_last: bool) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+def _iterate_in_process(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int
+                        ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
     """The reader without worker processes (the default on a CPU, where the model keeps every core busy): each image
     is decoded straight into its slot of an NHWC uint8 batch buffer, whose ``(b, 3, H, W)`` view is already the
     channels_last layout the model runs in, so a batch costs one copy per image and one normalisation."""
@@ -144,12 +142,11 @@ def _iterate_in_process(root: str, rel_paths: Sequence[str], device: torch.devic
             else:
                 good.append(index)
         x = normalize(buffer[:len(good)].to(device, non_blocking=True).permute(0, 3, 1, 2))
-        yield torch.tensor(good, dtype=torch.int64), x if channels_last else x.contiguous(), bad
+        yield torch.tensor(good, dtype=torch.int64), x, bad
 
 
 def _iterate_jpeg_bytes(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
-                        channels_last: bool, decode: JpegDecoder
-                        ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+                        decode: JpegDecoder) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
     folder = JpegBytesFolder(root, list(rel_paths))
     loader = DataLoader(folder, batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_jpeg_bytes, drop_last=False,
@@ -162,13 +159,7 @@ def _iterate_jpeg_bytes(root: str, rel_paths: Sequence[str], device: torch.devic
         failed = {index for index, _ in broken}
         good = torch.tensor([int(indices[i]) for i in keep if int(indices[i]) not in failed], dtype=torch.int64)
         bad = sorted(bad + broken)
-        if not images:
-            yield good, torch.zeros((0, 3, *INPUT_SIZE), device=device), bad
-            continue
-        x = normalize(torch.stack(images))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        yield good, x, bad
+        yield good, normalize(torch.stack(images)) if images else torch.zeros((0, 3, *INPUT_SIZE), device=device), bad
 
 
 @dataclass
@@ -199,20 +190,9 @@ def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
                forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], batch_size: int, workers: int,
                verbose: bool = False, channels_last: bool = True, decode_jpegs: Optional[JpegDecoder] = None,
                **loader_kwargs) -> FolderResult:
-    """Run ``forward`` over the readable images of a folder, naming and counting the unreadable ones.
-
-    Args:
-        root: Folder.
-        rel_paths: Files relative to ``root`` (see :func:`dataset.find_images`).
-        device: Where batches go.
-        forward: Maps a normalised ``(b, 3, 112, 112)`` batch to per-image outputs, each ``(b, ...)``.
-        batch_size: Images per batch.
-        workers: DataLoader worker processes.
-        verbose: Show a progress bar.
-        channels_last: Hand ``forward`` NHWC-strided batches.
-    """
-    from tqdm import tqdm
-
+    """Run ``forward`` (a normalised ``(b, 3, 112, 112)`` batch -> per-image outputs, each ``(b, ...)``) over the
+    readable images ``rel_paths`` below ``root`` (:func:`iterate_folder`), naming and counting the unreadable ones;
+    ``verbose``: a progress bar."""
     result = FolderResult()
     chunks: List[List[np.ndarray]] = []
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from utils.io import TEXT_ERRORS, atomic_open, csv_writer, pickle_writer, safe_p
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["read_labels", "read_label_values", "quality_value", "all_real", "PREPARED_PROTOCOL", "format_score",
+__all__ = ["read_label_values", "quality_value", "all_real", "PREPARED_PROTOCOL", "format_score",
            "scores_csv_writer", "read_scores_csv", "EmbeddingTable", "read_embeddings", "write_embeddings",
            "centres_file", "items_file", "prepared_writers", "read_prepared", "MIN_EMBEDDING_LENGTH"]
 
@@ -71,11 +71,8 @@ def quality_value(value: Any, source: str, key: Any) -> float:
 
     Only real numbers are qualities: Python ``int`` (not ``bool``) and ``float``, NumPy integer and floating
     scalars; ``float()`` would also take ``'0.5'``, ``b'0.5'`` and ``True``, and the official ``prepare_data.py``
-    would copy them into the training items unchanged.
-
-    Raises:
-        DataError: ``value`` is not a real number (names what it is), or a number beyond the float range
-            (``10**400``); one line naming ``source`` and ``key``.
+    would copy them into the training items unchanged. Anything else, or a number beyond the float range
+    (``10**400``), is a :class:`DataError` naming ``source``, ``key`` and what the value is.
     """
     if not _is_real_type(type(value)):
         raise DataError(f"{source}: quality of {short(key)} is {_what(value)}, not a number; write it as a number")
@@ -101,27 +98,12 @@ def _fast_labels(data: Union[Mapping, Sequence]) -> Union[Tuple[List[str], np.nd
         return None
 
 
-def read_labels(path: str) -> Tuple[List[str], np.ndarray]:
-    """Read quality labels: a pickled list of ``(path, quality)`` pairs or dict (official), or a ``path,quality`` CSV.
-
-    Returns:
-        ``(paths, qualities)`` with ``qualities`` an ``(N,)`` float64 array; a list with repeated paths keeps the
-        last value, as the official ``dict(list)`` does. See :func:`read_label_values`.
-    """
-    paths, qualities, _ = read_label_values(path)
-    return paths, qualities
-
-
 def read_label_values(path: str) -> Tuple[List[str], np.ndarray, List[Any]]:
-    """:func:`read_labels` plus the file's own quality objects (Python or NumPy scalars), which the official
-    ``prepare_data.py`` copies into the training items unchanged.
-
-    Returns:
-        ``(paths, qualities (N,) float64, values)``.
-
-    Raises:
-        DataError: Unreadable file, wrong structure, or NaN/infinite qualities (count and examples).
-    """
+    """``(paths, qualities (N,) float64, values)`` of quality labels: a pickled list of ``(path, quality)`` pairs or
+    dict (official), or a ``path,quality`` CSV. ``values`` are the file's own quality objects (Python or NumPy
+    scalars), which the official ``prepare_data.py`` copies into the training items unchanged; a list with repeated
+    paths keeps the last value, as the official ``dict(list)`` does. An unreadable file, a wrong structure or
+    NaN/infinite qualities (count and examples) are a :class:`DataError`."""
     if path.lower().endswith(".csv"):
         if not os.path.isfile(path):
             raise DataError(f"labels file '{path}' not found")
@@ -158,14 +140,8 @@ MIN_EMBEDDING_LENGTH = 1e-5
 
 class EmbeddingTable:
     """Teacher embeddings by image path, from the official pickled dict or an ``.npz`` (``paths``, ``embeddings``).
-
-    Args:
-        source: File name, for messages.
-        index: Path -> row of ``matrix`` (``.npz``), or path -> ``(D,)`` array (pickled dict, used as is so that
-            no second copy of a million-entry dict is made).
-        matrix: ``(N, D)`` array for ``.npz``; None for a pickled dict.
-        dim: Embedding size D.
-    """
+    ``index``: path -> row of the ``(N, D)`` ``matrix`` (``.npz``), or path -> ``(D,)`` array (a pickled dict, used
+    as it is so that no second copy of a million-entry dict is made; ``matrix`` None); ``source`` names the file."""
 
     def __init__(self, source: str, index: Mapping[str, Any], matrix: Optional[np.ndarray], dim: int) -> None:
         self.source = source
@@ -190,13 +166,9 @@ class EmbeddingTable:
         return [p for p in paths if p not in self._index]
 
     def gather(self, paths: Sequence[str]) -> np.ndarray:
-        """``(len(paths), D)`` float32 embeddings of ``paths``.
-
-        Raises:
-            DataError: Some of them hold NaN or infinite values, are too long to normalise in float32 (a length
-                beyond about 1.8e19, whose square overflows) or too short to have a direction (below
-                :data:`MIN_EMBEDDING_LENGTH`); count and examples.
-        """
+        """``(len(paths), D)`` float32 embeddings of ``paths``; embeddings with NaN or infinite values, too long to
+        normalise in float32 (beyond about 1.8e19, whose square overflows) or too short to have a direction (below
+        :data:`MIN_EMBEDDING_LENGTH`) are a :class:`DataError` (count and examples)."""
         if not paths:
             return np.zeros((0, self.dim), dtype=np.float32)
         with np.errstate(over="ignore", invalid="ignore"):  # a float64 beyond float32 becomes inf, refused below
@@ -265,11 +237,8 @@ _REAL_KINDS = "biuf"
 
 
 def read_embeddings(path: str) -> EmbeddingTable:
-    """Read teacher embeddings (pickled dict ``{path: (D,) array}`` or ``.npz``); all must have one dimension D.
-
-    Raises:
-        DataError: Unreadable file, wrong structure, or embeddings of different sizes.
-    """
+    """Read teacher embeddings (pickled dict ``{path: (D,) array}`` or ``.npz``), all of one dimension D; anything
+    else is a :class:`DataError`."""
     if path.lower().endswith(".npz"):
         if not os.path.isfile(path):
             raise DataError(f"embeddings file '{path}' not found")
@@ -360,11 +329,8 @@ def scores_csv_writer(table: Dict[str, float]) -> Tuple[str, Any]:
 
 def read_scores_csv(path: str) -> Dict[str, float]:
     """Read a ``path,quality`` CSV as :func:`scores_csv_writer` writes it (file names as their bytes; a leading
-    byte-order mark, as spreadsheets write, is dropped).
-
-    Raises:
-        DataError: Not a quality CSV, a row of other than two fields or without a plain number in its second
-            column (names the line), a path given twice (names both lines).
+    byte-order mark, as spreadsheets write, is dropped). Not a quality CSV, a row of other than two fields or
+    without a plain number in its second column, a path given twice: a :class:`DataError` naming the line(s).
     """
     try:
         with open(path, "r", encoding="utf-8-sig", errors=TEXT_ERRORS, newline="") as handle:
@@ -428,12 +394,8 @@ def prepared_writers(save_location: str, name: str, centres: "torch.Tensor",
 
 def _item_columns(source: str, items: List[Any], n_centres: int) -> Tuple[np.ndarray, np.ndarray]:
     """Qualities ``(N,)`` float64 and centre rows ``(N,)`` int64 of prepared training items, every item checked (at
-    C speed; an item that fails is then found and named).
-
-    Raises:
-        DataError: An item that is not ``(path text, number, whole number)``, a quality beyond the float range, a
-            row outside the centres; names ``source`` and the item.
-    """
+    C speed; an item that fails, not ``(path text, number, whole number)``, beyond the float range or outside the
+    centres, is then found and named with ``source`` in a :class:`DataError`)."""
     if not items:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.int64)
     try:
@@ -463,12 +425,9 @@ def _item_columns(source: str, items: List[Any], n_centres: int) -> Tuple[np.nda
 
 
 def read_prepared(save_location: str, name: str):
-    """Read the two official files back: ``(centres (K, D) float32 tensor, [(path, quality, row), ...])``.
-
-    Raises:
-        DataError: A file is unreadable or malformed, a centre or quality is not finite, a row points outside the
-            centres; one line naming the file.
-    """
+    """Read the two official files back: ``(centres (K, D) float32 tensor, [(path, quality, row), ...])``. A file
+    that is unreadable or malformed, a centre or quality that is not finite, a row outside the centres is a
+    :class:`DataError` naming the file."""
     import torch
 
     centres_path, items_path = centres_file(save_location, name), items_file(save_location, name)

@@ -39,14 +39,9 @@ def list_images(root: str, order: str = "sorted", key: str = "dataset.loc or --i
     there). Entries with an image extension that are not regular files (FIFOs, devices, broken links) are left out
     and counted in a warning, as are folders that cannot be read.
 
-    Args:
-        root: The folder.
-        order: ``sorted`` (the same on every machine), or ``walk``: the order ``os.walk`` meets them, as the
-            official DifFIQA scorer lists a folder (it decides which random draws each image gets).
-        key: The config key or flag that names ``root``, for messages.
-
-    Raises:
-        DataError: ``root`` is missing, not a folder, or holds no image with a known extension.
+    ``order``: ``sorted`` (the same on every machine), or ``walk``: the order ``os.walk`` meets them, as the official
+    DifFIQA scorer lists a folder (it decides which random draws each image gets). A ``root`` that is missing, not a
+    folder or holds no image is a :class:`DataError` naming it by the config key or flag ``key``.
     """
     if not os.path.exists(root):
         raise DataError(f"image folder '{root}' ({key}) does not exist")

@@ -14,12 +14,10 @@ Semantics of the official ``prepare_data.py``, reproduced to the byte:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
+import torch
 
 __all__ = ["MIN_IMAGES", "group_identities", "quality_threshold", "select_identities", "centre_order",
            "identity_windows", "identity_centres", "centre_distances", "training_items", "Selection"]
@@ -29,11 +27,8 @@ MIN_IMAGES = 10
 
 
 def group_identities(paths: Sequence[str]) -> Tuple[List[str], np.ndarray]:
-    """Number identities in order of first appearance.
-
-    Returns:
-        ``(names, ids)``: identity names and an ``(N,)`` int64 array with the identity number of each path.
-    """
+    """``(names, ids)``: identity names in order of first appearance and an ``(N,)`` int64 array with the identity
+    number of each path."""
     index: dict = {}
     number = index.setdefault
     ids = [number(p.rsplit("/", 1)[0], len(index)) for p in paths]
@@ -52,19 +47,12 @@ def quality_threshold(qualities: np.ndarray, beta: float) -> float:
 
 @dataclass
 class Selection:
-    """Which images and identities the label optimisation uses.
+    """Which images and identities the label optimisation uses."""
 
-    Attributes:
-        chosen: ``(N,)`` bool, quality at or above the threshold.
-        chosen_per_identity: ``(n_identities,)`` counts of chosen images.
-        kept: ``(n_identities,)`` bool, identities with at least ``min_images`` chosen images.
-        row: ``(n_identities,)`` centre row of each kept identity, -1 for dropped ones.
-    """
-
-    chosen: np.ndarray
-    chosen_per_identity: np.ndarray
-    kept: np.ndarray
-    row: np.ndarray
+    chosen: np.ndarray                 # (N,) bool: quality at or above the threshold
+    chosen_per_identity: np.ndarray    # (n_identities,) counts of chosen images
+    kept: np.ndarray                   # (n_identities,) bool: at least min_images chosen images
+    row: np.ndarray                    # (n_identities,) centre row of each kept identity, -1 for dropped ones
 
 
 def select_identities(qualities: np.ndarray, ids: np.ndarray, n_identities: int, threshold: float,
@@ -79,13 +67,10 @@ def select_identities(qualities: np.ndarray, ids: np.ndarray, n_identities: int,
 
 
 def centre_order(qualities: np.ndarray, ids: np.ndarray, selection: Selection) -> Tuple[np.ndarray, np.ndarray]:
-    """The chosen images of kept identities in the order the official code stacks them for the mean.
-
-    Returns:
-        ``(order, starts)``: ``(M,)`` label indices grouped by centre row, quality descending within a row (ties
-        in label order, as Python's stable ``sorted(..., reverse=True)``), and ``(n_kept + 1,)`` offsets: the
-        images of centre row ``r`` are ``order[starts[r]:starts[r + 1]]``.
-    """
+    """``(order, starts)``: the chosen images of kept identities in the order the official code stacks them for the
+    mean, ``(M,)`` label indices grouped by centre row, quality descending within a row (ties in label order, as
+    Python's stable ``sorted(..., reverse=True)``), and ``(n_kept + 1,)`` offsets: the images of centre row ``r`` are
+    ``order[starts[r]:starts[r + 1]]``."""
     index = np.flatnonzero(selection.chosen & selection.kept[ids])
     rows = selection.row[ids[index]]
     quality = np.asarray(qualities, dtype=np.float64)[index]
@@ -107,20 +92,10 @@ def identity_windows(starts: np.ndarray, size: int = 16384) -> Iterator[Tuple[in
 
 def identity_centres(embeddings: Callable[[int, int], np.ndarray], starts: np.ndarray, dim: int,
                      size: int = 16384) -> "torch.Tensor":
-    """Official centres: the float32 ``torch.mean`` over dim 0 of each identity's stacked embeddings.
-
-    Args:
-        embeddings: ``embeddings(a, b)`` gives the ``(b - a, D)`` float32 embeddings of positions ``a..b`` of the
-            :func:`centre_order` order (read window by window, so memory stays at one window).
-        starts: Offsets from :func:`centre_order`.
-        dim: Embedding size D.
-        size: Images per window.
-
-    Returns:
-        ``(n_kept, D)`` float32 tensor, bit-identical to the official ``torch.mean`` of ``torch.cat``-ed rows.
-    """
-    import torch  # the official centres are torch's float32 means; numpy sums in another order
-
+    """Official centres, ``(n_kept, D)`` float32: the ``torch.mean`` over dim 0 of each identity's stacked
+    embeddings, bit-identical to the official mean of ``torch.cat``-ed rows (numpy sums in another order).
+    ``embeddings(a, b)`` gives the ``(b - a, D)`` float32 embeddings of positions ``a..b`` of the :func:`centre_order`
+    order (``starts`` its offsets), read ``size`` images at a time so that memory stays at one window."""
     centres = torch.empty((len(starts) - 1, dim), dtype=torch.float32)
     for lo, hi in identity_windows(starts, size):
         block = torch.from_numpy(np.ascontiguousarray(embeddings(int(starts[lo]), int(starts[hi])), dtype=np.float32))

@@ -19,11 +19,8 @@ _logger = logging.getLogger(__name__)
 
 def official_split(n: int, val_split: float) -> Tuple[np.ndarray, np.ndarray]:
     """The official split of a quality-sorted list: validation = indices ``int(k)`` for ``k`` in
-    ``np.arange(0, n, 1 / val_split)``; training = the rest, in order (no ``set``, so the same every run).
-
-    Returns:
-        ``(train_indices, val_indices)`` int64 arrays.
-    """
+    ``np.arange(0, n, 1 / val_split)``; training = the rest, in order (no ``set``, so the same every run). Returns
+    ``(train_indices, val_indices)`` int64 arrays."""
     val = np.unique(np.array([int(k) for k in np.arange(0, n, 1 / val_split)], dtype=np.int64))
     val = val[val < n]
     mask = np.ones(n, dtype=bool)
@@ -40,19 +37,13 @@ def minmax(q: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TrainingSet:
-    """Items after filtering, sorted by quality (ascending, stable), with normalised qualities.
+    """Items after filtering, sorted by quality (ascending, stable), with normalised qualities; ``rows`` and
+    ``teacher`` are None for DifFIQA(R)."""
 
-    Attributes:
-        paths: Image paths relative to the image folder.
-        quality: ``(N,)`` float32 min-max normalised labels.
-        rows: ``(N,)`` int64 identity-centre rows (distillation; None for DifFIQA(R)).
-        teacher: ``(N, D)`` float32 teacher embeddings (distillation; None for DifFIQA(R)).
-    """
-
-    paths: List[str]
-    quality: np.ndarray
-    rows: Optional[np.ndarray] = None
-    teacher: Optional[np.ndarray] = None
+    paths: List[str]                   # relative to the image folder
+    quality: np.ndarray                # (N,) float32 min-max normalised labels
+    rows: Optional[np.ndarray] = None  # (N,) int64 identity-centre rows
+    teacher: Optional[np.ndarray] = None  # (N, D) float32 teacher embeddings
 
     def subset(self, index: np.ndarray) -> "TrainingSet":
         return TrainingSet([self.paths[i] for i in index.tolist()], self.quality[index],

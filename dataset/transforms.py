@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["INPUT_SIZE", "MEAN", "STD", "official_transform", "open_rgb", "resize_face", "to_uint8_tensor",
+__all__ = ["INPUT_SIZE", "MEAN", "STD", "official_transform", "resize_face", "to_uint8_tensor",
            "decode_face", "load_face", "read_face_into", "normalize", "preprocess", "preprocess_batch"]
 
 INPUT_SIZE = (112, 112)
@@ -40,12 +40,6 @@ def official_transform() -> Callable[[Image.Image], torch.Tensor]:
         T.ToTensor(),
         T.Normalize(mean=list(MEAN), std=list(STD)),
     ])
-
-
-def open_rgb(path: PathLike) -> Image.Image:
-    """Open an image file and convert it to RGB (fully decoded, file closed)."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
 
 
 def resize_face(img: Image.Image) -> Image.Image:

@@ -24,13 +24,10 @@ def build_backbone(name: str) -> nn.Module:
     return getattr(importlib.import_module(module), function)()
 
 
-def _ediffiqa(backbone: nn.Module) -> nn.Module:
-    return EDifFIQA(backbone, MLP(512, 1024, 1))
-
-
 #: The model each kind of variant (:data:`model.registry.KINDS`) builds around its backbone: eDifFIQA's MLP quality
 #: head, DifFIQA(R)'s linear layer.
-WRAPPERS: Dict[str, Callable[[nn.Module], nn.Module]] = {"ediffiqa": _ediffiqa, "regression": DifFIQAR}
+WRAPPERS: Dict[str, Callable[[nn.Module], nn.Module]] = {
+    "ediffiqa": lambda backbone: EDifFIQA(backbone, MLP(512, 1024, 1)), "regression": DifFIQAR}
 
 
 def build_variant(backbone: str, kind: str) -> nn.Module:

@@ -1,9 +1,5 @@
-"""Reading, checking and loading checkpoints of the registry's models.
-
-``load_weights`` accepts the official checkpoint layout (plain ``state_dict`` of the wrapper), strips ``module.``
-(DDP) and ``_orig_mod.`` (``torch.compile``) prefixes, unwraps ``{"model": ...}``/``{"state_dict": ...}`` training
-checkpoints, and refuses a file of another variant with a message naming the variant it holds.
-"""
+"""Reading, checking and loading checkpoints of the registry's models (the official layout: the wrapper's plain
+``state_dict``), with one description of what keeps a file from loading."""
 from __future__ import annotations
 
 import functools
@@ -74,13 +70,10 @@ def _file_label(path: str, label: Optional[str]) -> str:
 
 def read_state_dict(path: str, key: str = "--weights or the config key 'weights'",
                     source: str = OFFICIAL_WEIGHTS_HELP, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Read a weights file safely (``weights_only=True``) and return its flat ``state_dict`` on the CPU.
-
-    Accepts a plain state dict or a training checkpoint holding one under ``model`` or ``state_dict``.
-    Raises :class:`CheckpointError` with a one-line reason for anything else; ``key`` names the flag or config key
-    that gives the path, ``source`` where such files come from, ``label`` how messages name the file (default
-    ``weights file '<path>'``).
-    """
+    """The flat ``state_dict`` on the CPU of a weights file, read safely (``weights_only=True``): a plain state dict
+    or a training checkpoint holding one under ``model`` or ``state_dict``. Anything else is a one-line
+    :class:`CheckpointError` naming the flag or config ``key`` that gives the path, where such files come from
+    (``source``) and the file as ``label`` (default ``weights file '<path>'``)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file '{path}' not found; {source}; pass its path with {key}")
     name = _file_label(path, label)
@@ -101,12 +94,9 @@ def read_state_dict(path: str, key: str = "--weights or the config key 'weights'
 
 
 def check_finite(state_dict: Mapping[str, torch.Tensor], path: str, label: Optional[str] = None) -> None:
-    """Refuse a checkpoint whose parameters or buffers hold NaN or infinite values (a diverged or corrupt run).
-
-    Raises:
-        CheckpointError: Names the file (``label``, default ``weights file '<path>'``), the first such tensor and how
-            many there are.
-    """
+    """Refuse a checkpoint whose parameters or buffers hold NaN or infinite values (a diverged or corrupt run): a
+    :class:`CheckpointError` naming the file (``label``, default ``weights file '<path>'``), the first such tensor and
+    how many there are."""
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{_file_label(path, label)} holds NaN or infinite values in {len(bad)} tensor(s) "
@@ -144,17 +134,8 @@ def _bare_backbone(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
 
 def check_checkpoint(path: str, name: str, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """The state dict of ``path`` once it is known to be variant ``name``'s checkpoint: read safely, finite, with
-    exactly the variant's keys and shapes (what a strict load needs).
-
-    Args:
-        path: The checkpoint file.
-        name: A registered variant.
-        label: How messages name the file (default ``weights file '<path>'``).
-
-    Raises:
-        CheckpointError: The file is missing or unreadable, or holds another variant, a bare backbone or
-            something else; the message says which.
-    """
+    exactly the variant's keys and shapes (what a strict load needs); else a :class:`CheckpointError` that names
+    the file as ``label`` and says what it holds (another variant, a bare backbone, something else)."""
     state_dict = read_state_dict(path, label=label)
     variant = get_variant(name)
     expected = expected_shapes(name)
@@ -174,11 +155,7 @@ def check_checkpoint(path: str, name: str, label: Optional[str] = None) -> Dict[
 
 
 def load_weights(model: nn.Module, path: str, name: str) -> None:
-    """Load a checkpoint into ``model`` (variant ``name``) with strict key and shape matching.
-
-    Raises:
-        CheckpointError: See :func:`check_checkpoint`.
-    """
+    """Load a checkpoint into ``model`` (variant ``name``) strictly, as :func:`check_checkpoint` checks it."""
     model.load_state_dict(check_checkpoint(path, name), strict=True)
 
 

@@ -14,10 +14,6 @@ class DifFIQAR(nn.Module):
 
     ``state_dict`` keys are ``base.*`` and ``linear.*``. Like :class:`model.ediffiqa.EDifFIQA` it has ``backbone``
     and ``embed_and_score``, which is all the scorer, the ONNX export, BatchNorm folding and the trainer use.
-
-    Args:
-        base: Backbone mapping ``(B, 3, 112, 112)`` to ``(B, 512)`` raw embeddings.
-        return_feat: If true, ``forward`` returns ``(embedding, quality)``; else only ``quality`` ``(B, 1)``.
     """
 
     def __init__(self, base: nn.Module, return_feat: bool = False, dim: int = 512) -> None:

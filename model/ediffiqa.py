@@ -10,13 +10,7 @@ __all__ = ["EDifFIQA"]
 
 
 class EDifFIQA(nn.Module):
-    """FR backbone (``base_model``) + quality head (``mlp``); its ``state_dict()`` is the official checkpoint layout.
-
-    Args:
-        base_model: Backbone mapping ``(B, 3, 112, 112)`` to ``(B, 512)`` embeddings.
-        mlp: Head mapping ``(B, 512)`` embeddings to ``(B, 1)`` qualities.
-        return_feat: If true, ``forward`` returns ``(embedding, quality)``; else only ``quality``.
-    """
+    """FR backbone (``base_model``) + quality head (``mlp``); its ``state_dict()`` is the official checkpoint layout."""
 
     def __init__(self, base_model: nn.Module, mlp: nn.Module, return_feat: bool = False) -> None:
         super().__init__()
@@ -30,14 +24,8 @@ class EDifFIQA(nn.Module):
         return self.base_model
 
     def embed_and_score(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The one forward path, used by ``forward``, scoring, the ONNX export and training.
-
-        Args:
-            x: ``(B, 3, 112, 112)`` images normalised to [-1, 1] (see :func:`dataset.preprocess`).
-
-        Returns:
-            ``(B, 512)`` embeddings and ``(B, 1)`` qualities (higher is better).
-        """
+        """``(B, 3, 112, 112)`` in [-1, 1] (:func:`dataset.preprocess`) -> ``(B, 512)`` embeddings and ``(B, 1)``
+        qualities (higher is better): the one forward path, of ``forward``, scoring, the ONNX export and training."""
         feat = self.base_model(x)
         return feat, self.mlp(feat)
 

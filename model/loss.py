@@ -44,12 +44,8 @@ def loss_argument_problem(module: str, params: Dict) -> str:
 
 
 class ExtendedL1(nn.Module):
-    """Quality loss with the label optimised by the sample's position in embedding space.
-
-    Args:
-        base_loss: Regression loss on ``(B,)`` tensors (official: ``L1Loss``).
-        epsilon: Weight of the angular distance to the identity centre (official: 0.5).
-    """
+    """Quality loss with the label optimised by the sample's position in embedding space: ``base_loss`` on ``(B,)``
+    tensors (official ``L1Loss``), ``epsilon`` the weight of the angular distance to the identity centre (0.5)."""
 
     def __init__(self, base_loss: Optional[nn.Module] = None, epsilon: float = 0.5) -> None:
         super().__init__()
@@ -68,12 +64,8 @@ class DistillationLoss(nn.Module):
     """``theta * L_rc + (1 - theta) * L_q``.
 
     Returns named terms: ``loss`` (the total, to minimise) and each term of :attr:`terms`; the training loop sums,
-    logs and plots them by name, so a new term is added here only.
-
-    Args:
-        quality_loss: :class:`ExtendedL1`.
-        consistency: ``CosineEmbeddingLoss`` (official: ``reduction="none"``), used for ``L_rc`` and ``ad``.
-        theta: Weight of the representation term.
+    logs and plots them by name, so a new term is added here only. ``consistency`` (official
+    ``CosineEmbeddingLoss(reduction="none")``) gives ``L_rc`` and ``ad``.
     """
 
     terms = ("loss_rc", "loss_q")

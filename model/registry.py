@@ -20,16 +20,11 @@ __all__ = ["BACKBONES", "Backbone", "VARIANTS", "Variant", "WeightsSource", "KIN
 
 @dataclass(frozen=True)
 class Backbone:
-    """A face recognition backbone.
+    """A face recognition backbone: ``builder`` is the ``"module:function"`` that builds it randomly initialised
+    (:func:`model.build.build_backbone`), ``modules`` the module strings official config files name it by
+    (``base_model.module`` of model configs, ``fr_model.module`` of FR configs)."""
 
-    Attributes:
-        name: Registry name (``--backbone`` of ``extract_embeddings.py``).
-        builder: ``"module:function"`` that builds it randomly initialised (see :func:`model.build.build_backbone`).
-        modules: The module strings official config files name it by (``base_model.module`` of model configs,
-            ``fr_model.module`` of FR configs).
-    """
-
-    name: str
+    name: str                          # --backbone of extract_embeddings.py
     builder: str
     modules: Tuple[str, ...] = ()
 
@@ -52,19 +47,12 @@ BACKBONES: Dict[str, Backbone] = _table(
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """A published weights file that scripts fetch by name (``utils.download.fetch``).
+    """A published weights file that scripts fetch by name (``utils.download.fetch``)."""
 
-    Attributes:
-        name: Its file name, kept as published (also its name in torch's cache).
-        url: Where it is published.
-        size: Its size in bytes, when known.
-        sha256: Its SHA-256, when known; without it the first download's is recorded and checked afterwards.
-    """
-
-    name: str
+    name: str                          # as published (also its name in torch's cache)
     url: str
-    size: Optional[int] = None
-    sha256: Optional[str] = None
+    size: Optional[int] = None         # in bytes, when known
+    sha256: Optional[str] = None       # when known; without it the first download's is recorded and checked later
 
 
 #: The MIT mirror of the authors' eDifFIQA checkpoints (the official layout) in yakhyo/face-image-quality-assessment.
@@ -79,31 +67,21 @@ KINDS = ("ediffiqa", "regression")
 
 @dataclass(frozen=True)
 class Variant:
-    """One published model: everything the scripts need to know about it.
+    """One published model: everything the scripts need to know about it. ``init_weights`` is the backbone
+    initialisation the official recipe trains from (insightface CosFace backbones; None: random) and ``config`` its
+    official model config file (what ``base.model`` names), both relative to the repository as the official model
+    configs write them. ``onnx_faster_on``: the CPU kinds (``utils.runtime.cpu_kind``) where ONNX Runtime scored it
+    faster than torch in fp32 (``benchmarks/inference_throughput.py``, docs/benchmarks.md); ``--backend auto`` picks
+    ONNX Runtime there."""
 
-    Attributes:
-        name: Registry name, as in the official ``inference_config.yaml`` (``ediffiqaL``).
-        title: Name used in the paper (``eDifFIQA(L)``).
-        backbone: Key of :data:`BACKBONES`.
-        kind: One of :data:`KINDS`.
-        init_weights: The backbone initialisation the official recipe trains from (insightface CosFace backbones),
-            or None for random weights; relative to the repository, as the official model configs write it.
-        config: Its official model config file (what ``base.model`` names), relative to the repository.
-        weights: Its published checkpoint (official layout), fetched when no file is given.
-        onnx: Its published ONNX file, fetched for the ONNX backends when no file is given.
-        onnx_faster_on: The CPU kinds (``utils.runtime.cpu_kind``) where ONNX Runtime scored it faster than torch in
-            fp32 (``benchmarks/inference_throughput.py``; the figures are in docs/benchmarks.md); ``--backend auto``
-            picks ONNX Runtime there.
-    """
-
-    name: str
-    title: str
-    backbone: str
-    kind: str
+    name: str                          # as in the official inference_config.yaml (ediffiqaL)
+    title: str                         # as in the paper (eDifFIQA(L))
+    backbone: str                      # a key of BACKBONES
+    kind: str                          # one of KINDS
     init_weights: Optional[str]
     config: str
-    weights: Optional[WeightsSource] = None
-    onnx: Optional[WeightsSource] = None
+    weights: Optional[WeightsSource] = None  # its published checkpoint (official layout), fetched when none is given
+    onnx: Optional[WeightsSource] = None     # its published ONNX file, fetched for the ONNX backends likewise
     onnx_faster_on: Tuple[str, ...] = ()
 
 
@@ -160,11 +138,7 @@ def register_variant(variant: Variant) -> None:
 
 
 def get_variant(name: str) -> Variant:
-    """The registered variant ``name``.
-
-    Raises:
-        ConfigError: No such variant; the message lists them.
-    """
+    """The registered variant ``name`` (else a :class:`ConfigError` listing them)."""
     try:
         return VARIANTS[name]
     except KeyError:

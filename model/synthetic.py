@@ -19,14 +19,10 @@ _DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
 
 @functools.lru_cache(maxsize=None)
-def _read(name: str):
-    with open(MANIFESTS[name], "r", encoding="utf-8") as handle:
-        return json.load(handle)
-
-
 def load_manifest(name: str = "ediffiqa") -> Dict[str, List[Tuple[str, List[int], str]]]:
     """The manifest ``name``: for ``ediffiqa``, variant -> ``[(key, shape, dtype), ...]``."""
-    return _read(name)
+    with open(MANIFESTS[name], "r", encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def manifest_state_dict(variant: str, seed: int = 0) -> Dict[str, torch.Tensor]:

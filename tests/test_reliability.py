@@ -496,7 +496,7 @@ def test_odd_values_in_every_loader_are_one_line(case, pattern, tmp_path) -> Non
     traceback or a silent cast."""
     import warnings
 
-    from dataset.formats import read_embeddings, read_label_values, read_labels, read_prepared
+    from dataset.formats import read_embeddings, read_label_values, read_prepared
     from engine.evaluation.data import read_qualities
     from utils.errors import DataError
 
@@ -525,7 +525,7 @@ def test_odd_values_in_every_loader_are_one_line(case, pattern, tmp_path) -> Non
         "labels True": lambda: read_label_values(pkl("l.pkl", [("a", 1), ("b", True)])),
         "labels numpy bool": lambda: read_label_values(pkl("l.pkl", [("a", np.float32(1)), ("b", np.bool_(False))])),
         "labels None": lambda: read_label_values(pkl("l.pkl", [("a", 0.5), ("b", None)])),
-        "labels dict None": lambda: read_labels(pkl("l.pkl", {"a": np.int64(1), "b": None})),
+        "labels dict None": lambda: read_label_values(pkl("l.pkl", {"a": np.int64(1), "b": None})),
         "scores text": lambda: read_qualities(pkl("q.pkl", {"a": 0.5, "b": "0.5"})),
         "scores complex": lambda: read_qualities(pkl("q.pkl", {"a": 0.5, "b": 1 + 0j})),
         "scores numpy bool": lambda: read_qualities(pkl("q.pkl", {"a": 0.5, "b": np.bool_(True)})),

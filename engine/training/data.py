@@ -8,8 +8,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
-from dataset.formats import read_embeddings, read_labels, read_prepared
+from dataset.formats import read_embeddings, read_label_values, read_prepared
 from dataset.training import TrainingFaces, TrainingSet, collate_training, official_split
 from engine.training.config import TrainConfig
 from utils.config import LoaderParams
@@ -33,11 +34,6 @@ class _StridedSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def _teacher_key_fallback(image_loc: str, path: str) -> str:
-    # The official dataset keys teacher embeddings by the last three components of the full image path.
-    return "/".join(os.path.join(image_loc, path).replace(os.sep, "/").split("/")[-3:])
 
 
 def _check_image_loc(image_loc: str) -> None:
@@ -65,11 +61,8 @@ def _split(data: TrainingSet, val_split: float) -> Tuple[TrainingSet, TrainingSe
 
 
 def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torch.Tensor, Dict[str, int]]:
-    """Read the prepared files and embeddings, drop (or refuse) items without image or embedding, split.
-
-    Returns:
-        ``(train, val, centres (K, D), counts)``.
-    """
+    """``(train, val, centres (K, D), counts)``: the prepared files and embeddings read, items without image or
+    embedding dropped (or refused), split."""
     ds = cfg.dataset
     _check_image_loc(ds.image_loc)
     centres, items = read_prepared(ds.training_data, ds.model_name)
@@ -78,7 +71,9 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
     no_image = [it[0] for it in items if not os.path.isfile(os.path.join(ds.image_loc, it[0]))]
     keys: List[Optional[str]] = []
     for it in items:
-        key = it[0] if it[0] in table else _teacher_key_fallback(ds.image_loc, it[0])
+        # Else the official key: the last three components of the full image path.
+        key = it[0] if it[0] in table else "/".join(
+            os.path.join(ds.image_loc, it[0]).replace(os.sep, "/").split("/")[-3:])
         keys.append(key if key in table else None)
     no_embedding = [it[0] for it, key in zip(items, keys) if key is None]
     for what, missing in (("image file", no_image), ("teacher embedding", no_embedding)):
@@ -100,14 +95,11 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
 
 def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, Dict[str, int]]:
     """DifFIQA(R) data: ``dataset.labels`` (``{path: quality}`` pickle/CSV) joined to ``dataset.image_loc``, sorted
-    by quality, min-max normalised and split as officially; no label optimisation, no teacher embeddings.
-
-    Returns:
-        ``(train, val, counts)``.
-    """
+    by quality, min-max normalised and split as officially (``(train, val, counts)``); no label optimisation, no
+    teacher embeddings."""
     ds = cfg.dataset
     _check_image_loc(ds.image_loc)
-    paths, qualities = read_labels(ds.labels_path)
+    paths, qualities, _ = read_label_values(ds.labels_path)
     prefix = os.path.join(ds.image_loc, "")
     rel = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]  # keys may be joined to the folder
     no_image = [p for p in rel if not os.path.isfile(os.path.join(ds.image_loc, p))]
@@ -154,8 +146,6 @@ def training_loader(cfg: TrainConfig, data: TrainingSet, train: bool, epoch: int
     dataset = TrainingFaces(cfg.dataset.image_loc, data)
     generator = torch.Generator().manual_seed(cfg.base.seed + epoch) if seeded else None
     if info.enabled:
-        from torch.utils.data.distributed import DistributedSampler
-
         if train:
             sampler: Optional[Sampler] = DistributedSampler(dataset, info.world, info.rank, shuffle=params.shuffle,
                                                             seed=cfg.base.seed, drop_last=params.drop_last)
