@@ -14,7 +14,10 @@ from typing import IO, Any, Callable, Dict, FrozenSet, List, Optional, Sequence,
 import numpy as np
 from PIL import Image
 
-__all__ = ["DPI", "TILES_PER_ROW", "score_sheet_size", "score_sheet", "sheet_title", "training_curves",
+from utils.errors import first_line
+from utils.io import write_together
+
+__all__ = ["DPI", "TILES_PER_ROW", "score_sheet_size", "score_sheet", "training_curves",
            "TRAINING_SIZE", "denoiser_curve", "DENOISER_SIZE", "preparation_figure", "PREPARATION_SIZE", "png_writer",
            "figure_file", "write_figure", "shorten", "fit_text", "drawable", "image_size"]
 
@@ -64,8 +67,6 @@ def figure_file(path: str, draw: Callable[[], Any], after: str) -> List[Tuple[st
 def write_figure(path: str, draw: Callable[[], Any]) -> None:
     """Write the figure ``draw()`` returns to ``path`` atomically, on its own (a training run's curves each epoch); a
     failure to draw or write it is a warning and training goes on."""
-    from utils.io import write_together
-
     try:
         write_together([(path, png_writer(draw()))])
     except Exception as exc:  # noqa: BLE001 - a figure must never stop a training run
@@ -73,8 +74,6 @@ def write_figure(path: str, draw: Callable[[], Any]) -> None:
 
 
 def _cannot_draw(path: str, exc: BaseException, after: str) -> None:
-    from utils.errors import first_line
-
     _logger.warning("could not draw %s (%s: %s); %s", os.path.basename(path), type(exc).__name__, first_line(exc),
                     after)
 
@@ -170,13 +169,9 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
 
     The faces of a group are one image composed here at the figure's pixel size (framed tiles on white) and drawn
     unscaled; the captions are figure texts. One axes (the histogram) instead of one per face: drawing the sheet
-    costs a fraction of what 2n axes with their ticks, spines and labels did.
-
-    Args:
-        scores: ``{key: score}`` (the keys of the written pickle).
-        load: ``key -> (H, W, 3) uint8`` image of the face to show, or None when it cannot be read.
-        n: Tiles per group (0: the histogram only).
-        title: What was scored, by what.
+    costs a fraction of what 2n axes with their ticks, spines and labels did. ``scores``: ``{key: score}`` (the keys
+    of the written pickle); ``load``: ``key -> (H, W, 3) uint8`` face, or None when it cannot be read; ``n`` 0: the
+    histogram only.
     """
     keys = sorted(scores, key=lambda k: (scores[k], k))
     values = np.array([scores[k] for k in keys], dtype=np.float64)
@@ -381,11 +376,6 @@ def preparation_figure(qualities: np.ndarray, threshold: float, beta: float, cho
     fig.suptitle(drawable(title), fontsize=12)
     fig.tight_layout()
     return fig
-
-
-def sheet_title(what: str, count: int, folder: str, model: str) -> str:
-    """The score sheet's title line."""
-    return f"{what} of {count} images in '{shorten(folder, 60)}' by {model} (higher = better quality)"
 
 
 def image_size(data: bytes) -> Tuple[int, int]:

@@ -70,6 +70,7 @@ from utils.io import (
     open_regular,
     pickle_writer,
     read_json,
+    read_regular,
     safe_pickle_load,
     torch_load,
     write_together,
@@ -138,49 +139,26 @@ class ScoreSheet:
 
 @dataclass
 class FolderJob:
-    """What :func:`run_folder` needs besides the batch function.
+    """What :func:`run_folder` needs besides the batch function."""
 
-    Attributes:
-        root: The images folder as given (pickle keys are joined to it unless ``keys`` is ``relative``).
-        rel_paths: Every image below ``root``, in scoring order.
-        stats: ``(N, 2)`` int64, ``st_size`` and ``st_mtime_ns`` of each of ``rel_paths`` as listed
-            (:func:`dataset.image_folder.list_images`).
-        out: The output folder.
-        batch_size: Images per batch.
-        settings: What the scores depend on besides the folder, the batch size and the keys (JSON values).
-        config: The resolved config, recorded in the sidecar.
-        sheet: What the score sheet shows; None: no figure.
-        device: Where the scores are computed, recorded in the sidecar.
-        what: What the scores are, for messages (``DifFIQA scores``).
-        out_key: The config key and flag naming ``out``, for messages.
-        keys: ``relative`` (keys are the relative paths) or ``joined`` (joined to ``root`` as given).
-        limit: Score at most this many new images (in whole batches), then stop.
-        flush_every: Images between ``fsync`` calls of the part file.
-        fresh: Remove every file of an earlier run first (its part files, states, sidecar, fingerprints and
-            finished set).
-        verbose: Show a progress bar.
-        state: See :class:`RunState`.
-        command: The command line of this run (``[program, *arguments]``), for the line after a ``limit`` stop.
-    """
-
-    root: str
-    rel_paths: List[str]
-    stats: np.ndarray
+    root: str                          # the images folder as given (keys are joined to it unless keys is relative)
+    rel_paths: List[str]               # every image below root, in scoring order
+    stats: np.ndarray                  # (N, 2) int64 st_size, st_mtime_ns of each as listed (list_images)
     out: str
     batch_size: int
-    settings: Dict[str, Any]
-    config: Dict[str, Any] = field(default_factory=dict)
-    sheet: Optional[ScoreSheet] = None
-    device: str = ""
-    what: str = "quality scores"
-    out_key: str = "--output"
-    keys: str = "joined"
-    limit: Optional[int] = None
-    flush_every: int = 1024
-    fresh: bool = False
+    settings: Dict[str, Any]           # what the scores depend on besides the folder, batch size and keys (JSON)
+    config: Dict[str, Any] = field(default_factory=dict)  # the resolved config, for the sidecar
+    sheet: Optional[ScoreSheet] = None  # None: no figure
+    device: str = ""                   # where the scores are computed, for the sidecar
+    what: str = "quality scores"       # for messages (DifFIQA scores)
+    out_key: str = "--output"          # the config key and flag naming out, for messages
+    keys: str = "joined"               # or relative: the keys are the relative paths
+    limit: Optional[int] = None        # score at most this many new images (in whole batches), then stop
+    flush_every: int = 1024            # images between fsync calls of the part file
+    fresh: bool = False                # remove every file of an earlier run first (parts, states, sidecar, ...)
     verbose: bool = True
     state: Optional[RunState] = None
-    command: Sequence[str] = ()
+    command: Sequence[str] = ()        # [program, *arguments] of this run, for the line after a limit stop
 
 
 @dataclass
@@ -209,11 +187,6 @@ def check_finite(keys: Sequence[str], values: Sequence[float], what: str, where:
                        f"{', '.join(bad[:3])}): the weights or the precision overflow; {kept}")
 
 
-def _read_tile(prefix: str, key: str) -> np.ndarray:
-    """The face of ``key``: the image file ``prefix + key``, decoded as the scorer reads it."""
-    return np.asarray(decode_face(prefix + key))
-
-
 def sheet_files(out: str, table: Dict[str, float], sheet: Optional[ScoreSheet], folder: str, what: str,
                 tile_prefix: str = "") -> List[Tuple[str, Any]]:
     """``[(quality-scores.png, writer)]``: the score sheet of ``table``, whose faces ``sheet.load`` reads (default:
@@ -221,8 +194,9 @@ def sheet_files(out: str, table: Dict[str, float], sheet: Optional[ScoreSheet], 
     (said in a warning: the ``what`` are written without it)."""
     if sheet is None or not sheet.tiles:
         return []
-    load = sheet.load or functools.partial(_read_tile, tile_prefix)
-    title = figures.sheet_title(sheet.heading, len(table), folder, sheet.model)
+    load = sheet.load or (lambda key: np.asarray(decode_face(tile_prefix + key)))
+    title = (f"{sheet.heading} of {len(table)} images in '{figures.shorten(folder, 60)}' by {sheet.model} (higher = "
+             "better quality)")
     draw = functools.partial(figures.score_sheet, table, load, sheet.tiles, title)
     return figures.figure_file(os.path.join(out, SCORES_FIGURE), draw, f"the {what} are written without it")
 
@@ -231,11 +205,8 @@ def write_scores(out: str, table: Dict[str, float], record: Dict[str, Any], what
                  sheet: Optional[ScoreSheet] = None, tile_prefix: str = "",
                  extra: Sequence[Tuple[str, Any]] = ()) -> None:
     """Write the set: ``quality-scores.pkl`` and ``.csv`` of ``table`` (``{key: score}``), the sidecar ``record``,
-    the score sheet (:func:`sheet_files`) and ``extra`` ``(path, writer)`` files, as one set.
-
-    Raises:
-        RunError: A score is NaN or infinite; nothing is written.
-    """
+    the score sheet (:func:`sheet_files`) and ``extra`` ``(path, writer)`` files, as one set; a NaN or infinite
+    score is a :class:`RunError` and nothing is written."""
     check_finite(list(table), list(table.values()), what, "", "nothing was written")
     write_together([(os.path.join(out, SCORES_PICKLE), pickle_writer(table)),
                     (os.path.join(out, SCORES_CSV), scores_csv_writer(table)),
@@ -363,11 +334,8 @@ def _fingerprints_writer(prints: Fingerprints, kept: int) -> Tuple[str, Callable
 
 def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], List[int], int]:
     """``(listing digest or None, rows of the whole blocks, where each whole block ends (the header's end first; the
-    last is the length of the valid prefix), bytes dropped after them)``.
-
-    Raises:
-        ValueError: The data is not a part file (neither a whole header nor the beginning of one).
-    """
+    last is the length of the valid prefix), bytes dropped after them)``; a ``ValueError`` for data that is not a
+    part file (neither a whole header nor the beginning of one)."""
     end = data.find(b"\n", 0, len(_HEADER) + 66)
     if end < 0:
         if not (_HEADER.startswith(data[:len(_HEADER)]) and len(data) <= len(_HEADER) + 65):
@@ -395,11 +363,8 @@ def _parse_part(data: bytes) -> Tuple[Optional[bytes], List[List[str]], List[int
 
 
 def _read_part(path: str, fix: str) -> Tuple[Optional[bytes], List[List[str]], List[int], int]:
-    fd = open_regular(path, fix=fix)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read()
     try:
-        return _parse_part(data)
+        return _parse_part(read_regular(path, fix))
     except ValueError:
         raise DataError(f"'{path}' is not a part file of this project (damaged or foreign); {fix}") from None
 
@@ -430,12 +395,8 @@ def _row_problem(row: List[str], paths: AbstractSet[str], seen: AbstractSet[str]
 def read_parts(folder: str, paths: AbstractSet[str], fix: str = "remove it") -> Tuple[Dict[str, float],
                                                                                     Dict[str, str]]:
     """Scores and skip reasons in the whole blocks of every part file in ``folder``, whose rows must name
-    ``paths`` (the listing) only.
-
-    Raises:
-        DataError: A part that is not a part file, or a row that is not what a run writes (names the part, the row
-            and ``fix``).
-    """
+    ``paths`` (the listing) only; a part that is not a part file, or a row that is not what a run writes, is a
+    :class:`DataError` naming the part, the row and ``fix``."""
     scores: Dict[str, float] = {}
     skipped: Dict[str, str] = {}
     seen: set = set()
@@ -465,10 +426,6 @@ def _continue_line(left: int, fresh: bool, command: Sequence[str]) -> str:
     again = shlex.join(["python", *command[:1], *kept]) if command else ""
     return text + ("continue with the same command without --fresh (it would start over)" +
                    (f": {again}" if again else "")).replace("\n", "\\n")
-
-
-def _stale_temporaries(folder: str) -> List[str]:
-    return glob.glob(os.path.join(glob.escape(folder), ".quality-scores.*.tmp"))
 
 
 def _remove(paths: Sequence[str]) -> None:
@@ -537,7 +494,7 @@ class _Run:
         scored before, cut the parts to their whole blocks. Returns how many images at the start of the listing keep
         the finished results of an earlier run in the folder (whole batches; 0: none)."""
         job, out = self.job, self.job.out
-        _remove(_stale_temporaries(out))
+        _remove(glob.glob(os.path.join(glob.escape(out), ".quality-scores.*.tmp")))  # left by a kill
         sidecar_path = os.path.join(out, SIDECAR)
         fingerprints_path = os.path.join(out, FINGERPRINTS_FILE)
         if job.fresh:
@@ -604,9 +561,7 @@ class _Run:
         if not os.path.lexists(path):
             raise DataError(f"'{self.job.out}' holds {SIDECAR} but no {FINGERPRINTS_FILE}, so the images its "
                             f"scores belong to cannot be checked; {self.fix}")
-        fd = open_regular(path, fix=self.fix)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
+        data = read_regular(path, self.fix)
         match = _FINGERPRINTS.match(data)
         body = data[match.end():] if match else b""
         count, kept = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
@@ -781,7 +736,8 @@ class _Run:
                     header = b"#B %d %08x\n" % (len(payload), zlib.crc32(payload))
                     length = self._append(fd, path, header + payload, scored + skipped)
                     if job.state is not None:  # after the block: a kill between the two only repeats this batch
-                        self._save_state(path, length)
+                        with atomic_open(path + _STATE_SUFFIX, "wb") as handle:  # with the part length it belongs to
+                            torch.save({**job.state.save(), "offset": length}, handle)
                     scored += len(result.paths)
                     skipped += len(result.skipped)
                     pending += len(expected)
@@ -827,11 +783,6 @@ class _Run:
         except OSError as exc:
             raise RunError(f"cannot write '{path}' to disk: {exc.strerror or exc}; run the same command to "
                            "continue") from None
-
-    def _save_state(self, path: str, length: int) -> None:
-        """The workflow's state after the part's first ``length`` bytes (a resumed run cuts the part to them)."""
-        with atomic_open(path + _STATE_SUFFIX, "wb") as handle:
-            torch.save({**self.job.state.save(), "offset": length}, handle)
 
     def _finish(self, summary: FolderSummary) -> None:
         """First process: merge every part (and the finished results of an earlier run that still count), write the

@@ -1,13 +1,13 @@
 """What both trainers (``train.py``'s :class:`engine.training.trainer.Trainer` and ``train_diffusion.py``'s
 :class:`engine.denoiser.trainer.DiffusionTrainer`) do around their loops: the output check, torchrun set-up and
-shutdown, seeding, the DDP wrap, reading the checkpoint to resume from, and the run log."""
+shutdown, seeding, the DDP wrap and the run log."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Sequence
 
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from utils.checkpoint import read_checkpoint
 from utils.distributed import DistInfo, finish_distributed, init_distributed
 from utils.io import check_output_dir
 from utils.run_log import RunLog
@@ -17,15 +17,8 @@ __all__ = ["TrainingRun"]
 
 
 class TrainingRun:
-    """One process's share of a training run.
-
-    Args:
-        device: The config's device (``auto``, ``cpu``, ``cuda:N``); under torchrun one GPU per process.
-        seed: The run seed; each process seeds with ``seed + rank``.
-        out: The output folder, checked before any work.
-        out_key: The config key (and flag) naming ``out``, for messages.
-        deterministic: cuDNN's deterministic kernels.
-    """
+    """One process's share of a training run on the config's ``device`` (under torchrun one GPU per process), seeded
+    with ``seed + rank``, writing into ``out`` (checked before any work; ``out_key`` names it in messages)."""
 
     def __init__(self, device: str, seed: int, out: str, out_key: str, deterministic: bool = False) -> None:
         check_output_dir(out, out_key)
@@ -38,14 +31,7 @@ class TrainingRun:
         """``model`` in ``DistributedDataParallel`` under torchrun, else ``model`` itself."""
         if not self.info.enabled:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-
-    def read_resume(self, path: str, key: str, needed: Sequence[str] = (), version: Optional[int] = None,
-                    what: str = "a resumable checkpoint of this project") -> Dict[str, Any]:
-        """The checkpoint to resume from (see :func:`utils.checkpoint.read_checkpoint`)."""
-        return read_checkpoint(path, key, needed, version, what)
 
     def log(self, cfg: Any, name: str, header: Sequence[str], resumed: bool, wandb_cfg: Any) -> RunLog:
         """The run log in the output folder (written by the first process only)."""

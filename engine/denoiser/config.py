@@ -4,6 +4,7 @@ arguments) as typed dataclasses, key for key, plus run settings this project add
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -11,6 +12,9 @@ from typing import List, Optional
 from utils.config import RunBase, check, check_batch, check_workers
 
 __all__ = ["UnetParams", "DiffParams", "TrainerParams", "DiffusionTrainConfig"]
+
+#: Official UNet switches DifFIQA leaves off; the UNet here has none of them.
+_UNSUPPORTED = ("self_condition", "learned_variance", "learned_sinusoidal_cond")
 
 
 @dataclass
@@ -35,14 +39,12 @@ class UnetParams:
         check(len(self.dim_mults) >= 1 and all(m >= 1 for m in self.dim_mults),
               f"'unet_params.dim_mults' must list positive multipliers, got {self.dim_mults}")
         check(self.channels == 3, f"'unet_params.channels' must be 3 (faces are RGB), got {self.channels}")
-        for flag in ("self_condition", "learned_variance", "learned_sinusoidal_cond"):
+        for flag in _UNSUPPORTED:
             check(not getattr(self, flag), f"'unet_params.{flag}' is not used by DifFIQA and not supported")
 
     def build_kwargs(self) -> dict:
-        return {"dim": self.dim, "init_dim": self.init_dim, "out_dim": self.out_dim,
-                "dim_mults": tuple(self.dim_mults), "channels": self.channels,
-                "resnet_block_groups": self.resnet_block_groups, "attn_heads": self.attn_heads,
-                "attn_dim_head": self.attn_dim_head}
+        kwargs = {k: v for k, v in dataclasses.asdict(self).items() if k not in _UNSUPPORTED}
+        return {**kwargs, "dim_mults": tuple(self.dim_mults)}
 
 
 @dataclass
@@ -72,11 +74,7 @@ class DiffParams:
         check(self.image_size >= 8, f"'diff_params.image_size' must be at least 8, got {self.image_size}")
 
     def build_kwargs(self) -> dict:
-        return {"image_size": self.image_size, "timesteps": self.timesteps,
-                "loss_type": self.loss_type,
-                "objective": self.objective, "beta_schedule": self.beta_schedule,
-                "p2_loss_weight_gamma": self.p2_loss_weight_gamma, "p2_loss_weight_k": self.p2_loss_weight_k,
-                "ddim_sampling_eta": self.ddim_sampling_eta, "time_bound": tuple(self.time_bound), "T": self.T}
+        return {**dataclasses.asdict(self), "time_bound": tuple(self.time_bound)}
 
 
 @dataclass

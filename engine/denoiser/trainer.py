@@ -7,6 +7,7 @@ run resume to the same result as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import math
 import os
@@ -16,13 +17,15 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from dataset.diffusion_data import DegradationPairs, SampleStream, scan_training_images
+from engine import figures
 from engine.denoiser.config import DiffusionTrainConfig
 from engine.training_run import TrainingRun
 from model.diffusion import GaussianDiffusion, build_diffusion
 from model.ema import EMA
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.config import to_dict
 from utils.distributed import DistInfo, all_reduce_sum
 from utils.errors import ConfigError, RunError
@@ -91,8 +94,8 @@ class DiffusionTrainer:
 
     def _resume(self, path: str) -> None:
         # An official checkpoint carries no version: any version is accepted, the official keys are needed.
-        state = self.run.read_resume(path, "trainer_params.resume", needed=("step", "model", "opt", "ema"),
-                                     what="a denoiser trainer checkpoint")
+        state = read_checkpoint(path, "trainer_params.resume", needed=("step", "model", "opt", "ema"),
+                                what="a denoiser trainer checkpoint")
         try:
             self.diffusion.load_state_dict(state["model"], strict=True)
             self.ema.load_state_dict(state["ema"], strict=True)
@@ -114,7 +117,7 @@ class DiffusionTrainer:
     @torch.no_grad()
     def _sample_grid(self, folder: str, milestone: int) -> None:
         """Restore ``num_samples`` fixed degraded faces with the EMA model and save a square grid."""
-        from torchvision.utils import save_image
+        from torchvision.utils import save_image  # torchvision (a second to import) only for the sample grids
 
         tp = self.cfg.trainer_params
         n = min(tp.num_samples, len(self.data))
@@ -139,17 +142,13 @@ class DiffusionTrainer:
     def _write_figure(self, folder: str) -> None:
         """``loss_log.png``: the loss of every logged step so far (``loss_log.csv``, which a resumed run appends to),
         written atomically."""
-        import csv
-
-        from engine.figures import denoiser_curve, write_figure
-
         def draw():
             with open(os.path.join(folder, "loss_log.csv"), newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
-            return denoiser_curve([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
-                                  "DifFIQA denoiser: training loss")
+            return figures.denoiser_curve([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
+                                          "DifFIQA denoiser: training loss")
 
-        write_figure(os.path.join(folder, LOSS_FIGURE), draw)
+        figures.write_figure(os.path.join(folder, LOSS_FIGURE), draw)
 
     def _diverged(self, what: str) -> None:
         """Stop at the first non-finite loss or weight: the checkpoint already written stays as it is."""
@@ -160,8 +159,6 @@ class DiffusionTrainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> Dict[str, Any]:
-        from tqdm import tqdm
-
         cfg, tp = self.cfg, self.cfg.trainer_params
         folder = tp.results_folder
         run_log = self.run.log(cfg, "loss_log.csv", ["step", "loss", "images", "seconds"], resumed=self.step > 0,

@@ -11,9 +11,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from dataset.formats import all_real, quality_value, read_scores_csv
+from engine.figures import drawable
 from utils.config import short
 from utils.errors import DataError
-from utils.io import TEXT_ERRORS, safe_pickle_load
+from utils.io import TEXT_ERRORS, atomic_open, safe_pickle_load
 
 __all__ = ["Pairs", "read_pairs", "read_qualities", "PathMatcher", "plot_edc"]
 
@@ -39,11 +40,8 @@ def _truthy(value: str, path: str, line: int) -> bool:
 
 def _pair_text(path: str) -> str:
     """The text of a pairs file. Names that are not UTF-8 keep their bytes (:data:`utils.io.TEXT_ERRORS`), as in
-    the score files they are matched with; a leading byte-order mark is dropped.
-
-    Raises:
-        DataError: The file holds NUL bytes: it is not text (a binary file, or UTF-16).
-    """
+    the score files they are matched with; a leading byte-order mark is dropped. A file with NUL bytes is not text
+    (a binary file, or UTF-16): a :class:`DataError`."""
     with open(path, "rb") as handle:
         data = handle.read()
     if b"\0" in data:
@@ -67,11 +65,8 @@ def read_pairs(path: str) -> Pairs:
     """Read ``a,b,mated[,similarity]`` CSV (with header) or the LFW ``pairs.txt`` format.
 
     LFW lines ``name i j`` are mated (``name/name_000i.jpg`` vs ``name/name_000j.jpg``), ``name1 i name2 j`` non-mated;
-    a first line with one or two integers (the set counts) is skipped.
-
-    Raises:
-        DataError: A missing or binary file, a CSV without the header or with a malformed line, an LFW line that is
-            not ``name i j`` or ``name1 i name2 j``; one line naming the file (and the line).
+    a first line with one or two integers (the set counts) is skipped. A missing or binary file, a CSV without the
+    header or with a malformed line, another LFW line is a :class:`DataError` naming the file (and the line).
     """
     if not os.path.isfile(path):
         raise DataError(f"pairs file '{path}' not found")
@@ -113,21 +108,17 @@ def read_pairs(path: str) -> Pairs:
             continue
         if i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts):
             continue
-        try:
-            if len(parts) == 3:
-                name, x, y = parts
-                a.append(f"{name}/{name}_{_image_number(x):04d}.jpg")
-                b.append(f"{name}/{name}_{_image_number(y):04d}.jpg")
-                mated.append(True)
+        if len(parts) in (3, 4):
+            n1, x, n2, y = (parts[0], parts[1], parts[0], parts[2]) if len(parts) == 3 else parts
+            try:
+                a_path, b_path = f"{n1}/{n1}_{_image_number(x):04d}.jpg", f"{n2}/{n2}_{_image_number(y):04d}.jpg"
+            except ValueError:
+                pass
+            else:
+                a.append(a_path)
+                b.append(b_path)
+                mated.append(len(parts) == 3)
                 continue
-            if len(parts) == 4:
-                n1, x, n2, y = parts
-                a.append(f"{n1}/{n1}_{_image_number(x):04d}.jpg")
-                b.append(f"{n2}/{n2}_{_image_number(y):04d}.jpg")
-                mated.append(False)
-                continue
-        except ValueError:
-            pass
         raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j' with whole numbers "
                         f"i and j, got {short(line)}")
     return Pairs(a, b, np.array(mated, dtype=bool))
@@ -151,11 +142,8 @@ def _read_quality_table(path: str) -> Dict[str, float]:
 
 
 def read_qualities(path: str) -> Dict[str, float]:
-    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``.
-
-    Raises:
-        DataError: Unreadable file, or NaN/infinite scores (count and examples).
-    """
+    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``; an
+    unreadable file or NaN/infinite scores (count and examples) are a :class:`DataError`."""
     table = _read_quality_table(path)
     bad = [k for k, v in table.items() if not math.isfinite(v)]
     if bad:
@@ -195,13 +183,10 @@ class PathMatcher:
 def plot_edc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fmr: float, path_stem: str,
              limit: float = 0.3, stepwise: bool = True) -> List[str]:
     """Write an EDC figure (PNG and PDF) in the style of the eDifFIQA paper; returns the files written."""
-    import matplotlib
+    import matplotlib  # imported where a figure is drawn, as in engine/figures.py
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from engine.figures import drawable
-    from utils.io import atomic_open
 
     fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=150)
     for label, (d, f) in curves.items():

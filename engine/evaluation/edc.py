@@ -24,11 +24,8 @@ def min_pairs_for_fmr(fmr: float) -> int:
 
 
 def threshold_at_fmr(nonmated: np.ndarray, fmr: float) -> float:
-    """The lowest threshold ``tau`` with ``FMR(tau) = mean(nonmated >= tau) <= fmr``.
-
-    Raises:
-        ValueError: Too few non-mated comparisons to measure ``fmr`` (fewer than :func:`min_pairs_for_fmr`).
-    """
+    """The lowest threshold ``tau`` with ``FMR(tau) = mean(nonmated >= tau) <= fmr``; a ``ValueError`` with fewer
+    non-mated comparisons than :func:`min_pairs_for_fmr`."""
     s = np.asarray(nonmated, dtype=np.float64)
     n = len(s)
     allowed = int(math.floor(fmr * n + 1e-9))
@@ -57,13 +54,8 @@ class EDCCurve:
 
 
 def fixed_threshold_edc(mated_sim: np.ndarray, mated_quality: np.ndarray, tau: float) -> EDCCurve:
-    """Fixed-threshold FNMR-EDC of the mated comparisons (vectorised: one sort and one cumulative sum).
-
-    Args:
-        mated_sim: ``(n,)`` similarities of mated pairs.
-        mated_quality: ``(n,)`` pair qualities (min of the two samples).
-        tau: Decision threshold fixed on the full set (a pair fails when ``sim < tau``).
-    """
+    """Fixed-threshold FNMR-EDC of the mated comparisons (``(n,)`` similarities and pair qualities) at the threshold
+    ``tau`` fixed on the full set (a pair fails when ``sim < tau``); vectorised: one sort and one cumulative sum."""
     sim = np.asarray(mated_sim, dtype=np.float64)
     q = np.asarray(mated_quality, dtype=np.float64)
     n = len(sim)

@@ -6,10 +6,16 @@ import math
 import os
 import re
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
+import numpy as np
+
+from dataset.formats import read_embeddings
+from engine.evaluation import edc
 from engine.evaluation.config import EvaluateConfig, FRModel
+from engine.evaluation.data import PathMatcher, plot_edc, read_pairs, read_qualities
 from utils.errors import ConfigError, DataError
+from utils.io import check_output_dir, csv_writer, json_writer, write_together
 
 __all__ = ["evaluate"]
 
@@ -19,13 +25,6 @@ _logger = logging.getLogger(__name__)
 def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     """Compute the EDC curves and pAUC of every quality method with every FR model, write the table (JSON and CSV,
     one set) and the figures, print the table; returns its rows."""
-    import numpy as np
-
-    from dataset.formats import read_embeddings
-    from engine.evaluation import edc
-    from engine.evaluation.data import PathMatcher, plot_edc, read_pairs, read_qualities
-    from utils.io import check_output_dir, csv_writer, json_writer, write_together
-
     check_output_dir(cfg.output, "output / --output")
     pairs = read_pairs(cfg.pairs)
     if not len(pairs.a):
@@ -34,7 +33,10 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     keep = np.ones(len(pairs.a), dtype=bool)
     problems: List[str] = []
 
-    def check(found_a: np.ndarray, found_b: np.ndarray, what: str) -> None:
+    def match(keys: List[str], what: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the pairs' samples are among ``keys`` (-1: absent, said in ``problems``); which pairs have both."""
+        matcher = PathMatcher(keys)
+        found_a, found_b = matcher.find(pairs.a), matcher.find(pairs.b)
         missing = sorted({p for p, i in zip(pairs.a, found_a) if i < 0}
                          | {p for p, i in zip(pairs.b, found_b) if i < 0})
         if missing:
@@ -42,6 +44,7 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
             problems.append(f"{int(bad.sum())} pairs name {len(missing)} images with no {what} "
                             f"(e.g. {', '.join(repr(m) for m in missing[:3])})")
             keep[bad] = False
+        return found_a, found_b, (found_a >= 0) & (found_b >= 0)
 
     if pairs.similarity is not None and all(fr.embeddings is not None for fr in fr_models):
         # A pairs list that carries one FR model's similarities may be evaluated with other embeddings: not an
@@ -62,10 +65,7 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
             continue
         table = read_embeddings(fr.embeddings)
         keys = table.keys()
-        matcher = PathMatcher(keys)
-        ia, ib = matcher.find(pairs.a), matcher.find(pairs.b)
-        check(ia, ib, f"embedding in '{fr.embeddings}'")
-        ok = (ia >= 0) & (ib >= 0)
+        ia, ib, ok = match(keys, f"embedding in '{fr.embeddings}'")
         matrix = table.gather(keys)
         sims = np.full(len(pairs.a), np.nan)
         sims[ok] = edc.cosine_similarities(matrix, ia[ok], ib[ok])
@@ -76,11 +76,8 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         scores = read_qualities(method.scores)
         keys = list(scores)
         values = np.array([scores[k] for k in keys], dtype=np.float64)
-        matcher = PathMatcher(keys)
-        ia, ib = matcher.find(pairs.a), matcher.find(pairs.b)
-        check(ia, ib, f"quality in '{method.scores}'")
+        ia, ib, ok = match(keys, f"quality in '{method.scores}'")
         q = np.full(len(pairs.a), np.nan)
-        ok = (ia >= 0) & (ib >= 0)
         q[ok] = np.minimum(values[ia[ok]], values[ib[ok]])  # pair quality = the lower of the two
         qualities[method.label] = q
 

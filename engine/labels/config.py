@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from engine.denoiser.config import DiffusionTrainConfig
 from engine.training.model_file import BackboneSection
+from model.registry import DEFAULT_FR, backbone_for_module, official_modules
 from utils.config import FolderBase, check, check_batch, check_workers, from_dict, load_yaml
 from utils.errors import ConfigError
 from utils.paths import repo_path
@@ -99,16 +101,12 @@ class FRFile:
     fr_model: BackboneSection = field(default_factory=BackboneSection)
 
     def __post_init__(self) -> None:
-        from model.registry import backbone_for_module, official_modules
-
         check(backbone_for_module(self.fr_model.module) is not None,
               f"'fr_model.module' is '{self.fr_model.module}'; allowed: {', '.join(official_modules())}")
 
 
 def resolve_fr(cfg: ScoreConfig) -> Tuple[str, str]:
     """``(backbone name, weights path)`` from ``inference.fr_config`` (or the default) and ``base.fr_weights``."""
-    from model.registry import DEFAULT_FR, backbone_for_module
-
     module, weights = DEFAULT_FR
     if cfg.inference.fr_config is not None:
         parsed = from_dict(FRFile, load_yaml(cfg.inference.fr_config), source=cfg.inference.fr_config)
@@ -117,16 +115,11 @@ def resolve_fr(cfg: ScoreConfig) -> Tuple[str, str]:
 
 
 def resolve_denoiser(cfg: ScoreConfig) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
-    """The denoiser's ``(unet kwargs, diffusion kwargs)`` from ``inference.train_config``; ``(None, None)``: official.
-
-    Raises:
-        ConfigError: The file is not a denoiser training config.
-    """
+    """The denoiser's ``(unet kwargs, diffusion kwargs)`` from ``inference.train_config`` (a :class:`ConfigError`
+    when it is not a denoiser training config); ``(None, None)``: official."""
     path = cfg.inference.train_config
     if path is None:
         return None, None
-    from engine.denoiser.config import DiffusionTrainConfig
-
     raw = load_yaml(path)
     if "unet_params" not in raw:
         raise ConfigError(f"'inference.train_config' is '{path}', which is not a denoiser training config (it has no "

@@ -30,16 +30,9 @@ FR = Callable[[torch.Tensor], torch.Tensor]
 # ------------------------------------------------------------------------------------------------- the formula
 def diffiqa_quality(e: torch.Tensor, e_flip: torch.Tensor, e_noisy: torch.Tensor, e_recon: torch.Tensor,
                     e_noisy_flip: torch.Tensor, e_recon_flip: torch.Tensor) -> torch.Tensor:
-    """The DifFIQA score from embeddings.
-
-    Args:
-        e: Embeddings of the originals, ``(B, D)`` or ``(B, R, D)`` (the official code repeats them).
-        e_flip: Of the flipped originals, ``(B, D)`` or ``(B, R, D)``.
-        e_noisy, e_recon, e_noisy_flip, e_recon_flip: ``(B, R, D)``.
-
-    Returns:
-        ``(B,)`` qualities; every term compares with the unflipped original's embedding.
-    """
+    """``(B,)`` DifFIQA scores from the embeddings of the originals ``e`` and their flips ``e_flip``, ``(B, D)`` or
+    ``(B, R, D)`` (the official code repeats them), and of the noisy and reconstructed copies, ``(B, R, D)``; every
+    term compares with the unflipped original's embedding."""
     if e.ndim == 2:
         e = e[:, None, :]
     if e_flip.ndim == 2:
@@ -64,13 +57,7 @@ def score_batch_official(x: torch.Tensor, diffusion: GaussianDiffusion, fr: FR, 
 
     ``[originals; flips]`` is repeated ``repeats`` times each, consecutively; one ``q_sample`` draw for the whole
     batch, the 6-step chain with its degenerate ``(0, 0)`` step (one draw per step), then one FR call on
-    ``cat(clean, noisy, reconstructed)``.
-
-    Args:
-        x: ``(B, 3, H, W)`` faces in [-1, 1].
-
-    Returns:
-        ``(B,)`` qualities.
+    ``cat(clean, noisy, reconstructed)``. ``x``: ``(B, 3, H, W)`` faces in [-1, 1]; returns ``(B,)`` qualities.
     """
     b = x.shape[0]
     both = torch.cat([x, _flip(x)])
@@ -114,16 +101,9 @@ def score_batch_fast(x: torch.Tensor, diffusion: GaussianDiffusion, fr: FR, seed
                      repeats: int = 10, chunk: Optional[List[int]] = None) -> torch.Tensor:
     """The same scores in expectation with less work: clean embeddings once per image (not ``repeats`` times),
     no degenerate ``(0, 0)`` step, and every image's noise drawn from its own seed, so a score does not depend on
-    the batch it was computed in, on the number of processes, or on an interruption.
-
-    Args:
-        x: ``(B, 3, H, W)`` faces in [-1, 1].
-        seeds: One seed per image (see :func:`image_seed`).
-        chunk: ``[rows]`` per UNet/FR call (a one-element list so an out-of-memory retry can lower it for later
-            batches); default all rows at once.
-
-    Returns:
-        ``(B,)`` qualities.
+    the batch it was computed in, on the number of processes, or on an interruption. ``seeds``: one per image
+    (:func:`image_seed`); ``chunk``: ``[rows]`` per UNet/FR call (a one-element list so that an out-of-memory retry
+    lowers it for later batches; default all rows at once).
     """
     b = x.shape[0]
     both = torch.cat([x, _flip(x)])

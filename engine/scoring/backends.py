@@ -54,17 +54,9 @@ def export_onnx(model: nn.Module, path: str, with_embedding: bool = False, opset
                           output_names=outputs, dynamic_axes=dynamic, opset_version=opset, dynamo=False)
 
 
-def check_onnx_file(path: str, session=None) -> Tuple[str, Optional[int], List[str]]:
-    """Check that an ONNX file takes ``(N, 3, 112, 112)`` and gives ``(N, 1)``.
-
-    Args:
-        path: The file (named in messages; opened with ONNX Runtime unless ``session`` is given).
-        session: An ONNX Runtime session of ``path`` that is already open.
-
-    Returns:
-        ``(input name, fixed batch size or None, output names)``.
-    """
-    session = session if session is not None else _ort_session(path)
+def check_onnx_file(path: str, session) -> Tuple[str, Optional[int], List[str]]:
+    """``(input name, fixed batch size or None, output names)`` of the ONNX Runtime ``session`` of ``path``, once it
+    is known to take ``(N, 3, 112, 112)`` and give ``(N, 1)``."""
     inputs = session.get_inputs()
     shape = inputs[0].shape if len(inputs) == 1 else None
     if shape is None or len(shape) != 4 or list(shape[1:]) != [3, 112, 112]:
@@ -88,15 +80,12 @@ def _ort_session(path: str):
     # The model owns the cores; decoding happens in DataLoader worker processes, not in this one.
     options.intra_op_num_threads = cpu_count()
     options.inter_op_num_threads = 1
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     try:
-        return ort.InferenceSession(path, options, providers=_ort_providers(ort))
+        return ort.InferenceSession(path, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for malformed files
         raise CheckpointError(f"cannot load ONNX file '{path}': {str(exc).splitlines()[0]}") from None
-
-
-def _ort_providers(ort) -> List[str]:
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 class OnnxModel:

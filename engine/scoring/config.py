@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from engine.scoring.backends import BACKENDS
 from model.registry import DEFAULT_VARIANT, VARIANTS, variant_names
 from utils.config import FolderBase, LoaderParams, check
 from utils.paths import repo_path
+from utils.runtime import PRECISIONS
 
 __all__ = ["InferenceConfig"]
 
@@ -67,9 +69,6 @@ class InferenceConfig:
     annotate: Optional[str] = None
 
     def __post_init__(self) -> None:
-        from engine.scoring.backends import BACKENDS
-        from utils.runtime import PRECISIONS
-
         check(self.backend in BACKENDS, f"'backend' is '{self.backend}'; choose one of: {', '.join(BACKENDS)}")
         check(0 <= self.figure_tiles <= 64, f"'figure_tiles' must be between 0 (no figure) and 64, got "
               f"{self.figure_tiles}")

@@ -7,8 +7,18 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+import torch
+
+from dataset.folder_batches import map_folder
+from dataset.formats import write_embeddings
+from dataset.image_folder import find_images
+from engine.scoring.scorer import default_batch_size
+from model.checkpoint import load_backbone
+from model.registry import backbone_names
 from utils.config import check, check_batch, check_workers
 from utils.errors import DataError, RunError
+from utils.io import check_output_dir
+from utils.runtime import reader_workers, resolve_device
 
 __all__ = ["EmbedConfig", "extract_embeddings"]
 
@@ -30,8 +40,6 @@ class EmbedConfig:
     verbose: bool = True
 
     def __post_init__(self) -> None:
-        from model.registry import backbone_names
-
         for name in ("images", "backbone", "weights", "output"):
             check(getattr(self, name) is not None, f"'{name}' (--{name}) is required")
         check(self.output.lower().endswith((".pkl", ".npz")), f"'output' (--output) '{self.output}' must end with "
@@ -45,16 +53,6 @@ class EmbedConfig:
 def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
     """Embed every image below ``cfg.images`` with backbone ``cfg.backbone`` loaded from ``cfg.weights`` and write
     ``cfg.output`` (official pickled dict, or ``.npz``); returns the counts."""
-    import torch
-
-    from dataset.folder_batches import map_folder
-    from dataset.formats import write_embeddings
-    from dataset.image_folder import find_images
-    from engine.scoring.scorer import default_batch_size
-    from model.checkpoint import load_backbone
-    from utils.io import check_output_dir
-    from utils.runtime import reader_workers, resolve_device
-
     images, backbone, weights, output, flip = cfg.images, cfg.backbone, cfg.weights, cfg.output, cfg.flip
     check_output_dir(os.path.dirname(os.path.abspath(output)), "--output")
     target = resolve_device(cfg.device)

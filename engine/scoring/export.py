@@ -44,14 +44,8 @@ class ExportConfig:
 def export_checked(name: str, weights: Optional[str], output: str, with_embedding: bool = False,
                    opset: int = 17) -> Tuple[float, float]:
     """Export variant ``name`` with ``weights`` to ``output`` and check it with ONNX Runtime on 5 inputs; the file is
-    moved into place only when the check passes.
-
-    Returns:
-        ``(largest absolute difference, largest |score|)``.
-
-    Raises:
-        RunError: The difference is not finite or above :data:`PARITY_TOLERANCE` relative; nothing is written.
-    """
+    moved into place only when the check passes (else a :class:`RunError`: the difference is not finite or above
+    :data:`PARITY_TOLERANCE` relative). Returns ``(largest absolute difference, largest |score|)``."""
     folder = os.path.dirname(os.path.abspath(output))
     check_output_dir(folder, "--output")
     model = create_model(name, resolve_weights(name, weights))

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO, Callable, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -64,13 +64,8 @@ def load_photo(path: str) -> Image.Image:
 
 
 class FaceDetector:
-    """MTCNN face detector with landmarks; photos larger than ``max_side`` are scaled down for detection only.
-
-    Args:
-        device: Where MTCNN runs.
-        min_probability: Faces below this detection probability are ignored.
-        max_side: Longest side used for detection (crops are always taken from the full-resolution photo).
-    """
+    """MTCNN face detector with landmarks, keeping faces of at least ``min_probability``; photos larger than
+    ``max_side`` are scaled down for detection only (crops are always taken from the full-resolution photo)."""
 
     def __init__(self, device: str = "cpu", min_probability: float = 0.9, max_side: int = 1600) -> None:
         try:  # optional and heavy: imported only when photos are scored
@@ -132,15 +127,9 @@ def annotate(photo: Image.Image, faces: Sequence[FaceResult], low: float = 0.3, 
 def score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer: QualityScorer) -> Dict[str, int]:
     """Detect every face of the photos ``rel_paths`` (below ``cfg.dataset.loc``), align and score it; write the
     scores (one per photo, its largest face, in the official format, so that ``evaluate.py`` reads them), one row per
-    face in ``faces.csv`` and the photos without a face in ``no-face.txt`` as one set.
-
-    Returns:
-        Counts: ``scored`` (faces), ``skipped`` (unreadable photos) and ``no_face``.
-
-    Raises:
-        DataError: No face in any photo.
-        RunError: A NaN or infinite score (nothing is written).
-    """
+    face in ``faces.csv`` and the photos without a face in ``no-face.txt`` as one set. Returns the counts:
+    ``scored`` (faces), ``skipped`` (unreadable photos) and ``no_face``. No face in any photo is a
+    :class:`DataError`, a NaN or infinite score a :class:`RunError` (nothing is written)."""
     loc, out = cfg.dataset.loc, cfg.base.save_path
     detector = FaceDetector("cuda" if scorer.device.type == "cuda" else "cpu", cfg.min_face_probability)
     rows, best, skipped, no_face = [], {}, {}, []
@@ -187,21 +176,14 @@ def score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer: QualityScor
               "run": {"images": len(rel_paths), "scored": len(table), "faces": len(rows), "skipped": skipped,
                       "no_face": len(no_face), "processes": 1, "device": str(scorer.device),
                       "seconds": round(seconds, 2)}}
+    no_face_lines = "".join(os.path.join(loc, rel) + "\n" for rel in no_face)
     write_scores(out, table, record, "quality scores", loc,
                  ScoreSheet(cfg.figure_tiles, "eDifFIQA quality scores", cfg.model, detector.first_face),
                  extra=[(os.path.join(out, FACES_CSV), csv_writer(_FACE_COLUMNS, rows)),
-                        (os.path.join(out, NO_FACE), _lines_writer([os.path.join(loc, rel) for rel in no_face]))])
+                        (os.path.join(out, NO_FACE), ("w", lambda handle: handle.write(no_face_lines)))])
     print_summary(out, len(rows), len(skipped), seconds, list(skipped),
                   extra=f", photos without a face {len(no_face)}")
     if no_face:
         print(f"no face found in: {', '.join(no_face[:5])}{' ...' if len(no_face) > 5 else ''} "
               f"(listed in {os.path.join(out, NO_FACE)})", file=sys.stderr)
     return {"scored": len(rows), "skipped": len(skipped), "no_face": len(no_face)}
-
-
-def _lines_writer(lines: List[str]) -> Tuple[str, Callable[[IO], None]]:
-    """A text file of ``lines``, one a line, as a writer for :func:`utils.io.write_together`."""
-    def write(handle: IO) -> None:
-        handle.writelines(line + "\n" for line in lines)
-
-    return "w", write

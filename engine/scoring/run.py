@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Dict, Iterator, List, Sequence
 
-import numpy as np
 import torch
 
 from dataset.folder_batches import cuda_jpeg_decoder, iterate_folder
-from dataset.image_folder import list_images
+from dataset.image_folder import ImageListing, list_images
 from engine.resumable import BatchResult, FolderJob, ScoreSheet, run_folder
 from engine.scoring.backends import resolve_backend
 from engine.scoring.config import InferenceConfig
@@ -20,7 +19,7 @@ from utils.config import to_dict
 from utils.distributed import DistInfo, finish_distributed, init_distributed
 from utils.errors import ConfigError
 from utils.io import check_output_dir, sha256_of
-from utils.runtime import seed_everything
+from utils.runtime import reader_workers, seed_everything
 
 __all__ = ["score"]
 
@@ -28,15 +27,9 @@ _logger = logging.getLogger(__name__)
 
 
 def score(cfg: InferenceConfig, fresh: bool = False, command: Sequence[str] = ()) -> Dict[str, int]:
-    """Score ``cfg.dataset.loc`` (faces, or photos with ``cfg.align``) and write the outputs as one set.
-
-    Faces are scored resumably and, under ``torchrun``, in shares: see :func:`_score_faces`. ``fresh`` removes the
-    files of an earlier run in the output folder first (its finished scores too); ``command`` (``[program,
-    *arguments]``) is named after a ``base.limit`` stop.
-
-    Returns:
-        Counts: ``scored`` and ``skipped`` (and ``no_face`` for photos; ``left`` after a ``base.limit`` stop).
-    """
+    """Score ``cfg.dataset.loc`` (faces, or photos with ``cfg.align``) and write the outputs as one set; ``fresh``
+    and ``command`` as :class:`engine.resumable.FolderJob` takes them. Returns the counts: ``scored`` and ``skipped``
+    (and ``no_face`` for photos; ``left`` after a ``base.limit`` stop)."""
     check_output_dir(cfg.base.save_path, "base.save_path / --output")
     for folder, flag in ((cfg.save_crops, "--save-crops"), (cfg.annotate, "--annotate")):
         if folder:
@@ -56,15 +49,14 @@ def score(cfg: InferenceConfig, fresh: bool = False, command: Sequence[str] = ()
                      scorer.precision, scorer.backend)
         if cfg.align:
             return score_photos(cfg, listing.paths, scorer)
-        return _score_faces(cfg, listing.paths, listing.stats, scorer, info, fresh, weights, command)
+        return _score_faces(cfg, listing, scorer, info, fresh, weights, command)
     finally:
         finish_distributed(info)
 
 
-def _score_faces(cfg: InferenceConfig, rel_paths: List[str], stats: np.ndarray, scorer: QualityScorer,
-                 info: DistInfo, fresh: bool, weights: str, command: Sequence[str]) -> Dict[str, int]:
-    """Score the folder resumably and, under ``torchrun``, in shares (see :mod:`engine.resumable`): a rerun into the
-    same folder continues where a kill (or ``base.limit``) stopped, byte for byte, and refuses other settings."""
+def _score_faces(cfg: InferenceConfig, listing: ImageListing, scorer: QualityScorer, info: DistInfo, fresh: bool,
+                 weights: str, command: Sequence[str]) -> Dict[str, int]:
+    """Score the folder through :func:`engine.resumable.run_folder` (resumable, in shares under ``torchrun``)."""
     params = cfg.dataloader.params
     decode = None
     if cfg.gpu_decode:
@@ -75,14 +67,14 @@ def _score_faces(cfg: InferenceConfig, rel_paths: List[str], stats: np.ndarray, 
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
                 # the thread count changes the last bits of CPU results
                 "threads": torch.get_num_threads() if scorer.device.type == "cpu" else None}
-    job = FolderJob(root=cfg.dataset.loc, rel_paths=rel_paths, stats=stats, out=cfg.base.save_path,
+    job = FolderJob(root=cfg.dataset.loc, rel_paths=listing.paths, stats=listing.stats, out=cfg.base.save_path,
                     batch_size=params.batch_size or default_batch_size(scorer.device, scorer.precision),
                     settings=settings, config=to_dict(cfg),
                     sheet=ScoreSheet(cfg.figure_tiles, "eDifFIQA quality scores", cfg.model),
                     device=str(scorer.device), what="quality scores", out_key="base.save_path (--output)",
                     keys="joined", limit=cfg.base.limit, flush_every=cfg.base.flush_every, fresh=fresh,
                     verbose=cfg.base.verbose, command=command)
-    workers = params.num_workers if params.num_workers is not None else scorer.default_workers()
+    workers = params.num_workers if params.num_workers is not None else reader_workers(scorer.device)
 
     def score_batches(paths: List[str], batch_size: int) -> Iterator[BatchResult]:
         for indices, x, bad in iterate_folder(cfg.dataset.loc, paths, scorer.device, batch_size, workers,

@@ -6,8 +6,8 @@ An optional reduced precision (``bf16`` / ``fp16`` autocast) trades a small, rep
 """
 from __future__ import annotations
 
-import logging
 import os
+import tempfile
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -18,6 +18,7 @@ from torch import nn
 from dataset.folder_batches import FolderResult, map_folder
 from dataset.transforms import normalize, resize_face, to_uint8_tensor
 from engine.scoring.backends import BACKENDS, OnnxModel, export_onnx, resolve_backend
+from engine.scoring.weights import resolve_weights
 from model.checkpoint import create_model
 from model.fuse import fold_batchnorm
 from utils.errors import ConfigError
@@ -25,7 +26,6 @@ from utils.runtime import precision_context, reader_workers, resolve_device, res
 
 __all__ = ["default_batch_size", "QualityScorer"]
 
-_logger = logging.getLogger(__name__)
 
 def _check_onnx_precision(precision: str) -> None:
     if precision not in ("fp32", "auto"):
@@ -42,14 +42,10 @@ def default_batch_size(device: torch.device, precision: str = "fp32") -> int:
 
 
 class QualityScorer:
-    """An eDifFIQA model ready to score faces.
-
-    Args:
-        model: An :class:`model.EDifFIQA` (any ``return_feat``; the scorer asks for what it needs).
-        device: Where to run.
-        precision: ``fp32`` (official numbers), ``tf32`` (CUDA), ``bf16`` or ``fp16`` (autocast; faster, small
-            error); see :func:`precision_context`.
-        channels_last: Run convolutions in NHWC layout (same numbers, faster on CPUs and tensor cores).
+    """An eDifFIQA model (any ``return_feat``; the scorer asks for what it needs), or an ONNX one, ready to score
+    faces. ``precision``: ``fp32`` (official numbers), ``tf32`` (CUDA), ``bf16`` or ``fp16`` (autocast; faster, small
+    error; :func:`utils.runtime.precision_context`); ``channels_last``: convolutions in NHWC layout (same numbers,
+    faster on CPUs and tensor cores).
 
     Example:
         >>> scorer = QualityScorer.from_pretrained("ediffiqaL", "weights/ediffiqaL.pth")  # doctest: +SKIP
@@ -80,8 +76,7 @@ class QualityScorer:
                 self.model = self.model.to(memory_format=torch.channels_last)
 
     @property
-    def backend(self) -> str:
-        """``torch``, ``onnxruntime`` or ``opencv``."""
+    def backend(self) -> str:  # torch, onnxruntime or opencv
         return self.onnx.backend if self.onnx is not None else "torch"
 
     @classmethod
@@ -97,8 +92,6 @@ class QualityScorer:
         is exported to a temporary ONNX file first. ``fold_bn`` folds BatchNorm into convolutions (torch backend;
         scores change by about 1e-6 relative).
         """
-        from engine.scoring.weights import resolve_weights
-
         if backend not in BACKENDS:
             raise ConfigError(f"backend '{backend}' not understood; use one of: {', '.join(BACKENDS)}")
         if backend == "auto":
@@ -113,8 +106,6 @@ class QualityScorer:
         model = create_model(name, weights)
         if backend == "torch":
             return cls(model, device=device, precision=precision, channels_last=channels_last, fold_bn=fold_bn)
-        import tempfile
-
         # Both runtimes read the whole file when they load it, so the export need not outlive this call.
         with tempfile.TemporaryDirectory(prefix="ediffiqa-onnx-") as folder:
             path = os.path.join(folder, f"{name}.onnx")
@@ -144,11 +135,8 @@ class QualityScorer:
 
     def score_images(self, images: Sequence[Image.Image], return_feat: bool = False
                      ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
-        """Score PIL images (aligned face crops, any mode and size; resized to 112x112 as the official code does).
-
-        Returns:
-            ``(N,)`` float32 qualities, or ``((N, 512) embeddings, (N,) qualities)`` with ``return_feat``.
-        """
+        """``(N,)`` float32 qualities (with ``return_feat`` also ``(N, 512)`` embeddings, first) of PIL images:
+        aligned face crops, any mode and size, resized to 112x112 as the official code does."""
         if len(images) == 0:
             empty = np.zeros((0,), dtype=np.float32)
             return (np.zeros((0, 512), dtype=np.float32), empty) if return_feat else empty
@@ -158,23 +146,16 @@ class QualityScorer:
             return feat.cpu().numpy(), quality.cpu().numpy()
         return quality.cpu().numpy()
 
-    def default_workers(self) -> int:
-        """Image-reading worker processes that suit this scorer's device (none on a CPU)."""
-        return reader_workers(self.device)
-
     def score_folder(self, root: str, rel_paths: Sequence[str], batch_size: Optional[int] = None,
                      workers: Optional[int] = None, verbose: bool = False, return_feat: bool = False,
                      **loader_kwargs) -> FolderResult:
-        """Score the files ``rel_paths`` (relative to ``root``), skipping and reporting unreadable ones.
-
-        Returns:
-            A :class:`FolderResult` whose ``scores`` (and ``embeddings`` with ``return_feat``) follow ``paths``.
-        """
+        """Score the files ``rel_paths`` below ``root``, skipping and reporting unreadable ones: a
+        :class:`FolderResult` whose ``scores`` (and ``embeddings`` with ``return_feat``) follow ``paths``."""
         def forward(x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
             feat, quality = self.forward(x)
             return (quality, feat) if return_feat else (quality,)
 
         return map_folder(root, rel_paths, self.device, forward,
                           batch_size=batch_size or default_batch_size(self.device, self.precision),
-                          workers=self.default_workers() if workers is None else workers,
+                          workers=reader_workers(self.device) if workers is None else workers,
                           verbose=verbose, channels_last=self.channels_last, **loader_kwargs)

@@ -16,20 +16,11 @@ __all__ = ["resolve_weights"]
 
 
 def resolve_weights(model: str, weights: Optional[str] = None, backend: str = "torch", progress: bool = True) -> str:
-    """The checkpoint of variant ``model`` to load.
-
-    A fetched checkpoint is kept (and its SHA-256 recorded) only once it loads as ``model``'s, and a cached one is
-    checked the same way before it is used (:func:`model.checkpoint.check_checkpoint`).
-
-    Args:
-        model: A registered variant.
-        weights: A file the user named (``--weights`` / ``weights``); used as it is.
-        backend: ``torch``, or an ONNX backend, for which a published ONNX file is fetched where there is one.
-        progress: Show a progress bar while fetching.
-
-    Raises:
-        CheckpointError: Nothing given, nothing at the default path, and nothing to fetch (or the fetch failed).
-    """
+    """The checkpoint of variant ``model`` to load (see the module's docstring): ``weights``, a file the user named,
+    as it is; for an ONNX ``backend`` the published ONNX file where there is one. A fetched checkpoint is kept (and
+    its SHA-256 recorded) only once it loads as ``model``'s, and a cached one is checked the same way before it is
+    used (:func:`model.checkpoint.check_checkpoint`). Nothing given, nothing at the default path and nothing to
+    fetch (or a failed fetch) is a :class:`CheckpointError`."""
     if weights:
         return weights
     default = repo_path(os.path.join("weights", f"{model}.pth"), shipped=True)

@@ -279,15 +279,11 @@ class LossSection:
         return self.quality.params.base_loss
 
 
-def _regression_config() -> str:
-    return VARIANTS[variant_names("regression")[0]].config
-
-
 @dataclass
 class ModelRef:
     """``model``: DifFIQA(R)'s official section, naming its model config."""
 
-    config: str = field(default_factory=_regression_config)
+    config: str = field(default_factory=lambda: VARIANTS[variant_names("regression")[0]].config)
 
 
 @dataclass
@@ -340,14 +336,11 @@ def _differences(old: Any, new: Any, prefix: str = "") -> List[Tuple[str, Any, A
     return [] if old == new else [(prefix[:-1], old, new)]
 
 
-def _free(dotted: str) -> bool:
-    return any(fnmatch.fnmatchcase(dotted, p) or fnmatch.fnmatchcase(dotted, p + ".*") for p in RESUME_FREE_KEYS)
-
-
 def resume_mismatch(saved: Dict[str, Any], cfg: TrainConfig) -> str:
     """Why a checkpoint trained with config ``saved`` (a dict) cannot continue under ``cfg`` ("" when it can): every
     key that can change a number (all but :data:`RESUME_FREE_KEYS`) must be as it was trained with; each one that
     differs is named with both values."""
-    changed = [(k, a, b) for k, a, b in _differences(saved, to_dict(cfg)) if not _free(k)]
+    changed = [(k, a, b) for k, a, b in _differences(saved, to_dict(cfg))
+               if not any(fnmatch.fnmatchcase(k, p) or fnmatch.fnmatchcase(k, p + ".*") for p in RESUME_FREE_KEYS)]
     shown = lambda v: "(absent)" if v is _ABSENT else short(v)  # noqa: E731
     return "; ".join(f"{k}: {shown(a)} -> {shown(b)}" for k, a, b in changed)

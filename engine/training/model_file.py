@@ -68,14 +68,9 @@ def _leaves(raw: Mapping[str, Any], known: Set[str], prefix: str = "") -> Iterat
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a training config's model resolves to.
-
-    Attributes:
-        name: A registry variant.
-        kind: Its kind (``model.registry.KINDS``); it picks the training objective.
-        backbone_weights: The backbone initialisation, or None for random weights.
-        source: What named it, for messages (``variant ediffiqaS``, or the model config file).
-    """
+    """What a training config's model resolves to: a registry variant, its kind (which picks the training
+    objective), the backbone initialisation (None: random) and what named it, for messages (``variant ediffiqaS``,
+    or the model config file)."""
 
     name: str
     kind: str
@@ -85,12 +80,8 @@ class ModelSpec:
 
 def read_model_file(path: str) -> ModelSpec:
     """An official model config: eDifFIQA's (``base_model``, ``mlp``, ``ediffiqa``) or DifFIQA(R)'s (``base_model``,
-    ``model_head``).
-
-    Raises:
-        ConfigError: An unknown key, a backbone module that is not allow-listed, or a key that differs from its
-            official value; the message names the file and the key.
-    """
+    ``model_head``). An unknown key, a backbone module that is not allow-listed or a key that differs from its
+    official value is a :class:`ConfigError` naming the file and the key."""
     raw = load_yaml(path)
     kind = "regression" if "model_head" in raw else "ediffiqa"
     official = OFFICIAL_VALUES[kind]
@@ -120,12 +111,8 @@ def read_model_file(path: str) -> ModelSpec:
 def resolve_model(cfg: TrainConfig) -> ModelSpec:
     """The model ``cfg`` names (:attr:`TrainConfig.model_source`): a variant name (``ediffiqaS``, ``diffiqaR``) or the
     path of an official model config file, eDifFIQA's in ``base.model`` or DifFIQA(R)'s in ``model.config``;
-    ``base.backbone_weights``, when set, replaces the backbone initialisation ("": random).
-
-    Raises:
-        ConfigError: Neither a variant nor a readable model config, or a model config under the other kind's key;
-            the message names the key and the file.
-    """
+    ``base.backbone_weights``, when set, replaces the backbone initialisation ("": random). Neither a variant nor a
+    readable model config, or a model config under the other kind's key, is a :class:`ConfigError`."""
     value = cfg.model_source
     if value in VARIANTS:
         variant = VARIANTS[value]

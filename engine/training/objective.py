@@ -17,13 +17,9 @@ __all__ = ["Objective", "Distillation", "Regression", "OBJECTIVES"]
 
 
 class Objective:
-    """One kind's training objective, built once the run has a device.
-
-    Attributes:
-        train_set, val_set: The training and validation items (:class:`dataset.training.TrainingSet`).
-        counts: Item counts for the log.
-        criterion: The loss module; it returns named terms, ``loss`` and each of its ``terms``.
-    """
+    """One kind's training objective, built once the run has a device: ``train_set`` and ``val_set``
+    (:class:`dataset.training.TrainingSet`), their ``counts`` for the log, and the ``criterion``, which returns named
+    terms, ``loss`` and each of its ``terms``."""
 
     #: Name for messages.
     title = ""
@@ -34,11 +30,8 @@ class Objective:
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
-        """Refuse keys of ``cfg`` that this kind does not take (before anything is built).
-
-        Raises:
-            ConfigError: Names the key.
-        """
+        """Refuse keys of ``cfg`` that this kind does not take, before anything is built (a :class:`ConfigError`
+        naming the key)."""
         for group in (cfg.optimizer.group_1, cfg.optimizer.group_2):
             if group is not None and group.params not in cls.parts:
                 raise ConfigError(f"optimizer group 'params' '{group.params}' is not a part of {cls.title}, which has "

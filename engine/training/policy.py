@@ -12,6 +12,7 @@ from torch import nn
 
 from engine.training.config import TrainConfig
 from engine.training.objective import Objective
+from model.conv_grad import fast_weight_grad_layers
 from utils.errors import ConfigError
 from utils.runtime import cpu_has_native_bf16
 
@@ -49,13 +50,8 @@ class TrainingPolicy:
     def from_config(cls, cfg: TrainConfig, device: torch.device, world: int, model: nn.Module, objective: Objective,
                     log: bool = True) -> "TrainingPolicy":
         """The policy of ``cfg`` on ``device`` with ``world`` processes for ``model`` (whose 3x3 convolutions decide
-        the memory format of a compiled CPU run) trained with ``objective``.
-
-        Raises:
-            ConfigError: The official update under torchrun (the official loop is one process).
-        """
-        from model.conv_grad import fast_weight_grad_layers
-
+        the memory format of a compiled CPU run) trained with ``objective``. The official update is one process: under
+        torchrun a :class:`ConfigError`."""
         official = cfg.base.official
         if official and world > 1:
             raise ConfigError("'base.official: 1' reproduces the official single-process loop; run it without torchrun")

@@ -7,10 +7,17 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+import numpy as np
+import torch
+
+from dataset import labels
+from dataset.formats import EmbeddingTable, prepared_writers, read_embeddings, read_label_values
+from engine import figures
 from utils.config import check
 from utils.errors import DataError
+from utils.io import check_output_dir, json_writer, write_together
 
 __all__ = ["PrepareConfig", "prepare"]
 
@@ -37,48 +44,39 @@ class PrepareConfig:
               f"'save_name' must be a plain name without slashes, got {self.save_name!r}")
 
 
-def _centres(embeddings: Any, ordered_paths: List[str], starts: Any) -> Any:
+def _centres(embeddings: EmbeddingTable, ordered_paths: List[str], starts: np.ndarray) -> torch.Tensor:
     """Official centres of the chosen images (``ordered_paths`` in :func:`dataset.labels.centre_order` order)."""
-    from dataset.labels import identity_centres
-
-    return identity_centres(lambda a, b: embeddings.gather(ordered_paths[a:b]), starts, embeddings.dim)
+    return labels.identity_centres(lambda a, b: embeddings.gather(ordered_paths[a:b]), starts, embeddings.dim)
 
 
 #: At most this many training images are measured for the figure's distances (evenly spread over the items).
 FIGURE_SAMPLE = 20000
 
 
-def _centre_distances(embeddings: Any, paths: List[str], rows: Any, centres: Any) -> Any:
+def _centre_distances(embeddings: EmbeddingTable, paths: List[str], rows: np.ndarray, centres: torch.Tensor
+                      ) -> np.ndarray:
     """``1 - cos(embedding, its identity centre)`` of up to :data:`FIGURE_SAMPLE` training images (the ``ad`` of
     label optimisation), for the figure."""
-    import numpy as np
-
-    from dataset.labels import centre_distances
-
     index = np.flatnonzero(rows >= 0)
     if len(index) > FIGURE_SAMPLE:
         index = index[np.linspace(0, len(index) - 1, FIGURE_SAMPLE).astype(np.int64)]
-    return centre_distances(embeddings.gather([paths[i] for i in index.tolist()]), centres.numpy()[rows[index]])
+    return labels.centre_distances(embeddings.gather([paths[i] for i in index.tolist()]), centres.numpy()[rows[index]])
 
 
-def _figure(cfg: PrepareConfig, qualities: Any, threshold: float, selection: Any, distances: Any) -> List[Any]:
+def _figure(cfg: PrepareConfig, qualities: np.ndarray, threshold: float, selection: labels.Selection,
+            distances: Optional[np.ndarray]) -> List[Any]:
     """``[(prepare_data-<name>.png, writer)]``, or nothing when it cannot be drawn (said in a warning)."""
-    from engine.figures import figure_file, preparation_figure
-
     title = f"prepare_data.py: {len(qualities)} labels -> {int(selection.kept.sum())} identities ({cfg.save_name})"
-    return figure_file(os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.png"),
-                       lambda: preparation_figure(qualities, threshold, cfg.beta, selection.chosen_per_identity,
-                                                  cfg.min_images, distances, title),
-                       "the prepared files are written without it")
+    return figures.figure_file(os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.png"),
+                               lambda: figures.preparation_figure(qualities, threshold, cfg.beta,
+                                                                  selection.chosen_per_identity, cfg.min_images,
+                                                                  distances, title),
+                               "the prepared files are written without it")
 
 
 def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     """Read the labels and teacher embeddings, compute the label-optimisation data (the pure functions of
     :mod:`dataset.labels`) and write the two official files and the JSON summary as one set; returns the summary."""
-    from dataset.formats import prepared_writers, read_embeddings, read_label_values
-    from dataset.labels import centre_order, group_identities, quality_threshold, select_identities, training_items
-    from utils.io import check_output_dir, json_writer, write_together
-
     check_output_dir(cfg.save_location, "save_location / -sl")
 
     start = time.perf_counter()
@@ -92,9 +90,9 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
                         f"'{cfg.embedding_location}' (e.g. {', '.join(repr(p) for p in missing[:3])}); "
                         "both files must use the same relative paths")
 
-    names, ids = group_identities(paths)
-    threshold = quality_threshold(qualities, cfg.beta)
-    selection = select_identities(qualities, ids, len(names), threshold, cfg.min_images)
+    names, ids = labels.group_identities(paths)
+    threshold = labels.quality_threshold(qualities, cfg.beta)
+    selection = labels.select_identities(qualities, ids, len(names), threshold, cfg.min_images)
     n_kept = int(selection.kept.sum())
     if n_kept == 0:
         raise DataError(f"no identity has {cfg.min_images} images with quality >= {threshold:.6g} "
@@ -102,12 +100,12 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
                         "lower --min-images or raise --beta")
 
     # Chosen images of kept identities in the official stacking order, gathered window by window.
-    order, starts = centre_order(qualities, ids, selection)
+    order, starts = labels.centre_order(qualities, ids, selection)
     centres = _centres(embeddings, [paths[i] for i in order.tolist()], starts)
     embedding_dim = embeddings.dim
     distances = _centre_distances(embeddings, paths, selection.row[ids], centres) if cfg.figure else None
     del embeddings  # the largest object by far; free it before the items are built
-    items = training_items(paths, values, ids, selection)
+    items = labels.training_items(paths, values, ids, selection)
     files = prepared_writers(cfg.save_location, cfg.save_name, centres, items)
     centres_path, items_path = files[0][0], files[1][0]
 

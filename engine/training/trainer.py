@@ -10,8 +10,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from dataset.transforms import normalize
+from engine import figures
 from engine.training.config import TrainConfig, build_optimizer, resume_mismatch
 from engine.training.data import loader_workers, training_loader
 from engine.training.model_file import ModelSpec, resolve_model
@@ -83,27 +85,14 @@ def group_names(cfg: TrainConfig) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------- output folder
-def _run_files(folder: str) -> List[str]:
-    """The files of a training run that ``folder`` holds (none when it is not a folder)."""
-    return [name for name in RUN_FILES if os.path.lexists(os.path.join(folder, name))] if os.path.isdir(folder) else []
-
-
-def _same_folder(path: str, folder: str) -> bool:
-    return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(folder)
-
-
 def check_output(cfg: TrainConfig) -> List[str]:
     """Before any work: the run files already in the output folder that this run replaces (``base.overwrite``), or
     none. A folder holding a run is refused unless this run resumes it (``base.resume`` in the same folder) or
-    replaces it, so that two runs never mix their files.
-
-    Raises:
-        ConfigError: One line naming ``--resume`` with the folder's ``last.pt`` (when it has one), ``--output`` and
-            ``--overwrite``.
-    """
+    replaces it, so that two runs never mix their files (a :class:`ConfigError` naming ``--resume`` with the
+    folder's ``last.pt``, ``--output`` and ``--overwrite``)."""
     out, resume = cfg.base.save_path, cfg.base.resume
-    found = _run_files(out)
-    resuming_here = bool(resume) and _same_folder(resume, out)
+    found = [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))] if os.path.isdir(out) else []
+    resuming_here = bool(resume) and os.path.realpath(os.path.dirname(os.path.abspath(resume))) == os.path.realpath(out)
     if cfg.base.overwrite and resuming_here:
         raise ConfigError(f"--overwrite (base.overwrite) would remove the run in '{out}' that --resume "
                           f"'{resume}' continues; drop one of them")
@@ -217,8 +206,6 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         """One epoch; returns the image-weighted mean of each loss term."""
-        from tqdm import tqdm
-
         self.ddp_model.train()
         loader = training_loader(self.cfg, self.objective.train_set, True, epoch, self.info, self.device,
                                  self.policy.seeded_loader, self.workers["train"],
@@ -329,11 +316,9 @@ class Trainer:
 
     def _write_figure(self) -> None:
         """``train_log.png``: every epoch so far (a resumed run's history included), written atomically."""
-        from engine.figures import training_curves, write_figure
-
         title = f"training {self.spec.name} ({self.policy.mode} mode): losses per epoch and learning rates"
-        write_figure(os.path.join(self.cfg.base.save_path, TRAINING_FIGURE),
-                     lambda: training_curves(self.history, title, group_names(self.cfg)))
+        figures.write_figure(os.path.join(self.cfg.base.save_path, TRAINING_FIGURE),
+                             lambda: figures.training_curves(self.history, title, group_names(self.cfg)))
 
     # ----------------------------------------------------------------------------------------- run
     def fit(self) -> Dict[str, Any]:
