@@ -1,9 +1,25 @@
-"""Shared fixtures (helpers live in ``helpers.py``)."""
+"""Shared fixtures (helpers live in ``helpers.py``): the synthetic checkpoints, the face-folder factory every test
+builds its images with, and the guards every test runs under (no internet, CUDA tests skipped without CUDA)."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
-from helpers import load_manifest, manifest_state_dict
+from helpers import ODD_NAME, load_manifest, make_faces, manifest_state_dict
+
+
+@pytest.fixture(name="make_faces", scope="session")
+def make_faces_fixture() -> Callable[..., Path]:
+    """The face-folder factory :func:`helpers.make_faces`: ``make_faces(root, names, ...) -> root``."""
+    return make_faces
+
+
+@pytest.fixture()
+def odd_faces(tmp_path: Path) -> Path:
+    """Three faces, one of them in a subfolder and one named with a byte that is not UTF-8 (:data:`ODD_NAME`)."""
+    return make_faces(tmp_path / "faces", ["a/1.png", "a/2.png", ODD_NAME])
 
 
 @pytest.fixture(scope="session")

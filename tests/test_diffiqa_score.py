@@ -153,20 +153,19 @@ def test_default_mode_does_not_depend_on_batching() -> None:
 
 # ------------------------------------------------------------------------------------------------- the script
 @pytest.fixture()
-def scoring_setup(tmp_path):
+def scoring_setup(tmp_path, make_faces):
     from model.build import build_backbone
 
     torch.manual_seed(0)
     den = build_diffusion(TINY_UNET, {})
     torch.save({"step": 1, "model": den.state_dict(), "opt": {}, "ema": {}, "scaler": None}, tmp_path / "den.pt")
     torch.save(build_backbone("mobilefacenet").state_dict(), tmp_path / "fr.pth")
-    images = tmp_path / "img"
     rng = np.random.default_rng(0)
-    for i in range(5):
-        (images / f"id{i % 2}").mkdir(parents=True, exist_ok=True)
-        small = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((112, 112), Image.Resampling.BICUBIC).save(images / f"id{i % 2}" / f"{i}.png")
-    (images / "id0" / "broken.jpg").write_bytes(b"not an image")
+    small = [(rng.random((14, 14, 3)) * 255).astype(np.uint8) for _ in range(5)]
+    images = make_faces(tmp_path / "img", {f"id{i % 2}/{i}.png": i for i in range(5)},
+                        image=lambda i: np.asarray(Image.fromarray(small[i]).resize((112, 112),
+                                                                                    Image.Resampling.BICUBIC)),
+                        files={"id0/broken.jpg": b"not an image"})
     return tmp_path, images
 
 

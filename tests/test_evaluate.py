@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, manifest_state_dict, save_image
+from helpers import assert_user_error, manifest_state_dict
 from PIL import Image
 
 import evaluate
@@ -93,13 +93,10 @@ def test_crfiqa_variant() -> None:
 # ---------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
-def verification_set(tmp_path_factory, checkpoint_dir):
+def verification_set(tmp_path_factory, checkpoint_dir, make_faces):
     """Images of 4 identities, two methods' scores from inference.py, iResNet-18 embeddings, pairs."""
     root = tmp_path_factory.mktemp("verif")
-    images = root / "images"
-    for i in range(4):
-        for j in range(4):
-            save_image(str(images / f"id{i}" / f"{j}.png"), seed=10 * i + j)
+    images = make_faces(root / "images", {f"id{i}/{j}.png": 10 * i + j for i in range(4) for j in range(4)})
     for variant in ("ediffiqaT", "ediffiqaS"):
         assert run_cli(inference.main, ["--images", str(images), "--model", variant, "--device", "cpu", "-q",
                                         "--weights", os.path.join(checkpoint_dir, f"{variant}.pth"),

@@ -15,12 +15,9 @@ FILES = ("quality-scores.pkl", "quality-scores.csv")
 
 
 @pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume") / "faces"
-    for i in range(13):
-        save_image(str(root / f"id{i % 3}" / f"{i:02d}.png"), seed=i)
-    (root / "id0" / "broken.jpg").write_bytes(b"not a jpeg")
-    return root
+def faces(tmp_path_factory, make_faces):
+    return make_faces(tmp_path_factory.mktemp("resume") / "faces", [f"id{i % 3}/{i:02d}.png" for i in range(13)],
+                      files={"id0/broken.jpg": b"not a jpeg"})
 
 
 def argv(faces, checkpoint_dir, out, *extra):
@@ -125,7 +122,7 @@ def test_whole_batches_cover_each_path_once(n, world, batch) -> None:
             assert int(block[0]) % batch == 0 and block == paths[int(block[0]):int(block[0]) + len(block)]
 
 
-def test_batched_jpeg_decoding_path_with_an_injected_decoder(tmp_path) -> None:
+def test_batched_jpeg_decoding_path_with_an_injected_decoder(tmp_path, make_faces) -> None:
     """The GPU decoding path, run on the CPU with torchvision's decoder injected: JPEGs decoded in batches score
     like PIL-decoded ones (libjpeg-turbo both); a broken JPEG is skipped and named; a JPEG that is not 112x112 and
     a PNG take the CPU path; a decoder that fails takes the CPU path for the whole batch."""
@@ -135,11 +132,8 @@ def test_batched_jpeg_decoding_path_with_an_injected_decoder(tmp_path) -> None:
 
     from dataset.folder_batches import map_folder
 
-    root = tmp_path / "faces"
     names = ["a.jpg", "b.jpg", "c.png", "d.jpg", "e.jpeg"]
-    for i, name in enumerate(names):
-        save_image(str(root / name), seed=i, size=140 if name == "d.jpg" else 112)
-    (root / "f.jpg").write_bytes(b"\xff\xd8 broken")
+    root = make_faces(tmp_path / "faces", names, sizes={"d.jpg": 140}, files={"f.jpg": b"\xff\xd8 broken"})
     names = sorted(names + ["f.jpg"])
     forward = lambda x: (x.mean(dim=(1, 2, 3)),)  # noqa: E731 - a stand-in model that sees every pixel
     cpu = torch.device("cpu")

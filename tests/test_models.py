@@ -167,12 +167,12 @@ def test_every_kind_builds_a_model() -> None:
     assert {VARIANTS[name].kind for name in VARIANTS} <= set(KINDS)
 
 
-def test_a_variant_registered_in_one_place_builds_saves_loads_and_scores(tmp_path, capsys) -> None:
+def test_a_variant_registered_in_one_place_builds_saves_loads_and_scores(tmp_path, capsys, make_faces) -> None:
     """One registry entry is all a new variant needs to be built, saved, loaded strictly and chosen on the command
     line (here an eDifFIQA head on iResNet-34, which no published variant uses)."""
     import pickle
 
-    from helpers import run_script, save_image
+    from helpers import run_script
 
     import inference
     from model.registry import Variant, register_variant, variant_names
@@ -186,7 +186,7 @@ def test_a_variant_registered_in_one_place_builds_saves_loads_and_scores(tmp_pat
         model = create_model("ediffiqaR34", str(tmp_path / "r34.pth"))
         assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
         assert identify_variant(state) == "ediffiqaR34"
-        save_image(str(tmp_path / "faces" / "a.png"), seed=0)
+        make_faces(tmp_path / "faces", ["a.png"])
         code, err = run_script(inference.main, "inference.py", [
             "--images", str(tmp_path / "faces"), "--model", "ediffiqaR34", "--weights", str(tmp_path / "r34.pth"),
             "--output", str(tmp_path / "out"), "--device", "cpu", "-q"], capsys)

@@ -9,7 +9,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import save_image
 from PIL import Image
 
 import export_onnx
@@ -134,13 +133,11 @@ def test_onnx_export_parity(variant, tmp_path, checkpoint_dir, capsys) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, capfd) -> None:
+def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, capfd, make_faces) -> None:
     """... and with -q prints nothing but its summary (OpenCV's own parser warnings included)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("cv2")
-    images = tmp_path / "faces"
-    for i in range(5):
-        save_image(str(images / f"{i}.png"), seed=i)
+    images = make_faces(tmp_path / "faces", 5)
     weights = os.path.join(checkpoint_dir, "ediffiqaT.pth")
     onnx_file = str(tmp_path / "t.onnx")
     assert run_cli(export_onnx.main, ["--model", "ediffiqaT", "--weights", weights, "--output", onnx_file],

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, manifest_state_dict, run_script, save_image
+from helpers import assert_user_error, manifest_state_dict, run_script
 from official import official_prepare_data, without_storage_keys, write_official_prepared
 
 import extract_embeddings
@@ -224,11 +224,10 @@ def test_errors_exit_2(case, pattern, tmp_path, capsys) -> None:
 # ---------------------------------------------------------------- extract_embeddings.py
 
 @pytest.mark.parametrize("suffix,flip", [("pkl", False), ("npz", True)])
-def test_extract_embeddings(tmp_path, capsys, suffix, flip) -> None:
-    images = tmp_path / "faces"
-    for rel in ["id1/a.jpg", "id1/b.PNG", "id2/c.png"]:
-        save_image(str(images / rel), seed=len(rel) + ord(rel[-5]))
-    (images / "id2" / "broken.png").write_bytes(b"nope")
+def test_extract_embeddings(tmp_path, capsys, suffix, flip, make_faces) -> None:
+    images = make_faces(tmp_path / "faces", {rel: len(rel) + ord(rel[-5]) for rel in ["id1/a.jpg", "id1/b.PNG",
+                                                                                       "id2/c.png"]},
+                        files={"id2/broken.png": b"nope"})
     weights = tmp_path / "r18.pth"
     backbone_sd = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
                    if k.startswith("base_model.")}
@@ -259,9 +258,8 @@ def test_extract_embeddings(tmp_path, capsys, suffix, flip) -> None:
     np.testing.assert_allclose(table.gather(["id1/a.jpg"])[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_extract_embeddings_wrong_backbone(tmp_path, capsys) -> None:
-    images = tmp_path / "faces"
-    save_image(str(images / "a.png"), seed=1)
+def test_extract_embeddings_wrong_backbone(tmp_path, capsys, make_faces) -> None:
+    images = make_faces(tmp_path / "faces", {"a.png": 1})
     weights = tmp_path / "r18.pth"
     torch.save({k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
                 if k.startswith("base_model.")}, str(weights))

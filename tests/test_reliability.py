@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import assert_user_error, manifest_state_dict, run_script, save_image
+from helpers import ODD_NAME, assert_user_error, manifest_state_dict, run_script, save_image
 
 import diffiqa_score
 import evaluate
@@ -29,20 +29,9 @@ from utils.config import load_config
 from utils.errors import ConfigError
 from utils.io import safe_pickle_load, write_csv
 
-#: A file name that is not valid UTF-8 (byte 0xff), as Linux allows.
-ODD_NAME = os.fsdecode(b"caf\xff.png")
-
 
 def run(module, prog, argv, capsys):
     return run_script(module.main, prog, argv, capsys)
-
-
-@pytest.fixture()
-def faces(tmp_path):
-    root = tmp_path / "faces"
-    for i, name in enumerate(["a/1.png", "a/2.png", ODD_NAME]):
-        save_image(str(root / name), seed=i)
-    return root
 
 
 # ---------------------------------------------------------------- outputs
@@ -86,14 +75,14 @@ def test_unwritable_output_fails_before_any_work(name, tmp_path, checkpoint_dir,
         assert_user_error(code, err, name, r"output folder '.*' \(.*\) (is a file|cannot be written)")
 
 
-def test_a_failed_write_leaves_the_previous_set(faces, checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+def test_a_failed_write_leaves_the_previous_set(odd_faces, checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
     """A full disk after the first file of the pickle/CSV pair: the earlier pair stays, as it was."""
     out = tmp_path / "scores"
-    argv = ["--images", str(faces), "--model", "ediffiqaT", "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
-            "--output", str(out), "-q", "--device", "cpu"]
+    argv = ["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
+            os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", str(out), "-q", "--device", "cpu"]
     assert run(inference, "inference.py", argv, capsys)[0] == 0
     before = {f: (out / f).read_bytes() for f in ("quality-scores.pkl", "quality-scores.csv")}
-    save_image(str(faces / "a" / "3.png"), seed=9)
+    save_image(str(odd_faces / "a" / "3.png"), seed=9)
 
     import dataset.formats
 
@@ -126,14 +115,14 @@ def test_written_files_follow_the_umask(tmp_path) -> None:
 
 # ---------------------------------------------------------------- file names and folders
 
-def test_a_name_that_is_not_utf8_is_scored_and_written_losslessly(faces, checkpoint_dir, tmp_path, capsys) -> None:
+def test_a_name_that_is_not_utf8_is_scored_and_written_losslessly(odd_faces, checkpoint_dir, tmp_path, capsys) -> None:
     out = tmp_path / "scores"
-    code, err = run(inference, "inference.py", ["--images", str(faces), "--model", "ediffiqaT", "--weights",
+    code, err = run(inference, "inference.py", ["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
                                                 os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", str(out),
                                                 "-q", "--device", "cpu"], capsys)
     assert code == 0, err
     table = pickle.load(open(out / "quality-scores.pkl", "rb"))
-    odd = os.path.join(str(faces), ODD_NAME)
+    odd = os.path.join(str(odd_faces), ODD_NAME)
     assert odd in table and os.path.isfile(odd)  # the exact path: it opens the file
     assert read_scores_csv(str(out / "quality-scores.csv")) == table  # the CSV reads back to the same keys
     assert b"caf\xff.png" in (out / "quality-scores.csv").read_bytes()  # the name's own bytes
@@ -154,10 +143,8 @@ def test_diffiqa_seeds_of_any_name() -> None:
     assert image_seed(3, "a/b.png") == by_hand(3, b"a/b.png")
 
 
-def test_link_loops_fifos_and_unreadable_folders(tmp_path, caplog, monkeypatch) -> None:
-    root = tmp_path / "faces"
-    for name in ("a/1.png", "b/2.png"):
-        save_image(str(root / name), seed=1)
+def test_link_loops_fifos_and_unreadable_folders(tmp_path, caplog, monkeypatch, make_faces) -> None:
+    root = make_faces(tmp_path / "faces", {"a/1.png": 1, "b/2.png": 1})
     os.symlink(str(root), str(root / "a" / "loop"))          # a loop back to the top
     os.symlink(str(root / "b"), str(root / "b_again"))       # a second way into b
     os.symlink(str(root / "a" / "1.png"), str(root / "link.png"))  # a link to a file counts as an image
@@ -180,11 +167,11 @@ def test_link_loops_fifos_and_unreadable_folders(tmp_path, caplog, monkeypatch) 
 
 # ---------------------------------------------------------------- non-finite numbers
 
-def test_nan_weights_are_refused(faces, tmp_path, capsys) -> None:
+def test_nan_weights_are_refused(odd_faces, tmp_path, capsys) -> None:
     state = manifest_state_dict("ediffiqaT")
     state["mlp.l2.weight"][0, 0] = float("nan")
     torch.save(state, str(tmp_path / "nan.pth"))
-    code, err = run(inference, "inference.py", ["--images", str(faces), "--model", "ediffiqaT", "--weights",
+    code, err = run(inference, "inference.py", ["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
                                                 str(tmp_path / "nan.pth"), "--output", str(tmp_path / "o")], capsys)
     assert_user_error(code, err, "inference.py", r"holds NaN or infinite values in 1 tensor\(s\) \(first: "
                                                  r"mlp.l2.weight\)")
@@ -330,8 +317,8 @@ def test_train_values_that_would_crash_later(section, value, pattern, tmp_path, 
     assert_user_error(*run(train, "train.py", ["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)
 
 
-def test_inference_workers_range(faces, checkpoint_dir, tmp_path, capsys) -> None:
-    code, err = run(inference, "inference.py", ["--images", str(faces), "--model", "ediffiqaT", "--weights",
+def test_inference_workers_range(odd_faces, checkpoint_dir, tmp_path, capsys) -> None:
+    code, err = run(inference, "inference.py", ["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
                                                 os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--workers", "100000",
                                                 "--output", str(tmp_path / "o")], capsys)
     assert_user_error(code, err, "inference.py", r"'dataloader.params.num_workers' must be between 0 and 256")
@@ -624,15 +611,15 @@ def test_a_newline_in_a_path_stays_on_one_line(tmp_path, capsys) -> None:
 
 # ---------------------------------------------------------------- non-finite values in every script
 
-def test_nan_embeddings_stop_extract_embeddings(faces, tmp_path, capsys) -> None:
+def test_nan_embeddings_stop_extract_embeddings(odd_faces, tmp_path, capsys) -> None:
     from model.build import build_backbone
 
     net = build_backbone("mobilefacenet")
     state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v) for k, v in net.state_dict().items()}
     torch.save(state, str(tmp_path / "huge.pth"))
     out = tmp_path / "o" / "e.pkl"
-    argv = ["--images", str(faces), "--backbone", "mobilefacenet", "--weights", str(tmp_path / "huge.pth"), "--output",
-            str(out), "--device", "cpu", "-q"]
+    argv = ["--images", str(odd_faces), "--backbone", "mobilefacenet", "--weights", str(tmp_path / "huge.pth"),
+            "--output", str(out), "--device", "cpu", "-q"]
     code, err = run(extract_embeddings, "extract_embeddings.py", argv, capsys)
     assert code == 1 and "Traceback" not in err, err
     assert re.search(r"extract_embeddings.py: error: \d of the \d embeddings of a batch are NaN or infinite", err)

@@ -14,7 +14,7 @@ import time
 import zlib
 
 import pytest
-from helpers import ROOT, assert_user_error, run_script, save_image
+from helpers import ROOT, assert_user_error, make_faces, run_script, save_image
 
 import inference
 
@@ -26,11 +26,8 @@ FINGERPRINTS = "quality-scores.fingerprints"
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults") / "faces"
-    for i in range(23):
-        save_image(str(root / f"id{i % 3}" / f"{i:02d}.jpg"), seed=i)
-    (root / "id1" / "broken.png").write_bytes(b"not a png")
-    return root
+    return make_faces(tmp_path_factory.mktemp("faults") / "faces", [f"id{i % 3}/{i:02d}.jpg" for i in range(23)],
+                      files={"id1/broken.png": b"not a png"})
 
 
 def argv(faces, checkpoint_dir, out, *extra, batch="2"):
@@ -213,9 +210,8 @@ def test_another_batch_size_is_refused_and_fresh_starts_afresh(faces, checkpoint
 
 
 def test_another_folder_with_the_same_names_is_refused(faces, checkpoint_dir, tmp_path, capsys) -> None:
-    other = tmp_path / "other"
-    for rel in (p.relative_to(faces) for p in faces.rglob("*.jpg")):
-        save_image(str(other / rel), seed=100 + len(str(rel)))
+    other = make_faces(tmp_path / "other", {str(rel): 100 + len(str(rel))
+                                            for rel in (p.relative_to(faces) for p in faces.rglob("*.jpg"))})
     out = tmp_path / "out"
     assert run(argv(faces, checkpoint_dir, out, "--limit", "8"), capsys)[0] == 0
     code, err = run(argv(other, checkpoint_dir, out), capsys)
@@ -308,9 +304,7 @@ def test_two_processes_on_one_output(tmp_path, capsys) -> None:
     import torch
     from helpers import manifest_state_dict
 
-    faces = tmp_path / "faces"
-    for i in range(400):
-        save_image(str(faces / f"{i:03d}.png"), seed=i)
+    faces = make_faces(tmp_path / "faces", [f"{i:03d}.png" for i in range(400)])
     torch.save(manifest_state_dict("ediffiqaT", 1), str(tmp_path / "t.pth"))
     out = tmp_path / "out"
     args = ["--images", str(faces), "--model", "ediffiqaT", "--weights", str(tmp_path / "t.pth"), "--output", str(out),
@@ -436,11 +430,7 @@ def test_the_summary_counts_every_image_of_this_run(faces, checkpoint_dir, tmp_p
 @pytest.fixture()
 def small(tmp_path):
     """Six tiny files with image names; the stand-in model of :func:`drive` scores a file by its length."""
-    images = tmp_path / "small"
-    (images / "a").mkdir(parents=True)
-    for i in range(6):
-        (images / "a" / f"{i}.jpg").write_bytes(b"x" * (i + 1))
-    return images
+    return make_faces(tmp_path / "small", 0, files={f"a/{i}.jpg": b"x" * (i + 1) for i in range(6)})
 
 
 def drive(images, out, batch=2, score=None, keys="relative", **extra):
@@ -486,11 +476,7 @@ def batch_sums(images, calls=None, draws=False):
 
 def forty(folder):
     """40 small files (one unreadable to the stand-in: its reason is a result too)."""
-    folder.mkdir()
-    for i in range(40):
-        (folder / f"f{i:02d}.jpg").write_bytes(b"x" * (1 + i % 7))
-    (folder / "f07.jpg").write_bytes(b"bad")
-    return folder
+    return make_faces(folder, 0, files={f"f{i:02d}.jpg": b"bad" if i == 7 else b"x" * (1 + i % 7) for i in range(40)})
 
 
 def the_set(out):
@@ -571,10 +557,7 @@ def test_damaged_fingerprints_are_one_line(case, pattern, small, tmp_path) -> No
     elif case == "random":
         path.write_bytes(os.urandom(len(data)))
     elif case == "foreign":  # well formed, of another folder's files
-        other = tmp_path / "other"
-        (other / "a").mkdir(parents=True)
-        for i in range(6):
-            (other / "a" / f"{i}.jpg").write_bytes(b"y" * (i + 2))
+        other = make_faces(tmp_path / "other", 0, files={f"a/{i}.jpg": b"y" * (i + 2) for i in range(6)})
         drive(other, tmp_path / "other-out", limit=2)
         path.write_bytes((tmp_path / "other-out" / FINGERPRINTS).read_bytes())
     elif case == "link":

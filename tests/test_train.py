@@ -14,11 +14,11 @@ import yaml
 from helpers import (
     ROOT,
     assert_user_error,
+    make_faces,
     manifest_state_dict,
     official_layout,
     official_schema_config,
     run_script,
-    save_image,
 )
 
 import inference
@@ -109,14 +109,12 @@ def test_training_set_sorts_by_quality_and_normalises() -> None:
 def make_dataset(root, n_ids=4, per_id=12, dim=512, seed=0):
     """Images, DifFIQA-like labels (brighter = better) and teacher embeddings in the official formats."""
     rng = np.random.default_rng(seed)
-    images = root / "images"
+    seeds = {f"n{i:06d}/{j:04d}_01.png": 100 * i + j for i in range(n_ids) for j in range(per_id)}
+    images = make_faces(root / "images", seeds)
     labels, embeddings = [], {}
-    for i in range(n_ids):
-        for j in range(per_id):
-            rel = f"n{i:06d}/{j:04d}_01.png"
-            save_image(str(images / rel), seed=100 * i + j)
-            labels.append((rel, float(rng.uniform(0, 1))))
-            embeddings[rel] = rng.normal(size=dim).astype(np.float32)
+    for rel in seeds:
+        labels.append((rel, float(rng.uniform(0, 1))))
+        embeddings[rel] = rng.normal(size=dim).astype(np.float32)
     (root / "labels.pkl").write_bytes(pickle.dumps(labels))
     (root / "emb.pkl").write_bytes(pickle.dumps(embeddings))
     assert prepare_data.main(["-b", "0.5", "-ll", str(root / "labels.pkl"), "-el", str(root / "emb.pkl"),

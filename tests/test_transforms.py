@@ -85,27 +85,21 @@ def test_channel_order_is_rgb(tmp_path) -> None:
     assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0) and torch.all(x[2] == -1.0)
 
 
-def test_the_batch_reader_gives_the_pixels_of_the_per_image_path(tmp_path) -> None:
+def test_the_batch_reader_gives_the_pixels_of_the_per_image_path(tmp_path, make_faces) -> None:
     """The in-process batch reader (the CPU default) decodes each image straight into an NHWC batch buffer: the
     batches equal the per-image path (load_face + normalize) bit for bit, for JPEG and PNG, RGB, grey, RGBA and
     palette images, other sizes, a partial last batch and an unreadable file; and the DataLoader-worker path too."""
     import numpy as np
     import torch
-    from PIL import Image
 
     from dataset.folder_batches import iterate_folder
-    from dataset.synthetic import face_array
     from dataset.transforms import load_face, normalize
 
-    names = []
-    for i, (mode, size, ext) in enumerate([("RGB", 112, "jpg"), ("RGB", 112, "png"), ("L", 112, "png"),
-                                           ("RGBA", 112, "png"), ("P", 112, "png"), ("RGB", 150, "jpg"),
-                                           ("RGB", 96, "png"), ("L", 112, "jpg")]):
-        name = f"{i}.{ext}"
-        Image.fromarray(face_array(i, size)).convert(mode).save(tmp_path / name)
-        names.append(name)
-    (tmp_path / "8.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    names.append("8.jpg")
+    kinds = {"0.jpg": ("RGB", 112), "1.png": ("RGB", 112), "2.png": ("L", 112), "3.png": ("RGBA", 112),
+             "4.png": ("P", 112), "5.jpg": ("RGB", 150), "6.png": ("RGB", 96), "7.jpg": ("L", 112)}
+    make_faces(tmp_path, list(kinds), modes={n: mode for n, (mode, _) in kinds.items()},
+               sizes={n: size for n, (_, size) in kinds.items()}, files={"8.jpg": b"\xff\xd8 not a jpeg"})
+    names = [*kinds, "8.jpg"]
     cpu = torch.device("cpu")
     expected = {n: normalize(load_face(str(tmp_path / n))) for n in names if n != "8.jpg"}
     for workers in (0, 1):
