@@ -6,14 +6,17 @@ where they live (``model.synthetic``, ``dataset.synthetic``, ``tests.layouts``).
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+import diffiqa_score
 from dataset.synthetic import face_array, save_image  # noqa: F401 - re-exported for the tests
 from model.synthetic import load_manifest, manifest_state_dict  # noqa: F401 - re-exported for the tests
 from tests.layouts import official_layout, official_schema_config  # noqa: F401 - re-exported for the tests
@@ -22,6 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: A file name that is not valid UTF-8 (byte 0xff), as Linux allows.
 ODD_NAME = os.fsdecode(b"caf\xff.png")
+
+#: The U-Net of the tiny DifFIQA denoiser the tests score with (fixture ``diffiqa_setup``).
+TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
 
 
 def run_script(main: Callable[[Optional[List[str]]], int], prog: str, argv: List[str],
@@ -76,3 +82,31 @@ def make_faces(root: Union[str, Path], names: Union[int, Sequence[str], Mapping[
         else:
             (root / name).write_bytes(content)
     return root
+
+
+def diffiqa_config(tmp_path: Path, images: Path, out: Path, **base) -> str:
+    """diffiqa_score.py's config for the folder of the fixture ``diffiqa_setup``: the official inference section
+    (with its tiny denoiser and MobileFaceNet as the FR model) writing to ``out``, plus ``base`` additions."""
+    (tmp_path / "den_train.yaml").write_text(yaml.safe_dump({"unet_params": TINY_UNET}))
+    (tmp_path / "fr_config.yaml").write_text(yaml.safe_dump(
+        {"fr_model": {"module": "model.mobilenet.MobileFaceNet", "weights": str(tmp_path / "fr.pth")}}))
+    cfg = {"inference": {"used_timesteps": 5, "repeats": 2, "images_loc": str(images),
+                         "train_config": str(tmp_path / "den_train.yaml"), "model_loc": str(tmp_path / "den.pt"),
+                         "fr_config": str(tmp_path / "fr_config.yaml"), "save_loc": str(out), "batch_size": 8,
+                         "verbose": 0},
+           "base": {"device": "cpu", "flush_every": 1, "figure_tiles": 0, **base},
+           "dataset": {"num_workers": 0}}
+    path = tmp_path / f"cfg-{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def run_diffiqa(argv: List[str], capsys: pytest.CaptureFixture) -> Tuple[int, str]:
+    """diffiqa_score.py run as its command line runs it: the exit code and its stderr."""
+    return run_script(diffiqa_score.main, "diffiqa_score.py", argv, capsys)
+
+
+def read_scores(out: Path) -> dict:
+    """The scores pickle ``quality-scores.pkl`` of the output folder ``out``."""
+    with open(out / "quality-scores.pkl", "rb") as handle:
+        return pickle.load(handle)

@@ -223,24 +223,6 @@ def test_name_is_a_plain_file_name(name, tmp_path, capsys) -> None:
     assert not list(tmp_path.parent.glob("x.*")) and not list((tmp_path / "out").glob(".*"))
 
 
-def test_pair_names_keep_every_character_but_line_ends(tmp_path) -> None:
-    """File names holding characters that str.splitlines() takes for line ends (\\x0b, \\x0c, \\x1c-\\x1e, \\x85,
-    \\u2028, \\u2029; valid on Linux), also first or last, are read whole from a pairs CSV (with a byte-order mark);
-    only \\n, \\r\\n and \\r end lines, and a quoted name may span them."""
-    from engine.evaluation.data import read_pairs
-
-    odd = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
-    names = [f"id{i}/a{c}b.png" for i, c in enumerate(odd)] + ["\x85x.png", "y.png\u2028", "q/\"two\nlines\".png"]
-    rows = [(n, names[(i + 1) % len(names)], i % 2) for i, n in enumerate(names)]
-    with open(tmp_path / "pairs.csv", "w", encoding="utf-8-sig", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["a", "b", "mated", "similarity"])
-        writer.writerows((a, b, m, 0.5) for a, b, m in rows)
-    pairs = read_pairs(str(tmp_path / "pairs.csv"))
-    assert pairs.a == [a for a, _, _ in rows] and pairs.b == [b for _, b, _ in rows]
-    assert pairs.mated.tolist() == [bool(m) for _, _, m in rows] and pairs.similarity.tolist() == [0.5] * len(rows)
-
-
 def test_a_similarity_column_ignored_for_embeddings_is_said(tmp_path, capsys) -> None:
     """With --embeddings, the pairs file's similarity column (here holding NaNs) is not used: one warning says so,
     and the similarities are the embeddings'."""

@@ -170,6 +170,13 @@ def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys, mak
     assert_user_error(code, err, "inference.py", pattern)
 
 
+def test_inference_workers_range(odd_faces, checkpoint_dir, tmp_path, capsys) -> None:
+    code, err = run(["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
+                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--workers", "100000", "--output",
+                     str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "inference.py", r"'dataloader.params.num_workers' must be between 0 and 256")
+
+
 def test_cuda_request_without_cuda(tmp_path, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, load_manifest, manifest_state_dict
+from helpers import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
 
+import inference
 from model import EDifFIQA, build_model, create_model, identify_variant, read_state_dict
 from model.checkpoint import expected_shapes
 from model.registry import VARIANTS, variant_names
@@ -141,6 +142,17 @@ def test_missing_and_garbage_files(tmp_path) -> None:
     torch.save([1, 2, 3], str(tmp_path / "list.pth"))
     with pytest.raises(CheckpointError, match="does not hold a state_dict"):
         read_state_dict(str(tmp_path / "list.pth"))
+
+
+def test_nan_weights_are_refused(odd_faces, tmp_path, capsys) -> None:
+    state = manifest_state_dict("ediffiqaT")
+    state["mlp.l2.weight"][0, 0] = float("nan")
+    torch.save(state, str(tmp_path / "nan.pth"))
+    code, err = run_script(inference.main, "inference.py", ["--images", str(odd_faces), "--model", "ediffiqaT",
+                                                            "--weights", str(tmp_path / "nan.pth"), "--output",
+                                                            str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "inference.py", r"holds NaN or infinite values in 1 tensor\(s\) \(first: "
+                                                 r"mlp.l2.weight\)")
 
 
 def test_unknown_model_name() -> None:

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import run_script
 from PIL import Image
 
 import export_onnx
@@ -131,6 +132,26 @@ def test_onnx_export_parity(variant, tmp_path, checkpoint_dir, capsys) -> None:
     assert session.get_inputs()[0].name == "input" and session.get_inputs()[0].shape[1:] == [3, 112, 112]
     got = session.run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import engine.scoring.export
+
+    class Wrong:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, x):
+            return None, np.full(len(x), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(engine.scoring.export, "OnnxModel", Wrong)
+    out = tmp_path / "m.onnx"
+    code, err = run_script(export_onnx.main, "export_onnx.py", ["--model", "ediffiqaT", "--weights",
+                                                                os.path.join(checkpoint_dir, "ediffiqaT.pth"),
+                                                                "--output", str(out)], capsys)
+    assert code == 1 and "ONNX Runtime and PyTorch disagree" in err and "Traceback" not in err
+    assert not out.exists() and os.listdir(tmp_path) == []
 
 
 def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, capfd, make_faces) -> None:

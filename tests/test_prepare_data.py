@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -268,3 +269,18 @@ def test_extract_embeddings_wrong_backbone(tmp_path, capsys, make_faces) -> None
                    "extract_embeddings.py")
     err = capsys.readouterr().err
     assert code == 2 and "holds a iresnet18 backbone; use --backbone iresnet18" in err
+
+
+def test_nan_embeddings_stop_extract_embeddings(odd_faces, tmp_path, capsys) -> None:
+    from model.build import build_backbone
+
+    net = build_backbone("mobilefacenet")
+    state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v) for k, v in net.state_dict().items()}
+    torch.save(state, str(tmp_path / "huge.pth"))
+    out = tmp_path / "o" / "e.pkl"
+    argv = ["--images", str(odd_faces), "--backbone", "mobilefacenet", "--weights", str(tmp_path / "huge.pth"),
+            "--output", str(out), "--device", "cpu", "-q"]
+    code, err = run_script(extract_embeddings.main, "extract_embeddings.py", argv, capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert re.search(r"extract_embeddings.py: error: \d of the \d embeddings of a batch are NaN or infinite", err)
+    assert not out.exists()

@@ -113,3 +113,37 @@ def test_the_batch_reader_gives_the_pixels_of_the_per_image_path(tmp_path, make_
         assert seen == [n for n in names if n != "8.jpg"] and bad == ["8.jpg"]
     flat = next(iterate_folder(str(tmp_path), names, cpu, batch_size=3, workers=0, channels_last=False))[1]
     assert flat.is_contiguous() and np.array_equal(flat.numpy(), torch.stack([expected[n] for n in names[:3]]).numpy())
+
+
+def test_batched_jpeg_decoding_path_with_an_injected_decoder(tmp_path, make_faces) -> None:
+    """The GPU decoding path, run on the CPU with torchvision's decoder injected: JPEGs decoded in batches score
+    like PIL-decoded ones (libjpeg-turbo both); a broken JPEG is skipped and named; a JPEG that is not 112x112 and
+    a PNG take the CPU path; a decoder that fails takes the CPU path for the whole batch."""
+    import numpy as np
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from dataset.folder_batches import map_folder
+
+    names = ["a.jpg", "b.jpg", "c.png", "d.jpg", "e.jpeg"]
+    root = make_faces(tmp_path / "faces", names, sizes={"d.jpg": 140}, files={"f.jpg": b"\xff\xd8 broken"})
+    names = sorted(names + ["f.jpg"])
+    forward = lambda x: (x.mean(dim=(1, 2, 3)),)  # noqa: E731 - a stand-in model that sees every pixel
+    cpu = torch.device("cpu")
+    reference = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0)
+    calls = []
+
+    def decoder(data):
+        calls.append(len(data))
+        return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+
+    injected = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0, decode_jpegs=decoder)
+    assert injected.paths == reference.paths and [p for p, _ in injected.skipped] == ["f.jpg"]
+    np.testing.assert_allclose(injected.scores, reference.scores, atol=2 / 255)
+    assert calls and max(calls) > 1  # decoded in batches
+
+    def failing(data):
+        raise RuntimeError("nvjpeg failed")
+
+    fallback = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0, decode_jpegs=failing)
+    assert fallback.scores == reference.scores and fallback.paths == reference.paths
