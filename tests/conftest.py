@@ -9,7 +9,7 @@ from typing import Callable, Tuple
 import numpy as np
 import pytest
 import torch
-from helpers import ODD_NAME, TINY_UNET, load_manifest, make_faces, manifest_state_dict
+from helpers import ODD_NAME, TINY_UNET, load_manifest, make_faces, manifest_state_dict, official_layout
 from PIL import Image
 
 from model.build import build_backbone
@@ -44,6 +44,14 @@ def diffiqa_setup(tmp_path: Path) -> Tuple[Path, Path]:
                                                                                     Image.Resampling.BICUBIC)),
                         files={"id0/broken.jpg": b"not an image"})
     return tmp_path, images
+
+
+@pytest.fixture(scope="session")
+def official_set(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path, Path]:
+    """``(root, images, data)``: the tiny training set in the official layout (:func:`tests.layouts.official_layout`,
+    40 faces of 4 identities, prepared), built once; tests only read it (one that changes a file copies it first)."""
+    root = tmp_path_factory.mktemp("official")
+    return (root, *official_layout(root))
 
 
 @pytest.fixture(scope="session")

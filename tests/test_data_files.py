@@ -175,10 +175,14 @@ def test_nan_embedding_in_prepare_data(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("what", ["quality", "centres"])
-def test_nan_in_the_prepared_files_is_refused_at_load(what, tmp_path, capsys) -> None:
-    from helpers import official_layout, official_schema_config
+def test_nan_in_the_prepared_files_is_refused_at_load(what, official_set, tmp_path, capsys) -> None:
+    import shutil
 
-    images, data = official_layout(tmp_path)
+    from helpers import official_schema_config
+
+    _, images, shared = official_set
+    data = tmp_path / "training_data"
+    shutil.copytree(shared, data)  # a copy to damage
     if what == "quality":
         items = pickle.loads((data / "training_items-ediffiqa.pkl").read_bytes())
         items[3] = (items[3][0], float("nan"), items[3][2])

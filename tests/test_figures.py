@@ -123,8 +123,8 @@ def test_a_face_that_cannot_be_read_is_a_tile_that_says_so(caplog) -> None:
     assert "figure: cannot show 'gone.png' (no such file)" in caplog.text
 
 
-def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkeypatch):
-    from helpers import official_layout, official_schema_config
+def test_training_draws_every_epoch_also_after_a_resume(official_set, tmp_path, capsys, monkeypatch):
+    from helpers import official_schema_config
 
     import train
 
@@ -138,7 +138,7 @@ def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkey
         return fig
 
     monkeypatch.setattr(figures, "training_curves", spy)
-    images, data = official_layout(tmp_path)
+    _, images, data = official_set  # read only
     out = tmp_path / "run"
     cfg = official_schema_config(tmp_path, images, data, out, "ediffiqaT", epochs=1, figure=1)
     assert run_script(train.main, "train.py", ["-c", cfg], capsys)[0] == 0

@@ -16,7 +16,6 @@ from helpers import (
     assert_user_error,
     make_faces,
     manifest_state_dict,
-    official_layout,
     official_schema_config,
     run_script,
 )
@@ -339,10 +338,10 @@ def test_resume_with_another_learning_rate_is_refused_before_any_work(tiny, tmp_
                       r"0.001 -> 0.0005\); resume with the settings it was trained with")
 
 
-def test_resume_with_another_optimizer_is_refused(tmp_path, capsys) -> None:
-    from helpers import official_layout, official_schema_config
+def test_resume_with_another_optimizer_is_refused(official_set, tmp_path, capsys) -> None:
+    from helpers import official_schema_config
 
-    images, data = official_layout(tmp_path)
+    _, images, data = official_set  # read only
     out = tmp_path / "run"
     path = official_schema_config(tmp_path, images, data, out, "ediffiqaT", epochs=1)
     assert run_train(["-c", path], capsys)[0] == 0
@@ -491,12 +490,6 @@ def test_last_batch_of_one_is_left_out(tiny, tmp_path, capsys) -> None:
 
 # ---------------------------------------------------------------- official mode
 
-@pytest.fixture(scope="module")
-def official_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("official")
-    return (root, *official_layout(root))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["ediffiqaT", "ediffiqaS"])
 def test_official_mode_equals_the_official_loop(official_set, tmp_path, capsys, variant) -> None:
@@ -558,12 +551,12 @@ def test_model_config_errors(official_set, tmp_path, capsys, value, pattern) -> 
     assert_user_error(*run_train(["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)
 
 
-def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, capsys, monkeypatch) -> None:
-    from helpers import official_layout, official_schema_config
+def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(official_set, tmp_path, capsys, monkeypatch) -> None:
+    from helpers import official_schema_config
 
     from model.loss import DistillationLoss
 
-    images, data = official_layout(tmp_path)
+    _, images, data = official_set  # read only
     out = tmp_path / "run"
     calls = {"n": 0}
     real = DistillationLoss.forward
@@ -585,10 +578,10 @@ def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(tmp_path, capsys, m
     assert (out / "model.pth").is_file()
 
 
-def test_a_missing_training_backbone_names_the_cosface_backbones(tmp_path, capsys) -> None:
-    from helpers import official_layout, official_schema_config
+def test_a_missing_training_backbone_names_the_cosface_backbones(official_set, tmp_path, capsys) -> None:
+    from helpers import official_schema_config
 
-    images, data = official_layout(tmp_path)
+    _, images, data = official_set  # read only
     cfg = official_schema_config(tmp_path, images, data, tmp_path / "run", "ediffiqaS")
     raw = yaml.safe_load(open(cfg))
     raw["base"]["model"] = "ediffiqaS"  # the variant's own init: ./weights/r18.pth
@@ -599,12 +592,12 @@ def test_a_missing_training_backbone_names_the_cosface_backbones(tmp_path, capsy
                                              r"base_model.weights")
 
 
-def test_a_backbone_of_another_size_names_the_training_keys(tmp_path, capsys) -> None:
-    from helpers import official_layout, official_schema_config
+def test_a_backbone_of_another_size_names_the_training_keys(official_set, tmp_path, capsys) -> None:
+    from helpers import official_schema_config
 
     from model.build import build_backbone
 
-    images, data = official_layout(tmp_path)
+    _, images, data = official_set  # read only
     torch.save(build_backbone("mobilefacenet").state_dict(), str(tmp_path / "mfn.pth"))
     cfg = official_schema_config(tmp_path, images, data, tmp_path / "run", "ediffiqaS",
                                  backbone_weights=str(tmp_path / "mfn.pth"))
