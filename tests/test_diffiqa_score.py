@@ -1,4 +1,5 @@
-"""DifFIQA labels (diffiqa_score.py) and the DifFIQA(R) regressor."""
+"""DifFIQA labels (diffiqa_score.py) and the DifFIQA(R) regressor. (Resuming a label run, its draw state and its
+files: the driver's tests in test_score_folder.py.)"""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
+from helpers import (
+    ODD_NAME,
+    ROOT,
+    assert_user_error,
+    diffiqa_config,
+    load_manifest,
+    manifest_state_dict,
+    read_scores,
+    run_diffiqa,
+)
 from PIL import Image
 
 from engine.labels.scoring import diffiqa_quality, image_seed, score_batch_fast, score_batch_official
-from model.diffusion import GaussianDiffusion, build_diffusion
+from model.diffusion import GaussianDiffusion
 
 TINY_UNET = {"dim": 8, "dim_mults": [1, 2, 4, 8], "attn_heads": 1, "attn_dim_head": 8}
 
@@ -151,87 +161,44 @@ def test_default_mode_does_not_depend_on_batching() -> None:
     torch.testing.assert_close(whole, parts, rtol=0, atol=1e-6)
 
 
+def test_diffiqa_seeds_of_any_name() -> None:
+    """A seed is the run seed and the name's bytes as the OS holds them through SHA-256 (so the same in every
+    process, whatever Python's hash seed), for names that are not UTF-8 too."""
+    import hashlib
+
+    from engine.labels.scoring import image_seed
+
+    def by_hand(seed: int, name: bytes) -> int:
+        return int.from_bytes(hashlib.sha256(b"%d:%s" % (seed, name)).digest()[:8], "little") & (2 ** 63 - 1)
+
+    assert image_seed(0, ODD_NAME) != image_seed(0, "caf.png")
+    assert image_seed(0, ODD_NAME) == by_hand(0, b"caf\xff.png")
+    assert image_seed(3, "a/b.png") == by_hand(3, b"a/b.png")
+
+
+def test_out_of_memory_halves_the_batch_and_retries() -> None:
+    from engine.labels.scoring import _chunked
+
+    seen = []
+
+    def fn(a: int, b: int) -> torch.Tensor:
+        if b - a > 3:  # pretend that more than 3 rows do not fit
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        seen.append((a, b))
+        return torch.arange(a, b)
+
+    chunk = [16]
+    out = _chunked(fn, 10, chunk)
+    assert out.tolist() == list(range(10)) and chunk == [2]  # 16 -> 8 -> 4 -> 2, kept for later batches
+    assert seen[0] == (0, 2) and seen[-1] == (8, 10)
+
+
 # ------------------------------------------------------------------------------------------------- the script
-@pytest.fixture()
-def scoring_setup(tmp_path):
-    from model.build import build_backbone
-
-    torch.manual_seed(0)
-    den = build_diffusion(TINY_UNET, {})
-    torch.save({"step": 1, "model": den.state_dict(), "opt": {}, "ema": {}, "scaler": None}, tmp_path / "den.pt")
-    torch.save(build_backbone("mobilefacenet").state_dict(), tmp_path / "fr.pth")
-    images = tmp_path / "img"
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        (images / f"id{i % 2}").mkdir(parents=True, exist_ok=True)
-        small = (rng.random((14, 14, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((112, 112), Image.Resampling.BICUBIC).save(images / f"id{i % 2}" / f"{i}.png")
-    (images / "id0" / "broken.jpg").write_bytes(b"not an image")
-    return tmp_path, images
-
-
-def score_config(tmp_path, images, out, **base) -> str:
-    """The official inference section (with a tiny denoiser and MobileFaceNet as the FR model) plus additions."""
-    (tmp_path / "den_train.yaml").write_text(yaml.safe_dump({"unet_params": TINY_UNET}))
-    (tmp_path / "fr_config.yaml").write_text(yaml.safe_dump(
-        {"fr_model": {"module": "model.mobilenet.MobileFaceNet", "weights": str(tmp_path / "fr.pth")}}))
-    cfg = {"inference": {"used_timesteps": 5, "repeats": 2, "images_loc": str(images),
-                         "train_config": str(tmp_path / "den_train.yaml"), "model_loc": str(tmp_path / "den.pt"),
-                         "fr_config": str(tmp_path / "fr_config.yaml"), "save_loc": str(out), "batch_size": 8,
-                         "verbose": 0},
-           "base": {"device": "cpu", "flush_every": 1, "figure_tiles": 0, **base},
-           "dataset": {"num_workers": 0}}
-    path = tmp_path / f"cfg-{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
-def run_score(argv, capsys):
-    import diffiqa_score
-
-    return run_script(diffiqa_score.main, "diffiqa_score.py", argv, capsys)
-
-
-def read_scores(out) -> dict:
-    with open(out / "quality-scores.pkl", "rb") as handle:
-        return pickle.load(handle)
-
-
 @pytest.mark.slow
-def test_resume_after_interruption_scores_each_image_once(scoring_setup, capsys) -> None:
-    tmp_path, images = scoring_setup
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    code, err = run_score(["-c", score_config(tmp_path, images, whole)], capsys)
-    assert code == 0, err
-    assert "scored 5, skipped 1, " in err and "skipped (unreadable): id0/broken.jpg" in err
-    reference = read_scores(whole)
-    assert sorted(reference) == sorted(f"id{i % 2}/{i}.png" for i in range(5))
-    record = json.loads((whole / "quality-scores.json").read_text())
-    assert not (whole / "quality-scores.png").exists()  # base.figure_tiles: 0
-    assert record["settings"]["seed"] == 0 and record["settings"]["mode"] == "default"
-    assert list(record["run"]["skipped"]) == ["id0/broken.jpg"] and record["config"]["inference"]["repeats"] == 2
-
-    # Stop after 2 new images, then after 2 more, then finish: nothing scored twice, nothing lost.
-    for step in range(3):
-        code, err = run_score(["-c", score_config(tmp_path, images, parts), "--limit", "2"], capsys)
-        assert code == 0, err
-        if step < 2:
-            assert not (parts / "quality-scores.pkl").exists() and "left" in err
-        else:  # the last run counts only what it scored itself
-            assert "scored 2, skipped 0 in this run (5 scored in all)" in err, err
-    assert not list(parts.glob("quality-scores.part*"))  # merged and removed once complete
-    resumed = read_scores(parts)
-    assert sorted(resumed) == sorted(reference)
-    for key, value in reference.items():  # per-image seeds: the same scores as the uninterrupted run
-        assert resumed[key] == pytest.approx(value, abs=1e-5)
-    assert {r.split(",")[0] for r in (parts / "quality-scores.csv").read_text().splitlines()[1:]} == set(reference)
-
-
-@pytest.mark.slow
-def test_official_mode_and_prepare_data_reads_the_labels(scoring_setup, capsys) -> None:
-    tmp_path, images = scoring_setup
+def test_official_mode_and_prepare_data_reads_the_labels(diffiqa_setup, capsys) -> None:
+    tmp_path, images = diffiqa_setup
     out = tmp_path / "off"
-    code, err = run_score(["-c", score_config(tmp_path, images, out), "--official", "--seed", "3"], capsys)
+    code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, out), "--official", "--seed", "3"], capsys)
     assert code == 0, err
     scores = read_scores(out)
     assert len(scores) == 5 and all(np.isfinite(v) for v in scores.values())
@@ -247,13 +214,13 @@ def test_official_mode_and_prepare_data_reads_the_labels(scoring_setup, capsys) 
 
 
 @pytest.mark.slow
-def test_torchrun_splits_the_folder(scoring_setup, capsys) -> None:
-    tmp_path, images = scoring_setup
+def test_torchrun_splits_the_folder(diffiqa_setup, capsys) -> None:
+    tmp_path, images = diffiqa_setup
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert run_score(["-c", score_config(tmp_path, images, single)], capsys)[0] == 0
+    assert run_diffiqa(["-c", diffiqa_config(tmp_path, images, single)], capsys)[0] == 0
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29537", os.path.join(ROOT, "diffiqa_score.py"), "-c",
-                           score_config(tmp_path, images, ddp)], capture_output=True, text=True, cwd=ROOT,
+                           diffiqa_config(tmp_path, images, ddp)], capture_output=True, text=True, cwd=ROOT,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = read_scores(single), read_scores(ddp)
@@ -270,10 +237,10 @@ def test_torchrun_splits_the_folder(scoring_setup, capsys) -> None:
     ("wrong_denoiser", r"is not a DifFIQA denoiser checkpoint"),
     ("bad_precision", r"'base.precision' must be one of"),
 ])
-def test_errors_exit_2(case, pattern, scoring_setup, capsys) -> None:
-    tmp_path, images = scoring_setup
+def test_errors_exit_2(case, pattern, diffiqa_setup, capsys) -> None:
+    tmp_path, images = diffiqa_setup
     out = tmp_path / "err"
-    path = score_config(tmp_path, images, out)
+    path = diffiqa_config(tmp_path, images, out)
     cfg = yaml.safe_load(open(path))
     if case == "empty":
         (tmp_path / "empty").mkdir()
@@ -289,8 +256,35 @@ def test_errors_exit_2(case, pattern, scoring_setup, capsys) -> None:
     else:
         cfg["base"]["precision"] = "fp8"
     open(path, "w").write(yaml.safe_dump(cfg))
-    code, err = run_score(["-c", path], capsys)
+    code, err = run_diffiqa(["-c", path], capsys)
     assert_user_error(code, err, "diffiqa_score.py", pattern)
+
+
+@pytest.mark.parametrize("key,value,pattern", [
+    ("used_timesteps", 1000, r"'inference.used_timesteps' is 1000; the denoiser has 1000 steps, so it must be in "
+                             r"\[1, 999\]"),
+    ("repeats", 10 ** 30, r"'inference.repeats' must be between 1 and 1000"),
+])
+def test_timestep_and_repeats_out_of_range(key, value, pattern, diffiqa_setup, capsys) -> None:
+    tmp_path, images = diffiqa_setup
+    path = diffiqa_config(tmp_path, images, tmp_path / "range")
+    cfg = yaml.safe_load(open(path))
+    cfg["inference"][key] = value
+    open(path, "w").write(yaml.safe_dump(cfg))
+    code, err = run_diffiqa(["-c", path], capsys)
+    assert_user_error(code, err, "diffiqa_score.py", pattern)
+
+
+def test_fr_weights_of_another_backbone_name_the_fr_config_key(diffiqa_setup, capsys) -> None:
+    from model.build import build_backbone
+
+    tmp_path, images = diffiqa_setup
+    torch.save(build_backbone("iresnet18").state_dict(), tmp_path / "r18.pth")
+    code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, tmp_path / "hint"), "--fr-weights",
+                             str(tmp_path / "r18.pth")], capsys)
+    assert_user_error(code, err, "diffiqa_score.py", r"it holds a iresnet18 backbone; set fr_model.module of "
+                                                     r"inference.fr_config to the backbone the file holds")
+    assert "--backbone" not in err
 
 
 # ------------------------------------------------------------------------------------------------- DifFIQA(R)
@@ -388,202 +382,3 @@ def test_diffiqa_r_config_needs_labels(tmp_path, capsys) -> None:
     code = run_cli(train.main, ["-c", str(tmp_path / "cfg.yaml")], "train.py")
     err = capsys.readouterr().err
     assert code == 2 and "'dataset.labels' (or the official 'dataset.quality_loc') must name the quality" in err
-
-
-@pytest.mark.slow
-def test_official_mode_resumes_draw_for_draw(scoring_setup, capsys) -> None:
-    """--official after an interruption: the saved RNG state continues the draws, so the scores equal a run that
-    was never stopped (flushes fall on batch boundaries: 64 // (2 x 2) = 16 images per batch, so use batch 4)."""
-    tmp_path, images = scoring_setup
-    whole, parts = tmp_path / "owhole", tmp_path / "oparts"
-    assert run_score(["-c", score_config(tmp_path, images, whole), "--official", "--batch-size", "4"], capsys)[0] == 0
-    for _ in range(3):
-        code, err = run_score(["-c", score_config(tmp_path, images, parts), "--official", "--batch-size", "4",
-                               "--limit", "2"], capsys)
-        assert code == 0, err
-    a, b = read_scores(whole), read_scores(parts)
-    assert sorted(a) == sorted(b)
-    for key in a:
-        assert b[key] == pytest.approx(a[key], abs=1e-6)
-
-
-def test_out_of_memory_halves_the_batch_and_retries() -> None:
-    from engine.labels.scoring import _chunked
-
-    seen = []
-
-    def fn(a: int, b: int) -> torch.Tensor:
-        if b - a > 3:  # pretend that more than 3 rows do not fit
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        seen.append((a, b))
-        return torch.arange(a, b)
-
-    chunk = [16]
-    out = _chunked(fn, 10, chunk)
-    assert out.tolist() == list(range(10)) and chunk == [2]  # 16 -> 8 -> 4 -> 2, kept for later batches
-    assert seen[0] == (0, 2) and seen[-1] == (8, 10)
-
-
-@pytest.mark.slow
-def test_rerun_scores_added_images_as_a_fresh_run_and_refuses_other_settings(scoring_setup, capsys) -> None:
-    """An image added among the labelled ones after a finished run (8 // (2 x 2) = 2 images per batch): the rerun
-    keeps the first batch and labels the rest as an uninterrupted run would (the unreadable image again too), giving
-    a fresh run's files."""
-    tmp_path, images = scoring_setup
-    out = tmp_path / "again"
-    cfg = score_config(tmp_path, images, out)
-    assert run_score(["-c", cfg], capsys)[0] == 0
-    Image.fromarray((np.random.default_rng(9).random((112, 112, 3)) * 255).astype(np.uint8)).save(
-        images / "id0" / "3.png")  # the third image: id0/0.png, id0/2.png, id0/3.png, ...
-    code, err = run_score(["-c", cfg], capsys)
-    assert code == 0, err
-    assert "1 image(s) added, 0 removed; the finished results of the first 2 " in err, err
-    assert "scored 4, skipped 1 in this run (6 scored in all)" in err, err
-    fresh = tmp_path / "fresh"
-    assert run_score(["-c", score_config(tmp_path, images, fresh)], capsys)[0] == 0
-    for name in ("quality-scores.pkl", "quality-scores.csv"):
-        assert (out / name).read_bytes() == (fresh / name).read_bytes()
-    code, err = run_score(["-c", cfg, "--seed", "5"], capsys)
-    assert code == 2 and "holds DifFIQA scores made with other settings (seed: 0 -> 5)" in err
-
-
-def test_fresh_removes_the_earlier_set_and_a_limit_stop_names_the_command(scoring_setup, capsys,
-                                                                          monkeypatch) -> None:
-    """--fresh removes an earlier run's set (the sidecar and figure too); the line after a --limit stop is the
-    driver's, as in inference.py: under --fresh the command without it, otherwise the same command. (The labels
-    themselves are a stand-in here: this is about the files and the messages.)"""
-    import shlex
-
-    monkeypatch.setattr("engine.labels.policy.score_batch_fast", lambda x, *args: torch.full((len(x),), 0.5))
-    tmp_path, images = scoring_setup
-    out = tmp_path / "lim"
-    out.mkdir()
-    earlier = ["quality-scores.pkl", "quality-scores.csv", "quality-scores.json", "quality-scores.png"]
-    for name in earlier:
-        (out / name).write_bytes(b"an earlier run's")
-    cfg = score_config(tmp_path, images, out)
-    args = ["-c", cfg, "--batch-size", "4", "--limit", "2"]  # 4 // (2 x 2) = 1 image per batch
-    code, err = run_score([*args[:2], "--fresh", *args[2:]], capsys)
-    assert code == 0 and ("stopped with 4 image(s) left (base.limit); continue with the same command without --fresh "
-                          f"(it would start over): {shlex.join(['python', 'diffiqa_score.py', *args])}\n") in err, err
-    assert [name for name in earlier if (out / name).exists()] == ["quality-scores.json"]  # this run's, only:
-    assert list(json.loads((out / "quality-scores.json").read_text())) == ["settings"]
-    code, err = run_score(args, capsys)
-    assert code == 0 and "stopped with 2 image(s) left (base.limit); run the same command to continue\n" in err, err
-
-
-def test_walk_order_is_the_official_listing(tmp_path) -> None:
-    """dataset.order: walk lists a folder as the official scorer does (os.walk order, unsorted)."""
-    from dataset.image_folder import find_images
-
-    for name in ("b/z.png", "b/a.png", "a/y.jpg", "c.png", "a/x.jpg"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    official = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files]
-    assert find_images(str(tmp_path), "walk") == official
-    assert find_images(str(tmp_path)) == sorted(official)
-
-
-# ------------------------------------------------------------------------------------------------- the driver
-@pytest.mark.slow
-def test_one_float_format_and_nan_labels_write_nothing(scoring_setup, capsys) -> None:
-    """The CSV holds each score in the form that reads back to the pickle's float; an FR model that overflows makes
-    NaN labels, which stop the run (exit 1) with nothing of the output set written."""
-    import csv
-
-    tmp_path, images = scoring_setup
-    out = tmp_path / "fmt"
-    assert run_score(["-c", score_config(tmp_path, images, out)], capsys)[0] == 0
-    table = read_scores(out)
-    with open(out / "quality-scores.csv", newline="") as handle:
-        rows = list(csv.reader(handle))[1:]
-    assert {p: float(q) for p, q in rows} == table  # exactly, not to 8 decimals
-
-    from model.build import build_backbone
-
-    state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v)
-             for k, v in build_backbone("mobilefacenet").state_dict().items()}
-    torch.save(state, tmp_path / "huge.pth")
-    nan_out = tmp_path / "nan"
-    code, err = run_score(["-c", score_config(tmp_path, images, nan_out), "--fr-weights", str(tmp_path / "huge.pth")],
-                          capsys)
-    assert code == 1 and "Traceback" not in err, err
-    assert "DifFIQA scores of a batch are NaN or infinite" in err
-    assert not [f for f in os.listdir(nan_out) if f.startswith("quality-scores.") and f.split(".")[-1] in
-                ("pkl", "csv") and "part" not in f]
-
-
-@pytest.mark.parametrize("key,value,pattern", [
-    ("used_timesteps", 1000, r"'inference.used_timesteps' is 1000; the denoiser has 1000 steps, so it must be in "
-                             r"\[1, 999\]"),
-    ("repeats", 10 ** 30, r"'inference.repeats' must be between 1 and 1000"),
-])
-def test_timestep_and_repeats_out_of_range(key, value, pattern, scoring_setup, capsys) -> None:
-    tmp_path, images = scoring_setup
-    path = score_config(tmp_path, images, tmp_path / "range")
-    cfg = yaml.safe_load(open(path))
-    cfg["inference"][key] = value
-    open(path, "w").write(yaml.safe_dump(cfg))
-    code, err = run_score(["-c", path], capsys)
-    assert_user_error(code, err, "diffiqa_score.py", pattern)
-
-
-def test_fr_weights_of_another_backbone_name_the_fr_config_key(scoring_setup, capsys) -> None:
-    from model.build import build_backbone
-
-    tmp_path, images = scoring_setup
-    torch.save(build_backbone("iresnet18").state_dict(), tmp_path / "r18.pth")
-    code, err = run_score(["-c", score_config(tmp_path, images, tmp_path / "hint"), "--fr-weights",
-                           str(tmp_path / "r18.pth")], capsys)
-    assert_user_error(code, err, "diffiqa_score.py", r"it holds a iresnet18 backbone; set fr_model.module of "
-                                                     r"inference.fr_config to the backbone the file holds")
-    assert "--backbone" not in err
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("official", [False, True])
-def test_a_cut_part_file_resumes_to_the_same_labels(official, scoring_setup, capsys) -> None:
-    """--official continues the global RNG from the state saved with the part, at the part length it belongs to:
-    a kill mid-write after it, or after batches written since (flush_every > 1), gives the labels of a run that was
-    never stopped, bit for bit; so does the default mode (per-image seeds) after a cut anywhere."""
-    import re
-    import shutil
-
-    tmp_path, images = scoring_setup
-    flag = ["--official"] if official else []
-    whole, stopped = tmp_path / f"w{official}", tmp_path / f"s{official}"
-    args = ["--batch-size", "4", *flag]  # 4 // (2 x 2) = 1 image per batch
-    assert run_score(["-c", score_config(tmp_path, images, whole), *args], capsys)[0] == 0
-    assert run_score(["-c", score_config(tmp_path, images, stopped), *args, "--limit", "2"], capsys)[0] == 0
-    state = stopped / "quality-scores.part0of1.csv.state.pt"
-    assert state.exists() == official
-    early_state = state.read_bytes() if official else b""
-    assert run_score(["-c", score_config(tmp_path, images, stopped), *args, "--limit", "2"], capsys)[0] == 0
-    part = stopped / "quality-scores.part0of1.csv"
-    data = part.read_bytes()
-    blocks = [m.start() for m in re.finditer(rb"#B \d+ [0-9a-f]{8}\n", data)]
-    assert len(blocks) == 4
-    cases = {"mid-write": data + data[blocks[1]:blocks[2]][:20]}
-    if official:
-        cases["state lags"] = data  # with the state of two batches ago
-    else:
-        cases["cut"] = data[:blocks[2] + 9]
-    for name, content in cases.items():
-        out = tmp_path / f"{name}{official}"
-        shutil.copytree(stopped, out)
-        (out / part.name).write_bytes(content)
-        if name == "state lags":
-            (out / state.name).write_bytes(early_state)
-        code, err = run_score(["-c", score_config(tmp_path, images, out), *args], capsys)
-        assert code == 0, err
-        assert (out / "quality-scores.pkl").read_bytes() == (whole / "quality-scores.pkl").read_bytes(), name
-        assert (out / "quality-scores.csv").read_bytes() == (whole / "quality-scores.csv").read_bytes(), name
-        assert not list(out.glob("*.part*"))
-    # A state that claims more than the part holds is refused (the two files do not belong together).
-    if official:
-        out = tmp_path / "ahead"
-        shutil.copytree(stopped, out)
-        (out / part.name).write_bytes(data[:blocks[1]])
-        code, err = run_score(["-c", score_config(tmp_path, images, out), *args], capsys)
-        assert_user_error(code, err, "diffiqa_score.py", r"state.pt' belongs to a longer 'quality-scores.part0of1.csv' "
-                                                         r"than there is; add --fresh")

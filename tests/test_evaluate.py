@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, manifest_state_dict, save_image
+from helpers import assert_user_error, manifest_state_dict
 from PIL import Image
 
 import evaluate
@@ -93,13 +93,10 @@ def test_crfiqa_variant() -> None:
 # ---------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
-def verification_set(tmp_path_factory, checkpoint_dir):
+def verification_set(tmp_path_factory, checkpoint_dir, make_faces):
     """Images of 4 identities, two methods' scores from inference.py, iResNet-18 embeddings, pairs."""
     root = tmp_path_factory.mktemp("verif")
-    images = root / "images"
-    for i in range(4):
-        for j in range(4):
-            save_image(str(images / f"id{i}" / f"{j}.png"), seed=10 * i + j)
+    images = make_faces(root / "images", {f"id{i}/{j}.png": 10 * i + j for i in range(4) for j in range(4)})
     for variant in ("ediffiqaT", "ediffiqaS"):
         assert run_cli(inference.main, ["--images", str(images), "--model", variant, "--device", "cpu", "-q",
                                         "--weights", os.path.join(checkpoint_dir, f"{variant}.pth"),
@@ -224,24 +221,6 @@ def test_name_is_a_plain_file_name(name, tmp_path, capsys) -> None:
     code, err = run_script(evaluate.main, "evaluate.py", _perfect_set(tmp_path) + ["--name", name], capsys)
     assert_user_error(code, err, "evaluate.py", r"'name' must be a plain file name stem \(no folder, not empty\)")
     assert not list(tmp_path.parent.glob("x.*")) and not list((tmp_path / "out").glob(".*"))
-
-
-def test_pair_names_keep_every_character_but_line_ends(tmp_path) -> None:
-    """File names holding characters that str.splitlines() takes for line ends (\\x0b, \\x0c, \\x1c-\\x1e, \\x85,
-    \\u2028, \\u2029; valid on Linux), also first or last, are read whole from a pairs CSV (with a byte-order mark);
-    only \\n, \\r\\n and \\r end lines, and a quoted name may span them."""
-    from engine.evaluation.data import read_pairs
-
-    odd = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
-    names = [f"id{i}/a{c}b.png" for i, c in enumerate(odd)] + ["\x85x.png", "y.png\u2028", "q/\"two\nlines\".png"]
-    rows = [(n, names[(i + 1) % len(names)], i % 2) for i, n in enumerate(names)]
-    with open(tmp_path / "pairs.csv", "w", encoding="utf-8-sig", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["a", "b", "mated", "similarity"])
-        writer.writerows((a, b, m, 0.5) for a, b, m in rows)
-    pairs = read_pairs(str(tmp_path / "pairs.csv"))
-    assert pairs.a == [a for a, _, _ in rows] and pairs.b == [b for _, b, _ in rows]
-    assert pairs.mated.tolist() == [bool(m) for _, _, m in rows] and pairs.similarity.tolist() == [0.5] * len(rows)
 
 
 def test_a_similarity_column_ignored_for_embeddings_is_said(tmp_path, capsys) -> None:

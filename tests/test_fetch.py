@@ -23,7 +23,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, assert_user_error, manifest_state_dict, run_script, save_image
+from helpers import ROOT, assert_user_error, manifest_state_dict, run_script
 
 import inference
 from engine.scoring.weights import resolve_weights
@@ -69,11 +69,9 @@ def server(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def faces(tmp_path, monkeypatch):
+def faces(tmp_path, monkeypatch, make_faces):
     monkeypatch.chdir(tmp_path)  # no ./weights/ediffiqaT.pth here: the weights must be fetched
-    for i in range(3):
-        save_image(str(tmp_path / "faces" / f"{i}.png"), seed=i)
-    return tmp_path / "faces"
+    return make_faces(tmp_path / "faces", 3)
 
 
 def publish(root, rel, data: bytes) -> None:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from helpers import assert_user_error, run_script, save_image
+from helpers import assert_user_error, run_script
 
 import inference
 from engine import figures
@@ -22,10 +22,8 @@ def inches(size) -> tuple:
 
 
 @pytest.fixture()
-def faces(tmp_path):
-    for i in range(11):
-        save_image(str(tmp_path / "faces" / f"{i:02d}.png"), seed=i)
-    return tmp_path / "faces"
+def faces(tmp_path, make_faces):
+    return make_faces(tmp_path / "faces", [f"{i:02d}.png" for i in range(11)])
 
 
 def args(faces, checkpoint_dir, out, *extra):
@@ -125,8 +123,8 @@ def test_a_face_that_cannot_be_read_is_a_tile_that_says_so(caplog) -> None:
     assert "figure: cannot show 'gone.png' (no such file)" in caplog.text
 
 
-def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkeypatch):
-    from helpers import official_layout, official_schema_config
+def test_training_draws_every_epoch_also_after_a_resume(official_set, tmp_path, capsys, monkeypatch):
+    from helpers import official_schema_config
 
     import train
 
@@ -140,7 +138,7 @@ def test_training_draws_every_epoch_also_after_a_resume(tmp_path, capsys, monkey
         return fig
 
     monkeypatch.setattr(figures, "training_curves", spy)
-    images, data = official_layout(tmp_path)
+    _, images, data = official_set  # read only
     out = tmp_path / "run"
     cfg = official_schema_config(tmp_path, images, data, out, "ediffiqaT", epochs=1, figure=1)
     assert run_script(train.main, "train.py", ["-c", cfg], capsys)[0] == 0
@@ -193,7 +191,7 @@ def test_the_centre_distances_by_hand() -> None:
 
 
 @pytest.mark.slow
-def test_diffiqa_labels_and_the_denoiser_draw_theirs(tmp_path, capsys) -> None:
+def test_diffiqa_labels_and_the_denoiser_draw_theirs(tmp_path, capsys, make_faces) -> None:
     import yaml
 
     import diffiqa_score
@@ -206,8 +204,7 @@ def test_diffiqa_labels_and_the_denoiser_draw_theirs(tmp_path, capsys) -> None:
     den = build_diffusion(unet, {})
     torch.save({"step": 1, "model": den.state_dict(), "opt": {}, "ema": {}, "scaler": None}, tmp_path / "den.pt")
     torch.save(build_backbone("mobilefacenet").state_dict(), tmp_path / "fr.pth")
-    for i in range(4):
-        save_image(str(tmp_path / "img" / f"{i}.png"), seed=i)
+    make_faces(tmp_path / "img", 4)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump({"unet_params": unet}))
     (tmp_path / "fr.yaml").write_text(yaml.safe_dump({"fr_model": {"module": "model.mobilenet.MobileFaceNet",
                                                                    "weights": str(tmp_path / "fr.pth")}}))
@@ -267,15 +264,15 @@ def test_long_captions_fit_their_tile() -> None:
     assert "x" * 240 + ".jpg" not in shown and any(s.startswith("xxxxxxxxxx") and s.endswith("x.jpg") for s in shown)
 
 
-def test_any_file_name_is_drawn_and_quiet_prints_only_the_summary(checkpoint_dir, tmp_path, capsys, monkeypatch):
+def test_any_file_name_is_drawn_and_quiet_prints_only_the_summary(checkpoint_dir, tmp_path, capsys, monkeypatch,
+                                                                  make_faces):
     """Names that are not UTF-8 and names the font has no glyphs for: quality-scores.png is written with them
     escaped in its captions, and ``-q`` prints the summary alone (no lost figure, no library warning)."""
     import sys
     import warnings
 
-    root = tmp_path / "odd"
-    for i, name in enumerate([b"a.jpg", b"\xff\xfe.jpg", "\u65e5\u672c.jpg".encode()]):
-        save_image(os.path.join(str(root), os.fsdecode(name)), seed=i)
+    root = make_faces(tmp_path / "odd", [os.fsdecode(name) for name in (b"a.jpg", b"\xff\xfe.jpg",
+                                                                        "\u65e5\u672c.jpg".encode())])
     # Warnings shown on stderr as a plain run shows them (pytest records them instead).
     monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
                         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))

@@ -5,19 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import manifest_state_dict, save_image
+from helpers import manifest_state_dict
 
 pytestmark = pytest.mark.gpu
 
 
-def test_scores_on_cuda_equal_the_cpu(tmp_path) -> None:
+def test_scores_on_cuda_equal_the_cpu(tmp_path, make_faces) -> None:
     from dataset.image_folder import find_images
     from engine.scoring.scorer import QualityScorer
     from model.checkpoint import create_model
 
     torch.save(manifest_state_dict("ediffiqaT", 1), str(tmp_path / "t.pth"))
-    for i in range(6):
-        save_image(str(tmp_path / "faces" / f"{i}.png"), seed=i)
+    make_faces(tmp_path / "faces", 6)
     paths = find_images(str(tmp_path / "faces"))
     cpu = QualityScorer(create_model("ediffiqaT", str(tmp_path / "t.pth")), "cpu")
     gpu = QualityScorer(create_model("ediffiqaT", str(tmp_path / "t.pth")), "cuda")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import ROOT, assert_user_error, run_script, save_image
+from helpers import ROOT, assert_user_error, run_script
 from PIL import Image
 
 import inference
@@ -24,14 +24,11 @@ def run(argv, capsys):
 
 
 @pytest.fixture()
-def folder(tmp_path):
+def folder(tmp_path, make_faces):
     """7 images: nested folders, upper-case extensions, mixed formats, and one corrupt file."""
-    root = tmp_path / "faces"
     files = ["a/001.jpg", "a/b/002.PNG", "a/b/003.JpEg", "004.bmp", "c/005.tiff", "c/006.webp", "c/007.png"]
-    for i, rel in enumerate(files):
-        save_image(str(root / rel), seed=i, size=112 if i % 2 else 140)
-    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    (root / "notes.txt").write_text("not an image")
+    root = make_faces(tmp_path / "faces", files, sizes={rel: 140 for rel in files[::2]},
+                      files={"a/broken.jpg": b"\xff\xd8\xff\xe0 definitely not a jpeg", "notes.txt": "not an image"})
     return str(root), sorted(files + ["a/broken.jpg"])
 
 
@@ -74,8 +71,8 @@ def test_end_to_end(folder, checkpoint_dir, tmp_path, capsys, batch_size, worker
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
-def test_single_image_folder(tmp_path, checkpoint_dir, capsys) -> None:
-    save_image(str(tmp_path / "one" / "x.JPG"), seed=3)
+def test_single_image_folder(tmp_path, checkpoint_dir, capsys, make_faces) -> None:
+    make_faces(tmp_path / "one", {"x.JPG": 3})
     out = str(tmp_path / "out")
     code, err = run(["--images", str(tmp_path / "one"), "--model", "ediffiqaT", "--device", "cpu",
                      "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", out, "-q"], capsys)
@@ -84,10 +81,8 @@ def test_single_image_folder(tmp_path, checkpoint_dir, capsys) -> None:
         assert len(pickle.load(handle)) == 1
 
 
-def test_config_file_with_official_keys(tmp_path, checkpoint_dir, capsys) -> None:
-    images = tmp_path / "imgs"
-    for i in range(2):
-        save_image(str(images / f"{i}.png"), seed=i)
+def test_config_file_with_official_keys(tmp_path, checkpoint_dir, capsys, make_faces) -> None:
+    images = make_faces(tmp_path / "imgs", 2)
     cfg = {
         "base": {"verbose": 0, "save_path": str(tmp_path / "scores"), "seed": 42069, "device": "cpu"},
         "dataset": {"loc": str(images)},
@@ -140,9 +135,8 @@ def _write_yaml(tmp_path, data) -> str:
     ("largest_without_align", r"'largest_face' \(--largest-face\) only applies to photos"),
     ("tf32_on_cpu", r"precision 'tf32' is for CUDA; on the CPU use fp32, bf16 or auto"),
 ])
-def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys) -> None:
-    images = tmp_path / "imgs"
-    save_image(str(images / "0.png"), seed=0)
+def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys, make_faces) -> None:
+    images = make_faces(tmp_path / "imgs", 1)
     t_weights = os.path.join(checkpoint_dir, "ediffiqaT.pth")
     base = ["--images", str(images), "--model", "ediffiqaT", "--weights", t_weights, "--device", "cpu",
             "--output", str(tmp_path / "out")]
@@ -150,11 +144,7 @@ def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys) -> 
         return ["-c", _write_yaml(tmp_path, data)] + base
 
     def folder_with(name, files):
-        path = tmp_path / name
-        for rel, content in files.items():
-            (path / rel).parent.mkdir(parents=True, exist_ok=True)
-            (path / rel).write_bytes(content)
-        return base + ["--images", str(path)]
+        return base + ["--images", str(make_faces(tmp_path / name, 0, files=files))]
 
     argv = {
         "missing_folder": lambda: base + ["--images", str(tmp_path / "nowhere")],
@@ -180,6 +170,13 @@ def test_user_errors_exit_2(case, pattern, tmp_path, checkpoint_dir, capsys) -> 
     assert_user_error(code, err, "inference.py", pattern)
 
 
+def test_inference_workers_range(odd_faces, checkpoint_dir, tmp_path, capsys) -> None:
+    code, err = run(["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
+                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--workers", "100000", "--output",
+                     str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "inference.py", r"'dataloader.params.num_workers' must be between 0 and 256")
+
+
 def test_cuda_request_without_cuda(tmp_path, capsys) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
@@ -196,12 +193,11 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_precision_auto_follows_the_cpu(tmp_path, checkpoint_dir, capsys) -> None:
+def test_precision_auto_follows_the_cpu(tmp_path, checkpoint_dir, capsys, make_faces) -> None:
     """--precision auto: bf16 only where the CPU computes bf16 natively; the log says which was used."""
     from utils.runtime import cpu_has_native_bf16
 
-    images = tmp_path / "imgs"
-    save_image(str(images / "0.png"), seed=0)
+    images = make_faces(tmp_path / "imgs", 1)
     code, err = run(["--images", str(images), "--model", "ediffiqaT", "--weights",
                      os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--device", "cpu", "--precision", "auto",
                      "--output", str(tmp_path / "out")], capsys)
@@ -213,7 +209,7 @@ def test_precision_auto_follows_the_cpu(tmp_path, checkpoint_dir, capsys) -> Non
 @pytest.mark.parametrize("kind,precision,expected", [("avx2", "fp32", "onnxruntime"), ("avx512_bf16", "fp32", "torch"),
                                                      ("avx2", "bf16", "torch"), ("other", "fp32", "torch")])
 def test_backend_auto_follows_the_measurements(kind, precision, expected, tmp_path, checkpoint_dir, capsys,
-                                               monkeypatch) -> None:
+                                               monkeypatch, make_faces) -> None:
     """--backend auto: ONNX Runtime where the registry says it measured faster for the variant in fp32 on this kind
     of CPU, torch elsewhere (and for bf16); the choice and why are logged once; scores within the backends'
     tolerance of torch's."""
@@ -225,9 +221,7 @@ def test_backend_auto_follows_the_measurements(kind, precision, expected, tmp_pa
 
     monkeypatch.setattr(engine.scoring.backends, "cpu_kind", lambda: kind)
     monkeypatch.setattr(utils.runtime, "cpu_has_native_bf16", lambda: True)  # bf16 runs (slowly) on any CPU
-    images = tmp_path / "imgs"
-    for i in range(3):
-        save_image(str(images / f"{i}.png"), seed=i)
+    images = make_faces(tmp_path / "imgs", 3)
     weights = os.path.join(checkpoint_dir, "ediffiqaT.pth")
     base = ["--images", str(images), "--model", "ediffiqaT", "--weights", weights, "--device", "cpu",
             "--precision", precision]

@@ -182,18 +182,15 @@ print(json.dumps([[name, run(*argv), sorted(m for m in HEAVY if m in sys.modules
 
 
 @pytest.fixture(scope="module")
-def startup_imports(tmp_path_factory, checkpoint_dir):
+def startup_imports(tmp_path_factory, checkpoint_dir, make_faces):
     """``{step: (exit code, heavy packages imported so far)}`` of :data:`_PROBE`'s steps, in one process (a few
     seconds); the steps run in order, so a package a step imports is seen at it and at every later step."""
     import json
     import subprocess
     import sys
 
-    from helpers import save_image
-
     tmp = tmp_path_factory.mktemp("startup")
-    for i, (name, size) in enumerate([("a.jpg", 112), ("b.png", 150), ("c.png", 90)]):
-        save_image(str(tmp / "faces" / name), seed=i, size=size)
+    make_faces(tmp / "faces", ["a.jpg", "b.png", "c.png"], sizes={"b.png": 150, "c.png": 90})
     steps = [("inference.py --help", ["inference.py", "--help"]),
              ("inference.py argument error", ["inference.py", "--batch-size", "x"]),
              *((f"{s} --help", [s, "--help"]) for s in SCRIPTS if s != "inference.py"),

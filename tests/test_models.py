@@ -7,8 +7,9 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, load_manifest, manifest_state_dict
+from helpers import ROOT, assert_user_error, load_manifest, manifest_state_dict, run_script
 
+import inference
 from model import EDifFIQA, build_model, create_model, identify_variant, read_state_dict
 from model.checkpoint import expected_shapes
 from model.registry import VARIANTS, variant_names
@@ -143,6 +144,17 @@ def test_missing_and_garbage_files(tmp_path) -> None:
         read_state_dict(str(tmp_path / "list.pth"))
 
 
+def test_nan_weights_are_refused(odd_faces, tmp_path, capsys) -> None:
+    state = manifest_state_dict("ediffiqaT")
+    state["mlp.l2.weight"][0, 0] = float("nan")
+    torch.save(state, str(tmp_path / "nan.pth"))
+    code, err = run_script(inference.main, "inference.py", ["--images", str(odd_faces), "--model", "ediffiqaT",
+                                                            "--weights", str(tmp_path / "nan.pth"), "--output",
+                                                            str(tmp_path / "o")], capsys)
+    assert_user_error(code, err, "inference.py", r"holds NaN or infinite values in 1 tensor\(s\) \(first: "
+                                                 r"mlp.l2.weight\)")
+
+
 def test_unknown_model_name() -> None:
     with pytest.raises(ConfigError, match="diffiqaR, ediffiqaL, ediffiqaM, ediffiqaS, ediffiqaT"):
         build_model("ediffiqaXL")
@@ -167,12 +179,12 @@ def test_every_kind_builds_a_model() -> None:
     assert {VARIANTS[name].kind for name in VARIANTS} <= set(KINDS)
 
 
-def test_a_variant_registered_in_one_place_builds_saves_loads_and_scores(tmp_path, capsys) -> None:
+def test_a_variant_registered_in_one_place_builds_saves_loads_and_scores(tmp_path, capsys, make_faces) -> None:
     """One registry entry is all a new variant needs to be built, saved, loaded strictly and chosen on the command
     line (here an eDifFIQA head on iResNet-34, which no published variant uses)."""
     import pickle
 
-    from helpers import run_script, save_image
+    from helpers import run_script
 
     import inference
     from model.registry import Variant, register_variant, variant_names
@@ -186,7 +198,7 @@ def test_a_variant_registered_in_one_place_builds_saves_loads_and_scores(tmp_pat
         model = create_model("ediffiqaR34", str(tmp_path / "r34.pth"))
         assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
         assert identify_variant(state) == "ediffiqaR34"
-        save_image(str(tmp_path / "faces" / "a.png"), seed=0)
+        make_faces(tmp_path / "faces", ["a.png"])
         code, err = run_script(inference.main, "inference.py", [
             "--images", str(tmp_path / "faces"), "--model", "ediffiqaR34", "--weights", str(tmp_path / "r34.pth"),
             "--output", str(tmp_path / "out"), "--device", "cpu", "-q"], capsys)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from helpers import ROOT, official_layout, official_schema_config, save_image
+from helpers import ROOT, official_layout, official_schema_config
 
 from utils.paths import REPO_ROOT, repo_path
 
@@ -65,7 +65,7 @@ def test_inference_scores_the_shipped_example_images_from_another_folder(checkpo
     assert scored == shipped and len(shipped) > 1
 
 
-def test_diffiqa_score_names_its_missing_defaults_by_their_repository_paths(tmp_path, monkeypatch) -> None:
+def test_diffiqa_score_names_its_missing_defaults_by_their_repository_paths(tmp_path, monkeypatch, make_faces) -> None:
     """The default FR weights and denoiser are looked up in the repository's weights/ folder; missing, the one-line
     error names that path, not one relative to wherever the script was started."""
     from engine.labels.config import ScoreConfig, resolve_fr
@@ -76,7 +76,7 @@ def test_diffiqa_score_names_its_missing_defaults_by_their_repository_paths(tmp_
     monkeypatch.chdir(tmp_path)
     cfg = ScoreConfig()
     assert cfg.inference.model_loc == denoiser and resolve_fr(cfg)[1] == fr
-    save_image(str(tmp_path / "faces" / "a.png"), seed=0)
+    make_faces(tmp_path / "faces", ["a.png"])
     done = _script("diffiqa_score.py", ["--images", "faces", "--output", "out", "--device", "cpu"], tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.startswith("diffiqa_score.py: error:")]
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import save_image
+from helpers import run_script
 from PIL import Image
 
 import export_onnx
@@ -134,13 +134,31 @@ def test_onnx_export_parity(variant, tmp_path, checkpoint_dir, capsys) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
-def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, capfd) -> None:
+def test_export_refuses_a_failed_parity_check(checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    import engine.scoring.export
+
+    class Wrong:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, x):
+            return None, np.full(len(x), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(engine.scoring.export, "OnnxModel", Wrong)
+    out = tmp_path / "m.onnx"
+    code, err = run_script(export_onnx.main, "export_onnx.py", ["--model", "ediffiqaT", "--weights",
+                                                                os.path.join(checkpoint_dir, "ediffiqaT.pth"),
+                                                                "--output", str(out)], capsys)
+    assert code == 1 and "ONNX Runtime and PyTorch disagree" in err and "Traceback" not in err
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_every_backend_scores_a_folder_like_torch(tmp_path, checkpoint_dir, capfd, make_faces) -> None:
     """... and with -q prints nothing but its summary (OpenCV's own parser warnings included)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("cv2")
-    images = tmp_path / "faces"
-    for i in range(5):
-        save_image(str(images / f"{i}.png"), seed=i)
+    images = make_faces(tmp_path / "faces", 5)
     weights = os.path.join(checkpoint_dir, "ediffiqaT.pth")
     onnx_file = str(tmp_path / "t.onnx")
     assert run_cli(export_onnx.main, ["--model", "ediffiqaT", "--weights", weights, "--output", onnx_file],

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, manifest_state_dict, run_script, save_image
+from helpers import assert_user_error, manifest_state_dict, run_script
 from official import official_prepare_data, without_storage_keys, write_official_prepared
 
 import extract_embeddings
@@ -224,11 +225,10 @@ def test_errors_exit_2(case, pattern, tmp_path, capsys) -> None:
 # ---------------------------------------------------------------- extract_embeddings.py
 
 @pytest.mark.parametrize("suffix,flip", [("pkl", False), ("npz", True)])
-def test_extract_embeddings(tmp_path, capsys, suffix, flip) -> None:
-    images = tmp_path / "faces"
-    for rel in ["id1/a.jpg", "id1/b.PNG", "id2/c.png"]:
-        save_image(str(images / rel), seed=len(rel) + ord(rel[-5]))
-    (images / "id2" / "broken.png").write_bytes(b"nope")
+def test_extract_embeddings(tmp_path, capsys, suffix, flip, make_faces) -> None:
+    images = make_faces(tmp_path / "faces", {rel: len(rel) + ord(rel[-5]) for rel in ["id1/a.jpg", "id1/b.PNG",
+                                                                                       "id2/c.png"]},
+                        files={"id2/broken.png": b"nope"})
     weights = tmp_path / "r18.pth"
     backbone_sd = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
                    if k.startswith("base_model.")}
@@ -259,9 +259,8 @@ def test_extract_embeddings(tmp_path, capsys, suffix, flip) -> None:
     np.testing.assert_allclose(table.gather(["id1/a.jpg"])[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_extract_embeddings_wrong_backbone(tmp_path, capsys) -> None:
-    images = tmp_path / "faces"
-    save_image(str(images / "a.png"), seed=1)
+def test_extract_embeddings_wrong_backbone(tmp_path, capsys, make_faces) -> None:
+    images = make_faces(tmp_path / "faces", {"a.png": 1})
     weights = tmp_path / "r18.pth"
     torch.save({k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
                 if k.startswith("base_model.")}, str(weights))
@@ -270,3 +269,18 @@ def test_extract_embeddings_wrong_backbone(tmp_path, capsys) -> None:
                    "extract_embeddings.py")
     err = capsys.readouterr().err
     assert code == 2 and "holds a iresnet18 backbone; use --backbone iresnet18" in err
+
+
+def test_nan_embeddings_stop_extract_embeddings(odd_faces, tmp_path, capsys) -> None:
+    from model.build import build_backbone
+
+    net = build_backbone("mobilefacenet")
+    state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v) for k, v in net.state_dict().items()}
+    torch.save(state, str(tmp_path / "huge.pth"))
+    out = tmp_path / "o" / "e.pkl"
+    argv = ["--images", str(odd_faces), "--backbone", "mobilefacenet", "--weights", str(tmp_path / "huge.pth"),
+            "--output", str(out), "--device", "cpu", "-q"]
+    code, err = run_script(extract_embeddings.main, "extract_embeddings.py", argv, capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert re.search(r"extract_embeddings.py: error: \d of the \d embeddings of a batch are NaN or infinite", err)
+    assert not out.exists()

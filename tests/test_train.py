@@ -14,11 +14,10 @@ import yaml
 from helpers import (
     ROOT,
     assert_user_error,
+    make_faces,
     manifest_state_dict,
-    official_layout,
     official_schema_config,
     run_script,
-    save_image,
 )
 
 import inference
@@ -109,14 +108,12 @@ def test_training_set_sorts_by_quality_and_normalises() -> None:
 def make_dataset(root, n_ids=4, per_id=12, dim=512, seed=0):
     """Images, DifFIQA-like labels (brighter = better) and teacher embeddings in the official formats."""
     rng = np.random.default_rng(seed)
-    images = root / "images"
+    seeds = {f"n{i:06d}/{j:04d}_01.png": 100 * i + j for i in range(n_ids) for j in range(per_id)}
+    images = make_faces(root / "images", seeds)
     labels, embeddings = [], {}
-    for i in range(n_ids):
-        for j in range(per_id):
-            rel = f"n{i:06d}/{j:04d}_01.png"
-            save_image(str(images / rel), seed=100 * i + j)
-            labels.append((rel, float(rng.uniform(0, 1))))
-            embeddings[rel] = rng.normal(size=dim).astype(np.float32)
+    for rel in seeds:
+        labels.append((rel, float(rng.uniform(0, 1))))
+        embeddings[rel] = rng.normal(size=dim).astype(np.float32)
     (root / "labels.pkl").write_bytes(pickle.dumps(labels))
     (root / "emb.pkl").write_bytes(pickle.dumps(embeddings))
     assert prepare_data.main(["-b", "0.5", "-ll", str(root / "labels.pkl"), "-el", str(root / "emb.pkl"),
@@ -194,8 +191,8 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, capsys) -> None:
     assert a["epoch"] == b["epoch"] == 2
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    assert a["history"] == b["history"] or all(
-        abs(x["val"]["loss"] - y["val"]["loss"]) < 1e-12 for x, y in zip(a["history"], b["history"]))
+    assert [h["epoch"] for h in a["history"]] == [h["epoch"] for h in b["history"]] == [1, 2]
+    assert all(abs(x["val"]["loss"] - y["val"]["loss"]) < 1e-12 for x, y in zip(a["history"], b["history"]))
 
 
 @pytest.mark.slow
@@ -269,6 +266,36 @@ def test_errors_exit_2(case, pattern, tiny, tmp_path, capsys) -> None:
     assert_user_error(code, err, "train.py", pattern)
 
 
+@pytest.mark.parametrize("section,value,pattern", [
+    ("optimizer", {"params": {"momentum": 0.9}}, r"'optimizer.params.momentum' is not a setting of torch.optim.Adam"),
+    ("optimizer", {"params": {"betas": [0.9]}}, r"'optimizer.params.betas' must be a list of 2 finite numbers, got "
+                                                r"\[0.9\]"),
+    ("optimizer", {"params": {"betas": [0.9, 1.0]}}, r"'optimizer.params.betas' is refused by torch.optim.Adam: "
+                                                     r"Invalid beta parameter at index 1"),
+    ("optimizer", {"params": {"eps": -1}}, r"'optimizer.params.eps' is refused by torch.optim.Adam: Invalid epsilon "
+                                           r"value: -1"),
+    ("optimizer", {"params": {"weight_decay": float("inf")}}, r"'optimizer.params.weight_decay' must be a finite "
+                                                              r"number, got inf"),
+    ("optimizer", {"params": {"fused": True}}, r"'optimizer.params.fused' is not a setting of torch.optim.Adam that "
+                                               r"this project passes on \(it takes betas, eps, weight_decay"),
+    ("optimizer", {"module": "torch.optim.SGD", "params": {"momentum": 0.9, "nesterov": True, "dampening": 0.5}},
+     r"'optimizer.params.nesterov' is refused by torch.optim.SGD: Nesterov momentum requires a momentum and zero "
+     r"dampening"),
+    ("optimizer", {"grad_clip": float("inf")}, r"'optimizer.grad_clip' must be a positive number or null, got inf"),
+    ("loss", {"quality": {"params": {"base_loss": {"params": {"beta": 1}}}}}, r"do not fit torch.nn.L1Loss: it takes "
+                                                                              r"reduction, not 'beta'"),
+    ("optimizer", {"group_2": {"params": "mlp", "lr": 1e-3}}, r"both name 'mlp'"),
+    ("base", {"seed": 10 ** 23}, r"'base.seed' must be between 0 and 2\*\*63 - 1"),
+    ("dataloader", {"train": {"params": {"batch_size": 10 ** 20}}}, r"batch_size' must be between 1 and"),
+    ("wandb", {"mode": "sometimes"}, r"'wandb.mode' must be online, offline or disabled"),
+])
+def test_train_values_that_would_crash_later(section, value, pattern, tmp_path, capsys) -> None:
+    cfg = {"base": {"model": "ediffiqaT", "device": "cpu", "save_path": str(tmp_path / "o")}}
+    cfg.setdefault(section, {}).update(value)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert_user_error(*run_train(["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)
+
+
 # ---------------------------------------------------------------- resume and the output folder
 
 def test_resume_ignores_what_cannot_change_a_number_and_names_each_key_that_can(tiny, tmp_path) -> None:
@@ -309,6 +336,22 @@ def test_resume_with_another_learning_rate_is_refused_before_any_work(tiny, tmp_
                            "--workers", "2"], capsys)
     assert_user_error(code, err, "train.py", r"last.pt' was trained with other settings \(optimizer.group_1.lr: "
                       r"0.001 -> 0.0005\); resume with the settings it was trained with")
+
+
+def test_resume_with_another_optimizer_is_refused(official_set, tmp_path, capsys) -> None:
+    from helpers import official_schema_config
+
+    _, images, data = official_set  # read only
+    out = tmp_path / "run"
+    path = official_schema_config(tmp_path, images, data, out, "ediffiqaT", epochs=1)
+    assert run_train(["-c", path], capsys)[0] == 0
+    cfg = yaml.safe_load(open(path))
+    cfg["optimizer"]["module"] = "torch.optim.SGD"
+    cfg["base"]["epochs"] = 2
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(cfg))
+    code, err = run_train(["-c", str(tmp_path / "other.yaml"), "--resume", str(out / "last.pt")], capsys)
+    assert_user_error(code, err, "train.py", r"was trained with other settings \(optimizer.module: 'torch.optim.Adam' "
+                      r"-> 'torch.optim.SGD'\)")
 
 
 @pytest.mark.parametrize("files,pattern", [
@@ -447,12 +490,6 @@ def test_last_batch_of_one_is_left_out(tiny, tmp_path, capsys) -> None:
 
 # ---------------------------------------------------------------- official mode
 
-@pytest.fixture(scope="module")
-def official_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("official")
-    return (root, *official_layout(root))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["ediffiqaT", "ediffiqaS"])
 def test_official_mode_equals_the_official_loop(official_set, tmp_path, capsys, variant) -> None:
@@ -512,6 +549,63 @@ def test_model_config_errors(official_set, tmp_path, capsys, value, pattern) -> 
     cfg["base"]["model"] = value
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert_user_error(*run_train(["-c", str(tmp_path / "c.yaml")], capsys), "train.py", pattern)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_checkpoints(official_set, tmp_path, capsys, monkeypatch) -> None:
+    from helpers import official_schema_config
+
+    from model.loss import DistillationLoss
+
+    _, images, data = official_set  # read only
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = DistillationLoss.forward
+
+    def diverging(self, *args, **kwargs):
+        terms = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 7:  # epoch 2 (5 steps + 2 validation)
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(DistillationLoss, "forward", diverging)
+    code, err = run_train(["-c", official_schema_config(tmp_path, images, data, out, "ediffiqaT")], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
+    assert len(lines) == 1 and "the training loss is nan at epoch 2, step 1" in lines[0]
+    assert "checkpoints of epoch 1 and before" in lines[0]
+    assert torch.load(str(out / "last.pt"), weights_only=True)["epoch"] == 1
+    assert (out / "model.pth").is_file()
+
+
+def test_a_missing_training_backbone_names_the_cosface_backbones(official_set, tmp_path, capsys) -> None:
+    from helpers import official_schema_config
+
+    _, images, data = official_set  # read only
+    cfg = official_schema_config(tmp_path, images, data, tmp_path / "run", "ediffiqaS")
+    raw = yaml.safe_load(open(cfg))
+    raw["base"]["model"] = "ediffiqaS"  # the variant's own init: ./weights/r18.pth
+    open(cfg, "w").write(yaml.safe_dump(raw))
+    code, err = run_train(["-c", cfg], capsys)
+    assert_user_error(code, err, "train.py", r"weights file '.*r18.pth' not found; the recipe starts from "
+                                             r"insightface's CosFace backbones .*; pass its path with "
+                                             r"base_model.weights")
+
+
+def test_a_backbone_of_another_size_names_the_training_keys(official_set, tmp_path, capsys) -> None:
+    from helpers import official_schema_config
+
+    from model.build import build_backbone
+
+    _, images, data = official_set  # read only
+    torch.save(build_backbone("mobilefacenet").state_dict(), str(tmp_path / "mfn.pth"))
+    cfg = official_schema_config(tmp_path, images, data, tmp_path / "run", "ediffiqaS",
+                                 backbone_weights=str(tmp_path / "mfn.pth"))
+    code, err = run_train(["-c", cfg], capsys)
+    assert_user_error(code, err, "train.py", r"it holds a mobilefacenet backbone; set base.model to the model with a "
+                                             r"mobilefacenet backbone, or base.backbone_weights to a checkpoint of its "
+                                             r"iresnet18 backbone")
+    assert "--backbone" not in err
 
 
 @pytest.mark.parametrize("cfg,pattern", [

@@ -85,27 +85,21 @@ def test_channel_order_is_rgb(tmp_path) -> None:
     assert torch.all(x[0] == 1.0) and torch.all(x[1] == -1.0) and torch.all(x[2] == -1.0)
 
 
-def test_the_batch_reader_gives_the_pixels_of_the_per_image_path(tmp_path) -> None:
+def test_the_batch_reader_gives_the_pixels_of_the_per_image_path(tmp_path, make_faces) -> None:
     """The in-process batch reader (the CPU default) decodes each image straight into an NHWC batch buffer: the
     batches equal the per-image path (load_face + normalize) bit for bit, for JPEG and PNG, RGB, grey, RGBA and
     palette images, other sizes, a partial last batch and an unreadable file; and the DataLoader-worker path too."""
     import numpy as np
     import torch
-    from PIL import Image
 
     from dataset.folder_batches import iterate_folder
-    from dataset.synthetic import face_array
     from dataset.transforms import load_face, normalize
 
-    names = []
-    for i, (mode, size, ext) in enumerate([("RGB", 112, "jpg"), ("RGB", 112, "png"), ("L", 112, "png"),
-                                           ("RGBA", 112, "png"), ("P", 112, "png"), ("RGB", 150, "jpg"),
-                                           ("RGB", 96, "png"), ("L", 112, "jpg")]):
-        name = f"{i}.{ext}"
-        Image.fromarray(face_array(i, size)).convert(mode).save(tmp_path / name)
-        names.append(name)
-    (tmp_path / "8.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    names.append("8.jpg")
+    kinds = {"0.jpg": ("RGB", 112), "1.png": ("RGB", 112), "2.png": ("L", 112), "3.png": ("RGBA", 112),
+             "4.png": ("P", 112), "5.jpg": ("RGB", 150), "6.png": ("RGB", 96), "7.jpg": ("L", 112)}
+    make_faces(tmp_path, list(kinds), modes={n: mode for n, (mode, _) in kinds.items()},
+               sizes={n: size for n, (_, size) in kinds.items()}, files={"8.jpg": b"\xff\xd8 not a jpeg"})
+    names = [*kinds, "8.jpg"]
     cpu = torch.device("cpu")
     expected = {n: normalize(load_face(str(tmp_path / n))) for n in names if n != "8.jpg"}
     for workers in (0, 1):
@@ -119,3 +113,37 @@ def test_the_batch_reader_gives_the_pixels_of_the_per_image_path(tmp_path) -> No
         assert seen == [n for n in names if n != "8.jpg"] and bad == ["8.jpg"]
     flat = next(iterate_folder(str(tmp_path), names, cpu, batch_size=3, workers=0, channels_last=False))[1]
     assert flat.is_contiguous() and np.array_equal(flat.numpy(), torch.stack([expected[n] for n in names[:3]]).numpy())
+
+
+def test_batched_jpeg_decoding_path_with_an_injected_decoder(tmp_path, make_faces) -> None:
+    """The GPU decoding path, run on the CPU with torchvision's decoder injected: JPEGs decoded in batches score
+    like PIL-decoded ones (libjpeg-turbo both); a broken JPEG is skipped and named; a JPEG that is not 112x112 and
+    a PNG take the CPU path; a decoder that fails takes the CPU path for the whole batch."""
+    import numpy as np
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from dataset.folder_batches import map_folder
+
+    names = ["a.jpg", "b.jpg", "c.png", "d.jpg", "e.jpeg"]
+    root = make_faces(tmp_path / "faces", names, sizes={"d.jpg": 140}, files={"f.jpg": b"\xff\xd8 broken"})
+    names = sorted(names + ["f.jpg"])
+    forward = lambda x: (x.mean(dim=(1, 2, 3)),)  # noqa: E731 - a stand-in model that sees every pixel
+    cpu = torch.device("cpu")
+    reference = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0)
+    calls = []
+
+    def decoder(data):
+        calls.append(len(data))
+        return [decode_jpeg(d, mode=ImageReadMode.RGB) for d in data]
+
+    injected = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0, decode_jpegs=decoder)
+    assert injected.paths == reference.paths and [p for p, _ in injected.skipped] == ["f.jpg"]
+    np.testing.assert_allclose(injected.scores, reference.scores, atol=2 / 255)
+    assert calls and max(calls) > 1  # decoded in batches
+
+    def failing(data):
+        raise RuntimeError("nvjpeg failed")
+
+    fallback = map_folder(str(root), names, cpu, forward, batch_size=4, workers=0, decode_jpegs=failing)
+    assert fallback.scores == reference.scores and fallback.paths == reference.paths

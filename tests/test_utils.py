@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from dataset.alignment import ARCFACE_TEMPLATE, align_face, estimate_similarity
-from dataset.formats import read_scores_csv
 from utils.config import from_dict, load_yaml
-from utils.errors import ConfigError, DataError
-from utils.io import atomic_open, safe_pickle_load, write_csv, write_pickle
+from utils.errors import ConfigError
+from utils.io import atomic_open, write_pickle
 from utils.runtime import resolve_device, seed_everything
 
 
@@ -108,37 +107,6 @@ def test_a_failed_file_set_says_what_it_left(tmp_path, monkeypatch, existing, fa
     assert re.search(r"^cannot write '.*b.bin': (No space left on device|Input/output error)" + said, str(info.value))
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == {
         **{name: b"old" for name in existing}, **({"a.bin": b"new"} if fail_at == "second rename" else {})}
-
-
-def test_csv_round_trip_with_awkward_paths(tmp_path) -> None:
-    path = str(tmp_path / "q.csv")
-    scores = {"a,b/c.jpg": 0.125, 'd "quoted".png': -1.5e-7}
-    write_csv(path, ("path", "quality"), ((k, repr(v)) for k, v in scores.items()))
-    assert read_scores_csv(path) == scores
-
-
-class _Evil:
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
-def test_safe_pickle_load(tmp_path) -> None:
-    good = {"id1/img.jpg": np.arange(4, dtype=np.float32), "id2/img.jpg": np.float32(0.5), "n": [("a", 1.0, 2)]}
-    write_pickle(str(tmp_path / "good.pkl"), good)
-    loaded = safe_pickle_load(str(tmp_path / "good.pkl"))
-    assert np.array_equal(loaded["id1/img.jpg"], good["id1/img.jpg"]) and loaded["n"] == good["n"]
-    write_pickle(str(tmp_path / "evil.pkl"), {"x": _Evil()})
-    with pytest.raises(DataError, match="refusing to unpickle 'posix.system'"):
-        safe_pickle_load(str(tmp_path / "evil.pkl"))
-    # A torch tensor pickled with plain pickle (the official average_embedding_batch format) loads only when allowed.
-    write_pickle(str(tmp_path / "tensor.pkl"), torch.arange(6, dtype=torch.float32).reshape(2, 3))
-    assert torch.equal(safe_pickle_load(str(tmp_path / "tensor.pkl"), allow_torch=True),
-                       torch.arange(6, dtype=torch.float32).reshape(2, 3))
-    with pytest.raises(DataError, match="refusing"):
-        safe_pickle_load(str(tmp_path / "tensor.pkl"))
-    (tmp_path / "trunc.pkl").write_bytes(pickle.dumps(good)[:20])
-    with pytest.raises(DataError, match="cannot read"):
-        safe_pickle_load(str(tmp_path / "trunc.pkl"))
 
 
 def test_resolve_device() -> None:

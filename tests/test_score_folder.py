@@ -1,11 +1,15 @@
-"""The resumable folder driver under faults (engine/resumable.py, through inference.py and with a stand-in batch
-function): a rerun after a kill at any byte, mid-row or during the final write gives the files of an uninterrupted
-run; runs with other settings, another folder, changed images or a second writer are refused; --fresh leaves nothing
-of an earlier run; nothing in the output folder is trusted."""
+"""The resumable score-folder driver (engine/resumable.py), through inference.py and diffiqa_score.py and with a
+stand-in batch function: a rerun after --limit, a kill at any byte, mid-row or during the final write, or torchrun
+gives the files of an uninterrupted run; runs with other settings, another folder, changed images or a second writer
+are refused; images added or removed after a finished run are rescored exactly; --fresh leaves nothing of an earlier
+run; nothing in the output folder is trusted; any file name is scored and the output set is written as one."""
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -13,10 +17,27 @@ import sys
 import time
 import zlib
 
+import numpy as np
 import pytest
-from helpers import ROOT, assert_user_error, run_script, save_image
+import torch
+from helpers import (
+    ODD_NAME,
+    ROOT,
+    assert_user_error,
+    diffiqa_config,
+    make_faces,
+    manifest_state_dict,
+    read_scores,
+    run_diffiqa,
+    run_script,
+    save_image,
+)
+from PIL import Image
 
 import inference
+from dataset.formats import read_scores_csv
+from dataset.image_folder import find_images
+from utils.errors import ConfigError
 
 FILES = ("quality-scores.pkl", "quality-scores.csv")
 PART = "quality-scores.part0of1.csv"
@@ -26,11 +47,16 @@ FINGERPRINTS = "quality-scores.fingerprints"
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults") / "faces"
-    for i in range(23):
-        save_image(str(root / f"id{i % 3}" / f"{i:02d}.jpg"), seed=i)
-    (root / "id1" / "broken.png").write_bytes(b"not a png")
-    return root
+    """23 JPEGs in three identity folders and an unreadable PNG (batches of 2: 12 batches)."""
+    return make_faces(tmp_path_factory.mktemp("faults") / "faces", [f"id{i % 3}/{i:02d}.jpg" for i in range(23)],
+                      files={"id1/broken.png": b"not a png"})
+
+
+@pytest.fixture(scope="module")
+def png_faces(tmp_path_factory):
+    """13 PNGs in three identity folders and an unreadable JPEG (batches of 2: 7 batches)."""
+    return make_faces(tmp_path_factory.mktemp("resume") / "faces", [f"id{i % 3}/{i:02d}.png" for i in range(13)],
+                      files={"id0/broken.jpg": b"not a jpeg"})
 
 
 def argv(faces, checkpoint_dir, out, *extra, batch="2"):
@@ -198,6 +224,20 @@ def test_a_file_size_limit_while_appending_and_workers_do_not_hang(faces, checkp
         assert outputs(out) == reference
 
 
+def test_resume_after_limit(png_faces, checkpoint_dir, tmp_path, capsys) -> None:
+    """--limit 5 with batches of 2: whole batches, 4 new images a run (14 files: 4 runs), then the uninterrupted
+    run's bytes. (Kills at any byte: tests/test_resume_faults.py.)"""
+    whole = tmp_path / "whole"
+    assert run(argv(png_faces, checkpoint_dir, whole), capsys)[0] == 0
+    limited = tmp_path / "limited"
+    for step in range(4):
+        code, err = run(argv(png_faces, checkpoint_dir, limited, "--limit", "5"), capsys)
+        assert code == 0, err
+        assert ("left" in err) == (step < 3), err
+    assert outputs(limited) == outputs(whole)
+    assert not [f for f in os.listdir(limited) if ".part" in f]
+
+
 # ------------------------------------------------------------------------------------------------- runs cannot mix
 def test_another_batch_size_is_refused_and_fresh_starts_afresh(faces, checkpoint_dir, tmp_path, capsys) -> None:
     out = tmp_path / "out"
@@ -213,13 +253,20 @@ def test_another_batch_size_is_refused_and_fresh_starts_afresh(faces, checkpoint
 
 
 def test_another_folder_with_the_same_names_is_refused(faces, checkpoint_dir, tmp_path, capsys) -> None:
-    other = tmp_path / "other"
-    for rel in (p.relative_to(faces) for p in faces.rglob("*.jpg")):
-        save_image(str(other / rel), seed=100 + len(str(rel)))
+    other = make_faces(tmp_path / "other", {str(rel): 100 + len(str(rel))
+                                            for rel in (p.relative_to(faces) for p in faces.rglob("*.jpg"))})
     out = tmp_path / "out"
     assert run(argv(faces, checkpoint_dir, out, "--limit", "8"), capsys)[0] == 0
     code, err = run(argv(other, checkpoint_dir, out), capsys)
     assert_user_error(code, err, "inference.py", r"other settings \(images: '.*faces' -> '.*other'; keys: ")
+
+
+def test_other_settings_are_refused(png_faces, checkpoint_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run(argv(png_faces, checkpoint_dir, out, "--limit", "4"), capsys)[0] == 0
+    code, err = run(argv(png_faces, checkpoint_dir, out, "--no-fold-bn"), capsys)
+    assert_user_error(code, err, "inference.py", r"holds quality scores made with other settings \(fold_bn: True -> "
+                                                 r"False\); use another base.save_path \(--output\)")
 
 
 def test_a_changed_listing_is_refused_while_parts_exist(faces, checkpoint_dir, tmp_path, capsys) -> None:
@@ -254,6 +301,25 @@ def test_images_changed_in_place_are_refused(faces, checkpoint_dir, tmp_path, ca
     assert not (out / FILES[0]).exists()
 
 
+def test_images_added_and_removed_after_a_finished_run_give_a_fresh_runs_bytes(png_faces, checkpoint_dir, tmp_path,
+                                                                              capsys) -> None:
+    """inference.py after a finished run: two images added (one among the scored ones) and one removed; the rerun
+    keeps the whole batches before the first change and writes a fresh run's pickle and CSV."""
+    import shutil
+
+    images = tmp_path / "png_faces"
+    shutil.copytree(png_faces, images)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert run(argv(images, checkpoint_dir, out), capsys)[0] == 0
+    save_image(str(images / "id1" / "04a.png"), seed=40)
+    save_image(str(images / "id2" / "99.png"), seed=41)
+    os.remove(images / "id2" / "11.png")
+    code, err = run(argv(images, checkpoint_dir, out), capsys)
+    assert code == 0 and "2 image(s) added, 1 removed; the finished results of the first 8 " in err, err
+    assert run(argv(images, checkpoint_dir, fresh), capsys)[0] == 0
+    assert outputs(out) == outputs(fresh)
+
+
 def test_fresh_removes_the_earlier_set_and_the_printed_command_continues(faces, checkpoint_dir, reference, tmp_path,
                                                                          capsys) -> None:
     """A finished run with old weights, then --fresh --limit 8 with new ones: --fresh removes the earlier set (a
@@ -262,7 +328,6 @@ def test_fresh_removes_the_earlier_set_and_the_printed_command_continues(faces, 
     import shlex
 
     import torch
-    from helpers import manifest_state_dict
 
     torch.save(manifest_state_dict("ediffiqaT", 2), str(tmp_path / "old.pth"))
     out = tmp_path / "out"
@@ -306,11 +371,8 @@ def test_two_processes_on_one_output(tmp_path, capsys) -> None:
     import pickle
 
     import torch
-    from helpers import manifest_state_dict
 
-    faces = tmp_path / "faces"
-    for i in range(400):
-        save_image(str(faces / f"{i:03d}.png"), seed=i)
+    faces = make_faces(tmp_path / "faces", [f"{i:03d}.png" for i in range(400)])
     torch.save(manifest_state_dict("ediffiqaT", 1), str(tmp_path / "t.pth"))
     out = tmp_path / "out"
     args = ["--images", str(faces), "--model", "ediffiqaT", "--weights", str(tmp_path / "t.pth"), "--output", str(out),
@@ -402,7 +464,6 @@ def test_damaged_outputs_and_parts_are_one_line(case, faces, checkpoint_dir, tmp
 def test_non_finite_scores_stop_the_run_and_write_nothing(faces, tmp_path, capsys) -> None:
     """Weights whose scores overflow (finite, so they load): exit 1 at the first batch, no output set."""
     import torch
-    from helpers import manifest_state_dict
 
     state = manifest_state_dict("ediffiqaT", 1)
     state["mlp.l1.bias"].fill_(1e30)  # every hidden unit 1e30, the output 1024 x 1e30 x 1e10: inf
@@ -432,15 +493,313 @@ def test_the_summary_counts_every_image_of_this_run(faces, checkpoint_dir, tmp_p
     assert (finished["images"], finished["scored"], list(finished["skipped"])) == (24, 23, ["id1/broken.png"])
 
 
+# --------------------------------------------------------------------- file names, the folder's listing, the output set
+def test_a_name_that_is_not_utf8_is_scored_and_written_losslessly(odd_faces, checkpoint_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "scores"
+    code, err = run(["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
+                     os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", str(out), "-q", "--device", "cpu"],
+                    capsys)
+    assert code == 0, err
+    table = pickle.load(open(out / "quality-scores.pkl", "rb"))
+    odd = os.path.join(str(odd_faces), ODD_NAME)
+    assert odd in table and os.path.isfile(odd)  # the exact path: it opens the file
+    assert read_scores_csv(str(out / "quality-scores.csv")) == table  # the CSV reads back to the same keys
+    assert b"caf\xff.png" in (out / "quality-scores.csv").read_bytes()  # the name's own bytes
+
+
+def test_link_loops_fifos_and_unreadable_folders(tmp_path, caplog, monkeypatch, make_faces) -> None:
+    root = make_faces(tmp_path / "faces", {"a/1.png": 1, "b/2.png": 1})
+    os.symlink(str(root), str(root / "a" / "loop"))          # a loop back to the top
+    os.symlink(str(root / "b"), str(root / "b_again"))       # a second way into b
+    os.symlink(str(root / "a" / "1.png"), str(root / "link.png"))  # a link to a file counts as an image
+    os.mkfifo(str(root / "x.jpg"))
+    os.mkdir(str(root / "locked"))
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING):
+        found = find_images(str(root))
+    assert found == ["a/1.png", "b/2.png", "link.png"]
+    assert "left out 1 entries of" in caplog.text and "x.jpg" in caplog.text
+    assert "could not read 1 folder(s)" in caplog.text and "locked" in caplog.text
+
+
+def test_walk_order_is_the_official_listing(tmp_path) -> None:
+    """dataset.order: walk lists a folder as the official scorer does (os.walk order, unsorted)."""
+    from dataset.image_folder import find_images
+
+    for name in ("b/z.png", "b/a.png", "a/y.jpg", "c.png", "a/x.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    official = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files]
+    assert find_images(str(tmp_path), "walk") == official
+    assert find_images(str(tmp_path)) == sorted(official)
+
+
+def test_a_failed_write_leaves_the_previous_set(odd_faces, checkpoint_dir, tmp_path, capsys, monkeypatch) -> None:
+    """A full disk after the first file of the pickle/CSV pair: the earlier pair stays, as it was."""
+    out = tmp_path / "scores"
+    argv = ["--images", str(odd_faces), "--model", "ediffiqaT", "--weights",
+            os.path.join(checkpoint_dir, "ediffiqaT.pth"), "--output", str(out), "-q", "--device", "cpu"]
+    assert run(argv, capsys)[0] == 0
+    before = {f: (out / f).read_bytes() for f in ("quality-scores.pkl", "quality-scores.csv")}
+    save_image(str(odd_faces / "a" / "3.png"), seed=9)
+
+    import dataset.formats
+
+    real = dataset.formats.csv_writer
+
+    def full_disk(header, rows):
+        mode, write = real(header, rows)
+
+        def fail(handle):
+            write(handle)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return mode, fail
+
+    monkeypatch.setattr(dataset.formats, "csv_writer", full_disk)
+    code, err = run(argv, capsys)
+    assert_user_error(code, err, "inference.py", r"cannot write '.*quality-scores.csv': No space left on device; the "
+                                                 r"previous quality-scores.pkl, quality-scores.csv are unchanged")
+    assert {f: (out / f).read_bytes() for f in before} == before
+    assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary left behind
+
+
+# ------------------------------------------------------------------------------------------------- torchrun
+@pytest.mark.slow
+def test_torchrun_processes_write_the_files_of_one_process(png_faces, checkpoint_dir, tmp_path, capsys) -> None:
+    """Each process takes whole batches, so with the same threads per process the merged files are byte for byte
+    those of one process, also when a --limit run comes first; the rerun's summary counts every process. After
+    images are added and removed, the processes rescore from the batch of the first change, as one process would."""
+    import shutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    images = tmp_path / "png_faces"
+    shutil.copytree(png_faces, images)
+    single, shared = tmp_path / "single", tmp_path / "shared"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    script = os.path.join(ROOT, "inference.py")
+
+    def run(out, launcher, *extra):
+        proc = subprocess.run([*(launcher or [sys.executable]), script, *argv(images, checkpoint_dir, out, *extra)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    run(single, None)
+    run(shared, torchrun, "--limit", "4")
+    err = run(shared, torchrun, "--figure-tiles", "4")
+    assert "scored 9, skipped 1 in this run (13 scored in all)" in err, err[-2000:]
+    assert outputs(shared) == outputs(single)
+    from engine.figures import image_size, score_sheet_size
+
+    # Drawn once, by the first process, from the merged scores.
+    assert image_size((shared / "quality-scores.png").read_bytes()) == (1600, round(score_sheet_size(4)[1] * 100))
+    save_image(str(images / "id0" / "03a.png"), seed=60)
+    os.remove(images / "id2" / "08.png")
+    err = run(shared, torchrun)
+    assert "1 image(s) added, 1 removed; the finished results of the first 2 " in err, err[-2000:]
+    run(tmp_path / "fresh", None)
+    assert outputs(shared) == outputs(tmp_path / "fresh")
+
+
+@pytest.mark.parametrize("n,world,batch", [(14, 2, 2), (13, 3, 4), (5, 4, 2), (1, 2, 8)])
+def test_whole_batches_cover_each_path_once(n, world, batch) -> None:
+    from engine.resumable import split_batches_for_rank
+
+    paths = [f"{i:03d}" for i in range(n)]
+    shares = [split_batches_for_rank(paths, rank, world, batch) for rank in range(world)]
+    assert sorted(p for share in shares for p in share) == paths
+    for share in shares:  # each share is made of the single process's batches
+        for start in range(0, len(share), batch):
+            block = share[start:start + batch]
+            assert int(block[0]) % batch == 0 and block == paths[int(block[0]):int(block[0]) + len(block)]
+
+
+# ---------------------------------- DifFIQA labels through the driver: per-image seeds, and official mode's saved draws
+@pytest.mark.slow
+def test_resume_after_interruption_scores_each_image_once(diffiqa_setup, capsys) -> None:
+    tmp_path, images = diffiqa_setup
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, whole)], capsys)
+    assert code == 0, err
+    assert "scored 5, skipped 1, " in err and "skipped (unreadable): id0/broken.jpg" in err
+    reference = read_scores(whole)
+    assert sorted(reference) == sorted(f"id{i % 2}/{i}.png" for i in range(5))
+    record = json.loads((whole / "quality-scores.json").read_text())
+    assert not (whole / "quality-scores.png").exists()  # base.figure_tiles: 0
+    assert record["settings"]["seed"] == 0 and record["settings"]["mode"] == "default"
+    assert list(record["run"]["skipped"]) == ["id0/broken.jpg"] and record["config"]["inference"]["repeats"] == 2
+
+    # Stop after 2 new images, then after 2 more, then finish: nothing scored twice, nothing lost.
+    for step in range(3):
+        code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, parts), "--limit", "2"], capsys)
+        assert code == 0, err
+        if step < 2:
+            assert not (parts / "quality-scores.pkl").exists() and "left" in err
+        else:  # the last run counts only what it scored itself
+            assert "scored 2, skipped 0 in this run (5 scored in all)" in err, err
+    assert not list(parts.glob("quality-scores.part*"))  # merged and removed once complete
+    resumed = read_scores(parts)
+    assert sorted(resumed) == sorted(reference)
+    for key, value in reference.items():  # per-image seeds: the same scores as the uninterrupted run
+        assert resumed[key] == pytest.approx(value, abs=1e-5)
+    assert {r.split(",")[0] for r in (parts / "quality-scores.csv").read_text().splitlines()[1:]} == set(reference)
+
+
+@pytest.mark.slow
+def test_official_mode_resumes_draw_for_draw(diffiqa_setup, capsys) -> None:
+    """--official after an interruption: the saved RNG state continues the draws, so the scores equal a run that
+    was never stopped (flushes fall on batch boundaries: 64 // (2 x 2) = 16 images per batch, so use batch 4)."""
+    tmp_path, images = diffiqa_setup
+    whole, parts = tmp_path / "owhole", tmp_path / "oparts"
+    assert run_diffiqa(["-c", diffiqa_config(tmp_path, images, whole), "--official", "--batch-size", "4"],
+                       capsys)[0] == 0
+    for _ in range(3):
+        code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, parts), "--official", "--batch-size", "4",
+                                 "--limit", "2"], capsys)
+        assert code == 0, err
+    a, b = read_scores(whole), read_scores(parts)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert b[key] == pytest.approx(a[key], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("official", [False, True])
+def test_a_cut_part_file_resumes_to_the_same_labels(official, diffiqa_setup, capsys) -> None:
+    """--official continues the global RNG from the state saved with the part, at the part length it belongs to:
+    a kill mid-write after it, or after batches written since (flush_every > 1), gives the labels of a run that was
+    never stopped, bit for bit; so does the default mode (per-image seeds) after a cut anywhere."""
+    import re
+    import shutil
+
+    tmp_path, images = diffiqa_setup
+    flag = ["--official"] if official else []
+    whole, stopped = tmp_path / f"w{official}", tmp_path / f"s{official}"
+    args = ["--batch-size", "4", *flag]  # 4 // (2 x 2) = 1 image per batch
+    assert run_diffiqa(["-c", diffiqa_config(tmp_path, images, whole), *args], capsys)[0] == 0
+    assert run_diffiqa(["-c", diffiqa_config(tmp_path, images, stopped), *args, "--limit", "2"], capsys)[0] == 0
+    state = stopped / "quality-scores.part0of1.csv.state.pt"
+    assert state.exists() == official
+    early_state = state.read_bytes() if official else b""
+    assert run_diffiqa(["-c", diffiqa_config(tmp_path, images, stopped), *args, "--limit", "2"], capsys)[0] == 0
+    part = stopped / "quality-scores.part0of1.csv"
+    data = part.read_bytes()
+    blocks = [m.start() for m in re.finditer(rb"#B \d+ [0-9a-f]{8}\n", data)]
+    assert len(blocks) == 4
+    cases = {"mid-write": data + data[blocks[1]:blocks[2]][:20]}
+    if official:
+        cases["state lags"] = data  # with the state of two batches ago
+    else:
+        cases["cut"] = data[:blocks[2] + 9]
+    for name, content in cases.items():
+        out = tmp_path / f"{name}{official}"
+        shutil.copytree(stopped, out)
+        (out / part.name).write_bytes(content)
+        if name == "state lags":
+            (out / state.name).write_bytes(early_state)
+        code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, out), *args], capsys)
+        assert code == 0, err
+        assert (out / "quality-scores.pkl").read_bytes() == (whole / "quality-scores.pkl").read_bytes(), name
+        assert (out / "quality-scores.csv").read_bytes() == (whole / "quality-scores.csv").read_bytes(), name
+        assert not list(out.glob("*.part*"))
+    # A state that claims more than the part holds is refused (the two files do not belong together).
+    if official:
+        out = tmp_path / "ahead"
+        shutil.copytree(stopped, out)
+        (out / part.name).write_bytes(data[:blocks[1]])
+        code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, out), *args], capsys)
+        assert_user_error(code, err, "diffiqa_score.py", r"state.pt' belongs to a longer 'quality-scores.part0of1.csv' "
+                                                         r"than there is; add --fresh")
+
+
+@pytest.mark.slow
+def test_rerun_scores_added_images_as_a_fresh_run_and_refuses_other_settings(diffiqa_setup, capsys) -> None:
+    """An image added among the labelled ones after a finished run (8 // (2 x 2) = 2 images per batch): the rerun
+    keeps the first batch and labels the rest as an uninterrupted run would (the unreadable image again too), giving
+    a fresh run's files."""
+    tmp_path, images = diffiqa_setup
+    out = tmp_path / "again"
+    cfg = diffiqa_config(tmp_path, images, out)
+    assert run_diffiqa(["-c", cfg], capsys)[0] == 0
+    Image.fromarray((np.random.default_rng(9).random((112, 112, 3)) * 255).astype(np.uint8)).save(
+        images / "id0" / "3.png")  # the third image: id0/0.png, id0/2.png, id0/3.png, ...
+    code, err = run_diffiqa(["-c", cfg], capsys)
+    assert code == 0, err
+    assert "1 image(s) added, 0 removed; the finished results of the first 2 " in err, err
+    assert "scored 4, skipped 1 in this run (6 scored in all)" in err, err
+    fresh = tmp_path / "fresh"
+    assert run_diffiqa(["-c", diffiqa_config(tmp_path, images, fresh)], capsys)[0] == 0
+    for name in ("quality-scores.pkl", "quality-scores.csv"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()
+    code, err = run_diffiqa(["-c", cfg, "--seed", "5"], capsys)
+    assert code == 2 and "holds DifFIQA scores made with other settings (seed: 0 -> 5)" in err
+
+
+def test_fresh_removes_the_earlier_set_and_a_limit_stop_names_the_command(diffiqa_setup, capsys,
+                                                                          monkeypatch) -> None:
+    """--fresh removes an earlier run's set (the sidecar and figure too); the line after a --limit stop is the
+    driver's, as in inference.py: under --fresh the command without it, otherwise the same command. (The labels
+    themselves are a stand-in here: this is about the files and the messages.)"""
+    import shlex
+
+    monkeypatch.setattr("engine.labels.policy.score_batch_fast", lambda x, *args: torch.full((len(x),), 0.5))
+    tmp_path, images = diffiqa_setup
+    out = tmp_path / "lim"
+    out.mkdir()
+    earlier = ["quality-scores.pkl", "quality-scores.csv", "quality-scores.json", "quality-scores.png"]
+    for name in earlier:
+        (out / name).write_bytes(b"an earlier run's")
+    cfg = diffiqa_config(tmp_path, images, out)
+    args = ["-c", cfg, "--batch-size", "4", "--limit", "2"]  # 4 // (2 x 2) = 1 image per batch
+    code, err = run_diffiqa([*args[:2], "--fresh", *args[2:]], capsys)
+    assert code == 0 and ("stopped with 4 image(s) left (base.limit); continue with the same command without --fresh "
+                          f"(it would start over): {shlex.join(['python', 'diffiqa_score.py', *args])}\n") in err, err
+    assert [name for name in earlier if (out / name).exists()] == ["quality-scores.json"]  # this run's, only:
+    assert list(json.loads((out / "quality-scores.json").read_text())) == ["settings"]
+    code, err = run_diffiqa(args, capsys)
+    assert code == 0 and "stopped with 2 image(s) left (base.limit); run the same command to continue\n" in err, err
+
+
+@pytest.mark.slow
+def test_one_float_format_and_nan_labels_write_nothing(diffiqa_setup, capsys) -> None:
+    """The CSV holds each score in the form that reads back to the pickle's float; an FR model that overflows makes
+    NaN labels, which stop the run (exit 1) with nothing of the output set written."""
+    import csv
+
+    tmp_path, images = diffiqa_setup
+    out = tmp_path / "fmt"
+    assert run_diffiqa(["-c", diffiqa_config(tmp_path, images, out)], capsys)[0] == 0
+    table = read_scores(out)
+    with open(out / "quality-scores.csv", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert {p: float(q) for p, q in rows} == table  # exactly, not to 8 decimals
+
+    from model.build import build_backbone
+
+    state = {k: (v * 1e6 if k.endswith("weight") and v.ndim > 1 else v)
+             for k, v in build_backbone("mobilefacenet").state_dict().items()}
+    torch.save(state, tmp_path / "huge.pth")
+    nan_out = tmp_path / "nan"
+    code, err = run_diffiqa(["-c", diffiqa_config(tmp_path, images, nan_out), "--fr-weights",
+                             str(tmp_path / "huge.pth")], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert "DifFIQA scores of a batch are NaN or infinite" in err
+    assert not [f for f in os.listdir(nan_out) if f.startswith("quality-scores.") and f.split(".")[-1] in
+                ("pkl", "csv") and "part" not in f]
+
+
 # ------------------------------------------------------------------------------------------------- the driver alone
 @pytest.fixture()
 def small(tmp_path):
     """Six tiny files with image names; the stand-in model of :func:`drive` scores a file by its length."""
-    images = tmp_path / "small"
-    (images / "a").mkdir(parents=True)
-    for i in range(6):
-        (images / "a" / f"{i}.jpg").write_bytes(b"x" * (i + 1))
-    return images
+    return make_faces(tmp_path / "small", 0, files={f"a/{i}.jpg": b"x" * (i + 1) for i in range(6)})
 
 
 def drive(images, out, batch=2, score=None, keys="relative", **extra):
@@ -486,11 +845,7 @@ def batch_sums(images, calls=None, draws=False):
 
 def forty(folder):
     """40 small files (one unreadable to the stand-in: its reason is a result too)."""
-    folder.mkdir()
-    for i in range(40):
-        (folder / f"f{i:02d}.jpg").write_bytes(b"x" * (1 + i % 7))
-    (folder / "f07.jpg").write_bytes(b"bad")
-    return folder
+    return make_faces(folder, 0, files={f"f{i:02d}.jpg": b"bad" if i == 7 else b"x" * (1 + i % 7) for i in range(40)})
 
 
 def the_set(out):
@@ -504,7 +859,6 @@ def test_a_finished_run_refuses_changed_images_and_scores_added_ones(small, tmp_
     (same bytes) or size changed is refused, the added one too once it was scored."""
     import pickle
 
-    from utils.errors import ConfigError
 
     out = tmp_path / "out"
     assert drive(small, out).complete
@@ -571,10 +925,7 @@ def test_damaged_fingerprints_are_one_line(case, pattern, small, tmp_path) -> No
     elif case == "random":
         path.write_bytes(os.urandom(len(data)))
     elif case == "foreign":  # well formed, of another folder's files
-        other = tmp_path / "other"
-        (other / "a").mkdir(parents=True)
-        for i in range(6):
-            (other / "a" / f"{i}.jpg").write_bytes(b"y" * (i + 2))
+        other = make_faces(tmp_path / "other", 0, files={f"a/{i}.jpg": b"y" * (i + 2) for i in range(6)})
         drive(other, tmp_path / "other-out", limit=2)
         path.write_bytes((tmp_path / "other-out" / FINGERPRINTS).read_bytes())
     elif case == "link":
@@ -584,7 +935,11 @@ def test_damaged_fingerprints_are_one_line(case, pattern, small, tmp_path) -> No
         path.mkdir()
     with pytest.raises(UserError, match=pattern):
         drive(small, out)
-    if case != "folder":
+    if case == "folder":  # --fresh removes files only: a folder in a file's place is left to the user, in one line
+        with pytest.raises(UserError, match=r"fingerprints' is a folder where this project keeps a file; remove it"):
+            drive(small, out, fresh=True)
+        assert path.is_dir()
+    else:
         assert drive(small, out, fresh=True).complete
 
 
@@ -690,7 +1045,6 @@ def test_a_run_with_a_draw_state_refuses_to_restart_inside_a_changed_listing(tmp
     import torch
 
     from engine.labels.policy import GlobalRng
-    from utils.errors import ConfigError
 
     images = forty(tmp_path / "faces")
     out = tmp_path / "out"
@@ -783,7 +1137,6 @@ def test_a_deeply_nested_sidecar_is_one_line(content, small, tmp_path) -> None:
 def test_the_folder_with_a_trailing_separator_continues_and_a_linked_one_is_refused(small, tmp_path) -> None:
     """Keys joined to the folder as given: "small" and "small/" write the same keys, so either continues the
     other's run; a link to the folder writes other keys and is refused."""
-    from utils.errors import ConfigError
 
     whole, out = tmp_path / "whole", tmp_path / "out"
     assert drive(small, whole, keys="joined").complete
