@@ -155,8 +155,11 @@ class EmbeddingTable:
     def __contains__(self, path: str) -> bool:
         return path in self._index
 
-    def __iter__(self):
-        return iter(self._index)
+    @property
+    def index(self) -> Mapping[str, Any]:
+        """Path -> row or embedding, in file order (read it, never change it): what keys are matched against, at C
+        speed."""
+        return self._index
 
     def keys(self) -> List[str]:
         """All paths, in file order."""

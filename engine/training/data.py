@@ -88,14 +88,14 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
     paths = [it[0] for it in items]
     items_source = f"items file '{items_file(ds.training_data, ds.model_name)}'"
     files, listed = _image_files(paths, ds.image_loc, items_source)
-    keys = match_keys(paths, table, items_source, f"embeddings file '{ds.embeddings_path}'")
+    keys = match_keys(paths, table.index, items_source, f"embeddings file '{ds.embeddings_path}'")
     for i, key in enumerate(keys):
         if key is None:  # the official lookup: the last three components of the full image path
             tail = "/".join(os.path.join(ds.image_loc, paths[i]).replace(os.sep, "/").split("/")[-3:])
             keys[i] = tail if tail in table else None
     _drop_or_fail(paths, files, listed, (items_source, f"image folder '{ds.image_loc}'"), "training items",
                   ds.on_missing)
-    _drop_or_fail(paths, keys, table, (items_source, f"embeddings file '{ds.embeddings_path}'"), "training items",
+    _drop_or_fail(paths, keys, table.index, (items_source, f"embeddings file '{ds.embeddings_path}'"), "training items",
                   ds.on_missing)
     kept = [((file, *it[1:]), key) for it, file, key in zip(items, files, keys) if file is not None and key is not None]
     if not kept:

@@ -87,7 +87,7 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     _logger.info("read %d embeddings (%d-d) from %s", len(embeddings), embeddings.dim, cfg.embedding_location)
     # The items carry the embeddings' keys (extract_embeddings.py: relative to the images folder, as the trainer
     # joins them with dataset.image_loc); the same keys as the labels' where both name the images alike.
-    paths = require_keys(paths, embeddings, f"labels file '{cfg.label_location}'",
+    paths = require_keys(paths, embeddings.index, f"labels file '{cfg.label_location}'",
                          f"embeddings file '{cfg.embedding_location}'", "labelled images",
                          "compute both from the same image folder")
 
