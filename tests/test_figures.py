@@ -119,8 +119,57 @@ def test_a_face_that_cannot_be_read_is_a_tile_that_says_so(caplog) -> None:
     buffer = io.BytesIO()
     write(buffer)
     assert figures.image_size(buffer.getvalue()) == inches(figures.score_sheet_size(3))
-    assert sum(t.get_text() == "(unreadable)" for t in fig.texts) == 2  # once in each group
+    assert sum(t.get_text() == "(unreadable)" for t in fig.texts) == 1  # three faces: two lowest, one highest
     assert "figure: cannot show 'gone.png' (no such file)" in caplog.text
+
+
+def test_a_sheet_with_fewer_than_twice_the_tiles_shows_each_face_once() -> None:
+    """Fewer scores than twice the tiles asked: the faces are split between the lowest and the highest rows (the
+    lowest takes the odd one), none in both, and the sheet has the height of what it shows."""
+    import numpy as np
+
+    for total, lowest, highest in ((5, 3, 2), (1, 1, 0), (16, 8, 8), (20, 8, 8)):
+        scores = {f"{i}.png": i / 10 for i in range(total)}
+        fig = figures.score_sheet(scores, lambda k: np.zeros((8, 8, 3), np.uint8), 8, "t")
+        names = [t.get_text().split("\n")[1] for t in captions(fig)]
+        assert len(names) == lowest + highest and len(set(names)) == len(names), names
+        assert names[:lowest] == [f"{i}.png" for i in range(lowest)]
+        assert names[lowest:] == [f"{i}.png" for i in range(total - 1, total - 1 - highest, -1)]
+        assert tuple(fig.get_size_inches()) == figures.score_sheet_size(8, total)
+        groups = [t.get_text() for t in fig.texts if t.get_text().startswith(("LOWEST", "HIGHEST"))]
+        assert len(groups) == (lowest > 0) + (highest > 0)
+    assert figures.score_sheet_size(8, 1)[1] < figures.score_sheet_size(8)[1]  # one face: one group
+
+
+def _count_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_ylabel() in ("images", "identities")]
+
+
+def test_count_axes_have_whole_ticks_and_legends_cover_no_bars() -> None:
+    """The histograms of the score sheet and of the preparation figure, drawn on Agg with a few counts (where
+    matplotlib would tick 0.5, 1.5): only whole-number count ticks, and no legend overlaps a bar."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sheet = figures.score_sheet({f"{i}.png": float(rng.uniform()) for i in range(7)},
+                                lambda k: np.zeros((8, 8, 3), np.uint8), 2, "t")
+    prep = figures.preparation_figure(rng.uniform(size=9), 0.5, 0.5, np.array([0, 1, 3, 2, 3]), 2,
+                                      rng.uniform(size=6), "t")
+    for fig, expected in ((sheet, 1), (prep, 3)):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        axes = _count_axes(fig)
+        assert len(axes) == expected
+        for ax in axes:
+            low, high = ax.get_ylim()
+            ticks = [t for t in ax.get_yticks() if low <= t <= high]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            box = legend.get_window_extent(renderer)
+            bars = [p.get_window_extent(renderer) for p in ax.patches]
+            assert bars and not any(box.overlaps(bar) for bar in bars), ax.get_title()
 
 
 def test_training_draws_every_epoch_also_after_a_resume(official_set, tmp_path, capsys, monkeypatch):
@@ -252,7 +301,7 @@ def test_long_captions_fit_their_tile() -> None:
     renderer = fig.canvas.get_renderer()
     cell = fig.get_size_inches()[0] * figures.DPI / figures.TILES_PER_ROW
     texts = captions(fig)
-    assert len(texts) == 2 * len(names)
+    assert len(texts) == len(names)  # eight names, eight tiles asked: each shown once
     for text in texts:
         box = text.get_window_extent(renderer)
         column = int(text.get_position()[0] * figures.TILES_PER_ROW)
