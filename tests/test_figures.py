@@ -198,9 +198,15 @@ def test_training_draws_every_epoch_also_after_a_resume(official_set, tmp_path, 
                            capsys)
     assert code == 0, err
     assert seen[-1] == [1, 2]  # the resumed run's figure holds the first run's epoch too
+    # The summary line names each file of the run.
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("best validation loss") and f"wrote {out / 'model.pth'}, " in summary, summary
+    assert all(name in summary for name in ("last.pt", "train_log.csv", "history.json", "config.json",
+                                            "train_log.png")), summary
     other = tmp_path / "off"
     cfg = official_schema_config(tmp_path, images, data, other, "ediffiqaT", epochs=1, figure=1)
-    assert run_script(train.main, "train.py", ["-c", cfg, "--no-figure"], capsys)[0] == 0
+    code, err = run_script(train.main, "train.py", ["-c", cfg, "--no-figure"], capsys)
+    assert code == 0 and "train_log.png" not in err.strip().splitlines()[-1], err
     assert not (other / "train_log.png").exists() and (other / "model.pth").exists()
 
 
@@ -217,10 +223,16 @@ def test_prepare_data_draws_what_it_did(tmp_path, capsys):
     (tmp_path / "l.pkl").write_bytes(pickle.dumps(labels))
     (tmp_path / "e.pkl").write_bytes(pickle.dumps(embeddings))
     base = ["-ll", str(tmp_path / "l.pkl"), "-el", str(tmp_path / "e.pkl"), "-b", "0.5", "--min-images", "2", "-q"]
-    assert run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "a")], capsys)[0] == 0
+    code, err = run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "a")], capsys)
+    assert code == 0, err
     assert png_size(tmp_path / "a" / "prepare_data-ediffiqa.png") == inches(figures.PREPARATION_SIZE)
-    assert run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "b"), "--no-figure"],
-                      capsys)[0] == 0
+    names = ["average_embedding_batch-ediffiqa.pkl", "training_items-ediffiqa.pkl", "prepare_data-ediffiqa.json",
+             "prepare_data-ediffiqa.png"]
+    summary = err.strip().splitlines()[-1]  # the summary line names each file written
+    assert f"wrote {tmp_path / 'a' / names[0]}, " in summary and all(name in summary for name in names), summary
+    code, err = run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "b"), "--no-figure"],
+                           capsys)
+    assert code == 0 and names[2] in err and names[3] not in err, err
     assert not (tmp_path / "b" / "prepare_data-ediffiqa.png").exists()
     from tests.official import without_storage_keys  # torch writes a memory address into pickled tensors
 
