@@ -12,7 +12,7 @@ SCRIPTS = {
     "inference": ("engine.scoring.run.score", {}, [], "base.seed=7", lambda c: c.base.seed == 7),
     "diffiqa_score": ("engine.labels.run.run_scoring", None, [], "inference.repeats=3",
                       lambda c: c.inference.repeats == 3),
-    "train": ("engine.training.trainer.train", {"best_val": 0.0, "main": True}, [], "loss.theta=0.25",
+    "train": ("engine.training.trainer.train", {"best_val": 0.0, "main": True, "written": []}, [], "loss.theta=0.25",
               lambda c: c.loss.theta == 0.25),
     "train_diffusion": ("engine.denoiser.trainer.train_diffusion", {"step": 0}, [], "trainer_params.train_lr=1e-3",
                         lambda c: c.trainer_params.train_lr == 1e-3),
