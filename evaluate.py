@@ -2,7 +2,7 @@
 
     python evaluate.py -c configs/evaluate_config.yaml
     python evaluate.py --pairs pairs.csv --embeddings ArcFace=emb.pkl --scores "eDifFIQA(L)=q_l.pkl" \\
-                       --scores "eDifFIQA(T)=q_t.csv" [--fmr 1e-3] [--limits 0.2 0.3] [--output figures]
+                       --scores "eDifFIQA(T)=q_t.csv" [--fmr 1e-3] [--limits 0.2 0.3] [--output evaluation]
 
 Writes ``<output>/<name>.json`` and ``.csv`` (method, FR model, FMR, threshold, FNMR at 0, pAUC per limit, raw and
 normalised) and one EDC figure per FR model (``<name>_<fr model>.png`` and ``.pdf``), and prints the table.
@@ -42,7 +42,7 @@ FLAGS = [
     Flag(("--limits",), "discard_limits", "pAUC discard limits (0.2 0.3)", type=float, nargs="+"),
     Flag(("--variant",), "variant", "fixed (default) or crfiqa"),
     Flag(("--on-missing",), "on_missing", "fail (default) or drop pairs with a sample lacking data"),
-    Flag(("--output",), "output", "folder for the table and figures (./figures)"),
+    Flag(("--output",), "output", "folder for the table and figures (./evaluation)"),
     Flag(("--name",), "name", "file name stem (edc)"),
 ]
 

@@ -16,6 +16,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from engine.scoring import BACKENDS
 from utils import cli
 from utils.cli import Flag
 
@@ -38,7 +39,8 @@ FLAGS = [
     Flag(("--workers",), "dataloader.params.num_workers", "DataLoader worker processes", type=int),
     Flag(("--precision",), "precision", "fp32 (default, official numbers), tf32 (CUDA), bf16, fp16 (CUDA) or auto "
          "(bf16 where the CPU or GPU computes it natively, else fp32)"),
-    Flag(("--backend",), "backend", "torch (default), onnxruntime or opencv"),
+    Flag(("--backend",), "backend", f"{', '.join(BACKENDS)} (default {BACKENDS[0]}; auto: ONNX Runtime where it "
+         "measured faster for the variant on this kind of CPU, else torch)"),
     Flag(("--no-fold-bn",), "fold_bn", "keep BatchNorm layers", const=False),
     Flag(("--gpu-decode",), "gpu_decode", "CUDA: decode JPEGs on the GPU in batches", const=True),
     Flag(("--align",), "align", "images are photos: detect, align and score every face", const=True),

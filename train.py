@@ -17,6 +17,7 @@ from typing import List, Optional
 
 from utils import cli
 from utils.cli import Flag
+from utils.io import file_list
 
 #: The named flags, each setting one config key (any other key: --set KEY=VALUE).
 FLAGS = [
@@ -51,7 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     cli.setup_logging(cfg.base.verbose)
     result = train(cfg)
     if result["main"]:  # under torchrun, the first process reports
-        print(f"best validation loss {result['best_val']:.6f}; outputs in {cfg.base.save_path}", file=sys.stderr)
+        print(f"best validation loss {result['best_val']:.6f}; wrote {file_list(result['written'])}",
+              file=sys.stderr)
     return 0
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from utils.errors import first_line
 from utils.io import write_together
 
-__all__ = ["DPI", "TILES_PER_ROW", "score_sheet_size", "score_sheet", "training_curves",
+__all__ = ["DPI", "TILES_PER_ROW", "group_sizes", "score_sheet_size", "score_sheet", "training_curves",
            "TRAINING_SIZE", "denoiser_curve", "DENOISER_SIZE", "preparation_figure", "PREPARATION_SIZE", "png_writer",
            "figure_file", "write_figure", "shorten", "fit_text", "drawable", "image_size"]
 
@@ -148,10 +148,19 @@ _FACE, _FRAME, _TILE_TOP = 160, 3, 4
 _CAPTION_SIZE = 8
 
 
-def score_sheet_size(n: int) -> Tuple[float, float]:
-    """Inches of the score sheet with ``n`` tiles per group: a histogram, then the lowest and the highest."""
-    rows = math.ceil(n / TILES_PER_ROW) if n else 0
-    groups = 2 * (_GROUP_LABEL + rows * _ROW) if n else 0.0
+def group_sizes(n: int, total: Optional[int] = None) -> Tuple[int, int]:
+    """Tiles of the lowest and of the highest group for ``n`` asked per group and ``total`` scores (None: as many
+    as asked): with fewer than ``2 n`` scores the faces are split between the groups (the lowest takes the odd one),
+    so that no face stands in both."""
+    if total is None or total >= 2 * n:
+        return n, n
+    return (total + 1) // 2, total // 2
+
+
+def score_sheet_size(n: int, total: Optional[int] = None) -> Tuple[float, float]:
+    """Inches of the score sheet with ``n`` tiles asked per group and ``total`` scores (None: at least ``2 n``): a
+    histogram, then the lowest and the highest (:func:`group_sizes`; a group without tiles is left out)."""
+    groups = sum(_GROUP_LABEL + math.ceil(k / TILES_PER_ROW) * _ROW for k in group_sizes(n, total) if k)
     return 16.0, _TITLE + _HIST + _HIST_LABEL + groups + _BOTTOM
 
 
@@ -175,8 +184,8 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
     """
     keys = sorted(scores, key=lambda k: (scores[k], k))
     values = np.array([scores[k] for k in keys], dtype=np.float64)
-    n = min(n, len(keys))
-    fig = _figure(score_sheet_size(n))
+    n_low, n_high = group_sizes(n, len(keys))
+    fig = _figure(score_sheet_size(n, len(keys)))
     width, height = fig.get_size_inches()
     digits = _decimals(values)
 
@@ -185,27 +194,46 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
 
     fig.suptitle(drawable(title), fontsize=13, y=1 - 0.25 / height)
     bottom, size = band(_TITLE, _HIST)
-    ax = fig.add_axes((0.06, bottom, 0.9, size))
+    ax = fig.add_axes((0.06, bottom, 0.76, size))  # the legend stands to its right
     counts, edges = np.histogram(values, bins=min(60, max(10, len(values) // 5)))  # as Axes.hist bins them
     ax.stairs(counts, edges, fill=True, color="#4c72b0")  # one patch, not one bar per bin
     ax.set_xlabel("quality score (higher = better for face recognition)")
     ax.set_ylabel("images")
-    if n:
-        ax.axvline(values[n - 1], color="#c44e52", linestyle="--", label=f"the {n} lowest are at or below this")
-        ax.axvline(values[-n], color="#55a868", linestyle=":", label=f"the {n} highest are at or above this")
-        ax.legend(loc="upper left", fontsize=9)
+    _integer_counts(ax)
+    if n_low:
+        ax.axvline(values[n_low - 1], color="#c44e52", linestyle="--",
+                   label=f"the {n_low} lowest are at or below this")
+    if n_high:
+        ax.axvline(values[-n_high], color="#55a868", linestyle=":",
+                   label=f"the {n_high} highest are at or above this")
+    if n_low or n_high:
+        _legend_outside(ax, fontsize=9)
     ax.set_title(f"{len(values)} scores: min {values.min():.{digits}f}, median {np.median(values):.{digits}f}, "
                  f"max {values.max():.{digits}f}", fontsize=10)
-    groups = [("LOWEST scores (worst quality), lowest first", keys[:n], "#c44e52"),
-              ("HIGHEST scores (best quality), highest first", keys[::-1][:n], "#55a868")]
+    groups = [("LOWEST scores (worst quality), lowest first", keys[:n_low], "#c44e52"),
+              ("HIGHEST scores (best quality), highest first", keys[::-1][:n_high], "#55a868")]
     top = _TITLE + _HIST + _HIST_LABEL
-    for label, chosen, colour in (groups if n else []):
+    for label, chosen, colour in groups:
+        if not chosen:
+            continue
         fig.text(0.5, 1 - (top + _GROUP_LABEL * 0.6) / height, label, ha="center", fontsize=12, color=colour,
                  weight="bold")
         top += _GROUP_LABEL
         _tile_group(fig, top, [(key, scores[key]) for key in chosen], load, colour, digits)
-        top += math.ceil(n / TILES_PER_ROW) * _ROW
+        top += math.ceil(len(chosen) / TILES_PER_ROW) * _ROW
     return fig
+
+
+def _integer_counts(ax: Any) -> None:
+    """Only whole numbers on the count (y) axis of a histogram."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_outside(ax: Any, **kwargs: Any) -> None:
+    """The legend of ``ax`` to the right of its axes, where it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
 
 
 def _tile_group(fig: Any, top: float, chosen: Sequence[Tuple[str, float]], load: Callable[[str], Optional[np.ndarray]],
@@ -355,7 +383,8 @@ def preparation_figure(qualities: np.ndarray, threshold: float, beta: float, cho
     ax.set_xlabel("quality label")
     ax.set_ylabel("images")
     ax.set_title("labels and the threshold beta sets", fontsize=10)
-    ax.legend(fontsize=8)
+    _integer_counts(ax)
+    _legend_outside(ax, fontsize=8)
     ax = fig.add_subplot(1, 3, 2)
     top = int(chosen_per_identity.max()) if len(chosen_per_identity) else 0
     ax.hist(chosen_per_identity, bins=np.arange(0, top + 2) - 0.5 if top <= 60 else 60, color="#8172b2")
@@ -364,7 +393,11 @@ def preparation_figure(qualities: np.ndarray, threshold: float, beta: float, cho
     ax.set_xlabel("images above the threshold, per identity")
     ax.set_ylabel("identities")
     ax.set_title(f"{kept} of {len(chosen_per_identity)} identities kept", fontsize=10)
-    ax.legend(fontsize=8)
+    _integer_counts(ax)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # images per identity: whole numbers too
+    _legend_outside(ax, fontsize=8)
     ax = fig.add_subplot(1, 3, 3)
     if len(distances):
         ax.hist(distances, bins=60, color="#55a868")
@@ -373,6 +406,7 @@ def preparation_figure(qualities: np.ndarray, threshold: float, beta: float, cho
         ax.set_title("no training image", fontsize=10)
     ax.set_xlabel("1 - cos(embedding, its identity centre)")
     ax.set_ylabel("images")
+    _integer_counts(ax)
     fig.suptitle(drawable(title), fontsize=12)
     fig.tight_layout()
     return fig

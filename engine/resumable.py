@@ -66,6 +66,7 @@ from utils.io import (
     TEXT_ERRORS,
     OutputError,
     atomic_open,
+    file_list,
     json_writer,
     open_regular,
     pickle_writer,
@@ -79,8 +80,8 @@ from utils.lock import FolderLock
 
 __all__ = ["SCORES_PICKLE", "SCORES_CSV", "SCORES_FIGURE", "SIDECAR", "FINGERPRINTS_FILE", "LOCK_FILE", "BatchResult",
            "RunState", "ScoreSheet", "FolderJob", "FolderSummary", "run_folder", "write_scores", "sheet_files",
-           "check_finite", "print_summary", "split_batches_for_rank", "part_path", "read_parts", "Fingerprints",
-           "ListingChange", "fingerprints", "compare_listings"]
+           "check_finite", "print_summary", "split_batches_for_rank", "part_path", "read_parts",
+           "Fingerprints", "ListingChange", "fingerprints", "compare_listings"]
 
 _logger = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class FolderSummary:
     seconds: float = 0.0
     skipped_names: List[str] = field(default_factory=list)
     change: Optional[ListingChange] = None
+    written: List[str] = field(default_factory=list)  # the files of the finished set, for the summary line
 
 
 # ------------------------------------------------------------------------------------------------- the finished set
@@ -203,22 +205,24 @@ def sheet_files(out: str, table: Dict[str, float], sheet: Optional[ScoreSheet], 
 
 def write_scores(out: str, table: Dict[str, float], record: Dict[str, Any], what: str, folder: str,
                  sheet: Optional[ScoreSheet] = None, tile_prefix: str = "",
-                 extra: Sequence[Tuple[str, Any]] = ()) -> None:
-    """Write the set: ``quality-scores.pkl`` and ``.csv`` of ``table`` (``{key: score}``), the sidecar ``record``,
-    the score sheet (:func:`sheet_files`) and ``extra`` ``(path, writer)`` files, as one set; a NaN or infinite
-    score is a :class:`RunError` and nothing is written."""
+                 extra: Sequence[Tuple[str, Any]] = ()) -> List[str]:
+    """Write the set: ``quality-scores.pkl`` and ``.csv`` of ``table`` (``{key: score}``), the score sheet
+    (:func:`sheet_files`), the sidecar ``record`` and ``extra`` ``(path, writer)`` files, as one set; a NaN or
+    infinite score is a :class:`RunError` and nothing is written. Returns the paths written, in that order."""
     check_finite(list(table), list(table.values()), what, "", "nothing was written")
-    write_together([(os.path.join(out, SCORES_PICKLE), pickle_writer(table)),
-                    (os.path.join(out, SCORES_CSV), scores_csv_writer(table)),
-                    (os.path.join(out, SIDECAR), json_writer(record)), *extra,
-                    *sheet_files(out, table, sheet, folder, what, tile_prefix)])
+    files = [(os.path.join(out, SCORES_PICKLE), pickle_writer(table)),
+             (os.path.join(out, SCORES_CSV), scores_csv_writer(table)),
+             *sheet_files(out, table, sheet, folder, what, tile_prefix),
+             (os.path.join(out, SIDECAR), json_writer(record)), *extra]
+    write_together(files)
+    return [path for path, _ in files]
 
 
-def print_summary(out: str, scored: int, skipped: int, seconds: float, skipped_names: Sequence[str],
+def print_summary(written: Sequence[str], scored: int, skipped: int, seconds: float, skipped_names: Sequence[str],
                   total: Optional[int] = None, extra: str = "") -> None:
-    """The line a finished run prints (``total``: the scores in the set, when more than this run's), and the
-    unreadable images it skipped."""
-    wrote = f"wrote {os.path.join(out, SCORES_PICKLE)} and {SCORES_CSV}"
+    """The line a finished run prints, naming each file of ``written`` (``total``: the scores in the set, when more
+    than this run's), and the unreadable images it skipped."""
+    wrote = f"wrote {file_list(written)}"
     if not scored and not skipped:
         counts = f" ({total} scored in all)" if total else ""
         print(f"nothing left to score{counts}{extra}; {wrote}", file=sys.stderr)
@@ -812,10 +816,11 @@ class _Run:
         # The fingerprints after the pickle and the sidecar: a kill between them leaves them counting only the
         # results the earlier files hold, and the parts (removed last) the rest.
         prints = (os.path.join(job.out, FINGERPRINTS_FILE), _fingerprints_writer(self.current, len(job.rel_paths)))
-        write_scores(job.out, table, record, job.what, job.root, job.sheet, tile_prefix, extra=[prints])
+        written = write_scores(job.out, table, record, job.what, job.root, job.sheet, tile_prefix, extra=[prints])
         parts = _part_files(job.out)
         _remove([p + _STATE_SUFFIX for p in parts] + parts)
         summary.complete, summary.total, summary.skipped_names = True, len(kept), sorted(current)
+        summary.written = [p for p in written if p != prints[0]]  # the fingerprints are the driver's own
 
     def _report(self, summary: FolderSummary) -> None:
         """First process: the summary line of a finished set, or what a ``limit`` stop left and how to continue."""
@@ -824,7 +829,7 @@ class _Run:
             print(f"'{job.root}' changed since the finished scores in '{job.out}': {summary.change.describe()}",
                   file=sys.stderr)
         if summary.complete:
-            print_summary(job.out, summary.scored, summary.skipped, summary.seconds, summary.skipped_names,
+            print_summary(summary.written, summary.scored, summary.skipped, summary.seconds, summary.skipped_names,
                           total=summary.total)
         elif summary.left:
             print(_continue_line(summary.left, job.fresh, job.command), file=sys.stderr)

@@ -12,7 +12,7 @@ SCRIPTS = {
     "inference": ("engine.scoring.run.score", {}, [], "base.seed=7", lambda c: c.base.seed == 7),
     "diffiqa_score": ("engine.labels.run.run_scoring", None, [], "inference.repeats=3",
                       lambda c: c.inference.repeats == 3),
-    "train": ("engine.training.trainer.train", {"best_val": 0.0, "main": True}, [], "loss.theta=0.25",
+    "train": ("engine.training.trainer.train", {"best_val": 0.0, "main": True, "written": []}, [], "loss.theta=0.25",
               lambda c: c.loss.theta == 0.25),
     "train_diffusion": ("engine.denoiser.trainer.train_diffusion", {"step": 0}, [], "trainer_params.train_lr=1e-3",
                         lambda c: c.trainer_params.train_lr == 1e-3),
@@ -145,3 +145,24 @@ def test_the_garbage_collector_is_paused_for_a_scripts_start_up_only() -> None:
         gc.enable()
     seen.clear()
     assert cli.run_cli(main, ["--x"], "x.py") == 0 and seen == [True, True] and gc.get_freeze_count() == 0
+
+
+def test_backend_help_and_config_comment_list_every_backend() -> None:
+    """``--backend``'s help and the shipped config's comment name every backend, ``auto`` included, in the order of
+    the one list the config checks against (the first is the default)."""
+    import re
+
+    import inference
+    from engine.scoring import BACKENDS
+    from engine.scoring.config import InferenceConfig
+
+    (action,) = [a for a in inference.build_parser()._actions if "--backend" in a.option_strings]
+    listed = re.findall(r"\w+", action.help.split(" (default")[0])
+    assert listed == list(BACKENDS) and f"default {InferenceConfig().backend};" in action.help
+    import os
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                           "inference_config.yaml")) as handle:
+        (line,) = [line for line in handle if line.startswith("backend:")]
+    comment = line.split("#", 1)[1]
+    assert all(re.search(rf"\b{name}\b", comment) for name in BACKENDS), comment

@@ -243,3 +243,38 @@ def test_a_similarity_column_ignored_for_embeddings_is_said(tmp_path, capsys) ->
     assert len(warnings) == 1 and "pairs.csv': its similarity column is ignored; the similarities are those of the " \
         "embeddings of 'R'" in warnings[0], err
     assert json.loads((tmp_path / "out" / "edc.json").read_text())[0]["fr_model"] == "R"
+
+
+def test_default_output_is_untracked_the_summary_names_each_file_and_the_legend_has_pauc(tmp_path, capsys,
+                                                                                         monkeypatch) -> None:
+    """Without --output, evaluate.py writes into ./evaluation (ignored by git; never the repository's tracked
+    figures/); the summary names every file written; each EDC legend label carries its curve's pAUC at every
+    discard limit, and the legend stands clear of the axes."""
+    import matplotlib.pyplot as plt
+    from helpers import run_script
+
+    from engine.evaluation.config import EvaluateConfig
+
+    default = os.path.normpath(EvaluateConfig(methods=[{"label": "q", "scores": "q.pkl"}]).output)
+    assert default == "evaluation"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, ".gitignore")) as handle:
+        assert f"/{default}/" in handle.read().split()
+    assert "(./evaluation)" in " ".join(evaluate.build_parser().format_help().split())
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    argv = _perfect_set(tmp_path)[:-2] + ["--limits", "0.2", "0.3"]
+    monkeypatch.chdir(tmp_path)
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "evaluation").iterdir())
+    assert written == ["edc.csv", "edc.json", "edc_given_similarity.pdf", "edc_given_similarity.png"]
+    summary = err.strip().splitlines()[-1]
+    assert all(os.path.join("evaluation", name) in summary for name in written), summary
+    row = json.loads((tmp_path / "evaluation" / "edc.json").read_text())[0]
+    (fig,) = figures
+    ax = fig.axes[0]
+    (label,) = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"@0.2: {row['pauc@0.2']:.4f}" in label and f"@0.3: {row['pauc@0.3']:.4f}" in label
+    renderer = fig.canvas.get_renderer()
+    assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))

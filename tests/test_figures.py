@@ -119,8 +119,57 @@ def test_a_face_that_cannot_be_read_is_a_tile_that_says_so(caplog) -> None:
     buffer = io.BytesIO()
     write(buffer)
     assert figures.image_size(buffer.getvalue()) == inches(figures.score_sheet_size(3))
-    assert sum(t.get_text() == "(unreadable)" for t in fig.texts) == 2  # once in each group
+    assert sum(t.get_text() == "(unreadable)" for t in fig.texts) == 1  # three faces: two lowest, one highest
     assert "figure: cannot show 'gone.png' (no such file)" in caplog.text
+
+
+def test_a_sheet_with_fewer_than_twice_the_tiles_shows_each_face_once() -> None:
+    """Fewer scores than twice the tiles asked: the faces are split between the lowest and the highest rows (the
+    lowest takes the odd one), none in both, and the sheet has the height of what it shows."""
+    import numpy as np
+
+    for total, lowest, highest in ((5, 3, 2), (1, 1, 0), (16, 8, 8), (20, 8, 8)):
+        scores = {f"{i}.png": i / 10 for i in range(total)}
+        fig = figures.score_sheet(scores, lambda k: np.zeros((8, 8, 3), np.uint8), 8, "t")
+        names = [t.get_text().split("\n")[1] for t in captions(fig)]
+        assert len(names) == lowest + highest and len(set(names)) == len(names), names
+        assert names[:lowest] == [f"{i}.png" for i in range(lowest)]
+        assert names[lowest:] == [f"{i}.png" for i in range(total - 1, total - 1 - highest, -1)]
+        assert tuple(fig.get_size_inches()) == figures.score_sheet_size(8, total)
+        groups = [t.get_text() for t in fig.texts if t.get_text().startswith(("LOWEST", "HIGHEST"))]
+        assert len(groups) == (lowest > 0) + (highest > 0)
+    assert figures.score_sheet_size(8, 1)[1] < figures.score_sheet_size(8)[1]  # one face: one group
+
+
+def _count_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_ylabel() in ("images", "identities")]
+
+
+def test_count_axes_have_whole_ticks_and_legends_cover_no_bars() -> None:
+    """The histograms of the score sheet and of the preparation figure, drawn on Agg with a few counts (where
+    matplotlib would tick 0.5, 1.5): only whole-number count ticks, and no legend overlaps a bar."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    sheet = figures.score_sheet({f"{i}.png": float(rng.uniform()) for i in range(7)},
+                                lambda k: np.zeros((8, 8, 3), np.uint8), 2, "t")
+    prep = figures.preparation_figure(rng.uniform(size=9), 0.5, 0.5, np.array([0, 1, 3, 2, 3]), 2,
+                                      rng.uniform(size=6), "t")
+    for fig, expected in ((sheet, 1), (prep, 3)):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        axes = _count_axes(fig)
+        assert len(axes) == expected
+        for ax in axes:
+            low, high = ax.get_ylim()
+            ticks = [t for t in ax.get_yticks() if low <= t <= high]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            box = legend.get_window_extent(renderer)
+            bars = [p.get_window_extent(renderer) for p in ax.patches]
+            assert bars and not any(box.overlaps(bar) for bar in bars), ax.get_title()
 
 
 def test_training_draws_every_epoch_also_after_a_resume(official_set, tmp_path, capsys, monkeypatch):
@@ -149,9 +198,15 @@ def test_training_draws_every_epoch_also_after_a_resume(official_set, tmp_path, 
                            capsys)
     assert code == 0, err
     assert seen[-1] == [1, 2]  # the resumed run's figure holds the first run's epoch too
+    # The summary line names each file of the run.
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("best validation loss") and f"wrote {out / 'model.pth'}, " in summary, summary
+    assert all(name in summary for name in ("last.pt", "train_log.csv", "history.json", "config.json",
+                                            "train_log.png")), summary
     other = tmp_path / "off"
     cfg = official_schema_config(tmp_path, images, data, other, "ediffiqaT", epochs=1, figure=1)
-    assert run_script(train.main, "train.py", ["-c", cfg, "--no-figure"], capsys)[0] == 0
+    code, err = run_script(train.main, "train.py", ["-c", cfg, "--no-figure"], capsys)
+    assert code == 0 and "train_log.png" not in err.strip().splitlines()[-1], err
     assert not (other / "train_log.png").exists() and (other / "model.pth").exists()
 
 
@@ -168,10 +223,16 @@ def test_prepare_data_draws_what_it_did(tmp_path, capsys):
     (tmp_path / "l.pkl").write_bytes(pickle.dumps(labels))
     (tmp_path / "e.pkl").write_bytes(pickle.dumps(embeddings))
     base = ["-ll", str(tmp_path / "l.pkl"), "-el", str(tmp_path / "e.pkl"), "-b", "0.5", "--min-images", "2", "-q"]
-    assert run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "a")], capsys)[0] == 0
+    code, err = run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "a")], capsys)
+    assert code == 0, err
     assert png_size(tmp_path / "a" / "prepare_data-ediffiqa.png") == inches(figures.PREPARATION_SIZE)
-    assert run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "b"), "--no-figure"],
-                      capsys)[0] == 0
+    names = ["average_embedding_batch-ediffiqa.pkl", "training_items-ediffiqa.pkl", "prepare_data-ediffiqa.json",
+             "prepare_data-ediffiqa.png"]
+    summary = err.strip().splitlines()[-1]  # the summary line names each file written
+    assert f"wrote {tmp_path / 'a' / names[0]}, " in summary and all(name in summary for name in names), summary
+    code, err = run_script(prepare_data.main, "prepare_data.py", [*base, "-sl", str(tmp_path / "b"), "--no-figure"],
+                           capsys)
+    assert code == 0 and names[2] in err and names[3] not in err, err
     assert not (tmp_path / "b" / "prepare_data-ediffiqa.png").exists()
     from tests.official import without_storage_keys  # torch writes a memory address into pickled tensors
 
@@ -252,7 +313,7 @@ def test_long_captions_fit_their_tile() -> None:
     renderer = fig.canvas.get_renderer()
     cell = fig.get_size_inches()[0] * figures.DPI / figures.TILES_PER_ROW
     texts = captions(fig)
-    assert len(texts) == 2 * len(names)
+    assert len(texts) == len(names)  # eight names, eight tiles asked: each shown once
     for text in texts:
         box = text.get_window_extent(renderer)
         column = int(text.get_position()[0] * figures.TILES_PER_ROW)

@@ -24,7 +24,7 @@ from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
            "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "open_regular",
-           "read_regular", "read_json", "sha256_of", "OutputError", "TEXT_ERRORS"]
+           "read_regular", "read_json", "sha256_of", "file_list", "OutputError", "TEXT_ERRORS"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -221,6 +221,15 @@ def write_together(files: Sequence[Tuple[str, Tuple[str, Callable[[IO], None]]]]
     with file_set() as open_new:
         for path, (mode, write) in files:
             write(open_new(path, mode, encoding=None if "b" in mode else "utf-8", newline=None if "b" in mode else ""))
+
+
+def file_list(paths: Sequence[str]) -> str:
+    """``paths`` for a summary line: the first as given, the others by name where they share its folder."""
+    if not paths:
+        return "nothing"
+    folder = os.path.dirname(paths[0])
+    return ", ".join([paths[0], *(os.path.basename(p) if os.path.dirname(p) == folder else p for p in paths[1:])])
+
 
 
 def write_pickle(path: str, obj: Any) -> None:

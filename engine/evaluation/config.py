@@ -37,7 +37,7 @@ class EvaluateConfig:
     discard_limits: List[float] = field(default_factory=lambda: [0.2, 0.3])
     variant: str = "fixed"
     on_missing: str = "fail"
-    output: str = "./figures"
+    output: str = "./evaluation"  # not ./figures: the repository's documentation figures
     name: str = "edc"
     verbose: bool = True
 

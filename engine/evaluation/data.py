@@ -153,25 +153,31 @@ def read_qualities(path: str) -> Dict[str, float]:
 
 
 def plot_edc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fmr: float, path_stem: str,
-             limit: float = 0.3, stepwise: bool = True) -> List[str]:
-    """Write an EDC figure (PNG and PDF) in the style of the eDifFIQA paper; returns the files written."""
+             limit: float = 0.3, stepwise: bool = True,
+             paucs: Optional[Mapping[str, Mapping[float, float]]] = None) -> List[str]:
+    """Write an EDC figure (PNG and PDF) in the style of the eDifFIQA paper; returns the files written. ``paucs``:
+    each curve's pAUC per discard limit, shown in its legend label. The legend stands below the axes, clear of the
+    curves."""
     import matplotlib  # imported where a figure is drawn, as in engine/figures.py
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=150)
+    fig, ax = plt.subplots(figsize=(4.2, 3.4 + 0.2 * len(curves)), dpi=150)
     for label, (d, f) in curves.items():
+        text = drawable(label)
+        if paucs and label in paucs:
+            text += " (pAUC " + ", ".join(f"@{d_:g}: {v:.4f}" for d_, v in paucs[label].items()) + ")"
         if stepwise:
-            ax.step(d, f, where="post", label=drawable(label), linewidth=1.6)
+            ax.step(d, f, where="post", label=text, linewidth=1.6)
         else:
-            ax.plot(d, f, label=drawable(label), linewidth=1.6, marker="o", markersize=2.5)
+            ax.plot(d, f, label=text, linewidth=1.6, marker="o", markersize=2.5)
     ax.set_xlim(0, limit)
     ax.set_xlabel("Discard fraction")
     ax.set_ylabel(f"FNMR at FMR = {fmr:g}")
     ax.set_title(drawable(title), fontsize=10)
     ax.grid(True, linestyle=":", linewidth=0.6)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.2), borderaxespad=0.0)
     fig.tight_layout()
     written = []
     for ext in ("png", "pdf"):

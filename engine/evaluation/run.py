@@ -113,7 +113,7 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     for fr_label, sims_all in similarities.items():
         sims = sims_all[keep]
         tau = edc.threshold_at_fmr(sims[~mated], cfg.fmr)
-        curves = {}
+        curves, paucs = {}, {}
         for method_label, q_all in qualities.items():
             q = q_all[keep]
             if cfg.variant == "fixed":
@@ -123,13 +123,14 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                 curve = edc.crfiqa_edc(sims, mated, q, cfg.fmr, grid=crfiqa_grid)
                 stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc_trapezoid)
             curves[method_label] = (curve.discard, curve.fnmr)
+            paucs[method_label] = {d: stats[f"pauc@{d:g}"] for d in cfg.discard_limits}
             rows.append({"method": method_label, "fr_model": fr_label, "variant": cfg.variant, "fmr": cfg.fmr,
                          "threshold": tau, "mated": n_mated, "non_mated": n_non, **stats,
                          **{f"best_pauc@{d:g}": edc.theoretical_best_pauc(stats["fnmr0"], d)
                             for d in cfg.discard_limits}})
         stem = os.path.join(cfg.output, f"{cfg.name}_{re.sub(r'[^A-Za-z0-9._-]+', '_', fr_label)}")
         figures += plot_edc(curves, fr_label, cfg.fmr, stem, limit=max(cfg.discard_limits),
-                            stepwise=cfg.variant == "fixed")
+                            stepwise=cfg.variant == "fixed", paucs=paucs)
 
     header = list(rows[0])
     # A value that is undefined (pAUC normalised by an FNMR of 0, say) is null in JSON and empty in the CSV.
@@ -142,5 +143,6 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     for r in rows:
         print(f"{r['method']:<20} {r['fr_model']:<16} {r['fnmr0']:>8.4f} " +
               " ".join(f"{r[c]:>10.5f} {r[c + '_norm']:>6.3f}" for c in limits))
-    print(f"wrote {os.path.join(cfg.output, cfg.name)}.json/.csv and {len(figures)} figure files", file=sys.stderr)
+    tables = [os.path.join(cfg.output, f"{cfg.name}.{ext}") for ext in ("json", "csv")]
+    print(f"wrote {', '.join(tables + figures)}", file=sys.stderr)
     return rows

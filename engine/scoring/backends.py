@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.scoring import BACKENDS
 from model.registry import VARIANTS
 from utils.errors import CheckpointError, ConfigError
 from utils.io import atomic_open
@@ -26,7 +27,6 @@ __all__ = ["BACKENDS", "choose_backend", "resolve_backend", "export_onnx", "Onnx
 
 _logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "opencv", "auto")
 
 
 class _QualityOnly(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from engine.scoring.backends import BACKENDS
+from engine.scoring import BACKENDS
 from model.registry import DEFAULT_VARIANT, VARIANTS, variant_names
 from utils.config import FolderBase, LoaderParams, check
 from utils.paths import repo_path
@@ -58,7 +58,7 @@ class InferenceConfig:
     model: str = DEFAULT_VARIANT
     weights: Optional[str] = None     # null: weights/<model>.pth if it exists, else the published file, fetched
     precision: str = "fp32"
-    backend: str = "torch"
+    backend: str = BACKENDS[0]       # the first of the backends is the default (the help says so)
     fold_bn: bool = True
     gpu_decode: bool = False          # CUDA: decode JPEGs on the GPU (nvJPEG), in batches; other formats on the CPU
     figure_tiles: int = 8             # quality-scores.png: this many lowest and highest scored faces; 0: no figure

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -124,12 +124,14 @@ def annotate(photo: Image.Image, faces: Sequence[FaceResult], low: float = 0.3, 
     return out
 
 
-def score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer: QualityScorer) -> Dict[str, int]:
+def score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer: QualityScorer,
+                 config: Optional[Dict[str, Any]] = None) -> Dict[str, int]:
     """Detect every face of the photos ``rel_paths`` (below ``cfg.dataset.loc``), align and score it; write the
     scores (one per photo, its largest face, in the official format, so that ``evaluate.py`` reads them), one row per
     face in ``faces.csv`` and the photos without a face in ``no-face.txt`` as one set. Returns the counts:
-    ``scored`` (faces), ``skipped`` (unreadable photos) and ``no_face``. No face in any photo is a
-    :class:`DataError`, a NaN or infinite score a :class:`RunError` (nothing is written)."""
+    ``scored`` (faces), ``skipped`` (unreadable photos) and ``no_face``; ``config``: the resolved config for the
+    sidecar (default: ``cfg`` as given). No face in any photo is a :class:`DataError`, a NaN or infinite score a
+    :class:`RunError` (nothing is written)."""
     loc, out = cfg.dataset.loc, cfg.base.save_path
     detector = FaceDetector("cuda" if scorer.device.type == "cuda" else "cpu", cfg.min_face_probability)
     rows, best, skipped, no_face = [], {}, {}, []
@@ -172,16 +174,16 @@ def score_photos(cfg: InferenceConfig, rel_paths: List[str], scorer: QualityScor
                         f"({len(no_face)} without a face, {len(skipped)} unreadable)")
     # Keys as the official code writes them: os.path.join(dataset.loc, relative path).
     table = {os.path.join(loc, rel): best[rel] for rel in sorted(best)}
-    record = {"settings": None, "config": to_dict(cfg),
+    record = {"settings": None, "config": to_dict(cfg) if config is None else config,
               "run": {"images": len(rel_paths), "scored": len(table), "faces": len(rows), "skipped": skipped,
                       "no_face": len(no_face), "processes": 1, "device": str(scorer.device),
                       "seconds": round(seconds, 2)}}
     no_face_lines = "".join(os.path.join(loc, rel) + "\n" for rel in no_face)
-    write_scores(out, table, record, "quality scores", loc,
-                 ScoreSheet(cfg.figure_tiles, "eDifFIQA quality scores", cfg.model, detector.first_face),
-                 extra=[(os.path.join(out, FACES_CSV), csv_writer(_FACE_COLUMNS, rows)),
-                        (os.path.join(out, NO_FACE), ("w", lambda handle: handle.write(no_face_lines)))])
-    print_summary(out, len(rows), len(skipped), seconds, list(skipped),
+    written = write_scores(out, table, record, "quality scores", loc,
+                           ScoreSheet(cfg.figure_tiles, "eDifFIQA quality scores", cfg.model, detector.first_face),
+                           extra=[(os.path.join(out, FACES_CSV), csv_writer(_FACE_COLUMNS, rows)),
+                                  (os.path.join(out, NO_FACE), ("w", lambda handle: handle.write(no_face_lines)))])
+    print_summary(written, len(rows), len(skipped), seconds, list(skipped),
                   extra=f", photos without a face {len(no_face)}")
     if no_face:
         print(f"no face found in: {', '.join(no_face[:5])}{' ...' if len(no_face) > 5 else ''} "

@@ -3,7 +3,7 @@ or a folder of photos, detecting and aligning every face (:mod:`engine.scoring.p
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import torch
 
@@ -21,7 +21,7 @@ from utils.errors import ConfigError
 from utils.io import check_output_dir, sha256_of
 from utils.runtime import reader_workers, seed_everything
 
-__all__ = ["score"]
+__all__ = ["score", "resolved_config"]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,10 +48,20 @@ def score(cfg: InferenceConfig, fresh: bool = False, command: Sequence[str] = ()
                      "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device,
                      scorer.precision, scorer.backend)
         if cfg.align:
-            return score_photos(cfg, listing.paths, scorer)
+            return score_photos(cfg, listing.paths, scorer, resolved_config(cfg, scorer, weights))
         return _score_faces(cfg, listing, scorer, info, fresh, weights, command)
     finally:
         finish_distributed(info)
+
+
+def resolved_config(cfg: InferenceConfig, scorer: QualityScorer, weights: str, **loader: Any) -> Dict[str, Any]:
+    """The config as this run used it, for the sidecar: the device, precision, backend and weights file chosen, and
+    ``loader`` (the batch size and workers) in ``dataloader.params``, where the config may leave them to the run."""
+    out = to_dict(cfg)
+    out["base"]["device"] = str(scorer.device)
+    out["dataloader"]["params"].update(loader)
+    out.update(precision=scorer.precision, backend=scorer.backend, weights=weights)
+    return out
 
 
 def _score_faces(cfg: InferenceConfig, listing: ImageListing, scorer: QualityScorer, info: DistInfo, fresh: bool,
@@ -67,14 +77,15 @@ def _score_faces(cfg: InferenceConfig, listing: ImageListing, scorer: QualitySco
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
                 # the thread count changes the last bits of CPU results
                 "threads": torch.get_num_threads() if scorer.device.type == "cpu" else None}
+    batch_size = params.batch_size or default_batch_size(scorer.device, scorer.precision)
+    workers = params.num_workers if params.num_workers is not None else reader_workers(scorer.device)
     job = FolderJob(root=cfg.dataset.loc, rel_paths=listing.paths, stats=listing.stats, out=cfg.base.save_path,
-                    batch_size=params.batch_size or default_batch_size(scorer.device, scorer.precision),
-                    settings=settings, config=to_dict(cfg),
+                    batch_size=batch_size, settings=settings,
+                    config=resolved_config(cfg, scorer, weights, batch_size=batch_size, num_workers=workers),
                     sheet=ScoreSheet(cfg.figure_tiles, "eDifFIQA quality scores", cfg.model),
                     device=str(scorer.device), what="quality scores", out_key="base.save_path (--output)",
                     keys="joined", limit=cfg.base.limit, flush_every=cfg.base.flush_every, fresh=fresh,
                     verbose=cfg.base.verbose, command=command)
-    workers = params.num_workers if params.num_workers is not None else reader_workers(scorer.device)
 
     def score_batches(paths: List[str], batch_size: int) -> Iterator[BatchResult]:
         for indices, x, bad in iterate_folder(cfg.dataset.loc, paths, scorer.device, batch_size, workers,

@@ -18,7 +18,7 @@ from dataset.keys import require_keys
 from engine import figures
 from utils.config import check
 from utils.errors import DataError
-from utils.io import check_output_dir, json_writer, write_together
+from utils.io import check_output_dir, file_list, json_writer, write_together
 
 __all__ = ["PrepareConfig", "prepare"]
 
@@ -126,8 +126,9 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     }
     summary_path = os.path.join(cfg.save_location, f"prepare_data-{cfg.save_name}.json")
     figure = _figure(cfg, qualities, threshold, selection, distances) if cfg.figure else []
-    write_together(files + [(summary_path, json_writer(summary))] + figure)  # one set: all or none
+    written = files + [(summary_path, json_writer(summary))] + figure
+    write_together(written)  # one set: all or none
     print(f"threshold {threshold:.6g} (beta {cfg.beta}); kept {n_kept} of {len(names)} identities "
           f"({len(names) - n_kept} with fewer than {cfg.min_images} chosen images dropped); {len(items)} training "
-          f"items; wrote {centres_path}, {items_path} and {summary_path}", file=sys.stderr)
+          f"items; wrote {file_list([path for path, _ in written])}", file=sys.stderr)
     return summary

@@ -363,10 +363,12 @@ class Trainer:
         finally:
             self.run_log.close()
             self.run.close()
-        return {"history": self.history, "best_val": self.best_val, "main": self.info.main}
+        written = [os.path.join(out, name) for name in RUN_FILES]
+        return {"history": self.history, "best_val": self.best_val, "main": self.info.main,
+                "written": [path for path in written if os.path.exists(path)]}
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
-    """Train with ``cfg``; returns the per-epoch history, the best validation loss and whether this is the first
-    process (the one that reports, under torchrun)."""
+    """Train with ``cfg``; returns the per-epoch history, the best validation loss, whether this is the first
+    process (the one that reports, under torchrun) and the run's files in its output folder (``written``)."""
     return Trainer(cfg).fit()
