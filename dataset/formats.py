@@ -155,6 +155,9 @@ class EmbeddingTable:
     def __contains__(self, path: str) -> bool:
         return path in self._index
 
+    def __iter__(self):
+        return iter(self._index)
+
     def keys(self) -> List[str]:
         """All paths, in file order."""
         return list(self._index)

@@ -228,7 +228,8 @@ def test_wandb_offline_writes_a_run(tiny, tmp_path, capsys, monkeypatch) -> None
     ("missing_images", r"image folder '.*nowhere' \(dataset.image_loc\) does not exist"),
     ("missing_prepared", r"file '.*average_embedding_batch-other.pkl' not found"),
     ("missing_embeddings", r"file '.*absent.pkl' not found"),
-    ("missing_item_fail", r"1 of \d+ training items have no image file .*on_missing: drop"),
+    ("missing_item_fail", r"1 of \d+ training items of items file .* are not in image folder .*imgs.*e.g. "
+                          r"'n000000/0000_01.png' in the first.*on_missing: drop"),
     ("empty_split", r"the split of 1 items with val_split=0.25 leaves 0 training and 1 validation items"),
     ("bad_optimizer", r"'optimizer.module' is 'os.system'; allowed"),
     ("bad_loss", r"'loss.quality.params.base_loss.module' is 'torch.nn.Foo'"),

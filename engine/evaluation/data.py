@@ -1,4 +1,4 @@
-"""File handling for EDC evaluation: comparison pairs, quality files, matching paths, figures."""
+"""File handling for EDC evaluation: comparison pairs, quality files, figures."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +6,7 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from utils.config import short
 from utils.errors import DataError
 from utils.io import TEXT_ERRORS, atomic_open, safe_pickle_load
 
-__all__ = ["Pairs", "read_pairs", "read_qualities", "PathMatcher", "plot_edc"]
+__all__ = ["Pairs", "read_pairs", "read_qualities", "plot_edc"]
 
 
 @dataclass
@@ -150,34 +150,6 @@ def read_qualities(path: str) -> Dict[str, float]:
         raise DataError(f"quality file '{path}': {len(bad)} of {len(table)} scores are NaN or infinite (e.g. "
                         f"{', '.join(repr(k) for k in bad[:3])}); score those images again or remove them")
     return table
-
-
-class PathMatcher:
-    """Finds a pair's sample among the keys of a score or embedding file.
-
-    Keys are tried as they are, then relative to the keys' common folder (``inference.py`` writes
-    ``os.path.join(images_dir, relative path)``, pair files usually name relative paths).
-    """
-
-    def __init__(self, keys: Sequence[str]) -> None:
-        self.exact = {k: i for i, k in enumerate(keys)}
-        normed = [k.replace(os.sep, "/") for k in keys]
-        prefix = os.path.commonpath(normed) if len(normed) > 1 else os.path.dirname(normed[0]) if normed else ""
-        if prefix and not all(k.startswith(prefix + "/") for k in normed):
-            prefix = os.path.dirname(prefix)
-        cut = len(prefix) + 1 if prefix else 0
-        self.relative = {k[cut:]: i for i, k in enumerate(normed)}
-
-    def find(self, paths: Sequence[str]) -> np.ndarray:
-        """Index of each path, -1 where absent."""
-        out = np.empty(len(paths), dtype=np.int64)
-        for j, p in enumerate(paths):
-            i = self.exact.get(p)
-            if i is None:
-                key = p.replace(os.sep, "/")
-                i = self.relative.get(key[2:] if key.startswith("./") else key, -1)
-            out[j] = i
-        return out
 
 
 def plot_edc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fmr: float, path_stem: str,

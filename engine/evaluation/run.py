@@ -11,9 +11,10 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from dataset.formats import read_embeddings
+from dataset.keys import match_keys
 from engine.evaluation import edc
 from engine.evaluation.config import EvaluateConfig, FRModel
-from engine.evaluation.data import PathMatcher, plot_edc, read_pairs, read_qualities
+from engine.evaluation.data import plot_edc, read_pairs, read_qualities
 from utils.errors import ConfigError, DataError
 from utils.io import check_output_dir, csv_writer, json_writer, write_together
 
@@ -33,10 +34,13 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     keep = np.ones(len(pairs.a), dtype=bool)
     problems: List[str] = []
 
-    def match(keys: List[str], what: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Where the pairs' samples are among ``keys`` (-1: absent, said in ``problems``); which pairs have both."""
-        matcher = PathMatcher(keys)
-        found_a, found_b = matcher.find(pairs.a), matcher.find(pairs.b)
+    def match(keys: List[str], what: str, source: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the pairs' samples are among ``keys`` of ``source`` (-1: absent, said in ``problems``), by the key
+        rule of :mod:`dataset.keys`; which pairs have both."""
+        index = {k: i for i, k in enumerate(keys)}
+        named = match_keys(pairs.a + pairs.b, index, f"pairs file '{cfg.pairs}'", source, one_to_one=False)
+        found = np.array([-1 if k is None else index[k] for k in named], dtype=np.int64)
+        found_a, found_b = found[:len(pairs.a)], found[len(pairs.a):]
         missing = sorted({p for p, i in zip(pairs.a, found_a) if i < 0}
                          | {p for p, i in zip(pairs.b, found_b) if i < 0})
         if missing:
@@ -65,7 +69,7 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
             continue
         table = read_embeddings(fr.embeddings)
         keys = table.keys()
-        ia, ib, ok = match(keys, f"embedding in '{fr.embeddings}'")
+        ia, ib, ok = match(keys, f"embedding in '{fr.embeddings}'", f"embeddings file '{fr.embeddings}'")
         matrix = table.gather(keys)
         sims = np.full(len(pairs.a), np.nan)
         sims[ok] = edc.cosine_similarities(matrix, ia[ok], ib[ok])
@@ -76,7 +80,7 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         scores = read_qualities(method.scores)
         keys = list(scores)
         values = np.array([scores[k] for k in keys], dtype=np.float64)
-        ia, ib, ok = match(keys, f"quality in '{method.scores}'")
+        ia, ib, ok = match(keys, f"quality in '{method.scores}'", f"quality file '{method.scores}'")
         q = np.full(len(pairs.a), np.nan)
         q[ok] = np.minimum(values[ia[ok]], values[ib[ok]])  # pair quality = the lower of the two
         qualities[method.label] = q

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Collection, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from dataset.formats import read_embeddings, read_label_values, read_prepared
+from dataset.formats import items_file, read_embeddings, read_label_values, read_prepared
+from dataset.image_folder import list_images
+from dataset.keys import match_keys, unmatched_message
 from dataset.training import TrainingFaces, TrainingSet, collate_training, official_split
 from engine.training.config import TrainConfig
 from utils.config import LoaderParams
@@ -41,14 +43,29 @@ def _check_image_loc(image_loc: str) -> None:
         raise DataError(f"image folder '{image_loc}' (dataset.image_loc) does not exist")
 
 
-def _drop_or_fail(missing: List[str], description: str, on_missing: str) -> None:
-    """Refuse (``on_missing: fail``) or warn about the items in ``missing``; the caller leaves them out."""
-    if not missing:
+def _drop_or_fail(wanted: List[str], matched: List[Optional[str]], available: Collection[str], sources: Tuple[str, str],
+                  what: str, on_missing: str) -> None:
+    """Refuse (``on_missing: fail``) or warn about the keys of ``wanted`` that :func:`dataset.keys.match_keys` found
+    no partner for (``matched`` None); the caller leaves them out."""
+    if all(m is not None for m in matched):
         return
-    message = f"{description} (e.g. {', '.join(repr(p) for p in missing[:3])})"
+    message = unmatched_message(wanted, matched, available, *sources, what=what)
     if on_missing == "fail":
         raise DataError(message + "; set dataset.on_missing: drop to leave them out")
     _logger.warning("%s; left out (dataset.on_missing: drop)", message)
+
+
+def _image_files(keys: List[str], image_loc: str, source: str) -> Tuple[List[Optional[str]], Collection[str]]:
+    """``(file, available)``: the file below ``image_loc`` (as joined to it) that each key names, None where none,
+    by the key rule of :mod:`dataset.keys` (as written, or relative to each side's common folder:
+    ``inference.py``'s ``faces/id0/a.jpg`` names ``id0/a.jpg`` of the folder ``faces``); ``available``: what the
+    keys were matched against. The folder is listed only when some key is not a file as written."""
+    written = [os.path.isfile(os.path.join(image_loc, k)) for k in keys]
+    if all(written):
+        return list(keys), keys
+    available = dict.fromkeys(list_images(image_loc, key="dataset.image_loc").paths)
+    available.update(dict.fromkeys(k for k, ok in zip(keys, written) if ok))
+    return match_keys(keys, available, source, f"image folder '{image_loc}'"), available
 
 
 def _split(data: TrainingSet, val_split: float) -> Tuple[TrainingSet, TrainingSet]:
@@ -68,18 +85,19 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
     centres, items = read_prepared(ds.training_data, ds.model_name)
     table = read_embeddings(ds.embeddings_path)
 
-    no_image = [it[0] for it in items if not os.path.isfile(os.path.join(ds.image_loc, it[0]))]
-    keys: List[Optional[str]] = []
-    for it in items:
-        # Else the official key: the last three components of the full image path.
-        key = it[0] if it[0] in table else "/".join(
-            os.path.join(ds.image_loc, it[0]).replace(os.sep, "/").split("/")[-3:])
-        keys.append(key if key in table else None)
-    no_embedding = [it[0] for it, key in zip(items, keys) if key is None]
-    for what, missing in (("image file", no_image), ("teacher embedding", no_embedding)):
-        _drop_or_fail(missing, f"{len(missing)} of {len(items)} training items have no {what}", ds.on_missing)
-    bad = set(no_image) | set(no_embedding)
-    kept = [(it, key) for it, key in zip(items, keys) if it[0] not in bad]
+    paths = [it[0] for it in items]
+    items_source = f"items file '{items_file(ds.training_data, ds.model_name)}'"
+    files, listed = _image_files(paths, ds.image_loc, items_source)
+    keys = match_keys(paths, table, items_source, f"embeddings file '{ds.embeddings_path}'")
+    for i, key in enumerate(keys):
+        if key is None:  # the official lookup: the last three components of the full image path
+            tail = "/".join(os.path.join(ds.image_loc, paths[i]).replace(os.sep, "/").split("/")[-3:])
+            keys[i] = tail if tail in table else None
+    _drop_or_fail(paths, files, listed, (items_source, f"image folder '{ds.image_loc}'"), "training items",
+                  ds.on_missing)
+    _drop_or_fail(paths, keys, table, (items_source, f"embeddings file '{ds.embeddings_path}'"), "training items",
+                  ds.on_missing)
+    kept = [((file, *it[1:]), key) for it, file, key in zip(items, files, keys) if file is not None and key is not None]
     if not kept:
         raise DataError(f"no training item has both an image in '{ds.image_loc}' and an embedding in "
                         f"'{ds.embeddings_path}'")
@@ -88,7 +106,7 @@ def load_training_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, torc
                         f"{centres.shape[1]}-d; prepare the data from the same embeddings")
     teacher = table.gather([key for _, key in kept])
     train, val = _split(TrainingSet.build([it for it, _ in kept], teacher), ds.val_split)
-    counts = {"items": len(items), "no_image": len(no_image), "no_embedding": len(no_embedding),
+    counts = {"items": len(items), "no_image": files.count(None), "no_embedding": keys.count(None),
               "train": len(train.paths), "val": len(val.paths), "identities": int(centres.shape[0])}
     return train, val, centres.float(), counts
 
@@ -100,17 +118,15 @@ def load_regression_data(cfg: TrainConfig) -> Tuple[TrainingSet, TrainingSet, Di
     ds = cfg.dataset
     _check_image_loc(ds.image_loc)
     paths, qualities, _ = read_label_values(ds.labels_path)
-    prefix = os.path.join(ds.image_loc, "")
-    rel = [p[len(prefix):] if p.startswith(prefix) else p for p in paths]  # keys may be joined to the folder
-    no_image = [p for p in rel if not os.path.isfile(os.path.join(ds.image_loc, p))]
-    _drop_or_fail(no_image, f"{len(no_image)} of {len(rel)} labelled images are not in '{ds.image_loc}'",
+    source = f"labels file '{ds.labels_path}'"
+    files, listed = _image_files(paths, ds.image_loc, source)
+    _drop_or_fail(paths, files, listed, (source, f"image folder '{ds.image_loc}'"), "labelled images",
                   ds.on_missing)
-    missing = set(no_image)
-    items = [(p, float(q)) for p, q in zip(rel, qualities.tolist()) if p not in missing]
+    items = [(f, float(q)) for f, q in zip(files, qualities.tolist()) if f is not None]
     if not items:
         raise DataError(f"none of the labelled images of '{ds.labels_path}' is in '{ds.image_loc}'")
     train, val = _split(TrainingSet.build(items), ds.val_split)
-    counts = {"items": len(paths), "no_image": len(no_image), "train": len(train.paths), "val": len(val.paths)}
+    counts = {"items": len(paths), "no_image": files.count(None), "train": len(train.paths), "val": len(val.paths)}
     return train, val, counts
 
 

@@ -14,6 +14,7 @@ import torch
 
 from dataset import labels
 from dataset.formats import EmbeddingTable, prepared_writers, read_embeddings, read_label_values
+from dataset.keys import require_keys
 from engine import figures
 from utils.config import check
 from utils.errors import DataError
@@ -84,11 +85,11 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     _logger.info("read %d labels from %s", len(paths), cfg.label_location)
     embeddings = read_embeddings(cfg.embedding_location)
     _logger.info("read %d embeddings (%d-d) from %s", len(embeddings), embeddings.dim, cfg.embedding_location)
-    missing = embeddings.missing(paths)
-    if missing:
-        raise DataError(f"{len(missing)} of {len(paths)} labelled images have no embedding in "
-                        f"'{cfg.embedding_location}' (e.g. {', '.join(repr(p) for p in missing[:3])}); "
-                        "both files must use the same relative paths")
+    # The items carry the embeddings' keys (extract_embeddings.py: relative to the images folder, as the trainer
+    # joins them with dataset.image_loc); the same keys as the labels' where both name the images alike.
+    paths = require_keys(paths, embeddings, f"labels file '{cfg.label_location}'",
+                         f"embeddings file '{cfg.embedding_location}'", "labelled images",
+                         "compute both from the same image folder")
 
     names, ids = labels.group_identities(paths)
     threshold = labels.quality_threshold(qualities, cfg.beta)
