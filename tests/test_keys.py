@@ -1,0 +1,204 @@
+"""The one key rule (dataset/keys.py) and the scripts it joins: inference.py scores and extract_embeddings.py
+embeddings of one folder feed prepare_data.py, whose items train."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import manifest_state_dict, run_script
+
+import extract_embeddings
+import inference
+import prepare_data
+import train
+from dataset.keys import common_folder, match_keys, relative_keys, require_keys
+from utils.cli import run_cli
+from utils.errors import DataError
+
+A, B = "labels file 'q.csv'", "embeddings file 'e.pkl'"
+
+
+# ---------------------------------------------------------------- the rule
+
+def test_keys_as_written_are_taken_as_they_are() -> None:
+    keys = ["id0/a.jpg", "faces/id1/b.jpg", "/abs/c.jpg"]
+    assert match_keys(keys, set(keys) | {"other.jpg"}, A, B) == keys
+
+
+@pytest.mark.parametrize("wanted,available", [
+    (["faces/id0/a.jpg", "faces/id1/b.jpg"], ["id0/a.jpg", "id1/b.jpg"]),            # inference.py vs extract
+    (["/data/faces/id0/a.jpg", "/data/faces/id1/b.jpg"], ["id0/a.jpg", "id1/b.jpg"]),  # absolute folder
+    (["id0/a.jpg", "id1/b.jpg"], ["train/id0/a.jpg", "train/id1/b.jpg"]),            # official last-three keys
+    (["faces/id0/a.jpg", "faces/id1/b.jpg"], ["vgg/id0/a.jpg", "vgg/id1/b.jpg"]),    # both under a folder
+    (["./id0/a.jpg", "id1//b.jpg/"], ["id0/a.jpg", "id1/b.jpg"]),                    # './', '//', trailing '/'
+    (["faces\\id0\\a.jpg", "faces\\id1\\b.jpg"], ["id0/a.jpg", "id1/b.jpg"]),        # Windows separators
+    (["faces/id0/a.jpg", "faces/id0/b.jpg"], ["id0/a.jpg", "id0/b.jpg"]),            # one folder each side
+    (["faces/id0/a.jpg"], ["id0/a.jpg"]),                                            # one key each side
+])
+def test_keys_match_relative_to_each_files_common_folder(wanted, available) -> None:
+    assert match_keys(wanted, available, A, B) == available
+    assert match_keys(available, wanted, B, A) == wanted  # the rule is symmetric
+
+
+def test_a_subset_in_one_folder_has_that_folder_as_its_common_folder() -> None:
+    # One key's common folder is its own folder: 'a.jpg' relative to it, which the other file does not hold.
+    assert match_keys(["faces/id0/a.jpg"], ["id0/a.jpg", "id1/b.jpg"], A, B) == [None]
+    assert match_keys(["id0/a.jpg"], ["faces/id0/a.jpg", "faces/id1/b.jpg"], A, B) == ["faces/id0/a.jpg"]
+
+
+def test_common_folder_and_relative_keys() -> None:
+    assert common_folder(["faces/id0/a.jpg", "faces/id1/b.jpg"]) == "faces"
+    assert common_folder(["faces/id0/a.jpg"]) == "faces/id0"
+    assert common_folder(["a.jpg", "faces/b.jpg"]) == ""
+    assert common_folder(["fa/a.jpg", "faces/b.jpg"]) == ""  # whole components, not characters
+    assert relative_keys(["./faces/id0/a.jpg", "faces//id1/b.jpg"]) == ["id0/a.jpg", "id1/b.jpg"]
+    assert relative_keys(["/abs/faces/x.jpg", "/abs/faces/y/z.jpg"]) == ["x.jpg", "y/z.jpg"]
+
+
+def test_unmatched_keys_are_none() -> None:
+    assert match_keys(["faces/id0/a.jpg", "faces/id9/z.jpg"], ["id0/a.jpg", "id1/b.jpg"], A, B) == \
+        ["id0/a.jpg", None]
+
+
+def test_two_keys_equal_after_stripping_are_an_error_not_a_pick() -> None:
+    # Two keys of the embeddings that are one image relative to their common folder.
+    with pytest.raises(DataError, match=r"labels file 'q.csv': 'x/id0/a.jpg' names 2 different keys of embeddings "
+                                        r"file 'e.pkl' \('faces/id0/a.jpg', 'faces/id0//a.jpg'\)"):
+        match_keys(["x/id0/a.jpg", "x/id1/b.jpg"], ["faces/id0/a.jpg", "faces/id0//a.jpg", "faces/id1/b.jpg"], A, B)
+    # Two labels that name one embedding.
+    with pytest.raises(DataError, match=r"'id0/a.jpg' and './id0/a.jpg' both name 'id0/a.jpg' of embeddings file"):
+        match_keys(["id0/a.jpg", "./id0/a.jpg", "id1/b.jpg"], ["id0/a.jpg", "id1/b.jpg"], A, B)
+    # Pairs may name one image in several spellings.
+    assert match_keys(["id0/a.jpg", "./id0/a.jpg", "id1/b.jpg"], ["id0/a.jpg", "id1/b.jpg"], A, B,
+                      one_to_one=False) == ["id0/a.jpg", "id0/a.jpg", "id1/b.jpg"]
+
+
+def test_unmatched_error_names_both_files_counts_and_an_example_of_each() -> None:
+    with pytest.raises(DataError) as info:
+        require_keys(["faces/id0/a.jpg", "faces/id1/b.jpg", "faces/id2/x.jpg"], ["id0/a.jpg", "id1/c.jpg"], A, B,
+                     "labelled images", "compute both from the same image folder")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == ("2 of 3 labelled images of labels file 'q.csv' are not in embeddings file 'e.pkl', as written "
+                       "or relative to each file's common folder (e.g. 'faces/id1/b.jpg' in the first, 'id0/a.jpg' "
+                       "in the second); compute both from the same image folder")
+
+
+# ---------------------------------------------------------------- the scripts
+
+def _prepare(labels, embeddings, out, capsys):
+    code, err = run_script(prepare_data.main, "prepare_data.py", [
+        "-b", "0.5", "-ll", str(labels), "-el", str(embeddings), "-sl", str(out), "--min-images", "2", "-q",
+        "--no-figure"], capsys)
+    assert code == 0, err
+    centres = pickle.loads((out / "average_embedding_batch-ediffiqa.pkl").read_bytes())
+    return centres, (out / "training_items-ediffiqa.pkl").read_bytes()
+
+
+def _same_as_identically_keyed(root, scores, embeddings, tmp_path, capsys):
+    """prepare_data.py on ``scores/quality-scores.{csv,pkl}`` (keyed ``faces/...``) gives the bytes it gives on the
+    same labels keyed as ``embeddings`` are; returns the folder of the CSV's output."""
+    table = pickle.loads((scores / "quality-scores.pkl").read_bytes())
+    assert table and all(k.startswith("faces/id") for k in table)  # what inference.py writes: folder as typed + file
+    (root / "same.pkl").write_bytes(pickle.dumps({k[len("faces/"):]: v for k, v in table.items()}))
+    ref_centres, ref_items = _prepare(root / "same.pkl", embeddings, tmp_path / "ref", capsys)
+    items = pickle.loads(ref_items)
+    assert items and all(p.startswith("id") for p, _, _ in items)
+    for labels in ("quality-scores.csv", "quality-scores.pkl"):
+        centres, raw = _prepare(scores / labels, embeddings, tmp_path / labels, capsys)
+        assert raw == ref_items, labels  # the same bytes: the items carry the embeddings' keys
+        assert torch.equal(centres, ref_centres), labels
+    return tmp_path / "quality-scores.csv"
+
+
+def _train_config(root, prepared, embeddings, out, tmp_path) -> str:
+    cfg = {"base": {"seed": 7, "verbose": 0, "save_path": str(out), "device": "cpu", "amp": 0, "epochs": 1,
+                    "figure": 0, "model": "ediffiqaT"},
+           "dataset": {"image_loc": str(root / "faces"), "training_data": str(prepared),
+                       "embeddings": str(embeddings), "val_split": 0.25, "on_missing": "fail"},
+           "dataloader": {"train": {"params": {"batch_size": 4, "num_workers": 0}},
+                          "val": {"params": {"batch_size": 4, "num_workers": 0}}}}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg))
+    return str(tmp_path / "train.yaml")
+
+
+def test_scores_keyed_by_the_folder_prepare_and_load_as_relative_ones(tmp_path, make_faces, capsys) -> None:
+    """Files keyed as inference.py (``faces/id0/0.png``) and extract_embeddings.py (``id0/0.png``) key them: the
+    prepared items equal those of identically keyed inputs, and the trainer finds their images and embeddings."""
+    from dataset.formats import scores_csv_writer
+    from engine.training.config import TrainConfig
+    from engine.training.data import load_training_data
+    from utils.config import from_dict
+    from utils.io import write_together
+
+    root = tmp_path
+    names = [f"id{i}/{j}.png" for i in range(3) for j in range(4)]
+    make_faces(root / "faces", {n: k for k, n in enumerate(names)})
+    rng = np.random.default_rng(0)
+    scores = {f"faces/{n}": float(rng.uniform()) for n in rng.permutation(names)}
+    (root / "scores").mkdir()
+    write_together([(str(root / "scores" / "quality-scores.csv"), scores_csv_writer(scores))])
+    (root / "scores" / "quality-scores.pkl").write_bytes(pickle.dumps(scores))
+    (root / "emb.pkl").write_bytes(pickle.dumps({n: rng.normal(size=8).astype(np.float32) for n in names}))
+    prepared = _same_as_identically_keyed(root, root / "scores", root / "emb.pkl", tmp_path, capsys)
+
+    raw = yaml.safe_load(open(_train_config(root, prepared, root / "emb.pkl", root / "run", tmp_path)))
+    train_set, val_set, centres, counts = load_training_data(from_dict(TrainConfig, raw))
+    assert counts["no_image"] == counts["no_embedding"] == 0
+    assert sorted(train_set.paths + val_set.paths) == sorted(p for p, _, _ in pickle.loads(
+        (prepared / "training_items-ediffiqa.pkl").read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, checkpoint_dir, make_faces):
+    """A folder ``faces`` of 3 identities x 4 faces, scored by inference.py (run from the folder above, so keyed
+    ``faces/id0/0.png``) and embedded by extract_embeddings.py (keyed ``id0/0.png``)."""
+    root = tmp_path_factory.mktemp("keys")
+    make_faces(root / "faces", {f"id{i}/{j}.png": 10 * i + j for i in range(3) for j in range(4)})
+    backbone = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaS").items()
+                if k.startswith("base_model.")}
+    torch.save(backbone, str(root / "r18.pth"))
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        assert run_cli(inference.main, ["--images", "faces", "--model", "ediffiqaT", "--device", "cpu", "-q",
+                                        "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
+                                        "--output", "scores"], "inference.py") == 0
+        assert run_cli(extract_embeddings.main, ["--images", "faces", "--backbone", "iresnet18", "--weights",
+                                                 "r18.pth", "--output", "emb.pkl", "--device", "cpu", "-q"],
+                       "extract_embeddings.py") == 0
+    finally:
+        os.chdir(here)
+    return root
+
+
+@pytest.mark.slow
+def test_inference_scores_feed_prepare_data_with_extracted_embeddings_and_train(scored, tmp_path, capsys) -> None:
+    root = scored
+    prepared = _same_as_identically_keyed(root, root / "scores", root / "emb.pkl", tmp_path, capsys)
+    out = tmp_path / "run"
+    code, err = run_script(train.main, "train.py", ["-c", _train_config(root, prepared, root / "emb.pkl", out,
+                                                                        tmp_path)], capsys)
+    assert code == 0, err
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1] and np.isfinite(history[0]["train"]["loss"])
+
+
+def test_training_items_keyed_by_the_folder_find_their_images(tmp_path, make_faces) -> None:
+    """Items (or DifFIQA(R) labels) written with inference.py's keys are found in dataset.image_loc by the rule."""
+    from engine.training.data import _image_files
+
+    make_faces(tmp_path / "faces", [f"id{i}/{j}.png" for i in range(2) for j in range(2)])
+    keys = [f"faces/id{i}/{j}.png" for i in range(2) for j in range(2)]
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path / "faces")  # the keys are not files as written from here
+        files, _ = _image_files(keys + ["faces/id7/0.png"], str(tmp_path / "faces"), "items file 'i.pkl'")
+    finally:
+        os.chdir(here)
+    assert files == [k[len("faces/"):] for k in keys] + [None]
