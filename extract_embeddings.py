@@ -1,6 +1,7 @@
 """Compute teacher embeddings of every face crop in a folder with an insightface backbone checkpoint.
 
     python extract_embeddings.py --images DIR --backbone iresnet100 --weights r100.pth --output embeddings.pkl
+    python extract_embeddings.py --images DIR --model ediffiqaT --output embeddings.pkl   # a published model's backbone
 
 The output (official pickled dict ``{path relative to DIR: float32 (512,) array}``, or ``.npz`` with arrays
 ``paths`` and ``embeddings``) is what ``prepare_data.py -el`` and training read. Same preprocessing and bad-image
@@ -22,11 +23,19 @@ def _backbones() -> List[str]:
     return backbone_names()
 
 
+def _models() -> List[str]:
+    from model.registry import variant_names
+
+    return variant_names()
+
+
 #: The named flags, each setting one config key (any other key: --set KEY=VALUE).
 FLAGS = [
     Flag(("--images",), "images", "folder of aligned 112x112 face crops (recursive)"),
     Flag(("--backbone",), "backbone", "the backbone", choices=_backbones),
-    Flag(("--weights",), "weights", "its insightface checkpoint"),
+    Flag(("--weights",), "weights", "its insightface checkpoint (with --model: that model's checkpoint)"),
+    Flag(("--model",), "model", "instead of --backbone: the backbone of a published model, its weights fetched "
+         "by name as inference.py fetches them (unless --weights)", choices=_models),
     Flag(("--output",), "output", "embeddings.pkl (official dict) or embeddings.npz"),
     Flag(("--flip",), "flip", "average with the horizontally flipped image", const=True),
     Flag(("--device",), "device", "auto, cpu, cuda or cuda:N"),

@@ -3,8 +3,12 @@ synthetic checkpoints, DifFIQA's tiny scoring setup, and the guards every test r
 skipped without CUDA)."""
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Iterator, Tuple
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -71,6 +75,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture()
+def published_t(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[bytes]:
+    """A mirror on 127.0.0.1 that serves a manifest-shaped eDifFIQA(T) checkpoint (seed 1) where the published one
+    lies (EDIFFIQA_MIRROR points at it); yields the checkpoint's bytes."""
+    from model.registry import get_variant
+
+    root = tmp_path_factory.mktemp("mirror")
+    target = root / urlsplit(get_variant("ediffiqaT").weights.url).path.lstrip("/")
+    target.parent.mkdir(parents=True)
+    torch.save(manifest_state_dict("ediffiqaT", seed=1), str(target))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    monkeypatch.setenv("EDIFFIQA_MIRROR", f"http://127.0.0.1:{httpd.server_address[1]}")
+    yield target.read_bytes()
+    httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture(autouse=True)

@@ -126,7 +126,8 @@ def test_the_check_sees_a_variant_name(tmp_path) -> None:
 
 @pytest.mark.parametrize("script,flag,source", [("inference", "--model", "variant_names"),
                                                 ("export_onnx", "--model", "variant_names"),
-                                                ("extract_embeddings", "--backbone", "backbone_names")])
+                                                ("extract_embeddings", "--backbone", "backbone_names"),
+                                                ("extract_embeddings", "--model", "variant_names")])
 def test_the_registry_drives_the_cli_choices(script, flag, source) -> None:
     import importlib
 

@@ -261,6 +261,29 @@ def test_extract_embeddings(tmp_path, capsys, suffix, flip, make_faces) -> None:
     np.testing.assert_allclose(table.gather(["id1/a.jpg"])[0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_extract_embeddings_of_a_published_model_fetch_its_checkpoint_and_embed_with_its_backbone(
+        tmp_path, capsys, make_faces, published_t) -> None:
+    """``--model`` takes the variant's backbone from the registry and its weights as inference.py does (fetched by
+    name here): the same embeddings as ``--backbone`` with that checkpoint's file; both flags at once are refused."""
+    images = make_faces(tmp_path / "faces", ["id1/a.png", "id2/b.png"])
+    (tmp_path / "t.pth").write_bytes(published_t)
+    common = ["--images", str(images), "--device", "cpu", "--workers", "0", "-q"]
+    assert run_cli(extract_embeddings.main, [*common, "--model", "ediffiqaT", "--output", str(tmp_path / "m.pkl")],
+                   "extract_embeddings.py") == 0
+    assert run_cli(extract_embeddings.main, [*common, "--backbone", "mobilefacenet", "--weights",
+                                             str(tmp_path / "t.pth"), "--output", str(tmp_path / "b.pkl")],
+                   "extract_embeddings.py") == 0
+    by_model, by_file = read_embeddings(str(tmp_path / "m.pkl")), read_embeddings(str(tmp_path / "b.pkl"))
+    paths = ["id1/a.png", "id2/b.png"]
+    assert by_model.missing(paths) == [] and by_model.dim == 512
+    np.testing.assert_array_equal(by_model.gather(paths), by_file.gather(paths))
+    capsys.readouterr()
+    code, err = run_script(extract_embeddings.main, "extract_embeddings.py",
+                           [*common, "--model", "ediffiqaT", "--backbone", "mobilefacenet", "--output",
+                            str(tmp_path / "x.pkl")], capsys)
+    assert_user_error(code, err, "extract_embeddings.py", r"'backbone' \(--backbone\) or 'model' \(--model\), not both")
+
+
 def test_extract_embeddings_wrong_backbone(tmp_path, capsys, make_faces) -> None:
     images = make_faces(tmp_path / "faces", {"a.png": 1})
     weights = tmp_path / "r18.pth"

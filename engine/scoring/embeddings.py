@@ -13,8 +13,9 @@ from dataset.folder_batches import map_folder
 from dataset.formats import write_embeddings
 from dataset.image_folder import find_images
 from engine.scoring.scorer import default_batch_size
+from engine.scoring.weights import resolve_weights
 from model.checkpoint import load_backbone
-from model.registry import backbone_names
+from model.registry import backbone_names, get_variant, variant_names
 from utils.config import check, check_batch, check_workers
 from utils.errors import DataError, RunError
 from utils.io import check_output_dir
@@ -32,6 +33,7 @@ class EmbedConfig:
     images: Optional[str] = None       # folder of aligned 112x112 face crops (recursive)
     backbone: Optional[str] = None     # a registered backbone
     weights: Optional[str] = None      # its insightface checkpoint
+    model: Optional[str] = None        # or a variant: its backbone, weights fetched by name unless given
     output: Optional[str] = None       # .pkl (official dict) or .npz
     flip: bool = False                 # average with the horizontally flipped image
     device: str = "auto"
@@ -40,21 +42,34 @@ class EmbedConfig:
     verbose: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("images", "backbone", "weights", "output"):
+        for name in ("images", "output"):
             check(getattr(self, name) is not None, f"'{name}' (--{name}) is required")
+        if self.model is not None:
+            check(self.backbone is None, "give 'backbone' (--backbone) or 'model' (--model), not both: a model names "
+                  "its own backbone")
+            check(self.model in variant_names(), f"'model' is '{self.model}'; choose one of: "
+                  f"{', '.join(variant_names())}")
+        else:
+            for name in ("backbone", "weights"):
+                check(getattr(self, name) is not None, f"'{name}' (--{name}) is required (or 'model' (--model): a "
+                      "published variant's backbone)")
         check(self.output.lower().endswith((".pkl", ".npz")), f"'output' (--output) '{self.output}' must end with "
               ".pkl or .npz")
-        check(self.backbone in backbone_names(), f"'backbone' is '{self.backbone}'; choose one of: "
-              f"{', '.join(backbone_names())}")
+        check(self.backbone is None or self.backbone in backbone_names(), f"'backbone' is '{self.backbone}'; choose "
+              f"one of: {', '.join(backbone_names())}")
         check_batch(self.batch_size, "batch_size")
         check_workers(self.workers, "workers")
 
 
 def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
-    """Embed every image below ``cfg.images`` with backbone ``cfg.backbone`` loaded from ``cfg.weights`` and write
-    ``cfg.output`` (official pickled dict, or ``.npz``); returns the counts."""
-    images, backbone, weights, output, flip = cfg.images, cfg.backbone, cfg.weights, cfg.output, cfg.flip
+    """Embed every image below ``cfg.images`` with backbone ``cfg.backbone`` loaded from ``cfg.weights`` (with
+    ``cfg.model``: the backbone part of that variant's checkpoint, ``cfg.weights`` or the one ``inference.py`` would
+    load, fetched by name) and write ``cfg.output`` (official pickled dict, or ``.npz``); returns the counts."""
+    images, weights, output, flip = cfg.images, cfg.weights, cfg.output, cfg.flip
+    backbone = cfg.backbone or get_variant(cfg.model).backbone
     check_output_dir(os.path.dirname(os.path.abspath(output)), "--output")
+    if cfg.model is not None:
+        weights = resolve_weights(cfg.model, weights, progress=cfg.verbose)
     target = resolve_device(cfg.device)
     rel_paths = find_images(images, key="--images")
     net = load_backbone(backbone, weights).to(target).to(memory_format=torch.channels_last)
