@@ -287,6 +287,26 @@ def test_fr_weights_of_another_backbone_name_the_fr_config_key(diffiqa_setup, ca
     assert "--backbone" not in err
 
 
+def test_the_sidecar_config_holds_the_values_the_label_run_used(diffiqa_setup, capsys) -> None:
+    """Left to the run (device auto, UNet batch, workers, precision), the sidecar's config holds what it used, not
+    null; the FR weights file is the one it loaded."""
+    tmp_path, images = diffiqa_setup
+    out = tmp_path / "resolved"
+    path = diffiqa_config(tmp_path, images, out, device="auto")
+    cfg = yaml.safe_load(open(path))
+    cfg["inference"]["batch_size"] = cfg["dataset"]["num_workers"] = None
+    cfg["inference"]["repeats"] = 1
+    open(path, "w").write(yaml.safe_dump(cfg))
+    code, err = run_diffiqa(["-c", path], capsys)
+    assert code == 0, err
+    config = json.loads((out / "quality-scores.json").read_text())["config"]
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert config["base"]["device"] == device and config["base"]["precision"] == "fp32"
+    assert config["inference"]["batch_size"] == (256 if torch.cuda.is_available() else 64)
+    assert isinstance(config["dataset"]["num_workers"], int) and config["dataset"]["num_workers"] >= 0
+    assert config["base"]["fr_weights"] == str(tmp_path / "fr.pth")
+
+
 # ------------------------------------------------------------------------------------------------- DifFIQA(R)
 def diffiqa_r_state_dict(seed: int = 0) -> dict:
     """The authors' diffiqa(r).pth layout: eDifFIQA(L)'s backbone under ``base.``, plus ``linear.``."""

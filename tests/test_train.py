@@ -403,6 +403,60 @@ def test_overwrite_replaces_the_earlier_run(tiny, tmp_path, capsys, monkeypatch)
     assert set(torch.load(str(out / "model.pth"), weights_only=True)) == set(manifest_state_dict("ediffiqaT"))
 
 
+def test_config_json_and_last_pt_hold_the_resolved_device_and_workers_and_the_same_command_resumes(
+        tiny, tmp_path, capsys, monkeypatch) -> None:
+    """Left to the run (device auto, workers null), config.json and last.pt's config hold what the run used, not
+    auto or null; the same command resumes from that checkpoint, and so does a checkpoint that holds the config as
+    given (written before configs were resolved): the device is compared by its kind. The epochs are stubbed."""
+    from engine.training.trainer import Trainer
+    from utils.checkpoint import save_checkpoint
+    from utils.config import to_dict
+
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch: {"loss": 1.0, "loss_rc": 0.5, "loss_q": 0.5})
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"loss": 0.8, "loss_rc": 0.4, "loss_q": 0.4})
+    root, images = tiny
+    out = tmp_path / "run"
+    unset = {"base.device": "auto", "dataloader.train.params.num_workers": None,
+             "dataloader.val.params.num_workers": None}
+    first = tiny_config(root, images, out, **{"base.epochs": 1}, **unset)
+    code, err = run_train(["-c", first], capsys)
+    assert code == 0, err
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    for config in (json.loads((out / "config.json").read_text()),
+                   torch.load(str(out / "last.pt"), weights_only=True)["config"]):
+        assert config["base"]["device"] == device
+        for name in ("train", "val"):
+            workers = config["dataloader"][name]["params"]["num_workers"]
+            assert isinstance(workers, int) and workers >= 0
+    again = tiny_config(root, images, out, **{"base.epochs": 2}, **unset)
+    code, err = run_train(["-c", again, "--resume", str(out / "last.pt")], capsys)
+    assert code == 0, err
+    assert torch.load(str(out / "last.pt"), weights_only=True)["epoch"] == 2
+
+    state = torch.load(str(out / "last.pt"), weights_only=True)
+    state["config"] = to_dict(from_dict(TrainConfig, yaml.safe_load(open(again))))  # as given: auto, null
+    assert state["config"]["base"]["device"] == "auto"
+    save_checkpoint(str(out / "last.pt"), state)
+    code, err = run_train(["-c", tiny_config(root, images, out, **{"base.epochs": 3}, **unset), "--resume",
+                           str(out / "last.pt")], capsys)
+    assert code == 0, err
+    assert torch.load(str(out / "last.pt"), weights_only=True)["epoch"] == 3
+
+
+def test_resume_compares_the_device_by_its_kind() -> None:
+    from engine.training.config import resume_mismatch
+    from utils.config import to_dict
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = TrainConfig()
+    saved = to_dict(TrainConfig())
+    for recorded in ("auto", here, f"{here}:0" if here == "cuda" else "cpu"):
+        saved["base"]["device"] = recorded
+        assert resume_mismatch(saved, cfg) == "", recorded
+    saved["base"]["device"] = "cuda:0" if here == "cpu" else "cpu"
+    assert resume_mismatch(saved, cfg) == f"base.device: '{saved['base']['device']}' -> 'auto'"
+
+
 def test_workers_beyond_the_cpus_use_the_cpus_with_one_line(tiny, tmp_path, monkeypatch, caplog) -> None:
     import logging
 

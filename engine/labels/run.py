@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, List, Sequence
+from typing import Any, Dict, Iterator, List, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from utils.errors import CheckpointError, ConfigError
 from utils.io import check_output_dir
 from utils.runtime import precision_context, reader_workers
 
-__all__ = ["run_scoring"]
+__all__ = ["run_scoring", "resolved_config"]
 
 _logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def run_scoring(cfg: ScoreConfig, fresh: bool = False, command: Sequence[str] = 
                 yield BatchResult(scored, values, [(paths[i], e) for i, e in bad])
 
         job = FolderJob(root=inf.images_loc, rel_paths=listing.paths, stats=listing.stats, out=inf.save_loc,
-                        batch_size=per_batch, settings=settings, config=to_dict(cfg),
+                        batch_size=per_batch, settings=settings,
+                        config=resolved_config(cfg, device, policy, workers, fr[1]),
                         sheet=ScoreSheet(base.figure_tiles, "DifFIQA quality labels", "the DifFIQA denoiser"),
                         device=str(device), what="DifFIQA scores", out_key="inference.save_loc (--output)",
                         keys=base.keys, limit=base.limit, flush_every=base.flush_every, fresh=fresh,
@@ -90,3 +91,14 @@ def run_scoring(cfg: ScoreConfig, fresh: bool = False, command: Sequence[str] = 
         return run_folder(job, label_batches, info)
     finally:
         finish_distributed(info)
+
+
+def resolved_config(cfg: ScoreConfig, device: torch.device, policy: LabelPolicy, workers: int,
+                    fr_weights: str) -> Dict[str, Any]:
+    """The config as this run used it, for the sidecar: the device, precision and UNet batch (the policy's), the
+    reader's ``workers`` and the FR weights file, where the config may leave them to the run."""
+    out = to_dict(cfg)
+    out["base"].update(device=str(device), precision=policy.precision, fr_weights=fr_weights)
+    out["inference"]["batch_size"] = policy.unet_batch
+    out["dataset"]["num_workers"] = workers
+    return out

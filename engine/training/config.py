@@ -23,8 +23,10 @@ from model.registry import DEFAULT_VARIANT, VARIANTS, variant_names
 from utils.config import LoaderParams, RunBase, check, key, short, to_dict
 from utils.errors import first_line
 from utils.run_log import WandbSection
+from utils.runtime import resolve_device
 
-__all__ = ["OPTIMIZERS", "RESUME_FREE_KEYS", "TrainConfig", "build_optimizer", "resume_mismatch"]
+__all__ = ["OPTIMIZERS", "RESUME_FREE_KEYS", "TrainConfig", "build_optimizer", "resolved_config",
+           "resume_mismatch"]
 
 #: The optimizers a config may name (``optimizer.module``), by their official module strings.
 OPTIMIZERS = {"torch.optim.Adam": torch.optim.Adam, "torch.optim.AdamW": torch.optim.AdamW,
@@ -336,11 +338,37 @@ def _differences(old: Any, new: Any, prefix: str = "") -> List[Tuple[str, Any, A
     return [] if old == new else [(prefix[:-1], old, new)]
 
 
+def resolved_config(cfg: TrainConfig, device: torch.device, workers: Dict[str, int]) -> Dict[str, Any]:
+    """The config as this run uses it, for ``config.json`` and ``last.pt``: the device it runs on and the worker
+    processes of each loader (``workers``: :func:`engine.training.data.loader_workers`), which the config may leave
+    to the run (``auto``, null) or ask beyond the machine's CPUs."""
+    out = to_dict(cfg)
+    out["base"]["device"] = str(device)
+    for name, count in workers.items():
+        out["dataloader"][name]["params"]["num_workers"] = count
+    return out
+
+
+def _device_kind(spec: Any) -> Any:
+    """What of a device setting can change a number: its kind (``cpu``, ``cuda``), ``auto`` as it resolves here;
+    any other value as it is."""
+    if not isinstance(spec, str):
+        return spec
+    if spec.strip().lower() == "auto":
+        return resolve_device("auto").type
+    try:
+        return torch.device(spec.strip().lower()).type
+    except (RuntimeError, ValueError):
+        return spec
+
+
 def resume_mismatch(saved: Dict[str, Any], cfg: TrainConfig) -> str:
     """Why a checkpoint trained with config ``saved`` (a dict) cannot continue under ``cfg`` ("" when it can): every
     key that can change a number (all but :data:`RESUME_FREE_KEYS`) must be as it was trained with; each one that
-    differs is named with both values."""
+    differs is named with both values. ``base.device`` is compared by its kind: the checkpoints of this project hold
+    the device a run resolved (``cpu``, ``cuda:0``), older ones the setting (``auto``)."""
     changed = [(k, a, b) for k, a, b in _differences(saved, to_dict(cfg))
-               if not any(fnmatch.fnmatchcase(k, p) or fnmatch.fnmatchcase(k, p + ".*") for p in RESUME_FREE_KEYS)]
+               if not any(fnmatch.fnmatchcase(k, p) or fnmatch.fnmatchcase(k, p + ".*") for p in RESUME_FREE_KEYS)
+               and not (k == "base.device" and _device_kind(a) == _device_kind(b))]
     shown = lambda v: "(absent)" if v is _ABSENT else short(v)  # noqa: E731
     return "; ".join(f"{k}: {shown(a)} -> {shown(b)}" for k, a, b in changed)

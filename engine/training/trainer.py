@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from dataset.transforms import normalize
 from engine import figures
-from engine.training.config import TrainConfig, build_optimizer, resume_mismatch
+from engine.training.config import TrainConfig, build_optimizer, resolved_config, resume_mismatch
 from engine.training.data import loader_workers, training_loader
 from engine.training.model_file import ModelSpec, resolve_model
 from engine.training.objective import OBJECTIVES, Objective
@@ -25,7 +25,6 @@ from model.checkpoint import load_backbone
 from model.conv_grad import use_fast_weight_grad
 from model.registry import VARIANTS
 from utils.checkpoint import read_checkpoint, save_checkpoint
-from utils.config import to_dict
 from utils.distributed import all_reduce_sum
 from utils.errors import ConfigError, RunError, first_line
 from utils.io import OutputError, write_json
@@ -134,6 +133,7 @@ class Trainer:
                                cfg.base.deterministic)
         self.info, self.device = self.run.info, self.run.device
         self.workers = loader_workers(cfg, self.device, log=self.info.main)
+        self.resolved = resolved_config(cfg, self.device, self.workers)  # config.json and last.pt's config
         self.objective: Objective = objective(cfg, self.device)  # the data and the loss of the model's kind
         self.criterion = self.objective.criterion
         self._build_model()
@@ -285,7 +285,7 @@ class Trainer:
         return {"version": CHECKPOINT_VERSION, "epoch": epoch, "variant": self.spec.name,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "best_val": self.best_val, "rng": rng_state(), "config": to_dict(self.cfg),
+                "best_val": self.best_val, "rng": rng_state(), "config": self.resolved,
                 "history": self.history}
 
     def _read_resume(self, path: str) -> Dict[str, Any]:
@@ -328,7 +328,7 @@ class Trainer:
         if self.replaced and self.info.main:
             _remove(out, self.replaced)
             self.replaced = []
-        self.run_log = self.run.log(cfg, TRAINING_LOG, ["epoch", "step", "images", *names],
+        self.run_log = self.run.log(self.resolved, TRAINING_LOG, ["epoch", "step", "images", *names],
                                     resumed=self.start_epoch > 0, wandb_cfg=cfg.wandb)
         if self.info.main:
             _logger.info("training %s (%s mode): %d training / %d validation items%s, %d process(es) on %s",
