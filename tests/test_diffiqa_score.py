@@ -287,6 +287,7 @@ def test_fr_weights_of_another_backbone_name_the_fr_config_key(diffiqa_setup, ca
     assert "--backbone" not in err
 
 
+@pytest.mark.slow
 def test_the_sidecar_config_holds_the_values_the_label_run_used(diffiqa_setup, capsys) -> None:
     """Left to the run (device auto, UNet batch, workers, precision), the sidecar's config holds what it used, not
     null; the FR weights file is the one it loaded."""
@@ -305,6 +306,27 @@ def test_the_sidecar_config_holds_the_values_the_label_run_used(diffiqa_setup, c
     assert config["inference"]["batch_size"] == (256 if torch.cuda.is_available() else 64)
     assert isinstance(config["dataset"]["num_workers"], int) and config["dataset"]["num_workers"] >= 0
     assert config["base"]["fr_weights"] == str(tmp_path / "fr.pth")
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_the_resolved_label_config_has_no_null_where_the_run_chooses(official) -> None:
+    """The keys a label config may leave to the run (device, precision, UNet batch, workers, FR weights) are what the
+    run chose in the sidecar's config (the whole run: the slow test above)."""
+    from engine.labels.config import ScoreConfig
+    from engine.labels.policy import LabelPolicy
+    from engine.labels.run import resolved_config
+    from utils.distributed import DistInfo
+
+    cfg = ScoreConfig()
+    cfg.base.official = official
+    chosen = {"base": ("device", "precision", "fr_weights"), "inference": ("batch_size",), "dataset": ("num_workers",)}
+    assert all(getattr(getattr(cfg, section), k) in (None, "auto") for section, keys in chosen.items() for k in keys)
+    device = torch.device("cpu")
+    policy = LabelPolicy.from_config(cfg, device, DistInfo())
+    out = resolved_config(cfg, device, policy, 0, "fr.pth")
+    assert out["base"] == {**out["base"], "device": "cpu", "precision": "fp32", "fr_weights": "fr.pth"}
+    assert out["inference"]["batch_size"] == 64 and out["dataset"]["num_workers"] == 0
+    assert out["inference"]["repeats"] == cfg.inference.repeats  # the rest as configured
 
 
 # ------------------------------------------------------------------------------------------------- DifFIQA(R)
