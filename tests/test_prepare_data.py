@@ -284,6 +284,38 @@ def test_extract_embeddings_of_a_published_model_fetch_its_checkpoint_and_embed_
     assert_user_error(code, err, "extract_embeddings.py", r"'backbone' \(--backbone\) or 'model' \(--model\), not both")
 
 
+def test_extract_embeddings_by_the_scoring_rule_equal_a_plain_batched_forward(tmp_path, capsys, make_faces) -> None:
+    """Batch size and workers left unset take scoring's rule (folder_batching: 8 a batch on a CPU, read in this
+    process), and the embeddings are bit for bit a plain forward of the backbone (eval, channels_last, batches of
+    that size) on the faces decoded one by one, JPEGs and other sizes included."""
+    from PIL import Image
+
+    from dataset.transforms import normalize, resize_face, to_uint8_tensor
+    from engine.scoring.scorer import folder_batching
+    from model.build import build_backbone
+
+    names = [f"id{i % 3}/{i:02d}.{'jpg' if i % 4 == 0 else 'png'}" for i in range(19)]
+    images = make_faces(tmp_path / "faces", names, sizes={names[1]: 128})
+    weights = tmp_path / "t.pth"
+    backbone_sd = {k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaT").items()
+                   if k.startswith("base_model.")}
+    torch.save(backbone_sd, str(weights))
+    out = str(tmp_path / "emb.pkl")
+    assert run_cli(extract_embeddings.main, ["--images", str(images), "--backbone", "mobilefacenet", "--weights",
+                                             str(weights), "--output", out, "--device", "cpu", "-q"],
+                   "extract_embeddings.py") == 0
+    assert folder_batching(torch.device("cpu")) == {"batch_size": 8, "workers": 0}
+    net = build_backbone("mobilefacenet")
+    net.load_state_dict(backbone_sd)
+    net = net.eval().to(memory_format=torch.channels_last)
+    rel = sorted(names)
+    faces = torch.stack([to_uint8_tensor(resize_face(Image.open(images / p).convert("RGB"))) for p in rel])
+    with torch.inference_mode():
+        expected = torch.cat([net(normalize(faces[i:i + 8]).contiguous(memory_format=torch.channels_last))
+                              for i in range(0, len(rel), 8)])
+    np.testing.assert_array_equal(read_embeddings(out).gather(rel), expected.numpy())
+
+
 def test_extract_embeddings_wrong_backbone(tmp_path, capsys, make_faces) -> None:
     images = make_faces(tmp_path / "faces", {"a.png": 1})
     weights = tmp_path / "r18.pth"

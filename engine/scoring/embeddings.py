@@ -12,14 +12,14 @@ import torch
 from dataset.folder_batches import map_folder
 from dataset.formats import write_embeddings
 from dataset.image_folder import find_images
-from engine.scoring.scorer import default_batch_size
+from engine.scoring.scorer import folder_batching
 from engine.scoring.weights import resolve_weights
 from model.checkpoint import load_backbone
 from model.registry import backbone_names, get_variant, variant_names
 from utils.config import check, check_batch, check_workers
 from utils.errors import DataError, RunError
 from utils.io import check_output_dir
-from utils.runtime import reader_workers, resolve_device
+from utils.runtime import resolve_device
 
 __all__ = ["EmbedConfig", "extract_embeddings"]
 
@@ -86,10 +86,8 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
         return (feat,)
 
     _logger.info("embedding %d images in '%s' with %s on %s", len(rel_paths), images, backbone, target)
-    result = map_folder(images, rel_paths, target, forward,
-                        batch_size=cfg.batch_size or default_batch_size(target),
-                        workers=reader_workers(target) if cfg.workers is None else cfg.workers,
-                        verbose=cfg.verbose)
+    result = map_folder(images, rel_paths, target, forward, **folder_batching(target, "fp32", cfg.batch_size,
+                                                                              cfg.workers), verbose=cfg.verbose)
     if not result.paths:
         raise DataError(f"none of the {len(rel_paths)} images in '{images}' could be read")
     write_embeddings(output, result.paths, result.embeddings)

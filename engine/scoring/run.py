@@ -13,13 +13,13 @@ from engine.resumable import BatchResult, FolderJob, ScoreSheet, run_folder
 from engine.scoring.backends import resolve_backend
 from engine.scoring.config import InferenceConfig
 from engine.scoring.photos import score_photos
-from engine.scoring.scorer import QualityScorer, default_batch_size
+from engine.scoring.scorer import QualityScorer, folder_batching
 from engine.scoring.weights import resolve_weights
 from utils.config import to_dict
 from utils.distributed import DistInfo, finish_distributed, init_distributed
 from utils.errors import ConfigError
 from utils.io import check_output_dir, sha256_of
-from utils.runtime import reader_workers, seed_everything
+from utils.runtime import seed_everything
 
 __all__ = ["score", "resolved_config"]
 
@@ -77,8 +77,8 @@ def _score_faces(cfg: InferenceConfig, listing: ImageListing, scorer: QualitySco
                 "backend": scorer.backend, "fold_bn": cfg.fold_bn, "gpu_decode": cfg.gpu_decode,
                 # the thread count changes the last bits of CPU results
                 "threads": torch.get_num_threads() if scorer.device.type == "cpu" else None}
-    batch_size = params.batch_size or default_batch_size(scorer.device, scorer.precision)
-    workers = params.num_workers if params.num_workers is not None else reader_workers(scorer.device)
+    batching = folder_batching(scorer.device, scorer.precision, params.batch_size, params.num_workers)
+    batch_size, workers = batching["batch_size"], batching["workers"]
     job = FolderJob(root=cfg.dataset.loc, rel_paths=listing.paths, stats=listing.stats, out=cfg.base.save_path,
                     batch_size=batch_size, settings=settings,
                     config=resolved_config(cfg, scorer, weights, batch_size=batch_size, num_workers=workers),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from model.fuse import fold_batchnorm
 from utils.errors import ConfigError
 from utils.runtime import precision_context, reader_workers, resolve_device, resolve_precision
 
-__all__ = ["default_batch_size", "QualityScorer"]
+__all__ = ["default_batch_size", "folder_batching", "QualityScorer"]
 
 
 def _check_onnx_precision(precision: str) -> None:
@@ -39,6 +39,15 @@ def default_batch_size(device: torch.device, precision: str = "fp32") -> int:
     if device.type == "cuda":
         return 256
     return 16 if precision in ("bf16", "fp16") else 8
+
+
+def folder_batching(device: torch.device, precision: str = "fp32", batch_size: Optional[int] = None,
+                    workers: Optional[int] = None) -> Dict[str, int]:
+    """``batch_size`` and ``workers`` (reader processes) of a run over a folder of faces on ``device``: as given,
+    else :func:`default_batch_size` and :func:`utils.runtime.reader_workers`. The one rule of ``inference.py``,
+    :meth:`QualityScorer.score_folder` and ``extract_embeddings.py``."""
+    return {"batch_size": batch_size or default_batch_size(device, precision),
+            "workers": reader_workers(device) if workers is None else workers}
 
 
 class QualityScorer:
@@ -156,6 +165,5 @@ class QualityScorer:
             return (quality, feat) if return_feat else (quality,)
 
         return map_folder(root, rel_paths, self.device, forward,
-                          batch_size=batch_size or default_batch_size(self.device, self.precision),
-                          workers=reader_workers(self.device) if workers is None else workers,
+                          **folder_batching(self.device, self.precision, batch_size, workers),
                           verbose=verbose, channels_last=self.channels_last, **loader_kwargs)
