@@ -305,7 +305,7 @@ def read_pairs_folder(name: str, root: str, pairs_file: Optional[str] = None) ->
         if len(folders) > 1:
             ambiguous.append(f"{stem} ({', '.join(sorted(found)[:2])})")
         if not found:
-            missing.append(f"{stem}.jpg")
+            missing.append(f"{stem}.*")
             index[stem] = -1
             return -1
         rel = min(found, key=lambda p: (rank.get(os.path.splitext(p)[1].lower(), len(rank)), p))
