@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -20,7 +20,7 @@ from utils.errors import DataError, RunError
 from utils.io import check_output_dir
 from utils.runtime import reader_workers, resolve_device
 
-__all__ = ["EmbedConfig", "extract_embeddings"]
+__all__ = ["EmbedConfig", "embedding_forward", "extract_embeddings"]
 
 _logger = logging.getLogger(__name__)
 
@@ -50,16 +50,12 @@ class EmbedConfig:
         check_workers(self.workers, "workers")
 
 
-def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
-    """Embed every image below ``cfg.images`` with backbone ``cfg.backbone`` loaded from ``cfg.weights`` and write
-    ``cfg.output`` (official pickled dict, or ``.npz``); returns the counts."""
-    images, backbone, weights, output, flip = cfg.images, cfg.backbone, cfg.weights, cfg.output, cfg.flip
-    check_output_dir(os.path.dirname(os.path.abspath(output)), "--output")
-    target = resolve_device(cfg.device)
-    rel_paths = find_images(images, key="--images")
-    net = load_backbone(backbone, weights).to(target).to(memory_format=torch.channels_last)
-
-    def forward(x: torch.Tensor) -> Tuple[torch.Tensor]:
+def embedding_forward(net: torch.nn.Module, weights: str, flip: bool = False
+                      ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The embeddings of a backbone ``net`` (on its device, channels_last) as every embedding run computes them: a
+    normalised ``(B, 3, 112, 112)`` batch -> ``(B, D)``, averaged with the flipped image with ``flip``; a NaN or
+    infinite embedding is a :class:`RunError` naming ``weights``."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             feat = net(x)
             if flip:
@@ -68,7 +64,23 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
         if bad:
             raise RunError(f"{bad} of the {len(feat)} embeddings of a batch are NaN or infinite: the backbone "
                            f"'{weights}' overflows (random or damaged weights?); nothing was written")
-        return (feat,)
+        return feat
+
+    return forward
+
+
+def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
+    """Embed every image below ``cfg.images`` with backbone ``cfg.backbone`` loaded from ``cfg.weights`` and write
+    ``cfg.output`` (official pickled dict, or ``.npz``); returns the counts."""
+    images, backbone, weights, output, flip = cfg.images, cfg.backbone, cfg.weights, cfg.output, cfg.flip
+    check_output_dir(os.path.dirname(os.path.abspath(output)), "--output")
+    target = resolve_device(cfg.device)
+    rel_paths = find_images(images, key="--images")
+    net = load_backbone(backbone, weights).to(target).to(memory_format=torch.channels_last)
+    embed = embedding_forward(net, weights, flip)
+
+    def forward(x: torch.Tensor) -> Tuple[torch.Tensor]:
+        return (embed(x),)
 
     _logger.info("embedding %d images in '%s' with %s on %s", len(rel_paths), images, backbone, target)
     result = map_folder(images, rel_paths, target, forward,
