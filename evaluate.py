@@ -125,6 +125,7 @@ FLAGS = [
     Flag(("--name",), "name", "file name stem (edc)"),
     Flag(("--device",), "device", "with --benchmark: auto, cpu, cuda or cuda:N"),
     Flag(("--batch-size",), "batch_size", "with --benchmark: images per batch (default: per device)", type=int),
+    Flag(("-q", "--quiet"), "verbose", "no progress bars or info logs", const=False),
 ]
 
 

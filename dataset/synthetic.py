@@ -34,14 +34,17 @@ def save_image(path: str, seed: int, size: int = 112, mode: str = "RGB") -> None
 def verification_bin(path: str, pairs: int, seed: int = 0) -> List[bool]:
     """Write an insightface verification file (a pickle of ``(JPEG bytes of 2 * pairs images, issame)``, protocol 2
     as the published files, comparison ``p`` being images ``2p`` and ``2p + 1``): even comparisons mated (a face and
-    a noisy copy), odd ones two faces; returns ``issame``."""
+    a copy blended with another face by a random share, so that some look like two faces), odd ones two faces;
+    returns ``issame``."""
     rng = np.random.default_rng(seed)
     encoded, issame = [], []
     for p in range(pairs):
         a = face_array(seed * 100003 + 2 * p)
         mated = p % 2 == 0
-        b = (np.clip(a + rng.normal(0, 24, a.shape), 0, 255).astype(np.uint8) if mated
-             else face_array(seed * 100003 + 2 * p + 1))
+        b = face_array(seed * 100003 + 2 * p + 1)
+        if mated:
+            share = rng.uniform(0.1, 0.9)
+            b = np.round((1 - share) * a + share * b).astype(np.uint8)
         for image in (a, b):
             buffer = io.BytesIO()
             Image.fromarray(image).save(buffer, format="JPEG", quality=95)
