@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     backbone = VARIANTS[args.fr_variant].backbone
     python = sys.executable
-    fmr = max(1e-3, 2.0 / args.pairs)  # half the comparisons are non-mated: 1 / FMR of them at least
+    fmr = max(1e-3, 4.0 / args.pairs)  # half the comparisons are non-mated: twice 1 / FMR of them
     with tempfile.TemporaryDirectory() as tmp:
         verification_bin(os.path.join(tmp, "syn.bin"), args.pairs, seed=1)
         fr = os.path.join(tmp, "fr.pth")
