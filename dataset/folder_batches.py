@@ -1,29 +1,62 @@
-"""A folder in batches: the readable images of a list of files as normalised batches on a device, with the
-unreadable ones named, and a function mapped over them. Shared by scoring, DifFIQA labels and embeddings."""
+"""Images in batches: the readable images of a list of files (or of any :class:`FaceImages`, such as a benchmark's
+images held in memory) as normalised batches on a device, with the unreadable ones named, and a function mapped over
+them. Shared by scoring, DifFIQA labels, embeddings and benchmarks."""
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dataset.image_folder import FaceFolder, JpegBytesFolder, collate_faces, collate_jpeg_bytes
 from dataset.transforms import INPUT_SIZE, normalize
 
-__all__ = ["JpegDecoder", "cuda_jpeg_decoder", "workers_that_can_ship", "iterate_folder", "FolderResult",
-           "map_folder"]
+__all__ = ["FaceImages", "JpegDecoder", "cuda_jpeg_decoder", "workers_that_can_ship", "iterate_images",
+           "iterate_folder", "FolderResult", "map_images", "map_folder"]
 
 _logger = logging.getLogger(__name__)
 
 
 JpegDecoder = Callable[[List[torch.Tensor]], List[torch.Tensor]]
+
+Batches = Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]
+
+
+class FaceImages(Protocol):
+    """Images read one by one with per-image error handling (:class:`dataset.image_folder.FaceFolder`, or a
+    benchmark's :class:`dataset.verification.ImageSource`): image ``index`` as the ``(112, 112)`` RGB pixels the one
+    preprocessing (:mod:`dataset.transforms`) gives for it."""
+
+    def __len__(self) -> int: ...
+
+    def describe(self, index: int) -> str:
+        """How a warning names image ``index`` (a path)."""
+
+    def load(self, index: int) -> Tuple[torch.Tensor, str]:
+        """``(image (3, 112, 112) uint8, "")``, or a blank image and the one-line reason it could not be read."""
+
+    def read_into(self, index: int, out: np.ndarray) -> str:
+        """Decode image ``index`` into ``out`` (``(112, 112, 3)`` uint8); "" or the one-line reason it failed."""
+
+
+class _Items(Dataset):
+    """:class:`FaceImages` as a Dataset of ``(image, index, error)`` items (:func:`collate_faces`)."""
+
+    def __init__(self, images: FaceImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, str]:
+        image, error = self.images.load(index)
+        return image, index, error
 
 
 def cuda_jpeg_decoder(device: torch.device) -> JpegDecoder:
@@ -78,65 +111,78 @@ def workers_that_can_ship(workers: int, batch_size: int) -> int:
     return 0
 
 
-def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
+def iterate_images(images: FaceImages, device: torch.device, batch_size: int, workers: int,
                    pin_memory: bool = True, prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
-                   channels_last: bool = True, decode_jpegs: Optional[JpegDecoder] = None,
-                   ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
-    """Yield ``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch.
+                   channels_last: bool = True) -> Batches:
+    """Yield ``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch of
+    ``images`` in order.
 
-    Unreadable files are left out of ``images``/``indices``, named in a warning and reported in the third element; a
-    batch with only bad files yields empty tensors. With ``decode_jpegs`` (e.g. :func:`cuda_jpeg_decoder`), the
-    workers only read JPEG files and the batch's JPEGs are decoded together by it; other formats and its failures
-    take the CPU path.
+    Unreadable images are left out of ``images``/``indices``, named in a warning and reported in the third element;
+    a batch with only bad images yields empty tensors.
     """
     workers = workers_that_can_ship(workers, batch_size)
-    if decode_jpegs is not None:
-        batches = _iterate_jpeg_bytes(root, rel_paths, device, batch_size, workers, decode_jpegs)
-    elif workers == 0:
-        batches = _iterate_in_process(root, rel_paths, device, batch_size)
+    if workers == 0:
+        batches = _iterate_in_process(images, device, batch_size)
     else:
-        batches = _iterate_loader(root, rel_paths, device, batch_size, workers, pin_memory, prefetch_factor,
+        batches = _iterate_loader(images, device, batch_size, workers, pin_memory, prefetch_factor,
                                   persistent_workers)
+    return _named_and_laid_out(batches, images.describe, channels_last)
+
+
+def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
+                   pin_memory: bool = True, prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
+                   channels_last: bool = True, decode_jpegs: Optional[JpegDecoder] = None) -> Batches:
+    """:func:`iterate_images` of the files ``rel_paths`` below ``root``. With ``decode_jpegs`` (e.g.
+    :func:`cuda_jpeg_decoder`), the workers only read JPEG files and the batch's JPEGs are decoded together by it;
+    other formats and its failures take the CPU path.
+    """
+    folder = FaceFolder(root, list(rel_paths))
+    if decode_jpegs is None:
+        return iterate_images(folder, device, batch_size, workers, pin_memory, prefetch_factor, persistent_workers,
+                              channels_last)
+    workers = workers_that_can_ship(workers, batch_size)
+    return _named_and_laid_out(_iterate_jpeg_bytes(root, rel_paths, device, batch_size, workers, decode_jpegs),
+                               folder.describe, channels_last)
+
+
+def _named_and_laid_out(batches: Batches, describe: Callable[[int], str], channels_last: bool) -> Batches:
+    """``batches`` with each unreadable image named in a warning, and the images in the model's memory layout."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     for indices, x, bad in batches:
         for index, reason in bad:
-            _logger.warning("skipped '%s': %s", os.path.join(root, rel_paths[index]), reason)
+            _logger.warning("skipped '%s': %s", describe(index), reason)
         yield indices, x.contiguous(memory_format=layout), bad
 
 
-def _iterate_loader(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
-                    pin_memory: bool, prefetch_factor: Optional[int], persistent_workers: bool
-                    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
-    dataset = FaceFolder(root, list(rel_paths))
+def _iterate_loader(images: FaceImages, device: torch.device, batch_size: int, workers: int, pin_memory: bool,
+                    prefetch_factor: Optional[int], persistent_workers: bool) -> Batches:
     kwargs = {"persistent_workers": persistent_workers}
     if prefetch_factor is not None:
         kwargs["prefetch_factor"] = prefetch_factor
     # Its own generator: creating the loader must not take a draw from the global RNG that models may use.
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(_Items(images), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=pin_memory and device.type == "cuda", collate_fn=collate_faces,
                         drop_last=False, generator=torch.Generator().manual_seed(0), **kwargs)
-    for images, indices, errors in loader:
+    for batch, indices, errors in loader:
         bad = [(int(i), e) for i, e in zip(indices.tolist(), errors) if e]
         if bad:
             keep = torch.tensor([not e for e in errors], dtype=torch.bool)
-            images, indices = images[keep], indices[keep]
-        yield indices, normalize(images.to(device, non_blocking=True)), bad
+            batch, indices = batch[keep], indices[keep]
+        yield indices, normalize(batch.to(device, non_blocking=True)), bad
 
 
-def _iterate_in_process(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int
-                        ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+def _iterate_in_process(images: FaceImages, device: torch.device, batch_size: int) -> Batches:
     """The reader without worker processes (the default on a CPU, where the model keeps every core busy): each image
     is decoded straight into its slot of an NHWC uint8 batch buffer, whose ``(b, 3, H, W)`` view is already the
     channels_last layout the model runs in, so a batch costs one copy per image and one normalisation."""
-    folder = FaceFolder(root, list(rel_paths))
-    for start in range(0, len(rel_paths), batch_size):
-        stop = min(start + batch_size, len(rel_paths))
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
         buffer = torch.empty((stop - start, *INPUT_SIZE, 3), dtype=torch.uint8)
         slots = buffer.numpy()
         good: List[int] = []
         bad: List[Tuple[int, str]] = []
         for index in range(start, stop):
-            error = folder.read_into(index, slots[len(good)])
+            error = images.read_into(index, slots[len(good)])
             if error:
                 bad.append((index, error))
             else:
@@ -146,7 +192,7 @@ def _iterate_in_process(root: str, rel_paths: Sequence[str], device: torch.devic
 
 
 def _iterate_jpeg_bytes(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
-                        decode: JpegDecoder) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, str]]]]:
+                        decode: JpegDecoder) -> Batches:
     folder = JpegBytesFolder(root, list(rel_paths))
     loader = DataLoader(folder, batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate_jpeg_bytes, drop_last=False,
@@ -186,28 +232,41 @@ class FolderResult:
         return len(self.paths) / self.seconds if self.seconds > 0 else float("nan")
 
 
+def map_images(images: FaceImages, keys: Sequence[str], device: torch.device,
+               forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], batch_size: int, workers: int,
+               verbose: bool = False, channels_last: bool = True, **loader_kwargs) -> FolderResult:
+    """Run ``forward`` (a normalised ``(b, 3, 112, 112)`` batch -> per-image outputs, each ``(b, ...)``) over the
+    readable ``images`` (:func:`iterate_images`); ``keys[i]`` names image ``i`` in the result. ``verbose``: a
+    progress bar."""
+    return _map_batches(iterate_images(images, device, batch_size, workers, channels_last=channels_last,
+                                       **loader_kwargs), keys, forward, verbose)
+
+
 def map_folder(root: str, rel_paths: Sequence[str], device: torch.device,
                forward: Callable[[torch.Tensor], Sequence[torch.Tensor]], batch_size: int, workers: int,
                verbose: bool = False, channels_last: bool = True, decode_jpegs: Optional[JpegDecoder] = None,
                **loader_kwargs) -> FolderResult:
-    """Run ``forward`` (a normalised ``(b, 3, 112, 112)`` batch -> per-image outputs, each ``(b, ...)``) over the
-    readable images ``rel_paths`` below ``root`` (:func:`iterate_folder`), naming and counting the unreadable ones;
-    ``verbose``: a progress bar."""
+    """:func:`map_images` of the files ``rel_paths`` below ``root`` (:func:`iterate_folder`), keyed by
+    ``rel_paths``."""
+    return _map_batches(iterate_folder(root, rel_paths, device, batch_size, workers, channels_last=channels_last,
+                                       decode_jpegs=decode_jpegs, **loader_kwargs), rel_paths, forward, verbose)
+
+
+def _map_batches(batches: Batches, keys: Sequence[str], forward: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+                 verbose: bool) -> FolderResult:
     result = FolderResult()
     chunks: List[List[np.ndarray]] = []
     start = time.perf_counter()
-    with tqdm(total=len(rel_paths), unit="img", disable=not verbose, dynamic_ncols=True) as bar:
-        for indices, x, bad in iterate_folder(root, rel_paths, device, batch_size, workers,
-                                              channels_last=channels_last, decode_jpegs=decode_jpegs,
-                                              **loader_kwargs):
-            result.skipped.extend((rel_paths[index], reason) for index, reason in bad)
+    with tqdm(total=len(keys), unit="img", disable=not verbose, dynamic_ncols=True) as bar:
+        for indices, x, bad in batches:
+            result.skipped.extend((keys[index], reason) for index, reason in bad)
             if len(indices):
                 outputs = [o.detach().float().cpu().numpy() for o in forward(x)]
                 if not chunks:
                     chunks = [[] for _ in outputs]
                 for chunk, output in zip(chunks, outputs):
                     chunk.append(output)
-                result.paths.extend(rel_paths[i] for i in indices.tolist())
+                result.paths.extend(keys[i] for i in indices.tolist())
             bar.update(len(indices) + len(bad))
     result.seconds = time.perf_counter() - start
     result.outputs = [np.concatenate(chunk) for chunk in chunks]

@@ -110,6 +110,10 @@ class FaceFolder(Dataset):
     def __len__(self) -> int:
         return len(self.rel_paths)
 
+    def describe(self, index: int) -> str:
+        """File ``index``'s path, for messages."""
+        return os.path.join(self.root, self.rel_paths[index])
+
     def load(self, index: int) -> Tuple[torch.Tensor, str]:
         """``(image (3, 112, 112) uint8, "")`` of file ``index``, or a blank image and the one-line reason it could
         not be read."""

@@ -23,7 +23,8 @@ from utils.errors import CheckpointError
 from utils.io import torch_load, torch_load_reason
 
 __all__ = ["read_state_dict", "check_finite", "strip_prefixes", "describe_mismatch", "expected_shapes",
-           "identify_variant", "check_checkpoint", "load_weights", "load_backbone", "create_model"]
+           "identify_variant", "check_checkpoint", "load_weights", "load_backbone", "find_fr_backbone",
+           "load_fr_backbone", "FR_WRAPPERS", "create_model"]
 
 _logger = logging.getLogger(__name__)
 
@@ -68,12 +69,24 @@ def _file_label(path: str, label: Optional[str]) -> str:
     return label if label is not None else f"weights file '{path}'"
 
 
+def _what_it_holds(obj: object) -> str:
+    """A short description of a checkpoint's content for messages: its type, size and a few keys."""
+    if isinstance(obj, Mapping):
+        keys = [str(k) for k in list(obj)[:4]]
+        tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+        return (f"a dict of {len(obj)} entries ({tensors} tensors)"
+                + (f", keys {', '.join(keys)}{' ...' if len(obj) > 4 else ''}" if keys else ""))
+    return f"a {type(obj).__name__}"
+
+
 def read_state_dict(path: str, key: str = "--weights or the config key 'weights'",
-                    source: str = OFFICIAL_WEIGHTS_HELP, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
+                    source: str = OFFICIAL_WEIGHTS_HELP, label: Optional[str] = None,
+                    wrappers: Tuple[str, ...] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
     """The flat ``state_dict`` on the CPU of a weights file, read safely (``weights_only=True``): a plain state dict
-    or a training checkpoint holding one under ``model`` or ``state_dict``. Anything else is a one-line
-    :class:`CheckpointError` naming the flag or config ``key`` that gives the path, where such files come from
-    (``source``) and the file as ``label`` (default ``weights file '<path>'``)."""
+    or a checkpoint holding one under the first of ``wrappers`` it has (training checkpoints: ``model`` or
+    ``state_dict``). Anything else is a one-line :class:`CheckpointError` naming the flag or config ``key`` that gives
+    the path, where such files come from (``source``), the file as ``label`` (default ``weights file '<path>'``) and
+    what it holds."""
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file '{path}' not found; {source}; pass its path with {key}")
     name = _file_label(path, label)
@@ -82,13 +95,13 @@ def read_state_dict(path: str, key: str = "--weights or the config key 'weights'
     except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
         raise CheckpointError(f"cannot read {name} as a PyTorch checkpoint ({torch_load_reason(exc, path)})") from None
     if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
+        for wrapper in wrappers:
+            if wrapper in obj and isinstance(obj[wrapper], Mapping):
+                obj = obj[wrapper]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"{name} does not hold a state_dict (a dict of tensors)")
+        raise CheckpointError(f"{name} does not hold a state_dict (a dict of tensors); it holds {_what_it_holds(obj)}")
     check_finite(obj, path, label)
     return strip_prefixes(obj)
 
@@ -181,6 +194,67 @@ def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
         raise CheckpointError(f"weights file '{path}' does not match backbone {name}: {hint}")
     backbone.load_state_dict(state_dict, strict=True)
     return backbone if into is not None else backbone.eval()
+
+
+#: Keys under which face recognition checkpoints wrap their state dict, tried in this order: arcface_torch's resume
+#: checkpoints (``state_dict_backbone``), then the usual training checkpoints.
+FR_WRAPPERS = ("state_dict_backbone", "backbone", "model", "state_dict")
+
+
+def find_fr_backbone(state_dict: Mapping[str, torch.Tensor], name: str) -> Optional[Dict[str, torch.Tensor]]:
+    """The part of ``state_dict`` that is backbone ``name``, under the backbone's own keys, or None.
+
+    The part is the keys under one prefix (``backbone.``, ``features.module.``, ... or none), found where the
+    backbone's first key is. It must hold every key of the backbone with its shape (BatchNorm's
+    ``num_batches_tracked`` counters, unused in eval mode, may be absent) and no other key under the backbone's
+    modules (so a deeper network of the same family is not taken for a shallower one); keys of other modules (a
+    classification head beside it) are left out."""
+    expected = dict(_built_shapes(name, None))
+    first = next(iter(expected))
+    prefixes = sorted({k[:len(k) - len(first)] for k in state_dict if k == first or k.endswith("." + first)},
+                      key=len)
+    modules = {k.split(".")[0] for k in expected}
+    for prefix in prefixes:
+        part = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        part = {k: v for k, v in part.items() if k.split(".")[0] in modules}
+        for k in expected:
+            if k not in part and k.endswith("num_batches_tracked"):
+                part[k] = torch.zeros((), dtype=torch.int64)
+        if _shapes(part) == expected:
+            return {k: part[k] for k in expected}
+    return None
+
+
+def load_fr_backbone(path: str, backbone: Optional[str] = None, key: str = "--fr") -> nn.Module:
+    """A face recognition model from an insightface-layout checkpoint, in eval mode on the CPU: any backbone of
+    :data:`model.registry.BACKBONES`, named by ``backbone`` or found from the checkpoint's keys and shapes.
+
+    Accepted: a plain state dict or one wrapped in a dict (:data:`FR_WRAPPERS`), its keys under any prefix
+    (``module.``, ``backbone.``, ``model.``, ``features.module.`` ...) and beside other modules (a classification
+    head). A file that is missing, unreadable, holds NaN or infinite weights, another backbone than the one named, or
+    no backbone the registry knows is a one-line :class:`CheckpointError` that says what it holds; ``key`` names the
+    flag or config key that gives ``path``."""
+    if backbone is not None and backbone not in BACKBONES:
+        build_backbone(backbone)  # its ConfigError lists the backbones
+    state_dict = read_state_dict(path, key, BACKBONE_WEIGHTS_HELP, wrappers=FR_WRAPPERS)
+    names = [backbone] if backbone is not None else list(BACKBONES)
+    for name in names:
+        part = find_fr_backbone(state_dict, name)
+        if part is not None:
+            model = build_backbone(name)
+            model.load_state_dict(part, strict=True)
+            return model.eval()
+    held = next((name for name in BACKBONES
+                 if name != backbone and find_fr_backbone(state_dict, name) is not None), None)
+    if held is not None:
+        raise CheckpointError(f"weights file '{path}' ({key}) holds a {held} backbone, not {backbone}; name it "
+                              f"{held}:PATH or leave the backbone out")
+    shown = ", ".join(f"{k} {list(v.shape)}" for k, v in list(state_dict.items())[:3])
+    wanted = f"backbone {backbone}" if backbone is not None else (
+        f"a backbone the registry knows ({', '.join(BACKBONES)})")
+    raise CheckpointError(f"weights file '{path}' ({key}) does not hold {wanted} in insightface's layout: it holds "
+                          f"{len(state_dict)} tensors (e.g. {shown}); other layouts (CurricularFace's IR-101, ...) "
+                          "are not covered")
 
 
 def create_model(name: str, weights: Optional[str] = None, device: torch.device | str = "cpu",

@@ -255,7 +255,7 @@ def test_default_output_is_untracked_the_summary_names_each_file_and_the_legend_
 
     from engine.evaluation.config import EvaluateConfig
 
-    default = os.path.normpath(EvaluateConfig(methods=[{"label": "q", "scores": "q.pkl"}]).output)
+    default = os.path.normpath(EvaluateConfig.__dataclass_fields__["output"].default)
     assert default == "evaluation"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, ".gitignore")) as handle:

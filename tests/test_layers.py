@@ -247,3 +247,20 @@ def test_benchmarks_start_without_pytest() -> None:
             "        assert exc.code in (0, None), (name, exc.code)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_package_installs_every_script_and_package() -> None:
+    """``pip install -e .`` (and a wheel) carries each top-level script and every package: the setuptools keys sit in
+    the sections setuptools reads (a key under the wrong table is ignored without a word)."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        tool = tomllib.load(f)["tool"]["setuptools"]
+    assert sorted(tool["py-modules"]) == sorted(name[:-3] for name in os.listdir(ROOT) if name.endswith(".py"))
+    packages = []
+    for top in sorted(os.listdir(ROOT)):
+        if top in ("tests", "benchmarks") or top.startswith("."):
+            continue
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
+            if "__init__.py" in files:
+                packages.append(os.path.relpath(folder, ROOT).replace(os.sep, "."))
+    assert sorted(tool["packages"]) == sorted(packages)

@@ -24,7 +24,7 @@ from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
            "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "open_regular",
-           "read_regular", "read_json", "sha256_of", "file_list", "OutputError", "TEXT_ERRORS"]
+           "read_regular", "read_json", "sha256_of", "file_list", "OutputError", "TEXT_ERRORS", "PICKLE_TYPES"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -247,26 +247,52 @@ def write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -
     write_together([(path, csv_writer(header, rows))])
 
 
+def _numpy_array_globals() -> Dict[Tuple[str, str], Any]:
+    """``(module, name)`` -> object: what a pickled NumPy array needs (its class, dtype and rebuilding functions)."""
+    found: Dict[Tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    # NumPy 1.x pickles name numpy.core, NumPy 2.x numpy._core; both resolve to the installed functions.
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # pickle protocol 5 stores arrays out of band
+    for module in ("numpy.core", "numpy._core"):
+        found[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        found[(f"{module}.numeric", "_frombuffer")] = frombuffer
+    return found
+
+
+def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
+    """What Python 3 pickles of bytes at protocol 2 call (``_codecs.encode(text, "latin1")``); only that encoding,
+    so a pickle cannot reach other codecs through it."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
+        raise pickle.UnpicklingError(f"refusing '_codecs.encode' with encoding {encoding!r} (bytes are latin1)")
+    return text.encode("latin1")
+
+
 @functools.lru_cache(maxsize=None)
-def _safe_globals() -> Dict[Tuple[str, str], Any]:
-    """``(module, name)`` -> object: what the official pickle files need (builtin containers, NumPy arrays and
-    scalars)."""
-    found: Dict[Tuple[str, str], Any] = {
+def _safe_globals(types: str = "official") -> Dict[Tuple[str, str], Any]:
+    """``(module, name)`` -> object that a pickle of format ``types`` may name (:data:`PICKLE_TYPES`):
+
+    - ``official``: the official pickle files (builtin containers, NumPy arrays and scalars);
+    - ``verification``: insightface verification ``.bin`` files (bytes, bytearray, lists, tuples, bools, ints and
+      plain NumPy arrays; no dicts, no objects).
+
+    Python 2 pickles name ``__builtin__`` where Python 3 ones name ``builtins``: both are listed."""
+    if types == "verification":
+        builtin = {"list": list, "tuple": tuple, "bool": bool, "int": int, "bytes": bytes, "bytearray": bytearray}
+        found = {(module, name): obj for module in ("builtins", "__builtin__") for name, obj in builtin.items()}
+        found[("_codecs", "encode")] = _latin1_bytes
+        found.update(_numpy_array_globals())
+        return found
+    found = {
         ("builtins", "dict"): dict, ("builtins", "list"): list, ("builtins", "tuple"): tuple,
         ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "str"): str,
         ("builtins", "int"): int, ("builtins", "float"): float, ("builtins", "bool"): bool,
         ("builtins", "bytes"): bytes, ("builtins", "complex"): complex,
         ("collections", "OrderedDict"): collections.OrderedDict,
-        ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
     }
-    # NumPy 1.x pickles name numpy.core, NumPy 2.x numpy._core; both resolve to the installed functions.
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    found.update(_numpy_array_globals())
     scalar = np.float32(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # pickle protocol 5 stores arrays out of band
     for module in ("numpy.core", "numpy._core"):
-        found[(f"{module}.multiarray", "_reconstruct")] = reconstruct
         found[(f"{module}.multiarray", "scalar")] = scalar
-        found[(f"{module}.numeric", "_frombuffer")] = frombuffer
     for name in ("float16", "float32", "float64", "int32", "int64", "uint8", "bool_"):
         found[("numpy", name)] = getattr(np, name)
     for cls_name in ("Float32DType", "Float64DType", "Float16DType", "Int64DType", "Int32DType", "UInt8DType",
@@ -275,6 +301,10 @@ def _safe_globals() -> Dict[Tuple[str, str], Any]:
         if cls is not None:
             found[("numpy", cls_name)] = found[("numpy.dtypes", cls_name)] = cls
     return found
+
+
+#: The pickle formats :func:`safe_pickle_load` reads, each with its own allow list (see :func:`_safe_globals`).
+PICKLE_TYPES = ("official", "verification")
 
 
 def torch_load_reason(exc: BaseException, source: str | bytes | None = None) -> str:
@@ -336,12 +366,14 @@ def _load_torch_storage_bytes(data: bytes) -> Any:
 class _RestrictedUnpickler(pickle.Unpickler):
     """Admits only containers, numbers, strings, NumPy arrays and (safely re-loaded) torch tensors."""
 
-    def __init__(self, handle: IO[bytes], allow_torch: bool) -> None:
-        super().__init__(handle)
+    def __init__(self, handle: IO[bytes], allow_torch: bool, types: str = "official", encoding: str = "ASCII"
+                 ) -> None:
+        super().__init__(handle, encoding=encoding)
         self._allow_torch = allow_torch
+        self._types = types
 
     def find_class(self, module: str, name: str) -> Any:
-        found = _safe_globals().get((module, name))
+        found = _safe_globals(self._types).get((module, name))
         if found is not None:
             return found
         if self._allow_torch:
@@ -359,18 +391,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to unpickle '{module}.{name}' (not a type this format uses)")
 
 
-def safe_pickle_load(path: str, allow_torch: bool = False, fix: str | None = None) -> Any:
-    """Unpickle a data file admitting only the types the official formats use. A file that is missing, unreadable,
-    holds other types (which could run code when loaded) or claims more memory than there is: a one-line
-    :class:`DataError`. ``fix`` (a file of an output folder): links and non-regular files are refused too, and every
-    error ends with this advice."""
+def safe_pickle_load(path: str, allow_torch: bool = False, fix: str | None = None, types: str = "official",
+                     py2_bytes: bool = False) -> Any:
+    """Unpickle a data file admitting only the types format ``types`` uses (:data:`PICKLE_TYPES`). A file that is
+    missing, unreadable, holds other types (which could run code when loaded) or claims more memory than there is: a
+    one-line :class:`DataError`. ``fix`` (a file of an output folder): links and non-regular files are refused too,
+    and every error ends with this advice. ``py2_bytes``: a Python 2 pickle whose byte strings are not ASCII (a plain
+    load fails with ``UnicodeDecodeError``) is read again with ``encoding="bytes"``, as insightface's ``load_bin``
+    reads its verification files."""
+    if types not in PICKLE_TYPES:
+        raise ValueError(f"unknown pickle format {types!r}; one of {', '.join(PICKLE_TYPES)}")
     if fix is None and not os.path.isfile(path):
         raise DataError(f"file '{path}' not found")
     advice = f"; {fix}" if fix else ""
-    try:
+
+    def load(encoding: str) -> Any:
         handle = os.fdopen(open_regular(path, fix=fix), "rb") if fix is not None else open(path, "rb")
         with handle:
-            return _RestrictedUnpickler(handle, allow_torch).load()
+            return _RestrictedUnpickler(handle, allow_torch, types, encoding).load()
+
+    try:
+        try:
+            return load("ASCII")
+        except UnicodeDecodeError:
+            if not py2_bytes:
+                raise
+            return load("bytes")
     except UserError:
         raise
     except pickle.UnpicklingError as exc:

@@ -1,29 +1,77 @@
-"""The evaluation config (``configs/evaluate_config.yaml``)."""
+"""The evaluation config (``configs/evaluate_config.yaml``): pairs with score and embedding files, or benchmarks
+(insightface ``.bin`` files, image folders with a ``pairs.txt``) with FR checkpoints and quality methods scored here."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from utils.config import check
+from model.registry import VARIANTS, backbone_names, variant_names
+from utils.config import check, check_batch
 
-__all__ = ["FRModel", "Method", "EvaluateConfig"]
+__all__ = ["Benchmark", "FRModel", "Method", "EvaluateConfig", "DEFAULT_SCORES"]
+
+#: The quality file of a method that names neither a file nor a variant (inference.py's default output).
+DEFAULT_SCORES = "./quality_scores/quality-scores.pkl"
+
+#: What a benchmark, FR model or method label may hold: it names cache files and keys (``NAME/<index>``).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class Benchmark:
+    """One verification set: ``name`` keys its images (``NAME/<index>``) and names its column; ``path`` is an
+    insightface ``.bin`` file or an image folder holding an LFW-style ``pairs.txt``."""
+
+    name: str = ""
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        check(bool(_NAME.fullmatch(self.name)), f"benchmark name {self.name!r} must be letters, digits, '.', '_' or "
+              "'-' (it names the images' keys NAME/<index> and cache files), e.g. lfw=PATH")
+        check(bool(self.path), f"benchmark '{self.name}' has no path; give NAME=PATH (a .bin file or a folder with "
+              "pairs.txt)")
 
 
 @dataclass
 class FRModel:
-    """One face recognition model: a label and its per-image embeddings (or the pairs' similarity column)."""
+    """One face recognition model: a label and its per-image embeddings (or the pairs' similarity column), or, with
+    benchmarks, its insightface checkpoint (``backbone`` inferred from the shapes when not named)."""
 
     label: str = "FR"
     embeddings: Optional[str] = None
+    checkpoint: Optional[str] = None
+    backbone: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check(self.embeddings is None or self.checkpoint is None, f"FR model '{self.label}' names both "
+              "'embeddings' and 'checkpoint'; give one")
+        check(self.backbone is None or self.backbone in backbone_names(), f"FR model '{self.label}': backbone "
+              f"'{self.backbone}' is not known; choose one of: {', '.join(backbone_names())}")
 
 
 @dataclass
 class Method:
-    """One quality method: a label and its ``quality-scores.pkl``/``.csv``."""
+    """One quality method: a label and its ``quality-scores.pkl``/``.csv``, or a variant (``model``) scored here
+    with ``weights`` (null: fetched by name as inference.py does). The label defaults to the variant's title."""
 
-    label: str = "quality"
-    scores: str = "./quality_scores/quality-scores.pkl"
+    label: Optional[str] = None
+    scores: Optional[str] = None
+    model: Optional[str] = None
+    weights: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check(self.model is None or self.model in VARIANTS, f"method model '{self.model}' is not a variant; choose "
+              f"one of: {', '.join(variant_names())}")
+        check(self.model is None or self.scores is None, f"method '{self.label or self.model}' names both 'scores' "
+              "and 'model'; give one")
+        check(self.weights is None or self.model is not None, f"method '{self.label}' names 'weights' but no "
+              "'model' (the variant they belong to)")
+        if self.label is None:
+            self.label = VARIANTS[self.model].title if self.model is not None else "quality"
+        if self.model is None and self.scores is None:
+            self.scores = DEFAULT_SCORES
 
 
 @dataclass
@@ -31,6 +79,7 @@ class EvaluateConfig:
     """The evaluation config."""
 
     pairs: str = "./pairs.csv"
+    benchmarks: List[Benchmark] = field(default_factory=list)  # given: pairs is not used
     fr_models: List[FRModel] = field(default_factory=list)
     methods: List[Method] = field(default_factory=list)
     fmr: float = 1e-3
@@ -39,6 +88,8 @@ class EvaluateConfig:
     on_missing: str = "fail"
     output: str = "./evaluation"  # not ./figures: the repository's documentation figures
     name: str = "edc"
+    device: str = "auto"              # benchmarks: where embeddings and qualities are computed
+    batch_size: Optional[int] = None  # benchmarks: images per batch; null: per device, as the scripts pick it
     verbose: bool = True
 
     def __post_init__(self) -> None:
@@ -51,4 +102,24 @@ class EvaluateConfig:
         check(self.name not in ("", ".", "..") and "/" not in self.name and os.sep not in self.name
               and "\0" not in self.name, f"'name' must be a plain file name stem (no folder, not empty), got "
               f"{self.name!r}; the folder is 'output' (--output)")
-        check(bool(self.methods), "no quality method given: add 'methods' to the config or --scores LABEL=FILE")
+        check(bool(self.methods), "no quality method given: add 'methods' to the config, --scores LABEL=FILE or "
+              "--method")
+        check_batch(self.batch_size, "batch_size")
+        for kind, labels in (("benchmark", [b.name for b in self.benchmarks]),
+                             ("FR model", [f.label for f in self.fr_models]),
+                             ("method", [m.label for m in self.methods])):
+            twice = sorted({x for x in labels if labels.count(x) > 1})
+            check(not twice, f"{kind} {twice[0]!r} is given twice; labels must differ" if twice else "")
+        if self.benchmarks:
+            check(bool(self.fr_models), "benchmarks need FR models: add fr_models with a 'checkpoint' (--fr "
+                  "NAME=CHECKPOINT)")
+            for fr in self.fr_models:
+                check(fr.checkpoint is not None, f"FR model '{fr.label}': benchmarks need its 'checkpoint' (--fr "
+                      f"{fr.label}=CHECKPOINT), not embeddings")
+        else:
+            for fr in self.fr_models:
+                check(fr.checkpoint is None, f"FR model '{fr.label}' has a checkpoint, which only benchmarks use "
+                      "(--benchmark NAME=PATH); give embeddings with --pairs")
+            for method in self.methods:
+                check(method.model is None, f"method '{method.label}' is a variant scored here, which only "
+                      "benchmarks do (--benchmark NAME=PATH); give its scores file with --pairs")

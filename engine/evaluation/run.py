@@ -18,14 +18,61 @@ from engine.evaluation.data import plot_edc, read_pairs, read_qualities
 from utils.errors import ConfigError, DataError
 from utils.io import check_output_dir, csv_writer, json_writer, write_together
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "check_counts", "edc_results"]
 
 _logger = logging.getLogger(__name__)
 
 
+def check_counts(mated: np.ndarray, qualities: Dict[str, np.ndarray], cfg: EvaluateConfig,
+                 where: str = "") -> Tuple[int, int]:
+    """``(mated, non-mated)`` counts of the ``(P,)`` comparisons, once they can measure ``cfg.fmr`` (for the CR-FIQA
+    variant: at every discard level it visits, by each method's ``(P,)`` pair qualities); else a :class:`DataError`
+    (``where``: the benchmark and FR model, said first)."""
+    n_mated, n_non = int(mated.sum()), int((~mated).sum())
+    if n_mated == 0 or n_non == 0:
+        raise DataError(f"{where}need mated and non-mated comparisons, have {n_mated} mated and {n_non} non-mated")
+    if n_non < edc.min_pairs_for_fmr(cfg.fmr):
+        raise DataError(f"{where}FMR {cfg.fmr:g} cannot be measured with {n_non} non-mated comparisons: it needs at "
+                        f"least {edc.min_pairs_for_fmr(cfg.fmr)}; add pairs or raise --fmr")
+    if cfg.variant != "fixed":
+        for method_label, q in qualities.items():
+            short = edc.crfiqa_shortfall(mated, q, cfg.fmr, _crfiqa_grid(cfg))
+            if short is not None:
+                raise DataError(f"{where}variant crfiqa: discarding {short[0]:g} of the pairs by '{method_label}' "
+                                f"leaves {short[1]} non-mated comparisons, and FMR {cfg.fmr:g} needs at least "
+                                f"{edc.min_pairs_for_fmr(cfg.fmr)}; add pairs, raise --fmr or lower --limits")
+    return n_mated, n_non
+
+
+def _crfiqa_grid(cfg: EvaluateConfig) -> List[float]:
+    """The discard levels the CR-FIQA variant visits: up to the largest discard limit."""
+    return [g for g in edc.CRFIQA_GRID if g <= max(cfg.discard_limits) + 1e-9]
+
+
+def edc_results(sims: np.ndarray, mated: np.ndarray, qualities: Dict[str, np.ndarray], cfg: EvaluateConfig
+                ) -> Tuple[float, Dict[str, Tuple[edc.EDCCurve, Dict[str, float]]]]:
+    """The threshold at ``cfg.fmr`` of ``(P,)`` similarities and, per method (``(P,)`` pair qualities), its EDC curve
+    and :func:`edc.summary` (checked first with :func:`check_counts`)."""
+    tau = edc.threshold_at_fmr(sims[~mated], cfg.fmr)
+    results = {}
+    for method_label, q in qualities.items():
+        if cfg.variant == "fixed":
+            curve = edc.fixed_threshold_edc(sims[mated], q[mated], tau)
+            stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc)
+        else:
+            curve = edc.crfiqa_edc(sims, mated, q, cfg.fmr, grid=_crfiqa_grid(cfg))
+            stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc_trapezoid)
+        results[method_label] = (curve, stats)
+    return tau, results
+
+
 def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     """Compute the EDC curves and pAUC of every quality method with every FR model, write the table (JSON and CSV,
-    one set) and the figures, print the table; returns its rows."""
+    one set) and the figures, print the table; returns its rows. With benchmarks: :func:`evaluate_benchmarks`."""
+    if cfg.benchmarks:
+        from engine.evaluation.benchmarks import evaluate_benchmarks  # torch and the models: only for benchmarks
+
+        return evaluate_benchmarks(cfg)
     check_output_dir(cfg.output, "output / --output")
     pairs = read_pairs(cfg.pairs)
     if not len(pairs.a):
@@ -77,7 +124,7 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
 
     qualities: Dict[str, np.ndarray] = {}
     for method in cfg.methods:
-        scores = read_qualities(method.scores)
+        scores = read_qualities(method.scores or "")
         keys = list(scores)
         values = np.array([scores[k] for k in keys], dtype=np.float64)
         ia, ib, ok = match(keys, f"quality in '{method.scores}'", f"quality file '{method.scores}'")
@@ -91,37 +138,14 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         for p in problems:
             _logger.warning("%s: those pairs are dropped", p)
     mated = pairs.mated[keep]
-    n_mated, n_non = int(mated.sum()), int((~mated).sum())
-    if n_mated == 0 or n_non == 0:
-        raise DataError(f"need mated and non-mated comparisons, have {n_mated} mated and {n_non} non-mated")
-    if n_non < edc.min_pairs_for_fmr(cfg.fmr):
-        raise DataError(f"FMR {cfg.fmr:g} cannot be measured with {n_non} non-mated comparisons: it needs at least "
-                        f"{edc.min_pairs_for_fmr(cfg.fmr)}; add pairs or raise --fmr")
-
-    # The CR-FIQA variant recomputes the threshold on what each discard level leaves: check every level it visits
-    # (up to the largest discard limit) before computing anything.
-    crfiqa_grid = [g for g in edc.CRFIQA_GRID if g <= max(cfg.discard_limits) + 1e-9]
-    if cfg.variant != "fixed":
-        for method_label, q_all in qualities.items():
-            short = edc.crfiqa_shortfall(mated, q_all[keep], cfg.fmr, crfiqa_grid)
-            if short is not None:
-                raise DataError(f"variant crfiqa: discarding {short[0]:g} of the pairs by '{method_label}' leaves "
-                                f"{short[1]} non-mated comparisons, and FMR {cfg.fmr:g} needs at least "
-                                f"{edc.min_pairs_for_fmr(cfg.fmr)}; add pairs, raise --fmr or lower --limits")
+    kept = {label: q_all[keep] for label, q_all in qualities.items()}
+    n_mated, n_non = check_counts(mated, kept, cfg)
     rows: List[Dict[str, Any]] = []
     figures: List[str] = []
     for fr_label, sims_all in similarities.items():
-        sims = sims_all[keep]
-        tau = edc.threshold_at_fmr(sims[~mated], cfg.fmr)
+        tau, results = edc_results(sims_all[keep], mated, kept, cfg)
         curves, paucs = {}, {}
-        for method_label, q_all in qualities.items():
-            q = q_all[keep]
-            if cfg.variant == "fixed":
-                curve = edc.fixed_threshold_edc(sims[mated], q[mated], tau)
-                stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc)
-            else:
-                curve = edc.crfiqa_edc(sims, mated, q, cfg.fmr, grid=crfiqa_grid)
-                stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc_trapezoid)
+        for method_label, (curve, stats) in results.items():
             curves[method_label] = (curve.discard, curve.fnmr)
             paucs[method_label] = {d: stats[f"pauc@{d:g}"] for d in cfg.discard_limits}
             rows.append({"method": method_label, "fr_model": fr_label, "variant": cfg.variant, "fmr": cfg.fmr,

@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -21,7 +21,7 @@ from utils.errors import DataError, RunError
 from utils.io import check_output_dir
 from utils.runtime import resolve_device
 
-__all__ = ["EmbedConfig", "extract_embeddings"]
+__all__ = ["EmbedConfig", "embedding_forward", "extract_embeddings"]
 
 _logger = logging.getLogger(__name__)
 
@@ -61,6 +61,25 @@ class EmbedConfig:
         check_workers(self.workers, "workers")
 
 
+def embedding_forward(net: torch.nn.Module, weights: str, flip: bool = False
+                      ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The embeddings of a backbone ``net`` (on its device, channels_last) as every embedding run computes them: a
+    normalised ``(B, 3, 112, 112)`` batch -> ``(B, D)``, averaged with the flipped image with ``flip``; a NaN or
+    infinite embedding is a :class:`RunError` naming ``weights``."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            feat = net(x)
+            if flip:
+                feat = (feat + net(torch.flip(x, dims=[3]))) / 2
+        bad = int((~torch.isfinite(feat).all(dim=1)).sum())
+        if bad:
+            raise RunError(f"{bad} of the {len(feat)} embeddings of a batch are NaN or infinite: the backbone "
+                           f"'{weights}' overflows (random or damaged weights?); nothing was written")
+        return feat
+
+    return forward
+
+
 def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
     """Embed every image below ``cfg.images`` with backbone ``cfg.backbone`` loaded from ``cfg.weights`` (with
     ``cfg.model``: the backbone part of that variant's checkpoint, ``cfg.weights`` or the one ``inference.py`` would
@@ -74,16 +93,10 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
     rel_paths = find_images(images, key="--images")
     net = load_backbone(backbone, weights).to(target).to(memory_format=torch.channels_last)
 
+    embed = embedding_forward(net, weights, flip)
+
     def forward(x: torch.Tensor) -> Tuple[torch.Tensor]:
-        with torch.inference_mode():
-            feat = net(x)
-            if flip:
-                feat = (feat + net(torch.flip(x, dims=[3]))) / 2
-        bad = int((~torch.isfinite(feat).all(dim=1)).sum())
-        if bad:
-            raise RunError(f"{bad} of the {len(feat)} embeddings of a batch are NaN or infinite: the backbone "
-                           f"'{weights}' overflows (random or damaged weights?); nothing was written")
-        return (feat,)
+        return (embed(x),)
 
     _logger.info("embedding %d images in '%s' with %s on %s", len(rel_paths), images, backbone, target)
     result = map_folder(images, rel_paths, target, forward, **folder_batching(target, "fp32", cfg.batch_size,

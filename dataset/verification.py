@@ -1,0 +1,338 @@
+"""Face verification benchmarks as inputs: insightface's verification files (``lfw.bin``, ``cfp_fp.bin``,
+``agedb_30.bin``, ``calfw.bin``, ``cplfw.bin``) and image folders with an LFW-style ``pairs.txt`` (LFW, XQLFW).
+
+A benchmark is its comparisons (``left[p]`` vs ``right[p]``, mated when ``issame[p]``) over images named by ``keys``:
+``NAME/<index>`` for the images of a ``.bin`` file, ``NAME/<path relative to the folder>`` for a folder. Its images
+are an :class:`ImageSource`, decoded one at a time when read and batched by :func:`benchmark_batches`, the reader that
+scores folders (:func:`dataset.folder_batches.iterate_images`): the same tensors as the images written to files and
+scored, with no file written.
+
+A ``.bin`` file is a pickle of ``(encoded images, issame)`` with pairs ``(2p, 2p + 1)``; the published ones are
+Python 2 pickles. They are read as insightface's ``load_bin`` reads them (a plain load, and ``encoding="bytes"`` when
+that fails on their byte strings) through a restricted unpickler that admits bytes, lists, tuples, bools, ints and
+plain NumPy arrays only (:func:`utils.io.safe_pickle_load`), so a file cannot run code when read.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dataset.folder_batches import Batches, iterate_images
+from dataset.image_folder import IMAGE_EXTENSIONS, FaceFolder, list_images
+from dataset.transforms import INPUT_SIZE, decode_face
+from utils.config import short
+from utils.errors import ConfigError, DataError, first_line
+from utils.io import safe_pickle_load
+
+__all__ = ["Benchmark", "ImageSource", "BinImages", "FolderImages", "decode_bin_image", "read_benchmark",
+           "read_bin", "read_pairs_folder", "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
+
+_logger = logging.getLogger(__name__)
+
+#: The pairs file an image folder benchmark holds (LFW's name; a single ``*pairs*.txt``, as XQLFW's
+#: ``xqlfw_pairs.txt``, is accepted too).
+PAIRS_FILE = "pairs.txt"
+
+#: Names a benchmark may have: they start its images' keys (``NAME/...``), file names and table columns.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+class ImageSource:
+    """A benchmark's images, ``len(keys)`` of them: item ``i`` is image ``i`` as a ``(112, 112, 3)`` uint8 RGB array,
+    decoded when asked for (a :class:`DataError` naming it when it cannot be). Also a
+    :class:`dataset.folder_batches.FaceImages`, so the scoring path's reader batches it."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        """How messages name image ``index``."""
+        raise NotImplementedError
+
+    def decode(self, index: int) -> np.ndarray:
+        """Image ``index`` as ``(112, 112, 3)`` uint8 RGB; any exception when it cannot be decoded."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        index %= len(self)
+        try:
+            return self.decode(index)
+        except Exception as exc:  # PIL raises many types for truncated or foreign data
+            raise DataError(f"cannot decode {self.describe(index)}: {type(exc).__name__}: {first_line(exc)}"
+                            ) from None
+
+    def read_into(self, index: int, out: np.ndarray) -> str:
+        """Decode image ``index`` into ``out`` (``(112, 112, 3)`` uint8); "" or the one-line reason it failed."""
+        try:
+            out[...] = self.decode(index)
+            return ""
+        except Exception as exc:  # PIL raises many types for truncated or foreign data
+            return f"{type(exc).__name__}: {first_line(exc)}"
+
+    def load(self, index: int) -> Tuple[torch.Tensor, str]:
+        """``(image (3, 112, 112) uint8, "")``, or a blank image and the one-line reason it could not be read."""
+        out = np.zeros((*INPUT_SIZE, 3), dtype=np.uint8)
+        error = self.read_into(index, out)
+        return torch.from_numpy(out).permute(2, 0, 1).contiguous(), error
+
+
+def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
+    """An encoded image of a ``.bin`` file -> ``(112, 112, 3)`` uint8 RGB, as ``load_bin`` decodes it:
+    ``mx.image.imdecode`` (RGB), then ``mx.image.resize_short(img, 112)`` when the width is not 112. An image that
+    is not 112x112 after that (not square) is a ``ValueError``, as ``load_bin`` fails on it too."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+    if rgb.width != INPUT_SIZE[1]:  # load_bin: `if img.shape[1] != image_size[0]`
+        # mx.image.resize_short: the short side to 112, the other to 112 * long // short (floor), with its default
+        # interp=2, OpenCV's bicubic (INTER_CUBIC, a = -0.75, no antialiasing). PIL's bicubic (a = -0.5, antialiased
+        # when shrinking) is used here: pixels of non-112 images differ slightly (docs/differences.md); the
+        # published files hold 112x112 images only, which are never resized.
+        short_side = INPUT_SIZE[1]
+        w, h = rgb.size
+        size = (short_side, short_side * h // w) if h > w else (short_side * w // h, short_side)
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+    array = np.asarray(rgb, dtype=np.uint8)
+    if array.shape != (*INPUT_SIZE, 3):
+        raise ValueError(f"the image is {array.shape[1]}x{array.shape[0]} after resizing its short side to "
+                         f"{INPUT_SIZE[1]}, not {INPUT_SIZE[1]}x{INPUT_SIZE[0]} (load_bin fails on it too)")
+    return array
+
+
+class BinImages(ImageSource):
+    """The encoded images of a ``.bin`` file (bytes each, as read), decoded by :func:`decode_bin_image` when read."""
+
+    def __init__(self, path: str, encoded: Sequence[Union[bytes, bytearray, np.ndarray]]) -> None:
+        self.path = path
+        self.encoded = list(encoded)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def describe(self, index: int) -> str:
+        return f"image {index} of '{self.path}'"
+
+    def decode(self, index: int) -> np.ndarray:
+        data = self.encoded[index]
+        return decode_bin_image(data.tobytes() if isinstance(data, np.ndarray) else data)
+
+
+class FolderImages(ImageSource):
+    """Image files below a folder, decoded as folder scoring decodes them (:func:`dataset.transforms.decode_face`:
+    RGB, resized to 112x112 when not that size)."""
+
+    def __init__(self, root: str, rel_paths: Sequence[str]) -> None:
+        self.folder = FaceFolder(root, list(rel_paths))
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def describe(self, index: int) -> str:
+        return self.folder.describe(index)
+
+    def decode(self, index: int) -> np.ndarray:
+        return np.asarray(decode_face(self.folder.describe(index)), dtype=np.uint8)
+
+    def read_into(self, index: int, out: np.ndarray) -> str:
+        return self.folder.read_into(index, out)
+
+    def load(self, index: int) -> Tuple[torch.Tensor, str]:
+        return self.folder.load(index)
+
+
+@dataclass
+class Benchmark:
+    """A verification benchmark: comparison ``p`` is image ``left[p]`` vs ``right[p]`` (indices into ``keys``,
+    int64 ``(P,)``), mated when ``issame[p]`` (bool ``(P,)``); ``images[i]`` is the image named ``keys[i]``;
+    ``path`` the file or folder it was read from."""
+
+    name: str
+    keys: List[str]
+    left: np.ndarray
+    right: np.ndarray
+    issame: np.ndarray
+    images: ImageSource
+    path: str = ""
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"benchmark name {short(name)} must start with a letter or digit and hold only letters, "
+                          "digits and _ . + - (it starts the keys NAME/<index> of its images); e.g. lfw=PATH")
+
+
+def read_benchmark(name: str, path: str) -> Benchmark:
+    """The benchmark ``name`` from ``path``: an insightface verification ``.bin`` file (:func:`read_bin`), an image
+    folder with an LFW-style pairs file, or that pairs file (:func:`read_pairs_folder`). Any problem is a one-line
+    :class:`DataError` naming the file."""
+    _check_name(name)
+    if os.path.isdir(path):
+        return read_pairs_folder(name, path)
+    if not os.path.exists(path):
+        raise DataError(f"benchmark '{name}': '{path}' not found; give an insightface verification file (lfw.bin, "
+                        "...) or an image folder holding an LFW-style pairs.txt")
+    if path.lower().endswith(".txt"):
+        return read_pairs_folder(name, os.path.dirname(path) or ".", path)
+    return read_bin(name, path)
+
+
+def read_bin(name: str, path: str) -> Benchmark:
+    """An insightface verification file: a pickle of ``(encoded images, issame)``, comparison ``p`` being images
+    ``2p`` and ``2p + 1``. As ``load_bin``, the first ``2 * len(issame)`` images are used."""
+    _check_name(name)
+    data = safe_pickle_load(path, types="verification", py2_bytes=True)
+    what = (f"verification file '{path}' must hold (images, issame) as insightface's .bin files do: a list of "
+            "encoded images and a list of bools")
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise DataError(f"{what}; it holds {type(data).__name__}"
+                        f"{f' of length {len(data)}' if isinstance(data, (tuple, list)) else ''}")
+    encoded, issame = data
+    if not isinstance(encoded, (list, tuple)):
+        raise DataError(f"{what}; its images are a {type(encoded).__name__}")
+    issame = _issame(issame, f"{what}; its issame")
+    pairs = len(issame)
+    if pairs == 0:
+        raise DataError(f"verification file '{path}' holds no comparisons (issame is empty)")
+    if len(encoded) < 2 * pairs:
+        raise DataError(f"verification file '{path}' holds {len(encoded)} images for {pairs} comparisons; it needs "
+                        f"{2 * pairs} (images 2p and 2p+1 of comparison p): the file is cut short or damaged")
+    if len(encoded) > 2 * pairs:
+        _logger.warning("verification file '%s' holds %d images for %d comparisons; the first %d are used, as "
+                        "load_bin uses them", path, len(encoded), pairs, 2 * pairs)
+    encoded = list(encoded[:2 * pairs])
+    for i, item in enumerate(encoded):
+        if not (isinstance(item, (bytes, bytearray))
+                or (isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 1)):
+            raise DataError(f"{what}; its image {i} is a {type(item).__name__}, not encoded bytes")
+    index = np.arange(2 * pairs, dtype=np.int64)
+    return Benchmark(name, [f"{name}/{i}" for i in range(2 * pairs)], index[0::2].copy(), index[1::2].copy(),
+                     issame, BinImages(path, encoded), path)
+
+
+def _issame(value: object, what: str) -> np.ndarray:
+    """``issame`` of a ``.bin`` file as bool ``(P,)``: a list of bools (or 0/1), or a 1-d NumPy array of them."""
+    if isinstance(value, np.ndarray):
+        items = value.tolist() if value.ndim == 1 and value.dtype.kind in "biu" else None
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = None
+    if items is None or not all(isinstance(v, (bool, int)) and v in (0, 1) for v in items):
+        raise DataError(f"{what} is not a list of bools ({short(value)})")
+    return np.array(items, dtype=bool)
+
+
+def read_lfw_pairs(path: str) -> List[Tuple[str, int, str, int, bool]]:
+    """``(name1, n1, name2, n2, mated)`` of each line of an LFW-style pairs file (LFW, XQLFW): ``name n1 n2`` is
+    mated, ``name1 n1 name2 n2`` not; a first line of one or two whole numbers (the counts) is skipped. Another line
+    is a :class:`DataError` naming the file and line."""
+    if not os.path.isfile(path):
+        raise DataError(f"pairs file '{path}' not found")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if b"\0" in data:
+        raise DataError(f"pairs file '{path}' holds NUL bytes, so it is not an LFW-style pairs.txt")
+    rows = []
+    for i, line in enumerate(io.StringIO(data.decode("utf-8-sig", "surrogateescape"), newline=None), start=1):
+        parts = line.split()
+        if not parts or (i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
+            continue
+        numbers = parts[1::2] if len(parts) == 4 else parts[1:]
+        if len(parts) not in (3, 4) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in numbers):
+            raise DataError(f"pairs file '{path}', line {i}: expected 'name n1 n2' or 'name1 n1 name2 n2' with whole "
+                            f"numbers, got {short(line.rstrip())}")
+        if len(parts) == 3:
+            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
+        else:
+            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+    if not rows:
+        raise DataError(f"pairs file '{path}' holds no comparisons")
+    return rows
+
+
+def _find_pairs_file(root: str) -> str:
+    named = os.path.join(root, PAIRS_FILE)
+    if os.path.isfile(named):
+        return named
+    found = sorted(f for f in os.listdir(root) if f.lower().endswith(".txt") and "pairs" in f.lower()
+                   and os.path.isfile(os.path.join(root, f)))
+    if len(found) == 1:
+        return os.path.join(root, found[0])
+    if not found:
+        raise DataError(f"image folder '{root}' holds no {PAIRS_FILE} (nor another *pairs*.txt); a folder benchmark "
+                        "needs an LFW-style pairs file beside its images")
+    raise DataError(f"image folder '{root}' holds {len(found)} pairs files ({', '.join(found[:3])}); name one: "
+                    "NAME=FOLDER/FILE.txt")
+
+
+def read_pairs_folder(name: str, root: str, pairs_file: Optional[str] = None) -> Benchmark:
+    """A folder of LFW-style images (``person/person_0001.jpg``; any image extension, in any subfolder) and its
+    pairs file (``pairs_file``, else :data:`PAIRS_FILE` or the folder's one ``*pairs*.txt``). Images are keyed
+    ``NAME/<path relative to root>``, in the order the pairs file first names them; an image the pairs file names
+    that is not in the folder is a :class:`DataError` (how many, a few names)."""
+    _check_name(name)
+    pairs_file = pairs_file or _find_pairs_file(root)
+    rows = read_lfw_pairs(pairs_file)
+    by_stem: Dict[str, List[str]] = {}
+    for rel in list_images(root, key=f"benchmark '{name}'").paths:
+        stem, ext = os.path.splitext(rel)
+        by_stem.setdefault("/".join(stem.split("/")[-2:]), []).append(rel)
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    index: Dict[str, int] = {}
+    keys: List[str] = []
+    rel_paths: List[str] = []
+    missing: List[str] = []
+    ambiguous: List[str] = []
+
+    def image(person: str, number: int) -> int:
+        stem = f"{person}/{person}_{number:04d}"
+        if stem in index:
+            return index[stem]
+        found = by_stem.get(stem, [])
+        # Several folders holding the same person/file: ambiguous; one file in several formats: the first of
+        # IMAGE_EXTENSIONS' order (.jpg first).
+        folders = {os.path.dirname(p) for p in found}
+        if len(folders) > 1:
+            ambiguous.append(f"{stem} ({', '.join(sorted(found)[:2])})")
+        if not found:
+            missing.append(f"{stem}.*")
+            index[stem] = -1
+            return -1
+        rel = min(found, key=lambda p: (rank.get(os.path.splitext(p)[1].lower(), len(rank)), p))
+        index[stem] = len(keys)
+        keys.append(f"{name}/{rel}")
+        rel_paths.append(rel)
+        return index[stem]
+
+    left, right, issame = [], [], []
+    for person1, n1, person2, n2, mated in rows:
+        left.append(image(person1, n1))
+        right.append(image(person2, n2))
+        issame.append(mated)
+    if missing:
+        raise DataError(f"pairs file '{pairs_file}' names {len(missing)} images that are not in '{root}' (e.g. "
+                        f"{', '.join(missing[:3])}); give the folder that holds its person folders")
+    if ambiguous:
+        raise DataError(f"image folder '{root}' holds {len(ambiguous)} images of '{pairs_file}' in several "
+                        f"subfolders (e.g. {ambiguous[0]}); give the subfolder that holds the benchmark")
+    return Benchmark(name, keys, np.array(left, dtype=np.int64), np.array(right, dtype=np.int64),
+                     np.array(issame, dtype=bool), FolderImages(root, rel_paths), pairs_file)
+
+
+def benchmark_batches(source: ImageSource, batch_size: int, device: Union[str, torch.device] = "cpu",
+                      workers: int = 0, channels_last: bool = True, **loader_kwargs) -> Batches:
+    """``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch of ``source``, by
+    the reader and the one preprocessing that score folders (:func:`dataset.folder_batches.iterate_images`):
+    the same tensors as the images written to PNG files and scored, with no file written."""
+    return iterate_images(source, torch.device(device), batch_size, workers, channels_last=channels_last,
+                          **loader_kwargs)

@@ -1,0 +1,262 @@
+"""``evaluate.py --benchmark``: the paper's evaluation in one run. Every benchmark (an insightface ``.bin`` file or an
+image folder with ``pairs.txt``, :mod:`dataset.verification`) is embedded by every FR checkpoint and scored by every
+quality method (a variant scored here through the scorer ``inference.py`` uses, or a file of another method's scores
+keyed ``NAME/<index>``), each once and cached (:mod:`engine.evaluation.cache`); then the fixed-threshold FNMR-EDC and
+pAUC of every benchmark x FR model x method (:mod:`engine.evaluation.edc`), written as one set: the table as CSV,
+JSON and Markdown and the grid figure (:mod:`engine.evaluation.grid`) as PNG and PDF."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset.verification import Benchmark as BenchmarkSet
+from dataset.verification import benchmark_batches, read_benchmark
+from engine.evaluation import cache, edc
+from engine.evaluation.config import Benchmark, EvaluateConfig, FRModel, Method
+from engine.evaluation.data import read_qualities
+from engine.evaluation.grid import edc_grid, figure_writer
+from engine.evaluation.run import check_counts, edc_results
+from engine.scoring.embeddings import embedding_forward
+from engine.scoring.scorer import QualityScorer, default_batch_size
+from engine.scoring.weights import resolve_weights
+from model.checkpoint import load_fr_backbone
+from utils.errors import CheckpointError, DataError
+from utils.io import check_output_dir, csv_writer, json_writer, sha256_of, write_together
+from utils.runtime import resolve_device
+
+__all__ = ["CACHE_FOLDER", "source_fingerprint", "evaluate_benchmarks"]
+
+_logger = logging.getLogger(__name__)
+
+#: The cache's folder inside the output folder.
+CACHE_FOLDER = "cache"
+
+
+def source_fingerprint(bench: Benchmark, data: BenchmarkSet) -> Dict[str, Any]:
+    """What identifies a benchmark's images: a ``.bin`` file's size and SHA-256; for a folder, the SHA-256 of its
+    pairs file and of every image's relative path, size and modification time."""
+    if not os.path.isdir(bench.path) and not bench.path.lower().endswith(".txt"):
+        return {"file": os.path.basename(bench.path), "size": os.path.getsize(bench.path),
+                "sha256": sha256_of(bench.path)}
+    root = bench.path if os.path.isdir(bench.path) else os.path.dirname(bench.path) or "."
+    digest = hashlib.sha256()
+    for key in data.keys:
+        rel = key[len(bench.name) + 1:]
+        info = os.stat(os.path.join(root, rel))
+        digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return {"pairs": os.path.basename(data.path), "pairs_sha256": sha256_of(data.path),
+            "images_sha256": digest.hexdigest()}
+
+
+@dataclass
+class _Source:
+    """A benchmark read, with its record (what its cache files must have been computed from)."""
+
+    bench: Benchmark
+    data: BenchmarkSet
+    record: Dict[str, Any]
+    files: Dict[str, np.ndarray]   # (N,) qualities of each method given as a file of scores
+    keep: np.ndarray               # (P,) the comparisons whose images have every quality
+
+
+def _map_batches(data: BenchmarkSet, device: torch.device, batch_size: int, forward: Callable[[torch.Tensor],
+                 torch.Tensor], what: str, verbose: bool) -> np.ndarray:
+    """``forward`` over the benchmark's images in order, batched as folder scoring batches them: ``(N, ...)``."""
+    chunks: List[np.ndarray] = []
+    start = time.perf_counter()
+    with tqdm(total=len(data.keys), unit="img", disable=not verbose, dynamic_ncols=True, desc=what) as bar:
+        for indices, x, bad in benchmark_batches(data.images, batch_size, device=device):
+            if bad:  # a comparison without its image cannot be counted: the benchmark is damaged
+                index, reason = bad[0]
+                raise DataError(f"benchmark '{data.name}' ('{data.path}'): {len(bad)} images of a batch cannot be "
+                                f"decoded, e.g. {data.keys[index]} ({reason}); give an undamaged copy")
+            if len(indices):
+                chunks.append(forward(x).detach().float().cpu().numpy())
+            bar.update(len(indices))
+    seconds = time.perf_counter() - start
+    _logger.info("%s: %d images in %.1f s (%.1f images/s)", what, len(data.keys), seconds,
+                 len(data.keys) / seconds if seconds > 0 else float("nan"))
+    return np.concatenate(chunks)
+
+
+def _file_qualities(method: Method, source: _Source, problems: List[str]) -> None:
+    """Read a method's scores file for the benchmark's keys into ``source.files`` (NaN where absent); pairs with an
+    absent image are left out of ``source.keep`` and said in ``problems``."""
+    scores = read_qualities(method.scores or "")
+    data = source.data
+    values = np.array([scores.get(k, math.nan) for k in data.keys], dtype=np.float64)
+    missing = [k for k, v in zip(data.keys, values) if math.isnan(v)]
+    if missing:
+        bad = np.isnan(values[data.left]) | np.isnan(values[data.right])
+        source.keep &= ~bad
+        problems.append(f"benchmark '{data.name}': {int(bad.sum())} pairs name {len(missing)} images with no quality "
+                        f"in '{method.scores}' (e.g. {', '.join(repr(k) for k in missing[:3])}; keys are "
+                        "NAME/<index>)")
+    source.files[method.label] = values
+
+
+def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
+    """Run the evaluation of ``cfg.benchmarks`` (see the module's docstring); returns the long rows (one per
+    benchmark x FR model x method)."""
+    check_output_dir(cfg.output, "output / --output")
+    folder = os.path.join(cfg.output, CACHE_FOLDER)
+    check_output_dir(folder, "output / --output")
+    device = resolve_device(cfg.device)
+    batch_size = cfg.batch_size or default_batch_size(device)
+    settings = {"batch_size": batch_size, "device": device.type,
+                # the thread count changes the last bits of CPU results
+                "threads": torch.get_num_threads() if device.type == "cpu" else None}
+    # Everything that can be wrong with the inputs is found before any image is embedded.
+    sources: List[_Source] = []
+    problems: List[str] = []
+    for bench in cfg.benchmarks:
+        data = read_benchmark(bench.name, bench.path)
+        record = {"benchmark": bench.name, "source": source_fingerprint(bench, data), "keys": len(data.keys),
+                  "keys_sha256": cache.values_digest(np.array(data.keys)), **settings}
+        source = _Source(bench, data, record, {}, np.ones(len(data.issame), dtype=bool))
+        for method in cfg.methods:
+            if method.model is None:
+                _file_qualities(method, source, problems)
+        sources.append(source)
+    if problems:
+        if cfg.on_missing == "fail":
+            raise DataError("; ".join(problems) + "; fix the scores or set on_missing: drop (--on-missing drop)")
+        for p in problems:
+            _logger.warning("%s: those pairs are dropped", p)
+    fr_sha = {fr.label: _checkpoint_sha(fr) for fr in cfg.fr_models}
+    method_weights = {m.label: resolve_weights(m.model, m.weights, progress=cfg.verbose)
+                      for m in cfg.methods if m.model is not None}
+    method_sha = {label: sha256_of(path) for label, path in method_weights.items()}
+
+    nets: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    scorers: Dict[str, QualityScorer] = {}
+
+    def embed(fr: FRModel) -> Callable[[torch.Tensor], torch.Tensor]:
+        if fr.label not in nets:  # loaded once, and only when some benchmark is not cached
+            net = load_fr_backbone(fr.checkpoint or "", fr.backbone)
+            nets[fr.label] = embedding_forward(net.to(device).to(memory_format=torch.channels_last),
+                                               fr.checkpoint or "")
+        return nets[fr.label]
+
+    def scorer(method: Method) -> QualityScorer:
+        if method.label not in scorers:  # as inference.py builds it: torch, fp32, BatchNorm folded
+            scorers[method.label] = QualityScorer.from_pretrained(method.model or "", method_weights[method.label],
+                                                                  device=device, progress=cfg.verbose)
+        return scorers[method.label]
+
+    rows: List[Dict[str, Any]] = []
+    panels: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for source in sources:
+        bench, data = source.bench, source.data
+        embeddings = {}
+        for fr in cfg.fr_models:
+            record = {**source.record, "kind": "embeddings", "backbone": fr.backbone,
+                      "weights_sha256": fr_sha[fr.label]}
+            path = cache.cache_file(folder, "embeddings", bench.name, fr.backbone or "fr", fr_sha[fr.label])
+            embeddings[fr.label] = cache.cached(path, record, lambda fr=fr, data=data, what=bench.name: _map_batches(
+                data, device, batch_size, embed(fr), f"{what}: {fr.label} embeddings", cfg.verbose))
+        qualities: Dict[str, np.ndarray] = {}
+        for method in cfg.methods:
+            if method.model is None:
+                values = source.files[method.label]
+            else:
+                sha = method_sha[method.label]
+                record = {**source.record, "kind": "qualities", "model": method.model, "weights_sha256": sha,
+                          "precision": "fp32", "backend": "torch", "fold_bn": True}
+                path = cache.cache_file(folder, "qualities", bench.name, method.model, sha)
+                values = cache.cached(path, record, lambda method=method, data=data, what=bench.name: _map_batches(
+                    data, device, batch_size, scorer(method), f"{what}: {method.label} qualities", cfg.verbose))
+                values = values.astype(np.float64)
+            qualities[method.label] = np.minimum(values[data.left], values[data.right])
+        keep = source.keep
+        mated = np.asarray(data.issame, dtype=bool)[keep]
+        kept = {label: q[keep] for label, q in qualities.items()}
+        n_mated, n_non = check_counts(mated, kept, cfg, where=f"benchmark '{bench.name}': ")
+        for fr in cfg.fr_models:
+            sims = edc.cosine_similarities(embeddings[fr.label], data.left[keep], data.right[keep])
+            tau, results = edc_results(sims, mated, kept, cfg)
+            panel = panels.setdefault((fr.label, bench.name), {})
+            for label, (curve, stats) in results.items():
+                panel[label] = (curve.discard, curve.fnmr, [stats[f"pauc@{d:g}"] for d in cfg.discard_limits])
+                rows.append({"benchmark": bench.name, "fr_model": fr.label, "method": label,
+                             "variant": cfg.variant, "fmr": cfg.fmr, "threshold": tau, "mated": n_mated,
+                             "non_mated": n_non, **stats,
+                             **{f"best_pauc@{d:g}": edc.theoretical_best_pauc(stats["fnmr0"], d)
+                                for d in cfg.discard_limits}})
+    _write_results(cfg, rows, panels)
+    return rows
+
+
+def _checkpoint_sha(fr: FRModel) -> str:
+    path = fr.checkpoint or ""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"FR model '{fr.label}': checkpoint '{path}' not found; give its insightface "
+                              "checkpoint with --fr NAME=CHECKPOINT")
+    return sha256_of(path)
+
+
+def table(cfg: EvaluateConfig, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The wide table: per FR model and pAUC limit, one row per method with a column per benchmark and the mean over
+    benchmarks last."""
+    benches = [b.name for b in cfg.benchmarks]
+    index = {(r["fr_model"], r["method"], r["benchmark"]): r for r in rows}
+    out = []
+    for fr in cfg.fr_models:
+        for limit in cfg.discard_limits:
+            metric = f"pauc@{limit:g}"
+            for method in cfg.methods:
+                values = [index[(fr.label, method.label, b)][metric] for b in benches]
+                out.append({"fr_model": fr.label, "metric": metric, "method": method.label,
+                            **dict(zip(benches, values)), "mean": statistics.fmean(values)})
+    return out
+
+
+def markdown(cfg: EvaluateConfig, wide: List[Dict[str, Any]]) -> str:
+    """The wide table as Markdown: a block per FR model and pAUC limit."""
+    benches = [b.name for b in cfg.benchmarks]
+    lines = [f"# pAUC of the {'fixed-threshold' if cfg.variant == 'fixed' else 'CR-FIQA'} FNMR-EDC at FMR "
+             f"{cfg.fmr:g} (lower is better)", ""]
+    for fr in cfg.fr_models:
+        for limit in cfg.discard_limits:
+            block = [r for r in wide if r["fr_model"] == fr.label and r["metric"] == f"pauc@{limit:g}"]
+            lines += [f"## {fr.label}: pAUC at discard {limit:g}", "",
+                      "| method | " + " | ".join(benches) + " | mean |",
+                      "|---|" + "---:|" * (len(benches) + 1)]
+            lines += ["| " + r["method"] + " | " + " | ".join(f"{r[b]:.5g}" for b in [*benches, "mean"]) + " |"
+                      for r in block]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _write_results(cfg: EvaluateConfig, rows: List[Dict[str, Any]], panels: Dict[Tuple[str, str], Any]) -> None:
+    """The table (CSV, JSON, Markdown) and the grid figure (PNG, PDF), as one set."""
+    wide = table(cfg, rows)
+    text = markdown(cfg, wide)
+    stem = os.path.join(cfg.output, cfg.name)
+    header = ["fr_model", "metric", "method", *[b.name for b in cfg.benchmarks], "mean"]
+    files = [(f"{stem}.json", json_writer({"fmr": cfg.fmr, "variant": cfg.variant, "discard_limits":
+                                           cfg.discard_limits, "table": wide, "results": rows})),
+             (f"{stem}.csv", csv_writer(header, ([r[h] for h in header] for r in wide))),
+             (f"{stem}.md", ("w", lambda handle: handle.write(text)))]
+    figure: Optional[Any] = None
+    try:
+        figure = edc_grid(panels, [f.label for f in cfg.fr_models], [b.name for b in cfg.benchmarks], cfg.fmr,
+                          cfg.discard_limits, stepwise=cfg.variant == "fixed")
+        files += [(f"{stem}_grid.{fmt}", figure_writer(figure, fmt)) for fmt in ("png", "pdf")]
+    except Exception as exc:  # noqa: BLE001 - fonts, memory: the figure is left out, never the table
+        _logger.warning("could not draw %s_grid (%s: %s); the table is written without it", cfg.name,
+                        type(exc).__name__, exc)
+    write_together(files)
+    print(text)
+    print(f"wrote {stem}.csv/.json/.md" + (" and _grid.png/.pdf" if figure is not None else ""), file=sys.stderr)

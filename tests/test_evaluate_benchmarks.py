@@ -1,0 +1,204 @@
+"""evaluate.py --benchmark: the paper's evaluation in one run, against the four-script path (images unpacked to files,
+extract_embeddings.py, inference.py, a pairs file, evaluate.py), its cache (a rerun computes nothing, a killed run
+resumes) and its one-line errors."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_user_error, manifest_state_dict, run_script
+from PIL import Image
+
+import evaluate
+import extract_embeddings
+import inference
+from dataset.synthetic import verification_bin
+from dataset.verification import read_benchmark
+from engine.evaluation import benchmarks as workflow
+from engine.evaluation import cache
+
+PAIRS = 30
+FMR = "0.1"  # 15 non-mated comparisons measure it
+
+
+@pytest.fixture(scope="module")
+def bench_files(tmp_path_factory, checkpoint_dir):
+    """``(root, eDifFIQA(T) weights)``: in ``root`` a synthetic ``syn.bin`` (30 comparisons), a MobileFaceNet FR
+    checkpoint (keys under ``module.``), another method's scores keyed ``syn/<index>`` (``other.pkl``) and, for the
+    four-script path, the images unpacked to PNG files with those scores keyed by file and a pairs file."""
+    root = tmp_path_factory.mktemp("bench")
+    issame = verification_bin(str(root / "syn.bin"), PAIRS, seed=3)
+    backbone = {"module." + k[len("base_model."):]: v for k, v in manifest_state_dict("ediffiqaT", seed=5).items()
+                if k.startswith("base_model.")}
+    torch.save(backbone, str(root / "fr.pth"))
+    data = read_benchmark("syn", str(root / "syn.bin"))
+    rng = np.random.default_rng(0)
+    other = {key: float(rng.uniform()) for key in data.keys}
+    (root / "other.pkl").write_bytes(pickle.dumps(other))
+    # The four-script path: PNG files named so that their order is the images' order, as the batches go.
+    images = root / "images"
+    images.mkdir()
+    names = [f"{i:05d}.png" for i in range(len(data.keys))]
+    for i, name in enumerate(names):
+        Image.fromarray(data.images[i]).save(images / name)
+    (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
+    with open(root / "pairs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "mated"])
+        writer.writerows([names[2 * p], names[2 * p + 1], int(same)] for p, same in enumerate(issame))
+    return root, os.path.join(checkpoint_dir, "ediffiqaT.pth")
+
+
+@pytest.fixture(scope="module")
+def bench(bench_files):
+    """:func:`bench_files` with the four-script path's results (``four``) and the one command's (``one``)."""
+    root, weights = bench_files
+    images = root / "images"
+    assert run_script(extract_embeddings.main, "extract_embeddings.py", [
+        "--images", str(images), "--backbone", "mobilefacenet", "--weights", str(root / "fr.pth"),
+        "--output", str(root / "emb.npz"), "--device", "cpu", "-q"])[0] == 0
+    assert run_script(inference.main, "inference.py", [
+        "--images", str(images), "--model", "ediffiqaT", "--weights", weights, "--device", "cpu", "-q",
+        "--output", str(root / "scores"), "--figure-tiles", "0"])[0] == 0
+    assert run_script(evaluate.main, "evaluate.py", [
+        "--pairs", str(root / "pairs.csv"), "--embeddings", f"MFN={root / 'emb.npz'}",
+        "--scores", f"T={root / 'scores' / 'quality-scores.pkl'}", "--scores", f"other={root / 'other-files.pkl'}",
+        "--fmr", FMR, "--output", str(root / "four")])[0] == 0
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, root / "one"))
+    assert code == 0, err
+    return root, weights
+
+
+def copy_of_one(root: Path, tmp_path: Path) -> Path:
+    """A copy of the one command's finished output folder, cache included."""
+    shutil.copytree(root / "one", tmp_path / "out")
+    return tmp_path / "out"
+
+
+def one_command(root: Path, weights: str, out: Path, *more: str):
+    return ["--benchmark", f"syn={root / 'syn.bin'}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}",
+            "--method", f"T=ediffiqaT:{weights}", "--method", f"other={root / 'other.pkl'}", "--fmr", FMR,
+            "--device", "cpu", "-q", "--output", str(out), *more]
+
+
+def test_one_command_equals_the_four_script_path(bench) -> None:
+    """Every FNMR(0) and pAUC of the one command equals the four-script path's to the last digit; the table, its
+    Markdown and the grid figure are written."""
+    root, _ = bench
+    out = root / "one"
+    four = {r["method"]: r for r in json.loads((root / "four" / "edc.json").read_text())}
+    ours = json.loads((out / "edc.json").read_text())
+    assert [(r["benchmark"], r["fr_model"], r["method"]) for r in ours["results"]] == [
+        ("syn", "MFN", "T"), ("syn", "MFN", "other")]
+    assert 0 < ours["results"][0]["fnmr0"] < 1 and 0 < ours["results"][0]["pauc@0.3"]  # the curve has a shape
+    for row in ours["results"]:
+        reference = four[row["method"]]
+        for key in ("threshold", "mated", "non_mated", "fnmr0", "pauc@0.2", "pauc@0.3", "pauc@0.2_norm"):
+            assert row[key] == reference[key], (row["method"], key)
+    assert ours["table"][0] == {"fr_model": "MFN", "metric": "pauc@0.2", "method": "T",
+                                "syn": four["T"]["pauc@0.2"], "mean": four["T"]["pauc@0.2"]}
+    with open(out / "edc.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == ["fr_model", "metric", "method", "syn", "mean"]
+    text = (out / "edc.md").read_text()
+    assert "| method | syn | mean |" in text and "## MFN: pAUC at discard 0.3" in text
+    assert (out / "edc_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "edc_grid.pdf").read_bytes().startswith(b"%PDF")
+    assert sorted(p.name[:-len("-0123456789ab.npz")] for p in (out / "cache").iterdir()) == [
+        "embeddings-syn-mobilefacenet", "qualities-syn-ediffiqaT"]
+
+
+def _no_models(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the cache holds its values")
+
+    monkeypatch.setattr(workflow, "load_fr_backbone", refuse)
+    monkeypatch.setattr(workflow.QualityScorer, "from_pretrained", refuse)
+
+
+def test_a_rerun_and_an_added_method_reuse_the_cache(bench, tmp_path, capsys, monkeypatch) -> None:
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    argv = one_command(root, weights, out)
+    first = (out / "edc.json").read_bytes()
+    _no_models(monkeypatch)
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert code == 0, err
+    assert (out / "edc.json").read_bytes() == first
+    keys = read_benchmark("syn", str(root / "syn.bin")).keys
+    (tmp_path / "more.pkl").write_bytes(pickle.dumps({k: float(i) for i, k in enumerate(keys)}))
+    code, err = run_script(evaluate.main, "evaluate.py", argv + ["--method", f"more={tmp_path / 'more.pkl'}"], capsys)
+    assert code == 0, err
+    methods = [r["method"] for r in json.loads((out / "edc.json").read_text())["results"]]
+    assert methods == ["T", "other", "more"]
+
+
+def test_a_killed_run_resumes_and_equals_an_uninterrupted_one(bench, tmp_path, capsys, monkeypatch) -> None:
+    """The run is killed once the embeddings are stored; the rerun embeds nothing, scores the rest and writes what
+    an uninterrupted run writes. A damaged cache file is said and computed again."""
+    root, weights = bench
+    whole = root / "one"
+    out = tmp_path / "out"
+    store = cache.store
+
+    def store_then_die(path, record, values):
+        store(path, record, values)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "store", store_then_die)
+        assert run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)[0] == 130
+    assert [p.name.split("-")[0] for p in (out / "cache").iterdir()] == ["embeddings"]
+    assert not (out / "edc.json").exists()
+    with monkeypatch.context() as patch:
+        patch.setattr(workflow, "load_fr_backbone", lambda *a, **k: pytest.fail("embedded again"))
+        code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)
+    assert code == 0, err
+    for name in ("edc.json", "edc.csv", "edc.md"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    damaged = next((out / "cache").glob("qualities-*"))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out, "--set", "verbose=1"),
+                           capsys)
+    assert code == 0 and f"cache file '{damaged}' is not used: unreadable" in err, err
+    assert (out / "edc.json").read_bytes() == (whole / "edc.json").read_bytes()
+
+
+def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys) -> None:
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    first = (out / "edc.json").read_bytes()
+    path = next((out / "cache").glob("embeddings-*"))
+    with np.load(path) as npz:
+        record = json.loads(str(npz["record"][()]))["record"]
+        values = npz["values"]
+    cache.store(str(path), {**record, "batch_size": 3}, values * 2)
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)
+    assert code == 0 and "holds another computation (differs in: batch_size)" in err, err
+    assert (out / "edc.json").read_bytes() == first
+
+
+@pytest.mark.parametrize("change,pattern", [
+    (["--benchmark", "syn"], r"--benchmark takes NAME=PATH"),
+    (["--benchmark", "a b={bin}"], r"benchmark name 'a b'"),
+    (["--benchmark", "x={root}/none.bin"], r"'.*none.bin' not found"),
+    (["--fr", "R18"], r"--fr takes NAME=CHECKPOINT"),
+    (["--fr", "R=iresnet18:"], r"--fr 'R=iresnet18:' names no checkpoint"),
+    (["--fr", "R={root}/none.pth"], r"checkpoint '.*none.pth' not found"),
+    (["--method", "nosuch"], r"--method takes a variant \(.*ediffiqaT.*\)"),
+    (["--method", "L=ediffiqaT:"], r"names no weights after 'ediffiqaT:'"),
+    (["--embeddings", "E={root}/emb.npz"], r"--fr .* and --embeddings .* belong to different runs"),
+    (["--method", "files={root}/other-files.pkl"], r"benchmark 'syn': 30 pairs name 60 images with no quality"),
+])
+def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, capsys) -> None:
+    root, weights = bench_files
+    argv = one_command(root, weights, tmp_path / "out")
+    argv += [c.format(root=root, bin=root / "syn.bin") for c in change]
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert_user_error(code, err, "evaluate.py", pattern)
