@@ -30,6 +30,7 @@ from model import build_model
 from model.loss import DistillationLoss, ExtendedL1
 from utils.cli import run_cli
 from utils.config import from_dict
+from utils.io import sha256_of
 
 # ---------------------------------------------------------------- objective
 
@@ -443,6 +444,90 @@ def test_config_json_and_last_pt_hold_the_resolved_device_and_workers_and_the_sa
     assert torch.load(str(out / "last.pt"), weights_only=True)["epoch"] == 3
 
 
+def _stub_epochs(monkeypatch, val_losses):
+    """Stub the epochs (the loop is tested above): each validation returns the next of ``val_losses``."""
+    from engine.training.trainer import Trainer
+
+    losses = iter(val_losses)
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch: {"loss": 1.0, "loss_rc": 0.5, "loss_q": 0.5})
+    monkeypatch.setattr(Trainer, "validate", lambda self: dict.fromkeys(("loss", "loss_rc", "loss_q"), next(losses)))
+
+
+def test_resume_on_other_training_data_is_refused_and_on_the_same_data_accepted(tiny, tmp_path, capsys,
+                                                                                 monkeypatch) -> None:
+    """last.pt records the SHA-256 of the items, centres and teacher embeddings files: prepare_data.py rerun into
+    the run's data folder with other labels, or another teacher file, is refused in one line naming the file; the
+    same data resume; a checkpoint without the record resumes with one warning."""
+    import shutil
+
+    from utils.checkpoint import save_checkpoint
+
+    _stub_epochs(monkeypatch, [0.8, 0.7, 0.6, 0.5])
+    root, images = tiny
+    data, out = tmp_path / "prepared", tmp_path / "run"
+    shutil.copytree(root / "prepared", data)
+    emb = tmp_path / "emb.pkl"
+    shutil.copy(root / "emb.pkl", emb)
+    config = lambda epochs: tiny_config(root, images, out, **{"base.epochs": epochs,  # noqa: E731
+                                                              "dataset.training_data": str(data),
+                                                              "dataset.embeddings": str(emb)})
+    assert run_train(["-c", config(1)], capsys)[0] == 0
+    inputs = torch.load(str(out / "last.pt"), weights_only=True)["inputs"]
+    assert sorted(inputs) == ["centres file", "items file", "teacher embeddings file"]
+    assert inputs["teacher embeddings file"]["sha256"] == sha256_of(str(emb))
+    resume = ["--resume", str(out / "last.pt")]
+    code, err = run_train(["-c", config(2), *resume], capsys)
+    assert code == 0, err
+
+    labels = pickle.loads((root / "labels.pkl").read_bytes())
+    shuffled = [(path, q) for (path, _), (_, q) in zip(labels, labels[::-1])]
+    (tmp_path / "labels.pkl").write_bytes(pickle.dumps(shuffled))
+    assert prepare_data.main(["-b", "0.5", "-ll", str(tmp_path / "labels.pkl"), "-el", str(emb), "-sl", str(data),
+                              "-sn", "tiny", "--min-images", "2", "-q"]) == 0
+    before = (out / "last.pt").read_bytes()
+    assert_user_error(*run_train(["-c", config(3), *resume], capsys), "train.py",
+                      r"last.pt' was trained on other data \(items file '.*training_items-tiny.pkl' has other content "
+                      r"\(SHA-256 \w{12} -> \w{12}, .*bytes\)\); restore the data it was trained with, or train "
+                      r"anew into another --output$")
+    assert (out / "last.pt").read_bytes() == before
+
+    shutil.rmtree(data)
+    shutil.copytree(root / "prepared", data)  # the data restored: accepted again
+    embeddings = pickle.loads(emb.read_bytes())
+    emb.write_bytes(pickle.dumps({k: -v for k, v in embeddings.items()}))
+    assert_user_error(*run_train(["-c", config(3), *resume], capsys), "train.py",
+                      r"other data \(teacher embeddings file '.*emb.pkl' has other content \(SHA-256 \w{12} -> "
+                      r"\w{12}, same size, \d+ bytes\)\)")
+    shutil.copy(root / "emb.pkl", emb)
+    state = torch.load(str(out / "last.pt"), weights_only=True)
+    del state["inputs"]  # written before the record
+    save_checkpoint(str(out / "last.pt"), state)
+    code, err = run_train(["-c", config(3), *resume], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "records no fingerprint of the data it was trained on" in warnings[0], err
+    assert torch.load(str(out / "last.pt"), weights_only=True)["inputs"] == inputs
+
+
+def test_a_resumed_summary_names_only_the_files_it_wrote_and_no_stale_figure(tiny, tmp_path, capsys,
+                                                                             monkeypatch) -> None:
+    """A run stopped after an epoch with its figure, resumed with --no-figure and no better validation loss: the
+    summary names only what the resumed part wrote, and the earlier part's train_log.png (epoch 1 only) is gone."""
+    _stub_epochs(monkeypatch, [0.8, 0.9])
+    root, images = tiny
+    out = tmp_path / "run"
+    code, err = run_train(["-c", tiny_config(root, images, out, **{"base.epochs": 1, "base.figure": 1})], capsys)
+    assert code == 0 and (out / "train_log.png").exists(), err
+    code, err = run_train(["-c", tiny_config(root, images, out), "--resume", str(out / "last.pt"), "--no-figure"],
+                          capsys)
+    assert code == 0, err
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("best validation loss 0.800000; wrote "), summary
+    assert summary.split("; wrote ")[1].split(", ") == [str(out / "last.pt"), "train_log.csv", "history.json",
+                                                        "config.json"], summary
+    assert not (out / "train_log.png").exists() and (out / "model.pth").exists()
+
+
 def test_resume_compares_the_device_by_its_kind() -> None:
     from engine.training.config import resume_mismatch
     from utils.config import to_dict
@@ -453,6 +538,8 @@ def test_resume_compares_the_device_by_its_kind() -> None:
     for recorded in ("auto", here, f"{here}:0" if here == "cuda" else "cpu"):
         saved["base"]["device"] = recorded
         assert resume_mismatch(saved, cfg) == "", recorded
+    saved["base"]["device"] = "auto"  # a run left to auto resumed with the device named: the same kind here
+    assert resume_mismatch(saved, from_dict(TrainConfig, {"base": {"device": here}})) == ""
     saved["base"]["device"] = "cuda:0" if here == "cpu" else "cpu"
     assert resume_mismatch(saved, cfg) == f"base.device: '{saved['base']['device']}' -> 'auto'"
 

@@ -16,7 +16,7 @@ import pickle
 import stat
 import tempfile
 import warnings
-from typing import IO, Any, Callable, Dict, Iterable, Iterator, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from utils.errors import DataError, UserError, first_line
 
 __all__ = ["atomic_open", "file_set", "write_pickle", "write_json", "write_csv", "pickle_writer", "json_writer",
            "csv_writer", "check_output_dir", "torch_load", "torch_load_reason", "safe_pickle_load", "open_regular",
-           "read_regular", "read_json", "sha256_of", "file_list", "OutputError", "TEXT_ERRORS", "PICKLE_TYPES"]
+           "read_regular", "read_json", "sha256_of", "file_fingerprints",
+           "changed_files", "file_list", "OutputError", "TEXT_ERRORS", "PICKLE_TYPES"]
 
 #: Text files carry file names as the OS gives them: names that are not valid UTF-8 keep their bytes
 #: (``surrogateescape``), so every path written can be read back exactly.
@@ -87,6 +88,30 @@ def sha256_of(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_fingerprints(files: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+    """``{what: {"path", "size", "sha256"}}`` of each existing file of ``files`` (``{what: path}``, ``what`` naming
+    the file in messages: ``items file``); a missing file is left out (whoever reads it reports it)."""
+    return {what: {"path": path, "size": os.path.getsize(path), "sha256": sha256_of(path)}
+            for what, path in files.items() if os.path.isfile(path)}
+
+
+def changed_files(before: Dict[str, Dict[str, Any]], now: Dict[str, Dict[str, Any]]) -> List[str]:
+    """What differs between two :func:`file_fingerprints` (one phrase per file, naming it and what changed): a file
+    whose content differs, or one that is there on one side only."""
+    changes = []
+    for what in [*before, *(k for k in now if k not in before)]:
+        old, new = before.get(what), now.get(what)
+        if old is None or new is None:
+            shown = (new or old)["path"]
+            changes.append(f"{what} '{shown}' {'is new' if old is None else 'is gone'}")
+        elif old["sha256"] != new["sha256"]:
+            size = (f"{old['size']} -> {new['size']} bytes" if old["size"] != new["size"] else
+                    f"same size, {old['size']} bytes")
+            changes.append(f"{what} '{new['path']}' has other content (SHA-256 {old['sha256'][:12]} -> "
+                           f"{new['sha256'][:12]}, {size})")
+    return changes
 
 
 def check_output_dir(folder: str, key: str) -> None:

@@ -8,6 +8,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from dataset.formats import centres_file, items_file
 from engine.training.config import TrainConfig
 from engine.training.data import load_regression_data, load_training_data
 from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1, RegressionLoss
@@ -37,6 +38,12 @@ class Objective:
                 raise ConfigError(f"optimizer group 'params' '{group.params}' is not a part of {cls.title}, which has "
                                   f"{' and '.join(repr(p) for p in cls.parts)}")
 
+    @classmethod
+    def input_files(cls, cfg: TrainConfig) -> Dict[str, str]:
+        """The files this kind trains on, ``{what: path}`` (``what`` names it in messages): a resumed run must find
+        them as they were."""
+        raise NotImplementedError
+
     def terms(self, feat: torch.Tensor, pred: torch.Tensor, batch: Dict[str, torch.Tensor],
               adjust: bool) -> Dict[str, torch.Tensor]:
         """The loss terms of a batch from the model's ``(B, 512)`` embeddings and ``(B, 1)`` qualities; ``adjust``:
@@ -63,6 +70,13 @@ class Distillation(Objective):
         if cfg.loss.module is not None:
             raise ConfigError("'loss.module' is DifFIQA(R)'s loss; eDifFIQA's are loss.quality and loss.consistency")
         super().check(cfg)
+
+    @classmethod
+    def input_files(cls, cfg: TrainConfig) -> Dict[str, str]:
+        ds = cfg.dataset
+        return {"items file": items_file(ds.training_data, ds.model_name),
+                "centres file": centres_file(ds.training_data, ds.model_name),
+                "teacher embeddings file": ds.embeddings_path}
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.device = device
@@ -96,6 +110,10 @@ class Regression(Objective):
             raise ConfigError("'dataset.labels' (or the official 'dataset.quality_loc') must name the quality labels "
                               "to train DifFIQA(R) on (diffiqa_score.py output)")
         super().check(cfg)
+
+    @classmethod
+    def input_files(cls, cfg: TrainConfig) -> Dict[str, str]:
+        return {"labels file": cfg.dataset.labels_path}
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.device = device

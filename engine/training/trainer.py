@@ -27,7 +27,7 @@ from model.registry import VARIANTS
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from utils.distributed import all_reduce_sum
 from utils.errors import ConfigError, RunError, first_line
-from utils.io import OutputError, write_json
+from utils.io import OutputError, changed_files, file_fingerprints, write_json
 from utils.run_log import RunLog
 from utils.runtime import rng_state, set_rng_state
 
@@ -104,8 +104,8 @@ def check_output(cfg: TrainConfig) -> List[str]:
                       f"{resume_hint}write to another --output, or add --overwrite to replace it")
 
 
-def _remove(folder: str, names: List[str]) -> None:
-    """Remove the files ``names`` of an earlier run from ``folder`` (``base.overwrite``)."""
+def _remove(folder: str, names: List[str], why: str = "--overwrite") -> None:
+    """Remove the files ``names`` of an earlier run from ``folder`` (``base.overwrite``, or ``why``)."""
     for name in names:
         path = os.path.join(folder, name)
         try:
@@ -113,9 +113,9 @@ def _remove(folder: str, names: List[str]) -> None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise OutputError(f"cannot remove '{path}' of the earlier run (--overwrite): {exc.strerror or exc}; "
+            raise OutputError(f"cannot remove '{path}' of the earlier run ({why}): {exc.strerror or exc}; "
                               "remove it or choose another --output") from None
-    _logger.info("--overwrite: removed the earlier run's %s from %s", ", ".join(names), folder)
+    _logger.info("%s: removed the earlier run's %s from %s", why, ", ".join(names), folder)
 
 
 # ------------------------------------------------------------------------------------------------- trainer
@@ -128,6 +128,7 @@ class Trainer:
         objective = OBJECTIVES[self.spec.kind]
         objective.check(cfg)
         self.replaced = check_output(cfg)  # removed as the run starts writing, once everything before has worked
+        self.inputs = file_fingerprints(objective.input_files(cfg))  # last.pt's record of the data, for a resume
         resume_state = self._read_resume(cfg.base.resume) if cfg.base.resume else None
         self.run = TrainingRun(cfg.base.device, cfg.base.seed, cfg.base.save_path, "base.save_path / --output",
                                cfg.base.deterministic)
@@ -286,7 +287,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "best_val": self.best_val, "rng": rng_state(), "config": self.resolved,
-                "history": self.history}
+                "inputs": self.inputs, "history": self.history}
 
     def _read_resume(self, path: str) -> Dict[str, Any]:
         """The checkpoint to resume from, read before any work: it must train the same model with the same settings
@@ -300,6 +301,19 @@ class Trainer:
         if mismatch:
             raise ConfigError(f"base.resume: '{path}' was trained with other settings ({mismatch}); resume with the "
                               "settings it was trained with, or train anew into another --output")
+        inputs = state.get("inputs")
+        if inputs is not None and not (isinstance(inputs, dict) and all(
+                isinstance(v, dict) and {"path", "size", "sha256"} <= set(v) for v in inputs.values())):
+            raise ConfigError(f"base.resume: '{path}' is damaged (its record of the training data is not one this "
+                              "project writes); resume from another last.pt, or train anew into another --output")
+        if inputs is None:
+            _logger.warning("base.resume: '%s' records no fingerprint of the data it was trained on (written before "
+                            "they were recorded), so they are not checked: resume only with the same data", path)
+        else:
+            changes = changed_files(state["inputs"], self.inputs)
+            if changes:
+                raise ConfigError(f"base.resume: '{path}' was trained on other data ({'; '.join(changes)}); restore "
+                                  "the data it was trained with, or train anew into another --output")
         return state
 
     def _restore(self, state: Dict[str, Any], path: str) -> None:
@@ -325,9 +339,15 @@ class Trainer:
         cfg = self.cfg
         out = cfg.base.save_path
         names = ("loss", *self.criterion.terms)
+        written = {"config.json", TRAINING_LOG}  # the run log's, written as it opens
         if self.replaced and self.info.main:
             _remove(out, self.replaced)
             self.replaced = []
+        stale = os.path.join(out, TRAINING_FIGURE)
+        if self.start_epoch > 0 and not cfg.base.figure and self.info.main and os.path.lexists(stale):
+            # The earlier part's figure would show only its epochs beside this run's files.
+            _remove(out, [TRAINING_FIGURE], why="base.figure is off: it would show only the epochs before the "
+                    "resume")
         self.run_log = self.run.log(self.resolved, TRAINING_LOG, ["epoch", "step", "images", *names],
                                     resumed=self.start_epoch > 0, wandb_cfg=cfg.wandb)
         if self.info.main:
@@ -350,10 +370,13 @@ class Trainer:
                 if self.info.main:
                     if improved:
                         save_checkpoint(os.path.join(out, BEST_MODEL), self.model.state_dict())
+                        written.add(BEST_MODEL)
                     save_checkpoint(os.path.join(out, LAST_CHECKPOINT), self._checkpoint(epoch + 1))
                     write_json(os.path.join(out, HISTORY), self.history)
+                    written.update((LAST_CHECKPOINT, HISTORY))
                     if cfg.base.figure:
                         self._write_figure()
+                        written.add(TRAINING_FIGURE)
                     self.run_log.flush()
                     self.run_log.log({**{f"val/{k}": v for k, v in val_terms.items()}, "epoch": epoch + 1})
                     shown = lambda terms: ", ".join(f"{k[5:]} {v:.5f}" for k, v in terms.items() if k != "loss")  # noqa: E731
@@ -363,9 +386,8 @@ class Trainer:
         finally:
             self.run_log.close()
             self.run.close()
-        written = [os.path.join(out, name) for name in RUN_FILES]
         return {"history": self.history, "best_val": self.best_val, "main": self.info.main,
-                "written": [path for path in written if os.path.exists(path)]}
+                "written": [os.path.join(out, name) for name in RUN_FILES if name in written]}
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
