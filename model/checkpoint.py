@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -173,15 +173,17 @@ def load_weights(model: nn.Module, path: str, name: str) -> None:
 
 
 def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
-                  key: str = "--weights", fix: str = "use --backbone {held}") -> nn.Module:
+                  key: str = "--weights", fix: Union[str, Callable[[str], str]] = "use --backbone {held}",
+                  source: str = BACKBONE_WEIGHTS_HELP) -> nn.Module:
     """Load an insightface-layout checkpoint strictly into backbone ``name``: a new one in eval mode, or ``into``
     (left in its mode; nothing new is built, so no random numbers are drawn).
 
     The ``base_model.*`` part of an eDifFIQA checkpoint and the ``base.*`` part of a DifFIQA(R) one are accepted too.
     ``key`` names the flag or config key that gives ``path``, and ``fix`` (``{held}``: the backbone the file holds)
-    what to change in the calling script when the file holds another backbone, for messages.
+    what to change in the calling script when the file holds another backbone (or a function of ``held``), and
+    ``source`` where such a file comes from, for messages.
     """
-    state_dict = read_state_dict(path, key, BACKBONE_WEIGHTS_HELP)
+    state_dict = read_state_dict(path, key, source)
     for prefix in ("base_model.", "base."):  # the backbone of an eDifFIQA or a DifFIQA(R) checkpoint
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -190,7 +192,8 @@ def load_backbone(name: str, path: str, into: Optional[nn.Module] = None,
     mismatch = describe_mismatch(state_dict, _shapes(backbone.state_dict()))
     if mismatch:
         held = _bare_backbone(state_dict)
-        hint = f"it holds a {held} backbone; {fix.format(held=held)}" if held else mismatch
+        hint = f"it holds a {held} backbone; {fix(held) if callable(fix) else fix.format(held=held)}" if held else \
+            mismatch
         raise CheckpointError(f"weights file '{path}' does not match backbone {name}: {hint}")
     backbone.load_state_dict(state_dict, strict=True)
     return backbone if into is not None else backbone.eval()

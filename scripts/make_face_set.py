@@ -24,7 +24,12 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from utils.cli import run_cli
+from utils.errors import ConfigError, DataError, first_line
+from utils.io import OutputError, check_output_dir
 from utils.paths import repo_path
+
+PROG = "python -m scripts.make_face_set"
 
 #: The degradations, each at three strengths (index 0 mild .. 2 strong); ``rng`` draws noise and the occluder.
 DEGRADATIONS: Dict[str, Callable[[Image.Image, int, np.random.Generator], Image.Image]] = {
@@ -62,10 +67,18 @@ def _stand_in(face: Image.Image) -> Image.Image:
 
 
 def base_faces(folder: str) -> List[Image.Image]:
-    """The identities' clean faces: each ``*.png`` in ``folder`` (sorted by name), then their stand-ins."""
+    """The identities' clean faces: each ``*.png`` in ``folder`` (sorted by name), then their stand-ins; a file that
+    is not an image is a :class:`DataError` naming it."""
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png"))
-    faces = [Image.open(os.path.join(folder, n)).convert("RGB").resize((112, 112), Image.Resampling.BICUBIC)
-             for n in names]
+    faces = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with Image.open(path) as im:
+                faces.append(im.convert("RGB").resize((112, 112), Image.Resampling.BICUBIC))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"--sources: '{path}' is not a readable image ({first_line(exc)}); remove it or name "
+                            "a folder of aligned 112x112 face crops") from None
     return faces + [_stand_in(f) for f in faces]
 
 
@@ -87,33 +100,36 @@ def pairs_rows(paths: List[str]) -> List[List[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.make_face_set", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--output", default="first_run", help="folder for faces/ and pairs.csv (first_run)")
     parser.add_argument("--sources", default="example_images", help="folder of the aligned faces (example_images)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and occluders (0)")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
     sources = repo_path(args.sources)
     faces_dir, pairs_file = os.path.join(args.output, "faces"), os.path.join(args.output, "pairs.csv")
     if not os.path.isdir(sources) or not any(n.lower().endswith(".png") for n in os.listdir(sources)):
-        print(f"make_face_set: error: --sources '{args.sources}' holds no .png faces; name a folder of aligned "
-              "112x112 face crops", file=sys.stderr)
-        return 2
-    taken = [p for p in (faces_dir, pairs_file) if os.path.exists(p)]
+        raise DataError(f"--sources '{args.sources}' holds no .png faces; name a folder of aligned 112x112 face crops")
+    check_output_dir(args.output, "--output")
+    taken = [p for p in (faces_dir, pairs_file) if os.path.lexists(p)]
     if taken:
-        print(f"make_face_set: error: '{taken[0]}' already exists; remove it or choose another --output",
-              file=sys.stderr)
-        return 2
+        raise OutputError(f"'{taken[0]}' already exists; remove it or choose another --output")
     images = make_face_set(sources, args.seed)
-    for rel, image in images.items():
-        path = os.path.join(faces_dir, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        image.save(path)
-    with open(pairs_file, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["a", "b", "mated"])
-        rows = pairs_rows(list(images))
-        writer.writerows(rows)
+    rows = pairs_rows(list(images))
+    try:
+        for rel, image in images.items():
+            path = os.path.join(faces_dir, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            image.save(path)
+        with open(pairs_file, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["a", "b", "mated"])
+            writer.writerows(rows)
+    except OSError as exc:
+        raise OutputError(f"cannot write into '{args.output}' (--output): {exc.strerror or exc}; remove the partial "
+                          f"'{faces_dir}' and free space or choose another --output") from None
     mated = sum(r[2] == "1" for r in rows)
     identities = len({p.split("/")[0] for p in images})
     print(f"wrote {len(images)} faces of {identities} identities into {faces_dir} and {len(rows)} pairs "
@@ -122,4 +138,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, None, PROG))

@@ -166,3 +166,29 @@ def test_backend_help_and_config_comment_list_every_backend() -> None:
         (line,) = [line for line in handle if line.startswith("backend:")]
     comment = line.split("#", 1)[1]
     assert all(re.search(rf"\b{name}\b", comment) for name in BACKENDS), comment
+
+
+@pytest.mark.parametrize("script,file,flags,pattern", [
+    ("train", "base: {epochs: 2}", ["--workers", "-1"],
+     r"error: command line \(--workers\): 'dataloader.train.params.num_workers' must be between 0 and 256, got -1$"),
+    ("train", "base: {epochs: 2}", ["--set", "loss.theta=2"],
+     r"error: command line \(--set\): 'loss.theta' must be in"),
+    ("inference", "base: {seed: 1}", ["--images", "a", "--batch-size", "0"],
+     r"error: command line \(--batch-size\): 'dataloader.params.batch_size' must be between 1 and"),
+    ("prepare_data", "beta: 0.5", ["--min-images", "x"], None),  # argparse's own error: the flag, no config
+    ("prepare_data", "beta: 0.5", ["--beta", "1.5"], r"error: command line \(--beta\): 'beta'"),
+    ("train", "base: {epochs: 0}", ["--workers", "1"], r"error: .*cfg.yaml: 'base.epochs' must be at least 1"),
+])
+def test_a_bad_value_is_blamed_on_the_flag_or_the_file_that_gave_it(script, file, flags, pattern, tmp_path, monkeypatch,
+                                                                     capsys) -> None:
+    """With -c, a value from a named flag or --set is the command line's error (naming the flag), one from the file
+    the file's."""
+    seen = _capture(monkeypatch, script)
+    (tmp_path / "cfg.yaml").write_text(file)
+    code, err = run_script(importlib.import_module(script).main, f"{script}.py",
+                           ["-c", str(tmp_path / "cfg.yaml"), *flags], capsys)
+    if pattern is None:
+        assert code == 2 and "--min-images" in err and "cfg.yaml" not in err, err
+    else:
+        assert_user_error(code, err, f"{script}.py", pattern)
+    assert not seen

@@ -12,7 +12,7 @@ import shlex
 from typing import List
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, assert_user_error, run_script
 
 from dataset.formats import read_embeddings, read_prepared
 from dataset.image_folder import find_images
@@ -58,8 +58,30 @@ def test_the_face_set_is_the_same_bytes_for_a_seed_varies_within_identities_and_
     assert all(im.size == (112, 112) for im in clean)
     assert len({im.tobytes() for im in clean}) == 6  # six different faces
     capsys.readouterr()
-    assert make_face_set.main(["--output", str(tmp_path / "a")]) == 2
-    assert "already exists; remove it or choose another --output" in capsys.readouterr().err
+    prog = make_face_set.PROG
+    assert_user_error(*run_script(make_face_set.main, prog, ["--output", str(tmp_path / "a")], capsys), prog,
+                      "already exists; remove it or choose another --output")
+
+
+@pytest.mark.parametrize("case,pattern", [
+    ("output_is_a_file", r"output folder '.*afile' \(--output\) is a file; choose a folder"),
+    ("unwritable_output", r"\(--output\)"),
+    ("negative_seed", r"--seed must be 0 or more, got -1"),
+    ("source_not_an_image", r"--sources: '.*a.png' is not a readable image \(.*\); remove it"),
+])
+def test_make_face_set_mistakes_are_one_line(case, pattern, tmp_path, capsys) -> None:
+    from scripts import make_face_set
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_text("not an image")
+    argv = {"output_is_a_file": ["--output", str(tmp_path / "afile")],
+            "unwritable_output": ["--output", str(tmp_path / "afile" / "sub")],
+            "negative_seed": ["--output", str(tmp_path / "o"), "--seed", "-1"],
+            "source_not_an_image": ["--output", str(tmp_path / "o"), "--sources", str(tmp_path / "bad")]}[case]
+    prog = make_face_set.PROG
+    assert_user_error(*run_script(make_face_set.main, prog, argv, capsys), prog, pattern)
+    assert not (tmp_path / "o" / "faces").exists()
 
 
 def _run(command: List[str], capsys: pytest.CaptureFixture) -> str:

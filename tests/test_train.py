@@ -340,6 +340,21 @@ def test_resume_with_another_learning_rate_is_refused_before_any_work(tiny, tmp_
                       r"0.001 -> 0.0005\); resume with the settings it was trained with")
 
 
+def test_resume_of_another_variant_names_the_model_to_give(tiny, tmp_path, capsys) -> None:
+    from utils.checkpoint import save_checkpoint
+    from utils.config import to_dict
+
+    root, images = tiny
+    out = tmp_path / "run"
+    cfg = tiny_config(root, images, out, **{"dataset.image_loc": str(tmp_path / "nowhere")})
+    out.mkdir()
+    save_checkpoint(str(out / "last.pt"), {"version": 1, "epoch": 1, "variant": "ediffiqaS", "optimizer": {},
+                                           "config": to_dict(from_dict(TrainConfig, yaml.safe_load(open(cfg))))})
+    assert_user_error(*run_train(["-c", cfg, "--resume", str(out / "last.pt")], capsys), "train.py",
+                      r"last.pt' trains ediffiqaS, the config ediffiqaT; give --model ediffiqaS \(or -c the config it "
+                      r"was trained with\)$")
+
+
 def test_resume_with_another_optimizer_is_refused(official_set, tmp_path, capsys) -> None:
     from helpers import official_schema_config
 
@@ -379,7 +394,9 @@ def test_a_folder_holding_a_run_is_refused_before_any_work(files, pattern, tiny,
     (other / "last.pt").write_text("earlier")
     # Resuming another folder's run into it mixes two runs as well; --overwrite with --resume of its own run is
     # a contradiction.
-    assert_user_error(*run_train(["-c", cfg, "--resume", str(other / "last.pt")], capsys), "train.py", pattern)
+    assert_user_error(*run_train(["-c", cfg, "--resume", str(other / "last.pt")], capsys), "train.py",
+                      r"holds a training run .*; --resume '.*other/last.pt' continues the run of '.*other': add "
+                      r"--output .*other to continue it there")
     assert_user_error(*run_train(["-c", cfg, "--resume", str(out / "last.pt"), "--overwrite"], capsys), "train.py",
                       r"--overwrite \(base.overwrite\) would remove the run in .* that --resume .* continues")
 

@@ -70,12 +70,14 @@ def build_parser(prog: str, doc: str, flags: Sequence[Flag], set_example: str,
 def load_script_config(cls: Type[T], args: argparse.Namespace, flags: Sequence[Flag]) -> T:
     """The config of a parsed command line: ``-c`` file, then the named flags given, then ``--set`` items."""
     overrides: Dict[str, Any] = {}
+    names: Dict[str, str] = {}
     for flag in flags:
         value = getattr(args, flag.dest)
         if value is not None:
             for name in (flag.key, *flag.also):
                 overrides[name] = flag.convert(value) if flag.convert is not None else value
-    return load_config(cls, args.config, overrides, sets=args.set)
+                names[name] = flag.names[-1]
+    return load_config(cls, args.config, overrides, sets=args.set, flags=names)
 
 
 def _log_warning(message: Warning, category: Type[Warning], filename: str, lineno: int, file: Any = None,

@@ -321,17 +321,39 @@ def check(condition: bool, message: str) -> None:
 
 
 def load_config(cls: Type[T], path: Optional[str], overrides: Mapping[str, Any],
-                sets: Sequence[str] = ()) -> T:
+                sets: Sequence[str] = (), flags: Optional[Mapping[str, str]] = None) -> T:
     """The YAML file at ``path`` (none: defaults only) as ``cls``, with command-line ``overrides`` (dotted key ->
-    value; ``None``: not given) and then the ``KEY=VALUE`` items of ``--set`` (:func:`parse_set`) applied."""
+    value; ``None``: not given) and then the ``KEY=VALUE`` items of ``--set`` (:func:`parse_set`) applied.
+
+    A value the command line gave is blamed on it, not on the file: a message about its key says ``command line``
+    and names the flag (``flags``: dotted key -> the flag that set it, ``--workers``; else ``--set``)."""
     raw: Dict[str, Any] = load_yaml(path) if path else {}
+    given: Dict[str, str] = {}
     for dotted, value in overrides.items():
         if value is not None:
             set_by_path(raw, dotted, value)
+            given[dotted] = (flags or {}).get(dotted, "the command line")
     for item in sets:
         dotted, value = parse_set(cls, item)
         set_by_path(raw, dotted, value)
-    return from_dict(cls, raw, source=path or "command line")
+        given[dotted] = "--set"
+    source = path or "command line"
+    try:
+        return from_dict(cls, raw, source=source)
+    except ConfigError as exc:
+        raise _blame_the_command_line(exc, source, given) from None
+
+
+def _blame_the_command_line(exc: ConfigError, source: str, given: Mapping[str, str]) -> ConfigError:
+    """``exc`` (``"<source>: ... '<key>' ..."``) as the command line's error when the command line gave ``key``
+    (``given``: dotted key -> flag): ``command line (--workers): 'dataloader.train.params.num_workers' ...``."""
+    message = str(exc)
+    if not message.startswith(f"{source}: "):
+        return exc
+    for dotted in sorted(given, key=len, reverse=True):
+        if f"'{dotted}'" in message:
+            return ConfigError(f"command line ({given[dotted]}): {message[len(source) + 2:]}")
+    return exc
 
 
 def _field_type(cls: Any, dotted: str) -> Any:

@@ -15,7 +15,7 @@ from dataset.image_folder import find_images
 from engine.scoring.scorer import folder_batching
 from engine.scoring.weights import resolve_weights
 from model.checkpoint import load_backbone
-from model.registry import backbone_names, get_variant, variant_names
+from model.registry import OFFICIAL_WEIGHTS_HELP, VARIANTS, backbone_names, get_variant, variant_names
 from utils.config import check, check_batch, check_workers
 from utils.errors import DataError, RunError
 from utils.io import check_output_dir
@@ -91,7 +91,19 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
         weights = resolve_weights(cfg.model, weights, progress=cfg.verbose)
     target = resolve_device(cfg.device)
     rel_paths = find_images(images, key="--images")
-    net = load_backbone(backbone, weights).to(target).to(memory_format=torch.channels_last)
+    if cfg.model is None:
+        net = load_backbone(backbone, weights)
+    else:  # a variant's checkpoint: its hints name variants and their weights, never --backbone (refused with it)
+        title = get_variant(cfg.model).title
+
+        def fix(held: str) -> str:
+            others = [v.name for v in VARIANTS.values() if v.backbone == held]
+            return (f"give --model {' or --model '.join(others)}, whose backbone it is, " if others else "") + \
+                f"or leave --weights out to fetch {title}'s"
+
+        net = load_backbone(backbone, weights, fix=fix,
+                            source=f"--model {cfg.model} takes a {title} checkpoint ({OFFICIAL_WEIGHTS_HELP})")
+    net = net.to(target).to(memory_format=torch.channels_last)
 
     embed = embedding_forward(net, weights, flip)
 

@@ -98,8 +98,13 @@ def check_output(cfg: TrainConfig) -> List[str]:
     if not found or resuming_here or cfg.base.overwrite:
         return found if cfg.base.overwrite else []
     last = os.path.join(out, LAST_CHECKPOINT)
-    resume_hint = (f"continue it with --resume {last}, " if LAST_CHECKPOINT in found else
-                   f"it has no {LAST_CHECKPOINT} to resume from; ")
+    if resume:  # a run of another folder: continue it in its own
+        resume_hint = (f"--resume '{resume}' continues the run of '{os.path.dirname(resume) or '.'}': add --output "
+                       f"{os.path.dirname(resume) or '.'} to continue it there, ")
+    elif LAST_CHECKPOINT in found:
+        resume_hint = f"continue it with --resume {last}, "
+    else:
+        resume_hint = f"it has no {LAST_CHECKPOINT} to resume from; "
     raise ConfigError(f"output folder '{out}' (base.save_path) holds a training run ({', '.join(found)}); "
                       f"{resume_hint}write to another --output, or add --overwrite to replace it")
 
@@ -296,7 +301,8 @@ class Trainer:
                                 what="a resumable checkpoint of this project (use last.pt)")
         held = state.get("variant") or (state["config"].get("model") or {}).get("name")
         if held != self.spec.name:
-            raise ConfigError(f"base.resume: '{path}' trains {held}, the config {self.spec.name}")
+            raise ConfigError(f"base.resume: '{path}' trains {held}, the config {self.spec.name}; give --model {held} "
+                              "(or -c the config it was trained with)")
         mismatch = resume_mismatch(state["config"], self.cfg)
         if mismatch:
             raise ConfigError(f"base.resume: '{path}' was trained with other settings ({mismatch}); resume with the "
