@@ -30,10 +30,10 @@ from dataset.image_folder import IMAGE_EXTENSIONS, FaceFolder, list_images
 from dataset.transforms import INPUT_SIZE, decode_face
 from utils.config import short
 from utils.errors import ConfigError, DataError, first_line
-from utils.io import safe_pickle_load
+from utils.io import TEXT_ERRORS, safe_pickle_load
 
 __all__ = ["Benchmark", "ImageSource", "BinImages", "FolderImages", "decode_bin_image", "read_benchmark",
-           "read_bin", "read_pairs_folder", "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
+           "read_bin", "read_pairs_folder", "parse_lfw_pairs", "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -232,29 +232,37 @@ def _issame(value: object, what: str) -> np.ndarray:
     return np.array(items, dtype=bool)
 
 
+def parse_lfw_pairs(text: str, path: str) -> List[Tuple[str, int, str, int, bool]]:
+    """``(name1, n1, name2, n2, mated)`` of each line of the text of an LFW-style pairs file (LFW, XQLFW) ``path``:
+    ``name n1 n2`` is mated, ``name1 n1 name2 n2`` not; blank lines and a first line of one or two whole numbers (the
+    counts) are skipped. Another line is a :class:`DataError` naming the file and line. Lines end only at ``\\n``,
+    ``\\r\\n`` or ``\\r`` (names may hold other line-breaking characters)."""
+    rows = []
+    for i, line in enumerate(io.StringIO(text, newline=None), start=1):
+        parts = line.split()
+        if not parts or (i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
+            continue
+        numbers = parts[1::2] if len(parts) == 4 else parts[1:]
+        if len(parts) not in (3, 4) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in numbers):
+            raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j' with whole "
+                            f"numbers i and j, got {short(line.rstrip())}")
+        if len(parts) == 3:
+            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
+        else:
+            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+    return rows
+
+
 def read_lfw_pairs(path: str) -> List[Tuple[str, int, str, int, bool]]:
-    """``(name1, n1, name2, n2, mated)`` of each line of an LFW-style pairs file (LFW, XQLFW): ``name n1 n2`` is
-    mated, ``name1 n1 name2 n2`` not; a first line of one or two whole numbers (the counts) is skipped. Another line
-    is a :class:`DataError` naming the file and line."""
+    """:func:`parse_lfw_pairs` of the file ``path``; a missing or binary file (NUL bytes) or one without comparisons
+    is a :class:`DataError` naming it."""
     if not os.path.isfile(path):
         raise DataError(f"pairs file '{path}' not found")
     with open(path, "rb") as handle:
         data = handle.read()
     if b"\0" in data:
         raise DataError(f"pairs file '{path}' holds NUL bytes, so it is not an LFW-style pairs.txt")
-    rows = []
-    for i, line in enumerate(io.StringIO(data.decode("utf-8-sig", "surrogateescape"), newline=None), start=1):
-        parts = line.split()
-        if not parts or (i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
-            continue
-        numbers = parts[1::2] if len(parts) == 4 else parts[1:]
-        if len(parts) not in (3, 4) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in numbers):
-            raise DataError(f"pairs file '{path}', line {i}: expected 'name n1 n2' or 'name1 n1 name2 n2' with whole "
-                            f"numbers, got {short(line.rstrip())}")
-        if len(parts) == 3:
-            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
-        else:
-            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+    rows = parse_lfw_pairs(data.decode("utf-8-sig", TEXT_ERRORS), path)
     if not rows:
         raise DataError(f"pairs file '{path}' holds no comparisons")
     return rows

@@ -140,6 +140,21 @@ def test_pair_names_keep_every_character_but_line_ends(tmp_path) -> None:
     assert pairs.mated.tolist() == [bool(m) for _, _, m in rows] and pairs.similarity.tolist() == [0.5] * len(rows)
 
 
+def test_lfw_pairs_read_for_files_as_for_benchmarks(tmp_path) -> None:
+    """An LFW pairs.txt is parsed by the benchmarks' parser (dataset.verification.parse_lfw_pairs): the counts line
+    skipped, mated and non-mated lines, names made as LFW's files are named."""
+    from dataset.verification import read_lfw_pairs
+    from engine.evaluation.data import read_pairs
+
+    (tmp_path / "pairs.txt").write_text("1 2\nAnn 1 12\n\nAnn 3 Bob_Li 1\r\nBob_Li 2 4\n")
+    pairs = read_pairs(str(tmp_path / "pairs.txt"))
+    assert pairs.a == ["Ann/Ann_0001.jpg", "Ann/Ann_0003.jpg", "Bob_Li/Bob_Li_0002.jpg"]
+    assert pairs.b == ["Ann/Ann_0012.jpg", "Bob_Li/Bob_Li_0001.jpg", "Bob_Li/Bob_Li_0004.jpg"]
+    assert pairs.mated.tolist() == [True, False, True]
+    assert [(f"{a}/{a}_{i:04d}.jpg", f"{b}/{b}_{j:04d}.jpg", m) for a, i, b, j, m in
+            read_lfw_pairs(str(tmp_path / "pairs.txt"))] == list(zip(pairs.a, pairs.b, pairs.mated.tolist()))
+
+
 @pytest.mark.parametrize("kind,pattern", [
     ("random", r"pairs.csv' needs the header 'a,b,mated'"),
     ("binary", r"pairs.csv' holds NUL bytes, so it is not a text file"),

@@ -259,7 +259,7 @@ def test_folder_errors_are_one_line(tmp_path) -> None:
         read_benchmark("lfw", str(root))
     assert "\n" not in str(info.value)
     (root / "pairs.txt").write_text("Ann 1 x\n")
-    with pytest.raises(DataError, match=r"pairs.txt', line 1: expected 'name n1 n2'"):
+    with pytest.raises(DataError, match=r"pairs.txt', line 1: expected 'name i j'"):
         read_benchmark("lfw", str(root))
     (root / "pairs.txt").unlink()
     with pytest.raises(DataError, match="holds no pairs.txt"):
