@@ -27,13 +27,15 @@ from PIL import Image
 
 from dataset.folder_batches import Batches, iterate_images
 from dataset.image_folder import IMAGE_EXTENSIONS, FaceFolder, list_images
+from dataset.keys import common_folder, match_keys, normal_key
 from dataset.transforms import INPUT_SIZE, decode_face
 from utils.config import short
 from utils.errors import ConfigError, DataError, first_line
 from utils.io import TEXT_ERRORS, safe_pickle_load
 
 __all__ = ["Benchmark", "ImageSource", "BinImages", "FolderImages", "decode_bin_image", "read_benchmark",
-           "read_bin", "read_pairs_folder", "parse_lfw_pairs", "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
+           "read_bin", "bin_key_form", "match_benchmark_keys", "read_pairs_folder", "parse_lfw_pairs",
+           "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -163,6 +165,51 @@ class Benchmark:
     issame: np.ndarray
     images: ImageSource
     path: str = ""
+
+
+#: The file name of an unpacked ``.bin`` image: its index with leading zeros (``00017.jpg``, as CR-FIQA's
+#: ``extract_bin.py`` writes them) or without (``17.png``).
+_NUMBERED = re.compile(r"0*(\d+)")
+
+
+def bin_key_form(key: str) -> str:
+    """The key of a score file in the form that names an image of a ``.bin`` file: an image file numbered by its
+    index loses its extension and leading zeros (``'quality_data/lfw/images/00017.jpg'`` ->
+    ``'quality_data/lfw/images/17'``, ``'lfw/17'`` stays); any other key is left as it is."""
+    folder, sep, file = key.replace("\\", "/").rpartition("/")
+    stem, ext = os.path.splitext(file)
+    number = _NUMBERED.fullmatch(stem) if ext.lower() in IMAGE_EXTENSIONS or not ext else None
+    return key if number is None else f"{folder}{sep}{number.group(1)}"
+
+
+def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
+                         others: Sequence[str] = ()) -> List[Optional[str]]:
+    """The key of ``keys`` (a score file's, ``source`` in messages) that names each image of ``data``, None where
+    none, by the one key rule (:func:`dataset.keys.match_keys`: as written or relative to each file's common
+    folder). For a ``.bin`` file a key is first read in :func:`bin_key_form`, so the files of its images unpacked as
+    ``<index>.<ext>`` (``unpacked/lfw/00017.jpg``) name ``NAME/<index>`` (``lfw/17``). Two keys that name one image
+    are a :class:`DataError`, and so is a file matched only relative to its folder when that folder names another
+    benchmark of the run (``others``) and not this one: the scores of ``lfw/<index>`` are not those of
+    ``cfp_fp/<index>``."""
+    where = f"benchmark '{data.name}' ('{data.path}')"
+    forms: Dict[str, str] = {}
+    if isinstance(data.images, BinImages):
+        for key in keys:
+            form = bin_key_form(key)
+            if forms.setdefault(form, key) != key:
+                raise DataError(f"{source}: {short(forms[form])} and {short(key)} both name image {form}; give "
+                                "each image one key")
+    else:
+        forms = {key: key for key in keys}
+    found = match_keys(data.keys, forms, where, source)
+    hits = [k for k in found if k is not None]
+    if hits and not any(k == want for k, want in zip(found, data.keys)):
+        folder = common_folder([normal_key(k) for k in hits]).split("/")
+        named = [n for n in others if n != data.name and n in folder]
+        if named and data.name not in folder:
+            raise DataError(f"{source} keys the images of benchmark '{named[0]}' ({short(forms[hits[0]])}), not "
+                            f"of '{data.name}'; give the scores of '{data.name}' (keys {data.keys[0]}, ...)")
+    return [forms[k] if k is not None else None for k in found]
 
 
 def _check_name(name: str) -> None:

@@ -49,6 +49,7 @@ def bench_files(tmp_path_factory, checkpoint_dir):
     for i, name in enumerate(names):
         Image.fromarray(data.images[i]).save(images / name)
     (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
+    (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "mated"])
@@ -139,6 +140,21 @@ def test_a_rerun_and_an_added_method_reuse_the_cache(bench, tmp_path, capsys, mo
     assert methods == ["T", "other", "more"]
 
 
+def test_scores_keyed_by_the_unpacked_files_equal_scores_keyed_by_index(bench, tmp_path, capsys,
+                                                                         monkeypatch) -> None:
+    """The four-script path's score file (keyed by the unpacked files, ``00017.png``) names the benchmark's images
+    ``syn/<index>`` by the key rule: its results equal those of the same scores keyed by index."""
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    _no_models(monkeypatch)
+    argv = one_command(root, weights, out, "--method", f"files={root / 'other-files.pkl'}")
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert code == 0, err
+    rows = {r["method"]: r for r in json.loads((out / "edc.json").read_text())["results"]}
+    assert {k: v for k, v in rows["files"].items() if k != "method"} == {
+        k: v for k, v in rows["other"].items() if k != "method"}
+
+
 def test_a_killed_run_resumes_and_equals_an_uninterrupted_one(bench, tmp_path, capsys, monkeypatch) -> None:
     """The run is killed once the embeddings are stored; the rerun embeds nothing, scores the rest and writes what
     an uninterrupted run writes. A damaged cache file is said and computed again."""
@@ -194,7 +210,9 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     (["--method", "nosuch"], r"--method takes a variant \(.*ediffiqaT.*\)"),
     (["--method", "L=ediffiqaT:"], r"names no weights after 'ediffiqaT:'"),
     (["--embeddings", "E={root}/emb.npz"], r"--fr .* and --embeddings .* belong to different runs"),
-    (["--method", "files={root}/other-files.pkl"], r"benchmark 'syn': 30 pairs name 60 images with no quality"),
+    (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality; 3 of 60 images of benchmark "
+                                              r"'syn' are not in quality file '.*partial.pkl', as written or "
+                                              r"relative .*\(e.g. 'syn/57' in the first, 'syn/0' in the second\)"),
 ])
 def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, capsys) -> None:
     root, weights = bench_files

@@ -17,7 +17,7 @@ from PIL import Image
 from dataset.folder_batches import iterate_folder
 from dataset.image_folder import FaceFolder
 from dataset.transforms import decode_face
-from dataset.verification import benchmark_batches, read_benchmark
+from dataset.verification import Benchmark, BinImages, benchmark_batches, match_benchmark_keys, read_benchmark
 from model.build import build_backbone
 from model.checkpoint import _built_shapes, find_fr_backbone, load_fr_backbone
 from model.registry import BACKBONES
@@ -264,6 +264,56 @@ def test_folder_errors_are_one_line(tmp_path) -> None:
     (root / "pairs.txt").unlink()
     with pytest.raises(DataError, match="holds no pairs.txt"):
         read_benchmark("lfw", str(root))
+
+
+# ---- keys of other methods' score files ----
+
+def _bin_of(tmp_path, name: str, images: int) -> Benchmark:
+    """A ``.bin`` benchmark of ``images`` (undecoded) images: only its keys are used."""
+    return Benchmark(name, [f"{name}/{i}" for i in range(images)], np.arange(0, images, 2), np.arange(1, images, 2),
+                     np.ones(images // 2, dtype=bool), BinImages(str(tmp_path / f"{name}.bin"), [b""] * images),
+                     str(tmp_path / f"{name}.bin"))
+
+
+@pytest.mark.parametrize("key", [
+    "syn/{i}",                            # as the benchmark keys them
+    "unpacked/syn/{i}.png",               # inference.py on images unpacked to <index>.png
+    "quality_data/syn/images/{i:05d}.jpg",  # CR-FIQA's extract_bin.py: %05d.jpg
+    "{i:05d}.png",                        # inference.py run in the folder of the images
+    "C:\\data\\x\\{i}.JPG",                # Windows paths, any case of a known extension
+    "/abs/faces/{i:03d}",                 # no extension
+])
+def test_score_files_of_unpacked_bin_images_name_their_index(tmp_path, key) -> None:
+    """A score file's key names image ``NAME/<index>`` of a ``.bin`` file as written, or as the file of that image
+    unpacked (``<index>`` with or without leading zeros and an image extension) relative to the file's common
+    folder; images it lacks are None."""
+    data = _bin_of(tmp_path, "syn", 12)
+    keys = [key.format(i=i) for i in range(10)]
+    assert match_benchmark_keys(data, keys, "scores") == keys + [None, None]
+
+
+def test_score_file_keys_that_do_not_name_bin_images(tmp_path) -> None:
+    data = _bin_of(tmp_path, "syn", 4)
+    with pytest.raises(DataError, match=r"scores: 'u/1.png' and 'u/01.jpg' both name image u/1; give each image "):
+        match_benchmark_keys(data, ["u/0.png", "u/1.png", "u/01.jpg"], "scores")
+    # Another file name, or a number with more than the index: nothing matches.
+    assert match_benchmark_keys(data, ["u/a0.png", "u/0.5.png", "u/1.txt"], "scores") == [None] * 4
+    # The scores of another benchmark of the run are refused; with no such benchmark, the rule matches them.
+    lfw = [f"lfw/{i}" for i in range(4)]
+    with pytest.raises(DataError, match=r"scores keys the images of benchmark 'lfw' \('lfw/0'\), not of 'syn'"):
+        match_benchmark_keys(data, lfw, "scores", ["syn", "lfw"])
+    assert match_benchmark_keys(data, lfw, "scores", ["syn"]) == lfw
+    both = lfw + [f"syn/{i}" for i in range(4)]
+    assert match_benchmark_keys(data, both, "scores", ["syn", "lfw"]) == both[4:]
+
+
+def test_score_files_of_a_folder_benchmark_match_by_the_key_rule(tmp_path) -> None:
+    root = _lfw_folder(tmp_path / "XQLFW", "Ann 1 2\nAnn 2 Bob 1\n", ["Ann/Ann_0001.jpg", "Ann/Ann_0002.png",
+                                                                      "Bob/Bob_0001.jpg"])
+    data = read_benchmark("xq", str(root))
+    keys = ["data/XQLFW/Bob/Bob_0001.jpg", "data/XQLFW/Ann/Ann_0001.jpg", "data/XQLFW/Cy/Cy_0001.jpg"]
+    assert match_benchmark_keys(data, keys, "scores") == [keys[1], None, keys[0]]
+    assert match_benchmark_keys(data, ["xq/Ann/Ann_0002.png"], "scores") == [None, "xq/Ann/Ann_0002.png", None]
 
 
 # ---- face recognition checkpoints ----
