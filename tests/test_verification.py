@@ -305,6 +305,9 @@ def test_score_file_keys_that_do_not_name_bin_images(tmp_path) -> None:
     assert match_benchmark_keys(data, lfw, "scores", ["syn"]) == lfw
     both = lfw + [f"syn/{i}" for i in range(4)]
     assert match_benchmark_keys(data, both, "scores", ["syn", "lfw"]) == both[4:]
+    # One run of inference.py over the unpacked sets: matched relative to its common folder 'unpacked'.
+    unpacked = [f"unpacked/{n}/{i:05d}.jpg" for n in ("lfw", "syn") for i in range(4)]
+    assert match_benchmark_keys(data, unpacked, "scores", ["syn", "lfw"]) == unpacked[4:]
 
 
 def test_score_files_of_a_folder_benchmark_match_by_the_key_rule(tmp_path) -> None:
