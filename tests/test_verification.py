@@ -367,6 +367,21 @@ def test_prefixes_and_wrapping_dicts(tmp_path, wrap) -> None:
     _check_loads(tmp_path, "mobilefacenet", wrap)
 
 
+def test_loading_draws_no_random_numbers_and_holds_float32(tmp_path) -> None:
+    """The backbone is built on the meta device and given the file's tensors: loading draws no random number (a
+    seeded run is not shifted by it), and a half-precision file gives a float32 model of its values."""
+    torch.manual_seed(0)
+    model = build_backbone("mobilefacenet")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(state, str(tmp_path / "half.pth"))
+    rng = torch.random.get_rng_state()
+    loaded = load_fr_backbone(str(tmp_path / "half.pth"))
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    got = loaded.state_dict()
+    assert all(got[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype) and not got[k].is_meta
+               and torch.equal(got[k], v.to(got[k].dtype)) for k, v in state.items())
+
+
 def test_named_backbone(tmp_path) -> None:
     _check_loads(tmp_path, "mobilefacenet", backbone="mobilefacenet")
     with pytest.raises(CheckpointError, match=r"holds a mobilefacenet backbone, not iresnet18; name it "
