@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dataset.folder_batches import Batches, iterate_images
 from dataset.image_folder import IMAGE_EXTENSIONS, FaceFolder, list_images
@@ -92,7 +92,12 @@ def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
     """An encoded image of a ``.bin`` file -> ``(112, 112, 3)`` uint8 RGB, as ``load_bin`` decodes it:
     ``mx.image.imdecode`` (RGB), then ``mx.image.resize_short(img, 112)`` when the width is not 112. An image that
     is not 112x112 after that (not square) is a ``ValueError``, as ``load_bin`` fails on it too."""
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"its {len(data)} bytes are not an image file (they begin {bytes(data[:8]).hex(' ')})"
+                         ) from None
+    with img:
         img.load()
         rgb = img if img.mode == "RGB" else img.convert("RGB")
     if rgb.width != INPUT_SIZE[1]:  # load_bin: `if img.shape[1] != image_size[0]`
@@ -388,6 +393,8 @@ def benchmark_batches(source: ImageSource, batch_size: int, device: Union[str, t
                       workers: int = 0, channels_last: bool = True, **loader_kwargs) -> Batches:
     """``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch of ``source``, by
     the reader and the one preprocessing that score folders (:func:`dataset.folder_batches.iterate_images`):
-    the same tensors as the images written to PNG files and scored, with no file written."""
-    return iterate_images(source, torch.device(device), batch_size, workers, channels_last=channels_last,
+    the same tensors as the images written to PNG files and scored, with no file written. Images that cannot be
+    decoded are only reported (the third element), not logged: a benchmark with one is damaged, said once by the
+    caller."""
+    return iterate_images(source, torch.device(device), batch_size, workers, channels_last=channels_last, warn=False,
                           **loader_kwargs)

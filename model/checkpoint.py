@@ -270,6 +270,11 @@ def load_fr_backbone(path: str, backbone: Optional[str] = None, key: str = "--fr
     for name in names:
         part = find_fr_backbone(state_dict, name)
         if part is not None:
+            variant = identify_variant(state_dict) if any(k.startswith(("base_model.", "base.")) for k in state_dict) \
+                else None
+            if variant is not None:  # allowed (its backbone is an FR network), but rarely what was meant
+                _logger.warning("weights file '%s' (%s) holds the quality model %s ('%s'); its %s backbone is used "
+                                "as the face recognition model", path, key, VARIANTS[variant].title, variant, name)
             # Built on the meta device and given the file's tensors (as float32, as a built model holds them): no
             # random initialisation that the weights would overwrite, and no copy.
             with _MetaBuild():

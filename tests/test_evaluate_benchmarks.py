@@ -50,6 +50,7 @@ def bench_files(tmp_path_factory, checkpoint_dir):
         Image.fromarray(data.images[i]).save(images / name)
     (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
     (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
+    (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "mated"])
@@ -210,6 +211,9 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     (["--method", "nosuch"], r"--method takes a variant \(.*ediffiqaT.*\)"),
     (["--method", "L=ediffiqaT:"], r"names no weights after 'ediffiqaT:'"),
     (["--embeddings", "E={root}/emb.npz"], r"--fr .* and --embeddings .* belong to different runs"),
+    (["--benchmark", "SYN={bin}"], r"benchmarks 'syn', 'SYN' differ only in case"),
+    (["--benchmark", "two={bin}"], r"quality file '.*other.pkl' keys the images of benchmark 'syn' \('syn/0'\), "
+                                   r"not of 'two'"),
     (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality; 3 of 60 images of benchmark "
                                               r"'syn' are not in quality file '.*partial.pkl', as written or "
                                               r"relative .*\(e.g. 'syn/57' in the first, 'syn/0' in the second\)"),
@@ -220,3 +224,15 @@ def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, ca
     argv += [c.format(root=root, bin=root / "syn.bin") for c in change]
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert_user_error(code, err, "evaluate.py", pattern)
+
+
+def test_a_damaged_bin_image_is_one_line(bench_files, tmp_path, capsys) -> None:
+    """An image of a .bin file that cannot be decoded is found while embedding: one line naming the benchmark, the
+    image and why, no per-image warnings."""
+    root, weights = bench_files
+    argv = ["--benchmark", f"junk={root / 'junk.bin'}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}",
+            "--method", f"T=ediffiqaT:{weights}", "--fmr", FMR, "--device", "cpu", "--output", str(tmp_path / "out")]
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert_user_error(code, err, "evaluate.py", r"benchmark 'junk' \('.*junk.bin'\): 2 images of a batch cannot be "
+                                                 r"decoded, e.g. junk/0 \(ValueError: its 12 bytes are not an image")
+    assert "skipped" not in err and "WARNING" not in err, err

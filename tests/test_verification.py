@@ -17,8 +17,15 @@ from PIL import Image
 from dataset.folder_batches import iterate_folder
 from dataset.image_folder import FaceFolder
 from dataset.transforms import decode_face
-from dataset.verification import Benchmark, BinImages, benchmark_batches, match_benchmark_keys, read_benchmark
-from model.build import build_backbone
+from dataset.verification import (
+    Benchmark,
+    BinImages,
+    benchmark_batches,
+    decode_bin_image,
+    match_benchmark_keys,
+    read_benchmark,
+)
+from model.build import build_backbone, build_model
 from model.checkpoint import _built_shapes, find_fr_backbone, load_fr_backbone
 from model.registry import BACKBONES
 from utils.errors import CheckpointError, ConfigError, DataError
@@ -178,6 +185,8 @@ def test_undecodable_and_non_square_images(tmp_path) -> None:
     bench = read_benchmark("odd", str(tmp_path / "odd.bin"))
     with pytest.raises(DataError, match=r"cannot decode image 1 of '.*odd.bin'"):
         bench.images[1]
+    with pytest.raises(ValueError, match=r"^its 9 bytes are not an image file \(they begin 6e 6f 74 20"):
+        decode_bin_image(b"not a png")
     with pytest.raises(DataError, match=r"140x112 after resizing.*load_bin fails on it too"):
         bench.images[2]
     batches = list(benchmark_batches(bench.images, batch_size=3))
@@ -380,6 +389,21 @@ def test_loading_draws_no_random_numbers_and_holds_float32(tmp_path) -> None:
     got = loaded.state_dict()
     assert all(got[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype) and not got[k].is_meta
                and torch.equal(got[k], v.to(got[k].dtype)) for k, v in state.items())
+
+
+def test_an_ediffiqa_checkpoint_gives_its_backbone_with_a_warning(tmp_path, caplog) -> None:
+    """An eDifFIQA checkpoint given as the FR model (a likely mix-up, yet a usable FR network) loads its backbone
+    (``base_model.*``) and says so in one warning."""
+    torch.manual_seed(0)
+    state = build_model("ediffiqaT").state_dict()
+    torch.save(state, str(tmp_path / "ediffiqaT.pth"))
+    with caplog.at_level("WARNING", logger="model.checkpoint"):
+        loaded = load_fr_backbone(str(tmp_path / "ediffiqaT.pth"))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"weights file '{tmp_path / 'ediffiqaT.pth'}' (--fr) holds the quality model eDifFIQA(T) ('ediffiqaT'); its "
+        "mobilefacenet backbone is used as the face recognition model"]
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], state[f"base_model.{k}"]) for k in got if not k.endswith("num_batches_tracked"))
 
 
 def test_named_backbone(tmp_path) -> None:
