@@ -51,6 +51,7 @@ def bench_files(tmp_path_factory, checkpoint_dir):
     (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
     (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
     (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
+    (root / "crfiqa.txt").write_text("quality_data/syn/images/00000.jpg 0.5\n")  # CR-FIQA's score lines
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "mated"])
@@ -214,6 +215,8 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     (["--benchmark", "SYN={bin}"], r"benchmarks 'syn', 'SYN' differ only in case"),
     (["--benchmark", "two={bin}"], r"quality file '.*other.pkl' keys the images of benchmark 'syn' \('syn/0'\), "
                                    r"not of 'two'"),
+    (["--method", "C={root}/crfiqa.txt"], r"cannot read '.*crfiqa.txt' as a pickle file .*; a quality file is a "
+                                          r"pickled dict .* or a CSV .*: convert other formats \(CR-FIQA's lines"),
     (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality; 3 of 60 images of benchmark "
                                               r"'syn' are not in quality file '.*partial.pkl', as written or "
                                               r"relative .*\(e.g. 'syn/57' in the first, 'syn/0' in the second\)"),

@@ -14,7 +14,7 @@ from dataset.formats import all_real, quality_value, read_scores_csv
 from dataset.verification import parse_lfw_pairs
 from engine.figures import drawable
 from utils.config import short
-from utils.errors import DataError
+from utils.errors import DataError, first_line
 from utils.io import TEXT_ERRORS, atomic_open, safe_pickle_load
 
 __all__ = ["Pairs", "read_pairs", "read_qualities", "plot_edc"]
@@ -107,7 +107,14 @@ def _read_quality_table(path: str) -> Dict[str, float]:
         if not os.path.isfile(path):
             raise DataError(f"quality file '{path}' not found")
         return read_scores_csv(path)
-    data = safe_pickle_load(path)
+    try:
+        data = safe_pickle_load(path)
+    except DataError as exc:
+        if path.lower().endswith((".pkl", ".pickle")):
+            raise
+        raise DataError(f"{first_line(exc)}; a quality file is a pickled dict {{image path: quality}} (.pkl) or a CSV "
+                        "(.csv) as inference.py writes them: convert other formats (CR-FIQA's lines 'path score', "
+                        "...) to one of these") from None
     if not isinstance(data, Mapping):
         raise DataError(f"quality file '{path}' must hold a dict {{image path: quality}}")
     if all_real(data.values()):
