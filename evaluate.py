@@ -9,10 +9,11 @@
 Pairs mode writes ``<output>/<name>.json`` and ``.csv`` (method, FR model, FMR, threshold, FNMR at 0, pAUC per limit,
 raw and normalised) and one EDC figure per FR model (``<name>_<fr model>.png`` and ``.pdf``), and prints the table.
 Benchmark mode (``--benchmark NAME=PATH``: an insightface ``.bin`` file or a folder with ``pairs.txt``; images keyed
-``NAME/<index>`` or ``NAME/<path>``) computes embeddings (``--fr NAME=CHECKPOINT`` or ``NAME=BACKBONE:CHECKPOINT``)
-and qualities (``--method VARIANT``, ``VARIANT=WEIGHTS``, ``LABEL=VARIANT:WEIGHTS`` or ``LABEL=SCORES.pkl|.csv``)
-once, cached in ``<output>/cache``, and writes ``<name>.csv``/``.json``/``.md`` (pAUC per method and benchmark, one
-block per FR model, the mean last) and the grid ``<name>_grid.png``/``.pdf``.
+``NAME/<index>`` or ``NAME/<path>``, which score files name by the key rule of docs/evaluation.md) computes embeddings
+(``--fr NAME=CHECKPOINT`` or ``NAME=BACKBONE:CHECKPOINT``) and qualities (``--method VARIANT``, ``VARIANT=WEIGHTS``,
+``LABEL=VARIANT:WEIGHTS`` or ``LABEL=SCORES.pkl|.csv``) once, cached in ``<output>/cache``, and writes
+``<name>.csv``/``.json``/``.md`` (pAUC per method and benchmark, one block per FR model, the mean last) and the grid
+``<name>_grid.png``/``.pdf``.
 """
 from __future__ import annotations
 

@@ -91,11 +91,16 @@ def _map_batches(data: BenchmarkSet, device: torch.device, batch_size: int, forw
     return np.concatenate(chunks)
 
 
-def _file_qualities(method: Method, source: _Source, problems: List[str], names: List[str]) -> None:
+def _file_qualities(method: Method, source: _Source, problems: List[str], names: List[str],
+                    read: Dict[str, Dict[str, float]]) -> None:
     """Read a method's scores file for the benchmark's images into ``source.files`` (NaN where absent), its keys
-    matched by :func:`dataset.verification.match_benchmark_keys` (``names``: the run's benchmarks); pairs with an
-    absent image are left out of ``source.keep`` and said in ``problems``."""
-    scores = read_qualities(method.scores or "")
+    matched by :func:`dataset.verification.match_benchmark_keys` (``names``: the run's benchmarks; ``read``: the
+    files read so far, each read once); pairs with an absent image are left out of ``source.keep`` and said in
+    ``problems``."""
+    path = method.scores or ""
+    if path not in read:
+        read[path] = read_qualities(path)
+    scores = read[path]
     data = source.data
     file = f"quality file '{method.scores}'"
     found = match_benchmark_keys(data, list(scores), file, names)
@@ -123,6 +128,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     # Everything that can be wrong with the inputs is found before any image is embedded.
     sources: List[_Source] = []
     problems: List[str] = []
+    score_files: Dict[str, Dict[str, float]] = {}
     for bench in cfg.benchmarks:
         data = read_benchmark(bench.name, bench.path)
         record = {"benchmark": bench.name, "source": source_fingerprint(bench, data), "keys": len(data.keys),
@@ -130,7 +136,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         source = _Source(bench, data, record, {}, np.ones(len(data.issame), dtype=bool))
         for method in cfg.methods:
             if method.model is None:
-                _file_qualities(method, source, problems, [b.name for b in cfg.benchmarks])
+                _file_qualities(method, source, problems, [b.name for b in cfg.benchmarks], score_files)
         sources.append(source)
     if problems:
         if cfg.on_missing == "fail":
