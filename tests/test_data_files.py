@@ -47,6 +47,24 @@ def test_quality_csvs_with_a_byte_order_mark_and_plain_numbers_are_read(tmp_path
     assert dict(zip(paths, qualities.tolist())) == expected
 
 
+def test_score_lines_as_other_methods_write_them(tmp_path) -> None:
+    """``path score`` lines (CR-FIQA's getQualityScore.py): the score after the last space or tab, so paths keep
+    their spaces; a byte-order mark, CRLF and blank lines are read; a bad line or a path given twice is one error."""
+    from dataset.formats import read_scores_text
+
+    text = "quality_data/lfw/images/00000.jpg 0.53125\r\nmy faces/a b.png\t-1.5e-07\n\n  c.jpg   2  \n"
+    (tmp_path / "q.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_scores_text(str(tmp_path / "q.txt")) == {"quality_data/lfw/images/00000.jpg": 0.53125,
+                                                         "my faces/a b.png": -1.5e-07, "c.jpg": 2.0}
+    for body, pattern in [("a.jpg 0.5\nb.jpg\n", r"q.txt' line 2: expected 'path score' .*, got 'b.jpg'"),
+                          ("a.jpg 0.5\nb.jpg 1_0\n", r"line 2: expected 'path score'"),
+                          ("a.jpg 0.5\nb.jpg 1\na.jpg 2\n", r"'a.jpg' is given twice, on lines 1 and 3; keep one"),
+                          ("a.jpg\x000.5\n", r"holds NUL bytes")]:
+        (tmp_path / "q.txt").write_text(body)
+        with pytest.raises(DataError, match=pattern):
+            read_scores_text(str(tmp_path / "q.txt"))
+
+
 @pytest.mark.parametrize("row,pattern", [
     ("x/1.png,high", r"line 3: expected 'path,quality', but the quality 'high' is not a plain number"),
     ("x/1.png", r"line 3: expected 'path,quality', got 1 field\(s\): 'x/1.png'"),

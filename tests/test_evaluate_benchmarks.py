@@ -51,7 +51,7 @@ def bench_files(tmp_path_factory, checkpoint_dir):
     (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
     (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
     (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
-    (root / "crfiqa.txt").write_text("quality_data/syn/images/00000.jpg 0.5\n")  # CR-FIQA's score lines
+    (root / "other.json").write_text(json.dumps(other))
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "mated"])
@@ -144,17 +144,23 @@ def test_a_rerun_and_an_added_method_reuse_the_cache(bench, tmp_path, capsys, mo
 
 def test_scores_keyed_by_the_unpacked_files_equal_scores_keyed_by_index(bench, tmp_path, capsys,
                                                                          monkeypatch) -> None:
-    """The four-script path's score file (keyed by the unpacked files, ``00017.png``) names the benchmark's images
-    ``syn/<index>`` by the key rule: its results equal those of the same scores keyed by index."""
+    """The four-script path's score file (keyed by the unpacked files, ``00017.png``) and CR-FIQA's (lines
+    ``quality_data/syn/images/00017.jpg score``) name the benchmark's images ``syn/<index>`` by the key rule: their
+    results equal those of the same scores keyed by index."""
     root, weights = bench
     out = copy_of_one(root, tmp_path)
     _no_models(monkeypatch)
-    argv = one_command(root, weights, out, "--method", f"files={root / 'other-files.pkl'}")
+    other = pickle.loads((root / "other.pkl").read_bytes())
+    lines = "".join(f"quality_data/syn/images/{int(k.split('/')[1]):05d}.jpg {v!r}\n" for k, v in other.items())
+    (tmp_path / "crfiqa.txt").write_text(lines)  # CR-FIQA's extract_bin.py names and getQualityScore.py lines
+    argv = one_command(root, weights, out, "--method", f"files={root / 'other-files.pkl'}",
+                       "--method", f"crfiqa={tmp_path / 'crfiqa.txt'}")
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert code == 0, err
     rows = {r["method"]: r for r in json.loads((out / "edc.json").read_text())["results"]}
-    assert {k: v for k, v in rows["files"].items() if k != "method"} == {
-        k: v for k, v in rows["other"].items() if k != "method"}
+    for label in ("files", "crfiqa"):
+        assert {k: v for k, v in rows[label].items() if k != "method"} == {
+            k: v for k, v in rows["other"].items() if k != "method"}
 
 
 def test_a_killed_run_resumes_and_equals_an_uninterrupted_one(bench, tmp_path, capsys, monkeypatch) -> None:
@@ -215,8 +221,8 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     (["--benchmark", "SYN={bin}"], r"benchmarks 'syn', 'SYN' differ only in case"),
     (["--benchmark", "two={bin}"], r"quality file '.*other.pkl' keys the images of benchmark 'syn' \('syn/0'\), "
                                    r"not of 'two'"),
-    (["--method", "C={root}/crfiqa.txt"], r"cannot read '.*crfiqa.txt' as a pickle file .*; a quality file is a "
-                                          r"pickled dict .* or a CSV .*: convert other formats \(CR-FIQA's lines"),
+    (["--method", "J={root}/other.json"], r"cannot read '.*other.json' as a pickle file .*; a quality file is a "
+                                          r"pickled dict .* or a CSV .*, or lines 'path score' \(.txt"),
     (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality; 3 of 60 images of benchmark "
                                               r"'syn' are not in quality file '.*partial.pkl', as written or "
                                               r"relative .*\(e.g. 'syn/57' in the first, 'syn/0' in the second\)"),

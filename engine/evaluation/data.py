@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from dataset.formats import all_real, quality_value, read_scores_csv
+from dataset.formats import all_real, quality_value, read_scores_csv, read_scores_text
 from dataset.verification import parse_lfw_pairs
 from engine.figures import drawable
 from utils.config import short
@@ -103,18 +103,18 @@ def read_pairs(path: str) -> Pairs:
 
 
 def _read_quality_table(path: str) -> Dict[str, float]:
-    if path.lower().endswith(".csv"):
+    if path.lower().endswith((".csv", ".txt")):
         if not os.path.isfile(path):
             raise DataError(f"quality file '{path}' not found")
-        return read_scores_csv(path)
+        return read_scores_csv(path) if path.lower().endswith(".csv") else read_scores_text(path)
     try:
         data = safe_pickle_load(path)
     except DataError as exc:
         if path.lower().endswith((".pkl", ".pickle")):
             raise
         raise DataError(f"{first_line(exc)}; a quality file is a pickled dict {{image path: quality}} (.pkl) or a CSV "
-                        "(.csv) as inference.py writes them: convert other formats (CR-FIQA's lines 'path score', "
-                        "...) to one of these") from None
+                        "(.csv) as inference.py writes them, or lines 'path score' (.txt, as CR-FIQA writes them): "
+                        "convert other formats to one of these") from None
     if not isinstance(data, Mapping):
         raise DataError(f"quality file '{path}' must hold a dict {{image path: quality}}")
     if all_real(data.values()):
@@ -127,8 +127,9 @@ def _read_quality_table(path: str) -> Dict[str, float]:
 
 
 def read_qualities(path: str) -> Dict[str, float]:
-    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``; an
-    unreadable file or NaN/infinite scores (count and examples) are a :class:`DataError`."""
+    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``, or
+    a ``.txt`` file of ``path score`` lines (:func:`dataset.formats.read_scores_text`); an unreadable file or
+    NaN/infinite scores (count and examples) are a :class:`DataError`."""
     table = _read_quality_table(path)
     bad = [k for k, v in table.items() if not math.isfinite(v)]
     if bad:
