@@ -23,6 +23,7 @@ from dataset.synthetic import verification_bin
 from dataset.verification import read_benchmark
 from engine.evaluation import benchmarks as workflow
 from engine.evaluation import cache
+from utils.io import sha256_of
 
 PAIRS = 30
 FMR = "0.1"  # 15 non-mated comparisons measure it
@@ -52,6 +53,7 @@ def bench_files(tmp_path_factory, checkpoint_dir):
     (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
     (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
     (root / "other.json").write_text(json.dumps(other))
+    (root / "nan.pkl").write_bytes(pickle.dumps({**other, "syn/7": float("nan")}))
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "mated"])
@@ -208,6 +210,25 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     assert (out / "edc.json").read_bytes() == first
 
 
+def test_a_changed_bin_file_of_the_same_name_is_computed_again(bench, tmp_path, capsys) -> None:
+    """The cache's record holds the .bin file's size and SHA-256: another file under the same name and path is never
+    given the cached embeddings; they are computed again from it, and stored with its digest."""
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    (tmp_path / "changed").mkdir()
+    changed = tmp_path / "changed" / "syn.bin"
+    verification_bin(str(changed), PAIRS, seed=4)
+    argv = ["--benchmark", f"syn={changed}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}", "--method",
+            f"other={root / 'other.pkl'}", "--fmr", FMR, "--device", "cpu", "--output", str(out)]
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert code == 0 and "holds another computation (differs in: source)" in err, err
+    path = next((out / "cache").glob("embeddings-*"))
+    with np.load(path) as npz:
+        source = json.loads(str(npz["record"][()]))["record"]["source"]
+    assert source == {"file": "syn.bin", "size": changed.stat().st_size, "sha256": sha256_of(str(changed))}
+    assert source["sha256"] != sha256_of(str(root / "syn.bin"))
+
+
 @pytest.mark.parametrize("change,pattern", [
     (["--benchmark", "syn"], r"--benchmark takes NAME=PATH"),
     (["--benchmark", "a b={bin}"], r"benchmark name 'a b'"),
@@ -221,6 +242,9 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     (["--benchmark", "SYN={bin}"], r"benchmarks 'syn', 'SYN' differ only in case"),
     (["--benchmark", "two={bin}"], r"quality file '.*other.pkl' keys the images of benchmark 'syn' \('syn/0'\), "
                                    r"not of 'two'"),
+    (["--output", "{root}/other.pkl"], r"output folder '.*other.pkl' \(output / --output\) is a file"),
+    (["--method", "N={root}/nan.pkl"], r"quality file '.*nan.pkl': 1 of 60 scores are NaN or infinite \(e.g. "
+                                       r"'syn/7'\)"),
     (["--method", "J={root}/other.json"], r"cannot read '.*other.json' as a pickle file .*; a quality file is a "
                                           r"pickled dict .* or a CSV .*, or lines 'path score' \(.txt"),
     (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality; 3 of 60 images of benchmark "
