@@ -9,10 +9,11 @@
 Pairs mode writes ``<output>/<name>.json`` and ``.csv`` (method, FR model, FMR, threshold, FNMR at 0, pAUC per limit,
 raw and normalised) and one EDC figure per FR model (``<name>_<fr model>.png`` and ``.pdf``), and prints the table.
 Benchmark mode (``--benchmark NAME=PATH``: an insightface ``.bin`` file or a folder with ``pairs.txt``; images keyed
-``NAME/<index>`` or ``NAME/<path>``) computes embeddings (``--fr NAME=CHECKPOINT`` or ``NAME=BACKBONE:CHECKPOINT``)
-and qualities (``--method VARIANT``, ``VARIANT=WEIGHTS``, ``LABEL=VARIANT:WEIGHTS`` or ``LABEL=SCORES.pkl|.csv``)
-once, cached in ``<output>/cache``, and writes ``<name>.csv``/``.json``/``.md`` (pAUC per method and benchmark, one
-block per FR model, the mean last) and the grid ``<name>_grid.png``/``.pdf``.
+``NAME/<index>`` or ``NAME/<path>``, which score files name by the key rule of docs/evaluation.md) computes embeddings
+(``--fr NAME=CHECKPOINT`` or ``NAME=BACKBONE:CHECKPOINT``) and qualities (``--method VARIANT``, ``VARIANT=WEIGHTS``,
+``LABEL=VARIANT:WEIGHTS`` or ``LABEL=SCORES.pkl|.csv|.txt``) once, cached in ``<output>/cache``, and writes
+``<name>.csv``/``.json``/``.md`` (pAUC per method and benchmark, one block per FR model, the mean last) and the grid
+``<name>_grid.png``/``.pdf``.
 """
 from __future__ import annotations
 
@@ -71,17 +72,17 @@ def _fr_models(texts: List[str]) -> List[Dict[str, Optional[str]]]:
 
 
 #: Endings of files of quality scores (what inference.py writes), as --method/--scores values.
-_SCORE_FILES = (".pkl", ".csv")
+_SCORE_FILES = (".pkl", ".csv", ".txt")
 
 
 def _methods(texts: List[str]) -> List[Dict[str, Optional[str]]]:
     """``--method``/``--scores`` values: ``VARIANT``, ``VARIANT=WEIGHTS``, ``LABEL=VARIANT[:WEIGHTS]`` or
-    ``LABEL=SCORES.pkl|.csv``."""
+    ``LABEL=SCORES.pkl|.csv|.txt``."""
     from model.registry import variant_names
 
     variants = variant_names()
     form = ("a variant (" + ", ".join(variants) + "), VARIANT=WEIGHTS, LABEL=VARIANT:WEIGHTS or "
-            "LABEL=SCORES.pkl|.csv")
+            "LABEL=SCORES.pkl|.csv|.txt")
     out = []
     for text in texts:
         if "=" not in text:

@@ -113,12 +113,12 @@ def workers_that_can_ship(workers: int, batch_size: int) -> int:
 
 def iterate_images(images: FaceImages, device: torch.device, batch_size: int, workers: int,
                    pin_memory: bool = True, prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
-                   channels_last: bool = True) -> Batches:
+                   channels_last: bool = True, warn: bool = True) -> Batches:
     """Yield ``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch of
     ``images`` in order.
 
-    Unreadable images are left out of ``images``/``indices``, named in a warning and reported in the third element;
-    a batch with only bad images yields empty tensors.
+    Unreadable images are left out of ``images``/``indices``, named in a warning (``warn``; a caller that fails on
+    them says it once) and reported in the third element; a batch with only bad images yields empty tensors.
     """
     workers = workers_that_can_ship(workers, batch_size)
     if workers == 0:
@@ -126,7 +126,7 @@ def iterate_images(images: FaceImages, device: torch.device, batch_size: int, wo
     else:
         batches = _iterate_loader(images, device, batch_size, workers, pin_memory, prefetch_factor,
                                   persistent_workers)
-    return _named_and_laid_out(batches, images.describe, channels_last)
+    return _named_and_laid_out(batches, images.describe if warn else None, channels_last)
 
 
 def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, batch_size: int, workers: int,
@@ -145,11 +145,12 @@ def iterate_folder(root: str, rel_paths: Sequence[str], device: torch.device, ba
                                folder.describe, channels_last)
 
 
-def _named_and_laid_out(batches: Batches, describe: Callable[[int], str], channels_last: bool) -> Batches:
-    """``batches`` with each unreadable image named in a warning, and the images in the model's memory layout."""
+def _named_and_laid_out(batches: Batches, describe: Optional[Callable[[int], str]], channels_last: bool) -> Batches:
+    """``batches`` with each unreadable image named in a warning (unless ``describe`` is None), and the images in the
+    model's memory layout."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     for indices, x, bad in batches:
-        for index, reason in bad:
+        for index, reason in bad if describe is not None else ():
             _logger.warning("skipped '%s': %s", describe(index), reason)
         yield indices, x.contiguous(memory_format=layout), bad
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import operator
 import os
 import zipfile
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["read_label_values", "quality_value", "all_real", "PREPARED_PROTOCOL", "format_score",
-           "scores_csv_writer", "read_scores_csv", "EmbeddingTable", "read_embeddings", "write_embeddings",
-           "centres_file", "items_file", "prepared_writers", "read_prepared", "MIN_EMBEDDING_LENGTH"]
+           "scores_csv_writer", "read_scores_csv", "read_scores_text", "EmbeddingTable", "read_embeddings",
+           "write_embeddings", "centres_file", "items_file", "prepared_writers", "read_prepared",
+           "MIN_EMBEDDING_LENGTH"]
 
 
 def _examples(items: Sequence[str], n: int = 3) -> str:
@@ -355,11 +357,7 @@ def read_scores_csv(path: str) -> Dict[str, float]:
                                     f"{','.join(row)[:80]!r}")
                 key, text = row
                 try:
-                    # float() also takes full-width digits ('\uff10.\uff15'), '1_000' and Unicode spaces: only
-                    # ASCII without '_' is plain decimal or scientific notation (or nan/inf, refused later).
-                    if not text.isascii() or "_" in text:
-                        raise ValueError(text)
-                    value = float(text)
+                    value = _plain_number(text)  # nan/inf are refused later
                 except ValueError:
                     raise DataError(f"'{path}' line {start}: expected 'path,quality', but the quality "
                                     f"{short(text)} is not a plain number (ASCII digits, e.g. 0.5 or 1e-3)") from None
@@ -370,6 +368,42 @@ def read_scores_csv(path: str) -> Dict[str, float]:
             return table
     except csv.Error as exc:
         raise DataError(f"'{path}' is not a readable CSV ({exc})") from None
+
+
+def _plain_number(text: str) -> float:
+    """``float(text)`` of plain decimal or scientific notation only: ``float()`` also takes full-width digits
+    (``'\\uff10.\\uff15'``), ``'1_000'`` and Unicode spaces, which are refused (``ValueError``)."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(text)
+    return float(text)
+
+
+def read_scores_text(path: str) -> Dict[str, float]:
+    """Read lines ``path score`` (the score after the last run of spaces or tabs, so a path may hold spaces), as other
+    FIQA methods' scripts write them (CR-FIQA's ``getQualityScore.py``); blank lines are skipped. A line without a
+    plain number at its end, or a path given twice, is a :class:`DataError` naming the line(s)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if b"\0" in data:
+        raise DataError(f"'{path}' holds NUL bytes, so it is not a text file of 'path score' lines")
+    table: Dict[str, float] = {}
+    first: Dict[str, int] = {}
+    for i, line in enumerate(io.StringIO(data.decode("utf-8-sig", TEXT_ERRORS), newline=None), start=1):
+        parts = line.rstrip("\n").rsplit(None, 1)
+        if not parts:
+            continue
+        try:
+            if len(parts) != 2:
+                raise ValueError(line)
+            value = _plain_number(parts[1])
+        except ValueError:
+            raise DataError(f"'{path}' line {i}: expected 'path score' with a plain number (e.g. 0.5 or 1e-3), got "
+                            f"{short(line.rstrip())}") from None
+        key = parts[0].strip(" \t")
+        if key in table:
+            raise DataError(f"'{path}': {short(key)} is given twice, on lines {first[key]} and {i}; keep one")
+        table[key], first[key] = value, i
+    return table
 
 
 def _line_of(path: str, key: str) -> int:

@@ -23,17 +23,19 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dataset.folder_batches import Batches, iterate_images
 from dataset.image_folder import IMAGE_EXTENSIONS, FaceFolder, list_images
+from dataset.keys import common_folder, match_keys, normal_key
 from dataset.transforms import INPUT_SIZE, decode_face
 from utils.config import short
 from utils.errors import ConfigError, DataError, first_line
-from utils.io import safe_pickle_load
+from utils.io import TEXT_ERRORS, safe_pickle_load
 
 __all__ = ["Benchmark", "ImageSource", "BinImages", "FolderImages", "decode_bin_image", "read_benchmark",
-           "read_bin", "read_pairs_folder", "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
+           "read_bin", "bin_key_form", "match_benchmark_keys", "read_pairs_folder", "parse_lfw_pairs",
+           "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -90,7 +92,12 @@ def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
     """An encoded image of a ``.bin`` file -> ``(112, 112, 3)`` uint8 RGB, as ``load_bin`` decodes it:
     ``mx.image.imdecode`` (RGB), then ``mx.image.resize_short(img, 112)`` when the width is not 112. An image that
     is not 112x112 after that (not square) is a ``ValueError``, as ``load_bin`` fails on it too."""
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"its {len(data)} bytes are not an image file (they begin {bytes(data[:8]).hex(' ')})"
+                         ) from None
+    with img:
         img.load()
         rgb = img if img.mode == "RGB" else img.convert("RGB")
     if rgb.width != INPUT_SIZE[1]:  # load_bin: `if img.shape[1] != image_size[0]`
@@ -165,6 +172,51 @@ class Benchmark:
     path: str = ""
 
 
+#: The file name of an unpacked ``.bin`` image: its index with leading zeros (``00017.jpg``, as CR-FIQA's
+#: ``extract_bin.py`` writes them) or without (``17.png``).
+_NUMBERED = re.compile(r"0*(\d+)")
+
+
+def bin_key_form(key: str) -> str:
+    """The key of a score file in the form that names an image of a ``.bin`` file: an image file numbered by its
+    index loses its extension and leading zeros (``'quality_data/lfw/images/00017.jpg'`` ->
+    ``'quality_data/lfw/images/17'``, ``'lfw/17'`` stays); any other key is left as it is."""
+    folder, sep, file = key.replace("\\", "/").rpartition("/")
+    stem, ext = os.path.splitext(file)
+    number = _NUMBERED.fullmatch(stem) if ext.lower() in IMAGE_EXTENSIONS or not ext else None
+    return key if number is None else f"{folder}{sep}{number.group(1)}"
+
+
+def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
+                         others: Sequence[str] = ()) -> List[Optional[str]]:
+    """The key of ``keys`` (a score file's, ``source`` in messages) that names each image of ``data``, None where
+    none, by the one key rule (:func:`dataset.keys.match_keys`: as written or relative to each file's common
+    folder). For a ``.bin`` file a key is first read in :func:`bin_key_form`, so the files of its images unpacked as
+    ``<index>.<ext>`` (``unpacked/lfw/00017.jpg``) name ``NAME/<index>`` (``lfw/17``). Two keys that name one image
+    are a :class:`DataError`, and so is a file matched only relative to its folder when that folder names another
+    benchmark of the run (``others``) and not this one: the scores of ``lfw/<index>`` are not those of
+    ``cfp_fp/<index>``."""
+    where = f"benchmark '{data.name}' ('{data.path}')"
+    forms: Dict[str, str] = {}
+    if isinstance(data.images, BinImages):
+        for key in keys:
+            form = bin_key_form(key)
+            if forms.setdefault(form, key) != key:
+                raise DataError(f"{source}: {short(forms[form])} and {short(key)} both name image {form}; give "
+                                "each image one key")
+    else:
+        forms = {key: key for key in keys}
+    found = match_keys(data.keys, forms, where, source)
+    hits = [k for k in found if k is not None]
+    if hits and not any(k == want for k, want in zip(found, data.keys)):
+        folder = common_folder([normal_key(k) for k in hits]).split("/")
+        named = [n for n in others if n != data.name and n in folder]
+        if named and data.name not in folder:
+            raise DataError(f"{source} keys the images of benchmark '{named[0]}' ({short(forms[hits[0]])}), not "
+                            f"of '{data.name}'; give the scores of '{data.name}' (keys {data.keys[0]}, ...)")
+    return [forms[k] if k is not None else None for k in found]
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"benchmark name {short(name)} must start with a letter or digit and hold only letters, "
@@ -232,29 +284,37 @@ def _issame(value: object, what: str) -> np.ndarray:
     return np.array(items, dtype=bool)
 
 
+def parse_lfw_pairs(text: str, path: str) -> List[Tuple[str, int, str, int, bool]]:
+    """``(name1, n1, name2, n2, mated)`` of each line of the text of an LFW-style pairs file (LFW, XQLFW) ``path``:
+    ``name n1 n2`` is mated, ``name1 n1 name2 n2`` not; blank lines and a first line of one or two whole numbers (the
+    counts) are skipped. Another line is a :class:`DataError` naming the file and line. Lines end only at ``\\n``,
+    ``\\r\\n`` or ``\\r`` (names may hold other line-breaking characters)."""
+    rows = []
+    for i, line in enumerate(io.StringIO(text, newline=None), start=1):
+        parts = line.split()
+        if not parts or (i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
+            continue
+        numbers = parts[1::2] if len(parts) == 4 else parts[1:]
+        if len(parts) not in (3, 4) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in numbers):
+            raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j' with whole "
+                            f"numbers i and j, got {short(line.rstrip())}")
+        if len(parts) == 3:
+            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
+        else:
+            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+    return rows
+
+
 def read_lfw_pairs(path: str) -> List[Tuple[str, int, str, int, bool]]:
-    """``(name1, n1, name2, n2, mated)`` of each line of an LFW-style pairs file (LFW, XQLFW): ``name n1 n2`` is
-    mated, ``name1 n1 name2 n2`` not; a first line of one or two whole numbers (the counts) is skipped. Another line
-    is a :class:`DataError` naming the file and line."""
+    """:func:`parse_lfw_pairs` of the file ``path``; a missing or binary file (NUL bytes) or one without comparisons
+    is a :class:`DataError` naming it."""
     if not os.path.isfile(path):
         raise DataError(f"pairs file '{path}' not found")
     with open(path, "rb") as handle:
         data = handle.read()
     if b"\0" in data:
         raise DataError(f"pairs file '{path}' holds NUL bytes, so it is not an LFW-style pairs.txt")
-    rows = []
-    for i, line in enumerate(io.StringIO(data.decode("utf-8-sig", "surrogateescape"), newline=None), start=1):
-        parts = line.split()
-        if not parts or (i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
-            continue
-        numbers = parts[1::2] if len(parts) == 4 else parts[1:]
-        if len(parts) not in (3, 4) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in numbers):
-            raise DataError(f"pairs file '{path}', line {i}: expected 'name n1 n2' or 'name1 n1 name2 n2' with whole "
-                            f"numbers, got {short(line.rstrip())}")
-        if len(parts) == 3:
-            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
-        else:
-            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+    rows = parse_lfw_pairs(data.decode("utf-8-sig", TEXT_ERRORS), path)
     if not rows:
         raise DataError(f"pairs file '{path}' holds no comparisons")
     return rows
@@ -333,6 +393,8 @@ def benchmark_batches(source: ImageSource, batch_size: int, device: Union[str, t
                       workers: int = 0, channels_last: bool = True, **loader_kwargs) -> Batches:
     """``(indices (b,), images (b, 3, 112, 112) float on device, [(index, error), ...])`` per batch of ``source``, by
     the reader and the one preprocessing that score folders (:func:`dataset.folder_batches.iterate_images`):
-    the same tensors as the images written to PNG files and scored, with no file written."""
-    return iterate_images(source, torch.device(device), batch_size, workers, channels_last=channels_last,
+    the same tensors as the images written to PNG files and scored, with no file written. Images that cannot be
+    decoded are only reported (the third element), not logged: a benchmark with one is damaged, said once by the
+    caller."""
+    return iterate_images(source, torch.device(device), batch_size, workers, channels_last=channels_last, warn=False,
                           **loader_kwargs)

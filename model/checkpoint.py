@@ -9,6 +9,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from model.build import build_backbone, build_model, build_variant
 from model.registry import (
@@ -35,11 +36,39 @@ def _shapes(state_dict: Mapping[str, torch.Tensor]) -> Shapes:
     return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
+#: In-place random fills (what weight initialisation calls), skipped on meta tensors.
+_RANDOM_FILLS = frozenset({"normal_", "uniform_", "random_", "bernoulli_", "exponential_", "geometric_",
+                           "log_normal_", "cauchy_"})
+
+
+class _MetaBuild(TorchFunctionMode):
+    """Modules built inside are on the meta device, their random initialisation skipped: on meta tensors it computes
+    nothing, but runs through PyTorch's Python reference kernels, whose first call imports ``torch._dynamo`` (about a
+    second of CPU, once per process)."""
+
+    def __enter__(self):
+        self._device = torch.device("meta")
+        self._device.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        return self._device.__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in _RANDOM_FILLS:  # Tensor.normal_(t, ...), nn.init.normal_(tensor=t)
+            tensor = args[0] if args else kwargs.get("tensor")
+            if getattr(tensor, "is_meta", False):
+                return tensor
+        return func(*args, **kwargs)
+
+
 @functools.lru_cache(maxsize=None)
 def _built_shapes(backbone: str, kind: Optional[str]) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
     """Key -> shape of ``backbone`` alone (``kind`` None) or of a model of ``kind`` on it, built on the meta device:
     no memory and no init cost, only the table."""
-    with torch.device("meta"):
+    with _MetaBuild():
         module = build_backbone(backbone) if kind is None else build_variant(backbone, kind)
     return tuple(_shapes(module.state_dict()).items())
 
@@ -244,8 +273,17 @@ def load_fr_backbone(path: str, backbone: Optional[str] = None, key: str = "--fr
     for name in names:
         part = find_fr_backbone(state_dict, name)
         if part is not None:
-            model = build_backbone(name)
-            model.load_state_dict(part, strict=True)
+            variant = identify_variant(state_dict) if any(k.startswith(("base_model.", "base.")) for k in state_dict) \
+                else None
+            if variant is not None:  # allowed (its backbone is an FR network), but rarely what was meant
+                _logger.warning("weights file '%s' (%s) holds the quality model %s ('%s'); its %s backbone is used "
+                                "as the face recognition model", path, key, VARIANTS[variant].title, variant, name)
+            # Built on the meta device and given the file's tensors (as float32, as a built model holds them): no
+            # random initialisation that the weights would overwrite, and no copy.
+            with _MetaBuild():
+                model = build_backbone(name)
+            model.load_state_dict({k: v.float().contiguous() if v.is_floating_point() else v
+                                   for k, v in part.items()}, strict=True, assign=True)
             return model.eval()
     held = next((name for name in BACKBONES
                  if name != backbone and find_fr_backbone(state_dict, name) is not None), None)

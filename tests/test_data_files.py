@@ -47,6 +47,24 @@ def test_quality_csvs_with_a_byte_order_mark_and_plain_numbers_are_read(tmp_path
     assert dict(zip(paths, qualities.tolist())) == expected
 
 
+def test_score_lines_as_other_methods_write_them(tmp_path) -> None:
+    """``path score`` lines (CR-FIQA's getQualityScore.py): the score after the last space or tab, so paths keep
+    their spaces; a byte-order mark, CRLF and blank lines are read; a bad line or a path given twice is one error."""
+    from dataset.formats import read_scores_text
+
+    text = "quality_data/lfw/images/00000.jpg 0.53125\r\nmy faces/a b.png\t-1.5e-07\n\n  c.jpg   2  \n"
+    (tmp_path / "q.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_scores_text(str(tmp_path / "q.txt")) == {"quality_data/lfw/images/00000.jpg": 0.53125,
+                                                         "my faces/a b.png": -1.5e-07, "c.jpg": 2.0}
+    for body, pattern in [("a.jpg 0.5\nb.jpg\n", r"q.txt' line 2: expected 'path score' .*, got 'b.jpg'"),
+                          ("a.jpg 0.5\nb.jpg 1_0\n", r"line 2: expected 'path score'"),
+                          ("a.jpg 0.5\nb.jpg 1\na.jpg 2\n", r"'a.jpg' is given twice, on lines 1 and 3; keep one"),
+                          ("a.jpg\x000.5\n", r"holds NUL bytes")]:
+        (tmp_path / "q.txt").write_text(body)
+        with pytest.raises(DataError, match=pattern):
+            read_scores_text(str(tmp_path / "q.txt"))
+
+
 @pytest.mark.parametrize("row,pattern", [
     ("x/1.png,high", r"line 3: expected 'path,quality', but the quality 'high' is not a plain number"),
     ("x/1.png", r"line 3: expected 'path,quality', got 1 field\(s\): 'x/1.png'"),
@@ -138,6 +156,21 @@ def test_pair_names_keep_every_character_but_line_ends(tmp_path) -> None:
     pairs = read_pairs(str(tmp_path / "pairs.csv"))
     assert pairs.a == [a for a, _, _ in rows] and pairs.b == [b for _, b, _ in rows]
     assert pairs.mated.tolist() == [bool(m) for _, _, m in rows] and pairs.similarity.tolist() == [0.5] * len(rows)
+
+
+def test_lfw_pairs_read_for_files_as_for_benchmarks(tmp_path) -> None:
+    """An LFW pairs.txt is parsed by the benchmarks' parser (dataset.verification.parse_lfw_pairs): the counts line
+    skipped, mated and non-mated lines, names made as LFW's files are named."""
+    from dataset.verification import read_lfw_pairs
+    from engine.evaluation.data import read_pairs
+
+    (tmp_path / "pairs.txt").write_text("1 2\nAnn 1 12\n\nAnn 3 Bob_Li 1\r\nBob_Li 2 4\n")
+    pairs = read_pairs(str(tmp_path / "pairs.txt"))
+    assert pairs.a == ["Ann/Ann_0001.jpg", "Ann/Ann_0003.jpg", "Bob_Li/Bob_Li_0002.jpg"]
+    assert pairs.b == ["Ann/Ann_0012.jpg", "Bob_Li/Bob_Li_0001.jpg", "Bob_Li/Bob_Li_0004.jpg"]
+    assert pairs.mated.tolist() == [True, False, True]
+    assert [(f"{a}/{a}_{i:04d}.jpg", f"{b}/{b}_{j:04d}.jpg", m) for a, i, b, j, m in
+            read_lfw_pairs(str(tmp_path / "pairs.txt"))] == list(zip(pairs.a, pairs.b, pairs.mated.tolist()))
 
 
 @pytest.mark.parametrize("kind,pattern", [

@@ -23,6 +23,7 @@ from dataset.synthetic import verification_bin
 from dataset.verification import read_benchmark
 from engine.evaluation import benchmarks as workflow
 from engine.evaluation import cache
+from utils.io import sha256_of
 
 PAIRS = 30
 FMR = "0.1"  # 15 non-mated comparisons measure it
@@ -49,6 +50,10 @@ def bench_files(tmp_path_factory, checkpoint_dir):
     for i, name in enumerate(names):
         Image.fromarray(data.images[i]).save(images / name)
     (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
+    (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
+    (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
+    (root / "other.json").write_text(json.dumps(other))
+    (root / "nan.pkl").write_bytes(pickle.dumps({**other, "syn/7": float("nan")}))
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "mated"])
@@ -139,6 +144,27 @@ def test_a_rerun_and_an_added_method_reuse_the_cache(bench, tmp_path, capsys, mo
     assert methods == ["T", "other", "more"]
 
 
+def test_scores_keyed_by_the_unpacked_files_equal_scores_keyed_by_index(bench, tmp_path, capsys,
+                                                                         monkeypatch) -> None:
+    """The four-script path's score file (keyed by the unpacked files, ``00017.png``) and CR-FIQA's (lines
+    ``quality_data/syn/images/00017.jpg score``) name the benchmark's images ``syn/<index>`` by the key rule: their
+    results equal those of the same scores keyed by index."""
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    _no_models(monkeypatch)
+    other = pickle.loads((root / "other.pkl").read_bytes())
+    lines = "".join(f"quality_data/syn/images/{int(k.split('/')[1]):05d}.jpg {v!r}\n" for k, v in other.items())
+    (tmp_path / "crfiqa.txt").write_text(lines)  # CR-FIQA's extract_bin.py names and getQualityScore.py lines
+    argv = one_command(root, weights, out, "--method", f"files={root / 'other-files.pkl'}",
+                       "--method", f"crfiqa={tmp_path / 'crfiqa.txt'}")
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert code == 0, err
+    rows = {r["method"]: r for r in json.loads((out / "edc.json").read_text())["results"]}
+    for label in ("files", "crfiqa"):
+        assert {k: v for k, v in rows[label].items() if k != "method"} == {
+            k: v for k, v in rows["other"].items() if k != "method"}
+
+
 def test_a_killed_run_resumes_and_equals_an_uninterrupted_one(bench, tmp_path, capsys, monkeypatch) -> None:
     """The run is killed once the embeddings are stored; the rerun embeds nothing, scores the rest and writes what
     an uninterrupted run writes. A damaged cache file is said and computed again."""
@@ -184,6 +210,25 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     assert (out / "edc.json").read_bytes() == first
 
 
+def test_a_changed_bin_file_of_the_same_name_is_computed_again(bench, tmp_path, capsys) -> None:
+    """The cache's record holds the .bin file's size and SHA-256: another file under the same name and path is never
+    given the cached embeddings; they are computed again from it, and stored with its digest."""
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    (tmp_path / "changed").mkdir()
+    changed = tmp_path / "changed" / "syn.bin"
+    verification_bin(str(changed), PAIRS, seed=4)
+    argv = ["--benchmark", f"syn={changed}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}", "--method",
+            f"other={root / 'other.pkl'}", "--fmr", FMR, "--device", "cpu", "--output", str(out)]
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert code == 0 and "holds another computation (differs in: source)" in err, err
+    path = next((out / "cache").glob("embeddings-*"))
+    with np.load(path) as npz:
+        source = json.loads(str(npz["record"][()]))["record"]["source"]
+    assert source == {"file": "syn.bin", "size": changed.stat().st_size, "sha256": sha256_of(str(changed))}
+    assert source["sha256"] != sha256_of(str(root / "syn.bin"))
+
+
 @pytest.mark.parametrize("change,pattern", [
     (["--benchmark", "syn"], r"--benchmark takes NAME=PATH"),
     (["--benchmark", "a b={bin}"], r"benchmark name 'a b'"),
@@ -194,7 +239,17 @@ def test_a_cache_file_of_another_computation_is_not_used(bench, tmp_path, capsys
     (["--method", "nosuch"], r"--method takes a variant \(.*ediffiqaT.*\)"),
     (["--method", "L=ediffiqaT:"], r"names no weights after 'ediffiqaT:'"),
     (["--embeddings", "E={root}/emb.npz"], r"--fr .* and --embeddings .* belong to different runs"),
-    (["--method", "files={root}/other-files.pkl"], r"benchmark 'syn': 30 pairs name 60 images with no quality"),
+    (["--benchmark", "SYN={bin}"], r"benchmarks 'syn', 'SYN' differ only in case"),
+    (["--benchmark", "two={bin}"], r"quality file '.*other.pkl' keys the images of benchmark 'syn' \('syn/0'\), "
+                                   r"not of 'two'"),
+    (["--output", "{root}/other.pkl"], r"output folder '.*other.pkl' \(output / --output\) is a file"),
+    (["--method", "N={root}/nan.pkl"], r"quality file '.*nan.pkl': 1 of 60 scores are NaN or infinite \(e.g. "
+                                       r"'syn/7'\)"),
+    (["--method", "J={root}/other.json"], r"cannot read '.*other.json' as a pickle file .*; a quality file is a "
+                                          r"pickled dict .* or a CSV .*, or lines 'path score' \(.txt"),
+    (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality; 3 of 60 images of benchmark "
+                                              r"'syn' are not in quality file '.*partial.pkl', as written or "
+                                              r"relative .*\(e.g. 'syn/57' in the first, 'syn/0' in the second\)"),
 ])
 def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, capsys) -> None:
     root, weights = bench_files
@@ -202,3 +257,15 @@ def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, ca
     argv += [c.format(root=root, bin=root / "syn.bin") for c in change]
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert_user_error(code, err, "evaluate.py", pattern)
+
+
+def test_a_damaged_bin_image_is_one_line(bench_files, tmp_path, capsys) -> None:
+    """An image of a .bin file that cannot be decoded is found while embedding: one line naming the benchmark, the
+    image and why, no per-image warnings."""
+    root, weights = bench_files
+    argv = ["--benchmark", f"junk={root / 'junk.bin'}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}",
+            "--method", f"T=ediffiqaT:{weights}", "--fmr", FMR, "--device", "cpu", "--output", str(tmp_path / "out")]
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert_user_error(code, err, "evaluate.py", r"benchmark 'junk' \('.*junk.bin'\): 2 images of a batch cannot be "
+                                                 r"decoded, e.g. junk/0 \(ValueError: its 12 bytes are not an image")
+    assert "skipped" not in err and "WARNING" not in err, err

@@ -17,8 +17,15 @@ from PIL import Image
 from dataset.folder_batches import iterate_folder
 from dataset.image_folder import FaceFolder
 from dataset.transforms import decode_face
-from dataset.verification import benchmark_batches, read_benchmark
-from model.build import build_backbone
+from dataset.verification import (
+    Benchmark,
+    BinImages,
+    benchmark_batches,
+    decode_bin_image,
+    match_benchmark_keys,
+    read_benchmark,
+)
+from model.build import build_backbone, build_model
 from model.checkpoint import _built_shapes, find_fr_backbone, load_fr_backbone
 from model.registry import BACKBONES
 from utils.errors import CheckpointError, ConfigError, DataError
@@ -178,6 +185,8 @@ def test_undecodable_and_non_square_images(tmp_path) -> None:
     bench = read_benchmark("odd", str(tmp_path / "odd.bin"))
     with pytest.raises(DataError, match=r"cannot decode image 1 of '.*odd.bin'"):
         bench.images[1]
+    with pytest.raises(ValueError, match=r"^its 9 bytes are not an image file \(they begin 6e 6f 74 20"):
+        decode_bin_image(b"not a png")
     with pytest.raises(DataError, match=r"140x112 after resizing.*load_bin fails on it too"):
         bench.images[2]
     batches = list(benchmark_batches(bench.images, batch_size=3))
@@ -208,7 +217,6 @@ def test_batches_equal_folder_scoring_of_the_same_images_as_png(tmp_path) -> Non
         assert torch.equal(bench.images.load(i)[0], reader.load(i)[0])
 
 
-@pytest.mark.slow  # starts a DataLoader worker process (seconds on a busy machine)
 def test_batches_read_by_loader_workers_equal_those_read_in_process(tmp_path) -> None:
     (tmp_path / "set.bin").write_bytes(_py2_pickle(_images(), ISSAME))
     source = read_benchmark("lfw", str(tmp_path / "set.bin")).images
@@ -259,11 +267,64 @@ def test_folder_errors_are_one_line(tmp_path) -> None:
         read_benchmark("lfw", str(root))
     assert "\n" not in str(info.value)
     (root / "pairs.txt").write_text("Ann 1 x\n")
-    with pytest.raises(DataError, match=r"pairs.txt', line 1: expected 'name n1 n2'"):
+    with pytest.raises(DataError, match=r"pairs.txt', line 1: expected 'name i j'"):
         read_benchmark("lfw", str(root))
     (root / "pairs.txt").unlink()
     with pytest.raises(DataError, match="holds no pairs.txt"):
         read_benchmark("lfw", str(root))
+
+
+# ---- keys of other methods' score files ----
+
+def _bin_of(tmp_path, name: str, images: int) -> Benchmark:
+    """A ``.bin`` benchmark of ``images`` (undecoded) images: only its keys are used."""
+    return Benchmark(name, [f"{name}/{i}" for i in range(images)], np.arange(0, images, 2), np.arange(1, images, 2),
+                     np.ones(images // 2, dtype=bool), BinImages(str(tmp_path / f"{name}.bin"), [b""] * images),
+                     str(tmp_path / f"{name}.bin"))
+
+
+@pytest.mark.parametrize("key", [
+    "syn/{i}",                            # as the benchmark keys them
+    "unpacked/syn/{i}.png",               # inference.py on images unpacked to <index>.png
+    "quality_data/syn/images/{i:05d}.jpg",  # CR-FIQA's extract_bin.py: %05d.jpg
+    "{i:05d}.png",                        # inference.py run in the folder of the images
+    "C:\\data\\x\\{i}.JPG",                # Windows paths, any case of a known extension
+    "/abs/faces/{i:03d}",                 # no extension
+])
+def test_score_files_of_unpacked_bin_images_name_their_index(tmp_path, key) -> None:
+    """A score file's key names image ``NAME/<index>`` of a ``.bin`` file as written, or as the file of that image
+    unpacked (``<index>`` with or without leading zeros and an image extension) relative to the file's common
+    folder; images it lacks are None."""
+    data = _bin_of(tmp_path, "syn", 12)
+    keys = [key.format(i=i) for i in range(10)]
+    assert match_benchmark_keys(data, keys, "scores") == keys + [None, None]
+
+
+def test_score_file_keys_that_do_not_name_bin_images(tmp_path) -> None:
+    data = _bin_of(tmp_path, "syn", 4)
+    with pytest.raises(DataError, match=r"scores: 'u/1.png' and 'u/01.jpg' both name image u/1; give each image "):
+        match_benchmark_keys(data, ["u/0.png", "u/1.png", "u/01.jpg"], "scores")
+    # Another file name, or a number with more than the index: nothing matches.
+    assert match_benchmark_keys(data, ["u/a0.png", "u/0.5.png", "u/1.txt"], "scores") == [None] * 4
+    # The scores of another benchmark of the run are refused; with no such benchmark, the rule matches them.
+    lfw = [f"lfw/{i}" for i in range(4)]
+    with pytest.raises(DataError, match=r"scores keys the images of benchmark 'lfw' \('lfw/0'\), not of 'syn'"):
+        match_benchmark_keys(data, lfw, "scores", ["syn", "lfw"])
+    assert match_benchmark_keys(data, lfw, "scores", ["syn"]) == lfw
+    both = lfw + [f"syn/{i}" for i in range(4)]
+    assert match_benchmark_keys(data, both, "scores", ["syn", "lfw"]) == both[4:]
+    # One run of inference.py over the unpacked sets: matched relative to its common folder 'unpacked'.
+    unpacked = [f"unpacked/{n}/{i:05d}.jpg" for n in ("lfw", "syn") for i in range(4)]
+    assert match_benchmark_keys(data, unpacked, "scores", ["syn", "lfw"]) == unpacked[4:]
+
+
+def test_score_files_of_a_folder_benchmark_match_by_the_key_rule(tmp_path) -> None:
+    root = _lfw_folder(tmp_path / "XQLFW", "Ann 1 2\nAnn 2 Bob 1\n", ["Ann/Ann_0001.jpg", "Ann/Ann_0002.png",
+                                                                      "Bob/Bob_0001.jpg"])
+    data = read_benchmark("xq", str(root))
+    keys = ["data/XQLFW/Bob/Bob_0001.jpg", "data/XQLFW/Ann/Ann_0001.jpg", "data/XQLFW/Cy/Cy_0001.jpg"]
+    assert match_benchmark_keys(data, keys, "scores") == [keys[1], None, keys[0]]
+    assert match_benchmark_keys(data, ["xq/Ann/Ann_0002.png"], "scores") == [None, "xq/Ann/Ann_0002.png", None]
 
 
 # ---- face recognition checkpoints ----
@@ -295,8 +356,9 @@ def _check_loads(tmp_path, name: str, wrap=lambda sd: sd, backbone=None) -> None
     assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n not in ("iresnet18",
-                                                                                        "mobilefacenet") else [])
+# iresnet200 writes and reads a 0.45 GB checkpoint (seconds of disk on a shared machine); iresnet100 takes the same
+# path in the quick suite.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n == "iresnet200" else [])
                                   for n in BACKBONES])
 def test_every_backbone_loads_inferred(tmp_path, name) -> None:
     _check_loads(tmp_path, name)
@@ -312,6 +374,36 @@ def test_every_backbone_loads_inferred(tmp_path, name) -> None:
 ], ids=["module", "state_dict-backbone", "model-model", "magface", "arcface-torch-resume", "no-bn-counters"])
 def test_prefixes_and_wrapping_dicts(tmp_path, wrap) -> None:
     _check_loads(tmp_path, "mobilefacenet", wrap)
+
+
+def test_loading_draws_no_random_numbers_and_holds_float32(tmp_path) -> None:
+    """The backbone is built on the meta device and given the file's tensors: loading draws no random number (a
+    seeded run is not shifted by it), and a half-precision file gives a float32 model of its values."""
+    torch.manual_seed(0)
+    model = build_backbone("mobilefacenet")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(state, str(tmp_path / "half.pth"))
+    rng = torch.random.get_rng_state()
+    loaded = load_fr_backbone(str(tmp_path / "half.pth"))
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    got = loaded.state_dict()
+    assert all(got[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype) and not got[k].is_meta
+               and torch.equal(got[k], v.to(got[k].dtype)) for k, v in state.items())
+
+
+def test_an_ediffiqa_checkpoint_gives_its_backbone_with_a_warning(tmp_path, caplog) -> None:
+    """An eDifFIQA checkpoint given as the FR model (a likely mix-up, yet a usable FR network) loads its backbone
+    (``base_model.*``) and says so in one warning."""
+    torch.manual_seed(0)
+    state = build_model("ediffiqaT").state_dict()
+    torch.save(state, str(tmp_path / "ediffiqaT.pth"))
+    with caplog.at_level("WARNING", logger="model.checkpoint"):
+        loaded = load_fr_backbone(str(tmp_path / "ediffiqaT.pth"))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"weights file '{tmp_path / 'ediffiqaT.pth'}' (--fr) holds the quality model eDifFIQA(T) ('ediffiqaT'); its "
+        "mobilefacenet backbone is used as the face recognition model"]
+    got = loaded.state_dict()
+    assert all(torch.equal(got[k], state[f"base_model.{k}"]) for k in got if not k.endswith("num_batches_tracked"))
 
 
 def test_named_backbone(tmp_path) -> None:

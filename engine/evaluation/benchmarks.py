@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dataset.keys import unmatched_message
 from dataset.verification import Benchmark as BenchmarkSet
-from dataset.verification import benchmark_batches, read_benchmark
+from dataset.verification import benchmark_batches, match_benchmark_keys, read_benchmark
 from engine.evaluation import cache, edc
 from engine.evaluation.config import Benchmark, EvaluateConfig, FRModel, Method
 from engine.evaluation.data import read_qualities
@@ -90,19 +91,26 @@ def _map_batches(data: BenchmarkSet, device: torch.device, batch_size: int, forw
     return np.concatenate(chunks)
 
 
-def _file_qualities(method: Method, source: _Source, problems: List[str]) -> None:
-    """Read a method's scores file for the benchmark's keys into ``source.files`` (NaN where absent); pairs with an
-    absent image are left out of ``source.keep`` and said in ``problems``."""
-    scores = read_qualities(method.scores or "")
+def _file_qualities(method: Method, source: _Source, problems: List[str], names: List[str],
+                    read: Dict[str, Dict[str, float]]) -> None:
+    """Read a method's scores file for the benchmark's images into ``source.files`` (NaN where absent), its keys
+    matched by :func:`dataset.verification.match_benchmark_keys` (``names``: the run's benchmarks; ``read``: the
+    files read so far, each read once); pairs with an absent image are left out of ``source.keep`` and said in
+    ``problems``."""
+    path = method.scores or ""
+    if path not in read:
+        read[path] = read_qualities(path)
+    scores = read[path]
     data = source.data
-    values = np.array([scores.get(k, math.nan) for k in data.keys], dtype=np.float64)
-    missing = [k for k, v in zip(data.keys, values) if math.isnan(v)]
-    if missing:
+    file = f"quality file '{method.scores}'"
+    found = match_benchmark_keys(data, list(scores), file, names)
+    values = np.array([scores[k] if k is not None else math.nan for k in found], dtype=np.float64)
+    if any(k is None for k in found):
         bad = np.isnan(values[data.left]) | np.isnan(values[data.right])
         source.keep &= ~bad
-        problems.append(f"benchmark '{data.name}': {int(bad.sum())} pairs name {len(missing)} images with no quality "
-                        f"in '{method.scores}' (e.g. {', '.join(repr(k) for k in missing[:3])}; keys are "
-                        "NAME/<index>)")
+        problems.append(f"benchmark '{data.name}': {int(bad.sum())} pairs lack a quality; "
+                        + unmatched_message(data.keys, found, scores, f"benchmark '{data.name}'", file, "images")
+                        + " (docs/evaluation.md: keys of score files)")
     source.files[method.label] = values
 
 
@@ -120,6 +128,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     # Everything that can be wrong with the inputs is found before any image is embedded.
     sources: List[_Source] = []
     problems: List[str] = []
+    score_files: Dict[str, Dict[str, float]] = {}
     for bench in cfg.benchmarks:
         data = read_benchmark(bench.name, bench.path)
         record = {"benchmark": bench.name, "source": source_fingerprint(bench, data), "keys": len(data.keys),
@@ -127,7 +136,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         source = _Source(bench, data, record, {}, np.ones(len(data.issame), dtype=bool))
         for method in cfg.methods:
             if method.model is None:
-                _file_qualities(method, source, problems)
+                _file_qualities(method, source, problems, [b.name for b in cfg.benchmarks], score_files)
         sources.append(source)
     if problems:
         if cfg.on_missing == "fail":

@@ -110,6 +110,10 @@ class EvaluateConfig:
                              ("method", [m.label for m in self.methods])):
             twice = sorted({x for x in labels if labels.count(x) > 1})
             check(not twice, f"{kind} {twice[0]!r} is given twice; labels must differ" if twice else "")
+        folded = [b.name.lower() for b in self.benchmarks]
+        alike = [b.name for b, f in zip(self.benchmarks, folded) if folded.count(f) > 1]
+        check(not alike, f"benchmarks {', '.join(repr(n) for n in alike[:2])} differ only in case; name them apart "
+              "(they name cache files, one file on a case-insensitive file system)" if alike else "")
         if self.benchmarks:
             check(bool(self.fr_models), "benchmarks need FR models: add fr_models with a 'checkpoint' (--fr "
                   "NAME=CHECKPOINT)")

@@ -10,10 +10,11 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from dataset.formats import all_real, quality_value, read_scores_csv
+from dataset.formats import all_real, quality_value, read_scores_csv, read_scores_text
+from dataset.verification import parse_lfw_pairs
 from engine.figures import drawable
 from utils.config import short
-from utils.errors import DataError
+from utils.errors import DataError, first_line
 from utils.io import TEXT_ERRORS, atomic_open, safe_pickle_load
 
 __all__ = ["Pairs", "read_pairs", "read_qualities", "plot_edc"]
@@ -55,12 +56,6 @@ def _pair_text(path: str) -> str:
 _BLANKS = " \t"
 
 
-def _image_number(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 9):
-        raise ValueError(text)
-    return int(text)
-
-
 def read_pairs(path: str) -> Pairs:
     """Read ``a,b,mated[,similarity]`` CSV (with header) or the LFW ``pairs.txt`` format.
 
@@ -100,36 +95,26 @@ def read_pairs(path: str) -> Pairs:
             raise DataError(f"pairs file '{path}': the similarity column is filled on {len(sims)} of {len(a)} lines")
         return Pairs(a, b, np.array(mated, dtype=bool), np.array(sims) if sims else None)
 
-    a, b, mated = [], [], []
-    for i, line in enumerate(io.StringIO(text, newline=None), start=1):
-        line = line.rstrip("\n")
-        parts = line.split()
-        if not parts:
-            continue
-        if i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts):
-            continue
-        if len(parts) in (3, 4):
-            n1, x, n2, y = (parts[0], parts[1], parts[0], parts[2]) if len(parts) == 3 else parts
-            try:
-                a_path, b_path = f"{n1}/{n1}_{_image_number(x):04d}.jpg", f"{n2}/{n2}_{_image_number(y):04d}.jpg"
-            except ValueError:
-                pass
-            else:
-                a.append(a_path)
-                b.append(b_path)
-                mated.append(len(parts) == 3)
-                continue
-        raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j' with whole numbers "
-                        f"i and j, got {short(line)}")
+    rows = parse_lfw_pairs(text, path)
+    a = [f"{n1}/{n1}_{x:04d}.jpg" for n1, x, _, _, _ in rows]
+    b = [f"{n2}/{n2}_{y:04d}.jpg" for _, _, n2, y, _ in rows]
+    mated = [same for *_, same in rows]
     return Pairs(a, b, np.array(mated, dtype=bool))
 
 
 def _read_quality_table(path: str) -> Dict[str, float]:
-    if path.lower().endswith(".csv"):
+    if path.lower().endswith((".csv", ".txt")):
         if not os.path.isfile(path):
             raise DataError(f"quality file '{path}' not found")
-        return read_scores_csv(path)
-    data = safe_pickle_load(path)
+        return read_scores_csv(path) if path.lower().endswith(".csv") else read_scores_text(path)
+    try:
+        data = safe_pickle_load(path)
+    except DataError as exc:
+        if path.lower().endswith((".pkl", ".pickle")):
+            raise
+        raise DataError(f"{first_line(exc)}; a quality file is a pickled dict {{image path: quality}} (.pkl) or a CSV "
+                        "(.csv) as inference.py writes them, or lines 'path score' (.txt, as CR-FIQA writes them): "
+                        "convert other formats to one of these") from None
     if not isinstance(data, Mapping):
         raise DataError(f"quality file '{path}' must hold a dict {{image path: quality}}")
     if all_real(data.values()):
@@ -142,8 +127,9 @@ def _read_quality_table(path: str) -> Dict[str, float]:
 
 
 def read_qualities(path: str) -> Dict[str, float]:
-    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``; an
-    unreadable file or NaN/infinite scores (count and examples) are a :class:`DataError`."""
+    """Read ``quality-scores.pkl`` (dict path -> score) or ``quality-scores.csv`` as written by ``inference.py``, or
+    a ``.txt`` file of ``path score`` lines (:func:`dataset.formats.read_scores_text`); an unreadable file or
+    NaN/infinite scores (count and examples) are a :class:`DataError`."""
     table = _read_quality_table(path)
     bad = [k for k, v in table.items() if not math.isfinite(v)]
     if bad:
