@@ -1171,7 +1171,7 @@ def test_the_sidecar_records_the_values_used_and_the_summary_names_each_file(fac
         config = record["config"]
         params = config["dataloader"]["params"]
         assert params["batch_size"] >= 1 and params["num_workers"] >= 0 and params["pin_memory"] is False
-        assert config["base"]["flush_every"] != 7 and record["run"]["seconds"] > 0
+        assert config["base"]["flush_every"] != 7  # the first run's, also after the rerun
         assert config["base"]["device"] == "cpu" and config["backend"] in ("torch", "onnxruntime")
         assert config["precision"] == "fp32" and config["weights"] == os.path.join(checkpoint_dir, "ediffiqaT.pth")
     assert records[1] == records[0]
