@@ -17,7 +17,7 @@ from tqdm import tqdm
 from dataset.image_folder import FaceFolder, JpegBytesFolder, collate_faces, collate_jpeg_bytes
 from dataset.transforms import INPUT_SIZE, normalize
 
-__all__ = ["FaceImages", "JpegDecoder", "cuda_jpeg_decoder", "workers_that_can_ship", "iterate_images",
+__all__ = ["FaceImages", "JpegDecoder", "cuda_jpeg_decoder", "workers_that_can_ship", "pins_memory", "iterate_images",
            "iterate_folder", "FolderResult", "map_images", "map_folder"]
 
 _logger = logging.getLogger(__name__)
@@ -111,6 +111,12 @@ def workers_that_can_ship(workers: int, batch_size: int) -> int:
     return 0
 
 
+def pins_memory(pin_memory: bool, device: torch.device, workers: int) -> bool:
+    """Whether the reader pins host memory: asked for, on CUDA and with worker processes (the in-process reader and
+    GPU JPEG decoding copy their batches without it)."""
+    return pin_memory and device.type == "cuda" and workers > 0
+
+
 def iterate_images(images: FaceImages, device: torch.device, batch_size: int, workers: int,
                    pin_memory: bool = True, prefetch_factor: Optional[int] = None, persistent_workers: bool = False,
                    channels_last: bool = True, warn: bool = True) -> Batches:
@@ -162,7 +168,7 @@ def _iterate_loader(images: FaceImages, device: torch.device, batch_size: int, w
         kwargs["prefetch_factor"] = prefetch_factor
     # Its own generator: creating the loader must not take a draw from the global RNG that models may use.
     loader = DataLoader(_Items(images), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=pin_memory and device.type == "cuda", collate_fn=collate_faces,
+                        pin_memory=pins_memory(pin_memory, device, workers), collate_fn=collate_faces,
                         drop_last=False, generator=torch.Generator().manual_seed(0), **kwargs)
     for batch, indices, errors in loader:
         bad = [(int(i), e) for i, e in zip(indices.tolist(), errors) if e]

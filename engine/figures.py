@@ -148,6 +148,11 @@ _FACE, _FRAME, _TILE_TOP = 160, 3, 4
 _CAPTION_SIZE = 8
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 image``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def group_sizes(n: int, total: Optional[int] = None) -> Tuple[int, int]:
     """Tiles of the lowest and of the highest group for ``n`` asked per group and ``total`` scores (None: as many
     as asked): with fewer than ``2 n`` scores the faces are split between the groups (the lowest takes the odd one),
@@ -195,21 +200,22 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
     fig.suptitle(drawable(title), fontsize=13, y=1 - 0.25 / height)
     bottom, size = band(_TITLE, _HIST)
     ax = fig.add_axes((0.06, bottom, 0.76, size))  # the legend stands to its right
-    counts, edges = np.histogram(values, bins=min(60, max(10, len(values) // 5)))  # as Axes.hist bins them
+    counts, edges = np.histogram(values, **_score_bins(values))
     ax.stairs(counts, edges, fill=True, color="#4c72b0")  # one patch, not one bar per bin
     ax.set_xlabel("quality score (higher = better for face recognition)")
     ax.set_ylabel("images")
     _integer_counts(ax)
-    if n_low:
-        ax.axvline(values[n_low - 1], color="#c44e52", linestyle="--",
-                   label=f"the {n_low} lowest are at or below this")
-    if n_high:
-        ax.axvline(values[-n_high], color="#55a868", linestyle=":",
-                   label=f"the {n_high} highest are at or above this")
+    _plain_scores(ax)
+    for k, x, style, colour, which in ((n_low, values[n_low - 1], "--", "#c44e52", "lowest"),
+                                       (n_high, values[-n_high], ":", "#55a868", "highest")):
+        if k:
+            below = "at or below" if which == "lowest" else "at or above"
+            said = f"the {which} is" if k == 1 else f"the {k} {which} are"
+            ax.axvline(x, color=colour, linestyle=style, label=f"{said} {below} this")
     if n_low or n_high:
         _legend_outside(ax, fontsize=9)
-    ax.set_title(f"{len(values)} scores: min {values.min():.{digits}f}, median {np.median(values):.{digits}f}, "
-                 f"max {values.max():.{digits}f}", fontsize=10)
+    ax.set_title(f"{counted(len(values), 'score')}: min {values.min():.{digits}f}, median "
+                 f"{np.median(values):.{digits}f}, max {values.max():.{digits}f}", fontsize=10)
     groups = [("LOWEST scores (worst quality), lowest first", keys[:n_low], "#c44e52"),
               ("HIGHEST scores (best quality), highest first", keys[::-1][:n_high], "#55a868")]
     top = _TITLE + _HIST + _HIST_LABEL
@@ -222,6 +228,26 @@ def score_sheet(scores: Dict[str, float], load: Callable[[str], Optional[np.ndar
         _tile_group(fig, top, [(key, scores[key]) for key in chosen], load, colour, digits)
         top += math.ceil(len(chosen) / TILES_PER_ROW) * _ROW
     return fig
+
+
+def _score_bins(values: np.ndarray) -> Dict[str, Any]:
+    """``np.histogram``'s bins of the scores (as ``Axes.hist`` bins them); equal scores (one face, say) get an odd
+    number of bins spanning 5% of their size to each side, so that the bar stands centred on the value."""
+    low, high = float(values.min()), float(values.max())
+    if high > low:
+        return {"bins": min(60, max(10, len(values) // 5))}
+    pad = 0.05 * max(abs(low), 1e-3)
+    return {"bins": 11, "range": (low - pad, low + pad)}
+
+
+def _plain_scores(ax: Any) -> None:
+    """Scores on the x axis written out in full: scores close together would otherwise be written as an offset
+    (``1e-7+4.482e-3``) and steps from it."""
+    from matplotlib.ticker import ScalarFormatter
+
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    ax.xaxis.set_major_formatter(formatter)
 
 
 def _integer_counts(ax: Any) -> None:

@@ -18,7 +18,8 @@ Files in the output folder (none is ever followed if it is a link):
 - ``quality-scores.json``: the sidecar. ``settings``: what the scores depend on, written when a run starts; a run with
   other settings is refused (``null`` for photos, whose run does not resume). Written with the scores: ``config``,
   the resolved config, and ``run``: the images listed, scored and skipped (with the reason), the processes, the
-  device and the seconds of the run that finished the set.
+  device and the seconds of the run that finished the set (a rerun with nothing left to score keeps that run's
+  ``config`` and ``run``).
 - ``quality-scores.fingerprints``: a header line (how many images, and how many at the start of the listing the
   finished set's results count for), then 16 bytes per image of the listing, in its order: a hash of its relative
   path, and one of its size and modification time. A rerun refuses images scored before that have changed since (the
@@ -32,8 +33,9 @@ Files in the output folder (none is ever followed if it is a link):
 - ``quality-scores.part<r>of<w>.state.pt``: a workflow's state after the last batch and the part length it belongs
   to (official DifFIQA: the RNG), so that a resumed run continues its draws.
 
-``fresh`` removes all of these but the lock before the run starts. The pickle, CSV, figure and sidecar are written as
-one set (:func:`write_scores`; the photo path of ``inference.py`` writes through it too).
+``fresh`` removes all of these but the lock before the run starts. The pickle, CSV, figure, sidecar and fingerprints
+are written as one set (:func:`write_scores`; the photo path of ``inference.py`` writes through it too, without
+fingerprints), and the summary line names each file of it.
 """
 from __future__ import annotations
 
@@ -197,8 +199,8 @@ def sheet_files(out: str, table: Dict[str, float], sheet: Optional[ScoreSheet], 
     if sheet is None or not sheet.tiles:
         return []
     load = sheet.load or (lambda key: np.asarray(decode_face(tile_prefix + key)))
-    title = (f"{sheet.heading} of {len(table)} images in '{figures.shorten(folder, 60)}' by {sheet.model} (higher = "
-             "better quality)")
+    title = (f"{sheet.heading} of {figures.counted(len(table), 'image')} in '{figures.shorten(folder, 60)}' by "
+             f"{sheet.model} (higher = better quality)")
     draw = functools.partial(figures.score_sheet, table, load, sheet.tiles, title)
     return figures.figure_file(os.path.join(out, SCORES_FIGURE), draw, f"the {what} are written without it")
 
@@ -487,6 +489,9 @@ class _Run:
         self.previous: Tuple[Dict[str, float], Dict[str, str]] = {}, {}
         self.parts: Optional[Tuple[Dict[str, float], Dict[str, str]]] = None  # the first process's read of them
         self.change: Optional[ListingChange] = None
+        # The sidecar of a finished set of this very listing (first process): a rerun that adds nothing keeps its
+        # record of the run that scored the set.
+        self.finished_record: Optional[Dict[str, Any]] = None
         # The keys as they are written (the folder as given, one separator added): "faces" and "faces/" write the same.
         self.settings = {"images": os.path.realpath(job.root), "keys": job.keys if job.keys == "relative" else
                          f"{os.path.join(job.root, '')}<relative path>", "batch_size": job.batch_size,
@@ -540,6 +545,8 @@ class _Run:
         if finished and not change.same:
             self._check_exact(change)
             self.change = change
+        elif finished and isinstance(record.get("config"), dict) and isinstance(record.get("run"), dict):
+            self.finished_record = record
         if change.kept:
             self.previous = self._previous_results(record, change.kept)
         if not change.same:  # what a continuing run compares with (the rest of the listing is scored afresh)
@@ -813,6 +820,9 @@ class _Run:
         record = {"settings": self.settings, "config": job.config,
                   "run": {"images": len(job.rel_paths), "scored": len(table), "skipped": current,
                           "processes": self.info.world, "device": job.device, "seconds": round(summary.seconds, 2)}}
+        if self.finished_record is not None and not (summary.scored or summary.skipped):
+            # Nothing scored: the set is the finished run's, and so are its config, device and seconds.
+            record.update(config=self.finished_record["config"], run=self.finished_record["run"])
         # The fingerprints after the pickle and the sidecar: a kill between them leaves them counting only the
         # results the earlier files hold, and the parts (removed last) the rest.
         prints = (os.path.join(job.out, FINGERPRINTS_FILE), _fingerprints_writer(self.current, len(job.rel_paths)))
@@ -820,7 +830,7 @@ class _Run:
         parts = _part_files(job.out)
         _remove([p + _STATE_SUFFIX for p in parts] + parts)
         summary.complete, summary.total, summary.skipped_names = True, len(kept), sorted(current)
-        summary.written = [p for p in written if p != prints[0]]  # the fingerprints are the driver's own
+        summary.written = written
 
     def _report(self, summary: FolderSummary) -> None:
         """First process: the summary line of a finished set, or what a ``limit`` stop left and how to continue."""

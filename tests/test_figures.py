@@ -172,6 +172,58 @@ def test_count_axes_have_whole_ticks_and_legends_cover_no_bars() -> None:
             assert bars and not any(box.overlaps(bar) for bar in bars), ax.get_title()
 
 
+@pytest.mark.parametrize("values", [[0.004482], [-0.25], [0.8] * 3, [0.004482, 0.0044821],
+                                    [0.004482, 0.00448205, 0.0044821]])
+def test_few_or_close_scores_are_written_out_around_their_values(values) -> None:
+    """One face, equal scores or scores 1e-7 apart: the score axis holds every value inside its limits, a single
+    value centred in its bar within a few percent of it, and the ticks are plain distinct decimals (no offset such
+    as ``1e-7+4.482e-3``); the captions count in the singular for one."""
+    import numpy as np
+
+    scores = {f"{i}.png": v for i, v in enumerate(values)}
+    fig = figures.score_sheet(scores, lambda k: np.zeros((8, 8, 3), np.uint8), 8, "t")
+    fig.canvas.draw()
+    (ax,) = _count_axes(fig)
+    assert ax.xaxis.get_major_formatter().get_offset() == "" and ax.xaxis.get_offset_text().get_text() == ""
+    low, high = ax.get_xlim()
+    assert low < min(values) and max(values) < high
+    labels = [t.get_text().replace("\u2212", "-") for t, x in zip(ax.get_xticklabels(), ax.get_xticks())
+              if low <= x <= high]
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+    assert all(abs(float(label) - x) < (high - low) / 100 for label, x in
+               zip(labels, [x for x in ax.get_xticks() if low <= x <= high])), labels
+    if len(set(values)) == 1:
+        (v,) = set(values)
+        assert high - low <= 0.2 * max(abs(v), 1e-3)
+        data = ax.patches[0].get_data()
+        counts, edges = data.values, data.edges
+        (bar,) = np.flatnonzero(counts)
+        assert counts[bar] == len(values) and edges[bar] < v < edges[bar + 1]
+        assert abs((edges[bar] + edges[bar + 1]) / 2 - v) < 1e-9 * max(abs(v), 1)
+    count = len(values)
+    assert ax.get_title().startswith(f"{count} score:" if count == 1 else f"{count} scores:"), ax.get_title()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    lowest = (count + 1) // 2
+    assert legend[0] == ("the lowest is" if lowest == 1 else f"the {lowest} lowest are") + " at or below this", legend
+
+
+def test_the_sheet_title_counts_one_image_in_the_singular(monkeypatch, tmp_path) -> None:
+    """The title of a folder's score sheet: ``1 image``, ``2 images``."""
+    import numpy as np
+
+    from engine import resumable
+
+    titles = []
+    monkeypatch.setattr(figures, "score_sheet", lambda scores, load, n, title: titles.append(title) or
+                        figures._figure((1.0, 1.0)))
+    sheet = resumable.ScoreSheet(2, "eDifFIQA quality scores", "ediffiqaT", load=lambda k: np.zeros((8, 8, 3)))
+    for table in ({"a.png": 0.5}, {"a.png": 0.5, "b.png": 0.6}):
+        assert resumable.sheet_files(str(tmp_path), table, sheet, "faces", "quality scores")
+    assert [t.split(" in ")[0] for t in titles] == ["eDifFIQA quality scores of 1 image",
+                                                    "eDifFIQA quality scores of 2 images"]
+    assert figures.counted(1, "score") == "1 score" and figures.counted(0, "score") == "0 scores"
+
+
 def test_training_draws_every_epoch_also_after_a_resume(official_set, tmp_path, capsys, monkeypatch):
     from helpers import official_schema_config
 

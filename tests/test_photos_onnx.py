@@ -102,6 +102,7 @@ def test_inference_align_writes_faces_annotations_and_no_face_list(tmp_path, che
     assert len(scores) == 2
     record = json.loads((out / "quality-scores.json").read_text())  # no settings: a photo run does not resume
     assert record["settings"] is None and record["config"]["align"] is True
+    assert record["config"]["dataloader"]["params"]["pin_memory"] is False  # photos are read without a DataLoader
     assert (record["run"]["faces"], record["run"]["no_face"], record["run"]["scored"]) == (2, 1, 2)
     annotated = Image.open(out / "ann" / "sub" / "grace_hopper.jpg")
     annotated.verify()

@@ -1151,20 +1151,27 @@ def test_the_folder_with_a_trailing_separator_continues_and_a_linked_one_is_refu
 def test_the_sidecar_records_the_values_used_and_the_summary_names_each_file(faces, checkpoint_dir, tmp_path,
                                                                              capsys) -> None:
     """Left to the run (batch size, workers, device, backend ``auto``), the sidecar's ``config`` holds what the run
-    chose, not null; the summary line names every file of the set; the same command again is accepted (the
-    settings that decide a resume are unchanged) and says the same."""
+    chose, not null, and host memory is not pinned on a CPU; the summary line names every file of the set; the same
+    command again is accepted (the settings that decide a resume are unchanged), says the same and keeps the
+    finished run's record (its config and seconds), byte for byte."""
     out = tmp_path / "out"
     args = ["--images", str(faces), "--model", "ediffiqaT", "--weights", os.path.join(checkpoint_dir, "ediffiqaT.pth"),
             "--output", str(out), "--device", "auto", "--backend", "auto", "-q", "--figure-tiles", "2"]
+    records = []
     for attempt in range(2):
-        code, err = run(args, capsys)
+        # The rerun changes a key that decides nothing: the record stays the one of the run that scored the set.
+        code, err = run(args + ["--set", "base.flush_every=7"] * attempt, capsys)
         assert code == 0, err
         (summary,) = [line for line in err.splitlines() if " wrote " in line]
-        names = ["quality-scores.pkl", "quality-scores.csv", "quality-scores.png", SIDECAR]
+        names = ["quality-scores.pkl", "quality-scores.csv", "quality-scores.png", SIDECAR, FINGERPRINTS]
         assert f"wrote {out / names[0]}, " in summary and all(name in summary for name in names), summary
         assert ("nothing left to score" in summary) == (attempt == 1)
-        config = json.loads((out / SIDECAR).read_text())["config"]
+        records.append((out / SIDECAR).read_bytes())
+        record = json.loads(records[-1])
+        config = record["config"]
         params = config["dataloader"]["params"]
-        assert params["batch_size"] >= 1 and params["num_workers"] >= 0
+        assert params["batch_size"] >= 1 and params["num_workers"] >= 0 and params["pin_memory"] is False
+        assert config["base"]["flush_every"] != 7  # the first run's, also after the rerun
         assert config["base"]["device"] == "cpu" and config["backend"] in ("torch", "onnxruntime")
         assert config["precision"] == "fp32" and config["weights"] == os.path.join(checkpoint_dir, "ediffiqaT.pth")
+    assert records[1] == records[0]

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterator, List, Sequence
 
 import torch
 
-from dataset.folder_batches import cuda_jpeg_decoder, iterate_folder
+from dataset.folder_batches import cuda_jpeg_decoder, iterate_folder, pins_memory
 from dataset.image_folder import ImageListing, list_images
 from engine.resumable import BatchResult, FolderJob, ScoreSheet, run_folder
 from engine.scoring.backends import resolve_backend
@@ -48,7 +48,7 @@ def score(cfg: InferenceConfig, fresh: bool = False, command: Sequence[str] = ()
                      "photos" if cfg.align else "images", cfg.dataset.loc, cfg.model, scorer.device,
                      scorer.precision, scorer.backend)
         if cfg.align:
-            return score_photos(cfg, listing.paths, scorer, resolved_config(cfg, scorer, weights))
+            return score_photos(cfg, listing.paths, scorer, resolved_config(cfg, scorer, weights, pin_memory=False))
         return _score_faces(cfg, listing, scorer, info, fresh, weights, command)
     finally:
         finish_distributed(info)
@@ -56,7 +56,8 @@ def score(cfg: InferenceConfig, fresh: bool = False, command: Sequence[str] = ()
 
 def resolved_config(cfg: InferenceConfig, scorer: QualityScorer, weights: str, **loader: Any) -> Dict[str, Any]:
     """The config as this run used it, for the sidecar: the device, precision, backend and weights file chosen, and
-    ``loader`` (the batch size and workers) in ``dataloader.params``, where the config may leave them to the run."""
+    ``loader`` (the batch size and workers, where the config may leave them to the run, and whether host memory was
+    pinned) in ``dataloader.params``."""
     out = to_dict(cfg)
     out["base"]["device"] = str(scorer.device)
     out["dataloader"]["params"].update(loader)
@@ -81,7 +82,9 @@ def _score_faces(cfg: InferenceConfig, listing: ImageListing, scorer: QualitySco
     batch_size, workers = batching["batch_size"], batching["workers"]
     job = FolderJob(root=cfg.dataset.loc, rel_paths=listing.paths, stats=listing.stats, out=cfg.base.save_path,
                     batch_size=batch_size, settings=settings,
-                    config=resolved_config(cfg, scorer, weights, batch_size=batch_size, num_workers=workers),
+                    config=resolved_config(cfg, scorer, weights, batch_size=batch_size, num_workers=workers,
+                                           pin_memory=decode is None and pins_memory(params.pin_memory,
+                                                                                     scorer.device, workers)),
                     sheet=ScoreSheet(cfg.figure_tiles, "eDifFIQA quality scores", cfg.model),
                     device=str(scorer.device), what="quality scores", out_key="base.save_path (--output)",
                     keys="joined", limit=cfg.base.limit, flush_every=cfg.base.flush_every, fresh=fresh,
