@@ -25,3 +25,14 @@ def test_every_test_named_in_the_reliability_guarantees_exists() -> None:
     anywhere = set(re.findall(r"\b(test_[a-z0-9_]+)\b(?!\.py)", text))
     assert sorted(anywhere - {name for _, name in named}) == []  # every test named says in which file
     assert sorted(set(named) - defined) == []
+
+
+def test_the_readme_stays_short_and_its_links_exist() -> None:
+    """README.md holds at most 12 KB (the rest lives in docs/), and every relative link in it names a file that is
+    there."""
+    with open(os.path.join(ROOT, "README.md"), "rb") as f:
+        text = f.read()
+    assert len(text) <= 12 * 1024
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text.decode("utf-8"))
+    missing = [link for link in links if not os.path.exists(os.path.join(ROOT, link))]
+    assert links and missing == []
