@@ -268,7 +268,7 @@ def test_default_output_is_untracked_the_summary_names_each_file_and_the_legend_
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert code == 0, err
     written = sorted(p.name for p in (tmp_path / "evaluation").iterdir())
-    assert written == ["edc.csv", "edc.json", "edc_given_similarity.pdf", "edc_given_similarity.png"]
+    assert written == ["edc.csv", "edc.files", "edc.json", "edc_given_similarity.pdf", "edc_given_similarity.png"]
     summary = err.strip().splitlines()[-1]
     assert all(os.path.join("evaluation", name) in summary for name in written), summary
     row = json.loads((tmp_path / "evaluation" / "edc.json").read_text())[0]

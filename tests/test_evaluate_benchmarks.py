@@ -51,7 +51,8 @@ def bench_files(tmp_path_factory, checkpoint_dir):
         Image.fromarray(data.images[i]).save(images / name)
     (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
     (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
-    (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
+    # enough comparisons for the FMR, so that the counts (checked first) pass and the images are decoded
+    (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 40, [True] * 10 + [False] * 10)))
     (root / "other.json").write_text(json.dumps(other))
     (root / "nan.pkl").write_bytes(pickle.dumps({**other, "syn/7": float("nan")}))
     with open(root / "pairs.csv", "w", newline="") as handle:
@@ -264,7 +265,8 @@ def test_a_damaged_bin_image_is_one_line(bench_files, tmp_path, capsys) -> None:
     image and why, no per-image warnings."""
     root, weights = bench_files
     argv = ["--benchmark", f"junk={root / 'junk.bin'}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}",
-            "--method", f"T=ediffiqaT:{weights}", "--fmr", FMR, "--device", "cpu", "--output", str(tmp_path / "out")]
+            "--method", f"T=ediffiqaT:{weights}", "--fmr", FMR, "--device", "cpu", "--output", str(tmp_path / "out"),
+            "--batch-size", "2"]
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert_user_error(code, err, "evaluate.py", r"benchmark 'junk' \('.*junk.bin'\): 2 images of a batch cannot be "
                                                  r"decoded, e.g. junk/0 \(ValueError: its 12 bytes are not an image")
