@@ -84,28 +84,23 @@ def write_outputs(folder: str, name: str, files: Sequence[Tuple[str, Writer]]) -
     record = record_path(folder, name)
     write_together([(os.path.join(folder, file), writer) for file, writer in files]
                    + [(record, _record_writer(name, written, stale))])
-    left = []
+    left: List[Tuple[str, str]] = []  # (file, why)
     for file in stale:
         path = os.path.join(folder, file)
         try:
-            info = os.lstat(path)
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                left.append((file, "not a regular file"))
+                continue
+            os.remove(path)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            left.append(f"{file} ({exc.strerror or exc})")
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            left.append(f"{file} (not a regular file)")
-            continue
-        try:
-            os.remove(path)
-        except OSError as exc:
-            left.append(f"{file} ({exc.strerror or exc})")
+            left.append((file, exc.strerror or str(exc)))
             continue
         _logger.info("removed '%s' of the earlier run of '%s'", path, name)
     if left:
         _logger.warning("could not remove files of the earlier run of '%s' in '%s': %s; remove them by hand", name,
-                        folder, ", ".join(left))
-    elif stale:
-        write_together([(record, _record_writer(name, written, []))])
+                        folder, ", ".join(f"{file} ({why})" for file, why in left))
+    if stale:  # the record keeps only what is still to remove
+        write_together([(record, _record_writer(name, written, [file for file, _ in left]))])
     return [os.path.join(folder, file) for file in written] + [record]

@@ -76,7 +76,7 @@ def separation_problem(nonmated: np.ndarray, tau: float, fnmr0: float) -> str:
     reasons = []
     top = float(np.max(nonmated)) if len(nonmated) else math.inf
     if tau > top:
-        reasons.append(f"threshold {tau:.10g} above every non-mated similarity (largest {top:.10g})")
+        reasons.append(f"threshold {tau!r} above every non-mated similarity (largest {top!r})")
     if fnmr0 >= 0.99:
         reasons.append(f"FNMR at 0 discard {fnmr0:.4f}")
     return " and ".join(reasons)
