@@ -348,17 +348,6 @@ def test_a_rerun_of_a_name_replaces_the_files_of_the_earlier_one(tmp_path, capsy
         "edc.json", "edc.csv", "edc_F.png", "edc_F.pdf", "edc.files")) and "edc_E" not in summary, summary
 
 
-def test_too_few_pairs_are_refused_before_embeddings_are_read(tmp_path, capsys, monkeypatch) -> None:
-    from helpers import run_script
-
-    from engine.evaluation import run
-
-    monkeypatch.setattr(run, "read_embeddings", lambda *a: pytest.fail("embeddings read before the counts"))
-    argv = _embedded_pairs(tmp_path) + ["--embeddings", f"E={tmp_path / 'e.pkl'}", "--fmr", "0.001"]
-    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
-    assert_user_error(code, err, "evaluate.py", r"FMR 0.001 cannot be measured with 90 non-mated comparisons")
-
-
 def test_an_fr_model_that_separates_nobody_is_one_warning_and_long_labels_keep_the_columns(tmp_path, capsys) -> None:
     """Collapsed embeddings (every similarity 1): the threshold lies above every non-mated similarity and FNMR at 0
     discard is 1; one warning says so. The printed table's columns stay aligned with labels over 20 characters."""

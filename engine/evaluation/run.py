@@ -114,7 +114,6 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     pairs = read_pairs(cfg.pairs)
     if not len(pairs.a):
         raise DataError(f"pairs file '{cfg.pairs}' holds no comparisons")
-    check_counts(pairs.mated, {}, cfg)  # before any embeddings or scores are read
     fr_models = cfg.fr_models or [FRModel("given similarity", None)]
     keep = np.ones(len(pairs.a), dtype=bool)
     problems: List[str] = []
