@@ -13,7 +13,8 @@ Benchmark mode (``--benchmark NAME=PATH``: an insightface ``.bin`` file or a fol
 (``--fr NAME=CHECKPOINT`` or ``NAME=BACKBONE:CHECKPOINT``) and qualities (``--method VARIANT``, ``VARIANT=WEIGHTS``,
 ``LABEL=VARIANT:WEIGHTS`` or ``LABEL=SCORES.pkl|.csv|.txt``) once, cached in ``<output>/cache``, and writes
 ``<name>.csv``/``.json``/``.md`` (pAUC per method and benchmark, one block per FR model, the mean last) and the grid
-``<name>_grid.png``/``.pdf``.
+``<name>_grid.png``/``.pdf``. Either mode records the files it wrote in ``<name>.files``; a rerun of the name removes
+those of the earlier run it does not write again.
 """
 from __future__ import annotations
 

@@ -207,6 +207,8 @@ def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
     else:
         forms = {key: key for key in keys}
     found = match_keys(data.keys, forms, where, source)
+    if isinstance(data.images, BinImages) and found[0] is None:
+        _refuse_numbering_from_one(data, forms, source)
     hits = [k for k in found if k is not None]
     if hits and not any(k == want for k, want in zip(found, data.keys)):
         folder = common_folder([normal_key(k) for k in hits]).split("/")
@@ -215,6 +217,23 @@ def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
             raise DataError(f"{source} keys the images of benchmark '{named[0]}' ({short(forms[hits[0]])}), not "
                             f"of '{data.name}'; give the scores of '{data.name}' (keys {data.keys[0]}, ...)")
     return [forms[k] if k is not None else None for k in found]
+
+
+def _refuse_numbering_from_one(data: "Benchmark", forms: Dict[str, str], source: str) -> None:
+    """A :class:`DataError` when the keys of a folder of the score file are numbered from 1 (no 0, the largest one
+    past the benchmark's last index): matched, each score would be given to the image after its own."""
+    numbers: Dict[str, List[Tuple[int, str]]] = {}
+    for form, key in forms.items():
+        folder, _, last = form.rpartition("/")
+        if last.isdigit() and last.isascii():
+            numbers.setdefault(folder, []).append((int(last), key))
+    count = len(data.keys)
+    for found in numbers.values():
+        if min(found)[0] >= 1 and max(found)[0] == count:
+            example = max(found)[1]
+            raise DataError(f"{source} numbers the images of benchmark '{data.name}' from 1 ({short(example)} is "
+                            f"one past its last image, {data.keys[-1]}, and none is numbered 0): the scores would be "
+                            f"those of the next image; number them from 0, as load_bin (subtract 1)")
 
 
 def _check_name(name: str) -> None:

@@ -268,7 +268,7 @@ def test_default_output_is_untracked_the_summary_names_each_file_and_the_legend_
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert code == 0, err
     written = sorted(p.name for p in (tmp_path / "evaluation").iterdir())
-    assert written == ["edc.csv", "edc.json", "edc_given_similarity.pdf", "edc_given_similarity.png"]
+    assert written == ["edc.csv", "edc.files", "edc.json", "edc_given_similarity.pdf", "edc_given_similarity.png"]
     summary = err.strip().splitlines()[-1]
     assert all(os.path.join("evaluation", name) in summary for name in written), summary
     row = json.loads((tmp_path / "evaluation" / "edc.json").read_text())[0]
@@ -278,3 +278,100 @@ def test_default_output_is_untracked_the_summary_names_each_file_and_the_legend_
     assert f"@0.2: {row['pauc@0.2']:.4f}" in label and f"@0.3: {row['pauc@0.3']:.4f}" in label
     renderer = fig.canvas.get_renderer()
     assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def _embedded_pairs(tmp_path, collapsed=False):
+    """Ten identities of two images: 4-d embeddings (all equal when ``collapsed``: an FR model that does not
+    separate anyone), qualities, 10 mated and 90 non-mated pairs; returns evaluate.py's arguments but --embeddings."""
+    rng = np.random.default_rng(0)
+    names = [f"p{i}/{j}.png" for i in range(10) for j in range(2)]
+    centres = rng.normal(size=(10, 4))
+    embeddings = {n: (np.ones(4) if collapsed else centres[int(n[1])] + 0.1 * rng.normal(size=4)).astype(np.float32)
+                  for n in names}
+    (tmp_path / "e.pkl").write_bytes(pickle.dumps(embeddings))
+    (tmp_path / "q.pkl").write_bytes(pickle.dumps({n: float(rng.uniform()) for n in names}))
+    rows = [f"p{i}/0.png,p{i}/1.png,1" for i in range(10)]
+    rows += [f"p{i}/0.png,p{j}/1.png,0" for i in range(10) for j in range(10) if i != j]
+    (tmp_path / "pairs.csv").write_text("a,b,mated\n" + "\n".join(rows) + "\n")
+    return ["--pairs", str(tmp_path / "pairs.csv"), "--scores", f"q={tmp_path / 'q.pkl'}", "--fmr", "0.05",
+            "--output", str(tmp_path / "out")]
+
+
+def test_fr_labels_that_name_one_figure_are_refused_before_any_work(tmp_path, capsys) -> None:
+    """'a b' and 'a_b' (or 'A' and 'a', one file where case is ignored) would write one figure file: one line, and
+    the output folder is not even made."""
+    from helpers import run_script
+
+    argv = _embedded_pairs(tmp_path)
+    for first, second in (("a b", "a_b"), ("A", "a")):
+        code, err = run_script(evaluate.main, "evaluate.py", argv + [
+            "--embeddings", f"{first}={tmp_path / 'e.pkl'}", "--embeddings", f"{second}={tmp_path / 'e.pkl'}"], capsys)
+        assert_user_error(code, err, "evaluate.py", rf"FR models '{first}' and '{second}' would both write the figure "
+                                                    r"edc_a_?b?\.png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_of_a_name_replaces_the_files_of_the_earlier_one(tmp_path, capsys) -> None:
+    """A rerun with another FR model into the same folder removes the earlier run's figures (recorded in
+    edc.files), never a file it did not record (another name's, one planted in the folder, or a name outside the
+    folder or not of this name that a tampered record holds) nor a recorded name that is now a link."""
+    from helpers import run_script
+
+    argv = _embedded_pairs(tmp_path)
+    out = tmp_path / "out"
+    assert run_script(evaluate.main, "evaluate.py", argv + ["--embeddings", f"E={tmp_path / 'e.pkl'}"], capsys)[0] == 0
+    assert run_script(evaluate.main, "evaluate.py", argv + ["--embeddings", f"G={tmp_path / 'e.pkl'}",
+                                                            "--name", "other"], capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "edc.csv", "edc.files", "edc.json", "edc_E.pdf", "edc_E.png",
+        "other.csv", "other.files", "other.json", "other_G.pdf", "other_G.png"]
+    (out / "edc_planted.png").write_bytes(b"mine")
+    (tmp_path / "victim.png").write_bytes(b"not evaluate's")
+    record = json.loads((out / "edc.files").read_text())
+    assert record == {"name": "edc", "files": ["edc.json", "edc.csv", "edc_E.png", "edc_E.pdf"], "removing": []}
+    record["files"] += ["../victim.png", "other_G.png"]
+    (out / "edc.files").write_text(json.dumps(record))
+    os.remove(out / "edc_E.pdf")
+    os.symlink(tmp_path / "victim.png", out / "edc_E.pdf")
+    code, err = run_script(evaluate.main, "evaluate.py", argv + ["--embeddings", f"F={tmp_path / 'e.pkl'}"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "edc.csv", "edc.files", "edc.json", "edc_E.pdf", "edc_F.pdf", "edc_F.png", "edc_planted.png",
+        "other.csv", "other.files", "other.json", "other_G.pdf", "other_G.png"]
+    assert (out / "edc_E.pdf").is_symlink() and (tmp_path / "victim.png").read_bytes() == b"not evaluate's"
+    assert "names 2 files that no run of 'edc' writes (e.g. '../victim.png')" in err, err
+    assert "could not remove files of the earlier run of 'edc'" in err and "edc_E.pdf (not a regular file)" in err
+    assert json.loads((out / "edc.files").read_text())["removing"] == ["edc_E.pdf"]  # said again by the next run
+    assert [r["fr_model"] for r in json.loads((out / "edc.json").read_text())] == ["F"]
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith("wrote ") and all(str(out / n) in summary for n in (
+        "edc.json", "edc.csv", "edc_F.png", "edc_F.pdf", "edc.files")) and "edc_E" not in summary, summary
+
+
+def test_an_fr_model_that_separates_nobody_is_one_warning_and_long_labels_keep_the_columns(tmp_path, capsys) -> None:
+    """Collapsed embeddings (every similarity 1): the threshold lies above every non-mated similarity and FNMR at 0
+    discard is 1; one warning says so. The printed table's columns stay aligned with labels over 20 characters."""
+    argv = _embedded_pairs(tmp_path, collapsed=True)
+    (tmp_path / "sep").mkdir()
+    good = _embedded_pairs(tmp_path / "sep")
+    long_method = "published eDifFIQA(T) on the full set"
+    argv[argv.index("--scores") + 1] = f"{long_method}={tmp_path / 'q.pkl'}"
+    argv += ["--embeddings", f"collapsed FR model with a long name={tmp_path / 'e.pkl'}",
+             "--embeddings", f"separating={tmp_path / 'sep' / 'e.pkl'}"]
+    assert run_cli(evaluate.main, argv, "evaluate.py") == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "does not separate" in line]
+    assert len(warnings) == 1, captured.err
+    assert "'collapsed FR model with a long name': threshold 1.0000000" in warnings[0]
+    assert "above every non-mated similarity" in warnings[0] and "FNMR at 0 discard 1.0000" in warnings[0]
+    assert "separating" not in warnings[0]
+    lines = captured.out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("method")))
+    table = lines[header:header + 3]
+    assert table[1].startswith(long_method + " ") and table[2].startswith(long_method + " ")
+    column = table[0].index("FR model")
+    assert table[1][column:].startswith("collapsed FR model with a long name ")
+    assert table[2][column:].startswith("separating ")
+    assert len({len(line) for line in table}) == 1, table  # the number columns line up under their titles
+    assert run_cli(evaluate.main, good + ["--embeddings", f"E={tmp_path / 'sep' / 'e.pkl'}"], "evaluate.py") == 0
+    assert "does not separate" not in capsys.readouterr().err

@@ -51,7 +51,8 @@ def bench_files(tmp_path_factory, checkpoint_dir):
         Image.fromarray(data.images[i]).save(images / name)
     (root / "other-files.pkl").write_bytes(pickle.dumps({names[i]: other[k] for i, k in enumerate(data.keys)}))
     (root / "partial.pkl").write_bytes(pickle.dumps({k: other[k] for k in data.keys[:-3]}))
-    (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 2, [True])))
+    # enough comparisons for the FMR, so that the counts (checked first) pass and the images are decoded
+    (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 40, [True] * 10 + [False] * 10)))
     (root / "other.json").write_text(json.dumps(other))
     (root / "nan.pkl").write_bytes(pickle.dumps({**other, "syn/7": float("nan")}))
     with open(root / "pairs.csv", "w", newline="") as handle:
@@ -264,8 +265,81 @@ def test_a_damaged_bin_image_is_one_line(bench_files, tmp_path, capsys) -> None:
     image and why, no per-image warnings."""
     root, weights = bench_files
     argv = ["--benchmark", f"junk={root / 'junk.bin'}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}",
-            "--method", f"T=ediffiqaT:{weights}", "--fmr", FMR, "--device", "cpu", "--output", str(tmp_path / "out")]
+            "--method", f"T=ediffiqaT:{weights}", "--fmr", FMR, "--device", "cpu", "--output", str(tmp_path / "out"),
+            "--batch-size", "2"]
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert_user_error(code, err, "evaluate.py", r"benchmark 'junk' \('.*junk.bin'\): 2 images of a batch cannot be "
                                                  r"decoded, e.g. junk/0 \(ValueError: its 12 bytes are not an image")
     assert "skipped" not in err and "WARNING" not in err, err
+
+
+def _models_raise(monkeypatch) -> None:
+    """Every FR forward and quality model raises: a check that needs only the pairs must come first."""
+    def forward(*args, **kwargs):
+        def run(x):
+            raise AssertionError("a model ran before a check that needs only the pairs")
+        return run
+
+    monkeypatch.setattr(workflow, "embedding_forward", forward)
+    monkeypatch.setattr(workflow.QualityScorer, "from_pretrained", forward)
+
+
+@pytest.mark.parametrize("change,pattern", [
+    (["--fmr", "0.01"], r"benchmark 'syn': FMR 0.01 cannot be measured with 15 non-mated comparisons: it needs at "
+                        r"least 100"),
+    (["--method", "half={tmp}/half.pkl", "--on-missing", "drop"],
+     r"benchmark 'syn': need mated and non-mated comparisons, have 0 mated and 0 non-mated after on_missing: drop "
+     r"left out 30 comparisons"),
+    (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality"),
+])
+def test_input_errors_that_need_only_the_pairs_come_before_any_model_runs(change, pattern, bench_files, tmp_path,
+                                                                           capsys, monkeypatch) -> None:
+    root, weights = bench_files
+    keys = read_benchmark("syn", str(root / "syn.bin")).keys
+    (tmp_path / "half.pkl").write_bytes(pickle.dumps({k: 0.5 for k in keys[0::2]}))  # one image of each pair
+    _models_raise(monkeypatch)
+    argv = one_command(root, weights, tmp_path / "out") + [c.format(root=root, tmp=tmp_path) for c in change]
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert_user_error(code, err, "evaluate.py", pattern)
+    assert not (tmp_path / "out" / "cache").exists() or not list((tmp_path / "out" / "cache").iterdir())
+
+
+@pytest.mark.parametrize("form", ["syn/{i}", "unpacked/syn/{i:05d}.png"])
+def test_a_score_file_numbered_from_1_is_refused(form, bench_files, tmp_path, capsys) -> None:
+    """Keys syn/1..syn/60 (or files 00001.png..00060.png) for the 60 images syn/0..syn/59: with --on-missing drop
+    they would be matched one image off; one line naming the file."""
+    root, weights = bench_files
+    keys = read_benchmark("syn", str(root / "syn.bin")).keys
+    other = pickle.loads((root / "other.pkl").read_bytes())
+    shifted = {form.format(i=i + 1): other[k] for i, k in enumerate(keys)}
+    (tmp_path / "from1.pkl").write_bytes(pickle.dumps(shifted))
+    argv = one_command(root, weights, tmp_path / "out", "--method", f"one={tmp_path / 'from1.pkl'}",
+                       "--on-missing", "drop")
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    last = form.format(i=len(keys))
+    assert_user_error(code, err, "evaluate.py", rf"quality file '.*from1.pkl' numbers the images of benchmark 'syn' "
+                                                rf"from 1 \('{last}' is one past its last image, syn/59, and none is "
+                                                r"numbered 0\).*number them from 0")
+
+
+def test_the_files_of_a_rerun_are_one_set_and_the_summary_names_them(bench, tmp_path, capsys, monkeypatch) -> None:
+    """The summary names each file written; a rerun whose grid cannot be drawn removes the earlier run's grid (the
+    folder never shows a figure of another run beside the table); the cache stays."""
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    _no_models(monkeypatch)
+    cached = sorted((out / "cache").iterdir())
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)
+    assert code == 0, err
+    summary = err.strip().splitlines()[-1]
+    assert summary == f"wrote {out / 'edc.json'}, edc.csv, edc.md, edc_grid.png, edc_grid.pdf, edc.files", summary
+
+    def no_grid(*args, **kwargs):
+        raise MemoryError("no room for the figure")
+
+    monkeypatch.setattr(workflow, "edc_grid", no_grid)
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)
+    assert code == 0 and "could not draw edc_grid (MemoryError" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["cache", "edc.csv", "edc.files", "edc.json", "edc.md"]
+    assert sorted((out / "cache").iterdir()) == cached
+    assert err.strip().splitlines()[-1] == f"wrote {out / 'edc.json'}, edc.csv, edc.md, edc.files"

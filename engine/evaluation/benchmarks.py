@@ -27,13 +27,14 @@ from engine.evaluation import cache, edc
 from engine.evaluation.config import Benchmark, EvaluateConfig, FRModel, Method
 from engine.evaluation.data import read_qualities
 from engine.evaluation.grid import edc_grid, figure_writer
-from engine.evaluation.run import check_counts, edc_results
+from engine.evaluation.outputs import write_outputs
+from engine.evaluation.run import check_counts, edc_results, separation_problem, warn_unseparated
 from engine.scoring.embeddings import embedding_forward
 from engine.scoring.scorer import QualityScorer, default_batch_size
 from engine.scoring.weights import resolve_weights
 from model.checkpoint import load_fr_backbone
 from utils.errors import CheckpointError, DataError
-from utils.io import check_output_dir, csv_writer, json_writer, sha256_of, write_together
+from utils.io import check_output_dir, csv_writer, file_list, json_writer, sha256_of
 from utils.runtime import resolve_device
 
 __all__ = ["CACHE_FOLDER", "source_fingerprint", "evaluate_benchmarks"]
@@ -143,6 +144,11 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
             raise DataError("; ".join(problems) + "; fix the scores or set on_missing: drop (--on-missing drop)")
         for p in problems:
             _logger.warning("%s: those pairs are dropped", p)
+    for source in sources:  # the counts need only the pairs (and the scores files): checked before any model runs
+        data, keep = source.data, source.keep
+        check_counts(np.asarray(data.issame, dtype=bool)[keep],
+                     {label: np.minimum(v[data.left], v[data.right])[keep] for label, v in source.files.items()},
+                     cfg, where=f"benchmark '{data.name}': ", dropped=int((~keep).sum()))
     fr_sha = {fr.label: _checkpoint_sha(fr) for fr in cfg.fr_models}
     method_weights = {m.label: resolve_weights(m.model, m.weights, progress=cfg.verbose)
                       for m in cfg.methods if m.model is not None}
@@ -166,6 +172,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
 
     rows: List[Dict[str, Any]] = []
     panels: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    unseparated: List[str] = []
     for source in sources:
         bench, data = source.bench, source.data
         embeddings = {}
@@ -191,10 +198,14 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         keep = source.keep
         mated = np.asarray(data.issame, dtype=bool)[keep]
         kept = {label: q[keep] for label, q in qualities.items()}
-        n_mated, n_non = check_counts(mated, kept, cfg, where=f"benchmark '{bench.name}': ")
+        n_mated, n_non = check_counts(mated, kept, cfg, where=f"benchmark '{bench.name}': ",
+                                      dropped=int((~keep).sum()))
         for fr in cfg.fr_models:
             sims = edc.cosine_similarities(embeddings[fr.label], data.left[keep], data.right[keep])
             tau, results = edc_results(sims, mated, kept, cfg)
+            problem = separation_problem(sims[~mated], tau, next(iter(results.values()))[1]["fnmr0"])
+            if problem:
+                unseparated.append(f"{fr.label!r} on '{bench.name}': {problem}")
             panel = panels.setdefault((fr.label, bench.name), {})
             for label, (curve, stats) in results.items():
                 panel[label] = (curve.discard, curve.fnmr, [stats[f"pauc@{d:g}"] for d in cfg.discard_limits])
@@ -203,7 +214,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                              "non_mated": n_non, **stats,
                              **{f"best_pauc@{d:g}": edc.theoretical_best_pauc(stats["fnmr0"], d)
                                 for d in cfg.discard_limits}})
-    _write_results(cfg, rows, panels)
+    _write_results(cfg, rows, panels, unseparated)
     return rows
 
 
@@ -248,11 +259,13 @@ def markdown(cfg: EvaluateConfig, wide: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write_results(cfg: EvaluateConfig, rows: List[Dict[str, Any]], panels: Dict[Tuple[str, str], Any]) -> None:
-    """The table (CSV, JSON, Markdown) and the grid figure (PNG, PDF), as one set."""
+def _write_results(cfg: EvaluateConfig, rows: List[Dict[str, Any]], panels: Dict[Tuple[str, str], Any],
+                   unseparated: List[str]) -> None:
+    """The table (CSV, JSON, Markdown) and the grid figure (PNG, PDF), as one set (the files of an earlier run of
+    the name that this one does not write removed: :func:`engine.evaluation.outputs.write_outputs`)."""
     wide = table(cfg, rows)
     text = markdown(cfg, wide)
-    stem = os.path.join(cfg.output, cfg.name)
+    stem = cfg.name
     header = ["fr_model", "metric", "method", *[b.name for b in cfg.benchmarks], "mean"]
     files = [(f"{stem}.json", json_writer({"fmr": cfg.fmr, "variant": cfg.variant, "discard_limits":
                                            cfg.discard_limits, "table": wide, "results": rows})),
@@ -266,6 +279,7 @@ def _write_results(cfg: EvaluateConfig, rows: List[Dict[str, Any]], panels: Dict
     except Exception as exc:  # noqa: BLE001 - fonts, memory: the figure is left out, never the table
         _logger.warning("could not draw %s_grid (%s: %s); the table is written without it", cfg.name,
                         type(exc).__name__, exc)
-    write_together(files)
+    written = write_outputs(cfg.output, cfg.name, files)
     print(text)
-    print(f"wrote {stem}.csv/.json/.md" + (" and _grid.png/.pdf" if figure is not None else ""), file=sys.stderr)
+    warn_unseparated(unseparated)
+    print(f"wrote {file_list(written)}", file=sys.stderr)

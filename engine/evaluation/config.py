@@ -10,13 +10,19 @@ from typing import List, Optional
 from model.registry import VARIANTS, backbone_names, variant_names
 from utils.config import check, check_batch
 
-__all__ = ["Benchmark", "FRModel", "Method", "EvaluateConfig", "DEFAULT_SCORES"]
+__all__ = ["Benchmark", "FRModel", "Method", "EvaluateConfig", "DEFAULT_SCORES", "figure_label"]
 
 #: The quality file of a method that names neither a file nor a variant (inference.py's default output).
 DEFAULT_SCORES = "./quality_scores/quality-scores.pkl"
 
 #: What a benchmark, FR model or method label may hold: it names cache files and keys (``NAME/<index>``).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def figure_label(label: str) -> str:
+    """An FR model's label as it names its EDC figure in pairs mode (``<name>_<label>.png``): every run of other
+    characters becomes one ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
 
 
 @dataclass
@@ -121,6 +127,14 @@ class EvaluateConfig:
                 check(fr.checkpoint is not None, f"FR model '{fr.label}': benchmarks need its 'checkpoint' (--fr "
                       f"{fr.label}=CHECKPOINT), not embeddings")
         else:
+            # One figure per FR model, named by its label: two labels that name one file (also on a file system
+            # that ignores case) would overwrite one figure.
+            stems: dict = {}
+            for fr in self.fr_models:
+                other = stems.setdefault(figure_label(fr.label).lower(), fr.label)
+                check(other == fr.label, f"FR models {other!r} and {fr.label!r} would both write the figure "
+                      f"{self.name}_{figure_label(fr.label)}.png (labels name figure files, other characters than "
+                      "letters, digits, '.', '_' and '-' read as '_', case ignored); give labels that differ there")
             for fr in self.fr_models:
                 check(fr.checkpoint is None, f"FR model '{fr.label}' has a checkpoint, which only benchmarks use "
                       "(--benchmark NAME=PATH); give embeddings with --pairs")

@@ -6,7 +6,7 @@ import io
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import IO, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -15,9 +15,9 @@ from dataset.verification import parse_lfw_pairs
 from engine.figures import drawable
 from utils.config import short
 from utils.errors import DataError, first_line
-from utils.io import TEXT_ERRORS, atomic_open, safe_pickle_load
+from utils.io import TEXT_ERRORS, safe_pickle_load
 
-__all__ = ["Pairs", "read_pairs", "read_qualities", "plot_edc"]
+__all__ = ["Pairs", "read_pairs", "read_qualities", "edc_figure"]
 
 
 @dataclass
@@ -138,16 +138,18 @@ def read_qualities(path: str) -> Dict[str, float]:
     return table
 
 
-def plot_edc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fmr: float, path_stem: str,
-             limit: float = 0.3, stepwise: bool = True,
-             paucs: Optional[Mapping[str, Mapping[float, float]]] = None) -> List[str]:
-    """Write an EDC figure (PNG and PDF) in the style of the eDifFIQA paper; returns the files written. ``paucs``:
-    each curve's pAUC per discard limit, shown in its legend label. The legend stands below the axes, clear of the
-    curves."""
+def edc_figure(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fmr: float, limit: float = 0.3,
+               stepwise: bool = True, paucs: Optional[Mapping[str, Mapping[float, float]]] = None
+               ) -> List[Tuple[str, Tuple[str, Callable[[IO], None]]]]:
+    """An EDC figure in the style of the eDifFIQA paper, as ``[("png", writer), ("pdf", writer)]`` for
+    :func:`utils.io.write_together` (rendered here, the figure closed). ``paucs``: each curve's pAUC per discard
+    limit, shown in its legend label. The legend stands below the axes, clear of the curves."""
     import matplotlib  # imported where a figure is drawn, as in engine/figures.py
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from engine.evaluation.grid import figure_writer
 
     fig, ax = plt.subplots(figsize=(4.2, 3.4 + 0.2 * len(curves)), dpi=150)
     for label, (d, f) in curves.items():
@@ -165,11 +167,7 @@ def plot_edc(curves: Mapping[str, Tuple[np.ndarray, np.ndarray]], title: str, fm
     ax.grid(True, linestyle=":", linewidth=0.6)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.2), borderaxespad=0.0)
     fig.tight_layout()
-    written = []
-    for ext in ("png", "pdf"):
-        path = f"{path_stem}.{ext}"
-        with atomic_open(path, "wb") as handle:
-            fig.savefig(handle, format=ext)
-        written.append(path)
-    plt.close(fig)
-    return written
+    try:
+        return [(fmt, figure_writer(fig, fmt)) for fmt in ("png", "pdf")]
+    finally:
+        plt.close(fig)

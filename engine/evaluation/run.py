@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import sys
 from typing import Any, Dict, List, Tuple
 
@@ -13,27 +11,32 @@ import numpy as np
 from dataset.formats import read_embeddings
 from dataset.keys import match_keys
 from engine.evaluation import edc
-from engine.evaluation.config import EvaluateConfig, FRModel
-from engine.evaluation.data import plot_edc, read_pairs, read_qualities
+from engine.evaluation.config import EvaluateConfig, FRModel, figure_label
+from engine.evaluation.data import edc_figure, read_pairs, read_qualities
+from engine.evaluation.outputs import write_outputs
 from utils.errors import ConfigError, DataError
-from utils.io import check_output_dir, csv_writer, json_writer, write_together
+from utils.io import check_output_dir, csv_writer, json_writer
 
-__all__ = ["evaluate", "check_counts", "edc_results"]
+__all__ = ["evaluate", "check_counts", "edc_results", "separation_problem", "warn_unseparated", "print_table"]
 
 _logger = logging.getLogger(__name__)
 
 
 def check_counts(mated: np.ndarray, qualities: Dict[str, np.ndarray], cfg: EvaluateConfig,
-                 where: str = "") -> Tuple[int, int]:
+                 where: str = "", dropped: int = 0) -> Tuple[int, int]:
     """``(mated, non-mated)`` counts of the ``(P,)`` comparisons, once they can measure ``cfg.fmr`` (for the CR-FIQA
     variant: at every discard level it visits, by each method's ``(P,)`` pair qualities); else a :class:`DataError`
-    (``where``: the benchmark and FR model, said first)."""
+    (``where``: the benchmark and FR model, said first; ``dropped``: the comparisons ``on_missing: drop`` left out,
+    said as the cause). Needs only the pairs: called before any embedding or scoring."""
     n_mated, n_non = int(mated.sum()), int((~mated).sum())
+    why = (f" after on_missing: drop left out {dropped} comparisons whose images lack data (see the warnings "
+           "above)" if dropped else "")
     if n_mated == 0 or n_non == 0:
-        raise DataError(f"{where}need mated and non-mated comparisons, have {n_mated} mated and {n_non} non-mated")
+        raise DataError(f"{where}need mated and non-mated comparisons, have {n_mated} mated and {n_non} non-mated"
+                        f"{why}")
     if n_non < edc.min_pairs_for_fmr(cfg.fmr):
-        raise DataError(f"{where}FMR {cfg.fmr:g} cannot be measured with {n_non} non-mated comparisons: it needs at "
-                        f"least {edc.min_pairs_for_fmr(cfg.fmr)}; add pairs or raise --fmr")
+        raise DataError(f"{where}FMR {cfg.fmr:g} cannot be measured with {n_non} non-mated comparisons{why}: it "
+                        f"needs at least {edc.min_pairs_for_fmr(cfg.fmr)}; add pairs or raise --fmr")
     if cfg.variant != "fixed":
         for method_label, q in qualities.items():
             short = edc.crfiqa_shortfall(mated, q, cfg.fmr, _crfiqa_grid(cfg))
@@ -64,6 +67,40 @@ def edc_results(sims: np.ndarray, mated: np.ndarray, qualities: Dict[str, np.nda
             stats = edc.summary(curve, cfg.discard_limits, edc.partial_auc_trapezoid)
         results[method_label] = (curve, stats)
     return tau, results
+
+
+def separation_problem(nonmated: np.ndarray, tau: float, fnmr0: float) -> str:
+    """Why an FR model's ``(M,)`` non-mated similarities, threshold ``tau`` and FNMR at 0 discard show that it does
+    not separate the identities ('' when they do not): ``tau`` above every non-mated similarity (ties at the top
+    keep the FMR from reaching its target), or an FNMR at 0 discard of about 1."""
+    reasons = []
+    top = float(np.max(nonmated)) if len(nonmated) else math.inf
+    if tau > top:
+        reasons.append(f"threshold {tau!r} above every non-mated similarity (largest {top!r})")
+    if fnmr0 >= 0.99:
+        reasons.append(f"FNMR at 0 discard {fnmr0:.4f}")
+    return " and ".join(reasons)
+
+
+def warn_unseparated(problems: List[str]) -> None:
+    """One warning for the FR models (``"'label': reason"`` each) that do not separate the identities."""
+    if problems:
+        _logger.warning("%s: the FR model does not separate the identities (untrained or stand-in weights, or the "
+                        "wrong checkpoint?), so its EDC curves say nothing about the quality methods",
+                        "; ".join(problems))
+
+
+def print_table(rows: List[Dict[str, Any]], limits: List[float], first: str = "") -> None:
+    """The long rows (method, FR model, FNMR at 0, pAUC and normalised pAUC per limit) as a text table, the label
+    columns as wide as their longest label (``first``: a leading column, the benchmark)."""
+    names = [f"pauc@{d:g}" for d in limits]
+    columns = ([(first, first)] if first else []) + [("method", "method"), ("FR model", "fr_model")]
+    widths = [max([len(title)] + [len(str(r[key])) for r in rows]) for title, key in columns]
+    head = " ".join(f"{title:<{w}}" for (title, _), w in zip(columns, widths))
+    print(f"{head} {'FNMR@0':>8} " + " ".join(f"{c:>10} {'norm':>6}" for c in names))
+    for r in rows:
+        cells = " ".join(f"{str(r[key]):<{w}}" for (_, key), w in zip(columns, widths))
+        print(f"{cells} {r['fnmr0']:>8.4f} " + " ".join(f"{r[c]:>10.5f} {r[c + '_norm']:>6.3f}" for c in names))
 
 
 def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
@@ -139,11 +176,15 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
             _logger.warning("%s: those pairs are dropped", p)
     mated = pairs.mated[keep]
     kept = {label: q_all[keep] for label, q_all in qualities.items()}
-    n_mated, n_non = check_counts(mated, kept, cfg)
+    n_mated, n_non = check_counts(mated, kept, cfg, dropped=int((~keep).sum()))
     rows: List[Dict[str, Any]] = []
-    figures: List[str] = []
+    figures: List[Tuple[str, Any]] = []
+    unseparated: List[str] = []
     for fr_label, sims_all in similarities.items():
         tau, results = edc_results(sims_all[keep], mated, kept, cfg)
+        problem = separation_problem(sims_all[keep][~mated], tau, next(iter(results.values()))[1]["fnmr0"])
+        if problem:
+            unseparated.append(f"{fr_label!r}: {problem}")
         curves, paucs = {}, {}
         for method_label, (curve, stats) in results.items():
             curves[method_label] = (curve.discard, curve.fnmr)
@@ -152,21 +193,17 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                          "threshold": tau, "mated": n_mated, "non_mated": n_non, **stats,
                          **{f"best_pauc@{d:g}": edc.theoretical_best_pauc(stats["fnmr0"], d)
                             for d in cfg.discard_limits}})
-        stem = os.path.join(cfg.output, f"{cfg.name}_{re.sub(r'[^A-Za-z0-9._-]+', '_', fr_label)}")
-        figures += plot_edc(curves, fr_label, cfg.fmr, stem, limit=max(cfg.discard_limits),
-                            stepwise=cfg.variant == "fixed", paucs=paucs)
+        figures += [(f"{cfg.name}_{figure_label(fr_label)}.{fmt}", writer) for fmt, writer in edc_figure(
+            curves, fr_label, cfg.fmr, limit=max(cfg.discard_limits), stepwise=cfg.variant == "fixed", paucs=paucs)]
 
     header = list(rows[0])
     # A value that is undefined (pAUC normalised by an FNMR of 0, say) is null in JSON and empty in the CSV.
     defined = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    write_together([(os.path.join(cfg.output, f"{cfg.name}.json"), json_writer(defined)),
-                    (os.path.join(cfg.output, f"{cfg.name}.csv"),
-                     csv_writer(header, (["" if r[h] is None else r[h] for h in header] for r in defined)))])
-    limits = [f"pauc@{d:g}" for d in cfg.discard_limits]
-    print(f"{'method':<20} {'FR model':<16} {'FNMR@0':>8} " + " ".join(f"{c:>10} {'norm':>6}" for c in limits))
-    for r in rows:
-        print(f"{r['method']:<20} {r['fr_model']:<16} {r['fnmr0']:>8.4f} " +
-              " ".join(f"{r[c]:>10.5f} {r[c + '_norm']:>6.3f}" for c in limits))
-    tables = [os.path.join(cfg.output, f"{cfg.name}.{ext}") for ext in ("json", "csv")]
-    print(f"wrote {', '.join(tables + figures)}", file=sys.stderr)
+    written = write_outputs(cfg.output, cfg.name, [
+        (f"{cfg.name}.json", json_writer(defined)),
+        (f"{cfg.name}.csv", csv_writer(header, (["" if r[h] is None else r[h] for h in header] for r in defined))),
+        *figures])
+    print_table(rows, cfg.discard_limits)
+    warn_unseparated(unseparated)
+    print(f"wrote {', '.join(written)}", file=sys.stderr)
     return rows
