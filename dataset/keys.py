@@ -32,7 +32,8 @@ from typing import Any, Collection, Dict, List, Optional, Sequence
 from utils.config import short
 from utils.errors import DataError
 
-__all__ = ["normal_key", "common_folder", "relative_keys", "match_keys", "unmatched_message", "require_keys", "RULE"]
+__all__ = ["normal_key", "normal_keys", "common_folder", "relative_keys", "match_keys", "unmatched_message",
+           "require_keys", "RULE"]
 
 #: The rule in words, for messages and docs.
 RULE = ("as written, one as the other below a folder, or relative to each file's common folder above the keys' own "
@@ -78,7 +79,7 @@ def relative_keys(keys: Sequence[str]) -> List[str]:
     return [k[cut:] for k in normal]
 
 
-def _normal_keys(keys: Sequence[str]) -> List[str]:
+def normal_keys(keys: Sequence[str]) -> List[str]:
     """:func:`normal_key` of each key (the test inlined: most keys are normal already)."""
     return [normal_key(k) if ("\\" in k or "//" in k or k[:2] == "./" or k[-1:] == "/") else k for k in keys]
 
@@ -118,7 +119,7 @@ class _Index:
     the bare keys of the other file: the few candidates each key is checked against, built once."""
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self.normal = _normal_keys(keys)
+        self.normal = normal_keys(keys)
         folder = common_folder(self.normal)
         self.cut = len(folder) + 1 if folder else 0
         self.by_tail = _bucket(_tails(self.normal))
@@ -165,7 +166,7 @@ def match_keys(wanted: Sequence[str], available: Collection[str], wanted_source:
     order = list(available)
     theirs = _Index(order)
     their_normal, their_cut, by_tail = theirs.normal, theirs.cut, theirs.by_tail
-    normal = _normal_keys(distinct)
+    normal = normal_keys(distinct)
     folder = common_folder(normal)
     cut = len(folder) + 1 if folder else 0
     simple = not theirs.bare  # no bare key on their side: a key with a folder has only its tail's bucket

@@ -147,6 +147,31 @@ def test_labels_of_one_identity_never_join_embeddings_of_another(tmp_path, capsy
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
 
 
+def test_identities_are_the_folders_of_the_normal_keys(tmp_path, capsys) -> None:
+    """attack29 #6: embeddings keyed with backslashes (``id0\\a.png``) group by their folders, as ``id0/a.png`` do
+    (the official rsplit on '/' made each image an identity); keys with no folder are one line saying so."""
+    rng = np.random.default_rng(0)
+    names = [f"id{i}/{j}.png" for i in range(3) for j in range(4)]
+    (tmp_path / "labels.pkl").write_bytes(pickle.dumps({n: float(rng.uniform()) for n in names}))
+    vectors = {n: rng.normal(size=8).astype(np.float32) for n in names}
+    (tmp_path / "emb.pkl").write_bytes(pickle.dumps(vectors))
+    (tmp_path / "emb_bs.pkl").write_bytes(pickle.dumps({n.replace("/", "\\"): v for n, v in vectors.items()}))
+    ref_centres, ref_raw = _prepare(tmp_path / "labels.pkl", tmp_path / "emb.pkl", tmp_path / "ref", capsys)
+    centres, raw = _prepare(tmp_path / "labels.pkl", tmp_path / "emb_bs.pkl", tmp_path / "bs", capsys)
+    summary = json.loads((tmp_path / "bs" / "prepare_data-ediffiqa.json").read_text())
+    assert summary["identities"] == 3
+    assert torch.equal(centres, ref_centres)
+    assert pickle.loads(raw) == [(p.replace("/", "\\"), *rest) for p, *rest in pickle.loads(ref_raw)]
+
+    (tmp_path / "flat.pkl").write_bytes(pickle.dumps({n.replace("/", "_"): v for n, v in vectors.items()}))
+    (tmp_path / "flat_labels.pkl").write_bytes(pickle.dumps({n.replace("/", "_"): 0.5 for n in names}))
+    code, err = run_script(prepare_data.main, "prepare_data.py", [
+        "-b", "0.5", "-ll", str(tmp_path / "flat_labels.pkl"), "-el", str(tmp_path / "flat.pkl"), "-sl",
+        str(tmp_path / "flat"), "--min-images", "2", "--no-figure"], capsys)
+    assert_user_error(code, err, "prepare_data.py", r"keys of embeddings file '.*flat.pkl' hold no folder \(e.g. "
+                                                    r"'id0_0.png'\): an identity is the folder")
+
+
 def _same_as_identically_keyed(root, scores, embeddings, tmp_path, capsys):
     """prepare_data.py on ``scores/quality-scores.{csv,pkl}`` (keyed ``faces/...``) gives the bytes it gives on the
     same labels keyed as ``embeddings`` are; returns the folder of the CSV's output."""
