@@ -274,3 +274,16 @@ def test_training_items_keyed_by_the_folder_find_their_images(tmp_path, make_fac
     finally:
         os.chdir(here)
     assert files == [k[len("faces/"):] for k in keys] + [None]
+
+
+def test_items_of_one_identity_never_find_another_identitys_images(tmp_path, make_faces) -> None:
+    """attack29 #2 in train.py: with dataset.image_loc one identity's folder (same file names as the others), the
+    items of another identity find no image; the items of that identity find theirs."""
+    from engine.training.data import _image_files
+
+    make_faces(tmp_path / "faces", [f"id{i}/{n}.png" for i in range(2) for n in ("clean", "blur")])
+    items = ["id1/clean.png", "id1/blur.png"]
+    files, _ = _image_files(items, str(tmp_path / "faces" / "id0"), "items file 'i.pkl'")
+    assert files == [None, None]
+    files, _ = _image_files(items, str(tmp_path / "faces" / "id1"), "items file 'i.pkl'")
+    assert files == ["clean.png", "blur.png"]
