@@ -175,7 +175,7 @@ def match_keys(wanted: Sequence[str], available: Collection[str], wanted_source:
         if key in available:
             found[key] = key
             continue
-        hit = by_tail.get(tail) if simple and tail != norm else None
+        hit = by_tail.get(tail) if simple and "/" in norm else None
         if isinstance(hit, int):  # one candidate: the common case
             other = their_normal[hit]
             same = (norm == other or norm[cut:] == other[their_cut:] or norm.endswith("/" + other)
