@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dataset.folder_batches import Batches, iterate_images
 from dataset.image_folder import IMAGE_EXTENSIONS, FaceFolder, list_images
-from dataset.keys import common_folder, match_keys, normal_key
+from dataset.keys import match_keys, normal_key
 from dataset.transforms import INPUT_SIZE, decode_face
 from utils.config import short
 from utils.errors import ConfigError, DataError, first_line
@@ -207,11 +207,16 @@ def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
     else:
         forms = {key: key for key in keys}
     found = match_keys(data.keys, forms, where, source)
+    if isinstance(data.images, BinImages) and any(k is None for k in found):
+        # A .bin's NAME is no folder of its unpacked files ('quality_data/lfw/images/00017.jpg'): the images that
+        # NAME/<index> did not find are named by <index> alone (one key ending in it; several are an error).
+        loose = match_keys([k.rpartition("/")[2] for k in data.keys], forms, where, source)
+        found = [k if k is not None else other for k, other in zip(found, loose)]
     if isinstance(data.images, BinImages) and found[0] is None:
         _refuse_numbering_from_one(data, forms, source)
     hits = [k for k in found if k is not None]
     if hits and not any(k == want for k, want in zip(found, data.keys)):
-        folder = common_folder([normal_key(k) for k in hits]).split("/")
+        folder = {part for k in hits for part in normal_key(k).split("/")[:-1]}
         named = [n for n in others if n != data.name and n in folder]
         if named and data.name not in folder:
             raise DataError(f"{source} keys the images of benchmark '{named[0]}' ({short(forms[hits[0]])}), not "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import manifest_state_dict, run_script
+from helpers import assert_user_error, manifest_state_dict, run_script
 
 import extract_embeddings
 import inference
@@ -45,19 +45,44 @@ def test_keys_match_relative_to_each_files_common_folder(wanted, available) -> N
     assert match_keys(available, wanted, B, A) == wanted  # the rule is symmetric
 
 
-def test_a_subset_in_one_folder_has_that_folder_as_its_common_folder() -> None:
-    # One key's common folder is its own folder: 'a.jpg' relative to it, which the other file does not hold.
-    assert match_keys(["faces/id0/a.jpg"], ["id0/a.jpg", "id1/b.jpg"], A, B) == [None]
+def test_a_subset_in_one_folder_keeps_its_folder() -> None:
+    # A file of one identity strips nothing below the identity: it names that identity of the whole set.
+    assert match_keys(["faces/id0/a.jpg"], ["id0/a.jpg", "id1/b.jpg"], A, B) == ["id0/a.jpg"]
     assert match_keys(["id0/a.jpg"], ["faces/id0/a.jpg", "faces/id1/b.jpg"], A, B) == ["faces/id0/a.jpg"]
+    # ... also when the images folder was renamed (neither key ends in the other).
+    assert match_keys(["faces/id1/b.jpg"], ["data/id0/a.jpg", "data/id1/b.jpg"], A, B) == ["data/id1/b.jpg"]
+
+
+@pytest.mark.parametrize("wanted,available", [
+    (["first_run/faces/id03/a.png", "first_run/faces/id03/b.png"], ["id00/a.png", "id00/b.png"]),  # attack29 #2
+    (["faces/id03/a.png"], ["id00/a.png"]),                                      # one key each side
+    (["ID0/a.jpg"], ["id0/a.jpg"]),                                              # folders differ in case
+    (["x/id03/a.png", "x/id03/b.png"], ["y/id00/a.png", "y/id00/b.png"]),        # both under another folder
+    (["faces/a.png", "faces/b.png"], ["data/a.png", "data/b.png"]),              # flat folders of other names
+])
+def test_keys_in_different_folders_never_match_by_their_file_names(wanted, available) -> None:
+    assert match_keys(wanted, available, A, B) == [None] * len(wanted)
+    assert match_keys(available, wanted, B, A) == [None] * len(available)
+
+
+def test_a_bare_file_name_names_the_one_key_that_ends_in_it() -> None:
+    assert match_keys(["a.jpg", "c.jpg"], ["faces/id0/a.jpg", "faces/id1/b.jpg"], A, B) == ["faces/id0/a.jpg", None]
+    assert match_keys(["faces/id0/a.jpg"], ["a.jpg", "b.jpg"], A, B) == ["a.jpg"]
+    with pytest.raises(DataError, match=r"'a.jpg' names 2 different keys of embeddings file 'e.pkl' "
+                                        r"\('id0/a.jpg', 'id1/a.jpg'\)"):
+        match_keys(["a.jpg"], ["id0/a.jpg", "id1/a.jpg"], A, B)
 
 
 def test_common_folder_and_relative_keys() -> None:
     assert common_folder(["faces/id0/a.jpg", "faces/id1/b.jpg"]) == "faces"
-    assert common_folder(["faces/id0/a.jpg"]) == "faces/id0"
+    assert common_folder(["faces/id0/a.jpg"]) == "faces"  # a key keeps its own folder
+    assert common_folder(["faces/id0/a.jpg", "faces/id0/b.jpg"]) == "faces"
+    assert common_folder(["a/b/c/d.jpg", "a/b/c/e/f.jpg"]) == "a/b"
+    assert common_folder(["faces/a.jpg", "faces/b.jpg"]) == ""
     assert common_folder(["a.jpg", "faces/b.jpg"]) == ""
-    assert common_folder(["fa/a.jpg", "faces/b.jpg"]) == ""  # whole components, not characters
+    assert common_folder(["x/id10/a.jpg", "x/id1/b.jpg"]) == "x"  # whole components, not characters
     assert relative_keys(["./faces/id0/a.jpg", "faces//id1/b.jpg"]) == ["id0/a.jpg", "id1/b.jpg"]
-    assert relative_keys(["/abs/faces/x.jpg", "/abs/faces/y/z.jpg"]) == ["x.jpg", "y/z.jpg"]
+    assert relative_keys(["/abs/faces/x/a.jpg", "/abs/faces/y/z/b.jpg"]) == ["x/a.jpg", "y/z/b.jpg"]
 
 
 def test_unmatched_keys_are_none() -> None:
@@ -84,9 +109,10 @@ def test_unmatched_error_names_both_files_counts_and_an_example_of_each() -> Non
                      "labelled images", "compute both from the same image folder")
     message = str(info.value)
     assert "\n" not in message
-    assert message == ("2 of 3 labelled images of labels file 'q.csv' are not in embeddings file 'e.pkl', as written "
-                       "or relative to each file's common folder (e.g. 'faces/id1/b.jpg' in the first, 'id0/a.jpg' "
-                       "in the second); compute both from the same image folder")
+    assert message == ("2 of 3 labelled images of labels file 'q.csv' are not in embeddings file 'e.pkl', as written, "
+                       "one as the other below a folder, or relative to each file's common folder above the keys' "
+                       "own folders (e.g. 'faces/id1/b.jpg' in the first, 'id0/a.jpg' in the second); compute both "
+                       "from the same image folder")
 
 
 # ---------------------------------------------------------------- the scripts
@@ -98,6 +124,52 @@ def _prepare(labels, embeddings, out, capsys):
     assert code == 0, err
     centres = pickle.loads((out / "average_embedding_batch-ediffiqa.pkl").read_bytes())
     return centres, (out / "training_items-ediffiqa.pkl").read_bytes()
+
+
+def test_labels_of_one_identity_never_join_embeddings_of_another(tmp_path, capsys) -> None:
+    """attack29 #2: labels of id03 only (keyed as inference.py keys them) and embeddings of id00 only, with the same
+    file names: prepare_data.py refuses in one line and writes nothing (it used to join them, exit 0)."""
+    from dataset.formats import scores_csv_writer
+    from utils.io import write_together
+
+    names = ["clean.png", "blur_0.png", "blur_1.png"]
+    labels = {f"first_run/faces/id03/{n}": 0.1 * (i + 1) for i, n in enumerate(names)}
+    write_together([(str(tmp_path / "labels_id03.csv"), scores_csv_writer(labels))])
+    rng = np.random.default_rng(0)
+    (tmp_path / "emb_id00.pkl").write_bytes(pickle.dumps({f"id00/{n}": rng.normal(size=8).astype(np.float32)
+                                                          for n in names}))
+    code, err = run_script(prepare_data.main, "prepare_data.py", [
+        "-b", "0.5", "--min-images", "1", "-ll", str(tmp_path / "labels_id03.csv"), "-el",
+        str(tmp_path / "emb_id00.pkl"), "-sl", str(tmp_path / "data"), "--no-figure"], capsys)
+    assert_user_error(code, err, "prepare_data.py", r"3 of 3 labelled images of labels file '.*labels_id03.csv' are "
+                                                    r"not in embeddings file '.*emb_id00.pkl'.*'first_run/faces/id03/"
+                                                    r"clean.png' in the first, 'id00/clean.png' in the second")
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_identities_are_the_folders_of_the_normal_keys(tmp_path, capsys) -> None:
+    """attack29 #6: embeddings keyed with backslashes (``id0\\a.png``) group by their folders, as ``id0/a.png`` do
+    (the official rsplit on '/' made each image an identity); keys with no folder are one line saying so."""
+    rng = np.random.default_rng(0)
+    names = [f"id{i}/{j}.png" for i in range(3) for j in range(4)]
+    (tmp_path / "labels.pkl").write_bytes(pickle.dumps({n: float(rng.uniform()) for n in names}))
+    vectors = {n: rng.normal(size=8).astype(np.float32) for n in names}
+    (tmp_path / "emb.pkl").write_bytes(pickle.dumps(vectors))
+    (tmp_path / "emb_bs.pkl").write_bytes(pickle.dumps({n.replace("/", "\\"): v for n, v in vectors.items()}))
+    ref_centres, ref_raw = _prepare(tmp_path / "labels.pkl", tmp_path / "emb.pkl", tmp_path / "ref", capsys)
+    centres, raw = _prepare(tmp_path / "labels.pkl", tmp_path / "emb_bs.pkl", tmp_path / "bs", capsys)
+    summary = json.loads((tmp_path / "bs" / "prepare_data-ediffiqa.json").read_text())
+    assert summary["identities"] == 3
+    assert torch.equal(centres, ref_centres)
+    assert pickle.loads(raw) == [(p.replace("/", "\\"), *rest) for p, *rest in pickle.loads(ref_raw)]
+
+    (tmp_path / "flat.pkl").write_bytes(pickle.dumps({n.replace("/", "_"): v for n, v in vectors.items()}))
+    (tmp_path / "flat_labels.pkl").write_bytes(pickle.dumps({n.replace("/", "_"): 0.5 for n in names}))
+    code, err = run_script(prepare_data.main, "prepare_data.py", [
+        "-b", "0.5", "-ll", str(tmp_path / "flat_labels.pkl"), "-el", str(tmp_path / "flat.pkl"), "-sl",
+        str(tmp_path / "flat"), "--min-images", "2", "--no-figure"], capsys)
+    assert_user_error(code, err, "prepare_data.py", r"keys of embeddings file '.*flat.pkl' hold no folder \(e.g. "
+                                                    r"'id0_0.png'\): an identity is the folder")
 
 
 def _same_as_identically_keyed(root, scores, embeddings, tmp_path, capsys):
@@ -202,3 +274,16 @@ def test_training_items_keyed_by_the_folder_find_their_images(tmp_path, make_fac
     finally:
         os.chdir(here)
     assert files == [k[len("faces/"):] for k in keys] + [None]
+
+
+def test_items_of_one_identity_never_find_another_identitys_images(tmp_path, make_faces) -> None:
+    """attack29 #2 in train.py: with dataset.image_loc one identity's folder (same file names as the others), the
+    items of another identity find no image; the items of that identity find theirs."""
+    from engine.training.data import _image_files
+
+    make_faces(tmp_path / "faces", [f"id{i}/{n}.png" for i in range(2) for n in ("clean", "blur")])
+    items = ["id1/clean.png", "id1/blur.png"]
+    files, _ = _image_files(items, str(tmp_path / "faces" / "id0"), "items file 'i.pkl'")
+    assert files == [None, None]
+    files, _ = _image_files(items, str(tmp_path / "faces" / "id1"), "items file 'i.pkl'")
+    assert files == ["clean.png", "blur.png"]

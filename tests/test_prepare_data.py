@@ -168,8 +168,9 @@ class _Evil:
 
 @pytest.mark.parametrize("case,pattern", [
     ("missing_embedding", r"2 of \d+ labelled images of labels file '.*labels.pkl' are not in embeddings file "
-                          r"'.*emb.pkl', as written or relative .*e.g. 'n000000/0000_01.jpg' in the first, '.*' in "
-                          r"the second\); compute both from the same image folder"),
+                          r"'.*emb.pkl', as written, one as the other below a folder, or relative .*e.g. "
+                          r"'n000000/0000_01.jpg' in the first, '.*' in the second\); compute both from the same image "
+                          r"folder"),
     ("dims_differ", r"embedding sizes differ: first is \(16,\), also \(8,\)"),
     ("nan_quality", r"1 qualities are NaN or infinite \(e.g. 'n000001/0000_01.jpg'\)"),
     ("beta_zero", r"'beta' must be between 0 and 1"),

@@ -57,15 +57,19 @@ def _drop_or_fail(wanted: List[str], matched: List[Optional[str]], available: Co
 
 def _image_files(keys: List[str], image_loc: str, source: str) -> Tuple[List[Optional[str]], Collection[str]]:
     """``(file, available)``: the file below ``image_loc`` (as joined to it) that each key names, None where none,
-    by the key rule of :mod:`dataset.keys` (as written, or relative to each side's common folder:
-    ``inference.py``'s ``faces/id0/a.jpg`` names ``id0/a.jpg`` of the folder ``faces``); ``available``: what the
-    keys were matched against. The folder is listed only when some key is not a file as written."""
+    by the key rule of :mod:`dataset.keys`, the folder's files keyed by their paths (``inference.py``'s
+    ``faces/id0/a.jpg`` and the items' ``id0/a.jpg`` name ``faces/id0/a.jpg`` of the folder ``faces``);
+    ``available``: what the keys were matched against. The folder is listed only when some key is not a file as
+    written."""
     written = [os.path.isfile(os.path.join(image_loc, k)) for k in keys]
     if all(written):
         return list(keys), keys
-    available = dict.fromkeys(list_images(image_loc, key="dataset.image_loc").paths)
-    available.update(dict.fromkeys(k for k, ok in zip(keys, written) if ok))
-    return match_keys(keys, available, source, f"image folder '{image_loc}'"), available
+    # The folder's files are keyed by their paths (joined to image_loc), not by names relative to it: when
+    # image_loc is one identity's folder, its 'clean.png' is 'faces/id00/clean.png' and never names 'id03/clean.png'.
+    files = {os.path.join(image_loc, rel): rel for rel in list_images(image_loc, key="dataset.image_loc").paths}
+    files.update((os.path.join(image_loc, k), k) for k, ok in zip(keys, written) if ok)
+    return [None if m is None else files[m] for m in match_keys(keys, files, source, f"image folder '{image_loc}'")], \
+        files
 
 
 def _split(data: TrainingSet, val_split: float) -> Tuple[TrainingSet, TrainingSet]:

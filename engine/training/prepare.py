@@ -14,9 +14,9 @@ import torch
 
 from dataset import labels
 from dataset.formats import EmbeddingTable, prepared_writers, read_embeddings, read_label_values
-from dataset.keys import require_keys
+from dataset.keys import normal_keys, require_keys
 from engine import figures
-from utils.config import check
+from utils.config import check, short
 from utils.errors import DataError
 from utils.io import check_output_dir, file_list, json_writer, write_together
 
@@ -91,7 +91,15 @@ def prepare(cfg: PrepareConfig) -> Dict[str, Any]:
                          f"embeddings file '{cfg.embedding_location}'", "labelled images",
                          "compute both from the same image folder")
 
-    names, ids = labels.group_identities(paths)
+    # Identities are the keys' folders in the normal form, so 'id0\\a.jpg' and 'id0/b.jpg' are one identity (the
+    # official rsplit on '/' differs only for keys not in the normal form; docs/differences.md).
+    grouped = normal_keys(paths)
+    if not any("/" in p for p in grouped):
+        raise DataError(f"keys of embeddings file '{cfg.embedding_location}' hold no folder (e.g. {short(paths[0])}): "
+                        "an identity is the folder of its images' keys (ID/FILE); embed the folder that holds the "
+                        "identity folders")
+    names, ids = labels.group_identities(grouped)
+    del grouped
     threshold = labels.quality_threshold(qualities, cfg.beta)
     selection = labels.select_identities(qualities, ids, len(names), threshold, cfg.min_images)
     n_kept = int(selection.kept.sum())
