@@ -19,6 +19,7 @@ those of the earlier run it does not write again.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -74,6 +75,8 @@ def _fr_models(texts: List[str]) -> List[Dict[str, Optional[str]]]:
 
 #: Endings of files of quality scores (what inference.py writes), as --method/--scores values.
 _SCORE_FILES = (".pkl", ".csv", ".txt")
+#: Endings of checkpoints: a --method value with one is a variant's weights.
+_CHECKPOINTS = (".pth", ".pt")
 
 
 def _methods(texts: List[str]) -> List[Dict[str, Optional[str]]]:
@@ -101,6 +104,12 @@ def _methods(texts: List[str]) -> List[Dict[str, Optional[str]]]:
             out.append({"label": label, "model": value})
         elif label in variants and not value.lower().endswith(_SCORE_FILES):
             out.append({"model": label, "weights": value})
+        elif sep and len(head) > 1 and head.isidentifier() and not os.path.exists(value):
+            # VARIANT:WEIGHTS with a variant that does not exist (a drive letter C: is one character)
+            raise ConfigError(f"--method {text!r}: unknown variant '{head}'; choose one of: {', '.join(variants)}")
+        elif value.lower().endswith(_CHECKPOINTS):  # a checkpoint is never a scores file
+            raise ConfigError(f"--method {text!r}: unknown variant '{label}' for the weights '{value}'; choose one "
+                              f"of: {', '.join(variants)} (VARIANT=WEIGHTS or LABEL=VARIANT:WEIGHTS)")
         else:  # any other file is read as scores, as --scores LABEL=FILE always read it
             out.append({"label": label, "scores": value})
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import zipfile
 from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
@@ -108,6 +109,20 @@ def _what_it_holds(obj: object) -> str:
     return f"a {type(obj).__name__}"
 
 
+def _load_reason(exc: BaseException, path: str) -> str:
+    """:func:`utils.io.torch_load_reason`, except for a zip archive without a checkpoint's layout (every member in one
+    top folder, ``<name>/data.pkl``), for which torch's C++ reader gives its own source location: what it holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        members = None
+    if members is not None and not any(m.count("/") == 1 and m.endswith("/data.pkl") for m in members):
+        held = ", ".join(members[:3]) + (" ..." if len(members) > 3 else "") if members else "nothing"
+        return f"it is a zip archive that is not a PyTorch checkpoint: it holds {held}, not <name>/data.pkl"
+    return torch_load_reason(exc, path)
+
+
 def read_state_dict(path: str, key: str = "--weights or the config key 'weights'",
                     source: str = OFFICIAL_WEIGHTS_HELP, label: Optional[str] = None,
                     wrappers: Tuple[str, ...] = ("model", "state_dict")) -> Dict[str, torch.Tensor]:
@@ -122,7 +137,7 @@ def read_state_dict(path: str, key: str = "--weights or the config key 'weights'
     try:
         obj = torch_load(path)
     except Exception as exc:  # torch raises several types for corrupt, foreign or code-carrying files
-        raise CheckpointError(f"cannot read {name} as a PyTorch checkpoint ({torch_load_reason(exc, path)})") from None
+        raise CheckpointError(f"cannot read {name} as a PyTorch checkpoint ({_load_reason(exc, path)})") from None
     if isinstance(obj, Mapping):
         for wrapper in wrappers:
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
@@ -174,10 +189,12 @@ def _bare_backbone(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     return next((name for name in BACKBONES if have == dict(_built_shapes(name, None))), None)
 
 
-def check_checkpoint(path: str, name: str, label: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def check_checkpoint(path: str, name: str, label: Optional[str] = None,
+                     fix: str = "use --model {held}") -> Dict[str, torch.Tensor]:
     """The state dict of ``path`` once it is known to be variant ``name``'s checkpoint: read safely, finite, with
     exactly the variant's keys and shapes (what a strict load needs); else a :class:`CheckpointError` that names
-    the file as ``label`` and says what it holds (another variant, a bare backbone, something else)."""
+    the file as ``label`` and says what it holds (another variant, a bare backbone, something else); ``fix``
+    (``{held}``: the variant the file holds) says what the calling script's user changes then."""
     state_dict = read_state_dict(path, label=label)
     variant = get_variant(name)
     expected = expected_shapes(name)
@@ -187,7 +204,7 @@ def check_checkpoint(path: str, name: str, label: Optional[str] = None) -> Dict[
         held = identify_variant(state_dict)
         if held is not None:
             raise CheckpointError(f"{file} holds {VARIANTS[held].title} ('{held}'), not "
-                                  f"{variant.title}; use --model {held} or the {variant.title} weights")
+                                  f"{variant.title}; {fix.format(held=held)} or the {variant.title} weights")
         backbone = _bare_backbone(state_dict)
         if backbone is not None:
             raise CheckpointError(f"{file} is a bare {backbone} backbone, not an eDifFIQA checkpoint "

@@ -214,12 +214,13 @@ def test_undefined_values_are_null_in_valid_json(tmp_path, capsys) -> None:
     assert row["pauc@0.2_norm"] == ""
 
 
-@pytest.mark.parametrize("name", ["../../x", "", ".", "..", "a/b"])
+@pytest.mark.parametrize("name", ["../../x", "", ".", "..", "a/b", "x\ny", "x\ty"])
 def test_name_is_a_plain_file_name(name, tmp_path, capsys) -> None:
     from helpers import run_script
 
     code, err = run_script(evaluate.main, "evaluate.py", _perfect_set(tmp_path) + ["--name", name], capsys)
-    assert_user_error(code, err, "evaluate.py", r"'name' must be a plain file name stem \(no folder, not empty\)")
+    assert_user_error(code, err, "evaluate.py", r"command line \(--name\): 'name' must be a plain file name stem "
+                                                r"\(no folder, not empty, no control character\)")
     assert not list(tmp_path.parent.glob("x.*")) and not list((tmp_path / "out").glob(".*"))
 
 

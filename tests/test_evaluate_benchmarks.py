@@ -7,7 +7,9 @@ import csv
 import json
 import os
 import pickle
+import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,9 @@ def bench_files(tmp_path_factory, checkpoint_dir):
     # enough comparisons for the FMR, so that the counts (checked first) pass and the images are decoded
     (root / "junk.bin").write_bytes(pickle.dumps(([b"not an image"] * 40, [True] * 10 + [False] * 10)))
     (root / "other.json").write_text(json.dumps(other))
+    (root / "lfw-keys.pkl").write_bytes(pickle.dumps({f"lfw/{i}": v for i, v in enumerate(other.values())}))
+    with zipfile.ZipFile(root / "zip.pth", "w") as archive:  # a zip archive, but no checkpoint
+        archive.writestr("readme.txt", "not a checkpoint")
     (root / "nan.pkl").write_bytes(pickle.dumps({**other, "syn/7": float("nan")}))
     with open(root / "pairs.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -251,11 +256,30 @@ def test_a_changed_bin_file_of_the_same_name_is_computed_again(bench, tmp_path, 
     (["--method", "part={root}/partial.pkl"], r"benchmark 'syn': 2 pairs lack a quality; 3 of 60 images of benchmark "
                                               r"'syn' are not in quality file '.*partial.pkl', as written, one .*"
                                               r"relative .*\(e.g. 'syn/57' in the first, 'syn/0' in the second\)"),
+    (["--method", "X=ediffiqaT:{root}/none.pth"], r"--method 'X': weights file '.*none.pth' not found; give the "
+                                                  r"eDifFIQA\(T\) checkpoint with --method ediffiqaT=WEIGHTS"),
+    (["--method", "ediffiqaT={root}"], r"--method 'eDifFIQA\(T\)': weights file '.*' is a folder"),
+    (["--method", "ediffiqaL={weights}"], r"weights file '.*' holds eDifFIQA\(T\) \('ediffiqaT'\), not eDifFIQA\(L\); "
+                                          r"use --method ediffiqaT=.*ediffiqaT.pth or"),
+    (["--method", "X=ediffiqaX:{weights}"], r"--method 'X=ediffiqaX:.*': unknown variant 'ediffiqaX'; choose one of: "
+                                            r".*ediffiqaT"),
+    (["--method", "ediffiqaX={weights}"], r"unknown variant 'ediffiqaX' for the weights '.*'; choose one of: "),
+    (["--fr", "Z={root}/zip.pth"], r"cannot read weights file '.*zip.pth' as a PyTorch checkpoint \(it is a zip "
+                                   r"archive that is not a PyTorch checkpoint: it holds readme.txt, not "
+                                   r"<name>/data.pkl\)$"),
+    (["--name", "../escape"], r"command line \(--name\): 'name' must be a plain file name stem .*; give the folder "
+                              r"with --output"),
+    (["--name", "x\ny"], r"'name' must be a plain file name stem \(no folder, not empty, no control character\)"),
+    (["--method", "a\nb={root}/other.pkl"], r"method label 'a\\nb' holds a control character \(U\+000A\)"),
+    (["--fr", "M\tx={root}/fr.pth"], r"FR model label 'M\\tx' holds a control character \(U\+0009\)"),
+    (["--method", "L={root}/lfw-keys.pkl"], r"quality file '.*lfw-keys.pkl' keys the images of set 'lfw' "
+                                            r"\('lfw/0', ...\), not of benchmark 'syn'; give the scores of 'syn' "
+                                            r"\(keys syn/0, ...\), or name the benchmark 'lfw'"),
 ])
 def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, capsys) -> None:
     root, weights = bench_files
     argv = one_command(root, weights, tmp_path / "out")
-    argv += [c.format(root=root, bin=root / "syn.bin") for c in change]
+    argv += [c.format(root=root, bin=root / "syn.bin", weights=weights) for c in change]
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert_user_error(code, err, "evaluate.py", pattern)
 
@@ -343,3 +367,35 @@ def test_the_files_of_a_rerun_are_one_set_and_the_summary_names_them(bench, tmp_
     assert sorted(p.name for p in out.iterdir()) == ["cache", "edc.csv", "edc.files", "edc.json", "edc.md"]
     assert sorted((out / "cache").iterdir()) == cached
     assert err.strip().splitlines()[-1] == f"wrote {out / 'edc.json'}, edc.csv, edc.md, edc.files"
+
+
+@pytest.mark.parametrize("entry", ["cache", "cache/embeddings-syn-mobilefacenet-{sha}.npz"])
+def test_a_cache_entry_that_cannot_be_replaced_is_one_line_before_any_work(entry, bench_files, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    """A file where the cache folder goes, or a folder where a cache file goes, is one line naming it and what to do,
+    before any model runs (not after the work, which could then not be stored)."""
+    root, weights = bench_files
+    out = tmp_path / "out"
+    path = out / entry.format(sha=sha256_of(str(root / "fr.pth"))[:12])
+    path.parent.mkdir(parents=True)
+    if entry == "cache":
+        path.write_text("someone's notes")
+        pattern = rf"'{path}' is a file where the cache folder of output '{out}' goes; move it out of the way"
+    else:
+        path.mkdir()
+        pattern = rf"cache entry '{path}' is a folder where a cache file goes; remove it"
+    _models_raise(monkeypatch)
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)
+    assert_user_error(code, err, "evaluate.py", pattern)
+
+
+def test_a_label_with_a_bar_keeps_the_markdown_columns(bench, tmp_path, capsys, monkeypatch) -> None:
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    _no_models(monkeypatch)
+    argv = one_command(root, weights, out, "--method", f"a|b={root / 'other.pkl'}")
+    code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert code == 0, err
+    rows = [line for line in (out / "edc.md").read_text().splitlines() if line.startswith("| a")]
+    bars = [len(re.findall(r"(?<!\\)\|", r)) for r in rows]  # unescaped: the borders of the 3 columns
+    assert len(rows) == 2 and all(r.startswith("| a\\|b | ") for r in rows) and bars == [4, 4], rows

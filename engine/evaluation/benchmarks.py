@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -20,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.keys import unmatched_message
+from dataset.keys import normal_key, unmatched_message
 from dataset.verification import Benchmark as BenchmarkSet
-from dataset.verification import benchmark_batches, match_benchmark_keys, read_benchmark
+from dataset.verification import BinImages, benchmark_batches, match_benchmark_keys, read_benchmark
 from engine.evaluation import cache, edc
 from engine.evaluation.config import Benchmark, EvaluateConfig, FRModel, Method
 from engine.evaluation.data import read_qualities
@@ -32,9 +33,11 @@ from engine.evaluation.run import check_counts, edc_results, separation_problem,
 from engine.scoring.embeddings import embedding_forward
 from engine.scoring.scorer import QualityScorer, default_batch_size
 from engine.scoring.weights import resolve_weights
-from model.checkpoint import load_fr_backbone
+from model.checkpoint import check_checkpoint, load_fr_backbone
+from model.registry import VARIANTS
+from utils.config import short
 from utils.errors import CheckpointError, DataError
-from utils.io import check_output_dir, csv_writer, file_list, json_writer, sha256_of
+from utils.io import OutputError, check_output_dir, csv_writer, file_list, json_writer, sha256_of
 from utils.runtime import resolve_device
 
 __all__ = ["CACHE_FOLDER", "source_fingerprint", "evaluate_benchmarks"]
@@ -105,6 +108,7 @@ def _file_qualities(method: Method, source: _Source, problems: List[str], names:
     data = source.data
     file = f"quality file '{method.scores}'"
     found = match_benchmark_keys(data, list(scores), file, names)
+    _refuse_another_set(data, found, file)
     values = np.array([scores[k] if k is not None else math.nan for k in found], dtype=np.float64)
     if any(k is None for k in found):
         bad = np.isnan(values[data.left]) | np.isnan(values[data.right])
@@ -115,11 +119,40 @@ def _file_qualities(method: Method, source: _Source, problems: List[str], names:
     source.files[method.label] = values
 
 
+#: A key of a .bin file's image in this tool's form, ``NAME/<index>`` (after any folders): the set and the index.
+_SET_KEY = re.compile(r"(?:.*/)?([^/]+)/(\d+)")
+
+
+def _refuse_another_set(data: BenchmarkSet, found: List[Optional[str]], file: str) -> None:
+    """A :class:`DataError` when every key of a score file that names an image of the ``.bin`` benchmark ``data`` is
+    ``SET/<index>`` with one ``SET`` other than ``data.name`` (matched relative to that folder): the scores of
+    another set's images, which would be given to these by their index alone."""
+    if not isinstance(data.images, BinImages):
+        return
+    sets = set()
+    for key in found:
+        if key is not None:
+            match = _SET_KEY.fullmatch(normal_key(key))
+            if match is None:
+                return  # a file name (unpacked images, 00017.png) or another layout: no set named
+            sets.add(match.group(1))
+    if len(sets) == 1 and data.name not in sets:
+        other = next(iter(sets))
+        example = next(k for k in found if k is not None)
+        raise DataError(f"{file} keys the images of set '{other}' ({short(example)}, ...), not of benchmark "
+                        f"'{data.name}'; give the scores of '{data.name}' (keys {data.keys[0]}, ...), or name the "
+                        f"benchmark '{other}' if they are its images (--benchmark {other}=PATH; docs/evaluation.md: "
+                        "keys of score files)")
+
+
 def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     """Run the evaluation of ``cfg.benchmarks`` (see the module's docstring); returns the long rows (one per
     benchmark x FR model x method)."""
     check_output_dir(cfg.output, "output / --output")
     folder = os.path.join(cfg.output, CACHE_FOLDER)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"'{folder}' is a file where the cache folder of output '{cfg.output}' goes; move it out "
+                          "of the way, or choose another --output")
     check_output_dir(folder, "output / --output")
     device = resolve_device(cfg.device)
     batch_size = cfg.batch_size or default_batch_size(device)
@@ -150,9 +183,12 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                      {label: np.minimum(v[data.left], v[data.right])[keep] for label, v in source.files.items()},
                      cfg, where=f"benchmark '{data.name}': ", dropped=int((~keep).sum()))
     fr_sha = {fr.label: _checkpoint_sha(fr) for fr in cfg.fr_models}
-    method_weights = {m.label: resolve_weights(m.model, m.weights, progress=cfg.verbose)
-                      for m in cfg.methods if m.model is not None}
+    method_weights = {m.label: _method_weights(m, cfg.verbose) for m in cfg.methods if m.model is not None}
     method_sha = {label: sha256_of(path) for label, path in method_weights.items()}
+    cache.check_entries([cache.cache_file(folder, kind, source.bench.name, model, sha) for source in sources
+                         for kind, model, sha in [("embeddings", fr.backbone or "fr", fr_sha[fr.label])
+                                                  for fr in cfg.fr_models]
+                         + [("qualities", m.model, method_sha[m.label]) for m in cfg.methods if m.model]])
 
     nets: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     scorers: Dict[str, QualityScorer] = {}
@@ -226,6 +262,21 @@ def _checkpoint_sha(fr: FRModel) -> str:
     return sha256_of(path)
 
 
+def _method_weights(method: Method, verbose: bool) -> str:
+    """The checkpoint of a method scored here (:func:`engine.scoring.weights.resolve_weights`); a file the user named
+    is checked now, before any image is embedded: it exists and holds the variant's weights."""
+    path = resolve_weights(method.model or "", method.weights, progress=verbose)
+    if method.weights:
+        title = VARIANTS[method.model or ""].title
+        if not os.path.isfile(path):
+            raise CheckpointError(f"--method '{method.label}': weights file '{path}' "
+                                  f"{'is a folder' if os.path.isdir(path) else 'not found'}; give the {title} "
+                                  f"checkpoint with --method {method.model}=WEIGHTS or LABEL={method.model}:WEIGHTS")
+        check_checkpoint(path, method.model or "", f"--method '{method.label}': weights file '{path}'",
+                         fix=f"use --method {{held}}={path}")
+    return path
+
+
 def table(cfg: EvaluateConfig, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The wide table: per FR model and pAUC limit, one row per method with a column per benchmark and the mean over
     benchmarks last."""
@@ -242,6 +293,11 @@ def table(cfg: EvaluateConfig, rows: List[Dict[str, Any]]) -> List[Dict[str, Any
     return out
 
 
+def _cell(text: str) -> str:
+    """``text`` as a cell of a Markdown table: ``|`` (which would end the cell) and ``\\`` escaped."""
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
 def markdown(cfg: EvaluateConfig, wide: List[Dict[str, Any]]) -> str:
     """The wide table as Markdown: a block per FR model and pAUC limit."""
     benches = [b.name for b in cfg.benchmarks]
@@ -253,7 +309,7 @@ def markdown(cfg: EvaluateConfig, wide: List[Dict[str, Any]]) -> str:
             lines += [f"## {fr.label}: pAUC at discard {limit:g}", "",
                       "| method | " + " | ".join(benches) + " | mean |",
                       "|---|" + "---:|" * (len(benches) + 1)]
-            lines += ["| " + r["method"] + " | " + " | ".join(f"{r[b]:.5g}" for b in [*benches, "mean"]) + " |"
+            lines += ["| " + _cell(r["method"]) + " | " + " | ".join(f"{r[b]:.5g}" for b in [*benches, "mean"]) + " |"
                       for r in block]
             lines.append("")
     return "\n".join(lines)

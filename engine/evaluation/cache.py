@@ -10,19 +10,35 @@ import json
 import logging
 import os
 import re
-from typing import Any, Callable, Dict, Optional
+import stat
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from utils.errors import UserError, first_line
-from utils.io import atomic_open, read_regular
+from utils.io import OutputError, atomic_open, read_regular
 
-__all__ = ["CACHE_VERSION", "cache_file", "values_digest", "load_cached", "store", "cached"]
+__all__ = ["CACHE_VERSION", "check_entries", "cache_file", "values_digest", "load_cached", "store", "cached"]
 
 _logger = logging.getLogger(__name__)
 
 #: Changes when the layout or the meaning of cache files changes: older files are then computed again.
 CACHE_VERSION = 1
+
+
+def check_entries(paths: List[str]) -> None:
+    """Before any work: nothing at a cache file's path that a new file cannot replace (a folder; a device, pipe or
+    socket, which a run does not remove): an :class:`OutputError` naming it (a link or a damaged file is replaced
+    with a warning once its values are computed, :func:`load_cached`)."""
+    for path in paths:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise OutputError(f"cache entry '{path}' is {what} where a cache file goes; remove it (it would be "
+                              "computed and then not stored) and run again")
 
 
 def cache_file(folder: str, kind: str, benchmark: str, model: str, weights_sha256: str) -> str:
@@ -51,7 +67,7 @@ def load_cached(path: str, record: Dict[str, Any]) -> Optional[np.ndarray]:
         return None
     why = ""
     try:
-        data = read_regular(path, fix="it is computed again")
+        data = read_regular(path, fix="it is replaced")
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             stored = json.loads(str(npz["record"][()]))
             values = npz["values"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -17,6 +18,13 @@ DEFAULT_SCORES = "./quality_scores/quality-scores.pkl"
 
 #: What a benchmark, FR model or method label may hold: it names cache files and keys (``NAME/<index>``).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _control(text: str) -> str:
+    """The first control character of ``text`` (newline, tab, any other of Unicode's category Cc, or a line or
+    paragraph separator) as ``U+XXXX``; empty when there is none."""
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    return f"U+{ord(bad):04X}" if bad is not None else ""
 
 
 def figure_label(label: str) -> str:
@@ -106,8 +114,8 @@ class EvaluateConfig:
               f"'variant' must be 'fixed' (Schlett et al., default) or 'crfiqa', got '{self.variant}'")
         check(self.on_missing in ("fail", "drop"), f"'on_missing' must be 'fail' or 'drop', got '{self.on_missing}'")
         check(self.name not in ("", ".", "..") and "/" not in self.name and os.sep not in self.name
-              and "\0" not in self.name, f"'name' must be a plain file name stem (no folder, not empty), got "
-              f"{self.name!r}; the folder is 'output' (--output)")
+              and not _control(self.name), f"'name' must be a plain file name stem (no folder, not empty, no "
+              f"control character), got {self.name!r}; give the folder with --output")
         check(bool(self.methods), "no quality method given: add 'methods' to the config, --scores LABEL=FILE or "
               "--method")
         check_batch(self.batch_size, "batch_size")
@@ -116,6 +124,11 @@ class EvaluateConfig:
                              ("method", [m.label for m in self.methods])):
             twice = sorted({x for x in labels if labels.count(x) > 1})
             check(not twice, f"{kind} {twice[0]!r} is given twice; labels must differ" if twice else "")
+        for kind, labels in (("FR model", [f.label for f in self.fr_models]),
+                             ("method", [m.label or "" for m in self.methods])):
+            bad = next((x for x in labels if _control(x)), None)
+            check(bad is None, f"{kind} label {bad!r} holds a control character ({_control(bad or '')}); a label "
+                  "is one line of text (it names a row of the table and a curve of the figure)")
         folded = [b.name.lower() for b in self.benchmarks]
         alike = [b.name for b, f in zip(self.benchmarks, folded) if folded.count(f) > 1]
         check(not alike, f"benchmarks {', '.join(repr(n) for n in alike[:2])} differ only in case; name them apart "
