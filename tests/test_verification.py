@@ -29,6 +29,7 @@ from model.build import build_backbone, build_model
 from model.checkpoint import _built_shapes, find_fr_backbone, load_fr_backbone
 from model.registry import BACKBONES
 from utils.errors import CheckpointError, ConfigError, DataError
+from utils.io import safe_pickle_load
 
 CPU = torch.device("cpu")
 
@@ -174,6 +175,22 @@ def test_bad_bin_files_are_one_line_naming_the_file(tmp_path) -> None:
     for name in ("a/b", "", "-x"):
         with pytest.raises(ConfigError, match="benchmark name"):
             read_benchmark(name, str(tmp_path / "x.bin"))
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray"])
+def test_a_pickle_calling_bytes_with_a_number_is_refused(tmp_path, kind) -> None:
+    """``bytes(n)`` / ``bytearray(n)`` (REDUCE of an allowed callable) would ask for n bytes from a file of 36: one
+    line naming the file, before any memory is taken; the forms real pickles use still load."""
+    size = 10 ** 12  # more than any test machine has: an allocation would fail with MemoryError, not be refused
+    blob = (b"\x80\x02c__builtin__\n" + kind.encode() + b"\n\x8a\x06" + size.to_bytes(6, "little") + b"\x85R.")
+    (tmp_path / "bomb.bin").write_bytes(blob)
+    with pytest.raises(DataError) as info:
+        read_benchmark("lfw", str(tmp_path / "bomb.bin"))
+    message = str(info.value)
+    assert "bomb.bin" in message and f"refusing '{kind}' called with int" in message and "\n" not in message
+    for protocol in (2, 4):
+        (tmp_path / "ok.pkl").write_bytes(pickle.dumps([bytearray(b"\xff\x00"), b"\xfe"], protocol=protocol))
+        assert safe_pickle_load(str(tmp_path / "ok.pkl"), types="verification") == [bytearray(b"\xff\x00"), b"\xfe"]
 
 
 def test_undecodable_and_non_square_images(tmp_path) -> None:
