@@ -310,22 +310,52 @@ def _issame(value: object, what: str) -> np.ndarray:
 
 def parse_lfw_pairs(text: str, path: str) -> List[Tuple[str, int, str, int, bool]]:
     """``(name1, n1, name2, n2, mated)`` of each line of the text of an LFW-style pairs file (LFW, XQLFW) ``path``:
-    ``name n1 n2`` is mated, ``name1 n1 name2 n2`` not; blank lines and a first line of one or two whole numbers (the
-    counts) are skipped. Another line is a :class:`DataError` naming the file and line. Lines end only at ``\\n``,
-    ``\\r\\n`` or ``\\r`` (names may hold other line-breaking characters)."""
+    ``name n1 n2`` is mated, ``name1 n1 name2 n2`` not; blank lines are skipped, and so is a first line of one or two
+    whole numbers, LFW's counts (``S N``: S sets of N mated and N non-mated lines; ``N``: one set), which must agree
+    with the lines. Another line, a line that repeats an earlier comparison (in either order), an image compared
+    with itself and a non-mated line naming one person twice are each a :class:`DataError` naming the file and line:
+    counted, they would change the result without a word. Lines end only at ``\\n``, ``\\r\\n`` or ``\\r`` (names
+    may hold other line-breaking characters)."""
     rows = []
+    header: Optional[Tuple[int, List[int]]] = None
+    seen: Dict[Tuple[Tuple[str, int], Tuple[str, int]], int] = {}
     for i, line in enumerate(io.StringIO(text, newline=None), start=1):
         parts = line.split()
-        if not parts or (i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
+        if not parts:
+            continue
+        if i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+            header = (i, [int(p) for p in parts])
             continue
         numbers = parts[1::2] if len(parts) == 4 else parts[1:]
         if len(parts) not in (3, 4) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in numbers):
             raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j' with whole "
                             f"numbers i and j, got {short(line.rstrip())}")
         if len(parts) == 3:
-            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
+            row = (parts[0], int(parts[1]), parts[0], int(parts[2]), True)
         else:
-            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+            row = (parts[0], int(parts[1]), parts[2], int(parts[3]), False)
+        first, second = (row[0], row[1]), (row[2], row[3])
+        where = f"pairs file '{path}', line {i}: {short(line.strip())}"
+        if first == second:
+            raise DataError(f"{where} compares an image with itself; remove the line")
+        if not row[4] and row[0] == row[2]:
+            raise DataError(f"{where} is a non-mated comparison of one person ({row[0]}); mated lines read "
+                            "'name i j'")
+        comparison = (min(first, second), max(first, second))
+        if comparison in seen:
+            raise DataError(f"{where} repeats the comparison of line {seen[comparison]}; each comparison is "
+                            "counted once: remove the repeat")
+        seen[comparison] = i
+        rows.append(row)
+    if header is not None and rows:
+        line, counts = header
+        sets, per_set = counts if len(counts) == 2 else (1, counts[0])
+        mated = sum(row[4] for row in rows)
+        if mated != sets * per_set or len(rows) - mated != sets * per_set:
+            raise DataError(f"pairs file '{path}', line {line}: the counts {' '.join(map(str, counts))} say "
+                            f"{sets} set(s) of {per_set} mated and {per_set} non-mated comparisons "
+                            f"({2 * sets * per_set} lines), but it holds {mated} mated and {len(rows) - mated} "
+                            "non-mated; give the whole file, or fix or remove the counts line")
     return rows
 
 

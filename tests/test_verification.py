@@ -23,6 +23,7 @@ from dataset.verification import (
     benchmark_batches,
     decode_bin_image,
     match_benchmark_keys,
+    parse_lfw_pairs,
     read_benchmark,
 )
 from model.build import build_backbone, build_model
@@ -254,7 +255,7 @@ def _lfw_folder(root: Path, pairs: str, files: Sequence[str], sizes=None) -> Pat
 
 def test_folder_with_lfw_pairs(tmp_path) -> None:
     files = ["Ann/Ann_0001.jpg", "Ann/Ann_0002.png", "Bob/Bob_0001.jpg", "Cy/Cy_0003.jpg"]
-    pairs = "1\t3\nAnn\t1\t2\nAnn 2 Bob 1\n\nCy\t3\tAnn\t1\n"
+    pairs = "Ann\t1\t2\nAnn 2 Bob 1\n\nCy\t3\tAnn\t1\n"
     root = _lfw_folder(tmp_path / "lfw", pairs, files, sizes={"Cy/Cy_0003.jpg": (120, 100)})
     for path in (root, root / "pairs.txt"):
         bench = read_benchmark("lfw", str(path))
@@ -289,6 +290,31 @@ def test_folder_errors_are_one_line(tmp_path) -> None:
     (root / "pairs.txt").unlink()
     with pytest.raises(DataError, match="holds no pairs.txt"):
         read_benchmark("lfw", str(root))
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("P 1 2\nP 1 Q 1\nP 1 2\n", r"line 3: 'P 1 2' repeats the comparison of line 1"),
+    ("P 1 2\nP 2\t1\n", r"line 2: 'P 2.*1' repeats the comparison of line 1"),  # either order
+    ("P 1 Q 1\nQ 1 P 1\n", r"line 2: 'Q 1 P 1' repeats the comparison of line 1"),
+    ("P 1 1\n", r"line 1: 'P 1 1' compares an image with itself"),
+    ("P 1 2\nQ 1 Q 1\n", r"line 2: 'Q 1 Q 1' compares an image with itself"),
+    ("P 1 Q 1\nP 1 P 2\n", r"line 2: 'P 1 P 2' is a non-mated comparison of one person \(P\)"),
+    ("1\t2\nP 1 2\nP 1 Q 1\n", r"line 1: the counts 1 2 say 1 set\(s\) of 2 mated and 2 non-mated .* holds 1 "
+                                r"mated and 1 non-mated"),
+    ("2\nP 1 2\nP 1 Q 1\nQ 1 2\n", r"line 1: the counts 2 say 1 set\(s\) of 2 mated .* holds 2 mated and 1 "),
+])
+def test_pairs_files_with_repeated_self_or_miscounted_lines_are_refused(text, pattern) -> None:
+    """A repeated comparison, an image with itself, a non-mated line of one person, or counts that disagree with the
+    lines (LFW: S sets of N mated and N non-mated) would each change the result silently: one line naming it."""
+    with pytest.raises(DataError, match=pattern) as info:
+        parse_lfw_pairs(text, "pairs.txt")
+    assert "pairs.txt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pairs_file_counts_that_agree_are_skipped() -> None:
+    rows = [("P", 1, "P", 2, True), ("P", 1, "Q", 1, False), ("Q", 1, "Q", 2, True), ("P", 2, "Q", 2, False)]
+    assert parse_lfw_pairs("2\t1\nP 1 2\nP 1 Q 1\nQ 1 2\nP 2 Q 2\n", "pairs.txt") == rows
+    assert parse_lfw_pairs("2\nP 1 2\nP 1 Q 1\nQ 1 2\nP 2 Q 2\n", "pairs.txt") == rows
 
 
 # ---- keys of other methods' score files ----
