@@ -88,10 +88,27 @@ class ImageSource:
         return torch.from_numpy(out).permute(2, 0, 1).contiguous(), error
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, as OpenCV's ``imdecode(IMREAD_COLOR)`` (``mx.image.imdecode``) gives it: gray
+    copied to the three channels, alpha dropped, 16-bit samples cut to their high byte (``v >> 8``; PIL's own
+    conversion of 16-bit gray clips them to 255, a white image). PIL already gives 16-bit RGB(A) files as 8-bit by
+    that rule. 32-bit images (mode I or F) are a ``ValueError``: insightface's files hold none."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16"):
+        high = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(high, mode="L").convert("RGB")
+    if img.mode in ("I", "F"):
+        raise ValueError(f"it is a 32-bit {'float' if img.mode == 'F' else 'integer'} image (PIL mode {img.mode}); "
+                         "give 8- or 16-bit images")
+    return img.convert("RGB")
+
+
 def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
     """An encoded image of a ``.bin`` file -> ``(112, 112, 3)`` uint8 RGB, as ``load_bin`` decodes it:
-    ``mx.image.imdecode`` (RGB), then ``mx.image.resize_short(img, 112)`` when the width is not 112. An image that
-    is not 112x112 after that (not square) is a ``ValueError``, as ``load_bin`` fails on it too."""
+    ``mx.image.imdecode`` (RGB, 8-bit: :func:`_to_rgb`), then ``mx.image.resize_short(img, 112)`` when the width is
+    not 112. An image that is not 112x112 after that (not square) is a ``ValueError``,
+    as ``load_bin`` fails on it too."""
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -99,7 +116,7 @@ def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
                          ) from None
     with img:
         img.load()
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        rgb = _to_rgb(img)
     if rgb.width != INPUT_SIZE[1]:  # load_bin: `if img.shape[1] != image_size[0]`
         # mx.image.resize_short: the short side to 112, the other to 112 * long // short (floor), with its default
         # interp=2, OpenCV's bicubic (INTER_CUBIC, a = -0.75, no antialiasing). PIL's bicubic (a = -0.5, antialiased

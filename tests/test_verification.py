@@ -194,6 +194,27 @@ def test_a_pickle_calling_bytes_with_a_number_is_refused(tmp_path, kind) -> None
         assert safe_pickle_load(str(tmp_path / "ok.pkl"), types="verification") == [bytearray(b"\xff\x00"), b"\xfe"]
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_keep_their_high_byte_as_opencv_decodes_them(fmt) -> None:
+    """A 16-bit gray image decodes as load_bin's ``mx.image.imdecode`` (OpenCV, IMREAD_COLOR) decodes it: each sample
+    ``v >> 8`` copied to R, G and B (PIL's own RGB conversion clips them all to 255, a white image)."""
+    rng = np.random.default_rng(3)
+    samples = rng.integers(0, 65536, size=(112, 112), dtype=np.uint16)
+    samples[0, :4] = [0, 255, 256, 65535]  # the edges of the high byte
+    buffer = io.BytesIO()
+    Image.fromarray(samples).save(buffer, format=fmt)
+    with Image.open(io.BytesIO(buffer.getvalue())) as img:
+        assert img.mode.startswith("I;16")  # the file really is 16-bit
+    expected = np.repeat((samples >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+    decoded = decode_bin_image(buffer.getvalue())
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, expected)
+    assert decoded[0, :4, 0].tolist() == [0, 0, 1, 255]
+    buffer = io.BytesIO()
+    Image.fromarray(samples.astype(np.int32)).save(buffer, format="TIFF")  # 32-bit: refused, not guessed
+    with pytest.raises(ValueError, match=r"32-bit integer image \(PIL mode I\)"):
+        decode_bin_image(buffer.getvalue())
+
+
 def test_undecodable_and_non_square_images(tmp_path) -> None:
     """An image that cannot be decoded, or is not square (load_bin fails on it), is named when read; batches skip
     it and report it, as folder scoring does with an unreadable file."""
