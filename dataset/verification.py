@@ -35,7 +35,7 @@ from utils.io import TEXT_ERRORS, safe_pickle_load
 
 __all__ = ["Benchmark", "ImageSource", "BinImages", "FolderImages", "decode_bin_image", "read_benchmark",
            "read_bin", "bin_key_form", "match_benchmark_keys", "read_pairs_folder", "parse_lfw_pairs",
-           "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
+           "read_lfw_pairs", "benchmark_batches", "check_images", "PAIRS_FILE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class ImageSource:
         """Image ``index`` as ``(112, 112, 3)`` uint8 RGB; any exception when it cannot be decoded."""
         raise NotImplementedError
 
+    def check(self, index: int) -> None:
+        """Read only image ``index``'s header (format, size, mode): any exception when that alone shows it cannot be
+        decoded. Far cheaper than :meth:`decode`; damage past the header is found when decoded."""
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> np.ndarray:
         if not -len(self) <= index < len(self):
             raise IndexError(f"image {index} of {len(self)}")
@@ -88,6 +93,38 @@ class ImageSource:
         return torch.from_numpy(out).permute(2, 0, 1).contiguous(), error
 
 
+def _open_encoded(data: Union[bytes, bytearray, memoryview]) -> Image.Image:
+    """PIL's lazy view of an encoded image (its header read); a ``ValueError`` when the bytes are not an image."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"its {len(data)} bytes are not an image file (they begin {bytes(data[:8]).hex(' ')})"
+                         ) from None
+
+
+def _check_mode(img: Image.Image) -> None:
+    if img.mode in ("I", "F"):
+        raise ValueError(f"it is a 32-bit {'float' if img.mode == 'F' else 'integer'} image (PIL mode {img.mode}); "
+                         "give 8- or 16-bit images")
+
+
+def check_images(data: "Benchmark", shown: int = 3) -> None:
+    """Read every image's header of benchmark ``data`` (:meth:`ImageSource.check`), before any model runs: all the
+    images that cannot be decoded are one :class:`DataError` (how many, the first few), not one batch per run."""
+    count, examples = 0, []
+    for index in range(len(data.images)):
+        try:
+            data.images.check(index)
+        except Exception as exc:  # PIL raises many types for foreign data (and DecompressionBombError)
+            count += 1
+            if len(examples) < shown:
+                examples.append(f"{data.keys[index]}: {type(exc).__name__}: {first_line(exc)}")
+    if count:
+        raise DataError(f"benchmark '{data.name}' ('{data.path}'): {count} image{'s' if count != 1 else ''} cannot "
+                        f"be decoded ({'; '.join(examples)}{'; ...' if count > shown else ''}); give an undamaged "
+                        "copy")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """A decoded image as 8-bit RGB, as OpenCV's ``imdecode(IMREAD_COLOR)`` (``mx.image.imdecode``) gives it: gray
     copied to the three channels, alpha dropped, 16-bit samples cut to their high byte (``v >> 8``; PIL's own
@@ -98,9 +135,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I;16"):
         high = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
         return Image.fromarray(high, mode="L").convert("RGB")
-    if img.mode in ("I", "F"):
-        raise ValueError(f"it is a 32-bit {'float' if img.mode == 'F' else 'integer'} image (PIL mode {img.mode}); "
-                         "give 8- or 16-bit images")
+    _check_mode(img)
     return img.convert("RGB")
 
 
@@ -109,12 +144,7 @@ def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
     ``mx.image.imdecode`` (RGB, 8-bit: :func:`_to_rgb`), then ``mx.image.resize_short(img, 112)`` when the width is
     not 112. An image that is not 112x112 after that (not square) is a ``ValueError``,
     as ``load_bin`` fails on it too."""
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ValueError(f"its {len(data)} bytes are not an image file (they begin {bytes(data[:8]).hex(' ')})"
-                         ) from None
-    with img:
+    with _open_encoded(data) as img:
         img.load()
         rgb = _to_rgb(img)
     if rgb.width != INPUT_SIZE[1]:  # load_bin: `if img.shape[1] != image_size[0]`
@@ -146,9 +176,18 @@ class BinImages(ImageSource):
     def describe(self, index: int) -> str:
         return f"image {index} of '{self.path}'"
 
-    def decode(self, index: int) -> np.ndarray:
+    def _bytes(self, index: int) -> Union[bytes, bytearray]:
         data = self.encoded[index]
-        return decode_bin_image(data.tobytes() if isinstance(data, np.ndarray) else data)
+        return data.tobytes() if isinstance(data, np.ndarray) else data
+
+    def decode(self, index: int) -> np.ndarray:
+        return decode_bin_image(self._bytes(index))
+
+    def check(self, index: int) -> None:
+        with _open_encoded(self._bytes(index)) as img:
+            if img.width != img.height:  # resized on its short side to 112, it is not 112x112
+                raise ValueError(f"the image is {img.width}x{img.height}, not square (load_bin fails on it too)")
+            _check_mode(img)
 
 
 class FolderImages(ImageSource):
@@ -166,6 +205,10 @@ class FolderImages(ImageSource):
 
     def decode(self, index: int) -> np.ndarray:
         return np.asarray(decode_face(self.folder.describe(index)), dtype=np.uint8)
+
+    def check(self, index: int) -> None:
+        with Image.open(self.folder.describe(index)):
+            pass
 
     def read_into(self, index: int, out: np.ndarray) -> str:
         return self.folder.read_into(index, out)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
+import zlib
 from pathlib import Path
 from typing import List, Sequence
 
@@ -21,6 +23,7 @@ from dataset.verification import (
     Benchmark,
     BinImages,
     benchmark_batches,
+    check_images,
     decode_bin_image,
     match_benchmark_keys,
     parse_lfw_pairs,
@@ -231,6 +234,31 @@ def test_undecodable_and_non_square_images(tmp_path) -> None:
     batches = list(benchmark_batches(bench.images, batch_size=3))
     assert [b[0].tolist() for b in batches] == [[0], [3]]
     assert [i for b in batches for i, _ in b[2]] == [1, 2]
+
+
+def test_damaged_images_are_found_from_their_headers_all_at_once(tmp_path) -> None:
+    """check_images reads every header before any model runs: garbage, a non-square image and a decompression bomb
+    (a header claiming 30000x30000) are one error with the count and the first few; one image is '1 image'."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # a PNG header claiming 30000x30000 gray pixels (its data is never read)
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    images = [_encode(_image(0), "PNG"), b"\xff\xd8broken", _encode(_image(1, (112, 140)), "PNG"),
+              _encode(_image(2), "JPEG"), bomb, b"junk"] + [_encode(_image(3), "PNG")] * 2
+    (tmp_path / "odd.bin").write_bytes(pickle.dumps((images, [True] * 4), protocol=4))
+    with pytest.raises(DataError) as info:
+        check_images(read_benchmark("odd", str(tmp_path / "odd.bin")))
+    message = str(info.value)
+    assert re.fullmatch(r"benchmark 'odd' \('.*odd.bin'\): 4 images cannot be decoded \(odd/1: ValueError: its 8 "
+                        r"bytes are not an image file .*; odd/2: ValueError: the image is 140x112, not square .*; "
+                        r"odd/4: DecompressionBombError: .*; \.\.\.\); give an undamaged copy", message), message
+    (tmp_path / "one.bin").write_bytes(pickle.dumps((images[:2], [True]), protocol=4))
+    with pytest.raises(DataError, match=r"'one.*: 1 image cannot be decoded \(one/1: ValueError"):
+        check_images(read_benchmark("one", str(tmp_path / "one.bin")))
+    check_images(Benchmark("ok", ["ok/0", "ok/1"], np.array([0]), np.array([1]), np.array([True]),
+                           BinImages("ok.bin", [images[0], images[3]])))  # the good ones pass
 
 
 def test_batches_equal_folder_scoring_of_the_same_images_as_png(tmp_path) -> None:
