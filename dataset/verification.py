@@ -35,7 +35,7 @@ from utils.io import TEXT_ERRORS, safe_pickle_load
 
 __all__ = ["Benchmark", "ImageSource", "BinImages", "FolderImages", "decode_bin_image", "read_benchmark",
            "read_bin", "bin_key_form", "match_benchmark_keys", "read_pairs_folder", "parse_lfw_pairs",
-           "read_lfw_pairs", "benchmark_batches", "PAIRS_FILE"]
+           "read_lfw_pairs", "benchmark_batches", "check_images", "PAIRS_FILE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ class ImageSource:
         """Image ``index`` as ``(112, 112, 3)`` uint8 RGB; any exception when it cannot be decoded."""
         raise NotImplementedError
 
+    def check(self, index: int) -> None:
+        """Read only image ``index``'s header (format, size, mode): any exception when that alone shows it cannot be
+        decoded. Far cheaper than :meth:`decode`; damage past the header is found when decoded."""
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> np.ndarray:
         if not -len(self) <= index < len(self):
             raise IndexError(f"image {index} of {len(self)}")
@@ -88,18 +93,60 @@ class ImageSource:
         return torch.from_numpy(out).permute(2, 0, 1).contiguous(), error
 
 
-def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
-    """An encoded image of a ``.bin`` file -> ``(112, 112, 3)`` uint8 RGB, as ``load_bin`` decodes it:
-    ``mx.image.imdecode`` (RGB), then ``mx.image.resize_short(img, 112)`` when the width is not 112. An image that
-    is not 112x112 after that (not square) is a ``ValueError``, as ``load_bin`` fails on it too."""
+def _open_encoded(data: Union[bytes, bytearray, memoryview]) -> Image.Image:
+    """PIL's lazy view of an encoded image (its header read); a ``ValueError`` when the bytes are not an image."""
     try:
-        img = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ValueError(f"its {len(data)} bytes are not an image file (they begin {bytes(data[:8]).hex(' ')})"
                          ) from None
-    with img:
+
+
+def _check_mode(img: Image.Image) -> None:
+    if img.mode in ("I", "F"):
+        raise ValueError(f"it is a 32-bit {'float' if img.mode == 'F' else 'integer'} image (PIL mode {img.mode}); "
+                         "give 8- or 16-bit images")
+
+
+def check_images(data: "Benchmark", shown: int = 3) -> None:
+    """Read every image's header of benchmark ``data`` (:meth:`ImageSource.check`), before any model runs: all the
+    images that cannot be decoded are one :class:`DataError` (how many, the first few), not one batch per run."""
+    count, examples = 0, []
+    for index in range(len(data.images)):
+        try:
+            data.images.check(index)
+        except Exception as exc:  # PIL raises many types for foreign data (and DecompressionBombError)
+            count += 1
+            if len(examples) < shown:
+                examples.append(f"{data.keys[index]}: {type(exc).__name__}: {first_line(exc)}")
+    if count:
+        raise DataError(f"benchmark '{data.name}' ('{data.path}'): {count} image{'s' if count != 1 else ''} cannot "
+                        f"be decoded ({'; '.join(examples)}{'; ...' if count > shown else ''}); give an undamaged "
+                        "copy")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image as 8-bit RGB, as OpenCV's ``imdecode(IMREAD_COLOR)`` (``mx.image.imdecode``) gives it: gray
+    copied to the three channels, alpha dropped, 16-bit samples cut to their high byte (``v >> 8``; PIL's own
+    conversion of 16-bit gray clips them to 255, a white image). PIL already gives 16-bit RGB(A) files as 8-bit by
+    that rule. 32-bit images (mode I or F) are a ``ValueError``: insightface's files hold none."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16"):
+        high = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(high, mode="L").convert("RGB")
+    _check_mode(img)
+    return img.convert("RGB")
+
+
+def decode_bin_image(data: Union[bytes, bytearray, memoryview]) -> np.ndarray:
+    """An encoded image of a ``.bin`` file -> ``(112, 112, 3)`` uint8 RGB, as ``load_bin`` decodes it:
+    ``mx.image.imdecode`` (RGB, 8-bit: :func:`_to_rgb`), then ``mx.image.resize_short(img, 112)`` when the width is
+    not 112. An image that is not 112x112 after that (not square) is a ``ValueError``,
+    as ``load_bin`` fails on it too."""
+    with _open_encoded(data) as img:
         img.load()
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        rgb = _to_rgb(img)
     if rgb.width != INPUT_SIZE[1]:  # load_bin: `if img.shape[1] != image_size[0]`
         # mx.image.resize_short: the short side to 112, the other to 112 * long // short (floor), with its default
         # interp=2, OpenCV's bicubic (INTER_CUBIC, a = -0.75, no antialiasing). PIL's bicubic (a = -0.5, antialiased
@@ -129,9 +176,18 @@ class BinImages(ImageSource):
     def describe(self, index: int) -> str:
         return f"image {index} of '{self.path}'"
 
-    def decode(self, index: int) -> np.ndarray:
+    def _bytes(self, index: int) -> Union[bytes, bytearray]:
         data = self.encoded[index]
-        return decode_bin_image(data.tobytes() if isinstance(data, np.ndarray) else data)
+        return data.tobytes() if isinstance(data, np.ndarray) else data
+
+    def decode(self, index: int) -> np.ndarray:
+        return decode_bin_image(self._bytes(index))
+
+    def check(self, index: int) -> None:
+        with _open_encoded(self._bytes(index)) as img:
+            if img.width != img.height:  # resized on its short side to 112, it is not 112x112
+                raise ValueError(f"the image is {img.width}x{img.height}, not square (load_bin fails on it too)")
+            _check_mode(img)
 
 
 class FolderImages(ImageSource):
@@ -149,6 +205,10 @@ class FolderImages(ImageSource):
 
     def decode(self, index: int) -> np.ndarray:
         return np.asarray(decode_face(self.folder.describe(index)), dtype=np.uint8)
+
+    def check(self, index: int) -> None:
+        with Image.open(self.folder.describe(index)):
+            pass
 
     def read_into(self, index: int, out: np.ndarray) -> str:
         return self.folder.read_into(index, out)
@@ -310,22 +370,52 @@ def _issame(value: object, what: str) -> np.ndarray:
 
 def parse_lfw_pairs(text: str, path: str) -> List[Tuple[str, int, str, int, bool]]:
     """``(name1, n1, name2, n2, mated)`` of each line of the text of an LFW-style pairs file (LFW, XQLFW) ``path``:
-    ``name n1 n2`` is mated, ``name1 n1 name2 n2`` not; blank lines and a first line of one or two whole numbers (the
-    counts) are skipped. Another line is a :class:`DataError` naming the file and line. Lines end only at ``\\n``,
-    ``\\r\\n`` or ``\\r`` (names may hold other line-breaking characters)."""
+    ``name n1 n2`` is mated, ``name1 n1 name2 n2`` not; blank lines are skipped, and so is a first line of one or two
+    whole numbers, LFW's counts (``S N``: S sets of N mated and N non-mated lines; ``N``: one set), which must agree
+    with the lines. Another line, a line that repeats an earlier comparison (in either order), an image compared
+    with itself and a non-mated line naming one person twice are each a :class:`DataError` naming the file and line:
+    counted, they would change the result without a word. Lines end only at ``\\n``, ``\\r\\n`` or ``\\r`` (names
+    may hold other line-breaking characters)."""
     rows = []
+    header: Optional[Tuple[int, List[int]]] = None
+    seen: Dict[Tuple[Tuple[str, int], Tuple[str, int]], int] = {}
     for i, line in enumerate(io.StringIO(text, newline=None), start=1):
         parts = line.split()
-        if not parts or (i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts)):
+        if not parts:
+            continue
+        if i == 1 and len(parts) <= 2 and all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+            header = (i, [int(p) for p in parts])
             continue
         numbers = parts[1::2] if len(parts) == 4 else parts[1:]
         if len(parts) not in (3, 4) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in numbers):
             raise DataError(f"pairs file '{path}', line {i}: expected 'name i j' or 'name1 i name2 j' with whole "
                             f"numbers i and j, got {short(line.rstrip())}")
         if len(parts) == 3:
-            rows.append((parts[0], int(parts[1]), parts[0], int(parts[2]), True))
+            row = (parts[0], int(parts[1]), parts[0], int(parts[2]), True)
         else:
-            rows.append((parts[0], int(parts[1]), parts[2], int(parts[3]), False))
+            row = (parts[0], int(parts[1]), parts[2], int(parts[3]), False)
+        first, second = (row[0], row[1]), (row[2], row[3])
+        where = f"pairs file '{path}', line {i}: {short(line.strip())}"
+        if first == second:
+            raise DataError(f"{where} compares an image with itself; remove the line")
+        if not row[4] and row[0] == row[2]:
+            raise DataError(f"{where} is a non-mated comparison of one person ({row[0]}); mated lines read "
+                            "'name i j'")
+        comparison = (min(first, second), max(first, second))
+        if comparison in seen:
+            raise DataError(f"{where} repeats the comparison of line {seen[comparison]}; each comparison is "
+                            "counted once: remove the repeat")
+        seen[comparison] = i
+        rows.append(row)
+    if header is not None and rows:
+        line, counts = header
+        sets, per_set = counts if len(counts) == 2 else (1, counts[0])
+        mated = sum(row[4] for row in rows)
+        if mated != sets * per_set or len(rows) - mated != sets * per_set:
+            raise DataError(f"pairs file '{path}', line {line}: the counts {' '.join(map(str, counts))} say "
+                            f"{sets} set(s) of {per_set} mated and {per_set} non-mated comparisons "
+                            f"({2 * sets * per_set} lines), but it holds {mated} mated and {len(rows) - mated} "
+                            "non-mated; give the whole file, or fix or remove the counts line")
     return rows
 
 

@@ -164,11 +164,11 @@ def test_lfw_pairs_read_for_files_as_for_benchmarks(tmp_path) -> None:
     from dataset.verification import read_lfw_pairs
     from engine.evaluation.data import read_pairs
 
-    (tmp_path / "pairs.txt").write_text("1 2\nAnn 1 12\n\nAnn 3 Bob_Li 1\r\nBob_Li 2 4\n")
+    (tmp_path / "pairs.txt").write_text("1 2\nAnn 1 12\n\nAnn 3 Bob_Li 1\r\nBob_Li 2 4\nBob_Li 2 Ann 1\n")
     pairs = read_pairs(str(tmp_path / "pairs.txt"))
-    assert pairs.a == ["Ann/Ann_0001.jpg", "Ann/Ann_0003.jpg", "Bob_Li/Bob_Li_0002.jpg"]
-    assert pairs.b == ["Ann/Ann_0012.jpg", "Bob_Li/Bob_Li_0001.jpg", "Bob_Li/Bob_Li_0004.jpg"]
-    assert pairs.mated.tolist() == [True, False, True]
+    assert pairs.a == ["Ann/Ann_0001.jpg", "Ann/Ann_0003.jpg", "Bob_Li/Bob_Li_0002.jpg", "Bob_Li/Bob_Li_0002.jpg"]
+    assert pairs.b == ["Ann/Ann_0012.jpg", "Bob_Li/Bob_Li_0001.jpg", "Bob_Li/Bob_Li_0004.jpg", "Ann/Ann_0001.jpg"]
+    assert pairs.mated.tolist() == [True, False, True, False]
     assert [(f"{a}/{a}_{i:04d}.jpg", f"{b}/{b}_{j:04d}.jpg", m) for a, i, b, j, m in
             read_lfw_pairs(str(tmp_path / "pairs.txt"))] == list(zip(pairs.a, pairs.b, pairs.mated.tolist()))
 

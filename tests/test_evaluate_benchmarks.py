@@ -284,16 +284,18 @@ def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, ca
     assert_user_error(code, err, "evaluate.py", pattern)
 
 
-def test_a_damaged_bin_image_is_one_line(bench_files, tmp_path, capsys) -> None:
-    """An image of a .bin file that cannot be decoded is found while embedding: one line naming the benchmark, the
-    image and why, no per-image warnings."""
+def test_a_damaged_bin_image_is_one_line(bench_files, tmp_path, capsys, monkeypatch) -> None:
+    """The images of a .bin file that cannot be decoded are found before any model runs, all at once: one line
+    naming the benchmark, how many, the first few and why, no per-image warnings."""
     root, weights = bench_files
+    _models_raise(monkeypatch)
     argv = ["--benchmark", f"junk={root / 'junk.bin'}", "--fr", f"MFN=mobilefacenet:{root / 'fr.pth'}",
             "--method", f"T=ediffiqaT:{weights}", "--fmr", FMR, "--device", "cpu", "--output", str(tmp_path / "out"),
             "--batch-size", "2"]
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
-    assert_user_error(code, err, "evaluate.py", r"benchmark 'junk' \('.*junk.bin'\): 2 images of a batch cannot be "
-                                                 r"decoded, e.g. junk/0 \(ValueError: its 12 bytes are not an image")
+    assert_user_error(code, err, "evaluate.py", r"benchmark 'junk' \('.*junk.bin'\): 40 images cannot be decoded "
+                                                 r"\(junk/0: ValueError: its 12 bytes are not an image file .*; "
+                                                 r"junk/1: .*; junk/2: .*; \.\.\.\); give an undamaged copy")
     assert "skipped" not in err and "WARNING" not in err, err
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_user_error, run_script
@@ -397,3 +398,29 @@ def test_any_file_name_is_drawn_and_quiet_prints_only_the_summary(checkpoint_dir
     assert png_size(tmp_path / "out" / "quality-scores.png") == inches(figures.score_sheet_size(3))
     names = {t.get_text().split("\n")[1] for t in captions(drawn[0])}
     assert names == {"a.jpg", "\\xff\\xfe.jpg", "\\u65e5\\u672c.jpg"}
+
+
+def test_grid_curves_that_coincide_stay_visible_and_fnmr_is_never_negative(tmp_path) -> None:
+    """Methods with the same curve are drawn with distinct dash patterns and widths (the first widest and lowest),
+    so each shows; a panel whose FNMR is all zero has its axis from 0, not from -0.04."""
+    from engine.evaluation.grid import edc_grid, figure_writer
+
+    d = np.linspace(0, 0.3, 7)
+    same = (d, np.linspace(0.2, 0.05, 7), [0.04, 0.05])
+    zero = (d, np.zeros(7), [0.0, 0.0])
+    curves = {("F", "a"): {"T": same, "T2": same, "R": same}, ("F", "b"): {"T": zero, "T2": zero, "R": zero}}
+    fig = edc_grid(curves, ["F"], ["a", "b"], 0.1, [0.2, 0.3])
+    for ax in fig.axes:
+        lines = ax.get_lines()
+        assert len(lines) == 3
+        styles = {(str(line.get_linestyle()), str(line.get_dashes() if hasattr(line, "get_dashes") else ""),
+                   line.get_linewidth()) for line in lines}
+        assert len(styles) == 3
+        widths = [line.get_linewidth() for line in lines]
+        orders = [line.get_zorder() for line in lines]
+        assert widths == sorted(widths, reverse=True) and orders == sorted(orders) and len(set(orders)) == 3
+        assert ax.get_ylim()[0] == 0
+    assert fig.axes[1].get_ylim()[1] > 0
+    mode, write = figure_writer(fig, "png")
+    with open(tmp_path / "grid.png", mode) as handle:
+        write(handle)

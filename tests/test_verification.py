@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
+import zlib
 from pathlib import Path
 from typing import List, Sequence
 
@@ -21,14 +23,17 @@ from dataset.verification import (
     Benchmark,
     BinImages,
     benchmark_batches,
+    check_images,
     decode_bin_image,
     match_benchmark_keys,
+    parse_lfw_pairs,
     read_benchmark,
 )
 from model.build import build_backbone, build_model
 from model.checkpoint import _built_shapes, find_fr_backbone, load_fr_backbone
 from model.registry import BACKBONES
 from utils.errors import CheckpointError, ConfigError, DataError
+from utils.io import safe_pickle_load
 
 CPU = torch.device("cpu")
 
@@ -176,6 +181,43 @@ def test_bad_bin_files_are_one_line_naming_the_file(tmp_path) -> None:
             read_benchmark(name, str(tmp_path / "x.bin"))
 
 
+@pytest.mark.parametrize("kind", ["bytes", "bytearray"])
+def test_a_pickle_calling_bytes_with_a_number_is_refused(tmp_path, kind) -> None:
+    """``bytes(n)`` / ``bytearray(n)`` (REDUCE of an allowed callable) would ask for n bytes from a file of 36: one
+    line naming the file, before any memory is taken; the forms real pickles use still load."""
+    size = 10 ** 12  # more than any test machine has: an allocation would fail with MemoryError, not be refused
+    blob = (b"\x80\x02c__builtin__\n" + kind.encode() + b"\n\x8a\x06" + size.to_bytes(6, "little") + b"\x85R.")
+    (tmp_path / "bomb.bin").write_bytes(blob)
+    with pytest.raises(DataError) as info:
+        read_benchmark("lfw", str(tmp_path / "bomb.bin"))
+    message = str(info.value)
+    assert "bomb.bin" in message and f"refusing '{kind}' called with int" in message and "\n" not in message
+    for protocol in (2, 4):
+        (tmp_path / "ok.pkl").write_bytes(pickle.dumps([bytearray(b"\xff\x00"), b"\xfe"], protocol=protocol))
+        assert safe_pickle_load(str(tmp_path / "ok.pkl"), types="verification") == [bytearray(b"\xff\x00"), b"\xfe"]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_keep_their_high_byte_as_opencv_decodes_them(fmt) -> None:
+    """A 16-bit gray image decodes as load_bin's ``mx.image.imdecode`` (OpenCV, IMREAD_COLOR) decodes it: each sample
+    ``v >> 8`` copied to R, G and B (PIL's own RGB conversion clips them all to 255, a white image)."""
+    rng = np.random.default_rng(3)
+    samples = rng.integers(0, 65536, size=(112, 112), dtype=np.uint16)
+    samples[0, :4] = [0, 255, 256, 65535]  # the edges of the high byte
+    buffer = io.BytesIO()
+    Image.fromarray(samples).save(buffer, format=fmt)
+    with Image.open(io.BytesIO(buffer.getvalue())) as img:
+        assert img.mode.startswith("I;16")  # the file really is 16-bit
+    expected = np.repeat((samples >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+    decoded = decode_bin_image(buffer.getvalue())
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, expected)
+    assert decoded[0, :4, 0].tolist() == [0, 0, 1, 255]
+    buffer = io.BytesIO()
+    Image.fromarray(samples.astype(np.int32)).save(buffer, format="TIFF")  # 32-bit: refused, not guessed
+    with pytest.raises(ValueError, match=r"32-bit integer image \(PIL mode I\)"):
+        decode_bin_image(buffer.getvalue())
+
+
 def test_undecodable_and_non_square_images(tmp_path) -> None:
     """An image that cannot be decoded, or is not square (load_bin fails on it), is named when read; batches skip
     it and report it, as folder scoring does with an unreadable file."""
@@ -192,6 +234,31 @@ def test_undecodable_and_non_square_images(tmp_path) -> None:
     batches = list(benchmark_batches(bench.images, batch_size=3))
     assert [b[0].tolist() for b in batches] == [[0], [3]]
     assert [i for b in batches for i, _ in b[2]] == [1, 2]
+
+
+def test_damaged_images_are_found_from_their_headers_all_at_once(tmp_path) -> None:
+    """check_images reads every header before any model runs: garbage, a non-square image and a decompression bomb
+    (a header claiming 30000x30000) are one error with the count and the first few; one image is '1 image'."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # a PNG header claiming 30000x30000 gray pixels (its data is never read)
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    images = [_encode(_image(0), "PNG"), b"\xff\xd8broken", _encode(_image(1, (112, 140)), "PNG"),
+              _encode(_image(2), "JPEG"), bomb, b"junk"] + [_encode(_image(3), "PNG")] * 2
+    (tmp_path / "odd.bin").write_bytes(pickle.dumps((images, [True] * 4), protocol=4))
+    with pytest.raises(DataError) as info:
+        check_images(read_benchmark("odd", str(tmp_path / "odd.bin")))
+    message = str(info.value)
+    assert re.fullmatch(r"benchmark 'odd' \('.*odd.bin'\): 4 images cannot be decoded \(odd/1: ValueError: its 8 "
+                        r"bytes are not an image file .*; odd/2: ValueError: the image is 140x112, not square .*; "
+                        r"odd/4: DecompressionBombError: .*; \.\.\.\); give an undamaged copy", message), message
+    (tmp_path / "one.bin").write_bytes(pickle.dumps((images[:2], [True]), protocol=4))
+    with pytest.raises(DataError, match=r"'one.*: 1 image cannot be decoded \(one/1: ValueError"):
+        check_images(read_benchmark("one", str(tmp_path / "one.bin")))
+    check_images(Benchmark("ok", ["ok/0", "ok/1"], np.array([0]), np.array([1]), np.array([True]),
+                           BinImages("ok.bin", [images[0], images[3]])))  # the good ones pass
 
 
 def test_batches_equal_folder_scoring_of_the_same_images_as_png(tmp_path) -> None:
@@ -237,7 +304,7 @@ def _lfw_folder(root: Path, pairs: str, files: Sequence[str], sizes=None) -> Pat
 
 def test_folder_with_lfw_pairs(tmp_path) -> None:
     files = ["Ann/Ann_0001.jpg", "Ann/Ann_0002.png", "Bob/Bob_0001.jpg", "Cy/Cy_0003.jpg"]
-    pairs = "1\t3\nAnn\t1\t2\nAnn 2 Bob 1\n\nCy\t3\tAnn\t1\n"
+    pairs = "Ann\t1\t2\nAnn 2 Bob 1\n\nCy\t3\tAnn\t1\n"
     root = _lfw_folder(tmp_path / "lfw", pairs, files, sizes={"Cy/Cy_0003.jpg": (120, 100)})
     for path in (root, root / "pairs.txt"):
         bench = read_benchmark("lfw", str(path))
@@ -272,6 +339,31 @@ def test_folder_errors_are_one_line(tmp_path) -> None:
     (root / "pairs.txt").unlink()
     with pytest.raises(DataError, match="holds no pairs.txt"):
         read_benchmark("lfw", str(root))
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("P 1 2\nP 1 Q 1\nP 1 2\n", r"line 3: 'P 1 2' repeats the comparison of line 1"),
+    ("P 1 2\nP 2\t1\n", r"line 2: 'P 2.*1' repeats the comparison of line 1"),  # either order
+    ("P 1 Q 1\nQ 1 P 1\n", r"line 2: 'Q 1 P 1' repeats the comparison of line 1"),
+    ("P 1 1\n", r"line 1: 'P 1 1' compares an image with itself"),
+    ("P 1 2\nQ 1 Q 1\n", r"line 2: 'Q 1 Q 1' compares an image with itself"),
+    ("P 1 Q 1\nP 1 P 2\n", r"line 2: 'P 1 P 2' is a non-mated comparison of one person \(P\)"),
+    ("1\t2\nP 1 2\nP 1 Q 1\n", r"line 1: the counts 1 2 say 1 set\(s\) of 2 mated and 2 non-mated .* holds 1 "
+                                r"mated and 1 non-mated"),
+    ("2\nP 1 2\nP 1 Q 1\nQ 1 2\n", r"line 1: the counts 2 say 1 set\(s\) of 2 mated .* holds 2 mated and 1 "),
+])
+def test_pairs_files_with_repeated_self_or_miscounted_lines_are_refused(text, pattern) -> None:
+    """A repeated comparison, an image with itself, a non-mated line of one person, or counts that disagree with the
+    lines (LFW: S sets of N mated and N non-mated) would each change the result silently: one line naming it."""
+    with pytest.raises(DataError, match=pattern) as info:
+        parse_lfw_pairs(text, "pairs.txt")
+    assert "pairs.txt" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pairs_file_counts_that_agree_are_skipped() -> None:
+    rows = [("P", 1, "P", 2, True), ("P", 1, "Q", 1, False), ("Q", 1, "Q", 2, True), ("P", 2, "Q", 2, False)]
+    assert parse_lfw_pairs("2\t1\nP 1 2\nP 1 Q 1\nQ 1 2\nP 2 Q 2\n", "pairs.txt") == rows
+    assert parse_lfw_pairs("2\nP 1 2\nP 1 Q 1\nQ 1 2\nP 2 Q 2\n", "pairs.txt") == rows
 
 
 # ---- keys of other methods' score files ----

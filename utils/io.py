@@ -292,6 +292,20 @@ def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _bytes_from(kind: type) -> Callable[..., Any]:
+    """``bytes``/``bytearray`` as a pickle may call them: from bytes or from text and its encoding (what their
+    pickles hold), never from a number, which would ask for that many bytes of memory from a file of a few."""
+    def build(*args: Any) -> Any:
+        if not args or isinstance(args[0], (bytes, bytearray)) and len(args) == 1:
+            return kind(*args)
+        if isinstance(args[0], str) and 2 <= len(args) <= 3 and all(isinstance(a, str) for a in args[1:]):
+            return kind(*args)
+        given = ", ".join(type(a).__name__ for a in args)
+        raise pickle.UnpicklingError(f"refusing '{kind.__name__}' called with {given} (its pickles give bytes or "
+                                     "text; a number asks for that much memory)")
+    return build
+
+
 @functools.lru_cache(maxsize=None)
 def _safe_globals(types: str = "official") -> Dict[Tuple[str, str], Any]:
     """``(module, name)`` -> object that a pickle of format ``types`` may name (:data:`PICKLE_TYPES`):
@@ -302,7 +316,8 @@ def _safe_globals(types: str = "official") -> Dict[Tuple[str, str], Any]:
 
     Python 2 pickles name ``__builtin__`` where Python 3 ones name ``builtins``: both are listed."""
     if types == "verification":
-        builtin = {"list": list, "tuple": tuple, "bool": bool, "int": int, "bytes": bytes, "bytearray": bytearray}
+        builtin = {"list": list, "tuple": tuple, "bool": bool, "int": int, "bytes": _bytes_from(bytes),
+                   "bytearray": _bytes_from(bytearray)}
         found = {(module, name): obj for module in ("builtins", "__builtin__") for name, obj in builtin.items()}
         found[("_codecs", "encode")] = _latin1_bytes
         found.update(_numpy_array_globals())
@@ -311,7 +326,7 @@ def _safe_globals(types: str = "official") -> Dict[Tuple[str, str], Any]:
         ("builtins", "dict"): dict, ("builtins", "list"): list, ("builtins", "tuple"): tuple,
         ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "str"): str,
         ("builtins", "int"): int, ("builtins", "float"): float, ("builtins", "bool"): bool,
-        ("builtins", "bytes"): bytes, ("builtins", "complex"): complex,
+        ("builtins", "bytes"): _bytes_from(bytes), ("builtins", "complex"): complex,
         ("collections", "OrderedDict"): collections.OrderedDict,
     }
     found.update(_numpy_array_globals())

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dataset.keys import normal_key, unmatched_message
 from dataset.verification import Benchmark as BenchmarkSet
-from dataset.verification import BinImages, benchmark_batches, match_benchmark_keys, read_benchmark
+from dataset.verification import BinImages, benchmark_batches, check_images, match_benchmark_keys, read_benchmark
 from engine.evaluation import cache, edc
 from engine.evaluation.config import Benchmark, EvaluateConfig, FRModel, Method
 from engine.evaluation.data import read_qualities
@@ -84,7 +84,7 @@ def _map_batches(data: BenchmarkSet, device: torch.device, batch_size: int, forw
         for indices, x, bad in benchmark_batches(data.images, batch_size, device=device):
             if bad:  # a comparison without its image cannot be counted: the benchmark is damaged
                 index, reason = bad[0]
-                raise DataError(f"benchmark '{data.name}' ('{data.path}'): {len(bad)} images of a batch cannot be "
+                raise DataError(f"benchmark '{data.name}' ('{data.path}'): {len(bad)} image(s) of a batch cannot be "
                                 f"decoded, e.g. {data.keys[index]} ({reason}); give an undamaged copy")
             if len(indices):
                 chunks.append(forward(x).detach().float().cpu().numpy())
@@ -165,6 +165,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     score_files: Dict[str, Dict[str, float]] = {}
     for bench in cfg.benchmarks:
         data = read_benchmark(bench.name, bench.path)
+        check_images(data)  # every damaged image said at once, before any model runs
         record = {"benchmark": bench.name, "source": source_fingerprint(bench, data), "keys": len(data.keys),
                   "keys_sha256": cache.values_digest(np.array(data.keys)), **settings}
         source = _Source(bench, data, record, {}, np.ones(len(data.issame), dtype=bool))

@@ -14,6 +14,16 @@ __all__ = ["Curve", "edc_grid", "figure_writer"]
 #: One method's curve in a panel: ``(discard (K,), FNMR (K,), pAUC at each limit)``.
 Curve = Tuple[np.ndarray, np.ndarray, Sequence[float]]
 
+#: Dash patterns of the methods in drawing order (then repeated, thinner): curves that coincide (methods that order
+#: the images alike) stay visible, a wide solid line under narrower dashed ones.
+_DASHES: Sequence[Any] = ("-", (0, (5, 2)), (0, (2, 2)), (0, (7, 2, 1, 2)), (0, (1, 1.5)), (0, (4, 1, 1, 1, 1, 1)))
+
+
+def _line_style(k: int, count: int) -> Dict[str, Any]:
+    """Line style, width and drawing order of method ``k`` of ``count``: the first drawn widest and lowest."""
+    return {"linestyle": _DASHES[k % len(_DASHES)], "linewidth": 1.0 + 1.8 * (count - 1 - k) / max(count - 1, 1),
+            "zorder": 2 + k}
+
 
 def edc_grid(curves: Mapping[Tuple[str, str], Mapping[str, Curve]], fr_models: Sequence[str],
              benchmarks: Sequence[str], fmr: float, limits: Sequence[float], stepwise: bool = True) -> Any:
@@ -30,13 +40,16 @@ def edc_grid(curves: Mapping[Tuple[str, str], Mapping[str, Curve]], fr_models: S
     for r, fr in enumerate(fr_models):
         for c, bench in enumerate(benchmarks):
             ax = axes[r, c]
-            for method, (d, f, paucs) in curves[(fr, bench)].items():
+            panel = curves[(fr, bench)]
+            for k, (method, (d, f, paucs)) in enumerate(panel.items()):
                 label = f"{drawable(method)} ({', '.join(f'{p:.3g}' for p in paucs)})"
+                style = _line_style(k, len(panel))
                 if stepwise:
-                    ax.step(d, f, where="post", label=label, linewidth=1.4)
+                    ax.step(d, f, where="post", label=label, **style)
                 else:
-                    ax.plot(d, f, label=label, linewidth=1.4, marker="o", markersize=2)
+                    ax.plot(d, f, label=label, marker="o", markersize=2, **style)
             ax.set_xlim(0, limit)
+            ax.set_ylim(bottom=0)  # FNMR is never negative (an all-zero panel would show -0.04 to 0.04)
             ax.set_title(drawable(bench) if r == 0 else "", fontsize=10)
             if c == 0:
                 ax.set_ylabel(f"{drawable(fr)}\nFNMR at FMR = {fmr:g}", fontsize=9)
