@@ -267,10 +267,11 @@ def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
     else:
         forms = {key: key for key in keys}
     found = match_keys(data.keys, forms, where, source)
-    if isinstance(data.images, BinImages) and any(k is None for k in found):
-        # A .bin's NAME is no folder of its unpacked files ('quality_data/lfw/images/00017.jpg'): the images that
-        # NAME/<index> did not find are named by <index> alone (one key ending in it; several are an error).
-        loose = match_keys([k.rpartition("/")[2] for k in data.keys], forms, where, source)
+    if any(k is None for k in found):
+        # NAME is no folder of the files other code scored ('quality_data/lfw/images/00017.jpg' of a .bin's image 17,
+        # 'data/XQLFW/Ann/Ann_0001.jpg' of a folder's): the images that NAME/<index> or NAME/<path> did not find are
+        # named by <index> or <path> alone (one key ending in it; several are an error).
+        loose = match_keys([k.partition("/")[2] for k in data.keys], forms, where, source)
         found = [k if k is not None else other for k, other in zip(found, loose)]
     if isinstance(data.images, BinImages) and found[0] is None:
         _refuse_numbering_from_one(data, forms, source)

@@ -168,7 +168,7 @@ class _Evil:
 
 @pytest.mark.parametrize("case,pattern", [
     ("missing_embedding", r"2 of \d+ labelled images of labels file '.*labels.pkl' are not in embeddings file "
-                          r"'.*emb.pkl', as written, one as the other below a folder, or relative .*e.g. "
+                          r"'.*emb.pkl', as written or one as the other below a folder \(e.g. "
                           r"'n000000/0000_01.jpg' in the first, '.*' in the second\); compute both from the same image "
                           r"folder"),
     ("dims_differ", r"embedding sizes differ: first is \(16,\), also \(8,\)"),
