@@ -21,6 +21,11 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional
 
+if __name__ == "__main__" and not __package__:
+    # Run as a file (python scripts/make_face_set.py), Python puts scripts/ on sys.path instead of the repository
+    # root that holds utils/; the root makes it run as python -m scripts.make_face_set does.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
@@ -68,17 +73,22 @@ def _stand_in(face: Image.Image) -> Image.Image:
 
 def base_faces(folder: str) -> List[Image.Image]:
     """The identities' clean faces: each ``*.png`` in ``folder`` (sorted by name), then their stand-ins; a file that
-    is not an image is a :class:`DataError` naming it."""
+    is not an image or not 112x112 is a :class:`DataError` naming it."""
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".png"))
     faces = []
     for name in names:
         path = os.path.join(folder, name)
         try:
             with Image.open(path) as im:
-                faces.append(im.convert("RGB").resize((112, 112), Image.Resampling.BICUBIC))
+                size = im.size
+                face = im.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"--sources: '{path}' is not a readable image ({first_line(exc)}); remove it or name "
                             "a folder of aligned 112x112 face crops") from None
+        if size != (112, 112):  # resizing would distort a face that is not an aligned crop
+            raise DataError(f"--sources: '{path}' is {size[0]}x{size[1]}, not an aligned 112x112 face crop; crop it "
+                            "(inference.py --align --save-crops DIR writes such crops) or remove it")
+        faces.append(face)
     return faces + [_stand_in(f) for f in faces]
 
 
@@ -110,7 +120,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
     sources = repo_path(args.sources)
     faces_dir, pairs_file = os.path.join(args.output, "faces"), os.path.join(args.output, "pairs.csv")
-    if not os.path.isdir(sources) or not any(n.lower().endswith(".png") for n in os.listdir(sources)):
+    if not os.path.lexists(sources):
+        raise DataError(f"--sources '{args.sources}' does not exist; name a folder of aligned 112x112 face crops")
+    if not os.path.isdir(sources):
+        raise DataError(f"--sources '{args.sources}' is a file; name the folder that holds the faces")
+    if not any(n.lower().endswith(".png") for n in os.listdir(sources)):
         raise DataError(f"--sources '{args.sources}' holds no .png faces; name a folder of aligned 112x112 face crops")
     check_output_dir(args.output, "--output")
     taken = [p for p in (faces_dir, pairs_file) if os.path.lexists(p)]

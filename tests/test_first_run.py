@@ -68,20 +68,47 @@ def test_the_face_set_is_the_same_bytes_for_a_seed_varies_within_identities_and_
     ("unwritable_output", r"\(--output\)"),
     ("negative_seed", r"--seed must be 0 or more, got -1"),
     ("source_not_an_image", r"--sources: '.*a.png' is not a readable image \(.*\); remove it"),
+    ("source_not_112", r"--sources: '.*small.png' is 50x40, not an aligned 112x112 face crop; crop it \(inference.py "
+                       r"--align --save-crops DIR writes such crops\) or remove it$"),
+    ("missing_sources", r"--sources '.*nosuch' does not exist; name a folder of aligned 112x112 face crops$"),
+    ("sources_is_a_file", r"--sources '.*afile' is a file; name the folder that holds the faces$"),
 ])
 def test_make_face_set_mistakes_are_one_line(case, pattern, tmp_path, capsys) -> None:
+    from PIL import Image
+
     from scripts import make_face_set
 
     (tmp_path / "afile").write_text("x")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "a.png").write_text("not an image")
+    (tmp_path / "small").mkdir()
+    Image.new("RGB", (50, 40)).save(tmp_path / "small" / "small.png")
     argv = {"output_is_a_file": ["--output", str(tmp_path / "afile")],
             "unwritable_output": ["--output", str(tmp_path / "afile" / "sub")],
             "negative_seed": ["--output", str(tmp_path / "o"), "--seed", "-1"],
-            "source_not_an_image": ["--output", str(tmp_path / "o"), "--sources", str(tmp_path / "bad")]}[case]
+            "source_not_an_image": ["--output", str(tmp_path / "o"), "--sources", str(tmp_path / "bad")],
+            "source_not_112": ["--output", str(tmp_path / "o"), "--sources", str(tmp_path / "small")],
+            "missing_sources": ["--output", str(tmp_path / "o"), "--sources", str(tmp_path / "nosuch")],
+            "sources_is_a_file": ["--output", str(tmp_path / "o"), "--sources", str(tmp_path / "afile")]}[case]
     prog = make_face_set.PROG
     assert_user_error(*run_script(make_face_set.main, prog, argv, capsys), prog, pattern)
     assert not (tmp_path / "o" / "faces").exists()
+
+
+def test_make_face_set_runs_as_a_file_as_well_as_a_module(tmp_path) -> None:
+    """``python scripts/make_face_set.py`` works like ``python -m scripts.make_face_set`` (from the repository root
+    and from elsewhere): a mistake is still one line, not a ModuleNotFoundError traceback."""
+    import subprocess
+    import sys
+
+    script = os.path.join("scripts", "make_face_set.py")
+    for cwd, path in ((ROOT, script), (str(tmp_path), os.path.join(ROOT, script))):
+        done = subprocess.run([sys.executable, path, "--sources", str(tmp_path / "nosuch")], cwd=cwd,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"python -m scripts.make_face_set: error: --sources '{tmp_path / 'nosuch'}' does not exist; name a "
+            "folder of aligned 112x112 face crops"]
 
 
 def _run(command: List[str], capsys: pytest.CaptureFixture) -> str:

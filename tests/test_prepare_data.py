@@ -285,8 +285,9 @@ def test_extract_embeddings_of_a_published_model_fetch_its_checkpoint_and_embed_
     assert_user_error(code, err, "extract_embeddings.py", r"'backbone' \(--backbone\) or 'model' \(--model\), not both")
     # With --model, a missing file or one of another variant names the variants and their weights, never
     # --backbone (refused with --model) nor the CosFace backbones.
-    for weights, pattern in ((tmp_path / "none.pth", r"weights file '.*none.pth' not found; --model ediffiqaS takes a "
-                              r"eDifFIQA\(S\) checkpoint \(the official weights"),
+    for weights, pattern in ((tmp_path / "none.pth", r"weights file '.*none.pth' not found; pass an "
+                              r"eDifFIQA\(S\) checkpoint with --weights, or leave --weights out to fetch it "
+                              r"\(see README: Weights\)$"),
                              (tmp_path / "t.pth", r"it holds a mobilefacenet backbone; give --model ediffiqaT, whose "
                               r"backbone it is, or leave --weights out to fetch eDifFIQA\(S\)'s$")):
         code, err = run_script(extract_embeddings.main, "extract_embeddings.py",

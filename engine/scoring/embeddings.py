@@ -15,9 +15,9 @@ from dataset.image_folder import find_images
 from engine.scoring.scorer import folder_batching
 from engine.scoring.weights import resolve_weights
 from model.checkpoint import load_backbone
-from model.registry import OFFICIAL_WEIGHTS_HELP, VARIANTS, backbone_names, get_variant, variant_names
+from model.registry import VARIANTS, backbone_names, get_variant, variant_names
 from utils.config import check, check_batch, check_workers
-from utils.errors import DataError, RunError
+from utils.errors import CheckpointError, DataError, RunError
 from utils.io import check_output_dir
 from utils.runtime import resolve_device
 
@@ -88,6 +88,12 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
     backbone = cfg.backbone or get_variant(cfg.model).backbone
     check_output_dir(os.path.dirname(os.path.abspath(output)), "--output")
     if cfg.model is not None:
+        variant = get_variant(cfg.model)
+        if weights and not os.path.isfile(weights):
+            fetch = ", or leave --weights out to fetch it" if variant.weights is not None else ""
+            article = "an" if variant.title[0] in "aeiouAEIOU" else "a"  # eDifFIQA reads "ee-": an eDifFIQA(T)
+            raise CheckpointError(f"weights file '{weights}' not found; pass {article} {variant.title} checkpoint "
+                                  f"with --weights{fetch} (see README: Weights)")
         weights = resolve_weights(cfg.model, weights, progress=cfg.verbose)
     target = resolve_device(cfg.device)
     rel_paths = find_images(images, key="--images")
@@ -101,8 +107,7 @@ def extract_embeddings(cfg: EmbedConfig) -> Dict[str, int]:
             return (f"give --model {' or --model '.join(others)}, whose backbone it is, " if others else "") + \
                 f"or leave --weights out to fetch {title}'s"
 
-        net = load_backbone(backbone, weights, fix=fix,
-                            source=f"--model {cfg.model} takes a {title} checkpoint ({OFFICIAL_WEIGHTS_HELP})")
+        net = load_backbone(backbone, weights, fix=fix, source=f"--model {cfg.model} takes {title}'s checkpoint")
     net = net.to(target).to(memory_format=torch.channels_last)
 
     embed = embedding_forward(net, weights, flip)
