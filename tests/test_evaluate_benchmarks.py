@@ -401,3 +401,27 @@ def test_a_label_with_a_bar_keeps_the_markdown_columns(bench, tmp_path, capsys, 
     rows = [line for line in (out / "edc.md").read_text().splitlines() if line.startswith("| a")]
     bars = [len(re.findall(r"(?<!\\)\|", r)) for r in rows]  # unescaped: the borders of the 3 columns
     assert len(rows) == 2 and all(r.startswith("| a\\|b | ") for r in rows) and bars == [4, 4], rows
+
+
+def test_collapsed_similarities_warn_and_a_users_grid_is_refused(bench, tmp_path, capsys, monkeypatch) -> None:
+    """--benchmark: similarities all within 1e-8 of 1 (collapsed embeddings; at FMR 0.1 the threshold meets a
+    non-mated similarity) get the warning; the user's own edc_grid.png in a fresh folder is one line before any
+    model runs."""
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    _no_models(monkeypatch)
+    rng = np.random.default_rng(2)
+    monkeypatch.setattr(workflow.edc, "cosine_similarities",
+                        lambda matrix, a, b: 1.0 - 1e-8 * rng.uniform(size=len(a)))
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)
+    assert code == 0, err
+    (warning,) = [line for line in err.splitlines() if "does not separate" in line]
+    assert "'MFN' on 'syn': " in warning and "similarities within" in warning and "collapsed" in warning, warning
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "edc_grid.png").write_bytes(b"mine")
+    _models_raise(monkeypatch)
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, fresh), capsys)
+    assert_user_error(code, err, "evaluate.py", r"'.*edc_grid\.png' exists and no earlier run of 'edc' wrote it; "
+                                                r"move it away, or give another --output or --name")
+    assert (fresh / "edc_grid.png").read_bytes() == b"mine"
