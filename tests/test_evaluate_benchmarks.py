@@ -425,3 +425,23 @@ def test_collapsed_similarities_warn_and_a_users_grid_is_refused(bench, tmp_path
     assert_user_error(code, err, "evaluate.py", r"'.*edc_grid\.png' exists and no earlier run of 'edc' wrote it; "
                                                 r"move it away, or give another --output or --name")
     assert (fresh / "edc_grid.png").read_bytes() == b"mine"
+
+
+def test_unpack_bin_writes_each_images_bytes_as_index_files(bench_files, tmp_path, capsys) -> None:
+    """scripts.unpack_bin: <index>.jpg per image, its bytes unchanged (so inference.py's keys of them name the
+    images of the .bin file); a second run into the same folder, and a damaged .bin, are one line each."""
+    from scripts import unpack_bin
+
+    root, _ = bench_files
+    out = tmp_path / "unpacked"
+    code, err = run_script(unpack_bin.main, unpack_bin.PROG, [str(root / "syn.bin"), str(out)], capsys)
+    assert code == 0, err
+    encoded, issame = pickle.loads((root / "syn.bin").read_bytes())
+    assert sorted(os.listdir(out), key=lambda n: int(n.split(".")[0])) == [f"{i}.jpg" for i in range(2 * PAIRS)]
+    assert all((out / f"{i}.jpg").read_bytes() == bytes(e) for i, e in enumerate(encoded))
+    assert f"wrote {2 * PAIRS} images ({PAIRS} comparisons) into {out}" in err
+    code, err = run_script(unpack_bin.main, unpack_bin.PROG, [str(root / "syn.bin"), str(out)], capsys)
+    assert_user_error(code, err, unpack_bin.PROG, r"'.*0\.jpg' already exists; remove it or choose another output")
+    code, err = run_script(unpack_bin.main, unpack_bin.PROG, [str(root / "junk.bin"), str(tmp_path / "j")], capsys)
+    assert_user_error(code, err, unpack_bin.PROG, r"image 0 of '.*junk.bin' is not an image file")
+    assert not (tmp_path / "j").exists()
