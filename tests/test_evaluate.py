@@ -376,3 +376,75 @@ def test_an_fr_model_that_separates_nobody_is_one_warning_and_long_labels_keep_t
     assert len({len(line) for line in table}) == 1, table  # the number columns line up under their titles
     assert run_cli(evaluate.main, good + ["--embeddings", f"E={tmp_path / 'sep' / 'e.pkl'}"], "evaluate.py") == 0
     assert "does not separate" not in capsys.readouterr().err
+
+
+def test_two_names_whose_files_collide_are_refused_and_never_remove_each_others(tmp_path, capsys) -> None:
+    """--name edc with FR label 'E_F' and --name edc_E with label 'F' both name edc_E_F.png: the second run is one
+    line before any work, naming the other name's record; a rerun of the first name never removes a file another
+    name's record lists."""
+    from helpers import run_script
+
+    argv = _embedded_pairs(tmp_path)
+    out = tmp_path / "out"
+    emb = tmp_path / "e.pkl"
+    assert run_script(evaluate.main, "evaluate.py", argv + ["--embeddings", f"E_F={emb}"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run_script(evaluate.main, "evaluate.py", argv + ["--embeddings", f"F={emb}", "--name", "edc_E"],
+                           capsys)
+    assert_user_error(code, err, "evaluate.py", r"'.*edc_E_F\.png', which this run of 'edc_E' writes, belongs to the "
+                                                r"run of 'edc' \(edc\.files\); give this run another --name")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A record of another name that lists a file of this name's record (as a folder from before the check may
+    # hold): a rerun of this name that no longer writes it leaves it.
+    (out / "mine.files").write_text(json.dumps({"name": "mine", "files": ["edc_E_F.png"], "removing": []}))
+    code, err = run_script(evaluate.main, "evaluate.py", argv + ["--embeddings", f"G={emb}"], capsys)
+    assert code == 0, err
+    assert (out / "edc_E_F.png").read_bytes() == before["edc_E_F.png"] and not (out / "edc_E_F.pdf").exists()
+    assert "'edc_E_F.png' of the earlier run of 'edc' is left: another name's record" in err, err
+
+
+def test_a_file_of_the_user_named_like_an_output_is_refused_before_any_work(tmp_path, capsys, monkeypatch) -> None:
+    """The user's own edc_E.png in the output folder, which no earlier run of 'edc' recorded, is one line naming it
+    and the fix, before any input is read; once a run of the name recorded it, a rerun replaces it."""
+    from helpers import run_script
+
+    from engine.evaluation import run as run_module
+
+    argv = _embedded_pairs(tmp_path) + ["--embeddings", f"E={tmp_path / 'e.pkl'}"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "edc_E.png").write_bytes(b"the user's figure")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the inputs were read before the output check")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "read_pairs", no_reading)
+        code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
+    assert_user_error(code, err, "evaluate.py", r"'.*edc_E\.png' exists and no earlier run of 'edc' wrote it; move "
+                                                r"it away, or give another --output or --name")
+    assert sorted(p.name for p in out.iterdir()) == ["edc_E.png"]
+    assert (out / "edc_E.png").read_bytes() == b"the user's figure"
+    os.remove(out / "edc_E.png")
+    assert run_script(evaluate.main, "evaluate.py", argv, capsys)[0] == 0
+    first = (out / "edc_E.png").read_bytes()
+    (out / "edc_E.png").write_bytes(b"stale")  # recorded by the earlier run of the name: replaced
+    assert run_script(evaluate.main, "evaluate.py", argv, capsys)[0] == 0
+    assert (out / "edc_E.png").read_bytes() == first
+
+
+def test_similarities_within_a_tiny_span_are_said_even_when_the_threshold_meets_a_non_mated_one() -> None:
+    """Collapsed embeddings at a coarse FMR on a small set: the threshold may equal the largest non-mated
+    similarity and FNMR at 0 discard stay below 0.99; a span of all similarities under 1e-6 is still said."""
+    from engine.evaluation.run import COLLAPSED_SPREAD, separation_problem
+
+    rng = np.random.default_rng(1)
+    sims = 1.0 - 1e-8 * rng.uniform(size=80)
+    mated = np.arange(80) % 2 == 0
+    nonmated = sims[~mated]
+    tau = float(np.max(nonmated))
+    assert separation_problem(nonmated, tau, 0.95) == ""  # the two older tests alone miss it
+    assert separation_problem(nonmated, tau, 0.95, sims).startswith("all 80 similarities within 9.")
+    assert "collapsed embeddings" in separation_problem(nonmated, tau, 0.95, sims)
+    spread = np.linspace(0.0, 2 * COLLAPSED_SPREAD, 80)
+    assert separation_problem(spread[~mated], float(np.max(spread[~mated])), 0.5, spread) == ""

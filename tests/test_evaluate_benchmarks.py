@@ -402,3 +402,47 @@ def test_a_label_with_a_bar_keeps_the_markdown_columns(bench, tmp_path, capsys, 
     rows = [line for line in (out / "edc.md").read_text().splitlines() if line.startswith("| a")]
     bars = [len(re.findall(r"(?<!\\)\|", r)) for r in rows]  # unescaped: the borders of the 3 columns
     assert len(rows) == 2 and all(r.startswith("| a\\|b | ") for r in rows) and bars == [4, 4], rows
+
+
+def test_collapsed_similarities_warn_and_a_users_grid_is_refused(bench, tmp_path, capsys, monkeypatch) -> None:
+    """--benchmark: similarities all within 1e-8 of 1 (collapsed embeddings; at FMR 0.1 the threshold meets a
+    non-mated similarity) get the warning; the user's own edc_grid.png in a fresh folder is one line before any
+    model runs."""
+    root, weights = bench
+    out = copy_of_one(root, tmp_path)
+    _no_models(monkeypatch)
+    rng = np.random.default_rng(2)
+    monkeypatch.setattr(workflow.edc, "cosine_similarities",
+                        lambda matrix, a, b: 1.0 - 1e-8 * rng.uniform(size=len(a)))
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, out), capsys)
+    assert code == 0, err
+    (warning,) = [line for line in err.splitlines() if "does not separate" in line]
+    assert "'MFN' on 'syn': " in warning and "similarities within" in warning and "collapsed" in warning, warning
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "edc_grid.png").write_bytes(b"mine")
+    _models_raise(monkeypatch)
+    code, err = run_script(evaluate.main, "evaluate.py", one_command(root, weights, fresh), capsys)
+    assert_user_error(code, err, "evaluate.py", r"'.*edc_grid\.png' exists and no earlier run of 'edc' wrote it; "
+                                                r"move it away, or give another --output or --name")
+    assert (fresh / "edc_grid.png").read_bytes() == b"mine"
+
+
+def test_unpack_bin_writes_each_images_bytes_as_index_files(bench_files, tmp_path, capsys) -> None:
+    """scripts.unpack_bin: <index>.jpg per image, its bytes unchanged (so inference.py's keys of them name the
+    images of the .bin file); a second run into the same folder, and a damaged .bin, are one line each."""
+    from scripts import unpack_bin
+
+    root, _ = bench_files
+    out = tmp_path / "unpacked"
+    code, err = run_script(unpack_bin.main, unpack_bin.PROG, [str(root / "syn.bin"), str(out)], capsys)
+    assert code == 0, err
+    encoded, issame = pickle.loads((root / "syn.bin").read_bytes())
+    assert sorted(os.listdir(out), key=lambda n: int(n.split(".")[0])) == [f"{i}.jpg" for i in range(2 * PAIRS)]
+    assert all((out / f"{i}.jpg").read_bytes() == bytes(e) for i, e in enumerate(encoded))
+    assert f"wrote {2 * PAIRS} images ({PAIRS} comparisons) into {out}" in err
+    code, err = run_script(unpack_bin.main, unpack_bin.PROG, [str(root / "syn.bin"), str(out)], capsys)
+    assert_user_error(code, err, unpack_bin.PROG, r"'.*0\.jpg' already exists; remove it or choose another output")
+    code, err = run_script(unpack_bin.main, unpack_bin.PROG, [str(root / "junk.bin"), str(tmp_path / "j")], capsys)
+    assert_user_error(code, err, unpack_bin.PROG, r"image 0 of '.*junk.bin' is not an image file")
+    assert not (tmp_path / "j").exists()

@@ -28,8 +28,8 @@ from engine.evaluation import cache, edc
 from engine.evaluation.config import Benchmark, EvaluateConfig, FRModel, Method
 from engine.evaluation.data import read_qualities
 from engine.evaluation.grid import edc_grid, figure_writer
-from engine.evaluation.outputs import write_outputs
-from engine.evaluation.run import check_counts, edc_results, separation_problem, warn_unseparated
+from engine.evaluation.outputs import check_outputs, write_outputs
+from engine.evaluation.run import check_counts, edc_results, output_files, separation_problem, warn_unseparated
 from engine.scoring.embeddings import embedding_forward
 from engine.scoring.scorer import QualityScorer, default_batch_size
 from engine.scoring.weights import resolve_weights
@@ -154,6 +154,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         raise OutputError(f"'{folder}' is a file where the cache folder of output '{cfg.output}' goes; move it out "
                           "of the way, or choose another --output")
     check_output_dir(folder, "output / --output")
+    check_outputs(cfg.output, cfg.name, output_files(cfg))
     device = resolve_device(cfg.device)
     batch_size = cfg.batch_size or default_batch_size(device)
     settings = {"batch_size": batch_size, "device": device.type,
@@ -240,7 +241,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         for fr in cfg.fr_models:
             sims = edc.cosine_similarities(embeddings[fr.label], data.left[keep], data.right[keep])
             tau, results = edc_results(sims, mated, kept, cfg)
-            problem = separation_problem(sims[~mated], tau, next(iter(results.values()))[1]["fnmr0"])
+            problem = separation_problem(sims[~mated], tau, next(iter(results.values()))[1]["fnmr0"], sims)
             if problem:
                 unseparated.append(f"{fr.label!r} on '{bench.name}': {problem}")
             panel = panels.setdefault((fr.label, bench.name), {})

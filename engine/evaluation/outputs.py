@@ -2,19 +2,22 @@
 (``<name>.files``); on a rerun of the name, the files the earlier run recorded and this run does not write are
 removed, so the folder never mixes two runs' tables and figures. Only the names that record holds are removed, each
 only when it is a file this module could have written for that name (``<name>.json|csv|md``,
-``<name>_<x>.png|pdf``) and a regular file; anything else in the folder is left alone."""
+``<name>_<x>.png|pdf``), a regular file, and named by no other name's record in the folder; anything else in the
+folder is left alone. Before any work (:func:`check_outputs`) a run is refused when a file it would write is named
+by another name's record (two names whose figure files collide) or is in the folder without this name's record
+naming it (a file of the user's)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import stat
-from typing import IO, Callable, List, Sequence, Tuple
+from typing import IO, Callable, Dict, List, Sequence, Tuple
 
 from utils.errors import UserError, first_line
-from utils.io import json_writer, read_regular, write_together
+from utils.io import OutputError, json_writer, read_regular, write_together
 
-__all__ = ["RECORD_SUFFIX", "record_path", "recorded_files", "write_outputs"]
+__all__ = ["RECORD_SUFFIX", "record_path", "recorded_files", "other_records", "check_outputs", "write_outputs"]
 
 _logger = logging.getLogger(__name__)
 
@@ -69,6 +72,48 @@ def recorded_files(folder: str, name: str) -> List[str]:
     return [f for f in files if _is_output_name(f, name)]
 
 
+def other_records(folder: str, name: str) -> Dict[str, List[str]]:
+    """``{other name: the file names its record lists}`` of every other name's record (``<other>.files``, a regular
+    file holding a record) in ``folder``; a file so named that holds no record is not one."""
+    out: Dict[str, List[str]] = {}
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return out
+    for entry in entries:
+        other = entry[:-len(RECORD_SUFFIX)]
+        if not entry.endswith(RECORD_SUFFIX) or not other or other == name:
+            continue
+        try:
+            held = json.loads(read_regular(os.path.join(folder, entry), fix="").decode("utf-8"))
+        except (UserError, OSError, ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if not isinstance(held, dict):
+            continue
+        parts = [held.get("files", []), held.get("removing", [])]
+        out[other] = [f for part in parts if isinstance(part, list) for f in part if isinstance(f, str)]
+    return out
+
+
+def check_outputs(folder: str, name: str, files: Sequence[str]) -> None:
+    """Before any work: a one-line :class:`OutputError` when a file of ``files`` (names in ``folder``) that this run
+    of ``name`` writes is listed in another name's record (the two names' files collide: a rerun of either would
+    replace, then remove, the other's), or is in the folder and not recorded by this name's last run (the user's
+    file, or one written by hand: never silently overwritten)."""
+    for other, listed in other_records(folder, name).items():
+        clash = [f for f in files if f in listed]
+        if clash:
+            raise OutputError(f"'{os.path.join(folder, clash[0])}', which this run of '{name}' writes, belongs to "
+                              f"the run of '{other}' ({other}{RECORD_SUFFIX}); give this run another --name (or "
+                              "--output)")
+    ours = set(recorded_files(folder, name))
+    for file in files:
+        path = os.path.join(folder, file)
+        if file not in ours and os.path.lexists(path):
+            raise OutputError(f"'{path}' exists and no earlier run of '{name}' wrote it; move it away, or give "
+                              "another --output or --name")
+
+
 def _record_writer(name: str, files: Sequence[str], removing: Sequence[str]) -> Writer:
     return json_writer({"name": name, "files": list(files), "removing": list(removing)})
 
@@ -79,7 +124,13 @@ def write_outputs(folder: str, name: str, files: Sequence[Tuple[str, Writer]]) -
     returns the paths written, the record last. The record names those files as still to remove until they are
     gone, so a run killed in between has them removed by the next."""
     written = [file for file, _ in files]
-    stale = [f for f in recorded_files(folder, name) if f not in written]
+    check_outputs(folder, name, written)
+    others = {f for listed in other_records(folder, name).values() for f in listed}
+    kept = [f for f in recorded_files(folder, name) if f not in written and f in others]
+    if kept:
+        _logger.warning("'%s' of the earlier run of '%s' is left: another name's record in '%s' lists it", kept[0],
+                        name, folder)
+    stale = [f for f in recorded_files(folder, name) if f not in written and f not in others]
     stale = sorted(set(stale), key=stale.index)
     record = record_path(folder, name)
     write_together([(os.path.join(folder, file), writer) for file, writer in files]

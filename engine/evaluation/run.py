@@ -13,13 +13,25 @@ from dataset.keys import match_keys
 from engine.evaluation import edc
 from engine.evaluation.config import EvaluateConfig, FRModel, figure_label
 from engine.evaluation.data import edc_figure, read_pairs, read_qualities
-from engine.evaluation.outputs import write_outputs
+from engine.evaluation.outputs import check_outputs, write_outputs
 from utils.errors import ConfigError, DataError
 from utils.io import check_output_dir, csv_writer, json_writer
 
-__all__ = ["evaluate", "check_counts", "edc_results", "separation_problem", "warn_unseparated", "print_table"]
+__all__ = ["evaluate", "output_files", "check_counts", "edc_results", "separation_problem", "warn_unseparated",
+           "print_table"]
 
 _logger = logging.getLogger(__name__)
+
+
+def output_files(cfg: EvaluateConfig) -> List[str]:
+    """The names of the files a run of ``cfg`` writes in ``cfg.output`` (its record aside): known before any work,
+    so that :func:`engine.evaluation.outputs.check_outputs` can refuse a run whose files are not its own."""
+    stem = cfg.name
+    if cfg.benchmarks:
+        return [f"{stem}.json", f"{stem}.csv", f"{stem}.md", f"{stem}_grid.png", f"{stem}_grid.pdf"]
+    labels = [fr.label for fr in cfg.fr_models] or ["given similarity"]
+    return [f"{stem}.json", f"{stem}.csv"] + [f"{stem}_{figure_label(label)}.{fmt}" for label in labels
+                                              for fmt in ("png", "pdf")]
 
 
 def check_counts(mated: np.ndarray, qualities: Dict[str, np.ndarray], cfg: EvaluateConfig,
@@ -69,16 +81,26 @@ def edc_results(sims: np.ndarray, mated: np.ndarray, qualities: Dict[str, np.nda
     return tau, results
 
 
-def separation_problem(nonmated: np.ndarray, tau: float, fnmr0: float) -> str:
-    """Why an FR model's ``(M,)`` non-mated similarities, threshold ``tau`` and FNMR at 0 discard show that it does
-    not separate the identities ('' when they do not): ``tau`` above every non-mated similarity (ties at the top
-    keep the FMR from reaching its target), or an FNMR at 0 discard of about 1."""
+#: All of an FR model's comparison similarities within this span of each other: its embeddings collapsed.
+COLLAPSED_SPREAD = 1e-6
+
+
+def separation_problem(nonmated: np.ndarray, tau: float, fnmr0: float, similarities: Any = None) -> str:
+    """Why an FR model's ``(M,)`` non-mated similarities, threshold ``tau`` and FNMR at 0 discard (and all its
+    ``(P,)`` comparison ``similarities``, when given) show that it does not separate the identities ('' when they
+    do not): all similarities within :data:`COLLAPSED_SPREAD` of each other, ``tau`` above every non-mated
+    similarity (ties at the top keep the FMR from reaching its target), or an FNMR at 0 discard of 0.99 or more."""
     reasons = []
     top = float(np.max(nonmated)) if len(nonmated) else math.inf
     if tau > top:
         reasons.append(f"threshold {tau!r} above every non-mated similarity (largest {top!r})")
     if fnmr0 >= 0.99:
         reasons.append(f"FNMR at 0 discard {fnmr0:.4f}")
+    if similarities is not None and len(similarities) > 1:
+        spread = float(np.max(similarities) - np.min(similarities))
+        if spread < COLLAPSED_SPREAD:
+            reasons.append(f"all {len(similarities)} similarities within {spread:.3g} of each other (collapsed "
+                           "embeddings)")
     return " and ".join(reasons)
 
 
@@ -111,6 +133,7 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
 
         return evaluate_benchmarks(cfg)
     check_output_dir(cfg.output, "output / --output")
+    check_outputs(cfg.output, cfg.name, output_files(cfg))
     pairs = read_pairs(cfg.pairs)
     if not len(pairs.a):
         raise DataError(f"pairs file '{cfg.pairs}' holds no comparisons")
@@ -182,7 +205,8 @@ def evaluate(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     unseparated: List[str] = []
     for fr_label, sims_all in similarities.items():
         tau, results = edc_results(sims_all[keep], mated, kept, cfg)
-        problem = separation_problem(sims_all[keep][~mated], tau, next(iter(results.values()))[1]["fnmr0"])
+        problem = separation_problem(sims_all[keep][~mated], tau, next(iter(results.values()))[1]["fnmr0"],
+                                     sims_all[keep])
         if problem:
             unseparated.append(f"{fr_label!r}: {problem}")
         curves, paucs = {}, {}
