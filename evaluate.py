@@ -11,7 +11,8 @@ raw and normalised) and one EDC figure per FR model (``<name>_<fr model>.png`` a
 Benchmark mode (``--benchmark NAME=PATH``: an insightface ``.bin`` file or a folder with ``pairs.txt``; images keyed
 ``NAME/<index>`` or ``NAME/<path>``, which score files name by the key rule of docs/evaluation.md) computes embeddings
 (``--fr NAME=CHECKPOINT`` or ``NAME=BACKBONE:CHECKPOINT``) and qualities (``--method VARIANT``, ``VARIANT=WEIGHTS``,
-``LABEL=VARIANT:WEIGHTS`` or ``LABEL=SCORES.pkl|.csv|.txt``) once, cached in ``<output>/cache``, and writes
+``LABEL=VARIANT:WEIGHTS`` or ``LABEL=SCORES.pkl|.csv|.txt``, a label given again with another scores file for a
+file per benchmark) once, cached in ``<output>/cache``, and writes
 ``<name>.csv``/``.json``/``.md`` (pAUC per method and benchmark, one block per FR model, the mean last) and the grid
 ``<name>_grid.png``/``.pdf``. Either mode records the files it wrote in ``<name>.files``; a rerun of the name removes
 those of the earlier run it does not write again.
@@ -67,6 +68,11 @@ def _fr_models(texts: List[str]) -> List[Dict[str, Optional[str]]]:
         head, sep, rest = path.partition(":")
         if sep and head in backbone_names():
             backbone, path = head, rest
+        elif sep and len(head) > 1 and head.isidentifier() and not os.path.exists(path):
+            # BACKBONE:CHECKPOINT with a backbone that does not exist (a drive letter C: is one character)
+            raise ConfigError(f"--fr {text!r}: unknown backbone '{head}'; choose one of: "
+                              f"{', '.join(backbone_names())} (or leave it out: it is found from the checkpoint; "
+                              "layouts not covered: docs/evaluation.md)")
         if not path:
             raise ConfigError(f"--fr {text!r} names no checkpoint; use NAME=CHECKPOINT or NAME=BACKBONE:CHECKPOINT")
         out.append({"label": label, "checkpoint": path, "backbone": backbone})
@@ -121,7 +127,8 @@ FLAGS = [
     Flag(("--embeddings",), "fr_models", "LABEL=FILE of an FR model (repeatable)", append=True,
          convert=_label_files("embeddings", "--embeddings")),
     Flag(("--scores", "--method"), "methods", "a quality method (repeatable): LABEL=FILE of its scores; with "
-         "--benchmark also a variant scored here: VARIANT, VARIANT=WEIGHTS or LABEL=VARIANT:WEIGHTS", append=True,
+         "--benchmark also a variant scored here: VARIANT, VARIANT=WEIGHTS or LABEL=VARIANT:WEIGHTS, and a LABEL "
+         "given again with another file (one file per benchmark)", append=True,
          convert=_methods),
     Flag(("--benchmark",), "benchmarks", "NAME=PATH of a verification set: an insightface .bin file or a folder "
          "with an LFW-style pairs.txt (repeatable; the pairs file is then not used)", append=True,

@@ -155,6 +155,9 @@ def match_keys(wanted: Sequence[str], available: Collection[str], wanted_source:
                             f"{available_source} ({_examples([order[j] for j in sorted(candidates)])}), {RULE}; "
                             "give each image one key")
         found[key] = order[candidates[0]] if candidates else None
+    if theirs.bare:
+        _check_bare(normal, [found[k] for k in distinct], dict(zip(order, their_normal)), available_source,
+                    wanted_source)
     owner: Dict[str, str] = {}
     normal_of = dict(zip(distinct, normal))
     for key in distinct:
@@ -165,6 +168,28 @@ def match_keys(wanted: Sequence[str], available: Collection[str], wanted_source:
             raise DataError(f"{wanted_source}: {short(owner[hit])} and {short(key)} both name {short(hit)} of "
                             f"{available_source}, {RULE}; give each image one key")
     return [found[k] for k in wanted]
+
+
+def _check_bare(normal: Sequence[str], hits: Sequence[Optional[str]], theirs: Dict[str, str], bare_source: str,
+                other_source: str) -> None:
+    """A :class:`DataError` when a bare key of the other file (a file name, no folder; ``theirs``: its keys' normal
+    forms) was taken by one of the ``normal`` keys although another of them that does not name it also ends in it:
+    a bare key names the one key that ends in it (``a.jpg`` beside ``id0/a.jpg`` and ``id1/a.jpg`` names neither,
+    whichever of them the other file also holds with its folder). ``hits``: what :func:`match_keys` found."""
+    bare = {theirs[h]: h for h in hits if h is not None and "/" not in theirs[h]}
+    if not bare:
+        return
+    ends: Dict[str, List[str]] = {}
+    for norm in dict.fromkeys(normal):
+        name = norm[norm.rfind("/") + 1:]
+        if name in bare:
+            ends.setdefault(name, []).append(norm)
+    for name, keys in ends.items():
+        longest = max(keys, key=len)
+        if any(not _names(longest, k) for k in keys):
+            raise DataError(f"{bare_source}: {short(bare[name])} (a file name without a folder) names "
+                            f"{len(keys)} keys of {other_source} ({_examples(keys)}), {RULE}; key the file from the "
+                            "folder above the identity folders, as the other")
 
 
 def unmatched_message(wanted: Sequence[str], matched: Sequence[Optional[str]], available: Collection[str],

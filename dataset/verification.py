@@ -250,9 +250,10 @@ def bin_key_form(key: str) -> str:
 def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
                          others: Sequence[str] = ()) -> List[Optional[str]]:
     """The key of ``keys`` (a score file's, ``source`` in messages) that names each image of ``data``, None where
-    none, by the one key rule (:func:`dataset.keys.match_keys`: as written or relative to each file's common
-    folder). For a ``.bin`` file a key is first read in :func:`bin_key_form`, so the files of its images unpacked as
-    ``<index>.<ext>`` (``unpacked/lfw/00017.jpg``) name ``NAME/<index>`` (``lfw/17``). Two keys that name one image
+    none, by the one key rule (:func:`dataset.keys.match_keys`: as written or one as the other below a folder);
+    where no key names an image with ``NAME/``, by ``<index>`` or ``<path>`` alone. For a ``.bin`` file a key is first
+    read in :func:`bin_key_form`, so the files of its images unpacked as ``<index>.<ext>``
+    (``unpacked/lfw/00017.jpg``) name ``NAME/<index>`` (``lfw/17``). Two keys that name one image
     are a :class:`DataError`, and so is a file matched only relative to its folder when that folder names another
     benchmark of the run (``others``) and not this one: the scores of ``lfw/<index>`` are not those of
     ``cfp_fp/<index>``."""
@@ -267,12 +268,13 @@ def match_benchmark_keys(data: "Benchmark", keys: Sequence[str], source: str,
     else:
         forms = {key: key for key in keys}
     found = match_keys(data.keys, forms, where, source)
-    if any(k is None for k in found):
+    if all(k is None for k in found):
         # NAME is no folder of the files other code scored ('quality_data/lfw/images/00017.jpg' of a .bin's image 17,
-        # 'data/XQLFW/Ann/Ann_0001.jpg' of a folder's): the images that NAME/<index> or NAME/<path> did not find are
-        # named by <index> or <path> alone (one key ending in it; several are an error).
-        loose = match_keys([k.partition("/")[2] for k in data.keys], forms, where, source)
-        found = [k if k is not None else other for k, other in zip(found, loose)]
+        # 'data/XQLFW/Ann/Ann_0001.jpg' of a folder's): the images are named by <index> or <path> alone (one key
+        # ending in it; several are an error). Only when no key names an image with NAME/: a file that does names
+        # this set's images so, and its keys of other sets ('B/17' beside 'A/0') must not stand in for those it
+        # lacks.
+        found = match_keys([k.partition("/")[2] for k in data.keys], forms, where, source)
     if isinstance(data.images, BinImages) and found[0] is None:
         _refuse_numbering_from_one(data, forms, source)
     hits = [k for k in found if k is not None]

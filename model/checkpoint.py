@@ -26,7 +26,7 @@ from utils.io import torch_load, torch_load_reason
 
 __all__ = ["read_state_dict", "check_finite", "strip_prefixes", "describe_mismatch", "expected_shapes",
            "identify_variant", "check_checkpoint", "load_weights", "load_backbone", "find_fr_backbone",
-           "load_fr_backbone", "FR_WRAPPERS", "create_model"]
+           "fr_backbone_of", "load_fr_backbone", "FR_WRAPPERS", "create_model"]
 
 _logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def find_fr_backbone(state_dict: Mapping[str, torch.Tensor], name: str) -> Optio
     return None
 
 
-def load_fr_backbone(path: str, backbone: Optional[str] = None, key: str = "--fr") -> nn.Module:
+def load_fr_backbone(path: str, backbone: Optional[str] = None, key: str = "--fr", warn: bool = True) -> nn.Module:
     """A face recognition model from an insightface-layout checkpoint, in eval mode on the CPU: any backbone of
     :data:`model.registry.BACKBONES`, named by ``backbone`` or found from the checkpoint's keys and shapes.
 
@@ -282,7 +282,25 @@ def load_fr_backbone(path: str, backbone: Optional[str] = None, key: str = "--fr
     (``module.``, ``backbone.``, ``model.``, ``features.module.`` ...) and beside other modules (a classification
     head). A file that is missing, unreadable, holds NaN or infinite weights, another backbone than the one named, or
     no backbone the registry knows is a one-line :class:`CheckpointError` that says what it holds; ``key`` names the
-    flag or config key that gives ``path``."""
+    flag or config key that gives ``path``; ``warn``: warn when it is a quality model's checkpoint."""
+    name, part = _fr_part(path, backbone, key, warn)
+    # Built on the meta device and given the file's tensors (as float32, as a built model holds them): no random
+    # initialisation that the weights would overwrite, and no copy.
+    with _MetaBuild():
+        model = build_backbone(name)
+    model.load_state_dict({k: v.float().contiguous() if v.is_floating_point() else v for k, v in part.items()},
+                          strict=True, assign=True)
+    return model.eval()
+
+
+def fr_backbone_of(path: str, backbone: Optional[str] = None, key: str = "--fr") -> str:
+    """The backbone of the face recognition checkpoint ``path`` (``backbone`` when named and held), with the errors
+    and the warning of :func:`load_fr_backbone`, without building the model."""
+    return _fr_part(path, backbone, key, warn=True)[0]
+
+
+def _fr_part(path: str, backbone: Optional[str], key: str, warn: bool) -> Tuple[str, Dict[str, torch.Tensor]]:
+    """``(backbone name, its tensors)`` of the checkpoint ``path``; see :func:`load_fr_backbone`."""
     if backbone is not None and backbone not in BACKBONES:
         build_backbone(backbone)  # its ConfigError lists the backbones
     state_dict = read_state_dict(path, key, BACKBONE_WEIGHTS_HELP, wrappers=FR_WRAPPERS)
@@ -292,16 +310,10 @@ def load_fr_backbone(path: str, backbone: Optional[str] = None, key: str = "--fr
         if part is not None:
             variant = identify_variant(state_dict) if any(k.startswith(("base_model.", "base.")) for k in state_dict) \
                 else None
-            if variant is not None:  # allowed (its backbone is an FR network), but rarely what was meant
+            if variant is not None and warn:  # allowed (its backbone is an FR network), but rarely what was meant
                 _logger.warning("weights file '%s' (%s) holds the quality model %s ('%s'); its %s backbone is used "
                                 "as the face recognition model", path, key, VARIANTS[variant].title, variant, name)
-            # Built on the meta device and given the file's tensors (as float32, as a built model holds them): no
-            # random initialisation that the weights would overwrite, and no copy.
-            with _MetaBuild():
-                model = build_backbone(name)
-            model.load_state_dict({k: v.float().contiguous() if v.is_floating_point() else v
-                                   for k, v in part.items()}, strict=True, assign=True)
-            return model.eval()
+            return name, part
     held = next((name for name in BACKBONES
                  if name != backbone and find_fr_backbone(state_dict, name) is not None), None)
     if held is not None:

@@ -29,7 +29,7 @@ if __name__ == "__main__" and not __package__:
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from utils.cli import run_cli
+from utils.cli import OneLineParser, run_cli
 from utils.errors import ConfigError, DataError, first_line
 from utils.io import OutputError, check_output_dir
 from utils.paths import repo_path
@@ -110,8 +110,8 @@ def pairs_rows(paths: List[str]) -> List[List[str]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                           epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--output", default="first_run", help="folder for faces/ and pairs.csv (first_run)")
     parser.add_argument("--sources", default="example_images", help="folder of the aligned faces (example_images)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and occluders (0)")

@@ -16,10 +16,15 @@ import os
 import sys
 from typing import List, Optional
 
+if __name__ == "__main__" and not __package__:
+    # Run as a file (python scripts/unpack_bin.py), Python puts scripts/ on sys.path instead of the repository root
+    # that holds dataset/; the root makes it run as python -m scripts.unpack_bin does.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from PIL import Image
 
 from dataset.verification import read_bin
-from utils.cli import run_cli
+from utils.cli import OneLineParser, run_cli
 from utils.errors import DataError
 from utils.io import OutputError, check_output_dir
 
@@ -42,8 +47,8 @@ def image_ending(data: bytes, what: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                           epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("bin", help="the insightface verification file (lfw.bin, ...)")
     parser.add_argument("output", help="folder for <index>.jpg (made; it must hold none of those files)")
     args = parser.parse_args(argv)

@@ -192,3 +192,15 @@ def test_a_bad_value_is_blamed_on_the_flag_or_the_file_that_gave_it(script, file
     else:
         assert_user_error(code, err, f"{script}.py", pattern)
     assert not seen
+
+
+@pytest.mark.parametrize("script", [*sorted(SCRIPTS), "scripts.make_face_set", "scripts.unpack_bin"])
+def test_argument_errors_are_one_line(script, capsys) -> None:
+    """argparse's own errors (an unknown flag, a value of the wrong type, a missing value) are one line with the
+    script's name, as every other user error, with no usage block before it."""
+    module = importlib.import_module(script)
+    prog = getattr(module, "PROG", f"{script}.py")
+    for argv in (["--no-such-flag"], ["--output"], ["--set"]):
+        code, err = run_script(module.main, prog, argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err
+        assert err.rstrip().endswith(f"see {prog} --help") and "usage:" not in err

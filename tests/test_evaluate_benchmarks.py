@@ -242,6 +242,8 @@ def test_a_changed_bin_file_of_the_same_name_is_computed_again(bench, tmp_path, 
     (["--fr", "R18"], r"--fr takes NAME=CHECKPOINT"),
     (["--fr", "R=iresnet18:"], r"--fr 'R=iresnet18:' names no checkpoint"),
     (["--fr", "R={root}/none.pth"], r"checkpoint '.*none.pth' not found"),
+    (["--fr", "R=curricular:{root}/fr.pth"], r"--fr 'R=curricular:.*fr.pth': unknown backbone 'curricular'; choose "
+                                             r"one of: .*iresnet100.*mobilefacenet \(or leave it out"),
     (["--method", "nosuch"], r"--method takes a variant \(.*ediffiqaT.*\)"),
     (["--method", "L=ediffiqaT:"], r"names no weights after 'ediffiqaT:'"),
     (["--embeddings", "E={root}/emb.npz"], r"--fr .* and --embeddings .* belong to different runs"),
@@ -283,6 +285,62 @@ def test_bad_inputs_are_one_line_each(change, pattern, bench_files, tmp_path, ca
     argv += [c.format(root=root, bin=root / "syn.bin", weights=weights) for c in change]
     code, err = run_script(evaluate.main, "evaluate.py", argv, capsys)
     assert_user_error(code, err, "evaluate.py", pattern)
+
+
+def test_one_method_from_a_scores_file_per_benchmark(bench_files, tmp_path, capsys) -> None:
+    """A method given as one scores file per benchmark (the same label again, as CR-FIQA writes a file per .bin) is
+    one row: its pAUCs equal those of one file of both sets; each file serves the benchmark its keys name. A file
+    that names no benchmark, a file given twice, two files that name one benchmark and a variant's label given
+    again are each one line."""
+    root, _ = bench_files
+    verification_bin(str(tmp_path / "two.bin"), PAIRS, seed=4)
+    rng = np.random.default_rng(1)
+    sets = {name: [f"{name}/{i}" for i in range(2 * PAIRS)] for name in ("syn", "two")}
+    scores = {key: float(rng.uniform()) for keys in sets.values() for key in keys}
+    (tmp_path / "both.pkl").write_bytes(pickle.dumps(scores))
+    for name, keys in sets.items():  # keyed as inference.py keys the unpacked images of each set
+        (tmp_path / f"{name}.pkl").write_bytes(pickle.dumps({f"unpacked/{k}.jpg": scores[k] for k in keys}))
+        (tmp_path / f"u-{name}.pkl").write_bytes(pickle.dumps({f"u{name}/{i}.jpg": scores[k]
+                                                               for i, k in enumerate(keys)}))
+    base = ["--benchmark", f"syn={root / 'syn.bin'}", "--benchmark", f"two={tmp_path / 'two.bin'}",
+            "--fr", f"MFN={root / 'fr.pth'}", "--fmr", FMR, "--device", "cpu", "-q"]
+    per = [f"P={tmp_path / 'two.pkl'}", f"P={tmp_path / 'syn.pkl'}"]
+    runs = {"one": ["--method", f"P={tmp_path / 'both.pkl'}"], "per": [a for m in per for a in ("--method", m)]}
+    for name, methods in runs.items():
+        code, err = run_script(evaluate.main, "evaluate.py", base + methods + ["--output", str(tmp_path / name)])
+        assert code == 0, err
+    one, per_set = (json.loads((tmp_path / n / "edc.json").read_text()) for n in runs)
+    assert per_set["table"] == one["table"] and [r["method"] for r in per_set["table"]] == ["P"] * 2
+    assert per_set["results"] == one["results"]
+    # The JSON says what was evaluated: the FR model's backbone (found from its shapes here) and the methods' files.
+    assert per_set["fr_models"] == [{"label": "MFN", "checkpoint": str(root / "fr.pth"), "backbone": "mobilefacenet",
+                                     "sha256": sha256_of(str(root / "fr.pth"))}]
+    assert per_set["methods"] == [{"label": "P", "scores": [str(tmp_path / "two.pkl"), str(tmp_path / "syn.pkl")]}]
+    for extra, pattern in [
+        ([f"P={root / 'other.pkl'}"], r"(quality file '.*other.pkl' of method 'P' names images of none of the "
+                                      r"benchmarks \(syn, two\)|both name images of benchmark 'syn')"),
+        ([f"P={tmp_path / 'syn.pkl'}"], r"method 'P' names the scores file '.*syn.pkl' twice; give it once"),
+        ([f"P={tmp_path / 'u-syn.pkl'}"], r"quality file '.*u-syn.pkl' of method 'P' names the images of "
+                                          r"benchmark\(s\) syn, two only by index or path, and another of its files "
+                                          r"names them below a folder named as the benchmark"),
+        (["P=ediffiqaT"], r"method 'P' is given twice; labels must differ \(with --benchmark, a label given again "
+                          r"with another scores file adds that file"),
+    ]:
+        code, err = run_script(evaluate.main, "evaluate.py", base + runs["per"] + ["--method", *extra, "--output",
+                                                                                    str(tmp_path / "bad")], capsys)
+        assert_user_error(code, err, "evaluate.py", pattern)
+    # Two files keyed by index alone name one benchmark's images alike; a file of a set not in the run, keyed below
+    # its set's folder, gives way to the file keyed below the benchmark's.
+    code, err = run_script(evaluate.main, "evaluate.py", base + ["--method", f"P={tmp_path / 'u-syn.pkl'}",
+                                                                 "--method", f"P={tmp_path / 'u-two.pkl'}",
+                                                                 "--output", str(tmp_path / "bad")], capsys)
+    assert_user_error(code, err, "evaluate.py", r"quality files '.*u-syn.pkl' and '.*u-two.pkl' of method 'P' both "
+                                                r"name images of benchmark 'syn': with one file per benchmark, key "
+                                                r"each file's images below a folder named as its benchmark")
+    code, err = run_script(evaluate.main, "evaluate.py", base[:2] + base[4:] + runs["per"]
+                           + ["--output", str(tmp_path / "bad")], capsys)
+    assert_user_error(code, err, "evaluate.py", r"quality file '.*two.pkl' of method 'P' names the images of "
+                                                r"benchmark\(s\) syn only by index or path")
 
 
 def test_a_damaged_bin_image_is_one_line(bench_files, tmp_path, capsys, monkeypatch) -> None:
@@ -372,11 +430,11 @@ def test_the_files_of_a_rerun_are_one_set_and_the_summary_names_them(bench, tmp_
     assert err.strip().splitlines()[-1] == f"wrote {out / 'edc.json'}, edc.csv, edc.md, edc.files"
 
 
-@pytest.mark.parametrize("entry", ["cache", "cache/embeddings-syn-mobilefacenet-{sha}.npz"])
+@pytest.mark.parametrize("entry", ["cache", "cache/embeddings-syn-mobilefacenet-{sha}.npz", "link"])
 def test_a_cache_entry_that_cannot_be_replaced_is_one_line_before_any_work(entry, bench_files, tmp_path, capsys,
                                                                           monkeypatch) -> None:
-    """A file where the cache folder goes, or a folder where a cache file goes, is one line naming it and what to do,
-    before any model runs (not after the work, which could then not be stored)."""
+    """A file or a link where the cache folder goes, or a folder where a cache file goes, is one line naming it and
+    what to do, before any model runs (not after the work, which could then not be stored)."""
     root, weights = bench_files
     out = tmp_path / "out"
     path = out / entry.format(sha=sha256_of(str(root / "fr.pth"))[:12])
@@ -384,6 +442,12 @@ def test_a_cache_entry_that_cannot_be_replaced_is_one_line_before_any_work(entry
     if entry == "cache":
         path.write_text("someone's notes")
         pattern = rf"'{path}' is a file where the cache folder of output '{out}' goes; move it out of the way"
+    elif entry == "link":  # a planted link: the cache would be written wherever it points
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        path = out / "cache"
+        path.symlink_to(elsewhere, target_is_directory=True)
+        pattern = rf"'{path}' is a link where the cache folder of output '{out}' goes; remove the link"
     else:
         path.mkdir()
         pattern = rf"cache entry '{path}' is a folder where a cache file goes; remove it"

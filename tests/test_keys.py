@@ -92,8 +92,17 @@ def test_two_keys_equal_after_stripping_are_an_error_not_a_pick() -> None:
                       one_to_one=False) == ["id0/a.jpg", "id0/a.jpg", "id1/b.jpg", "id1/b.jpg"]
     # ... but the images of two identities never name one bare key (attack-final #1: embeddings of one identity's
     # folder, keyed by bare file names, for pairs of every identity).
-    with pytest.raises(DataError, match=r"'id0/a.jpg' and 'id3/a.jpg' both name 'a.jpg'"):
+    with pytest.raises(DataError, match=r"'a.jpg' \(a file name without a folder\) names 2 keys of labels file "
+                                        r"'q.csv' \('id0/a.jpg', 'id3/a.jpg'\)"):
         match_keys(["id0/a.jpg", "id3/a.jpg"], ["a.jpg", "b.jpg"], A, B, one_to_one=False)
+    # ... not even when the file holds one of them with its folder: the bare key still ends both (attack: id01 keyed
+    # with its folder, another identity's images by bare names, given for the pairs of id00 and id01).
+    for one_to_one in (True, False):
+        with pytest.raises(DataError, match=r"'a.jpg' \(a file name without a folder\) names 2 keys"):
+            match_keys(["id0/a.jpg", "id1/a.jpg"], ["a.jpg", "id1/a.jpg"], A, B, one_to_one=one_to_one)
+    # A bare key that ends one key only, or keys that name each other (one image spelled twice), still names it.
+    assert match_keys(["id0/a.jpg", "id1/b.jpg"], ["a.jpg", "id1/b.jpg"], A, B) == ["a.jpg", "id1/b.jpg"]
+    assert match_keys(["a.jpg", "id0/a.jpg"], ["a.jpg"], A, B, one_to_one=False) == ["a.jpg", "a.jpg"]
 
 
 def test_unmatched_error_names_both_files_counts_and_an_example_of_each() -> None:

@@ -524,6 +524,17 @@ def test_resume_on_other_training_data_is_refused_and_on_the_same_data_accepted(
     warnings = [line for line in err.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and "records no fingerprint of the data it was trained on" in warnings[0], err
     assert torch.load(str(out / "last.pt"), weights_only=True)["inputs"] == inputs
+    # prepare_data.py rerun on the same data writes the same centres in other bytes (torch's pickle holds the
+    # tensor's memory address): the same data, so the resume goes on (attack: it was refused).
+    assert prepare_data.main(["-b", "0.5", "-ll", str(root / "labels.pkl"), "-el", str(emb), "-sl", str(data),
+                              "-sn", "tiny", "--min-images", "2", "-q"]) == 0
+    centres = data / "average_embedding_batch-tiny.pkl"
+    stored = pickle.loads(centres.read_bytes())
+    before = centres.read_bytes()
+    centres.write_bytes(pickle.dumps(stored.clone(), protocol=4))  # another tensor: another address
+    assert centres.read_bytes() != before
+    code, err = run_train(["-c", config(4), *resume], capsys)
+    assert code == 0, err
 
 
 def test_a_resumed_summary_names_only_the_files_it_wrote_and_no_stale_figure(tiny, tmp_path, capsys,

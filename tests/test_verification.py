@@ -410,6 +410,22 @@ def test_score_file_keys_that_do_not_name_bin_images(tmp_path) -> None:
     assert match_benchmark_keys(data, unpacked, "scores", ["syn", "lfw"]) == unpacked[4:]
 
 
+def test_keys_of_another_set_never_stand_in_for_images_a_file_lacks(tmp_path) -> None:
+    """A file that names this set's images with its name names only those: its keys of another set ('B/7') do not
+    stand in by index for the images it lacks ('A/7'), whether or not 'B' is a benchmark of the run, and one
+    missing image is said as missing, not as an index that names two keys."""
+    data = _bin_of(tmp_path, "A", 10)
+    half = [f"A/{i}" for i in range(5)] + [f"B/{i}" for i in range(5, 10)]
+    for others in (["A", "B"], ["A"]):
+        assert match_benchmark_keys(data, half, "scores", others) == half[:5] + [None] * 5
+    combined = [f"{n}/{i}" for n in ("A", "B") for i in range(10) if (n, i) != ("A", 7)]
+    found = match_benchmark_keys(data, combined, "scores", ["A", "B"])
+    assert found == [f"A/{i}" if i != 7 else None for i in range(10)]
+    # Keys without the set's name are still matched by index alone.
+    assert match_benchmark_keys(data, [f"u/{i}.jpg" for i in range(10)], "scores") == [f"u/{i}.jpg"
+                                                                                       for i in range(10)]
+
+
 def test_score_files_of_a_folder_benchmark_match_by_the_key_rule(tmp_path) -> None:
     root = _lfw_folder(tmp_path / "XQLFW", "Ann 1 2\nAnn 2 Bob 1\n", ["Ann/Ann_0001.jpg", "Ann/Ann_0002.png",
                                                                       "Bob/Bob_0001.jpg"])

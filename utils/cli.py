@@ -10,12 +10,12 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, Type, TypeVar
 
 from utils.config import load_config
 from utils.errors import EXIT_RUN_ERROR, EXIT_USER_ERROR, RunError, UserError, first_line, one_line
 
-__all__ = ["Flag", "build_parser", "load_script_config", "setup_logging", "end_startup", "run_cli"]
+__all__ = ["Flag", "OneLineParser", "build_parser", "load_script_config", "setup_logging", "end_startup", "run_cli"]
 
 T = TypeVar("T")
 
@@ -41,12 +41,19 @@ class Flag:
         return self.names[-1].lstrip("-").replace("-", "_")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line, as every other user error (no usage block before it)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser(prog: str, doc: str, flags: Sequence[Flag], set_example: str,
                  config_help: str = "YAML config") -> argparse.ArgumentParser:
     """The script's parser: ``-c/--config``, the named ``flags`` and ``--set KEY=VALUE`` (any key of the schema;
     ``set_example`` is one of the script's own, shown in the help: ``optimizer.group_1.lr=1e-4``)."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=prog, description=doc.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", help=config_help)
     for flag in flags:
         text = f"{flag.help} ({', '.join((flag.key, *flag.also))})"

@@ -16,7 +16,7 @@ import pickle
 import stat
 import tempfile
 import warnings
-from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -90,11 +90,18 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def file_fingerprints(files: Dict[str, str]) -> Dict[str, Dict[str, Any]]:
+def file_fingerprints(files: Dict[str, str], values: Optional[Dict[str, Callable[[str], str]]] = None
+                      ) -> Dict[str, Dict[str, Any]]:
     """``{what: {"path", "size", "sha256"}}`` of each existing file of ``files`` (``{what: path}``, ``what`` naming
-    the file in messages: ``items file``); a missing file is left out (whoever reads it reports it)."""
-    return {what: {"path": path, "size": os.path.getsize(path), "sha256": sha256_of(path)}
-            for what, path in files.items() if os.path.isfile(path)}
+    the file in messages: ``items file``); a missing file is left out (whoever reads it reports it). ``values``
+    (``{what: digest function}``) adds ``values_sha256``, a digest of what the file holds, for files whose bytes
+    differ between two writes of the same values; :func:`changed_files` then compares that."""
+    out = {what: {"path": path, "size": os.path.getsize(path), "sha256": sha256_of(path)}
+           for what, path in files.items() if os.path.isfile(path)}
+    for what, digest in (values or {}).items():
+        if what in out:
+            out[what]["values_sha256"] = digest(out[what]["path"])
+    return out
 
 
 def changed_files(before: Dict[str, Dict[str, Any]], now: Dict[str, Dict[str, Any]]) -> List[str]:
@@ -106,7 +113,8 @@ def changed_files(before: Dict[str, Dict[str, Any]], now: Dict[str, Dict[str, An
         if old is None or new is None:
             shown = (new or old)["path"]
             changes.append(f"{what} '{shown}' {'is new' if old is None else 'is gone'}")
-        elif old["sha256"] != new["sha256"]:
+        elif ("values_sha256" in old and "values_sha256" in new and old["values_sha256"] != new["values_sha256"]
+              or not ("values_sha256" in old and "values_sha256" in new) and old["sha256"] != new["sha256"]):
             size = (f"{old['size']} -> {new['size']} bytes" if old["size"] != new["size"] else
                     f"same size, {old['size']} bytes")
             changes.append(f"{what} '{new['path']}' has other content (SHA-256 {old['sha256'][:12]} -> "

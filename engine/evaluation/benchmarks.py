@@ -33,7 +33,7 @@ from engine.evaluation.run import check_counts, edc_results, output_files, separ
 from engine.scoring.embeddings import embedding_forward
 from engine.scoring.scorer import QualityScorer, default_batch_size
 from engine.scoring.weights import resolve_weights
-from model.checkpoint import check_checkpoint, load_fr_backbone
+from model.checkpoint import check_checkpoint, fr_backbone_of, load_fr_backbone
 from model.registry import VARIANTS
 from utils.config import short
 from utils.errors import CheckpointError, DataError
@@ -95,28 +95,59 @@ def _map_batches(data: BenchmarkSet, device: torch.device, batch_size: int, forw
     return np.concatenate(chunks)
 
 
-def _file_qualities(method: Method, source: _Source, problems: List[str], names: List[str],
-                    read: Dict[str, Dict[str, float]]) -> None:
-    """Read a method's scores file for the benchmark's images into ``source.files`` (NaN where absent), its keys
-    matched by :func:`dataset.verification.match_benchmark_keys` (``names``: the run's benchmarks; ``read``: the
-    files read so far, each read once); pairs with an absent image are left out of ``source.keep`` and said in
-    ``problems``."""
-    path = method.scores or ""
-    if path not in read:
-        read[path] = read_qualities(path)
-    scores = read[path]
+def _file_qualities(label: str, paths: List[str], source: _Source, problems: List[str], names: List[str],
+                    read: Dict[str, Dict[str, float]], used: Dict[str, List[str]],
+                    aside: Dict[str, List[str]]) -> None:
+    """Read a method's scores for the benchmark's images into ``source.files`` (NaN where absent), the keys of its
+    file matched by :func:`dataset.verification.match_benchmark_keys` (``names``: the run's benchmarks; ``read``:
+    the files read so far, each read once). Of a method given as several files (one per benchmark), the one file
+    whose keys name images of this benchmark is used, one keyed below a folder named as the benchmark before others
+    (``used``, ``aside``: the benchmarks each file served, or was set aside for). Pairs with an absent image are left
+    out of ``source.keep`` and said in ``problems``."""
     data = source.data
-    file = f"quality file '{method.scores}'"
-    found = match_benchmark_keys(data, list(scores), file, names)
-    _refuse_another_set(data, found, file)
+    chosen: List[Tuple[str, List[Optional[str]]]] = []
+    refused: List[str] = []
+    for path in paths:
+        if path not in read:
+            read[path] = read_qualities(path)
+        file = f"quality file '{path}'"
+        try:
+            found = match_benchmark_keys(data, list(read[path]), file, names)
+            _refuse_another_set(data, found, file)
+        except DataError as exc:
+            if len(paths) == 1:
+                raise
+            refused.append(str(exc))  # another set's file: it serves another benchmark
+            continue
+        if len(paths) == 1 or any(k is not None for k in found):
+            chosen.append((path, found))
+    if not chosen:
+        raise DataError(f"none of the {len(paths)} quality files of method '{label}' names images of benchmark "
+                        f"'{data.name}' (keys {data.keys[0]}, ...): give its file (docs/evaluation.md: keys of score "
+                        f"files){f'; e.g. {refused[0]}' if refused else ''}")
+    if len(chosen) > 1:  # files keyed below a folder named as the benchmark name it; the others serve another
+        named = [c for c in chosen if any(k is not None and data.name in normal_key(k).split("/")[:-1]
+                                          for k in c[1])]
+        if named:
+            for path in {c[0] for c in chosen} - {c[0] for c in named}:
+                aside.setdefault(path, []).append(data.name)
+            chosen = named
+    if len(chosen) > 1:
+        raise DataError(f"quality files '{chosen[0][0]}' and '{chosen[1][0]}' of method '{label}' both name images of "
+                        f"benchmark '{data.name}': with one file per benchmark, key each file's images below a folder "
+                        "named as its benchmark (unpacked/lfw/17.jpg), or give one file of all sets")
+    path, found = chosen[0]
+    used.setdefault(path, []).append(data.name)
+    scores = read[path]
     values = np.array([scores[k] if k is not None else math.nan for k in found], dtype=np.float64)
     if any(k is None for k in found):
         bad = np.isnan(values[data.left]) | np.isnan(values[data.right])
         source.keep &= ~bad
         problems.append(f"benchmark '{data.name}': {int(bad.sum())} pairs lack a quality; "
-                        + unmatched_message(data.keys, found, scores, f"benchmark '{data.name}'", file, "images")
+                        + unmatched_message(data.keys, found, scores, f"benchmark '{data.name}'",
+                                            f"quality file '{path}'", "images")
                         + " (docs/evaluation.md: keys of score files)")
-    source.files[method.label] = values
+    source.files[label] = values
 
 
 #: A key of a .bin file's image in this tool's form, ``NAME/<index>`` (after any folders): the set and the index.
@@ -150,6 +181,9 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     benchmark x FR model x method)."""
     check_output_dir(cfg.output, "output / --output")
     folder = os.path.join(cfg.output, CACHE_FOLDER)
+    if os.path.islink(folder):  # its files would be written wherever it points
+        raise OutputError(f"'{folder}' is a link where the cache folder of output '{cfg.output}' goes; remove the "
+                          "link (the cache is written inside the output folder), or choose another --output")
     if os.path.lexists(folder) and not os.path.isdir(folder):
         raise OutputError(f"'{folder}' is a file where the cache folder of output '{cfg.output}' goes; move it out "
                           "of the way, or choose another --output")
@@ -164,16 +198,34 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     sources: List[_Source] = []
     problems: List[str] = []
     score_files: Dict[str, Dict[str, float]] = {}
+    file_methods: Dict[str, List[str]] = {}  # a method's scores files, one or one per benchmark
+    for method in cfg.methods:
+        if method.model is None:
+            file_methods.setdefault(method.label or "", []).append(method.scores or "")
+    used: Dict[str, List[str]] = {}
+    aside: Dict[str, List[str]] = {}
     for bench in cfg.benchmarks:
         data = read_benchmark(bench.name, bench.path)
         check_images(data)  # every damaged image said at once, before any model runs
         record = {"benchmark": bench.name, "source": source_fingerprint(bench, data), "keys": len(data.keys),
                   "keys_sha256": cache.values_digest(np.array(data.keys)), **settings}
         source = _Source(bench, data, record, {}, np.ones(len(data.issame), dtype=bool))
-        for method in cfg.methods:
-            if method.model is None:
-                _file_qualities(method, source, problems, [b.name for b in cfg.benchmarks], score_files)
+        for label, paths in file_methods.items():
+            _file_qualities(label, paths, source, problems, [b.name for b in cfg.benchmarks], score_files, used,
+                            aside)
         sources.append(source)
+    for label, paths in file_methods.items():
+        idle = [p for p in paths if p not in used]
+        set_aside = [p for p in idle if p in aside]
+        if set_aside:  # it names images only by index or path, where another file of the method names them by set
+            raise DataError(f"quality file '{set_aside[0]}' of method '{label}' names the images of benchmark(s) "
+                            f"{', '.join(aside[set_aside[0]])} only by index or path, and another of its "
+                            "files names them below a folder named as the benchmark; key each file below a folder "
+                            "named as its benchmark (unpacked/lfw/17.jpg), or leave it out")
+        if idle:  # a file meant for a set not given, or keyed so that it names none
+            raise DataError(f"quality file '{idle[0]}' of method '{label}' names images of none of the benchmarks "
+                            f"({', '.join(b.name for b in cfg.benchmarks)}); give the benchmark it belongs to, or "
+                            "leave the file out")
     if problems:
         if cfg.on_missing == "fail":
             raise DataError("; ".join(problems) + "; fix the scores or set on_missing: drop (--on-missing drop)")
@@ -185,6 +237,11 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                      {label: np.minimum(v[data.left], v[data.right])[keep] for label, v in source.files.items()},
                      cfg, where=f"benchmark '{data.name}': ", dropped=int((~keep).sum()))
     fr_sha = {fr.label: _checkpoint_sha(fr) for fr in cfg.fr_models}
+    fr_backbone = {fr.label: fr_backbone_of(fr.checkpoint or "", fr.backbone) for fr in cfg.fr_models}
+    for fr in cfg.fr_models:
+        _logger.info("FR model '%s': %s%s, '%s' (SHA-256 %s)", fr.label, fr_backbone[fr.label],
+                     " (found from the checkpoint's keys and shapes)" if fr.backbone is None else "", fr.checkpoint,
+                     fr_sha[fr.label][:12])
     method_weights = {m.label: _method_weights(m, cfg.verbose) for m in cfg.methods if m.model is not None}
     method_sha = {label: sha256_of(path) for label, path in method_weights.items()}
     cache.check_entries([cache.cache_file(folder, kind, source.bench.name, model, sha) for source in sources
@@ -197,7 +254,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
 
     def embed(fr: FRModel) -> Callable[[torch.Tensor], torch.Tensor]:
         if fr.label not in nets:  # loaded once, and only when some benchmark is not cached
-            net = load_fr_backbone(fr.checkpoint or "", fr.backbone)
+            net = load_fr_backbone(fr.checkpoint or "", fr_backbone[fr.label], warn=False)  # warned above
             nets[fr.label] = embedding_forward(net.to(device).to(memory_format=torch.channels_last),
                                                fr.checkpoint or "")
         return nets[fr.label]
@@ -223,7 +280,7 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
         qualities: Dict[str, np.ndarray] = {}
         for method in cfg.methods:
             if method.model is None:
-                values = source.files[method.label]
+                values = source.files[method.label or ""]
             else:
                 sha = method_sha[method.label]
                 record = {**source.record, "kind": "qualities", "model": method.model, "weights_sha256": sha,
@@ -252,7 +309,12 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
                              "non_mated": n_non, **stats,
                              **{f"best_pauc@{d:g}": edc.theoretical_best_pauc(stats["fnmr0"], d)
                                 for d in cfg.discard_limits}})
-    _write_results(cfg, rows, panels, unseparated)
+    inputs = {"fr_models": [{"label": fr.label, "checkpoint": fr.checkpoint, "backbone": fr_backbone[fr.label],
+                             "sha256": fr_sha[fr.label]} for fr in cfg.fr_models],
+              "methods": [{"label": label, "scores": paths} for label, paths in file_methods.items()]
+              + [{"label": m.label, "model": m.model, "weights": method_weights[m.label or ""],
+                  "weights_sha256": method_sha[m.label or ""]} for m in cfg.methods if m.model is not None]}
+    _write_results(cfg, rows, panels, unseparated, inputs)
     return rows
 
 
@@ -288,9 +350,9 @@ def table(cfg: EvaluateConfig, rows: List[Dict[str, Any]]) -> List[Dict[str, Any
     for fr in cfg.fr_models:
         for limit in cfg.discard_limits:
             metric = f"pauc@{limit:g}"
-            for method in cfg.methods:
-                values = [index[(fr.label, method.label, b)][metric] for b in benches]
-                out.append({"fr_model": fr.label, "metric": metric, "method": method.label,
+            for label in cfg.method_labels():
+                values = [index[(fr.label, label, b)][metric] for b in benches]
+                out.append({"fr_model": fr.label, "metric": metric, "method": label,
                             **dict(zip(benches, values)), "mean": statistics.fmean(values)})
     return out
 
@@ -318,15 +380,16 @@ def markdown(cfg: EvaluateConfig, wide: List[Dict[str, Any]]) -> str:
 
 
 def _write_results(cfg: EvaluateConfig, rows: List[Dict[str, Any]], panels: Dict[Tuple[str, str], Any],
-                   unseparated: List[str]) -> None:
+                   unseparated: List[str], inputs: Dict[str, Any]) -> None:
     """The table (CSV, JSON, Markdown) and the grid figure (PNG, PDF), as one set (the files of an earlier run of
-    the name that this one does not write removed: :func:`engine.evaluation.outputs.write_outputs`)."""
+    the name that this one does not write removed: :func:`engine.evaluation.outputs.write_outputs`); ``inputs``:
+    the FR models (backbone, SHA-256) and methods (files, or weights and SHA-256) the JSON records."""
     wide = table(cfg, rows)
     text = markdown(cfg, wide)
     stem = cfg.name
     header = ["fr_model", "metric", "method", *[b.name for b in cfg.benchmarks], "mean"]
     files = [(f"{stem}.json", json_writer({"fmr": cfg.fmr, "variant": cfg.variant, "discard_limits":
-                                           cfg.discard_limits, "table": wide, "results": rows})),
+                                           cfg.discard_limits, **inputs, "table": wide, "results": rows})),
              (f"{stem}.csv", csv_writer(header, ([r[h] for h in header] for r in wide))),
              (f"{stem}.md", ("w", lambda handle: handle.write(text)))]
     figure: Optional[Any] = None

@@ -68,7 +68,8 @@ class FRModel:
 @dataclass
 class Method:
     """One quality method: a label and its ``quality-scores.pkl``/``.csv``, or a variant (``model``) scored here
-    with ``weights`` (null: fetched by name as inference.py does). The label defaults to the variant's title."""
+    with ``weights`` (null: fetched by name as inference.py does). The label defaults to the variant's title. With
+    benchmarks, entries of one label with other scores files are one method given as a file per benchmark."""
 
     label: Optional[str] = None
     scores: Optional[str] = None
@@ -106,6 +107,10 @@ class EvaluateConfig:
     batch_size: Optional[int] = None  # benchmarks: images per batch; null: per device, as the scripts pick it
     verbose: bool = True
 
+    def method_labels(self) -> List[str]:
+        """The methods' labels in order, each once (a method given as a scores file per benchmark is one method)."""
+        return list(dict.fromkeys(m.label or "" for m in self.methods))
+
     def __post_init__(self) -> None:
         check(0.0 < self.fmr < 1.0, f"'fmr' must be between 0 and 1, got {self.fmr}")
         check(bool(self.discard_limits) and all(0.0 < d <= 1.0 for d in self.discard_limits),
@@ -120,10 +125,20 @@ class EvaluateConfig:
               "--method")
         check_batch(self.batch_size, "batch_size")
         for kind, labels in (("benchmark", [b.name for b in self.benchmarks]),
-                             ("FR model", [f.label for f in self.fr_models]),
-                             ("method", [m.label for m in self.methods])):
+                             ("FR model", [f.label for f in self.fr_models])):
             twice = sorted({x for x in labels if labels.count(x) > 1})
             check(not twice, f"{kind} {twice[0]!r} is given twice; labels must differ" if twice else "")
+        labels = [m.label for m in self.methods]
+        # With benchmarks, one method's scores may come as a file per set (CR-FIQA writes one per .bin): a label
+        # given again with another scores file adds a file; anything else given twice is a mistake.
+        twice = sorted({x for x in labels if labels.count(x) > 1
+                        and not (self.benchmarks and all(m.model is None for m in self.methods if m.label == x))})
+        check(not twice, f"method {twice[0]!r} is given twice; labels must differ (with --benchmark, a label given "
+              "again with another scores file adds that file: one file per benchmark)" if twice else "")
+        files = [(m.label, m.scores) for m in self.methods if m.model is None]
+        again = next((f for i, f in enumerate(files) if f in files[:i]), None)
+        check(again is None, f"method {again[0]!r} names the scores file '{again[1]}' twice; give it once"
+              if again else "")
         for kind, labels in (("FR model", [f.label for f in self.fr_models]),
                              ("method", [m.label or "" for m in self.methods])):
             bad = next((x for x in labels if _control(x)), None)

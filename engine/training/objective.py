@@ -4,11 +4,11 @@ variant the config names (:data:`OBJECTIVES`), and asks it for the keys that kin
 loss terms of a batch; nothing else in training tells the kinds apart."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 
-from dataset.formats import centres_file, items_file
+from dataset.formats import centres_file, centres_values_sha256, items_file
 from engine.training.config import TrainConfig
 from engine.training.data import load_regression_data, load_training_data
 from model.loss import BASE_LOSSES, DistillationLoss, ExtendedL1, RegressionLoss
@@ -44,6 +44,11 @@ class Objective:
         them as they were."""
         raise NotImplementedError
 
+    @classmethod
+    def value_digests(cls) -> Dict[str, Callable[[str], str]]:
+        """Of :meth:`input_files`, those compared by the values they hold, not their bytes (``{what: digest}``)."""
+        return {}
+
     def terms(self, feat: torch.Tensor, pred: torch.Tensor, batch: Dict[str, torch.Tensor],
               adjust: bool) -> Dict[str, torch.Tensor]:
         """The loss terms of a batch from the model's ``(B, 512)`` embeddings and ``(B, 1)`` qualities; ``adjust``:
@@ -77,6 +82,12 @@ class Distillation(Objective):
         return {"items file": items_file(ds.training_data, ds.model_name),
                 "centres file": centres_file(ds.training_data, ds.model_name),
                 "teacher embeddings file": ds.embeddings_path}
+
+    @classmethod
+    def value_digests(cls) -> Dict[str, Callable[[str], str]]:
+        # prepare_data.py run again on the same data writes the same centres with other bytes (torch's pickle holds
+        # the tensor's memory address), so they are compared by value.
+        return {"centres file": centres_values_sha256}
 
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.device = device

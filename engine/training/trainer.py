@@ -133,7 +133,8 @@ class Trainer:
         objective = OBJECTIVES[self.spec.kind]
         objective.check(cfg)
         self.replaced = check_output(cfg)  # removed as the run starts writing, once everything before has worked
-        self.inputs = file_fingerprints(objective.input_files(cfg))  # last.pt's record of the data, for a resume
+        # last.pt's record of the data, for a resume
+        self.inputs = file_fingerprints(objective.input_files(cfg), objective.value_digests())
         resume_state = self._read_resume(cfg.base.resume) if cfg.base.resume else None
         self.run = TrainingRun(cfg.base.device, cfg.base.seed, cfg.base.save_path, "base.save_path / --output",
                                cfg.base.deterministic)
