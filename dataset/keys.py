@@ -173,10 +173,12 @@ def match_keys(wanted: Sequence[str], available: Collection[str], wanted_source:
 def _check_bare(normal: Sequence[str], hits: Sequence[Optional[str]], theirs: Dict[str, str], bare_source: str,
                 other_source: str) -> None:
     """A :class:`DataError` when a bare key of the other file (a file name, no folder; ``theirs``: its keys' normal
-    forms) was taken by one of the ``normal`` keys although another of them that does not name it also ends in it:
-    a bare key names the one key that ends in it (``a.jpg`` beside ``id0/a.jpg`` and ``id1/a.jpg`` names neither,
-    whichever of them the other file also holds with its folder). ``hits``: what :func:`match_keys` found."""
-    bare = {theirs[h]: h for h in hits if h is not None and "/" not in theirs[h]}
+    forms) was taken below a folder by one of the ``normal`` keys although another of them that does not name it
+    also ends in it: a bare key names the one key that ends in it (``a.jpg`` beside ``id0/a.jpg`` and ``id1/a.jpg``
+    names neither, whichever of them the other file also holds with its folder; a key ``a.jpg`` of this file is
+    named by it as written). ``hits``: what :func:`match_keys` found for each of ``normal``."""
+    bare = {theirs[h]: h for norm, h in zip(normal, hits) if h is not None and "/" not in theirs[h]
+            and theirs[h] != norm}
     if not bare:
         return
     ends: Dict[str, List[str]] = {}

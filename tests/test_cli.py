@@ -200,7 +200,7 @@ def test_argument_errors_are_one_line(script, capsys) -> None:
     script's name, as every other user error, with no usage block before it."""
     module = importlib.import_module(script)
     prog = getattr(module, "PROG", f"{script}.py")
-    for argv in (["--no-such-flag"], ["--output"], ["--set"]):
+    for argv in (["--no-such-flag"], ["--output"], ["--set"], ["stray\nvalue"]):
         code, err = run_script(module.main, prog, argv, capsys)
         assert code == 2 and err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err
         assert err.rstrip().endswith(f"see {prog} --help") and "usage:" not in err

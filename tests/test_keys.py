@@ -103,6 +103,11 @@ def test_two_keys_equal_after_stripping_are_an_error_not_a_pick() -> None:
     # A bare key that ends one key only, or keys that name each other (one image spelled twice), still names it.
     assert match_keys(["id0/a.jpg", "id1/b.jpg"], ["a.jpg", "id1/b.jpg"], A, B) == ["a.jpg", "id1/b.jpg"]
     assert match_keys(["a.jpg", "id0/a.jpg"], ["a.jpg"], A, B, one_to_one=False) == ["a.jpg", "a.jpg"]
+    # A bare key of the same bare key as written is that key, beside keys of that name in folders, whether or not
+    # other keys are missing (attack: a missing image turned it into an ambiguity).
+    for wanted in (["a.jpg", "x/a.jpg", "y/a.jpg", "c.jpg"], ["a.jpg", "x/a.jpg", "y/a.jpg", "./b.jpg"]):
+        assert match_keys(wanted, ["a.jpg", "x/a.jpg", "y/a.jpg", "b.jpg"], A, B) == [
+            "a.jpg", "x/a.jpg", "y/a.jpg", None if wanted[-1] == "c.jpg" else "b.jpg"]
 
 
 def test_unmatched_error_names_both_files_counts_and_an_example_of_each() -> None:

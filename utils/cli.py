@@ -45,7 +45,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse with its errors as one line, as every other user error (no usage block before it)."""
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[override]
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
 
 
 def build_parser(prog: str, doc: str, flags: Sequence[Flag], set_example: str,
