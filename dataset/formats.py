@@ -17,7 +17,16 @@ import numpy as np
 
 from utils.config import short
 from utils.errors import DataError, first_line
-from utils.io import TEXT_ERRORS, atomic_open, csv_writer, pickle_writer, safe_pickle_load, sha256_of, write_pickle
+from utils.io import (
+    TEXT_ERRORS,
+    atomic_open,
+    csv_writer,
+    pickle_writer,
+    safe_pickle_load,
+    sha256_of,
+    values_digest,
+    write_pickle,
+)
 
 # torch is imported only where the prepared files are read: labels, scores and embeddings are read without it
 # (evaluate.py runs without torch).
@@ -467,21 +476,16 @@ def _item_columns(source: str, items: List[Any], n_centres: int) -> Tuple[np.nda
 def centres_values_sha256(path: str) -> str:
     """SHA-256 of the centres' values (dtype, shape and bytes of the tensor ``path`` holds): the same for two files
     of the same centres, whose bytes differ where torch's pickle writes the tensor's memory address; the file's own
-    SHA-256 where it holds no tensor (reading it then says what is wrong)."""
-    import hashlib
-
+    SHA-256 where it holds no tensor NumPy can hold (reading it then says what is wrong)."""
     import torch
 
     try:
         centres = safe_pickle_load(path, allow_torch=True)
-    except DataError:
-        centres = None
-    if not isinstance(centres, torch.Tensor):
-        return sha256_of(path)
-    values = centres.detach().cpu().contiguous()
-    digest = hashlib.sha256(f"{values.dtype}{tuple(values.shape)}".encode())
-    digest.update(values.flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+        if isinstance(centres, torch.Tensor):
+            return values_digest(centres.detach().cpu().numpy())
+    except (DataError, TypeError, RuntimeError):  # unreadable, or a tensor kind NumPy has no type for
+        pass
+    return sha256_of(path)
 
 
 def read_prepared(save_location: str, name: str):

@@ -90,6 +90,13 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def values_digest(values: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
+    digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
 def file_fingerprints(files: Dict[str, str], values: Optional[Dict[str, Callable[[str], str]]] = None
                       ) -> Dict[str, Dict[str, Any]]:
     """``{what: {"path", "size", "sha256"}}`` of each existing file of ``files`` (``{what: path}``, ``what`` naming
@@ -104,6 +111,11 @@ def file_fingerprints(files: Dict[str, str], values: Optional[Dict[str, Callable
     return out
 
 
+def _compared(old: Dict[str, Any], new: Dict[str, Any]) -> str:
+    """The digest two fingerprints of a file are compared by: of the values where both have it, else of the bytes."""
+    return "values_sha256" if "values_sha256" in old and "values_sha256" in new else "sha256"
+
+
 def changed_files(before: Dict[str, Dict[str, Any]], now: Dict[str, Dict[str, Any]]) -> List[str]:
     """What differs between two :func:`file_fingerprints` (one phrase per file, naming it and what changed): a file
     whose content differs, or one that is there on one side only."""
@@ -113,8 +125,7 @@ def changed_files(before: Dict[str, Dict[str, Any]], now: Dict[str, Dict[str, An
         if old is None or new is None:
             shown = (new or old)["path"]
             changes.append(f"{what} '{shown}' {'is new' if old is None else 'is gone'}")
-        elif ("values_sha256" in old and "values_sha256" in new and old["values_sha256"] != new["values_sha256"]
-              or not ("values_sha256" in old and "values_sha256" in new) and old["sha256"] != new["sha256"]):
+        elif old[digest := _compared(old, new)] != new[digest]:
             size = (f"{old['size']} -> {new['size']} bytes" if old["size"] != new["size"] else
                     f"same size, {old['size']} bytes")
             changes.append(f"{what} '{new['path']}' has other content (SHA-256 {old['sha256'][:12]} -> "

@@ -37,7 +37,7 @@ from model.checkpoint import check_checkpoint, fr_backbone_of, load_fr_backbone
 from model.registry import VARIANTS
 from utils.config import short
 from utils.errors import CheckpointError, DataError
-from utils.io import OutputError, check_output_dir, csv_writer, file_list, json_writer, sha256_of
+from utils.io import OutputError, check_output_dir, csv_writer, file_list, json_writer, sha256_of, values_digest
 from utils.runtime import resolve_device
 
 __all__ = ["CACHE_FOLDER", "source_fingerprint", "evaluate_benchmarks"]
@@ -96,14 +96,13 @@ def _map_batches(data: BenchmarkSet, device: torch.device, batch_size: int, forw
 
 
 def _file_qualities(label: str, paths: List[str], source: _Source, problems: List[str], names: List[str],
-                    read: Dict[str, Dict[str, float]], used: Dict[str, List[str]],
-                    aside: Dict[str, List[str]]) -> None:
+                    read: Dict[str, Dict[str, float]]) -> Tuple[str, List[str]]:
     """Read a method's scores for the benchmark's images into ``source.files`` (NaN where absent), the keys of its
     file matched by :func:`dataset.verification.match_benchmark_keys` (``names``: the run's benchmarks; ``read``:
     the files read so far, each read once). Of a method given as several files (one per benchmark), the one file
-    whose keys name images of this benchmark is used, one keyed below a folder named as the benchmark before others
-    (``used``, ``aside``: the benchmarks each file served, or was set aside for). Pairs with an absent image are left
-    out of ``source.keep`` and said in ``problems``."""
+    whose keys name images of this benchmark is used, one keyed below a folder named as the benchmark before others.
+    Pairs with an absent image are left out of ``source.keep`` and said in ``problems``. Returns the file used and
+    those set aside for it (they name its images by index or path alone)."""
     data = source.data
     chosen: List[Tuple[str, List[Optional[str]]]] = []
     refused: List[str] = []
@@ -125,19 +124,18 @@ def _file_qualities(label: str, paths: List[str], source: _Source, problems: Lis
         raise DataError(f"none of the {len(paths)} quality files of method '{label}' names images of benchmark "
                         f"'{data.name}' (keys {data.keys[0]}, ...): give its file (docs/evaluation.md: keys of score "
                         f"files){f'; e.g. {refused[0]}' if refused else ''}")
+    aside: List[str] = []
     if len(chosen) > 1:  # files keyed below a folder named as the benchmark name it; the others serve another
         named = [c for c in chosen if any(k is not None and data.name in normal_key(k).split("/")[:-1]
                                           for k in c[1])]
         if named:
-            for path in {c[0] for c in chosen} - {c[0] for c in named}:
-                aside.setdefault(path, []).append(data.name)
+            aside = [c[0] for c in chosen if c not in named]
             chosen = named
     if len(chosen) > 1:
         raise DataError(f"quality files '{chosen[0][0]}' and '{chosen[1][0]}' of method '{label}' both name images of "
                         f"benchmark '{data.name}': with one file per benchmark, key each file's images below a folder "
                         "named as its benchmark (unpacked/lfw/17.jpg), or give one file of all sets")
     path, found = chosen[0]
-    used.setdefault(path, []).append(data.name)
     scores = read[path]
     values = np.array([scores[k] if k is not None else math.nan for k in found], dtype=np.float64)
     if any(k is None for k in found):
@@ -148,6 +146,7 @@ def _file_qualities(label: str, paths: List[str], source: _Source, problems: Lis
                                             f"quality file '{path}'", "images")
                         + " (docs/evaluation.md: keys of score files)")
     source.files[label] = values
+    return path, aside
 
 
 #: A key of a .bin file's image in this tool's form, ``NAME/<index>`` (after any folders): the set and the index.
@@ -202,17 +201,20 @@ def evaluate_benchmarks(cfg: EvaluateConfig) -> List[Dict[str, Any]]:
     for method in cfg.methods:
         if method.model is None:
             file_methods.setdefault(method.label or "", []).append(method.scores or "")
-    used: Dict[str, List[str]] = {}
-    aside: Dict[str, List[str]] = {}
+    used: List[str] = []  # the files that served a benchmark
+    aside: Dict[str, List[str]] = {}  # the benchmarks a file was set aside for
     for bench in cfg.benchmarks:
         data = read_benchmark(bench.name, bench.path)
         check_images(data)  # every damaged image said at once, before any model runs
         record = {"benchmark": bench.name, "source": source_fingerprint(bench, data), "keys": len(data.keys),
-                  "keys_sha256": cache.values_digest(np.array(data.keys)), **settings}
+                  "keys_sha256": values_digest(np.array(data.keys)), **settings}
         source = _Source(bench, data, record, {}, np.ones(len(data.issame), dtype=bool))
         for label, paths in file_methods.items():
-            _file_qualities(label, paths, source, problems, [b.name for b in cfg.benchmarks], score_files, used,
-                            aside)
+            path, others = _file_qualities(label, paths, source, problems, [b.name for b in cfg.benchmarks],
+                                           score_files)
+            used.append(path)
+            for other in others:
+                aside.setdefault(other, []).append(bench.name)
         sources.append(source)
     for label, paths in file_methods.items():
         idle = [p for p in paths if p not in used]

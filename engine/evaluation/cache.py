@@ -4,7 +4,6 @@ only when that record is the one the run would compute and the values verify (th
 Anything else there (a damaged file, another computation, a link) is said and computed again."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -16,9 +15,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from utils.errors import UserError, first_line
-from utils.io import OutputError, atomic_open, read_regular
+from utils.io import OutputError, atomic_open, read_regular, values_digest
 
-__all__ = ["CACHE_VERSION", "check_entries", "cache_file", "values_digest", "load_cached", "store", "cached"]
+__all__ = ["CACHE_VERSION", "check_entries", "cache_file", "load_cached", "store", "cached"]
 
 _logger = logging.getLogger(__name__)
 
@@ -45,13 +44,6 @@ def cache_file(folder: str, kind: str, benchmark: str, model: str, weights_sha25
     """``<folder>/<kind>-<benchmark>-<model>-<sha12>.npz``: one file per benchmark, model and weights."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
     return os.path.join(folder, f"{kind}-{benchmark}-{safe}-{weights_sha256[:12]}.npz")
-
-
-def values_digest(values: np.ndarray) -> str:
-    """SHA-256 of an array's dtype, shape and bytes."""
-    digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
-    digest.update(np.ascontiguousarray(values).tobytes())
-    return digest.hexdigest()
 
 
 def _differences(stored: Dict[str, Any], record: Dict[str, Any]) -> str:
